@@ -1,0 +1,33 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test soak bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/proconsul agent -dev
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -x --durations=15
+
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak
+
+lint: $(STAMP)
+	$(BIN)/ruff check registry ca dns connect_proxy tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.http_discovery
+	$(BIN)/python -m bench.watch_fanout
+
+clean:
+	rm -rf $(VENV)
