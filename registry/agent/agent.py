@@ -1,0 +1,522 @@
+"""The agent: local services and checks, health checkers, anti-entropy, and the listeners.
+
+In ``-dev`` (and, until the Raft issue lands, in any single-server setup) the agent is also the server:
+its consensus object is the single-node log, so every write still goes command -> log -> FSM -> store.
+Shutdown order: stop accepting (HTTP, DNS), stop check monitors, drain the sync queue, close sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+
+from registry.agent.checks import (
+    CheckSpec,
+    HTTPMonitor,
+    Monitor,
+    ScriptMonitor,
+    StatusHandler,
+    TCPMonitor,
+    TTLMonitor,
+)
+from registry.agent.local import LocalCheck, LocalService
+from registry.config import Config
+from registry.consensus import Consensus, LocalLog
+from registry.fsm import FSM, CommandError, check_from, service_from
+from registry.state.store import StateStore
+from registry.structs import (
+    CONSUL_SERVICE,
+    HEALTH_CRITICAL,
+    HEALTH_PASSING,
+    NODE_MAINT_CHECK_ID,
+    SERF_CHECK_ID,
+    SERF_CHECK_NAME,
+    SERVICE_MAINT_PREFIX,
+)
+from registry.watch import WatchHub
+
+log = structlog.get_logger("proconsul.agent")
+
+VERSION = "1.20.0"  # the Consul API level we follow; our own version is registry.__version__
+CHECK_UPDATE_INTERVAL = 300.0  # output-only changes reach the catalog at most this often (Consul's default)
+
+
+class AgentError(Exception):
+    """A local operation the agent refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.hub = WatchHub()
+        self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
+        self.consensus: Consensus = LocalLog(self.fsm, config.server_address)
+        self.services: dict[str, LocalService] = {}
+        self.checks: dict[str, LocalCheck] = {}
+        self.http_session: aiohttp.ClientSession | None = None
+        self.started_at = time.time()
+        self.http_addr: tuple[str, int] | None = None
+        self.dns_addr: tuple[str, int] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listeners: list[Any] = []  # objects with an async close()
+        self._dirty: set[tuple[str, str]] = set()
+        self._dirty_event: asyncio.Event | None = None
+        self.leaving = False
+        self.shutdown_requested: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def store(self) -> StateStore:
+        # Read through the FSM each time: a snapshot restore replaces the store object.
+        return self.consensus.fsm.store
+
+    @property
+    def node_name(self) -> str:
+        return self.config.node_name
+
+    async def start(self) -> None:
+        self.shutdown_requested = asyncio.Event()
+        self._dirty_event = asyncio.Event()
+        self.http_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=True
+        )
+        await self._register_self()
+        for svc in self.config.services:
+            from registry.api.agent_endpoints import build_service_registration
+
+            definition, specs = build_service_registration(self, svc)
+            await self.add_service(definition, specs, replace_checks=False)
+        for chk in self.config.checks:
+            from registry.api.agent_endpoints import build_check_registration
+
+            await self.add_check(build_check_registration(self, chk))
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
+        self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
+        from registry.api.http import start_http
+
+        self._listeners.append(await start_http(self))
+        log.info(
+            "agent started",
+            node=self.node_name,
+            datacenter=self.config.datacenter,
+            server=self.config.server,
+            http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
+        )
+
+    async def stop(self) -> None:
+        for listener in reversed(self._listeners):
+            await listener.close()
+        self._listeners.clear()
+        for chk in list(self.checks.values()):
+            await self._stop_monitor(chk)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        self._tasks.clear()
+        if self.http_session is not None:
+            await self.http_session.close()
+            self.http_session = None
+        log.info("agent stopped", node=self.node_name)
+
+    def request_shutdown(self) -> None:
+        if self.shutdown_requested is not None:
+            self.shutdown_requested.set()
+
+    # ------------------------------------------------------------------ node identity
+
+    def node_command(self) -> dict[str, Any]:
+        addr = self.config.advertise
+        return {
+            "Type": "register",
+            "ID": self.config.node_id,
+            "Node": self.node_name,
+            "Address": addr,
+            "Datacenter": self.config.datacenter,
+            "TaggedAddresses": {"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
+            "NodeMeta": {"consul-network-segment": "", **self.config.node_meta},
+        }
+
+    async def _register_self(self) -> None:
+        cmd = self.node_command()
+        # The node-level liveness check a Consul server keeps for every member.
+        cmd["Checks"] = [
+            {
+                "Node": self.node_name,
+                "CheckID": SERF_CHECK_ID,
+                "Name": SERF_CHECK_NAME,
+                "Status": HEALTH_PASSING,
+                "Output": "Agent alive and reachable",
+                "Type": "",
+            }
+        ]
+        if self.config.server:
+            cmd["Service"] = {"ID": CONSUL_SERVICE, "Service": CONSUL_SERVICE, "Port": self.config.ports.server}
+        await self._apply(cmd)
+
+    async def _apply(self, cmd: dict[str, Any]) -> Any:
+        result = await self.consensus.propose(cmd)
+        if isinstance(result, CommandError):
+            raise AgentError(result.status, result.message)
+        return result
+
+    # ------------------------------------------------------------------ local services and checks
+
+    async def add_service(
+        self, definition: dict[str, Any], specs: list[CheckSpec], replace_checks: bool
+    ) -> None:
+        sid = definition["ID"]
+        # Validate the catalog shape before touching local state (raises AgentError on a bad field).
+        try:
+            service_from(self.node_name, definition)
+        except Exception as exc:  # noqa: BLE001
+            raise AgentError(400, f"Invalid service: {exc}") from exc
+        old_checks = [c for c in self.checks.values() if c.spec.service_id == sid]
+        keep_ids = {s.check_id for s in specs}
+        self.services[sid] = LocalService(definition)
+        for spec in specs:
+            await self._install_check(spec)
+        if replace_checks:
+            for chk in old_checks:
+                if chk.spec.check_id not in keep_ids and not chk.spec.check_id.startswith(SERVICE_MAINT_PREFIX):
+                    await self._remove_check_local(chk.spec.check_id)
+        await self.sync_service(sid)
+
+    async def remove_service(self, sid: str) -> None:
+        if sid not in self.services:
+            raise AgentError(
+                404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.'
+            )
+        for cid in [cid for cid, c in self.checks.items() if c.spec.service_id == sid]:
+            await self._remove_check_local(cid)
+        del self.services[sid]
+        await self._sync_or_defer(("service-delete", sid))
+
+    async def add_check(self, spec: CheckSpec) -> None:
+        if spec.service_id and spec.service_id not in self.services:
+            raise AgentError(404, f'ServiceID "{spec.service_id}" does not exist')
+        await self._install_check(spec)
+        await self.sync_check(spec.check_id)
+
+    async def remove_check(self, cid: str) -> None:
+        if cid not in self.checks:
+            raise AgentError(
+                404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.'
+            )
+        await self._remove_check_local(cid)
+        await self._sync_or_defer(("check-delete", cid))
+
+    async def _install_check(self, spec: CheckSpec) -> None:
+        existing = self.checks.get(spec.check_id)
+        if existing is not None:
+            await self._stop_monitor(existing)
+        chk = LocalCheck(spec=spec, status=spec.status)
+        if existing is not None and existing.spec.type == spec.type and spec.status == HEALTH_CRITICAL:
+            # Re-registering keeps the last known result rather than flapping to the initial status.
+            chk.status, chk.output = existing.status, existing.output
+        if chk.status == HEALTH_CRITICAL:
+            chk.critical_since = time.monotonic()
+        self.checks[spec.check_id] = chk
+        self._start_monitor(chk)
+
+    def _start_monitor(self, chk: LocalCheck) -> None:
+        spec = chk.spec
+
+        def report(status: str, output: str, cid: str = spec.check_id) -> None:
+            self.set_check_status(cid, status, output)
+
+        monitor: Monitor | TTLMonitor | None
+        if spec.type == "ttl":
+            monitor = TTLMonitor(spec, report)
+        elif spec.type == "http":
+            assert self.http_session is not None
+            monitor = HTTPMonitor(spec, StatusHandler(spec, report), self.http_session)
+        elif spec.type == "tcp":
+            monitor = TCPMonitor(spec, StatusHandler(spec, report))
+        elif spec.type == "script":
+            monitor = ScriptMonitor(spec, StatusHandler(spec, report))
+        else:
+            monitor = None  # maintenance and other passive checks
+        chk.monitor = monitor
+        if monitor is not None:
+            monitor.start()
+
+    async def _stop_monitor(self, chk: LocalCheck) -> None:
+        if chk.monitor is not None:
+            await chk.monitor.stop()
+            chk.monitor = None
+
+    async def _remove_check_local(self, cid: str) -> None:
+        chk = self.checks.pop(cid, None)
+        if chk is not None:
+            await self._stop_monitor(chk)
+
+    def set_check_status(self, cid: str, status: str, output: str) -> None:
+        """A result from a monitor (or a TTL update): update local state, sync if it matters."""
+        chk = self.checks.get(cid)
+        if chk is None:
+            return
+        previous = chk.status
+        changed_output = output != chk.output
+        chk.status, chk.output = status, output
+        if status == HEALTH_CRITICAL:
+            if previous != HEALTH_CRITICAL or chk.critical_since is None:
+                chk.critical_since = time.monotonic()
+        else:
+            chk.critical_since = None
+        if previous != status:
+            log.info("check status changed", check=cid, status=status, previous=previous)
+            self._mark_dirty(("check", cid))
+        elif changed_output and time.monotonic() - chk.last_synced >= CHECK_UPDATE_INTERVAL:
+            self._mark_dirty(("check", cid))
+
+    async def update_ttl(self, cid: str, status: str, output: str) -> None:
+        chk = self.checks.get(cid)
+        if chk is None:
+            raise AgentError(
+                404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.'
+            )
+        if not isinstance(chk.monitor, TTLMonitor):
+            raise AgentError(500, f'CheckID "{cid}" does not have associated TTL')
+        chk.monitor.reset()
+        output = output[: chk.spec.output_max_size] if chk.spec.output_max_size > 0 else output
+        self.set_check_status(cid, status, output)
+        await self.sync_check(cid)
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def set_node_maintenance(self, enable: bool, reason: str) -> None:
+        if enable:
+            if NODE_MAINT_CHECK_ID in self.checks:
+                return
+            spec = CheckSpec(
+                check_id=NODE_MAINT_CHECK_ID,
+                name="Node Maintenance Mode",
+                type="maintenance",
+                notes=reason
+                or "Maintenance mode is enabled for this node, but no reason was provided. This is a default message.",
+                status=HEALTH_CRITICAL,
+            )
+            await self._install_check(spec)
+            await self.sync_check(NODE_MAINT_CHECK_ID)
+        elif NODE_MAINT_CHECK_ID in self.checks:
+            await self.remove_check(NODE_MAINT_CHECK_ID)
+
+    async def set_service_maintenance(self, sid: str, enable: bool, reason: str) -> None:
+        if sid not in self.services:
+            raise AgentError(404, f'Unknown service ID "{sid}"')
+        cid = SERVICE_MAINT_PREFIX + sid
+        if enable:
+            if cid in self.checks:
+                return
+            spec = CheckSpec(
+                check_id=cid,
+                name="Service Maintenance Mode",
+                type="maintenance",
+                service_id=sid,
+                notes=reason
+                or "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.",
+                status=HEALTH_CRITICAL,
+            )
+            await self._install_check(spec)
+            await self.sync_check(cid)
+        elif cid in self.checks:
+            await self.remove_check(cid)
+
+    # ------------------------------------------------------------------ anti-entropy
+
+    def _mark_dirty(self, item: tuple[str, str]) -> None:
+        self._dirty.add(item)
+        if self._dirty_event is not None:
+            self._dirty_event.set()
+
+    async def _sync_or_defer(self, item: tuple[str, str]) -> None:
+        try:
+            await self._sync_item(item)
+        except Exception as exc:  # noqa: BLE001 - the catalog catches up on the next sync
+            log.warning("catalog sync failed; will retry", item=item, error=str(exc))
+            self._mark_dirty(item)
+
+    async def sync_service(self, sid: str) -> None:
+        await self._sync_or_defer(("service", sid))
+
+    async def sync_check(self, cid: str) -> None:
+        await self._sync_or_defer(("check", cid))
+
+    async def _sync_item(self, item: tuple[str, str]) -> None:
+        kind, key = item
+        node = self.node_name
+        if kind == "service":
+            svc = self.services.get(key)
+            if svc is None:
+                return
+            checks = [c for c in self.checks.values() if c.spec.service_id == key]
+            cmd = {
+                **self.node_command(),
+                "SkipNodeUpdate": True,
+                "Service": svc.definition,
+                "Checks": [c.command_dict(node) for c in checks],
+            }
+            await self._apply(cmd)
+            now = time.monotonic()
+            for c in checks:
+                c.last_synced = now
+        elif kind == "check":
+            chk = self.checks.get(key)
+            if chk is None:
+                return
+            if chk.spec.service_id and chk.spec.service_id not in self.services:
+                return
+            existing = self.store.checks.get(node, {}).get(key)
+            want = check_from(node, chk.command_dict(node))
+            if existing is not None and _same_definition(existing, want):
+                cmd = {"Type": "check.update", "Node": node, "CheckID": key, "Status": chk.status,
+                       "Output": chk.output}  # fmt: skip
+            else:
+                cmd = {**self.node_command(), "SkipNodeUpdate": True, "Check": chk.command_dict(node)}
+            await self._apply(cmd)
+            chk.last_synced = time.monotonic()
+        elif kind == "service-delete":
+            if key not in self.services:
+                await self._apply({"Type": "deregister", "Node": node, "ServiceID": key})
+        elif kind == "check-delete":
+            if key not in self.checks:
+                await self._apply({"Type": "deregister", "Node": node, "CheckID": key})
+
+    async def sync_full(self) -> None:
+        """Bring the catalog's view of this node in line with local state."""
+        store = self.store
+        node = self.node_name
+        if node not in store.nodes:
+            await self._register_self()
+            store = self.store
+        catalog_services = store.services.get(node, {})
+        catalog_checks = store.checks.get(node, {})
+        for sid, svc in self.services.items():
+            row = catalog_services.get(sid)
+            want = service_from(node, svc.definition)
+            if row is None or not row.same_as(want):
+                if row is not None and want.enable_tag_override and row.tags != want.tags:
+                    svc.definition["Tags"] = list(row.tags)  # tags changed in the catalog win
+                    if row.same_as(service_from(node, svc.definition)):
+                        continue
+                await self._sync_or_defer(("service", sid))
+        for sid, row in catalog_services.items():
+            if sid not in self.services and not (self.config.server and row.service == CONSUL_SERVICE):
+                await self._sync_or_defer(("service-delete", sid))
+        for cid, chk in self.checks.items():
+            row = catalog_checks.get(cid)
+            want = check_from(node, chk.command_dict(node))
+            if row is None or not _same_definition(row, want) or (row.status, row.output) != (want.status, want.output):
+                await self._sync_or_defer(("check", cid))
+        for cid in list(catalog_checks):
+            if cid not in self.checks and cid != SERF_CHECK_ID:
+                await self._sync_or_defer(("check-delete", cid))
+
+    async def _sync_loop(self) -> None:
+        assert self._dirty_event is not None
+        next_full = time.monotonic() + self.config.ae_interval
+        while True:
+            timeout = max(0.0, next_full - time.monotonic())
+            try:
+                await asyncio.wait_for(self._dirty_event.wait(), timeout)
+            except TimeoutError:
+                pass
+            self._dirty_event.clear()
+            items, self._dirty = self._dirty, set()
+            for item in items:
+                await self._sync_or_defer(item)
+            if time.monotonic() >= next_full:
+                try:
+                    await self.sync_full()
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("anti-entropy sync failed", error=str(exc))
+                next_full = time.monotonic() + self.config.ae_interval
+            if self._dirty:
+                await asyncio.sleep(1.0)  # failed items: retry after a pause, not in a hot loop
+
+    async def _reaper_loop(self) -> None:
+        """Deregister services whose check has been critical longer than DeregisterCriticalServiceAfter."""
+        while True:
+            await asyncio.sleep(self.config.check_reap_interval)
+            await self.reap_critical()
+
+    async def reap_critical(self) -> None:
+        now = time.monotonic()
+        doomed = set()
+        for chk in self.checks.values():
+            after = chk.spec.deregister_after
+            if after and chk.spec.service_id and chk.critical_since is not None and now - chk.critical_since > after:
+                doomed.add(chk.spec.service_id)
+        for sid in doomed:
+            if sid in self.services:
+                log.info("deregistering service with a long-critical check", service=sid)
+                await self.remove_service(sid)
+
+    # ------------------------------------------------------------------ membership (single agent for now)
+
+    def members(self) -> list[dict[str, Any]]:
+        addr = self.config.advertise
+        tags = {
+            "acls": "0",
+            "build": f"{VERSION}:proconsul",
+            "dc": self.config.datacenter,
+            "id": self.config.node_id,
+            "role": "consul" if self.config.server else "node",
+            "segment": "",
+            "vsn": "2",
+            "vsn_max": "3",
+            "vsn_min": "2",
+        }
+        if self.config.server:
+            tags.update(port=str(self.config.ports.server), expect=str(self.config.bootstrap_expect or 1))
+            if self.config.bootstrap:
+                tags["bootstrap"] = "1"
+        return [
+            {
+                "Name": self.node_name,
+                "Addr": addr,
+                "Port": self.config.ports.serf_lan,
+                "Tags": tags,
+                "Status": 3 if self.leaving else 1,
+                "ProtocolMin": 1,
+                "ProtocolMax": 5,
+                "ProtocolCur": 2,
+                "DelegateMin": 2,
+                "DelegateMax": 5,
+                "DelegateCur": 4,
+            }
+        ]
+
+    async def leave(self) -> None:
+        """Graceful leave: deregister this node from the catalog, then shut down."""
+        self.leaving = True
+        try:
+            await self._apply({"Type": "deregister", "Node": self.node_name})
+        except AgentError as exc:
+            log.warning("leave: deregistration failed", error=exc.message)
+        self.request_shutdown()
+
+
+def _same_definition(row: Any, want: Any) -> bool:
+    """True when a catalog check row matches a local check in everything but status and output."""
+    from dataclasses import replace
+
+    return row.same_as(
+        replace(want, status=row.status, output=row.output, service_name=row.service_name,
+                service_tags=row.service_tags)  # fmt: skip
+    )

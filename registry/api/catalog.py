@@ -1,0 +1,254 @@
+"""/v1/catalog/*: the cluster-wide registry of nodes and services."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from registry.api import views
+from registry.api.decode import (
+    CATALOG_DEREGISTER_SCHEMA,
+    CATALOG_REGISTER_SCHEMA,
+    DecodeError,
+    decode,
+    parse_json,
+    validate_meta,
+)
+from registry.api.errors import HTTPError
+from registry.api.http import ReadResult, read_body
+from registry.state.store import T_NODES, T_SERVICES, StateStore
+from registry.structs import CHECK_STATUSES, Node, Service
+
+if TYPE_CHECKING:
+    from registry.api.http import Api, Router
+
+
+def node_meta_filter(request: web.Request) -> dict[str, str]:
+    out = {}
+    for item in request.query.getall("node-meta", []):
+        key, _, value = item.partition(":")
+        out[key] = value
+    return out
+
+
+def node_matches(node: Node, meta: dict[str, str]) -> bool:
+    return all(node.meta.get(k) == v for k, v in meta.items())
+
+
+def tags_match(svc: Service, tags: list[str]) -> bool:
+    """Every requested tag must be present; Consul compares tags case-insensitively."""
+    if not tags:
+        return True
+    have = {t.lower() for t in svc.tags}
+    return all(t.lower() in have for t in tags)
+
+
+def _datacenter(api: Api, request: web.Request) -> None:
+    dc = request.query.get("dc")
+    if dc and dc != api.agent.config.datacenter:
+        raise HTTPError(500, "No path to datacenter")
+
+
+async def register_handler(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    body = await read_body(request)
+    try:
+        d = decode(parse_json(body), CATALOG_REGISTER_SCHEMA)
+    except DecodeError as exc:
+        raise HTTPError(400, f"Request decode failed: {exc}") from exc
+    if not d.get("Node"):
+        raise HTTPError(400, "Must provide node")
+    if not d.get("Address") and not d.get("SkipNodeUpdate"):
+        raise HTTPError(400, "Must provide address")
+    dc = d.get("Datacenter") or api.agent.config.datacenter
+    if dc != api.agent.config.datacenter:
+        raise HTTPError(500, "No path to datacenter")
+    try:
+        validate_meta(d.get("NodeMeta") or {}, "Node")
+    except DecodeError as exc:
+        raise HTTPError(400, f"Invalid node metadata: {exc}") from exc
+    cmd: dict[str, Any] = {
+        "Type": "register",
+        "ID": d.get("ID") or "",
+        "Node": d["Node"],
+        "Address": d.get("Address") or "",
+        "Datacenter": dc,
+        "TaggedAddresses": d.get("TaggedAddresses") or {},
+        "NodeMeta": d.get("NodeMeta") or {},
+        "SkipNodeUpdate": bool(d.get("SkipNodeUpdate")),
+    }
+    existing = api.agent.store.nodes.get(d["Node"])
+    if cmd["SkipNodeUpdate"] and existing is None and not cmd["Address"]:
+        raise HTTPError(400, "Must provide address")
+    if svc := d.get("Service"):
+        name = svc.get("Service") or svc.get("Name") or ""
+        if not name:
+            raise HTTPError(400, "Must provide service name")
+        try:
+            validate_meta(svc.get("Meta") or {})
+        except DecodeError as exc:
+            raise HTTPError(400, f"Invalid service metadata: {exc}") from exc
+        weights = svc.get("Weights") or {"Passing": 1, "Warning": 1}
+        cmd["Service"] = {
+            "ID": svc.get("ID") or name,
+            "Service": name,
+            "Kind": svc.get("Kind") or "",
+            "Tags": svc.get("Tags") or [],
+            "Address": svc.get("Address") or "",
+            "TaggedAddresses": svc.get("TaggedAddresses") or {},
+            "Meta": svc.get("Meta") or {},
+            "Port": svc.get("Port") or 0,
+            "Weights": {"Passing": weights.get("Passing") or 1, "Warning": weights.get("Warning") or 1},
+            "EnableTagOverride": bool(svc.get("EnableTagOverride")),
+            "Proxy": svc.get("Proxy"),
+            "Connect": svc.get("Connect"),
+        }
+    checks = []
+    for c in ([d["Check"]] if d.get("Check") else []) + [c for c in (d.get("Checks") or []) if c]:
+        status = c.get("Status") or "critical"
+        if status not in CHECK_STATUSES:
+            raise HTTPError(400, f"Invalid check status: '{status}'")
+        cid = c.get("CheckID") or c.get("ID") or c.get("Name") or ""
+        if not cid:
+            raise HTTPError(400, "Missing check ID")
+        if c.get("Node") and c["Node"] != d["Node"]:
+            raise HTTPError(400, "Check node does not match node")
+        checks.append({
+            "Node": d["Node"], "CheckID": cid, "Name": c.get("Name") or cid, "Status": status,
+            "Notes": c.get("Notes") or "", "Output": c.get("Output") or "", "ServiceID": c.get("ServiceID") or "",
+            "Type": c.get("Type") or "", "Definition": c.get("Definition") or {},
+        })  # fmt: skip
+    cmd["Checks"] = checks
+    await api.propose(cmd)
+    return api.json(request, True)
+
+
+async def deregister(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    body = await read_body(request)
+    try:
+        d = decode(parse_json(body), CATALOG_DEREGISTER_SCHEMA)
+    except DecodeError as exc:
+        raise HTTPError(400, f"Request decode failed: {exc}") from exc
+    if not d.get("Node"):
+        raise HTTPError(400, "Must provide node")
+    await api.propose({"Type": "deregister", "Node": d["Node"], "ServiceID": d.get("ServiceID") or "",
+                       "CheckID": d.get("CheckID") or ""})  # fmt: skip
+    return api.json(request, True)
+
+
+async def datacenters(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    return api.json(request, [api.agent.config.datacenter])
+
+
+async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    meta = node_meta_filter(request)
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            return [views.node_json(store.nodes[n]) for n in sorted(store.nodes) if node_matches(store.nodes[n], meta)]
+
+        return ReadResult(store.table_index["nodes"], (T_NODES,), build)
+
+    return await api.read(request, run)
+
+
+async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    meta = node_meta_filter(request)
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            if not meta:
+                return store.service_names()
+            out: dict[str, set[str]] = {}
+            for name, keys in store.by_service_name.items():
+                for node, sid in keys:
+                    if node_matches(store.nodes[node], meta):
+                        out.setdefault(name, set()).update(store.services[node][sid].tags)
+            return {k: sorted(v) for k, v in sorted(out.items())}
+
+        index = store.table_index["services"]
+        topics = (T_SERVICES,)
+        if meta:
+            index = max(index, store.table_index["nodes"])
+            topics = (T_SERVICES, T_NODES)
+        return ReadResult(index, topics, build)
+
+    return await api.read(request, run)
+
+
+def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> Any:
+    _datacenter(api, request)
+    if not name:
+        raise HTTPError(400, "Missing service name")
+    tags = request.query.getall("tag", [])
+    meta = node_meta_filter(request)
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            return [
+                views.catalog_service_json(n, s)
+                for n, s in store.service_instances(name, connect)
+                if tags_match(s, tags) and node_matches(n, meta)
+            ]
+
+        return ReadResult(store.svc_index(name), (("svc", name),), build)
+
+    return api.read(request, run)
+
+
+async def service(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    return await _service_nodes(api, request, name, connect=False)
+
+
+async def connect(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    return await _service_nodes(api, request, name, connect=True)
+
+
+async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    if not name:
+        raise HTTPError(400, "Missing node name")
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            n = store.nodes.get(name)
+            if n is None:
+                return None
+            svcs = store.services.get(name, {})
+            return {"Node": views.node_json(n), "Services": {sid: views.service_json(svcs[sid]) for sid in sorted(svcs)}}
+
+        return ReadResult(store.nd_index(name), (("node", name),), build)
+
+    return await api.read(request, run)
+
+
+async def node_services(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    if not name:
+        raise HTTPError(400, "Missing node name")
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            n = store.nodes.get(name)
+            if n is None:
+                return {"Node": None, "Services": []}
+            svcs = store.services.get(name, {})
+            return {"Node": views.node_json(n), "Services": [views.service_json(svcs[sid]) for sid in sorted(svcs)]}
+
+        return ReadResult(store.nd_index(name), (("node", name),), build)
+
+    return await api.read(request, run)
+
+
+def register(router: Router) -> None:
+    router.add("PUT", "/v1/catalog/register", register_handler)
+    router.add("PUT", "/v1/catalog/deregister", deregister)
+    router.add("GET", "/v1/catalog/datacenters", datacenters)
+    router.add("GET", "/v1/catalog/nodes", nodes)
+    router.add("GET", "/v1/catalog/services", services)
+    router.add("GET", "/v1/catalog/service/", service)
+    router.add("GET", "/v1/catalog/connect/", connect)
+    router.add("GET", "/v1/catalog/node/", node)
+    router.add("GET", "/v1/catalog/node-services/", node_services)

@@ -1,0 +1,19 @@
+"""HTTP errors carrying Consul's status codes and plain-text words."""
+
+from __future__ import annotations
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def bad_request(message: str) -> HTTPError:
+    return HTTPError(400, message)
+
+
+def not_found(message: str = "") -> HTTPError:
+    return HTTPError(404, message)

@@ -1,0 +1,130 @@
+"""/v1/health/*: instances with their checks, filtered by health."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from registry.api import views
+from registry.api.catalog import _datacenter, node_matches, node_meta_filter, tags_match
+from registry.api.errors import HTTPError
+from registry.api.http import ReadResult
+from registry.state.store import T_CHECKS, StateStore
+from registry.structs import HEALTH_PASSING
+
+if TYPE_CHECKING:
+    from registry.api.http import Api, Router
+
+
+def _passing_param(request: web.Request) -> bool:
+    if "passing" not in request.query:
+        return False
+    value = request.query.get("passing", "")
+    if value == "":
+        return True
+    lowered = value.lower()
+    if lowered in ("1", "t", "true"):
+        return True
+    if lowered in ("0", "f", "false"):
+        return False
+    raise HTTPError(400, "Invalid value for ?passing")
+
+
+def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -> Any:
+    _datacenter(api, request)
+    if not name:
+        raise HTTPError(400, "Missing service name")
+    passing = _passing_param(request)
+    tags = request.query.getall("tag", [])
+    meta = node_meta_filter(request)
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            out = []
+            for n, s in store.service_instances(name, connect):
+                if not tags_match(s, tags) or not node_matches(n, meta):
+                    continue
+                checks = store.checks_for_instance(n.node, s.id)
+                if passing and any(c.status != HEALTH_PASSING for c in checks):
+                    continue
+                out.append({
+                    "Node": views.node_json(n),
+                    "Service": views.service_json(s),
+                    "Checks": [views.check_json(c) for c in checks],
+                })  # fmt: skip
+            return out
+
+        return ReadResult(store.svc_index(name), (("svc", name),), build)
+
+    return api.read(request, run)
+
+
+async def service(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    return await _service_entries(api, request, name, connect=False)
+
+
+async def connect(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    return await _service_entries(api, request, name, connect=True)
+
+
+async def checks(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    if not name:
+        raise HTTPError(400, "Missing service name")
+    meta = node_meta_filter(request)
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            out = []
+            for n, s in store.service_instances(name):
+                if not node_matches(n, meta):
+                    continue
+                out.extend(views.check_json(c) for c in store.checks_for_instance(n.node, s.id) if c.service_id)
+            return out
+
+        return ReadResult(store.svc_index(name), (("svc", name),), build)
+
+    return await api.read(request, run)
+
+
+async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    if not name:
+        raise HTTPError(400, "Missing node name")
+
+    def run(store: StateStore) -> ReadResult:
+        return ReadResult(
+            store.nd_index(name), (("node", name),), lambda: [views.check_json(c) for c in store.node_checks(name)]
+        )
+
+    return await api.read(request, run)
+
+
+async def state(api: Api, request: web.Request, state_name: str) -> web.StreamResponse:
+    _datacenter(api, request)
+    if not state_name:
+        raise HTTPError(400, "Missing check state")
+    if state_name not in ("any", "passing", "warning", "critical"):
+        raise HTTPError(400, "Invalid check state")
+    meta = node_meta_filter(request)
+
+    def run(store: StateStore) -> ReadResult:
+        def build() -> Any:
+            return [
+                views.check_json(c)
+                for c in store.checks_in_state(state_name)
+                if not meta or (c.node in store.nodes and node_matches(store.nodes[c.node], meta))
+            ]
+
+        return ReadResult(store.table_index["checks"], (T_CHECKS,), build)
+
+    return await api.read(request, run)
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/v1/health/service/", service)
+    router.add("GET", "/v1/health/connect/", connect)
+    router.add("GET", "/v1/health/checks/", checks)
+    router.add("GET", "/v1/health/node/", node)
+    router.add("GET", "/v1/health/state/", state)

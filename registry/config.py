@@ -1,0 +1,222 @@
+"""Agent configuration with Consul's keys, from YAML or JSON files plus command-line flags.
+
+Precedence, as in Consul: defaults < config files (in order) < flags. A Consul JSON config file is valid
+YAML, so it loads as is. Keys Proconsul does not know are reported once as a warning, not an error, so that
+a Consul config with knobs we do not have still starts; malformed values of known keys are errors.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from registry.durations import DurationError, parse_duration
+
+
+class ConfigError(ValueError):
+    pass
+
+
+KNOWN_TOP_KEYS = {
+    "node_name", "node_id", "datacenter", "data_dir", "server", "bootstrap", "bootstrap_expect", "bind_addr",
+    "advertise_addr", "client_addr", "ports", "addresses", "retry_join", "start_join", "enable_script_checks",
+    "enable_local_script_checks", "domain", "alt_domain", "recursors", "dns_config", "acl", "log_level",
+    "log_json", "node_meta", "check_output_max_size", "kv_max_value_size", "limits", "default_query_time",
+    "max_query_time", "ae_interval", "check_reap_interval", "tls", "connect", "ui", "ui_config", "dev",
+    "primary_datacenter", "performance", "raft_protocol", "rejoin_after_leave", "leave_on_terminate",
+    "disable_update_check", "encrypt", "telemetry", "services", "checks", "service", "check",
+    "default_intention_policy", "http_config", "raft_snapshot_threshold", "raft_trailing_logs",
+    "retry_interval", "recursor_timeout", "servers",
+}  # fmt: skip
+
+
+@dataclass
+class Ports:
+    dns: int = 8600
+    http: int = 8500
+    https: int = -1
+    server: int = 8300
+    serf_lan: int = 8301
+    grpc: int = -1
+
+
+@dataclass
+class Config:
+    node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "node")
+    node_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    datacenter: str = "dc1"
+    data_dir: str | None = None
+    dev: bool = False
+    server: bool = False
+    bootstrap: bool = False
+    bootstrap_expect: int = 0
+    bind_addr: str = "0.0.0.0"
+    advertise_addr: str = ""
+    client_addr: str = "127.0.0.1"
+    ports: Ports = field(default_factory=Ports)
+    retry_join: list[str] = field(default_factory=list)
+    enable_script_checks: bool = False
+    enable_local_script_checks: bool = False
+    domain: str = "consul."
+    alt_domain: str = ""
+    recursors: list[str] = field(default_factory=list)
+    dns_config: dict[str, Any] = field(default_factory=dict)
+    acl: dict[str, Any] = field(default_factory=dict)
+    log_level: str = "info"
+    log_json: bool = False
+    node_meta: dict[str, str] = field(default_factory=dict)
+    check_output_max_size: int = 4096
+    kv_max_value_size: int = 512 * 1024
+    default_query_time: float = 300.0
+    max_query_time: float = 600.0
+    ae_interval: float = 60.0
+    check_reap_interval: float = 30.0
+    tls: dict[str, Any] = field(default_factory=dict)
+    connect: dict[str, Any] = field(default_factory=dict)
+    default_intention_policy: str = ""
+    services: list[dict[str, Any]] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    unknown_keys: list[str] = field(default_factory=list)
+    config_files: list[str] = field(default_factory=list)
+
+    @property
+    def advertise(self) -> str:
+        if self.advertise_addr:
+            return self.advertise_addr
+        if self.bind_addr not in ("0.0.0.0", "::", ""):
+            return self.bind_addr
+        return "127.0.0.1"
+
+    @property
+    def acl_default_policy(self) -> str:
+        if not self.acl.get("enabled"):
+            return "allow"
+        return str(self.acl.get("default_policy", "allow"))
+
+    @property
+    def server_address(self) -> str:
+        return f"{self.advertise}:{self.ports.server}"
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Error reading config file {p}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"Error parsing config file {p}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Error parsing config file {p}: the top level must be a map of config keys")
+    return data
+
+
+def _dur(value: Any, key: str) -> float:
+    try:
+        return parse_duration(value, field=key)
+    except DurationError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def apply_mapping(cfg: Config, data: dict[str, Any], source: str = "config") -> None:
+    """Apply Consul config keys from a mapping onto ``cfg`` (later calls override earlier ones)."""
+    for key, value in data.items():
+        if key not in KNOWN_TOP_KEYS:
+            cfg.unknown_keys.append(f"{source}: {key}")
+            cfg.extra[key] = value
+            continue
+        try:
+            _apply_key(cfg, key, value)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{source}: invalid value for {key!r}: {value!r} ({exc})") from exc
+
+
+def _apply_key(cfg: Config, key: str, value: Any) -> None:
+    if key == "ports":
+        if not isinstance(value, dict):
+            raise ConfigError("ports must be a map, e.g. {http: 8500, dns: 8600}")
+        for pk, pv in value.items():
+            if not hasattr(cfg.ports, pk):
+                cfg.unknown_keys.append(f"ports.{pk}")
+                continue
+            if not isinstance(pv, int) or isinstance(pv, bool) or not -1 <= pv <= 65535:
+                raise ConfigError(f"ports.{pk} must be a port number (or -1 to disable), got {pv!r}")
+            setattr(cfg.ports, pk, pv)
+    elif key == "addresses":
+        if isinstance(value, dict) and isinstance(value.get("http"), str):
+            cfg.client_addr = value["http"]
+    elif key in ("retry_join", "start_join", "recursors"):
+        items = [value] if isinstance(value, str) else list(value)
+        target = "recursors" if key == "recursors" else "retry_join"
+        getattr(cfg, target).extend(str(i) for i in items)
+    elif key in ("default_query_time", "max_query_time", "ae_interval", "check_reap_interval"):
+        setattr(cfg, key, _dur(value, key))
+    elif key in ("dns_config", "acl", "tls", "connect", "node_meta"):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a map")
+        getattr(cfg, key).update(value)
+    elif key in ("services", "checks"):
+        getattr(cfg, key).extend(value if isinstance(value, list) else [value])
+    elif key in ("service", "check"):
+        getattr(cfg, key + "s").append(value)
+    elif key in ("server", "bootstrap", "enable_script_checks", "enable_local_script_checks", "log_json", "dev"):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        setattr(cfg, key, value)
+    elif key in ("bootstrap_expect", "check_output_max_size", "kv_max_value_size"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")
+        setattr(cfg, key, value)
+    elif key == "domain" or key == "alt_domain":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string")
+        setattr(cfg, key, value if value.endswith(".") or not value else value + ".")
+    elif key == "default_intention_policy":
+        if value not in ("allow", "deny", ""):
+            raise ConfigError("default_intention_policy must be \"allow\" or \"deny\"")
+        cfg.default_intention_policy = value
+    elif key in ("node_name", "node_id", "datacenter", "data_dir", "bind_addr", "advertise_addr", "client_addr",
+                 "log_level"):  # fmt: skip
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        setattr(cfg, key, value)
+    else:
+        cfg.extra[key] = value
+
+
+def dev_defaults(cfg: Config) -> None:
+    """What `-dev` means: a bootstrapped in-memory server on loopback with debug logging."""
+    cfg.dev = True
+    cfg.server = True
+    cfg.bootstrap = True
+    cfg.bind_addr = "127.0.0.1"
+    cfg.log_level = "debug"
+    cfg.connect.setdefault("enabled", True)
+
+
+def validate(cfg: Config) -> None:
+    if not cfg.dev and not cfg.data_dir and cfg.server:
+        raise ConfigError("data_dir is required for a server; set -data-dir (or use -dev for an in-memory agent)")
+    if cfg.log_level.lower() not in ("trace", "debug", "info", "warn", "warning", "error", "off"):
+        raise ConfigError(f"log_level {cfg.log_level!r} is not one of trace, debug, info, warn, error")
+    if cfg.acl.get("default_policy", "allow") not in ("allow", "deny"):
+        raise ConfigError("acl.default_policy must be \"allow\" or \"deny\"")
+    for name in ("http", "dns"):
+        port = getattr(cfg.ports, name)
+        if port == 0 and not cfg.dev:
+            pass  # 0 = pick a free port (used by tests and the in-process fixture)
+    if not cfg.node_name or any(c.isspace() for c in cfg.node_name):
+        raise ConfigError(f"node_name {cfg.node_name!r} is not a valid node name")
