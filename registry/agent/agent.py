@@ -404,9 +404,10 @@ class Agent:
         if node not in store.nodes:
             await self._register_self()
             store = self.store
-        catalog_services = store.services.get(node, {})
-        catalog_checks = store.checks.get(node, {})
-        for sid, svc in self.services.items():
+        # Copies: the syncs below write to the store while we walk these.
+        catalog_services = dict(store.services.get(node, {}))
+        catalog_checks = dict(store.checks.get(node, {}))
+        for sid, svc in list(self.services.items()):
             row = catalog_services.get(sid)
             want = service_from(node, svc.definition)
             if row is None or not row.same_as(want):
@@ -418,7 +419,7 @@ class Agent:
         for sid, row in catalog_services.items():
             if sid not in self.services and not (self.config.server and row.service == CONSUL_SERVICE):
                 await self._sync_or_defer(("service-delete", sid))
-        for cid, chk in self.checks.items():
+        for cid, chk in list(self.checks.items()):
             row = catalog_checks.get(cid)
             want = check_from(node, chk.command_dict(node))
             if row is None or not _same_definition(row, want) or (row.status, row.output) != (want.status, want.output):

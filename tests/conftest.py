@@ -1,0 +1,75 @@
+"""Shared fixtures: a real in-process dev agent on free ports, and an HTTP client for it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from registry.testing import RunningAgent, async_dev_agent
+
+
+class Http:
+    """A thin client: returns (status, parsed JSON or text, headers)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session = session
+        self.base = base
+
+    async def call(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                   **kw: Any) -> tuple[int, Any, Any]:  # fmt: skip
+        data = raw
+        if body is not None:
+            import json
+
+            data = json.dumps(body).encode()
+        async with self.session.request(method, self.base + path, data=data, **kw) as resp:
+            text = await resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+            parsed: Any = text
+            if ctype.startswith("application/json") and text:
+                import json
+
+                parsed = json.loads(text)
+            elif ctype.startswith("text/plain"):
+                try:
+                    parsed = text.decode()
+                except UnicodeDecodeError:
+                    parsed = text
+            return resp.status, parsed, resp.headers
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        return await self.call("GET", path, **kw)
+
+    async def put(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any, Any]:
+        return await self.call("PUT", path, body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        return await self.call("DELETE", path, **kw)
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[RunningAgent]:
+    async with async_dev_agent() as running:
+        yield running
+
+
+@pytest.fixture
+async def http(agent: RunningAgent) -> AsyncIterator[Http]:
+    async with aiohttp.ClientSession() as session:
+        yield Http(session, agent.url)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll an async predicate until it holds or the deadline passes (then fail with the last state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
