@@ -543,7 +543,7 @@ async def _run_agent(cfg: Any) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.request_shutdown)
-    print("==> Proconsul agent running!", file=sys.stderr, flush=True)
+    print("==> Proconsul agent running!", flush=True)
     assert agent.shutdown_requested is not None
     await agent.shutdown_requested.wait()
     log.info("caught signal, shutting down")

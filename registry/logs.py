@@ -12,7 +12,7 @@ _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
 
 
 def configure(level: str = "info", json_output: bool = False, stream: object = None) -> None:
-    out = stream or sys.stderr
+    out = stream or sys.stdout  # as Consul does: logs on stdout, fatal start-up errors on stderr
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

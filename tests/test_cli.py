@@ -1,0 +1,181 @@
+"""The `proconsul` command as a user runs it: a real `agent -dev` process and the client verbs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.testing import free_port
+
+BIN = str(Path(sys.executable).with_name("proconsul"))
+
+
+def run(*args: str, env: dict | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:  # noqa: A002
+    return subprocess.run([BIN, *args], capture_output=True, timeout=30, env={**os.environ, **(env or {})},
+                          input=input)  # fmt: skip
+
+
+def wait_http(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"agent exited early: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/status/leader", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("agent did not start")
+
+
+@pytest.fixture(scope="module")
+def agent_proc() -> Iterator[tuple[int, subprocess.Popen]]:
+    port = free_port()
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "cli-node", "-http-port", str(port), "-dns-port", "-1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_http(port, proc)
+    yield port, proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+
+
+def addr(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def test_version() -> None:
+    out = run("version")
+    assert out.returncode == 0 and out.stdout.decode().startswith("Proconsul v")
+    assert run("-version").returncode == 0
+
+
+def test_members_and_catalog(agent_proc) -> None:
+    port, _ = agent_proc
+    out = run("members", "-http-addr", addr(port))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert lines[0].split() == ["Node", "Address", "Status", "Type", "Build", "Protocol", "DC", "Partition", "Segment"]
+    assert lines[1].split()[:4] == ["cli-node", "127.0.0.1:8301", "alive", "server"]
+    out = run("catalog", "datacenters", f"--http-addr={addr(port)}")
+    assert out.stdout.decode().split() == ["dc1"]
+    out = run("catalog", "nodes", env={"CONSUL_HTTP_ADDR": addr(port)})
+    assert out.stdout.decode().splitlines()[1].startswith("cli-node")
+    out = run("catalog", "services", env={"PROCONSUL_HTTP_ADDR": f"http://{addr(port)}"})
+    assert "consul" in out.stdout.decode().split()
+
+
+def test_services_register_deregister(agent_proc, tmp_path: Path) -> None:
+    port, _ = agent_proc
+    out = run("services", "register", "-name", "web", "-port", "8080", "-tag", "v1", "-http-addr", addr(port))
+    assert out.returncode == 0 and out.stdout.decode().strip() == "Registered service: web"
+    definition = tmp_path / "svc.json"
+    definition.write_text(json.dumps({"service": {"name": "db", "id": "db1", "port": 5432}}))
+    out = run("services", "register", str(definition), "-http-addr", addr(port))
+    assert out.returncode == 0, out.stderr
+    out = run("catalog", "services", "-tags", "-http-addr", addr(port))
+    text = out.stdout.decode()
+    assert "web" in text and "v1" in text and "db" in text
+    assert run("services", "deregister", "-id", "db1", "-http-addr", addr(port)).returncode == 0
+    out = run("services", "deregister", "-id", "nope", "-http-addr", addr(port))
+    assert out.returncode == 1 and "Unknown service ID" in out.stderr.decode()
+    out = run("services", "register", "-name", "bad", "-port", "99999", "-http-addr", addr(port))
+    assert out.returncode == 1 and "Invalid service port" in out.stderr.decode()
+
+
+def test_kv_commands(agent_proc, tmp_path: Path) -> None:
+    port, _ = agent_proc
+    a = ["-http-addr", addr(port)]
+    out = run("kv", "put", *a, "app/name", "proconsul")
+    assert out.stdout.decode().strip() == "Success! Data written to: app/name"
+    assert run("kv", "get", *a, "app/name").stdout == b"proconsul\n"
+    f = tmp_path / "v.txt"
+    f.write_bytes(b"from file")
+    run("kv", "put", *a, "app/file", f"@{f}")
+    run("kv", "put", *a, "app/stdin", "-", input=b"from stdin")
+    out = run("kv", "get", *a, "-recurse", "app/")
+    assert out.stdout.decode().splitlines() == ["app/file:from file", "app/name:proconsul", "app/stdin:from stdin"]
+    out = run("kv", "get", *a, "-keys", "")
+    assert out.stdout.decode().split() == ["app/"]
+    detailed = run("kv", "get", *a, "-detailed", "app/name").stdout.decode()
+    modify = int(next(line.split()[1] for line in detailed.splitlines() if line.startswith("ModifyIndex")))
+    out = run("kv", "put", *a, "-cas", "-modify-index", str(modify + 100), "app/name", "x")
+    assert out.returncode == 1 and out.stderr.decode().strip() == "Error! Did not write to app/name: CAS failed"
+    out = run("kv", "put", *a, "-cas", f"-modify-index={modify}", "app/name", "y")
+    assert out.returncode == 0
+    out = run("kv", "get", *a, "missing")
+    assert out.returncode == 1 and out.stderr.decode().strip() == "Error! No key exists at: missing"
+    out = run("kv", "delete", *a, "-recurse", "app/")
+    assert out.stdout.decode().strip() == "Success! Deleted keys with prefix: app/"
+    assert run("kv", "get", *a, "app/name").returncode == 1
+
+
+def test_unreachable_agent_says_what_to_do() -> None:
+    out = run("members", "-http-addr", f"127.0.0.1:{free_port()}")
+    assert out.returncode == 1
+    assert "Is the agent running?" in out.stderr.decode()
+
+
+def test_second_agent_on_taken_port_fails_fast(agent_proc) -> None:
+    port, _ = agent_proc
+    started = time.monotonic()
+    out = subprocess.run([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"], capture_output=True,
+                         timeout=20)  # fmt: skip
+    assert out.returncode == 1
+    assert time.monotonic() - started < 10
+    err = out.stderr.decode()
+    assert f"Error starting HTTP listener on 127.0.0.1:{port}" in err and "Address already in use" in err
+
+
+def test_config_file_and_bad_config(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "agent.json"
+    cfg.write_text(json.dumps({"node_name": "from-file", "ports": {"http": port, "dns": -1},
+                               "enable_script_checks": True, "acl": {"enabled": False},
+                               "unknown_consul_knob": 1}))  # fmt: skip
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-config-file", str(cfg)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_http(port, proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/agent/self") as r:
+            me = json.loads(r.read())
+        assert me["Config"]["NodeName"] == "from-file" and me["DebugConfig"]["EnableScriptChecks"] is True
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0, "Ctrl-C shuts down cleanly"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ports: [1, 2]\n")
+    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(bad)], capture_output=True, timeout=20)
+    assert out.returncode == 1 and "ports must be a map" in out.stderr.decode()
+    out = subprocess.run([BIN, "agent", "-server"], capture_output=True, timeout=20)
+    assert out.returncode == 1 and "data_dir is required" in out.stderr.decode()
+
+
+def test_sigterm_shuts_down_cleanly() -> None:
+    port = free_port()
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1", "-log-json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_http(port, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    lines = [json.loads(line) for line in proc.stdout.read().decode().splitlines() if line.startswith("{")]
+    assert any(e.get("event") == "agent stopped" for e in lines), lines
+
+
+def test_leave_command() -> None:
+    port = free_port()
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    wait_http(port, proc)
+    out = run("leave", "-http-addr", addr(port))
+    assert out.returncode == 0 and "Graceful leave complete" in out.stdout.decode()
+    assert proc.wait(10) == 0
