@@ -419,6 +419,90 @@ def cmd_reload(argv: list[str]) -> int:
     return 0
 
 
+def cmd_operator(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "raft" or argv[1] not in ("list-peers", "remove-peer", "transfer-leader"):
+        print("Usage: proconsul operator raft <list-peers|remove-peer|transfer-leader> [options]", file=sys.stderr)
+        return 1
+    sub, rest = argv[1], argv[2:]
+    p = _parser(f"proconsul operator raft {sub}", "Raft operator commands")
+    _http_options(p)
+    _opt(p, "id", default=None)
+    _opt(p, "address", default=None)
+    args = p.parse_args(rest)
+    client = Client(args)
+    if sub == "list-peers":
+        conf = client.json("GET", "/v1/operator/raft/configuration")
+        rows = [["Node", "ID", "Address", "State", "Voter", "RaftProtocol", "Commit Index"]]
+        for s in conf["Servers"]:
+            rows.append([s["Node"], s["ID"], s["Address"], "leader" if s["Leader"] else "follower",
+                         str(s["Voter"]).lower(), s["ProtocolVersion"], str(s.get("LastIndex", ""))])  # fmt: skip
+        print(_table(rows))
+        return 0
+    if sub == "remove-peer":
+        if not args.id and not args.address:
+            raise CLIError("Error removing peer: Must specify either -id or -address")
+        params = {"id": args.id} if args.id else {"address": args.address}
+        status, raw, _ = client.request("DELETE", "/v1/operator/raft/peer", params)
+        if status >= 400:
+            raise CLIError(f"Error removing peer: {raw.decode().strip()}")
+        print(f"Removed peer with {'id' if args.id else 'address'} \"{args.id or args.address}\"")
+        return 0
+    status, raw, _ = client.request("POST", "/v1/operator/raft/transfer-leader", {"id": args.id})
+    if status >= 400:
+        raise CLIError(f"Error transferring leadership: {raw.decode().strip()}")
+    print("Success")
+    return 0
+
+
+def cmd_snapshot(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("save", "restore", "inspect"):
+        print("Usage: proconsul snapshot <save|restore|inspect> [options] FILE", file=sys.stderr)
+        return 1
+    sub, rest = argv[0], argv[1:]
+    p = _parser(f"proconsul snapshot {sub}", f"Snapshot {sub}")
+    if sub != "inspect":
+        _http_options(p)
+    p.add_argument("file")
+    args = p.parse_args(rest)
+    from registry.api.operator import decode_snapshot
+
+    if sub == "inspect":
+        try:
+            data = decode_snapshot(Path(args.file).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"Error inspecting snapshot: {exc}") from exc
+        store = data["store"]
+        rows = [["ID", f"{data['index']}-{int(data['created'])}"], ["Size", str(Path(args.file).stat().st_size)],
+                ["Index", str(data["index"])], ["Version", "1"], ["Nodes", str(len(store.get("nodes", [])))],
+                ["Services", str(len(store.get("services", [])))], ["Checks", str(len(store.get("checks", [])))],
+                ["KV", str(len(store.get("kv", [])))]]  # fmt: skip
+        print(_table(rows))
+        return 0
+    client = Client(args)
+    if sub == "save":
+        status, raw, headers = client.request("GET", "/v1/snapshot")
+        if status >= 400:
+            raise CLIError(f"Error saving snapshot: {raw.decode(errors='replace').strip()}")
+        try:
+            decode_snapshot(raw)
+        except ValueError as exc:
+            raise CLIError(f"Error verifying snapshot: {exc}") from exc
+        tmp = Path(args.file + ".tmp")
+        tmp.write_bytes(raw)
+        tmp.replace(args.file)
+        print(f"Saved and verified snapshot to index {headers.get('X-Consul-Index', '?')}")
+        return 0
+    try:
+        blob = Path(args.file).read_bytes()
+    except OSError as exc:
+        raise CLIError(f"Error opening snapshot file: {exc.strerror}") from exc
+    status, raw, _ = client.request("PUT", "/v1/snapshot", body=blob)
+    if status >= 400:
+        raise CLIError(f"Error restoring snapshot: {raw.decode(errors='replace').strip()}")
+    print("Restored snapshot")
+    return 0
+
+
 # ---------------------------------------------------------------------- agent
 
 
@@ -454,7 +538,15 @@ def agent_parser() -> argparse.ArgumentParser:
 
 
 def build_config(argv: list[str]) -> Any:
-    from registry.config import Config, ConfigError, apply_mapping, dev_defaults, load_file, validate
+    from registry.config import (
+        Config,
+        ConfigError,
+        apply_mapping,
+        apply_node_section,
+        dev_defaults,
+        load_file,
+        validate,
+    )
 
     args = agent_parser().parse_args(argv)
     cfg = Config()
@@ -466,9 +558,12 @@ def build_config(argv: list[str]) -> Any:
         if not dpath.is_dir():
             raise ConfigError(f"config-dir {d} is not a directory")
         files.extend(str(f) for f in sorted(dpath.iterdir()) if f.suffix in (".json", ".yaml", ".yml"))
+    loaded = []
     for f in files:
-        apply_mapping(cfg, load_file(f), f)
+        data = load_file(f)
+        apply_mapping(cfg, data, f)
         cfg.config_files.append(f)
+        loaded.append((f, data))
     flags: dict[str, Any] = {}
     for flag, key in (("node", "node_name"), ("node_id", "node_id"), ("datacenter", "datacenter"),
                       ("data_dir", "data_dir"), ("bind", "bind_addr"), ("advertise", "advertise_addr"),
@@ -494,6 +589,10 @@ def build_config(argv: list[str]) -> Any:
         except ValueError as exc:
             raise ConfigError("-node-meta must be key:value") from exc
     apply_mapping(cfg, flags, "command line")
+    for f, data in loaded:
+        apply_node_section(cfg, data, f)
+    if "ports" in flags or args.data_dir:
+        apply_mapping(cfg, {k: v for k, v in flags.items() if k in ("ports", "data_dir")}, "command line")
     if args.dev or cfg.dev:
         cfg.dev = True
         cfg.server = True
@@ -560,6 +659,8 @@ COMMANDS = {
     "leave": cmd_leave,
     "reload": cmd_reload,
     "version": cmd_version,
+    "operator": cmd_operator,
+    "snapshot": cmd_snapshot,
 }
 
 

@@ -32,7 +32,7 @@ KNOWN_TOP_KEYS = {
     "primary_datacenter", "performance", "raft_protocol", "rejoin_after_leave", "leave_on_terminate",
     "disable_update_check", "encrypt", "telemetry", "services", "checks", "service", "check",
     "default_intention_policy", "http_config", "raft_snapshot_threshold", "raft_trailing_logs",
-    "retry_interval", "recursor_timeout", "servers",
+    "retry_interval", "recursor_timeout", "servers", "nodes",
 }  # fmt: skip
 
 
@@ -158,6 +158,8 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
     elif key == "addresses":
         if isinstance(value, dict) and isinstance(value.get("http"), str):
             cfg.client_addr = value["http"]
+    elif key == "nodes":
+        pass  # per-node sections are applied once the node name is known (apply_node_section)
     elif key in ("retry_join", "start_join", "recursors"):
         items = [value] if isinstance(value, str) else list(value)
         target = "recursors" if key == "recursors" else "retry_join"
@@ -195,6 +197,34 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         setattr(cfg, key, value)
     else:
         cfg.extra[key] = value
+
+
+def apply_node_section(cfg: Config, data: dict[str, Any], source: str) -> None:
+    """Proconsul's one addition to Consul's keys: ``nodes: {<name>: {<consul keys>}}`` lets one file
+    describe a whole cluster; ``-node <name>`` picks the section that applies to this agent."""
+    nodes = data.get("nodes")
+    if nodes is None:
+        return
+    if not isinstance(nodes, dict):
+        raise ConfigError(f"{source}: nodes must be a map of node name -> config keys")
+    section = nodes.get(cfg.node_name)
+    if section is None:
+        raise ConfigError(
+            f"{source} describes nodes {sorted(nodes)}; start one of them with -node <name> (got {cfg.node_name!r})"
+        )
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: nodes.{cfg.node_name} must be a map of config keys")
+    apply_mapping(cfg, section, f"{source} (nodes.{cfg.node_name})")
+
+
+def join_address(addr: str, default_port: int = 8300) -> str:
+    """A retry_join entry as host:port of a server's RPC port (Consul's bare hosts mean the default port)."""
+    addr = addr.strip()
+    if addr.startswith("[") and "]:" in addr:
+        return addr
+    if addr.count(":") == 1:
+        return addr
+    return f"{addr}:{default_port}"
 
 
 def dev_defaults(cfg: Config) -> None:

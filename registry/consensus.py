@@ -13,6 +13,15 @@ from typing import Any, Protocol
 from registry.fsm import FSM, CommandError, encode_command
 
 
+class RPCError(Exception):
+    """A call to another server failed: the peer answered with an error, or the connection failed."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
 class NotLeaderError(Exception):
     def __init__(self, leader: str | None) -> None:
         super().__init__("No cluster leader" if not leader else f"not the leader; leader is {leader}")

@@ -255,6 +255,8 @@ class FSM:
         return self.apply_command(index, cmd)
 
     def apply_command(self, index: int, cmd: dict[str, Any]) -> Any:
+        if cmd.get("Type") == "snapshot.restore":
+            return self._restore_command(index, cmd)
         fn = self.dispatch.get(cmd.get("Type", ""))
         store = self.store
         store.begin(index)
@@ -279,13 +281,29 @@ class FSM:
         self._notify(topics, keys)
         return result
 
-    def _advance(self, index: int) -> None:
+    def advance(self, index: int) -> None:
+        """A log entry with no command for the FSM (no-op, configuration): only the index moves."""
         self.store.begin(index)
         self.store.commit()
+
+    _advance = advance
 
     def _notify(self, topics: set[Topic], keys: set[str]) -> None:
         if (topics or keys) and self._on_change is not None:
             self._on_change(topics, keys)
+
+    def _restore_command(self, index: int, cmd: dict[str, Any]) -> Any:
+        """An operator's `snapshot restore`: replace the whole store, at this log index, on every server."""
+        try:
+            fresh = StateStore.from_snapshot(cmd["Store"])
+        except Exception as exc:  # noqa: BLE001 - the old store stays; only the index moves
+            self.advance(index)
+            return CommandError(f"Snapshot restore failed: {exc}", 400)
+        fresh.index = index
+        self.store = fresh
+        if self._on_reset is not None:
+            self._on_reset()
+        return True
 
     def snapshot(self) -> bytes:
         return msgpack.packb(self.store.to_snapshot(), use_bin_type=True)

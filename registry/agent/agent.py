@@ -24,7 +24,7 @@ from registry.agent.checks import (
     TTLMonitor,
 )
 from registry.agent.local import LocalCheck, LocalService
-from registry.config import Config
+from registry.config import Config, join_address
 from registry.consensus import Consensus, LocalLog
 from registry.fsm import FSM, CommandError, check_from, service_from
 from registry.state.store import StateStore
@@ -59,7 +59,8 @@ class Agent:
         self.config = config
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
-        self.consensus: Consensus = LocalLog(self.fsm, config.server_address)
+        self.consensus: Consensus = self._make_consensus()
+        self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
         self.http_session: aiohttp.ClientSession | None = None
@@ -84,13 +85,59 @@ class Agent:
     def node_name(self) -> str:
         return self.config.node_name
 
+    def _make_consensus(self) -> Consensus:
+        cfg = self.config
+        if cfg.dev:
+            return LocalLog(self.fsm, cfg.server_address)
+        if cfg.server:
+            from pathlib import Path
+
+            from registry.raft.driver import RaftOptions, RaftServer
+
+            assert cfg.data_dir is not None
+            data_dir = Path(cfg.data_dir)
+            cfg.node_id = _persistent_node_id(data_dir, cfg.node_id)
+            opts = RaftOptions(
+                data_dir=data_dir,
+                node_id=cfg.node_id,
+                address=cfg.server_address,
+                bind=(cfg.bind_addr, cfg.ports.server),
+                name=cfg.node_name,
+                http=f"{cfg.advertise}:{cfg.ports.http}",
+                bootstrap_expect=cfg.bootstrap_expect,
+                bootstrap=cfg.bootstrap,
+                join=[join_address(a) for a in cfg.retry_join],
+                source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
+            )
+            server = RaftServer(opts, self.fsm)
+            server.rpc_extension = self._on_rpc
+            return server
+        from registry.agent.remote import RemoteServers
+
+        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm)
+
+    @property
+    def is_client(self) -> bool:
+        return not self.config.server and not self.config.dev
+
     async def start(self) -> None:
         self.shutdown_requested = asyncio.Event()
         self._dirty_event = asyncio.Event()
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=True
         )
-        await self._register_self()
+        if self.config.data_dir and not self.config.dev:
+            from pathlib import Path
+
+            self.config.node_id = _persistent_node_id(Path(self.config.data_dir), self.config.node_id)
+        consensus_start = getattr(self.consensus, "start", None)
+        if consensus_start is not None:
+            await consensus_start()
+        try:
+            await self._register_self()
+        except Exception as exc:  # noqa: BLE001 - no leader yet: anti-entropy registers us once there is one
+            log.info("catalog registration deferred", reason=str(exc))
+            self._mark_dirty(("node", ""))
         for svc in self.config.services:
             from registry.api.agent_endpoints import build_service_registration
 
@@ -103,9 +150,21 @@ class Agent:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
+        if not self.config.dev:
+            self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
+        if self.config.server and not self.config.dev:
+            self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
         from registry.api.http import start_http
 
         self._listeners.append(await start_http(self))
+        if self.config.ports.dns != -1:
+            from dns.server import start_dns
+
+            self._listeners.append(await start_dns(self))
+        if self.http_addr is not None and hasattr(self.consensus, "servers") and self.config.server:
+            me = self.consensus.servers.get(self.config.node_id)  # type: ignore[attr-defined]
+            if me is not None:
+                me.http = f"{self.config.advertise}:{self.http_addr[1]}"
         log.info(
             "agent started",
             node=self.node_name,
@@ -128,6 +187,9 @@ class Agent:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         self._tasks.clear()
+        consensus_stop = getattr(self.consensus, "stop", None)
+        if consensus_stop is not None:
+            await consensus_stop()
         if self.http_session is not None:
             await self.http_session.close()
             self.http_session = None
@@ -360,7 +422,13 @@ class Agent:
     async def _sync_item(self, item: tuple[str, str]) -> None:
         kind, key = item
         node = self.node_name
-        if kind == "service":
+        if kind == "node":
+            await self._register_self()
+            for sid in list(self.services):
+                await self._sync_item(("service", sid))
+            for cid in list(self.checks):
+                await self._sync_item(("check", cid))
+        elif kind == "service":
             svc = self.services.get(key)
             if svc is None:
                 return
@@ -468,49 +536,143 @@ class Agent:
                 log.info("deregistering service with a long-critical check", service=sid)
                 await self.remove_service(sid)
 
-    # ------------------------------------------------------------------ membership (single agent for now)
+    # ------------------------------------------------------------------ membership and liveness
 
     def members(self) -> list[dict[str, Any]]:
-        addr = self.config.advertise
-        tags = {
-            "acls": "0",
-            "build": f"{VERSION}:proconsul",
-            "dc": self.config.datacenter,
-            "id": self.config.node_id,
-            "role": "consul" if self.config.server else "node",
-            "segment": "",
-            "vsn": "2",
-            "vsn_max": "3",
-            "vsn_min": "2",
-        }
-        if self.config.server:
-            tags.update(port=str(self.config.ports.server), expect=str(self.config.bootstrap_expect or 1))
-            if self.config.bootstrap:
-                tags["bootstrap"] = "1"
-        return [
-            {
-                "Name": self.node_name,
-                "Addr": addr,
-                "Port": self.config.ports.serf_lan,
-                "Tags": tags,
-                "Status": 3 if self.leaving else 1,
-                "ProtocolMin": 1,
-                "ProtocolMax": 5,
-                "ProtocolCur": 2,
-                "DelegateMin": 2,
-                "DelegateMax": 5,
-                "DelegateCur": 4,
+        """Members as Consul's /v1/agent/members shows them, derived from the catalog: every node the
+        servers track carries a serfHealth check, and servers carry the "consul" service."""
+        store = self.store
+        out = []
+        for name in sorted(store.nodes):
+            node = store.nodes[name]
+            serf = store.checks.get(name, {}).get(SERF_CHECK_ID)
+            if serf is None:
+                continue
+            consul_svc = store.services.get(name, {}).get(CONSUL_SERVICE)
+            tags = {
+                "acls": "0",
+                "build": f"{VERSION}:proconsul",
+                "dc": node.datacenter,
+                "id": node.id,
+                "role": "consul" if consul_svc is not None else "node",
+                "segment": "",
+                "vsn": "2",
+                "vsn_max": "3",
+                "vsn_min": "2",
             }
-        ]
+            if consul_svc is not None:
+                tags["port"] = str(consul_svc.port)
+                tags["expect"] = str(self.config.bootstrap_expect or 1)
+            if name == self.node_name and self.config.bootstrap:
+                tags["bootstrap"] = "1"
+            status = 1 if serf.status == HEALTH_PASSING else 4
+            if name == self.node_name and self.leaving:
+                status = 2
+            out.append({
+                "Name": name, "Addr": node.address, "Port": self.config.ports.serf_lan, "Tags": tags,
+                "Status": status, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+                "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+            })  # fmt: skip
+        return out
+
+    async def _heartbeat_loop(self) -> None:
+        """Tell the leader we are alive once a second (it marks silent nodes' serfHealth critical)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            if self.leaving:
+                continue
+            try:
+                if self.consensus.is_leader():
+                    self.last_seen[self.node_name] = time.monotonic()
+                    continue
+                call = getattr(self.consensus, "call_leader", None)
+                if call is not None:
+                    await call("heartbeat", self.node_name, 5.0)
+                else:
+                    server = self.consensus
+                    info = server._leader_info()  # type: ignore[attr-defined]
+                    if info is not None:
+                        await server.rpc_client(info.address).call("heartbeat", self.node_name, timeout=5)  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - the next beat retries
+                log.debug("heartbeat failed", error=str(exc))
+
+    async def _on_rpc(self, method: str, args: Any) -> Any:
+        from registry.consensus import RPCError
+
+        if method == "heartbeat":
+            if not self.consensus.is_leader():
+                raise RPCError("not the leader", 503)
+            if not isinstance(args, str) or not args:
+                raise RPCError("heartbeat needs a node name", 400)
+            self.last_seen[args] = time.monotonic()
+            return True
+        raise RPCError(f"unknown rpc method {method!r}", 400)
+
+    async def _serf_monitor_loop(self) -> None:
+        """On the leader: a node that stops heartbeating goes critical in serfHealth, and back to passing."""
+        leader_since: float | None = None
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            if not self.consensus.is_leader():
+                leader_since = None
+                continue
+            now = time.monotonic()
+            if leader_since is None:
+                leader_since = now  # a new leader gives every node a full grace period
+            self.last_seen[self.node_name] = now
+            store = self.store
+            for name in list(store.nodes):
+                serf = store.checks.get(name, {}).get(SERF_CHECK_ID)
+                if serf is None:
+                    continue
+                seen = max(self.last_seen.get(name, leader_since), leader_since)
+                alive = now - seen <= FAIL_AFTER
+                if alive and serf.status != HEALTH_PASSING:
+                    status, output = HEALTH_PASSING, "Agent alive and reachable"
+                elif not alive and serf.status != HEALTH_CRITICAL:
+                    status, output = HEALTH_CRITICAL, "Agent not live or unreachable"
+                else:
+                    continue
+                try:
+                    await self._apply({"Type": "check.update", "Node": name, "CheckID": SERF_CHECK_ID,
+                                       "Status": status, "Output": output})  # fmt: skip
+                    log.info("node health changed", node=name, status=status)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("could not update node health", node=name, error=str(exc))
 
     async def leave(self) -> None:
-        """Graceful leave: deregister this node from the catalog, then shut down."""
+        """Graceful leave: deregister this node from the catalog (a server also leaves the Raft
+        configuration), then shut down."""
         self.leaving = True
         try:
             await self._apply({"Type": "deregister", "Node": self.node_name})
-        except AgentError as exc:
-            log.warning("leave: deregistration failed", error=exc.message)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("leave: deregistration failed", error=str(exc))
+        remove = getattr(self.consensus, "remove_server", None)
+        if remove is not None and self.config.server and not self.config.dev:
+            try:
+                await remove(self.config.node_id)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("leave: could not leave the Raft configuration", error=str(exc))
         self.request_shutdown()
+
+
+HEARTBEAT_INTERVAL = 1.0
+FAIL_AFTER = 5.0  # seconds without a heartbeat before serfHealth goes critical
+
+
+def _persistent_node_id(data_dir: Any, fallback: str) -> str:
+    """The node ID lives in <data-dir>/node-id, as Consul keeps it, so it survives restarts."""
+    path = data_dir / "node-id"
+    try:
+        existing = path.read_text().strip()
+        if existing:
+            return existing
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(fallback + "\n")
+    return fallback
 
 
 def _same_definition(row: Any, want: Any) -> bool:

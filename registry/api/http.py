@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 
 from registry.api.errors import HTTPError
-from registry.consensus import NotLeaderError
+from registry.consensus import NotLeaderError, RPCError
 from registry.durations import DurationError, parse_duration
 from registry.state.store import StateStore, Topic
 
@@ -83,15 +83,17 @@ class Api:
         self.max_wait = cfg.max_query_time
         self.pretty_default = cfg.dev
         self.acl_policy = cfg.acl_default_policy
-        from registry.api import agent_endpoints, catalog, health, kv, status
+        from registry.api import agent_endpoints, catalog, health, kv, operator, status
 
-        for module in (agent_endpoints, catalog, health, kv, status):
+        for module in (agent_endpoints, catalog, health, kv, status, operator):
             module.register(self.router)
 
     # ------------------------------------------------------------------ dispatch
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
+        if self.agent.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members"):
+            return await self.forward(request)
         routes, suffix = self.router.resolve(path)
         if routes is None:
             if path.startswith("/v1/"):
@@ -120,11 +122,39 @@ class Api:
             return resp
         except NotLeaderError as exc:
             return self.text(500, str(exc))
+        except RPCError as exc:
+            return self.text(exc.status if 400 <= exc.status < 600 else 500, f"rpc error: {exc.message}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, it never kills the server
             log.exception("handler failed", path=path, method=method)
             return self.text(500, f"Internal error: {exc}")
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        """A client agent keeps no catalog: catalog, health, KV and status requests go to a server."""
+        consensus = self.agent.consensus
+        target = consensus.http_target()  # type: ignore[attr-defined]
+        if target is None:
+            await consensus.refresh()  # type: ignore[attr-defined]
+            target = consensus.http_target()  # type: ignore[attr-defined]
+        if target is None:
+            return self.text(500, "No known Consul servers")
+        session = self.agent.http_session
+        assert session is not None
+        body = await read_body(request, 64 * 1024 * 1024)
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() in ("x-consul-token", "authorization", "content-type", "accept")}  # fmt: skip
+        try:
+            async with session.request(request.method, f"http://{target}{request.path_qs}", data=body or None,
+                                       headers=headers, allow_redirects=False) as resp:  # fmt: skip
+                data = await resp.read()
+                out = {k: v for k, v in resp.headers.items()
+                       if k.startswith("X-Consul") or k in ("Content-Type", "Allow", "X-Content-Type-Options",
+                                                           "Content-Security-Policy")}  # fmt: skip
+                return web.Response(status=resp.status, body=data, headers=out)
+        except (TimeoutError, OSError) as exc:
+            consensus.leader = None  # type: ignore[attr-defined]
+            return self.text(500, f"rpc error: cannot reach server {target}: {exc}")
 
     # ------------------------------------------------------------------ responses
 

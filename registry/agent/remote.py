@@ -1,0 +1,126 @@
+"""A client agent's view of the servers: no Raft state, writes and liveness go to the leader by RPC.
+
+The client learns the servers from ``retry_join`` addresses (their server ports) with the same ``hello``
+RPC servers use among themselves, follows the leader they report, and re-resolves it when a call says
+"not the leader" or a connection fails. Reads of the catalog, health and KV are forwarded by the HTTP
+layer to a server's HTTP API (``http_target``), so blocking queries block on the server that has the data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import structlog
+
+from registry.consensus import NotLeaderError
+from registry.fsm import FSM, encode_command
+from registry.raft.driver import LEADER_WAIT, PROPOSAL_TIMEOUT, _decode_result
+from registry.raft.transport import RPCClient, RPCError
+
+log = structlog.get_logger("proconsul.client")
+
+
+class RemoteServers:
+    def __init__(self, join: list[str], fsm: FSM, ssl_ctx: Any = None, server_hostname: str | None = None) -> None:
+        self.fsm = fsm  # an empty local store: a client agent keeps no catalog
+        self.join = list(join)
+        self._ssl = ssl_ctx
+        self._hostname = server_hostname
+        self.servers: dict[str, dict[str, str]] = {}  # id -> {address, http, name}
+        self.leader: dict[str, str] | None = None
+        self._clients: dict[str, RPCClient] = {}
+        self._last_contact = 0.0
+
+    def _client(self, address: str) -> RPCClient:
+        c = self._clients.get(address)
+        if c is None:
+            c = self._clients[address] = RPCClient(address, self._ssl, self._hostname)
+        return c
+
+    async def start(self) -> None:
+        await self.refresh()
+
+    async def stop(self) -> None:
+        for c in self._clients.values():
+            await c.close()
+
+    async def refresh(self) -> bool:
+        """Ask known servers who leads; returns True when a leader is known."""
+        addresses = [s["address"] for s in self.servers.values()] + self.join
+        random.shuffle(addresses)
+        for addr in dict.fromkeys(addresses):
+            try:
+                reply = await self._client(addr).call("hello", None, timeout=2)
+            except RPCError:
+                continue
+            if not isinstance(reply, dict):
+                continue
+            for info in (reply.get("known") or {}).values():
+                if isinstance(info, dict) and isinstance(info.get("id"), str):
+                    self.servers[info["id"]] = {k: str(info.get(k, "")) for k in ("address", "http", "name")}
+            leader = reply.get("leader")
+            if isinstance(leader, dict) and leader.get("address"):
+                self.leader = {k: str(leader.get(k, "")) for k in ("id", "address", "http", "name")}
+                self._last_contact = time.monotonic()
+                return True
+        return False
+
+    async def _leader(self) -> dict[str, str]:
+        deadline = time.monotonic() + LEADER_WAIT
+        while True:
+            if self.leader is not None:
+                return self.leader
+            if await self.refresh():
+                assert self.leader is not None
+                return self.leader
+            if time.monotonic() > deadline:
+                if not self.servers and not self.join:
+                    raise NotLeaderError(None)
+                raise NotLeaderError(None)
+            await asyncio.sleep(0.1)
+
+    async def call_leader(self, method: str, args: Any, timeout: float = PROPOSAL_TIMEOUT) -> Any:
+        for _ in range(3):
+            leader = await self._leader()
+            try:
+                result = await self._client(leader["address"]).call(method, args, timeout=timeout)
+                self._last_contact = time.monotonic()
+                return result
+            except RPCError as exc:
+                if exc.status not in (503, 500) or "not the leader" not in exc.message and "cannot reach" not in exc.message \
+                        and "lost" not in exc.message:  # fmt: skip
+                    raise
+                self.leader = None
+        raise NotLeaderError(None)
+
+    async def propose(self, cmd: dict[str, Any]) -> Any:
+        return _decode_result(await self.call_leader("apply", encode_command(cmd)))
+
+    async def barrier_read(self, consistency: str) -> None:
+        return None  # reads are forwarded to a server, which applies the barrier
+
+    def http_target(self) -> str | None:
+        if self.leader and self.leader.get("http"):
+            return self.leader["http"]
+        for s in self.servers.values():
+            if s.get("http"):
+                return s["http"]
+        return None
+
+    def leader_address(self) -> str:
+        return self.leader["address"] if self.leader else ""
+
+    def peers(self) -> list[str]:
+        return sorted(s["address"] for s in self.servers.values())
+
+    def known_leader(self) -> bool:
+        return self.leader is not None
+
+    def last_contact_ms(self) -> int:
+        return int((time.monotonic() - self._last_contact) * 1000) if self._last_contact else 0
+
+    def is_leader(self) -> bool:
+        return False

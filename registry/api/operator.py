@@ -1,0 +1,149 @@
+"""/v1/operator/raft/* and /v1/snapshot: Raft membership, leadership transfer, backup and restore."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import time
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+from aiohttp import web
+
+from registry.api.errors import HTTPError
+from registry.api.http import read_body
+
+if TYPE_CHECKING:
+    from registry.api.http import Api, Router
+
+SNAPSHOT_MAGIC = b"PROCONSUL-SNAPSHOT\n"
+_HDR = struct.Struct(">II")  # version, crc32 of the payload
+SNAPSHOT_VERSION = 1
+MAX_RESTORE = 256 * 1024 * 1024
+
+
+def _local_config(api: Api) -> list[dict[str, Any]]:
+    cfg = api.agent.config
+    return [{"ID": cfg.node_id, "Node": cfg.node_name, "Address": cfg.server_address, "Leader": True,
+             "Voter": True, "ProtocolVersion": "3", "LastIndex": api.agent.store.index}]  # fmt: skip
+
+
+async def raft_configuration(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    consensus = api.agent.consensus
+    if not hasattr(consensus, "configuration"):
+        servers = _local_config(api)
+    elif "stale" in request.query or consensus.is_leader():
+        servers = consensus.configuration()
+    else:
+        leader = await consensus._await_leader()  # the leader knows every peer's progress
+        servers = await consensus.rpc_client(leader.address).call("raft_configuration", None, timeout=5)
+    return api.json(request, {"Servers": servers, "Index": api.agent.store.index})
+
+
+async def raft_remove_peer(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    consensus = api.agent.consensus
+    sid = request.query.get("id", "")
+    address = request.query.get("address", "")
+    if not sid and not address:
+        raise HTTPError(400, "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
+    if not hasattr(consensus, "remove_server"):
+        raise HTTPError(400, "this agent runs a single-node dev log; there are no peers to remove")
+    if address and not sid:
+        match = [s for s in consensus.configuration() if s["Address"] == address]
+        if not match:
+            raise HTTPError(400, f"address {address!r} was not found in the Raft configuration")
+        sid = match[0]["ID"]
+    if sid not in {s["ID"] for s in consensus.configuration()}:
+        raise HTTPError(400, f"id {sid!r} was not found in the Raft configuration")
+    from registry.consensus import RPCError
+
+    try:
+        await consensus.remove_server(sid)
+    except RPCError as exc:
+        raise HTTPError(exc.status if exc.status < 500 else 500, exc.message) from exc
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
+async def raft_transfer_leader(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    consensus = api.agent.consensus
+    if not hasattr(consensus, "transfer_leadership"):
+        raise HTTPError(500, "Cannot transfer leadership: this agent runs a single-node dev log")
+    from registry.consensus import RPCError
+
+    target = request.query.get("id") or None
+    try:
+        if not consensus.is_leader():
+            leader = await consensus._await_leader()
+            await consensus.rpc_client(leader.address).call("transfer_leader", target, timeout=10)
+        else:
+            await consensus.transfer_leadership(target)
+    except RPCError as exc:
+        raise HTTPError(500, exc.message) from exc
+    return api.json(request, {"Success": True})
+
+
+def encode_snapshot(index: int, dump: dict[str, Any]) -> bytes:
+    payload = msgpack.packb({"index": index, "created": time.time(), "store": dump}, use_bin_type=True)
+    return gzip.compress(SNAPSHOT_MAGIC + _HDR.pack(SNAPSHOT_VERSION, zlib.crc32(payload)) + payload, 6)
+
+
+def decode_snapshot(blob: bytes) -> dict[str, Any]:
+    """Verify and decode a snapshot file; raises ValueError saying what is wrong."""
+    try:
+        raw = gzip.GzipFile(fileobj=io.BytesIO(blob)).read(MAX_RESTORE + 1)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"not a Proconsul snapshot (gzip: {exc})") from exc
+    if len(raw) > MAX_RESTORE:
+        raise ValueError("snapshot is too large")
+    if not raw.startswith(SNAPSHOT_MAGIC):
+        raise ValueError("not a Proconsul snapshot (bad header)")
+    body = raw[len(SNAPSHOT_MAGIC):]
+    if len(body) < _HDR.size:
+        raise ValueError("snapshot is truncated")
+    version, crc = _HDR.unpack_from(body)
+    payload = body[_HDR.size:]
+    if version != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported snapshot version {version}")
+    if zlib.crc32(payload) != crc:
+        raise ValueError("snapshot checksum mismatch: the file is corrupt")
+    try:
+        data = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        if not isinstance(data, dict) or not isinstance(data.get("store"), dict):
+            raise ValueError("missing store")
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"snapshot payload is malformed: {exc}") from exc
+    return data
+
+
+async def snapshot_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    consensus = api.agent.consensus
+    if "stale" not in request.query:
+        await consensus.barrier_read("leader")
+    store = api.agent.store
+    body = encode_snapshot(store.index, store.to_snapshot())
+    return web.Response(body=body, headers={"Content-Type": "application/octet-stream",
+                                            "X-Consul-Index": str(max(store.index, 1)),
+                                            "X-Consul-Default-ACL-Policy": api.acl_policy})  # fmt: skip
+
+
+async def snapshot_put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    blob = await read_body(request, MAX_RESTORE)
+    try:
+        data = decode_snapshot(blob)
+        from registry.state.store import StateStore
+
+        StateStore.from_snapshot(data["store"])  # validate fully before anything is proposed
+    except ValueError as exc:
+        raise HTTPError(400, f"Snapshot restore failed: {exc}") from exc
+    await api.propose({"Type": "snapshot.restore", "Store": data["store"]})
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
+def register(router: Router) -> None:
+    router.add("GET", "/v1/operator/raft/configuration", raft_configuration)
+    router.add("DELETE", "/v1/operator/raft/peer", raft_remove_peer)
+    router.add("POST", "/v1/operator/raft/transfer-leader", raft_transfer_leader)
+    router.add("GET,PUT", "/v1/snapshot", snapshot_get)
+    router.exact["/v1/snapshot"]["PUT"] = snapshot_put

@@ -1,0 +1,870 @@
+"""The asyncio driver around the pure Raft core: disk, network, clock and the FSM.
+
+It implements the ``Consensus`` protocol the API uses (``propose``, ``barrier_read``, leader and peer
+status), so a server cluster and the single-node dev log are interchangeable behind the API.
+
+The loop follows the core's contract (see ``registry.raft.node``): for each Ready, persist (WAL append +
+one fsync for the whole batch: group commit; term and vote through the stable store), then send, then
+apply committed entries to the FSM and answer the proposals and reads waiting on them, then advance.
+Proposals arriving while the loop works are batched into the next Ready.
+
+Reads: ``?stale`` is served from local state. The default mode is a lease read on the leader (no network
+round while a quorum acknowledged a heartbeat within the lease; see the clock assumption in node.py), and
+on a follower a read index fetched from the leader. ``?consistent`` is always a ReadIndex quorum round.
+Either way the read waits until this server has applied the read index, so a new leader never answers
+before it has applied everything committed before its term.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import structlog
+
+from registry.consensus import NotLeaderError
+from registry.fsm import FSM, CommandError, encode_command
+from registry.raft import node as raftnode
+from registry.raft.messages import (
+    ConfChange,
+    ConfChangeKind,
+    Configuration,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    Snapshot,
+    SnapshotMeta,
+    decode_config_entry,
+)
+from registry.raft.snapshots import SnapshotStore
+from registry.raft.stable import StableStore
+from registry.raft.transport import PeerSender, RPCClient, RPCError, ServerListener
+from registry.raft.wal import WAL
+
+log = structlog.get_logger("proconsul.raft")
+
+TICK_SECONDS = 0.05  # election timeout 10 ticks = 0.5-1.0 s randomized; heartbeats every tick
+SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
+TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
+LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
+PROPOSAL_TIMEOUT = 30.0
+
+
+@dataclass
+class _Proposal:
+    term: int
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class ServerInfo:
+    id: str
+    address: str  # raft/RPC address host:port
+    name: str = ""
+    http: str = ""  # host:port of its HTTP API
+
+    def wire(self) -> dict[str, str]:
+        return {"id": self.id, "address": self.address, "name": self.name, "http": self.http}
+
+
+@dataclass
+class RaftOptions:
+    data_dir: Path | None  # None: in memory (tests); a real server always has one
+    node_id: str
+    address: str  # advertised server address host:port
+    bind: tuple[str, int]
+    name: str
+    http: str
+    bootstrap_expect: int = 0
+    bootstrap: bool = False
+    join: list[str] = field(default_factory=list)
+    tick: float = TICK_SECONDS
+    snapshot_threshold: int = SNAPSHOT_THRESHOLD
+    trailing_logs: int = TRAILING_LOGS
+    ssl_server: Any = None
+    ssl_client: Any = None
+    server_hostname: str | None = None
+    peer_check: Any = None
+    source_ip: str | None = None  # connect to peers from this address (multi-homed hosts; fault-injection tests)
+
+
+class RaftServer:
+    def __init__(self, opts: RaftOptions, fsm: FSM) -> None:
+        self.opts = opts
+        self.fsm = fsm
+        self.id = opts.node_id
+        self.node: raftnode.RaftNode | None = None
+        self.servers: dict[str, ServerInfo] = {opts.node_id: ServerInfo(opts.node_id, opts.address, opts.name, opts.http)}
+        self._wal: WAL | None = None
+        self._stable: StableStore | None = None
+        self._snaps: SnapshotStore | None = None
+        self._mem_entries: list[Entry] = []
+        self._senders: dict[str, PeerSender] = {}
+        self._rpc: dict[str, RPCClient] = {}
+        self._listener: ServerListener | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._wake = asyncio.Event()
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._proposals: dict[int, _Proposal] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._read_ids = itertools.count(1)
+        self._snapshot_index = 0
+        self._leader_since: float | None = None
+        self.on_leader_change: list[Callable[[bool], None]] = []
+        self._was_leader = False
+        self._rng = random.Random()
+        self.started = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(_log_task_failure)
+        self._tasks.append(task)
+
+    async def start(self) -> None:
+        self._open_storage()
+        self._listener = ServerListener(self._on_message, self._on_rpc, self.opts.ssl_server, self.opts.peer_check)
+        await self._listener.start(*self.opts.bind)
+        state = self._load_state()
+        if state is not None:
+            self._build_node(state)
+        self._spawn(self._ticker(), "raft-ticker")
+        self._spawn(self._loop(), "raft-loop")
+        if self.node is None:
+            self._spawn(self._bootstrap_loop(), "raft-bootstrap")
+        self._spawn(self._membership_loop(), "raft-membership")
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self._listener is not None:
+            await self._listener.close()
+        for s in self._senders.values():
+            await s.close()
+        for c in self._rpc.values():
+            await c.close()
+        self._fail_all(NotLeaderError(None))
+        if self._wal is not None:
+            self._wal.close()
+
+    # ------------------------------------------------------------------ storage
+
+    def _open_storage(self) -> None:
+        if self.opts.data_dir is None:
+            return
+        base = self.opts.data_dir / "raft"
+        base.mkdir(parents=True, exist_ok=True)
+        self._stable = StableStore.open(base)
+        self._wal = WAL.open(base / "wal")
+        self._snaps = SnapshotStore.open(base / "snapshots")
+        raw_servers = self._stable.metadata.get("servers")
+        known = msgpack.unpackb(raw_servers, raw=False) if isinstance(raw_servers, bytes) else {}
+        for sid, info in (known if isinstance(known, dict) else {}).items():
+            if isinstance(info, dict) and sid != self.id:
+                self.servers[sid] = ServerInfo(sid, str(info.get("address", "")), str(info.get("name", "")),
+                                               str(info.get("http", "")))  # fmt: skip
+        self._recover_peers_json(base)
+
+    def _save_servers(self) -> None:
+        if self._stable is not None:
+            blob = msgpack.packb({s.id: s.wire() for s in self.servers.values()})
+            if self._stable.metadata.get("servers") != blob:
+                self._stable.set_metadata("servers", blob)
+
+    def _load_state(self) -> raftnode.PersistentState | None:
+        """Rebuild the node's PersistentState from disk (None: never bootstrapped or joined)."""
+        if self._snaps is None or self._wal is None or self._stable is None:
+            return None
+        latest = self._snaps.latest()
+        snap_meta: SnapshotMeta | None = None
+        index = 0
+        if latest is not None:
+            meta, data = latest
+            index = meta.index
+            snap_meta = SnapshotMeta(meta.index, meta.term, _config_from_dict(meta.configuration))
+            self.fsm.restore(data)
+        self._snapshot_index = index
+        entries = tuple(
+            Entry(e.term, e.index, EntryKind(e.kind), e.data) for e in self._wal.iter_entries() if e.index > index
+        )
+        if snap_meta is None and not entries and self._stable.term == 0:
+            return None  # never bootstrapped, never joined
+        hs = HardState(self._stable.term, self._stable.vote, index)
+        return raftnode.PersistentState(hs, snap_meta, entries)
+
+    def _recover_peers_json(self, base: Path) -> None:
+        """Consul-style outage recovery: <data-dir>/raft/peers.json lists the servers that remain. Every
+        entry in the local log is applied, a snapshot is taken with the new configuration, and the file is
+        removed. Run it on every surviving server with the same peers.json, then start them."""
+        path = base / "peers.json"
+        if not path.exists():
+            return
+        try:
+            peers = json.loads(path.read_text())
+            ids = {str(p["id"]): str(p["address"]) for p in peers}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RuntimeError(f"{path} is not valid: expected [{{\"id\": ..., \"address\": ...}}, ...]: {exc}") from exc
+        assert self._snaps is not None and self._wal is not None
+        latest = self._snaps.latest()
+        if latest is not None and latest[1]:
+            self.fsm.restore(latest[1])
+        index = latest[0].index if latest else 0
+        term = latest[0].term if latest else 0
+        for e in self._wal.iter_entries():
+            if e.index <= index:
+                continue
+            if e.kind == EntryKind.NORMAL:
+                self.fsm.apply(e.index, e.data)
+            else:
+                self.fsm.advance(e.index)
+            index, term = e.index, e.term
+        for sid, addr in ids.items():
+            self.servers.setdefault(sid, ServerInfo(sid, addr)).address = addr
+        conf = Configuration(frozenset(ids))
+        self._snaps.create(index, term, _config_to_dict(conf), self.fsm.snapshot())
+        self._wal.truncate_suffix(0)
+        self._save_servers()
+        path.rename(path.with_suffix(".json.applied"))
+        log.warning("recovered from peers.json", index=index, voters=sorted(ids))
+
+    def _persist(self, rd: raftnode.Ready) -> None:
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            if self._snaps is not None and snap.meta.index > 0:
+                self._snaps.create(snap.meta.index, snap.meta.term, _config_to_dict(snap.meta.configuration),
+                                   snap.data)  # fmt: skip
+            if self._wal is not None:
+                self._wal.truncate_suffix(0)
+            self._mem_entries.clear()
+            if snap.data:
+                self.fsm.restore(snap.data)
+            self._snapshot_index = snap.meta.index
+        if rd.entries:
+            first = rd.entries[0].index
+            if self._wal is not None:
+                if self._wal.last_index >= first:
+                    self._wal.truncate_suffix(first)
+                self._wal.append((e.index, e.term, int(e.kind), e.data) for e in rd.entries)
+            else:
+                while self._mem_entries and self._mem_entries[-1].index >= first:
+                    self._mem_entries.pop()
+                self._mem_entries.extend(rd.entries)
+        if self._stable is not None and rd.hard_state is not None:
+            hs = rd.hard_state
+            if hs.term != self._stable.term or hs.vote != self._stable.vote:
+                self._stable.save(hs.term, hs.vote)
+        if rd.must_sync and self._wal is not None:
+            self._wal.sync()
+
+    def _snapshot_source(self) -> Snapshot | None:
+        if self._snaps is None:
+            return None
+        latest = self._snaps.latest()
+        if latest is None:
+            return None
+        meta, data = latest
+        return Snapshot(SnapshotMeta(meta.index, meta.term, _config_from_dict(meta.configuration)), data)
+
+    def _maybe_snapshot(self) -> None:
+        node = self.node
+        if node is None or self._snaps is None or self._wal is None:
+            return
+        applied = node.applied_index
+        if applied - self._snapshot_index < self.opts.snapshot_threshold:
+            return
+        meta = node.snapshot_meta(applied)
+        started = time.monotonic()
+        self._snaps.create(meta.index, meta.term, _config_to_dict(meta.configuration), self.fsm.snapshot())
+        self._snapshot_index = meta.index
+        keep_from = max(0, meta.index - self.opts.trailing_logs)
+        if keep_from > 0:
+            node.compact(keep_from)
+            self._wal.compact(keep_from)
+        log.info("snapshot taken", index=meta.index, seconds=round(time.monotonic() - started, 3))
+
+    # ------------------------------------------------------------------ node
+
+    def _build_node(self, state: raftnode.PersistentState) -> None:
+        cfg = raftnode.RaftConfig(election_tick=10, heartbeat_tick=1, check_quorum=True, pre_vote=True)
+        self.node = raftnode.RaftNode(self.id, cfg, self._rng, state, snapshot_source=self._snapshot_source,
+                                      applied=state.snapshot.index if state.snapshot else 0)  # fmt: skip
+        self.fsm.store.index = max(self.fsm.store.index, state.snapshot.index if state.snapshot else 0)
+        self._wake.set()
+
+    def _bootstrap(self, voters: list[str]) -> None:
+        state = raftnode.PersistentState.bootstrap(voters)
+        # Persist the founding state (the initial configuration is log entry 1) before the first Ready.
+        if self._wal is not None:
+            self._wal.append((e.index, e.term, int(e.kind), e.data) for e in state.entries)
+            self._wal.sync()
+        else:
+            self._mem_entries.extend(state.entries)
+        if self._stable is not None:
+            self._stable.save(state.hard_state.term, state.hard_state.vote)
+        self._save_servers()
+        log.info("bootstrapping cluster", voters=sorted(voters))
+        self._build_node(state)
+
+    def _join_empty(self) -> None:
+        """Become a server that waits for a leader to add it (state persisted once a snapshot arrives)."""
+        self._build_node(raftnode.PersistentState.empty())
+
+    async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += self.opts.tick
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() - next_at > 5 * self.opts.tick:
+                next_at = loop.time()  # the loop stalled; do not fire a burst of catch-up ticks
+            if self.node is not None:
+                self.node.tick()
+                self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                self._process()
+            except Exception:  # noqa: BLE001 - a storage failure must stop this server, loudly
+                log.exception("raft loop failed; this server stops participating")
+                self._fail_all(RuntimeError("raft storage failure"))
+                raise
+
+    def _process(self) -> None:
+        node = self.node
+        if node is None:
+            return
+        if self._pending:
+            pending, self._pending = self._pending, []
+            if node.role is raftnode.Role.LEADER:
+                try:
+                    indexes = node.propose_batch(d for d, _ in pending)
+                except raftnode.RaftError as exc:
+                    for _, fut in pending:
+                        if not fut.done():
+                            fut.set_exception(NotLeaderError(self.leader_address() or None) if isinstance(
+                                exc, raftnode.NotLeaderError) else exc)  # fmt: skip
+                else:
+                    for i, (_, fut) in zip(indexes, pending, strict=True):
+                        self._proposals[i] = _Proposal(node.term, fut)
+            else:
+                for data, fut in pending:
+                    asyncio.get_running_loop().create_task(self._forward(data, fut))
+        while node.has_ready():
+            rd = node.ready()
+            self._persist(rd)
+            for msg in rd.messages:
+                self._send(msg)
+            for e in rd.committed_entries:
+                self._apply(e)
+            for rs in rd.read_states:
+                fut = self._reads.pop(rs.context, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(rs.index)
+            for ctx in rd.dropped_reads:
+                fut = self._reads.pop(ctx, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(NotLeaderError(None))
+            node.advance(rd)
+        self._wake_appliers(node.applied_index)
+        is_leader = node.role is raftnode.Role.LEADER
+        if is_leader != self._was_leader:
+            self._was_leader = is_leader
+            self._leader_since = time.monotonic() if is_leader else None
+            log.info("raft role changed", role=node.role.value, term=node.term)
+            if not is_leader:
+                # Proposals may still commit under the new leader: keep waiting for them (their entries'
+                # terms tell), but reads in flight on this leader are gone.
+                for fut in list(self._reads.values()):
+                    if not fut.done():
+                        fut.set_exception(NotLeaderError(None))
+                self._reads.clear()
+            for cb in self.on_leader_change:
+                cb(is_leader)
+        self._maybe_snapshot()
+
+    def _apply(self, e: Entry) -> None:
+        if e.kind == EntryKind.NORMAL:
+            result = self.fsm.apply(e.index, e.data)
+        else:
+            self.fsm.advance(e.index)
+            result = None
+            if e.kind == EntryKind.CONFIG:
+                conf, change = decode_config_entry(e.data)
+                if change.context:
+                    with contextlib.suppress(ValueError, TypeError, msgpack.UnpackException):
+                        info = msgpack.unpackb(change.context, raw=False)
+                        self.servers[change.node_id] = ServerInfo(change.node_id, str(info["a"]), str(info.get("n", "")),
+                                                                  str(info.get("h", "")))  # fmt: skip
+                        self._save_servers()
+                if change.kind is ConfChangeKind.REMOVE_NODE and change.node_id != self.id:
+                    sender = self._senders.pop(change.node_id, None)
+                    if sender is not None:
+                        asyncio.get_running_loop().create_task(sender.close())
+        prop = self._proposals.pop(e.index, None)
+        if prop is not None and not prop.future.done():
+            if prop.term == e.term:
+                prop.future.set_result(result)
+            else:
+                prop.future.set_exception(NotLeaderError(None))  # overwritten by another leader's entry
+
+    def _wake_appliers(self, applied: int) -> None:
+        if not self._apply_waiters:
+            return
+        keep = []
+        for index, fut in self._apply_waiters:
+            if applied >= index:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((index, fut))
+        self._apply_waiters = keep
+
+    def _fail_all(self, exc: Exception) -> None:
+        for p in self._proposals.values():
+            if not p.future.done():
+                p.future.set_exception(exc)
+        self._proposals.clear()
+        for _, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+
+    # ------------------------------------------------------------------ network
+
+    def _send(self, msg: Message) -> None:
+        sender = self._senders.get(msg.dst)
+        if sender is None:
+            dst = msg.dst
+            sender = self._senders[dst] = PeerSender(
+                dst, lambda: self.servers[dst].address if dst in self.servers else None,
+                self.opts.ssl_client, self.opts.server_hostname, self.opts.source_ip,
+            )  # fmt: skip
+        sender.send(msg)
+
+    def _on_message(self, msg: Message) -> None:
+        if self.node is None:
+            if self.opts.bootstrap_expect or self.opts.join:
+                # A leader is reaching out: we were added to an existing cluster while bootstrapping.
+                self._join_empty()
+            else:
+                return
+        assert self.node is not None
+        if msg.dst != self.id:
+            return
+        try:
+            self.node.step(msg)
+        except raftnode.RaftError as exc:
+            log.warning("raft message refused", error=str(exc), type=type(msg).__name__)
+            return
+        self._wake.set()
+
+    def rpc_client(self, address: str) -> RPCClient:
+        client = self._rpc.get(address)
+        if client is None:
+            client = self._rpc[address] = RPCClient(address, self.opts.ssl_client, self.opts.server_hostname,
+                                                    self.opts.source_ip)  # fmt: skip
+        return client
+
+    def _leader_info(self) -> ServerInfo | None:
+        if self.node is None or self.node.leader_id is None:
+            return None
+        return self.servers.get(self.node.leader_id)
+
+    async def _await_leader(self) -> ServerInfo:
+        deadline = time.monotonic() + LEADER_WAIT
+        while True:
+            info = self._leader_info()
+            if info is not None and info.address:
+                return info
+            if time.monotonic() > deadline:
+                raise NotLeaderError(None)
+            await asyncio.sleep(0.02)
+
+    async def _forward(self, data: bytes, fut: asyncio.Future[Any]) -> None:
+        """Send a follower's proposal to the leader. Retried only when it certainly did not reach a leader
+        (connection refused, or "not the leader"): a call that may have been delivered is never resent,
+        its outcome is reported unknown instead."""
+        deadline = time.monotonic() + LEADER_WAIT
+        try:
+            while True:
+                leader = await self._await_leader()
+                if leader.id == self.id:
+                    self._pending.append((data, fut))
+                    self._wake.set()
+                    return
+                try:
+                    reply = await self.rpc_client(leader.address).call("apply", data, timeout=PROPOSAL_TIMEOUT)
+                except RPCError as exc:
+                    retryable = exc.status == 503 or exc.message.startswith("cannot reach server")
+                    if not retryable or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+                    continue
+                if not fut.done():
+                    fut.set_result(_decode_result(reply))
+                return
+        except RPCError as exc:
+            if not fut.done():
+                fut.set_exception(NotLeaderError(None) if exc.status == 503 else exc)
+        except Exception as exc:  # noqa: BLE001
+            if not fut.done():
+                fut.set_exception(exc)
+
+    # ------------------------------------------------------------------ RPC server
+
+    async def _on_rpc(self, method: str, args: Any) -> Any:
+        if method == "apply":
+            if not isinstance(args, bytes):
+                raise RPCError("apply needs a command", 400)
+            if self.node is None or self.node.role is not raftnode.Role.LEADER:
+                # Let the caller re-resolve the leader (no forwarding chains).
+                raise RPCError("not the leader", 503)
+            return _encode_result(await self._propose_bytes(args))
+        if method == "hello":
+            if isinstance(args, dict):
+                self._learn(args)
+                for info in (args.get("known") or {}).values():
+                    if isinstance(info, dict):
+                        self._learn(info)
+            return self._hello_payload()
+        if method == "join":
+            if not isinstance(args, dict):
+                raise RPCError("join needs server info", 400)
+            return await self._handle_join(args)
+        if method == "read_index":
+            if self.node is None or self.node.role is not raftnode.Role.LEADER:
+                raise RPCError("not the leader", 503)
+            return await self._leader_read_index(bool(args))
+        if method == "raft_configuration":
+            if self.node is None or self.node.role is not raftnode.Role.LEADER:
+                raise RPCError("not the leader", 503)
+            return self.configuration()
+        if method == "transfer_leader":
+            return await self.transfer_leadership(args if isinstance(args, str) else None)
+        if method == "remove_server":
+            if not isinstance(args, str):
+                raise RPCError("remove_server needs a server id", 400)
+            await self.remove_server(args)
+            return True
+        if self.rpc_extension is not None:
+            return await self.rpc_extension(method, args)
+        raise RPCError(f"unknown rpc method {method!r}", 400)
+
+    rpc_extension: Callable[[str, Any], Any] | None = None
+
+    def _learn(self, info: dict[str, Any]) -> None:
+        sid, addr = info.get("id"), info.get("address")
+        if not isinstance(sid, str) or not isinstance(addr, str) or not sid or not addr:
+            return
+        current = self.servers.get(sid)
+        if current is None or current.address != addr or (info.get("http") and current.http != info.get("http")):
+            self.servers[sid] = ServerInfo(sid, addr, str(info.get("name", "")), str(info.get("http", "")))
+            self._save_servers()
+
+    def _hello_payload(self) -> dict[str, Any]:
+        me = self.servers[self.id]
+        leader = self._leader_info()
+        return {
+            **me.wire(),
+            "known": {s.id: s.wire() for s in self.servers.values()},
+            "configured": self.node is not None and bool(self.node.configuration.members()),
+            "leader": leader.wire() if leader else None,
+        }
+
+    async def _handle_join(self, info: dict[str, Any]) -> Any:
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER:
+            raise RPCError("not the leader", 503)
+        self._learn(info)
+        sid = str(info["id"])
+        if sid in node.configuration.members():
+            return True
+        ctx = msgpack.packb({"a": info["address"], "n": info.get("name", ""), "h": info.get("http", "")})
+        try:
+            node.propose_config_change(ConfChange(ConfChangeKind.ADD_LEARNER, sid, ctx))
+        except raftnode.ConfigChangeError as exc:
+            raise RPCError(str(exc), 409) from exc
+        self._wake.set()
+        log.info("adding server as learner", server=sid, address=info["address"])
+        return True
+
+    # ------------------------------------------------------------------ bootstrap and membership
+
+    async def _bootstrap_loop(self) -> None:
+        """Find the other servers (retry_join) and either bootstrap together or join a running cluster."""
+        opts = self.opts
+        if opts.bootstrap or (opts.bootstrap_expect == 1 and not opts.join):
+            self._bootstrap([self.id])
+            return
+        delay = 0.1
+        while self.node is None:
+            joined = await self._try_join()
+            if joined or self.node is not None:
+                return
+            known = sorted(self.servers)
+            if opts.bootstrap_expect and len(known) == opts.bootstrap_expect and await self._peers_unconfigured():
+                self._bootstrap(known)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+
+    async def _peers_unconfigured(self) -> bool:
+        for s in list(self.servers.values()):
+            if s.id == self.id:
+                continue
+            try:
+                reply = await self.rpc_client(s.address).call("hello", self._hello_payload(), timeout=2)
+            except RPCError:
+                return False
+            if reply.get("configured"):
+                return False
+        return True
+
+    async def _try_join(self) -> bool:
+        for addr in self.opts.join + [s.address for s in self.servers.values() if s.id != self.id]:
+            if addr == self.opts.address:
+                continue
+            try:
+                reply = await self.rpc_client(addr).call("hello", self._hello_payload(), timeout=2)
+            except RPCError:
+                continue
+            if not isinstance(reply, dict):
+                continue
+            self._learn(reply)
+            for info in (reply.get("known") or {}).values():
+                if isinstance(info, dict):
+                    self._learn(info)
+            if reply.get("configured") and reply.get("leader"):
+                leader = reply["leader"]
+                try:
+                    await self.rpc_client(leader["address"]).call("join", self.servers[self.id].wire(), timeout=5)
+                except RPCError as exc:
+                    log.info("join not accepted yet", leader=leader.get("address"), error=exc.message)
+                    continue
+                if self.node is None:
+                    self._join_empty()
+                return True
+        return False
+
+    async def _membership_loop(self) -> None:
+        """On the leader: promote caught-up learners (non-voters catch up before they vote)."""
+        while True:
+            await asyncio.sleep(0.5)
+            node = self.node
+            if node is None or node.role is not raftnode.Role.LEADER:
+                continue
+            for learner in sorted(node.configuration.learners):
+                try:
+                    node.propose_config_change(ConfChange(ConfChangeKind.PROMOTE_LEARNER, learner))
+                    log.info("promoting learner to voter", server=learner)
+                    self._wake.set()
+                    break
+                except raftnode.RaftError:
+                    continue
+
+    # ------------------------------------------------------------------ Consensus protocol
+
+    async def _propose_bytes(self, data: bytes) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((data, fut))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, PROPOSAL_TIMEOUT)
+        except TimeoutError as exc:
+            raise NotLeaderError(None) from exc
+
+    async def propose(self, cmd: dict[str, Any]) -> Any:
+        if self.node is None:
+            raise NotLeaderError(None)
+        return await self._propose_bytes(encode_command(cmd))
+
+    async def _wait_applied(self, index: int, timeout: float = 10.0) -> None:
+        assert self.node is not None
+        if self.node.applied_index >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._apply_waiters.append((index, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            raise NotLeaderError(None) from exc
+
+    async def _leader_read_index(self, consistent: bool) -> int:
+        node = self.node
+        assert node is not None
+        if not consistent:
+            idx = node.lease_read_index()
+            if idx is not None:
+                return idx
+        ctx = next(self._read_ids).to_bytes(8, "big") + os.urandom(4)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            node.read_index(ctx)
+        except raftnode.RaftError as exc:
+            self._reads.pop(ctx, None)
+            raise NotLeaderError(None) from exc
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, 5.0)
+        except TimeoutError as exc:
+            self._reads.pop(ctx, None)
+            raise NotLeaderError(None) from exc
+
+    async def barrier_read(self, consistency: str) -> None:
+        node = self.node
+        if consistency == "stale":
+            return
+        if node is None:
+            raise NotLeaderError(None)
+        if node.role is raftnode.Role.LEADER:
+            index = await self._leader_read_index(consistency == "consistent")
+        elif consistency == "consistent":
+            index = await self._follower_read_index()
+        else:
+            leader = await self._await_leader()
+            if leader.id == self.id:
+                index = await self._leader_read_index(False)
+            else:
+                try:
+                    index = int(await self.rpc_client(leader.address).call("read_index", False, timeout=5))
+                except RPCError as exc:
+                    raise NotLeaderError(None) from exc
+        await self._wait_applied(index)
+
+    async def _follower_read_index(self) -> int:
+        node = self.node
+        assert node is not None
+        await self._await_leader()
+        ctx = next(self._read_ids).to_bytes(8, "big") + os.urandom(4)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            node.read_index(ctx)
+        except raftnode.RaftError as exc:
+            self._reads.pop(ctx, None)
+            raise NotLeaderError(None) from exc
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, 5.0)
+        except TimeoutError as exc:
+            self._reads.pop(ctx, None)
+            raise NotLeaderError(None) from exc
+
+    def leader_address(self) -> str:
+        info = self._leader_info()
+        return info.address if info else ""
+
+    def peers(self) -> list[str]:
+        if self.node is None:
+            return []
+        return [self.servers[v].address for v in sorted(self.node.configuration.voters) if v in self.servers]
+
+    def known_leader(self) -> bool:
+        return self._leader_info() is not None
+
+    def last_contact_ms(self) -> int:
+        if self.node is None:
+            return 0
+        if self.node.role is raftnode.Role.LEADER:
+            return 0
+        return int(self.node.status().ticks_since_leader_contact * self.opts.tick * 1000)
+
+    def is_leader(self) -> bool:
+        return self.node is not None and self.node.role is raftnode.Role.LEADER
+
+    # ------------------------------------------------------------------ operator
+
+    def configuration(self) -> list[dict[str, Any]]:
+        node = self.node
+        if node is None:
+            return []
+        conf = node.configuration
+        leader = node.leader_id
+        status = node.status()
+        out = []
+        for sid in conf.sorted_members():
+            info = self.servers.get(sid, ServerInfo(sid, ""))
+            last = status.last_index if sid == self.id else (status.peers[sid].match_index if sid in status.peers else 0)
+            out.append({"ID": sid, "Node": info.name or sid, "Address": info.address, "Leader": sid == leader,
+                        "Voter": sid in conf.voters, "ProtocolVersion": "3", "LastIndex": last})  # fmt: skip
+        return out
+
+    async def remove_server(self, sid: str) -> None:
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER:
+            leader = await self._await_leader()
+            await self.rpc_client(leader.address).call("remove_server", sid, timeout=10)
+            return
+        try:
+            node.propose_config_change(ConfChange(ConfChangeKind.REMOVE_NODE, sid))
+        except raftnode.ConfigChangeError as exc:
+            raise RPCError(str(exc), 400) from exc
+        self._wake.set()
+
+    async def transfer_leadership(self, target: str | None) -> str:
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER:
+            raise RPCError("Cannot transfer leadership: this server is not the leader", 500)
+        if target is None:
+            candidates = [v for v in sorted(node.configuration.voters) if v != self.id]
+            if not candidates:
+                raise RPCError("Cannot transfer leadership: no other voter", 500)
+            status = node.status()
+            target = max(candidates, key=lambda v: status.peers[v].match_index if v in status.peers else 0)
+        try:
+            node.transfer_leadership(target)
+        except raftnode.RaftError as exc:
+            raise RPCError(str(exc), 400) from exc
+        self._wake.set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            if node.leader_id == target:
+                return target
+        raise RPCError("leadership transfer did not complete in time", 500)
+
+
+def _log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("raft background task failed", task=task.get_name(), error=repr(task.exception()))
+
+
+def _config_to_dict(conf: Configuration) -> dict[str, Any]:
+    return {"voters": sorted(conf.voters), "learners": sorted(conf.learners)}
+
+
+def _config_from_dict(d: Any) -> Configuration:
+    return Configuration(frozenset(d.get("voters") or ()), frozenset(d.get("learners") or ()))
+
+
+def _encode_result(result: Any) -> Any:
+    if isinstance(result, CommandError):
+        return {"__error__": result.message, "status": result.status}
+    return result
+
+
+def _decode_result(reply: Any) -> Any:
+    if isinstance(reply, dict) and "__error__" in reply:
+        return CommandError(str(reply["__error__"]), int(reply.get("status", 500)))
+    return reply

@@ -1,0 +1,303 @@
+"""Server-port networking: length-prefixed frames over asyncio TCP (optionally TLS).
+
+Every connection to a server's port starts with one byte saying what it carries, as Consul's RPC port
+does: ``R`` a one-way stream of Raft messages, ``C`` request/response RPC. Frames are a 4-byte big-endian
+length and a msgpack body; a length beyond the limit closes the connection. Nothing received is ever
+unpickled or evaluated: Raft frames go through ``decode_message`` (which validates every field) and RPC
+frames must be a msgpack array of [id, method, args] with plain types.
+
+Outbound Raft traffic uses one connection per peer, reused, fed by a bounded queue: when a peer is slow
+or gone the queue drops the oldest messages (Raft tolerates loss; it never tolerates a blocked leader).
+Reconnects back off from 20 ms to 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import ssl
+import struct
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import structlog
+
+from registry.consensus import RPCError
+from registry.raft.messages import (
+    MAX_FRAME_BYTES,
+    Message,
+    MessageDecodeError,
+    decode_message,
+    encode_message,
+)
+
+log = structlog.get_logger("proconsul.transport")
+
+KIND_RAFT = b"R"
+KIND_RPC = b"C"
+RPC_MAX_FRAME = 64 * 1024 * 1024
+_LEN = struct.Struct(">I")
+PEER_QUEUE = 8192
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
+    header = await reader.readexactly(4)
+    (length,) = _LEN.unpack(header)
+    if length > limit:
+        raise ValueError(f"frame of {length} bytes exceeds the {limit}-byte limit")
+    return await reader.readexactly(length)
+
+
+def frame(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+class PeerSender:
+    """One outbound Raft connection to a peer, fed by a bounded queue."""
+
+    def __init__(self, peer_id: str, address: Callable[[], str | None], ssl_ctx: ssl.SSLContext | None,
+                 server_hostname: str | None, source_ip: str | None = None) -> None:  # fmt: skip
+        self.peer_id = peer_id
+        self._source = (source_ip, 0) if source_ip else None
+        self._address = address
+        self._ssl = ssl_ctx
+        self._hostname = server_hostname
+        self._queue: deque[bytes] = deque(maxlen=PEER_QUEUE)
+        self._event = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"raft-send:{peer_id}")
+        self.dropped = 0
+
+    def send(self, msg: Message) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(frame(encode_message(msg)))
+        self._event.set()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.02
+        while True:
+            addr = self._address()
+            if addr is None:
+                await asyncio.sleep(backoff)
+                continue
+            host, _, port = addr.rpartition(":")
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, int(port), ssl=self._ssl, local_addr=self._source,
+                                            server_hostname=self._hostname if self._ssl else None),  # fmt: skip
+                    2.0,
+                )
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                log.debug("raft peer unreachable", peer=self.peer_id, address=addr, error=str(exc))
+                self._queue.clear()  # stale by the time we reconnect; Raft resends what matters
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.02
+            try:
+                writer.write(KIND_RAFT)
+                while True:
+                    if not self._queue:
+                        self._event.clear()
+                        await self._event.wait()
+                    batch = []
+                    while self._queue and len(batch) < 256:
+                        batch.append(self._queue.popleft())
+                    writer.write(b"".join(batch))
+                    await writer.drain()
+            except (OSError, ConnectionError, ssl.SSLError) as exc:
+                log.debug("raft peer connection lost", peer=self.peer_id, error=str(exc))
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+                reader.feed_eof()
+
+
+RPCHandler = Callable[[str, Any], Awaitable[Any]]
+
+
+class ServerListener:
+    """Accepts the server port: Raft streams go to ``on_raft``, RPCs to ``on_rpc``."""
+
+    def __init__(self, on_raft: Callable[[Message], None], on_rpc: RPCHandler,
+                 ssl_ctx: ssl.SSLContext | None, peer_check: Callable[[ssl.SSLObject | None, bytes], bool] | None = None) -> None:  # fmt: skip
+        self.on_raft = on_raft
+        self.on_rpc = on_rpc
+        self.ssl_ctx = ssl_ctx
+        self.peer_check = peer_check
+        self.server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        try:
+            self.server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx, reuse_address=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"Error starting server RPC listener on {host}:{port}: {exc.strerror}. "
+                                     "Is another server running? Choose another port with -server-port.") from exc  # fmt: skip
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for t in list(self._conns):
+                t.cancel()
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            kind = await asyncio.wait_for(reader.readexactly(1), 10)
+            if self.peer_check is not None and not self.peer_check(writer.get_extra_info("ssl_object"), kind):
+                log.warning("refused server-port connection", peer=writer.get_extra_info("peername"), kind=kind)
+                return
+            if kind == KIND_RAFT:
+                while True:
+                    data = await read_frame(reader, MAX_FRAME_BYTES)
+                    try:
+                        msg = decode_message(data)
+                    except MessageDecodeError as exc:
+                        log.warning("dropping malformed raft frame", error=str(exc),
+                                    peer=writer.get_extra_info("peername"))  # fmt: skip
+                        return
+                    self.on_raft(msg)
+            elif kind == KIND_RPC:
+                await self._serve_rpc(reader, writer)
+            else:
+                log.warning("unknown connection type on server port", kind=kind)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ValueError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        lock = asyncio.Lock()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def run(call_id: int, method: str, args: Any) -> None:
+            try:
+                result = await self.on_rpc(method, args)
+                reply = [call_id, None, result]
+            except RPCError as exc:
+                reply = [call_id, [exc.message, exc.status], None]
+            except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal here
+                log.exception("rpc handler failed", method=method)
+                reply = [call_id, [f"rpc {method} failed: {exc}", 500], None]
+            async with lock:
+                writer.write(frame(msgpack.packb(reply, use_bin_type=True)))
+                await writer.drain()
+
+        try:
+            while True:
+                data = await read_frame(reader, RPC_MAX_FRAME)
+                try:
+                    req = msgpack.unpackb(data, raw=False, strict_map_key=True)
+                    call_id, method, args = req
+                    if not isinstance(call_id, int) or not isinstance(method, str):
+                        raise ValueError("bad rpc header")
+                except (ValueError, TypeError, msgpack.UnpackException):
+                    log.warning("dropping malformed rpc frame")
+                    return
+                t = asyncio.get_running_loop().create_task(run(call_id, method, args))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+        finally:
+            for t in pending:
+                t.cancel()
+
+
+class RPCClient:
+    """Multiplexed request/response calls to one server over a single connection."""
+
+    def __init__(self, address: str, ssl_ctx: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 source_ip: str | None = None) -> None:  # fmt: skip
+        self.address = address
+        self._source = (source_ip, 0) if source_ip else None
+        self._ssl = ssl_ctx
+        self._hostname = server_hostname
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._connect_lock = asyncio.Lock()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        async with self._connect_lock:
+            if self._writer is not None and not self._writer.is_closing():
+                return self._writer
+            host, _, port = self.address.rpartition(":")
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, int(port), ssl=self._ssl, local_addr=self._source,
+                                            server_hostname=self._hostname if self._ssl else None), 3.0)  # fmt: skip
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                raise RPCError(f"cannot reach server {self.address}: {exc}") from exc
+            writer.write(KIND_RPC)
+            self._writer = writer
+            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
+            return writer
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                data = await read_frame(reader, RPC_MAX_FRAME)
+                call_id, err, result = msgpack.unpackb(data, raw=False, strict_map_key=True)
+                fut = self._waiting.pop(call_id, None)
+                if fut is None or fut.done():
+                    continue
+                if err is not None:
+                    fut.set_exception(RPCError(str(err[0]), int(err[1])))
+                else:
+                    fut.set_result(result)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, TypeError, ssl.SSLError,
+                msgpack.UnpackException) as exc:  # fmt: skip
+            self._fail_all(RPCError(f"connection to {self.address} lost: {exc!r}"))
+        except asyncio.CancelledError:
+            self._fail_all(RPCError("rpc client closed"))
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    def _fail_all(self, exc: RPCError) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for fut in waiting.values():
+            if not fut.done():
+                fut.set_exception(exc)
+
+    async def call(self, method: str, args: Any = None, timeout: float = 30.0) -> Any:
+        writer = await self._connect()
+        call_id = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = fut
+        try:
+            writer.write(frame(msgpack.packb([call_id, method, args], use_bin_type=True)))
+            await writer.drain()
+            return await asyncio.wait_for(fut, timeout)
+        except (OSError, ConnectionError) as exc:
+            raise RPCError(f"connection to {self.address} failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise RPCError(f"rpc {method} to {self.address} timed out after {timeout:g}s") from exc
+        finally:
+            self._waiting.pop(call_id, None)
+
+    async def close(self) -> None:
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
