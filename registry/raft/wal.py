@@ -202,6 +202,7 @@ def _decode_payload(payload: bytes | memoryview) -> Entry | None:
         not (type(index) is int and type(term) is int and type(kind) is int and isinstance(data, bytes))
         or index < 1
         or term < 0
+        or kind < 0
     ):
         return None
     return Entry(index, term, kind, data)
@@ -645,13 +646,13 @@ class WAL:
         if not self._segments or from_index > self.last_index:
             return
         removed_any = False
-        while self._segments and self._segments[-1].first_index >= from_index:
-            # Newest first: a crash part way through leaves a contiguous prefix of the old log.
-            segment = self._segments.pop()
-            self._close_segment(segment)
-            segment.path.unlink()
-            removed_any = True
         try:
+            while self._segments and self._segments[-1].first_index >= from_index:
+                # Newest first: a crash part way through leaves a contiguous prefix of the old log.
+                segment = self._segments.pop()
+                self._close_segment(segment)
+                segment.path.unlink()
+                removed_any = True
             if removed_any:
                 _fsync_dir(self._dir)
             if self._segments:
@@ -684,18 +685,18 @@ class WAL:
         """
         self._check_usable()
         removed = 0
-        while len(self._segments) > 1 and self._segments[0].last_index <= up_to_index:
-            # Oldest first: a crash part way through leaves a contiguous suffix.
-            segment = self._segments.pop(0)
-            self._close_segment(segment)
-            segment.path.unlink()
-            removed += 1
-        if removed:
-            try:
+        try:
+            while len(self._segments) > 1 and self._segments[0].last_index <= up_to_index:
+                # Oldest first: a crash part way through leaves a contiguous suffix.
+                segment = self._segments.pop(0)
+                self._close_segment(segment)
+                segment.path.unlink()
+                removed += 1
+            if removed:
                 _fsync_dir(self._dir)
-            except OSError as exc:
-                self._fail(f"fsync of {self._dir} after compaction failed: {exc}")
-                raise WALFailedError(self._failed) from exc
+        except OSError as exc:
+            self._fail(f"compacting the log up to index {up_to_index} failed: {exc}")
+            raise WALFailedError(self._failed) from exc
         return removed
 
     def close(self) -> None:

@@ -207,6 +207,33 @@ def test_failed_fsync_makes_the_wal_unusable(wal_dir: Path, monkeypatch: pytest.
         assert reopened.last_index in (2, 4)
 
 
+def test_failed_write_is_undone_and_makes_the_wal_unusable(wal_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wal = WAL.open(wal_dir)
+    wal.append(make_entries(1, 3))
+    wal.sync()
+    (segment,) = segment_files(wal_dir)
+    size = segment.stat().st_size
+    real_write = os.write
+
+    def half_then_enospc(fd: int, data: bytes) -> int:
+        if len(data) > 10:
+            real_write(fd, bytes(data)[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    with pytest.raises(WALFailedError):
+        wal.append(make_entries(4, 5))
+    monkeypatch.undo()
+    assert segment.stat().st_size == size  # the half-written batch was cut off again
+    assert wal.last_index == 3
+    with pytest.raises(WALFailedError):
+        wal.append(make_entries(4, 1))
+    wal.close()
+    with WAL.open(wal_dir) as reopened:
+        assert list(reopened.iter_entries()) == make_entries(1, 3)
+        assert reopened.recovery.torn_tail is None
+
+
 # ---------------------------------------------------------------------------------- segments
 
 
@@ -584,6 +611,14 @@ class WALMachine(RuleBasedStateMachine):
         self.first = 0  # model: index of model[0], 0 when empty
         self.model: list[Entry] = []
         self.term = 1
+        # What is known to be on disk: the last durable index, and the size of every segment file at
+        # that moment (a crash can only lose bytes written after it).
+        self.durable_last = 0
+        self.durable_sizes: dict[str, int] = {}
+
+    def mark_durable(self) -> None:
+        self.durable_last = self.last
+        self.durable_sizes = {p.name: p.stat().st_size for p in segment_files(self.dir)}
 
     @property
     def last(self) -> int:
@@ -603,6 +638,7 @@ class WALMachine(RuleBasedStateMachine):
     @rule()
     def sync(self) -> None:
         self.wal.sync()
+        self.mark_durable()
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
@@ -612,6 +648,7 @@ class WALMachine(RuleBasedStateMachine):
         del self.model[cut - self.first :]
         if not self.model:
             self.first = 0
+        self.mark_durable()  # truncation syncs
 
     @precondition(lambda self: bool(self.model))
     @rule(data=st.data())
@@ -630,6 +667,30 @@ class WALMachine(RuleBasedStateMachine):
         self.wal.close()
         self.wal = WAL.open(self.dir, max_segment_bytes=self.segment_bytes)
         assert self.wal.recovery.torn_tail is None
+        self.mark_durable()
+
+    @precondition(lambda self: bool(self.model))
+    @rule(data=st.data())
+    def crash(self, data: st.DataObject) -> None:
+        """Lose part of what was written since the last sync, then recover."""
+        self.wal.close()
+        newest = segment_files(self.dir)[-1]
+        size = newest.stat().st_size
+        # A segment created since the last sync was renamed into place with its header fsynced; older
+        # segments filled up since then were fsynced when sealed. Only the newest one's tail can go.
+        durable = self.durable_sizes.get(newest.name, SEGMENT_HEADER)
+        keep = data.draw(st.integers(min(durable, size), size))
+        with newest.open("r+b") as f:
+            f.truncate(keep)
+        self.wal = WAL.open(self.dir, max_segment_bytes=self.segment_bytes)
+        survived = self.wal.last_index
+        assert survived >= self.durable_last  # nothing synced is lost
+        if survived == 0:
+            self.model, self.first = [], 0
+        else:
+            assert self.wal.first_index == self.first
+            del self.model[survived - self.first + 1 :]
+        self.mark_durable()
 
     @invariant()
     def matches_model(self) -> None:
@@ -645,7 +706,7 @@ class WALMachine(RuleBasedStateMachine):
 
 
 WALMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=40,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
