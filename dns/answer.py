@@ -1,0 +1,188 @@
+"""From a Resolution to response bytes: encode once (``prepare``), then order, cap and fit per query (``render``).
+
+Per query, ``render`` does only list work and a join: pick the order (uniform shuffle, or for SRV an
+RFC 2782-style weighted order), apply the caps, fit the size, write the header. The size rules:
+
+- the limit is 512 bytes without EDNS, the advertised size with EDNS (never below 512), 65535 over TCP;
+- answers are kept in order while they fit; if any answer record is left out the response carries TC, so
+  the client retries over TCP and gets it whole (Consul trims silently; its users have long complained);
+- glue and other additional records are added while they fit, and leaving them out does not set TC
+  (RFC 2181 9: the additional section is optional);
+- ``udp_answer_limit`` (UDP without EDNS only, at most 8, as in Consul) is a policy cap: it trims the way
+  Consul does, and sets TC only if ``enable_truncate`` is on. ``a_record_limit`` and the three-server
+  cap of NS answers never set TC.
+
+SRV and the UDP cap: returning the first k of a weighted order would skew load (the heavy instance is in
+almost every answer, and then the client weights it again among those k). Instead the k records are k
+independent draws with probability weight/total, and each distinct record drawn carries the number of
+times it was drawn as its weight. An RFC 2782 client then picks instance i with probability exactly
+weight_i/total, and so does a client that takes the first record. Uncapped answers carry the configured
+weights unchanged.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from dns.encode import Encoder
+from dns.resolver import FIXED, SHUFFLE, WEIGHTED, Resolution, Rng
+from dns.wire import AA, QR, RA, TC, header
+
+__all__ = ["Prepared", "prepare", "render", "UDP_ANSWER_CAP"]
+
+UDP_ANSWER_CAP = 8  # Consul's maxUDPAnswerLimit: udp_answer_limit can lower it, never raise it
+_WEIGHT = struct.Struct("!H")
+
+# A unit, encoded: (answer bytes, answer count, glue chunks, glue bytes, weight, weight offset or -1)
+PUnit = tuple[bytes, int, tuple[bytes, ...], int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    flags: int  # QR, AA, RA and the rcode: the query's RD/CD are added per query
+    units: tuple[PUnit, ...]
+    order: int
+    pick: int
+    authority: tuple[bytes, ...]
+    additional: tuple[bytes, ...]
+    enable_truncate: bool
+    shared_glue: bool  # two units carry the same glue record: de-duplicate when joining
+    deterministic: bool  # the same query always renders to the same bytes (safe to memoize)
+    forward: bool = False
+
+
+def prepare(res: Resolution, question: bytes, qlabels: tuple[bytes, ...], *, recursion_available: bool,
+            enable_truncate: bool, compress: bool = True) -> Prepared:  # fmt: skip
+    enc = Encoder(question, qlabels, compress)
+    owner_len = 2 if compress else len(question) - 4
+    units: list[PUnit] = []
+    glue_seen: set[bytes] = set()
+    shared = False
+    for unit in res.units:
+        answers = b"".join(enc.encode(rr) for rr in unit.answers)
+        glue = tuple(dict.fromkeys(enc.encode(rr) for rr in unit.glue))
+        for g in glue:
+            if g in glue_seen:
+                shared = True
+            glue_seen.add(g)
+        # The weight field of a lone SRV answer: owner, 10 bytes of type/class/TTL/length, 2 of priority.
+        woff = owner_len + 12 if res.order == WEIGHTED and len(unit.answers) == 1 else -1
+        units.append((answers, len(unit.answers), glue, sum(map(len, glue)), unit.weight, woff))
+    flags = QR | (res.rcode & 0xF)
+    if res.authoritative:
+        flags |= AA
+    if recursion_available:
+        flags |= RA
+    return Prepared(
+        flags=flags,
+        units=tuple(units),
+        order=res.order,
+        pick=res.pick,
+        authority=tuple(enc.encode(rr) for rr in res.authority),
+        additional=tuple(enc.encode(rr) for rr in res.additional),
+        enable_truncate=enable_truncate,
+        shared_glue=shared,
+        deterministic=len(units) <= 1 or res.order == FIXED,
+        forward=res.forward,
+    )
+
+
+def weighted_order(units: list[PUnit], rng: Rng) -> list[PUnit]:
+    """A random order where each position goes to unit i with probability weight_i over the weights left
+    (Efraimidis-Spirakis keys); weight-0 units come last, in random order."""
+    keyed = []
+    for u in units:
+        w = u[4]
+        keyed.append((rng.random() ** (1.0 / w) if w > 0 else -rng.random(), u))
+    keyed.sort(key=lambda k: k[0], reverse=True)
+    return [u for _, u in keyed]
+
+
+def weighted_draws(units: list[PUnit], k: int, rng: Rng) -> list[PUnit]:
+    """k draws with replacement, by weight; distinct units in order of first draw, each re-weighted to
+    the number of times it was drawn (see the module docstring for why)."""
+    weights = [u[4] for u in units]
+    if sum(weights) <= 0:
+        picked = list(units)
+        rng.shuffle(picked)
+        return picked[:k]
+    counts: dict[int, int] = {}
+    for i in rng.choices(range(len(units)), weights=weights, k=k):
+        counts[i] = counts.get(i, 0) + 1
+    out = []
+    for i, n in counts.items():
+        ans, count, glue, glen, _w, woff = units[i]
+        if woff >= 0:
+            ans = ans[:woff] + _WEIGHT.pack(n) + ans[woff + 2 :]
+        out.append((ans, count, glue, glen, n, woff))
+    return out
+
+
+def render(p: Prepared, qid: int, query_flags: int, question: bytes, opt: bytes, max_size: int, udp_cap: int,
+           rng: Rng) -> bytes:  # fmt: skip
+    """One response. ``udp_cap`` is the policy cap for UDP without EDNS (0: none)."""
+    units = p.units
+    flags = p.flags | (query_flags & 0x0110)  # RD and CD copied from the query
+    n = len(units)
+    if n > 1:
+        cap = p.pick if 0 < p.pick < n else n
+        policy_cut = 0 < udp_cap < cap
+        if policy_cut:
+            cap = udp_cap
+            if p.enable_truncate:
+                flags |= TC
+        if p.order == WEIGHTED:
+            units = weighted_draws(list(units), cap, rng) if policy_cut else weighted_order(list(units), rng)
+        elif p.order == SHUFFLE:
+            units = list(units)  # type: ignore[assignment]
+            rng.shuffle(units)  # type: ignore[arg-type]
+        if cap < len(units):
+            units = units[:cap]
+    room = max_size - 12 - len(question) - len(opt)
+    auth = p.authority
+    auth_len = sum(map(len, auth))
+    ans_len = sum(len(u[0]) for u in units)
+    glue_len = sum(u[3] for u in units)
+    extra_len = sum(map(len, p.additional))
+    parts: list[bytes] = []
+    an = 0
+    if not p.shared_glue and ans_len + auth_len + glue_len + extra_len <= room:
+        # Everything fits: the common case, no bookkeeping.
+        glue: list[bytes] = []
+        for u in units:
+            parts.append(u[0])
+            an += u[1]
+            glue.extend(u[2])
+        glue.extend(p.additional)
+    else:
+        if auth_len > room:
+            auth, auth_len = (), 0
+            flags |= TC
+        budget = room - auth_len
+        kept = []
+        for u in units:
+            if len(u[0]) > budget:
+                flags |= TC  # an answer record does not fit: the client must retry over TCP
+                break
+            budget -= len(u[0])
+            parts.append(u[0])
+            an += u[1]
+            kept.append(u)
+        glue = []
+        seen: set[bytes] = set()
+        for u in kept:
+            for g in u[2]:
+                if g not in seen and len(g) <= budget:
+                    seen.add(g)
+                    glue.append(g)
+                    budget -= len(g)
+        for g in p.additional:
+            if g not in seen and len(g) <= budget:
+                seen.add(g)
+                glue.append(g)
+                budget -= len(g)
+    ar = len(glue) + (1 if opt else 0)
+    return b"".join(
+        (header(qid, flags, 1, an, len(auth), ar), question, *parts, *auth, *glue, opt)
+    )
