@@ -338,7 +338,7 @@ def build_app(agent: Agent) -> web.Application:
 async def start_http(agent: Agent) -> HTTPListener:
     cfg = agent.config
     app = build_app(agent)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.25)
     await runner.setup()
     host = cfg.client_addr
     port = cfg.ports.http

@@ -36,12 +36,14 @@ from registry.consensus import NotLeaderError
 from registry.fsm import FSM, CommandError, encode_command
 from registry.raft import node as raftnode
 from registry.raft.messages import (
+    AppendEntries,
     ConfChange,
     ConfChangeKind,
     Configuration,
     Entry,
     EntryKind,
     HardState,
+    Heartbeat,
     Message,
     Snapshot,
     SnapshotMeta,
@@ -204,6 +206,12 @@ class RaftServer:
         entries = tuple(
             Entry(e.term, e.index, EntryKind(e.kind), e.data) for e in self._wal.iter_entries() if e.index > index
         )
+        if entries and entries[0].index != index + 1:
+            raise RuntimeError(
+                f"Raft data in {self.opts.data_dir} is inconsistent: the log starts at index {entries[0].index} but "
+                f"the newest usable snapshot ends at {index}. Restore the data directory from a backup, or remove "
+                "it and let this server rejoin from the leader (proconsul operator raft remove-peer first)."
+            )
         if snap_meta is None and not entries and self._stable.term == 0:
             return None  # never bootstrapped, never joined
         hs = HardState(self._stable.term, self._stable.vote, index)
@@ -270,8 +278,6 @@ class RaftServer:
             hs = rd.hard_state
             if hs.term != self._stable.term or hs.vote != self._stable.vote:
                 self._stable.save(hs.term, hs.vote)
-        if rd.must_sync and self._wal is not None:
-            self._wal.sync()
 
     def _snapshot_source(self) -> Snapshot | None:
         if self._snaps is None:
@@ -343,13 +349,13 @@ class RaftServer:
             await self._wake.wait()
             self._wake.clear()
             try:
-                self._process()
+                await self._process()
             except Exception:  # noqa: BLE001 - a storage failure must stop this server, loudly
                 log.exception("raft loop failed; this server stops participating")
                 self._fail_all(RuntimeError("raft storage failure"))
                 raise
 
-    def _process(self) -> None:
+    async def _process(self) -> None:
         node = self.node
         if node is None:
             return
@@ -372,7 +378,19 @@ class RaftServer:
         while node.has_ready():
             rd = node.ready()
             self._persist(rd)
+            # A leader's AppendEntries promise nothing about its own disk (the core counts its own entries
+            # only once advance() says they are durable), so they go out before the fsync: followers write
+            # while the leader writes. Votes and acknowledgements wait for the fsync.
+            later = []
             for msg in rd.messages:
+                if isinstance(msg, AppendEntries | Heartbeat):
+                    self._send(msg)
+                else:
+                    later.append(msg)
+            if rd.must_sync and self._wal is not None:
+                # In a thread, so the event loop keeps parsing requests that join the next batch.
+                await asyncio.to_thread(self._wal.sync)
+            for msg in later:
                 self._send(msg)
             for e in rd.committed_entries:
                 self._apply(e)
