@@ -467,14 +467,20 @@ class Agent:
 
     async def sync_full(self) -> None:
         """Bring the catalog's view of this node in line with local state."""
-        store = self.store
         node = self.node_name
-        if node not in store.nodes:
-            await self._register_self()
+        if self.is_client:
+            # A client keeps no catalog: ask a server what it holds for this node.
+            catalog_services, catalog_checks, known = await self._remote_node_state()
+            if not known:
+                await self._register_self()
+        else:
             store = self.store
-        # Copies: the syncs below write to the store while we walk these.
-        catalog_services = dict(store.services.get(node, {}))
-        catalog_checks = dict(store.checks.get(node, {}))
+            if node not in store.nodes:
+                await self._register_self()
+                store = self.store
+            # Copies: the syncs below write to the store while we walk these.
+            catalog_services = dict(store.services.get(node, {}))
+            catalog_checks = dict(store.checks.get(node, {}))
         for sid, svc in list(self.services.items()):
             row = catalog_services.get(sid)
             want = service_from(node, svc.definition)
@@ -606,7 +612,32 @@ class Agent:
                 raise RPCError("heartbeat needs a node name", 400)
             self.last_seen[args] = time.monotonic()
             return True
+        if method == "node_state":
+            from registry.state import codec
+
+            if not isinstance(args, str):
+                raise RPCError("node_state needs a node name", 400)
+            store = self.store
+            return {
+                "known": args in store.nodes,
+                "services": [codec._service(s) for s in store.services.get(args, {}).values()],
+                "checks": [codec._check(c) for c in store.checks.get(args, {}).values()],
+            }
         raise RPCError(f"unknown rpc method {method!r}", 400)
+
+    async def _remote_node_state(self) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        from registry.state import codec
+
+        reply = await self.consensus.call_leader("node_state", self.node_name, 10.0)  # type: ignore[attr-defined]
+        services = {}
+        checks = {}
+        for row in reply.get("services") or []:
+            svc = codec.service_row(row)
+            services[svc.id] = svc
+        for row in reply.get("checks") or []:
+            chk = codec.check_row(row)
+            checks[chk.check_id] = chk
+        return services, checks, bool(reply.get("known"))
 
     async def _serf_monitor_loop(self) -> None:
         """On the leader: a node that stops heartbeating goes critical in serfHealth, and back to passing."""

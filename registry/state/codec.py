@@ -35,6 +35,20 @@ def _kv(e: KVEntry) -> list[Any]:
     return [e.key, e.value, e.flags, e.session, e.lock_index, e.create_index, e.modify_index]
 
 
+def service_row(r: list[Any]) -> Service:
+    return Service(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), tuple(r[4]), str(r[5]), dict(r[6]), dict(r[7]),
+        int(r[8]), (int(r[9][0]), int(r[9][1])), bool(r[10]), r[11], r[12], int(r[13]), int(r[14]),
+    )  # fmt: skip
+
+
+def check_row(r: list[Any]) -> Check:
+    return Check(
+        str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
+        tuple(r[8]), str(r[9]), str(r[10]), str(r[11]), dict(r[12]), int(r[13]), int(r[14]),
+    )  # fmt: skip
+
+
 def dump_store(store: Any) -> dict[str, Any]:
     return {
         "v": FORMAT_VERSION,
@@ -63,16 +77,10 @@ def load_store(store: Any, data: dict[str, Any]) -> Any:
             n = Node(str(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(r[4]), dict(r[5]), int(r[6]), int(r[7]))
             store.nodes[n.node] = n
         for r in data["services"]:
-            s = Service(
-                str(r[0]), str(r[1]), str(r[2]), str(r[3]), tuple(r[4]), str(r[5]), dict(r[6]), dict(r[7]),
-                int(r[8]), (int(r[9][0]), int(r[9][1])), bool(r[10]), r[11], r[12], int(r[13]), int(r[14]),
-            )  # fmt: skip
+            s = service_row(r)
             store.services.setdefault(s.node, {})[s.id] = s
         for r in data["checks"]:
-            c = Check(
-                str(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]), str(r[7]),
-                tuple(r[8]), str(r[9]), str(r[10]), str(r[11]), dict(r[12]), int(r[13]), int(r[14]),
-            )  # fmt: skip
+            c = check_row(r)
             store.checks.setdefault(c.node, {})[c.check_id] = c
         for r in data["kv"]:
             value = r[1]
