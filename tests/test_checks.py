@@ -196,3 +196,56 @@ def _client(running: RunningAgent):  # noqa: ANN202
             yield Http(session, running.url)
 
     return cm()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:  # noqa: ANN001
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1)).sign(key, hashes.SHA256()))  # fmt: skip
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))  # fmt: skip
+    return str(cert_path), str(key_path)
+
+
+async def test_https_check_tls_skip_verify(http: Http, tmp_path) -> None:  # noqa: ANN001
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    app = web.Application()
+    app.router.add_get("/health", lambda r: web.Response(text="tls ok"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        url = f"https://127.0.0.1:{port}/health"
+        await http.put("/v1/agent/check/register", {"Name": "strict", "HTTP": url, "Interval": "1s"})
+        await http.put("/v1/agent/check/register", {"Name": "skip", "HTTP": url, "Interval": "1s",
+                                                    "TLSSkipVerify": True})  # fmt: skip
+        await eventually(lambda: _agent_status(http, "skip", "passing"))
+        # The self-signed certificate fails verification when skip-verify is off.
+        async def strict_ran() -> bool:
+            _, checks, _ = await http.get("/v1/agent/checks")
+            return "certificate" in checks["strict"]["Output"].lower()
+
+        await eventually(strict_ran)
+        _, checks, _ = await http.get("/v1/agent/checks")
+        assert checks["strict"]["Status"] == "critical"
+        assert "tls ok" in checks["skip"]["Output"]
+    finally:
+        await runner.cleanup()
