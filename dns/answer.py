@@ -15,7 +15,7 @@ RFC 2782-style weighted order), apply the caps, fit the size, write the header. 
 SRV and the UDP cap: returning the first k of a weighted order would skew load (the heavy instance is in
 almost every answer, and then the client weights it again among those k). Instead the k records are k
 independent draws with probability weight/total, and each distinct record drawn carries the number of
-times it was drawn as its weight. An RFC 2782 client then picks instance i with probability exactly
+times it was drawn (scaled by 65535/k) as its weight. An RFC 2782 client then picks instance i with probability exactly
 weight_i/total, and so does a client that takes the first record. Uncapped answers carry the configured
 weights unchanged.
 """
@@ -110,11 +110,14 @@ def weighted_draws(units: list[PUnit], k: int, rng: Rng) -> list[PUnit]:
     counts: dict[int, int] = {}
     for i in rng.choices(range(len(units)), weights=weights, k=k):
         counts[i] = counts.get(i, 0) + 1
+    # Scaled up so the sum is large: RFC 2782's draw from 0..sum inclusive favours the first record by
+    # 1/(sum+1), which with weights like 2 and 1 would be a visible skew.
+    scale = 0xFFFF // k
     out = []
     for i, n in counts.items():
         ans, count, glue, glen, _w, woff = units[i]
         if woff >= 0:
-            ans = ans[:woff] + _WEIGHT.pack(n) + ans[woff + 2 :]
+            ans = ans[:woff] + _WEIGHT.pack(n * scale) + ans[woff + 2 :]
         out.append((ans, count, glue, glen, n, woff))
     return out
 

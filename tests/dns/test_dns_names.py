@@ -192,3 +192,15 @@ def test_reverse_lookup(port: int) -> None:
     assert [str(rr.rdata) for rr in ask(port, name, "PTR").rr] == ["v6-node.node.dc1.consul."]
     resp = ask(port, "9.9.9.9.in-addr.arpa", "PTR")
     assert rcode(resp) == "NXDOMAIN" and rtypes(resp.auth) == ["SOA"]
+
+
+@pytest.mark.parametrize("qtype", ["A", "SRV"])
+def test_answers_are_shuffled_on_every_query(port: int, qtype: str) -> None:
+    """The same cached answer, a different order each time (over TCP, so nothing is capped)."""
+    orders = []
+    for _ in range(40):
+        resp = ask(port, "many.service.consul", qtype, tcp=True)
+        assert len(resp.rr) == 40
+        orders.append(tuple(str(rr.rdata) for rr in resp.rr))
+    assert len(set(orders)) == 40  # 40! orders: a repeat would mean no shuffle
+    assert len({o[0] for o in orders}) >= 15  # and the first record moves around
