@@ -56,7 +56,8 @@ MAX_TCP_MESSAGE = 65535  # the two-byte length prefix
 class Forward:
     """A question outside our domain, for the recursors. The server does the IO."""
 
-    query: Query
+    query: Query  # as parsed from the first packet with these bytes: its ID is not this request's
+    qid: int  # this request's ID
     data: bytes
     tcp: bool
     max_size: int
@@ -156,7 +157,7 @@ class Engine:
         p = entry.prepared
         if p.forward:
             self.stats["forwarded"] += 1
-            return Forward(pk.query, data, tcp, pk.max_size)
+            return Forward(pk.query, _qid(data), data, tcp, pk.max_size)
         if pk.tail is not None:
             return data[:2] + pk.tail
         q = pk.query
@@ -235,17 +236,17 @@ class Engine:
             DNSRecord.parse(reply)
         except Exception:  # noqa: BLE001 - whatever dnslib objects to, we do not pass it on
             return None
-        out = struct.pack("!H", q.qid) + reply[2:]
+        out = struct.pack("!H", fw.qid) + reply[2:]
         if len(out) > fw.max_size:
             # Bigger than the client can take over UDP: an empty truncated reply sends it to TCP.
             opt = opt_record(q.edns) if q.edns is not None else b""
-            return header(q.qid, flags | TC, 1, 0, 0, 1 if opt else 0) + q.question + opt
+            return header(fw.qid, flags | TC, 1, 0, 0, 1 if opt else 0) + q.question + opt
         return out
 
     @staticmethod
     def servfail(fw: Forward) -> bytes:
         q = fw.query
-        return error_reply(q.qid, q.flags, SERVFAIL, q.question, q.edns, recursion_available=True)
+        return error_reply(fw.qid, q.flags, SERVFAIL, q.question, q.edns, recursion_available=True)
 
 
 def _qid(data: bytes) -> int:

@@ -164,7 +164,10 @@ def test_forwarding_decision(cat: Catalog) -> None:
 
     eng = Engine(DNSConfig(recursors=(parse_recursor("127.0.0.1:5399"),)), lambda: cat.store, random.Random(1))
     out = eng.handle(query("example.com", qid=77), False, 1000.0)
-    assert isinstance(out, Forward) and out.query.qid == 77 and out.max_size == 512
+    assert isinstance(out, Forward) and out.qid == 77 and out.max_size == 512
+    again = eng.handle(query("example.com", qid=78), False, 1000.0)  # same bytes but the ID: cached parse
+    assert isinstance(again, Forward) and again.qid == 78
+    assert DNSRecord.parse(Engine.servfail(again)).header.id == 78
     assert answer(eng, query("db.service.consul")).header.ra == 1
 
 
