@@ -1,0 +1,174 @@
+"""The Raft driver in-process: three servers on loopback with real WALs, elections, forwarding, read
+barriers, restarts, membership changes and snapshot catch-up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from registry.fsm import FSM
+from registry.raft.driver import RaftOptions, RaftServer
+from registry.testing import free_port
+
+
+class Cluster:
+    def __init__(self, tmp: Path, n: int = 3, snapshot_threshold: int = 8192) -> None:
+        self.tmp = tmp
+        self.ports = [free_port() for _ in range(n)]
+        self.snapshot_threshold = snapshot_threshold
+        self.servers: dict[int, RaftServer] = {}
+
+    def options(self, i: int, expect: int = 3, join: list[int] | None = None) -> RaftOptions:
+        peers = join if join is not None else [j for j in range(len(self.ports)) if j != i]
+        return RaftOptions(
+            data_dir=self.tmp / f"s{i}", node_id=f"node-{i}", address=f"127.0.0.1:{self.ports[i]}",
+            bind=("127.0.0.1", self.ports[i]), name=f"s{i}", http="", bootstrap_expect=expect,
+            join=[f"127.0.0.1:{self.ports[j]}" for j in peers], snapshot_threshold=self.snapshot_threshold,
+            trailing_logs=10,
+        )  # fmt: skip
+
+    async def start(self, i: int, **kw) -> RaftServer:  # noqa: ANN003
+        server = RaftServer(self.options(i, **kw), FSM())
+        await server.start()
+        self.servers[i] = server
+        return server
+
+    async def stop(self, i: int) -> None:
+        await self.servers.pop(i).stop()
+
+    async def leader(self, timeout: float = 10.0) -> RaftServer:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leaders = [s for s in self.servers.values() if s.is_leader()]
+            if len(leaders) == 1 and all(s.leader_address() == leaders[0].opts.address for s in self.servers.values()):
+                return leaders[0]
+            await asyncio.sleep(0.02)
+        raise AssertionError("no stable leader")
+
+    async def close(self) -> None:
+        for i in list(self.servers):
+            await self.stop(i)
+
+
+async def until(pred, timeout: float = 10.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def kv(key: str, value: bytes) -> dict:
+    return {"Type": "kv", "Verb": "set", "Key": key, "Value": value}
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path):  # noqa: ANN201
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+async def test_bootstrap_replicate_forward_and_read(cluster: Cluster) -> None:
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    followers = [s for s in cluster.servers.values() if s is not leader]
+    assert sorted(leader.peers()) == sorted(f"127.0.0.1:{p}" for p in cluster.ports)
+    assert await followers[0].propose(kv("a", b"1")) is True  # forwarded to the leader
+    assert await leader.propose({"Type": "kv", "Verb": "cas", "Key": "a", "Value": b"2", "Index": 0}) is False
+    await until(lambda: all("a" in s.fsm.store.kv for s in cluster.servers.values()))
+    await followers[1].barrier_read("consistent")
+    assert followers[1].fsm.store.kv["a"].value == b"1"
+    await followers[1].barrier_read("leader")
+    await leader.barrier_read("leader")
+    assert followers[0].known_leader() and followers[0].last_contact_ms() < 1000
+
+
+async def test_leader_failover_and_restart_keeps_writes(cluster: Cluster) -> None:
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    acked = []
+    for n in range(50):
+        assert await leader.propose(kv(f"k{n}", b"v")) is True
+        acked.append(f"k{n}")
+    old = next(i for i, s in cluster.servers.items() if s is leader)
+    await cluster.stop(old)
+    started = time.monotonic()
+    new_leader = await cluster.leader()
+    assert await new_leader.propose(kv("after", b"1")) is True
+    assert time.monotonic() - started < 5
+    await cluster.start(old)
+    await cluster.leader()
+    await until(lambda: all("after" in s.fsm.store.kv for s in cluster.servers.values()))
+    for s in cluster.servers.values():
+        assert set(acked) <= set(s.fsm.store.kv)
+    # Stop everyone and start again from disk.
+    for i in range(3):
+        await cluster.stop(i)
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    await leader.barrier_read("consistent")
+    assert set(acked) | {"after"} <= set(leader.fsm.store.kv)
+
+
+async def test_join_snapshot_and_remove(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, n=4, snapshot_threshold=40)
+    try:
+        for i in range(3):
+            await c.start(i)
+        leader = await c.leader()
+        for n in range(120):
+            assert await leader.propose(kv(f"k{n:03d}", b"x" * 10)) is True
+        assert any((tmp_path / "s0" / "raft" / "snapshots").iterdir())
+        # A fourth server joins the running cluster: it gets a snapshot (the log behind it is compacted),
+        # catches up as a learner, and becomes a voter.
+        await c.start(3, expect=0, join=[0, 1, 2])
+        await until(lambda: len(leader.node.configuration.voters) == 4, timeout=15)  # type: ignore[union-attr]
+        newcomer = c.servers[3]
+        await until(lambda: len(newcomer.fsm.store.kv) == 120, timeout=15)
+        assert newcomer.fsm.store.kv["k000"].value == b"x" * 10
+        # Remove it again: three voters remain and writes work.
+        await leader.remove_server("node-3")
+        await until(lambda: len(leader.node.configuration.voters) == 3)  # type: ignore[union-attr]
+        await c.stop(3)
+        assert await leader.propose(kv("still", b"ok")) is True
+    finally:
+        await c.close()
+
+
+async def test_transfer_leadership(cluster: Cluster) -> None:
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    target = next(s for s in cluster.servers.values() if s is not leader)
+    assert await leader.transfer_leadership(target.id) == target.id
+    new = await cluster.leader()
+    assert new is target
+    assert await new.propose(kv("x", b"1")) is True
+
+
+async def test_minority_cannot_write_or_read_consistently(cluster: Cluster) -> None:
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    assert await leader.propose(kv("a", b"1")) is True
+    for i in [i for i, s in cluster.servers.items() if s is not leader]:
+        await cluster.stop(i)
+    # The old leader steps down (CheckQuorum) and can neither write nor serve a linearizable read.
+    await until(lambda: not leader.is_leader(), timeout=5)
+    from registry.consensus import NotLeaderError
+
+    with pytest.raises(NotLeaderError):
+        await leader.propose(kv("lost", b"1"))
+    with pytest.raises(NotLeaderError):
+        await leader.barrier_read("consistent")
+    await leader.barrier_read("stale")  # stale reads still work
+    assert leader.fsm.store.kv["a"].value == b"1"
