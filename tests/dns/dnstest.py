@@ -11,6 +11,8 @@ from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
+from registry.state.store import StateStore
+from registry.structs import Check, Node, Service
 from registry.testing.agent import RunningAgent
 
 HOST = "127.0.0.1"
@@ -126,3 +128,39 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0, interval: float 
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
     return time.monotonic() - start
+
+
+class Catalog:
+    """A state store written the way the FSM writes it: one indexed transaction per change."""
+
+    def __init__(self) -> None:
+        self.store = StateStore()
+        self.index = 0
+
+    def _tx(self, fn: Any) -> None:
+        self.index += 1
+        self.store.begin(self.index)
+        fn()
+        self.store.commit()
+
+    def register(self, node: str, addr: str, service: str | None = None, port: int = 80,
+                 weights: tuple[int, int] = (1, 1), status: str | None = None) -> None:  # fmt: skip
+        svc = None
+        if service is not None:
+            svc = Service(node=node, id=service, service=service, port=port, weights=weights)
+        checks = []
+        if status is not None and service is not None:
+            checks = [Check(node=node, check_id=f"c-{service}", name="c", status=status, service_id=service)]
+        n = Node(id="", node=node, address=addr, datacenter="dc1")
+        self._tx(lambda: self.store.ensure_registration(n, svc, checks))
+
+    def set_status(self, node: str, service: str, status: str) -> None:
+        self._tx(lambda: self.store.update_check_status(node, f"c-{service}", status, ""))
+
+
+def query(name: str, qtype: str = "A", qid: int = 1234, edns: int | None = None) -> bytes:
+    q = DNSRecord.question(name, qtype)
+    q.header.id = qid
+    if edns is not None:
+        q.add_ar(EDNS0(udp_len=edns))
+    return bytes(q.pack())
