@@ -52,6 +52,20 @@ class Cluster:
         for i in list(self.servers):
             await self.stop(i)
 
+    async def write(self, cmd: dict, timeout: float = 15.0) -> object:
+        """Propose through whoever leads; a NotLeaderError (leadership moved under load) is retried, which is
+        safe for the idempotent sets these tests write."""
+        from registry.consensus import NotLeaderError
+
+        deadline = time.monotonic() + timeout
+        while True:
+            leader = await self.leader()
+            try:
+                return await leader.propose(cmd)
+            except NotLeaderError:
+                if time.monotonic() > deadline:
+                    raise
+
 
 async def until(pred, timeout: float = 10.0) -> None:  # noqa: ANN001
     deadline = time.monotonic() + timeout
@@ -96,8 +110,9 @@ async def test_leader_failover_and_restart_keeps_writes(cluster: Cluster) -> Non
     leader = await cluster.leader()
     acked = []
     for n in range(50):
-        assert await leader.propose(kv(f"k{n}", b"v")) is True
+        assert await cluster.write(kv(f"k{n}", b"v")) is True
         acked.append(f"k{n}")
+    leader = await cluster.leader()
     old = next(i for i, s in cluster.servers.items() if s is leader)
     await cluster.stop(old)
     started = time.monotonic()
@@ -126,7 +141,8 @@ async def test_join_snapshot_and_remove(tmp_path: Path) -> None:
             await c.start(i)
         leader = await c.leader()
         for n in range(120):
-            assert await leader.propose(kv(f"k{n:03d}", b"x" * 10)) is True
+            assert await c.write(kv(f"k{n:03d}", b"x" * 10)) is True
+        leader = await c.leader()
         assert any((tmp_path / "s0" / "raft" / "snapshots").iterdir())
         # A fourth server joins the running cluster: it gets a snapshot (the log behind it is compacted),
         # catches up as a learner, and becomes a voter.
