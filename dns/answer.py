@@ -22,14 +22,17 @@ weights unchanged.
 
 from __future__ import annotations
 
+import itertools
+import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dns.encode import Encoder
 from dns.resolver import FIXED, SHUFFLE, WEIGHTED, Resolution, Rng
 from dns.wire import AA, QR, RA, TC, header
 
-__all__ = ["Prepared", "prepare", "render", "UDP_ANSWER_CAP"]
+__all__ = ["Prepared", "prepare", "render", "all_renderings", "UDP_ANSWER_CAP"]
 
 UDP_ANSWER_CAP = 8  # Consul's maxUDPAnswerLimit: udp_answer_limit can lower it, never raise it
 _WEIGHT = struct.Struct("!H")
@@ -122,26 +125,79 @@ def weighted_draws(units: list[PUnit], k: int, rng: Rng) -> list[PUnit]:
     return out
 
 
+def _caps(p: Prepared, query_flags: int, udp_cap: int) -> tuple[int, bool, int]:
+    """(how many units to keep, whether the UDP policy cap cut, header flags so far)."""
+    flags = p.flags | (query_flags & 0x0110)  # RD and CD copied from the query
+    n = len(p.units)
+    cap = p.pick if 0 < p.pick < n else n
+    policy_cut = n > 1 and 0 < udp_cap < cap
+    if policy_cut:
+        cap = udp_cap
+        if p.enable_truncate:
+            flags |= TC
+    return cap, policy_cut, flags
+
+
 def render(p: Prepared, qid: int, query_flags: int, question: bytes, opt: bytes, max_size: int, udp_cap: int,
            rng: Rng) -> bytes:  # fmt: skip
     """One response. ``udp_cap`` is the policy cap for UDP without EDNS (0: none)."""
-    units = p.units
-    flags = p.flags | (query_flags & 0x0110)  # RD and CD copied from the query
-    n = len(units)
-    if n > 1:
-        cap = p.pick if 0 < p.pick < n else n
-        policy_cut = 0 < udp_cap < cap
-        if policy_cut:
-            cap = udp_cap
-            if p.enable_truncate:
-                flags |= TC
+    units: Sequence[PUnit] = p.units
+    cap, policy_cut, flags = _caps(p, query_flags, udp_cap)
+    if len(units) > 1:
         if p.order == WEIGHTED:
             units = weighted_draws(list(units), cap, rng) if policy_cut else weighted_order(list(units), rng)
         elif p.order == SHUFFLE:
-            units = list(units)  # type: ignore[assignment]
-            rng.shuffle(units)  # type: ignore[arg-type]
-        if cap < len(units):
-            units = units[:cap]
+            units = list(units)
+            rng.shuffle(units)
+    if cap < len(units):
+        units = units[:cap]
+    return assemble(p, units, flags, qid, question, opt, max_size)
+
+
+MAX_ENUMERATED = 120  # 5! orders
+
+
+def all_renderings(p: Prepared, query_flags: int, question: bytes, opt: bytes, max_size: int,
+                   udp_cap: int) -> tuple[list[bytes], list[float] | None] | None:  # fmt: skip
+    """Every response a query can get, minus the 2-byte ID, with the cumulative probability of each (None:
+    all equally likely); None when there are too many orders to list or the choice is not a permutation
+    (SRV draws under the UDP cap). With this list a cached query costs one random index, not a shuffle."""
+    n = len(p.units)
+    if n < 2 or p.order == FIXED or math.factorial(n) > MAX_ENUMERATED:
+        return None
+    cap, policy_cut, flags = _caps(p, query_flags, udp_cap)
+    if p.order == WEIGHTED and policy_cut:
+        return None
+    outs: list[bytes] = []
+    cumulative: list[float] | None = [] if p.order == WEIGHTED else None
+    total = 0.0
+    for order in itertools.permutations(p.units):
+        outs.append(assemble(p, order[:cap], flags, 0, question, opt, max_size)[2:])
+        if cumulative is not None:
+            total += _order_probability(order)
+            cumulative.append(total)
+    return outs, cumulative
+
+
+def _order_probability(order: Sequence[PUnit]) -> float:
+    """The chance ``weighted_order`` produces this order: each place goes to a unit with probability its
+    weight over the weights left; weight-0 units follow, all their orders equally likely."""
+    weights = [u[4] for u in order]
+    positive = [w for w in weights if w > 0]
+    zeros = len(weights) - len(positive)
+    if any(w > 0 for w in weights[len(positive) :]):
+        return 0.0  # a weight-0 unit before a positive one: weighted_order never does that
+    prob = 1.0 / math.factorial(zeros)
+    left = float(sum(positive))
+    for w in positive:
+        prob *= w / left
+        left -= w
+    return prob
+
+
+def assemble(p: Prepared, units: Sequence[PUnit], flags: int, qid: int, question: bytes, opt: bytes,
+             max_size: int) -> bytes:  # fmt: skip
+    """Header, question and as much of the answer as fits in ``max_size``, in the order given."""
     room = max_size - 12 - len(question) - len(opt)
     auth = p.authority
     auth_len = sum(map(len, auth))
@@ -186,6 +242,4 @@ def render(p: Prepared, qid: int, query_flags: int, question: bytes, opt: bytes,
                 glue.append(g)
                 budget -= len(g)
     ar = len(glue) + (1 if opt else 0)
-    return b"".join(
-        (header(qid, flags, 1, an, len(auth), ar), question, *parts, *auth, *glue, opt)
-    )
+    return b"".join((header(qid, flags, 1, an, len(auth), ar), question, *parts, *auth, *glue, opt))

@@ -19,13 +19,14 @@ Both are bounded (oldest entries go first), so a flood of random names cannot gr
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from dnslib import DNSRecord
 
-from dns.answer import UDP_ANSWER_CAP, Prepared, prepare, render
+from dns.answer import UDP_ANSWER_CAP, Prepared, all_renderings, prepare, render
 from dns.catalog import Dep, FoldIndex, RecordingView, deps_valid
 from dns.config import DNSConfig
 from dns.resolver import Question, Resolution, Rng, resolve
@@ -76,7 +77,7 @@ class _Entry:
 
 
 class _Packet:
-    __slots__ = ("query", "opt", "max_size", "udp_cap", "entry", "tail")
+    __slots__ = ("query", "opt", "max_size", "udp_cap", "entry", "tail", "tails", "cumulative", "memo_bytes")
 
     def __init__(self, query: Query, tcp: bool, udp_answer_limit: int) -> None:
         self.query = query
@@ -91,6 +92,10 @@ class _Packet:
         self.udp_cap = min(UDP_ANSWER_CAP, udp_answer_limit) if not tcp and edns is None else 0
         self.entry: _Entry | None = None
         self.tail: bytes | None = None  # a deterministic response minus its ID, once rendered
+        # or every response the query can get (minus the ID), and their cumulative probabilities
+        self.tails: list[bytes] | None = None
+        self.cumulative: list[float] | None = None
+        self.memo_bytes = 0
 
 
 class Engine:
@@ -103,6 +108,7 @@ class Engine:
         max_answers: int = 10_000,
         max_packets: int = 20_000,
         max_age: float = 10.0,
+        max_memo_bytes: int = 32 << 20,
     ) -> None:
         self.cfg = cfg
         self._get_store = get_store
@@ -117,6 +123,8 @@ class Engine:
         # how stale anything the dependencies do not cover (a config reload) can get.
         self._max_age = max_age
         self._store: StateStore | None = None
+        self._max_memo_bytes = max_memo_bytes
+        self._memo_bytes = 0  # rendered responses held by packets, bounded so memory is too
         self.stats = {"hits": 0, "misses": 0, "malformed": 0, "forwarded": 0}
 
     # ------------------------------------------------------------------ queries
@@ -138,7 +146,7 @@ class Engine:
                 return error_reply(query.qid, query.flags, BADVERS, query.question, query.edns)
             pk = _Packet(query, tcp, self.cfg.udp_answer_limit)
             if len(packets) >= self._max_packets:
-                del packets[next(iter(packets))]
+                self._forget(packets.pop(next(iter(packets))))
             packets[data[2:]] = pk
         store = self._get_store()
         entry = pk.entry
@@ -151,7 +159,7 @@ class Engine:
         ):
             entry = self._answer(pk.query, store, now)
             pk.entry = entry
-            pk.tail = None
+            self._forget(pk)
         else:
             self.stats["hits"] += 1
         p = entry.prepared
@@ -160,11 +168,35 @@ class Engine:
             return Forward(pk.query, _qid(data), data, tcp, pk.max_size)
         if pk.tail is not None:
             return data[:2] + pk.tail
+        tails = pk.tails
+        if tails is not None:
+            cumulative = pk.cumulative
+            if cumulative is None:
+                return data[:2] + tails[int(self._rng.random() * len(tails))]
+            i = bisect.bisect_left(cumulative, self._rng.random() * cumulative[-1])
+            return data[:2] + tails[min(i, len(tails) - 1)]
         q = pk.query
         out = render(p, _qid(data), q.flags, q.question, pk.opt, pk.max_size, pk.udp_cap, self._rng)
         if p.deterministic:
             pk.tail = out[2:]
+        elif self._memo_bytes < self._max_memo_bytes:
+            self._memoize(pk, p)
         return out
+
+    def _memoize(self, pk: _Packet, p: Prepared) -> None:
+        q = pk.query
+        listed = all_renderings(p, q.flags, q.question, pk.opt, pk.max_size, pk.udp_cap)
+        if listed is None:
+            return
+        pk.tails, pk.cumulative = listed
+        pk.memo_bytes = sum(map(len, pk.tails))
+        self._memo_bytes += pk.memo_bytes
+
+    def _forget(self, pk: _Packet) -> None:
+        self._memo_bytes -= pk.memo_bytes
+        pk.memo_bytes = 0
+        pk.tail = None
+        pk.tails = pk.cumulative = None
 
     def _still_valid(self, entry: _Entry, store: StateStore) -> bool:
         if deps_valid(entry.deps, store, self._folds):

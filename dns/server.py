@@ -3,7 +3,9 @@
 Shape of the IO (everything else is in ``dns.engine``):
 
 - UDP: one datagram in, at most one out; anything the engine drops or fails on is dropped, and an exception
-  is logged, never raised into the loop. The receive buffer is raised so bursts are queued, not lost.
+  is logged, never raised into the loop. The socket is read directly when the loop reports it readable,
+  a batch of datagrams per wakeup (measured no slower than a DatagramProtocol on uvloop, and it reads the
+  clock once per batch); the receive buffer is raised so bursts are queued, not lost.
 - TCP (RFC 7766): two-byte length-prefixed messages, pipelining allowed. A connection that sends a length
   under 12 is closed; one that takes longer than ``tcp_idle_timeout`` to complete a message (a huge length
   prefix and then a trickle, or nothing at all) is closed; a client that stops reading its responses has
@@ -38,6 +40,10 @@ __all__ = ["DNSServer", "start_dns"]
 log = structlog.get_logger("proconsul.dns")
 
 UDP_RCVBUF = 4 * 1024 * 1024
+# The largest UDP query read whole. Queries are small (a name, maybe an OPT record); anything longer is cut
+# and then fails to parse (FORMERR), which is what it deserves. Reading 64 KiB buffers for 40-byte queries
+# costs a large allocation per datagram.
+RECV_SIZE = 4096
 
 
 class DNSServer:
@@ -58,7 +64,7 @@ class DNSServer:
         self.max_forwards = max_forwards
         self._clock = clock
         self._rng = random.Random(os.urandom(16))
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[_UDPReader] = []
         self._tcp_servers: list[asyncio.base_events.Server] = []
         self._conns: set[_TCPConnection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -95,8 +101,7 @@ class DNSServer:
                 sock.close()
                 raise
             chosen = sock.getsockname()[1]
-            transport, _ = await loop.create_datagram_endpoint(lambda: _UDPProtocol(self), sock=sock)
-            self._udp.append(transport)
+            self._udp.append(_UDPReader(self, sock, loop))
             server = await loop.create_server(lambda: _TCPConnection(self), host, chosen, reuse_address=True)
             self._tcp_servers.append(server)
             self.addresses.append((host, chosen))
@@ -223,32 +228,62 @@ class _UpstreamProtocol(asyncio.DatagramProtocol):
             self.fut.set_exception(exc)
 
 
-class _UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DNSServer) -> None:
+class _UDPReader:
+    """UDP without a transport: when the socket is readable, drain it (up to a batch, so TCP and timers get
+    their turn) with plain recvfrom/sendto. One event-loop wakeup serves a burst of queries."""
+
+    BATCH = 256
+
+    def __init__(self, server: DNSServer, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.loop = loop
+        self.closed = False
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._readable)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def _readable(self) -> None:
+        sock = self.sock
+        handle = self.server.engine.handle
+        now = self.server._clock()  # one reading per batch: a batch takes well under a millisecond
+        for _ in range(self.BATCH):
+            try:
+                data, addr = sock.recvfrom(RECV_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # an error queued on the socket (ICMP about an earlier reply): skip it
+            try:
+                out = handle(data, False, now)
+            except Exception:  # noqa: BLE001 - one bad query must never take the listener down
+                log.exception("dns query failed", size=len(data), tcp=False)
+                continue
+            if out is None:
+                continue
+            if type(out) is bytes:
+                try:
+                    sock.sendto(out, addr)
+                except OSError:
+                    pass  # send buffer full or the client is gone: UDP clients retry
+            else:
+                self.server.spawn_forward(out, lambda resp, addr=addr: self._send(resp, addr))  # type: ignore[arg-type]
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        out = self.server.answer(data, False)
-        if out is None:
+    def _send(self, out: bytes, addr: Any) -> None:
+        if self.closed:
             return
-        transport = self.transport
-        if type(out) is bytes:
-            transport.sendto(out, addr)  # type: ignore[union-attr]
-            return
+        try:
+            self.sock.sendto(out, addr)
+        except OSError:
+            pass  # send buffer full or the client is gone: UDP clients retry
 
-        def reply(resp: bytes) -> None:
-            if not transport.is_closing():  # type: ignore[union-attr]
-                transport.sendto(resp, addr)  # type: ignore[union-attr]
+    def is_closing(self) -> bool:
+        return self.closed
 
-        self.server.spawn_forward(out, reply)  # type: ignore[arg-type]
-
-    def error_received(self, exc: Exception) -> None:
-        # An ICMP error about an earlier reply: nothing to do, and nothing to stop for.
-        return None
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
 
 
 class _TCPConnection(asyncio.Protocol):

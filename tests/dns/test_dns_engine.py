@@ -204,3 +204,25 @@ def test_a_answers_are_shuffled_uniformly(weighted: Catalog) -> None:
         firsts[first] = firsts.get(first, 0) + 1
     assert len(firsts) == 10
     assert all(abs(v / 3000 - 0.1) < 0.03 for v in firsts.values())
+
+
+def test_small_answers_rendered_once_keep_their_distribution() -> None:
+    """Up to five records, every order is rendered once and each query picks one: uniformly for A, by
+    weight for SRV (a first-record client sees weight/total)."""
+    c = Catalog()
+    for i, w in enumerate((6, 3, 1)):
+        c.register(f"n{i}", f"10.0.0.{i + 1}", "api", weights=(w, 1))
+    eng = engine_for(c)
+    packet = query("api.service.consul", "SRV")
+    firsts: dict[str, int] = {}
+    for _ in range(6000):
+        first = str(answer(eng, packet).rr[0].rdata.target)
+        firsts[first] = firsts.get(first, 0) + 1
+    assert eng._udp[packet[2:]].tails is not None  # served from the rendered list
+    for i, w in enumerate((6, 3, 1)):
+        assert firsts[f"n{i}.node.dc1.consul."] / 6000 == pytest.approx(w / 10, abs=0.02)
+    orders: dict[tuple[str, ...], int] = {}
+    for _ in range(3000):
+        order = tuple(str(rr.rdata) for rr in answer(eng, query("api.service.consul")).rr)
+        orders[order] = orders.get(order, 0) + 1
+    assert len(orders) == 6 and all(abs(v / 3000 - 1 / 6) < 0.03 for v in orders.values())

@@ -1,0 +1,474 @@
+"""DNS benchmark: Proconsul's DNS interface against Knot serving the same records, in the same run.
+
+Both servers are pinned to core 0 and run one at a time; dnsperf, pinned to core 1, drives them over UDP.
+Proconsul runs as a user runs it (``proconsul agent -dev``, which uses uvloop); its catalog holds ``web``
+with three passing instances (plus 200 other services, so the store is not trivially small) registered
+through the HTTP API. Knot (one UDP worker, one TCP worker) serves a zone with the same answers.
+
+Figures, each the median of ``--rounds`` alternating runs:
+
+1. throughput on a cached name (``web.service.consul A``, three records, shuffled per query) and on its SRV
+   form, dnsperf with 100 queries outstanding: queries/s and the ratio to Knot;
+2. latency at a fixed 20,000 queries/s (dnsperf -Q, per-query latencies from -v): p50, p99, max, lost;
+3. update latency: the time from starting a catalog write over HTTP until a DNS query sees it.
+
+Targets (issue 4): >= 0.5x Knot's queries/s on the cached name; p99 < 2 ms at 20,000 queries/s with zero
+lost queries; updates visible in DNS within 100 ms.
+
+    python -m bench.dns_perf [--duration 10] [--rounds 3] [--docs] [--strict]
+
+dnsperf and knot are installed with apt-get when missing. ``--docs`` rewrites the "DNS" section of
+docs/benchmarks.md (and nothing else in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "DNS"
+SERVER_CPU, LOAD_CPU = 0, 1
+RATE = 20_000
+TARGET_RATIO, TARGET_P99_MS, TARGET_UPDATE_MS = 0.5, 2.0, 100.0
+WEB = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+FILLER_SERVICES = 200
+
+
+# ---------------------------------------------------------------------- machine and tools
+
+
+def ensure_tool(binary: str, package: str) -> str:
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if path:
+        return path
+    print(f"# {binary} missing: apt-get install -y {package}", flush=True)
+    cmd = ["apt-get", "install", "-y", "-qq", package]
+    if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if not path:
+        raise SystemExit(f"{binary} is still missing after installing {package}")
+    return path
+
+
+def taskset(cpu: int) -> list[str]:
+    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def busy_fraction(interval: float = 1.0) -> float:
+    """Fraction of all cores busy over ``interval``, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    t0, i0 = sample()
+    time.sleep(interval)
+    t1, i1 = sample()
+    return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def wait_for_quiet(max_busy: float, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    busy = busy_fraction()
+    while busy > max_busy and time.monotonic() < deadline:
+        print(f"# machine busy ({busy:.0%} of cores, load {loadavg()}); waiting", flush=True)
+        time.sleep(5)
+        busy = busy_fraction()
+    if busy > max_busy:
+        print(f"# WARNING: still {busy:.0%} busy after {timeout:.0f}s; measuring anyway", flush=True)
+    return busy
+
+
+def free_port() -> int:
+    # A port free for both UDP and TCP.
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return int(port)
+    raise SystemExit("no free port")
+
+
+# ---------------------------------------------------------------------- the two servers
+
+
+@dataclass
+class Server:
+    name: str
+    popen: subprocess.Popen[bytes]
+    dns_port: int
+    http_port: int = 0
+    workdir: Path | None = None
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def http(method: str, url: str, body: object = None) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, resp.read()
+
+
+def dns_query(port: int, name: str, qtype: int = 1, qid: int = 1, timeout: float = 1.0) -> bytes | None:
+    qname = b"".join(bytes([len(x)]) + x for x in name.encode().split(b".") if x) + b"\x00"
+    packet = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(packet, ("127.0.0.1", port))
+        try:
+            return s.recv(4096)
+        except TimeoutError:
+            return None
+
+
+def a_records(reply: bytes | None) -> set[str]:
+    """The A records in a reply (parsed with dnslib, the project's DNS library)."""
+    from dnslib import QTYPE, DNSRecord
+
+    if reply is None:
+        return set()
+    return {str(rr.rdata) for rr in DNSRecord.parse(reply).rr if rr.rtype == QTYPE.A}
+
+
+def wait_answering(port: int, name: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dns_query(port, name, timeout=0.3) is not None:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing answers DNS on port {port}")
+
+
+def start_proconsul() -> Server:
+    http_port, dns_port = free_port(), free_port()
+    argv = [str(Path(sys.executable).parent / "proconsul"), "agent", "-dev", "-http-port", str(http_port),
+            "-dns-port", str(dns_port), "-log-level", "warn"]  # fmt: skip
+    log = open(f"/tmp/bench-dns-proconsul-{dns_port}.log", "wb")  # noqa: SIM115 - handed to the child
+    popen = subprocess.Popen([*taskset(SERVER_CPU), *argv], stdout=log, stderr=subprocess.STDOUT)
+    server = Server("proconsul", popen, dns_port, http_port)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if http("GET", f"http://127.0.0.1:{http_port}/v1/status/leader")[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or popen.poll() is not None:
+            server.stop()
+            raise SystemExit(f"proconsul did not start; see {log.name}")
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{http_port}"
+    for i, addr in enumerate(WEB):
+        register(base, f"web-{i}", addr, "web", f"web-{i}")
+    for i in range(FILLER_SERVICES):
+        register(base, f"filler-{i}", f"10.9.{i // 250}.{i % 250 + 1}", f"svc-{i}", f"svc-{i}")
+    wait_answering(dns_port, "web.service.consul")
+    return server
+
+
+def register(base: str, node: str, addr: str, service: str, sid: str) -> None:
+    body = {
+        "Node": node,
+        "Address": addr,
+        "Service": {"ID": sid, "Service": service, "Port": 8080},
+        "Check": {"CheckID": f"service:{sid}", "Name": "alive", "Status": "passing", "ServiceID": sid},
+    }
+    status, out = http("PUT", base + "/v1/catalog/register", body)
+    if status != 200:
+        raise SystemExit(f"register {sid}: {status} {out[:200]!r}")
+
+
+KNOT_ZONE = """$ORIGIN consul.
+$TTL 0
+@ IN SOA ns.consul. hostmaster.consul. 1 3600 600 86400 0
+@ IN NS server.node.dc1.consul.
+server.node.dc1 IN A 127.0.0.1
+{web_a}
+{web_srv}
+{web_nodes}
+"""
+
+KNOT_CONF = """server:
+    listen: 127.0.0.1@{port}
+    udp-workers: 1
+    tcp-workers: 1
+    background-workers: 1
+    rundir: {dir}
+database:
+    storage: {dir}/db
+zone:
+  - domain: consul.
+    file: {dir}/consul.zone
+    semantic-checks: off
+log:
+  - target: stderr
+    any: error
+"""
+
+
+def start_knot() -> Server:
+    knotd = ensure_tool("knotd", "knot")
+    workdir = Path(tempfile.mkdtemp(prefix="bench-knot-"))
+    port = free_port()
+    zone = KNOT_ZONE.format(
+        web_a="\n".join(f"web.service IN A {a}" for a in WEB),
+        web_srv="\n".join(f"web.service IN SRV 1 1 8080 web-{i}.node.dc1.consul." for i in range(len(WEB))),
+        web_nodes="\n".join(f"web-{i}.node.dc1 IN A {a}" for i, a in enumerate(WEB)),
+    )
+    (workdir / "consul.zone").write_text(zone)
+    (workdir / "knot.conf").write_text(KNOT_CONF.format(port=port, dir=workdir))
+    log = open(workdir / "knot.log", "wb")  # noqa: SIM115
+    popen = subprocess.Popen([*taskset(SERVER_CPU), knotd, "-c", str(workdir / "knot.conf")], stdout=log,
+                             stderr=subprocess.STDOUT)  # fmt: skip
+    server = Server("knot", popen, port, workdir=workdir)
+    try:
+        wait_answering(port, "web.service.consul")
+    except SystemExit:
+        server.stop()
+        raise
+    return server
+
+
+# ---------------------------------------------------------------------- dnsperf
+
+
+@dataclass
+class PerfRun:
+    qps: float
+    sent: int
+    lost: int
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+def dnsperf(port: int, queries: list[str], duration: float, rate: int | None = None, verbose: bool = False,
+            outstanding: int = 100) -> PerfRun:  # fmt: skip
+    binary = ensure_tool("dnsperf", "dnsperf")
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(queries) + "\n")
+    argv = [*taskset(LOAD_CPU), binary, "-s", "127.0.0.1", "-p", str(port), "-d", f.name, "-l", str(duration),
+            "-c", "1", "-q", str(outstanding), "-t", "2"]  # fmt: skip
+    if rate is not None:
+        argv += ["-Q", str(rate)]
+    if verbose:
+        argv += ["-v"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    os.unlink(f.name)
+
+    def grab(pattern: str) -> str:
+        m = re.search(pattern, out)
+        if m is None:
+            raise SystemExit(f"unexpected dnsperf output:\n{out[-2000:]}")
+        return m.group(1)
+
+    run = PerfRun(
+        qps=float(grab(r"Queries per second:\s+([\d.]+)")),
+        sent=int(grab(r"Queries sent:\s+(\d+)")),
+        lost=int(grab(r"Queries lost:\s+(\d+)")),
+    )
+    if verbose:
+        run.latencies_ms = [float(x) * 1000 for x in re.findall(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M)]
+    return run
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(-(-q * len(ordered) // 100)) - 1))
+    return ordered[k]
+
+
+# ---------------------------------------------------------------------- update latency
+
+
+def update_latency(server: Server, samples: int) -> list[float]:
+    """Milliseconds from the start of a catalog write (HTTP) until a DNS query answers with it."""
+    base = f"http://127.0.0.1:{server.http_port}"
+    out = []
+    for i in range(samples):
+        addr = f"10.7.{i // 250}.{i % 250 + 1}"
+        start = time.perf_counter()
+        register(base, f"upd-{i}", addr, "fresh", f"fresh-{i}")
+        while addr not in a_records(dns_query(server.dns_port, "fresh.service.consul", qid=i)):
+            if time.perf_counter() - start > 5:
+                raise SystemExit("an update did not show in DNS within 5 s")
+        out.append((time.perf_counter() - start) * 1000)
+        # and the reverse: a check going critical takes it out
+        start = time.perf_counter()
+        body = {"Node": f"upd-{i}", "Address": addr,
+                "Check": {"CheckID": f"service:fresh-{i}", "Name": "alive", "Status": "critical",
+                          "ServiceID": f"fresh-{i}"}}  # fmt: skip
+        http("PUT", base + "/v1/catalog/register", body)
+        while addr in a_records(dns_query(server.dns_port, "fresh.service.consul", qid=i)):
+            if time.perf_counter() - start > 5:
+                raise SystemExit("a failed check did not leave DNS within 5 s")
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per dnsperf run")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating runs per server and figure")
+    ap.add_argument("--quiet-timeout", type=float, default=180.0, help="how long to wait for an idle machine")
+    ap.add_argument("--docs", action="store_true", help="write the DNS section of docs/benchmarks.md")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args(argv)
+
+    ensure_tool("dnsperf", "dnsperf")
+    ensure_tool("knotd", "knot")
+    busy_before = wait_for_quiet(0.15, args.quiet_timeout)
+    load_before = loadavg()
+    pc = start_proconsul()
+    knot = start_knot()
+    try:
+        expected = set(WEB)
+        for s in (pc, knot):
+            got = a_records(dns_query(s.dns_port, "web.service.consul"))
+            if got != expected:
+                raise SystemExit(f"{s.name} answers {got}, expected {expected}")
+
+        results: dict[tuple[str, str], list[PerfRun]] = {}
+        for _ in range(args.rounds):
+            for s in (pc, knot):
+                for label, query in (("A", "web.service.consul A"), ("SRV", "web.service.consul SRV")):
+                    run = dnsperf(s.dns_port, [query], args.duration)
+                    results.setdefault((s.name, label), []).append(run)
+                    print(f"# {s.name:9} {label:3} {run.qps:10.0f} q/s  lost {run.lost}", flush=True)
+        rate_runs: dict[str, PerfRun] = {}
+        for s in (pc, knot):
+            run = dnsperf(s.dns_port, ["web.service.consul A"], args.duration, rate=RATE, verbose=True)
+            rate_runs[s.name] = run
+            print(f"# {s.name:9} at {RATE}/s: {run.qps:.0f} q/s, {len(run.latencies_ms)} latencies, lost {run.lost}",
+                  flush=True)  # fmt: skip
+        updates = update_latency(pc, 25)
+    finally:
+        pc.stop()
+        knot.stop()
+        if knot.workdir is not None:
+            shutil.rmtree(knot.workdir, ignore_errors=True)
+    busy_after = busy_fraction()
+
+    def med(name: str, label: str) -> float:
+        return statistics.median(r.qps for r in results[(name, label)])
+
+    ratio_a = med("proconsul", "A") / med("knot", "A")
+    ratio_srv = med("proconsul", "SRV") / med("knot", "SRV")
+    lost_max = sum(r.lost for runs in results.values() for r in runs)
+    pc_rate = rate_runs["proconsul"]
+    lat = pc_rate.latencies_ms
+    p50, p99, pmax = percentile(lat, 50), percentile(lat, 99), max(lat)
+    kl = rate_runs["knot"].latencies_ms
+    ok_ratio = ratio_a >= TARGET_RATIO
+    ok_p99 = p99 < TARGET_P99_MS and pc_rate.lost == 0
+    ok_update = max(updates) < TARGET_UPDATE_MS
+
+    rows = [
+        ("cached name, `web.service.consul A` (3 records, shuffled)", f"{med('proconsul', 'A'):,.0f} q/s",
+         f"{med('knot', 'A'):,.0f} q/s", f"{ratio_a:.2f}x", f">= {TARGET_RATIO}x Knot", ok_ratio),
+        ("same name, SRV (3 records + 3 glue A)", f"{med('proconsul', 'SRV'):,.0f} q/s",
+         f"{med('knot', 'SRV'):,.0f} q/s", f"{ratio_srv:.2f}x", "", None),
+        (f"latency at {RATE:,} q/s (p50 / p99 / max)", f"{p50:.3f} / {p99:.3f} / {pmax:.3f} ms",
+         f"{percentile(kl, 50):.3f} / {percentile(kl, 99):.3f} / {max(kl):.3f} ms", "",
+         f"p99 < {TARGET_P99_MS} ms", p99 < TARGET_P99_MS),
+        (f"lost queries at {RATE:,} q/s", f"{pc_rate.lost} of {pc_rate.sent:,}",
+         f"{rate_runs['knot'].lost} of {rate_runs['knot'].sent:,}", "", "0", pc_rate.lost == 0),
+        ("update visible in DNS (register / check critical; p50 / max of 50)",
+         f"{statistics.median(updates):.1f} / {max(updates):.1f} ms", "", "", f"< {TARGET_UPDATE_MS:.0f} ms",
+         ok_update),
+        ("lost queries in the throughput runs (both servers)", str(lost_max), "", "", "", None),
+    ]  # fmt: skip
+    table = [
+        "| figure | Proconsul | Knot | ratio | target | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for figure, mine, peer, ratio, target, ok in rows:
+        verdict = "" if ok is None else ("PASS" if ok else "FAIL")
+        table.append(f"| {figure} | {mine} | {peer} | {ratio} | {target} | {verdict} |")
+    runs_line = "; ".join(
+        f"{name} {label}: " + ", ".join(f"{r.qps:,.0f}" for r in runs)
+        for (name, label), runs in results.items()
+    )
+    body = "\n".join([
+        f"Date {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} cores, {cpu_model()}; "
+        f"load average {load_before} at the start, cores {busy_before:.0%} busy just before and "
+        f"{busy_after:.0%} just after (other work on the machine skews these figures).",
+        "",
+        f"`python -m bench.dns_perf --duration {args.duration:g} --rounds {args.rounds}`: Proconsul "
+        "(`proconsul agent -dev`, uvloop) and Knot (one UDP worker) pinned to core 0, one at a time; dnsperf "
+        "(100 queries outstanding, UDP, no EDNS) pinned to core 1. Throughput figures are medians of "
+        f"{args.rounds} alternating runs of {args.duration:g} s; the latency figures come from dnsperf -v at a "
+        f"fixed {RATE:,} queries/s for {args.duration:g} s.",
+        "",
+        *table,
+        "",
+        f"Every throughput run (q/s): {runs_line}.",
+    ])  # fmt: skip
+    print()
+    print(body)
+    if args.docs:
+        write_section(SECTION, body)
+        print(f"\n# wrote the {SECTION} section of {DOCS}")
+    ok = ok_ratio and ok_p99 and ok_update
+    return 0 if ok or not args.strict else 1
+
+
+def write_section(title: str, body: str, path: Path = DOCS) -> None:
+    """Replace the ``## title`` section (up to the next ``## ``) and leave every other section alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
