@@ -25,6 +25,7 @@ from registry.agent.checks import (
 )
 from registry.agent.local import LocalCheck, LocalService
 from registry.config import Config, join_address
+from registry.connect.service import Connect
 from registry.consensus import Consensus, LocalLog
 from registry.fsm import FSM, CommandError, check_from, service_from
 from registry.state.store import StateStore
@@ -60,6 +61,7 @@ class Agent:
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         self.consensus: Consensus = self._make_consensus()
+        self.connect = Connect(self)  # Connect CA, leaf certificates, intentions (registers FSM commands)
         self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
@@ -157,6 +159,7 @@ class Agent:
         from registry.api.http import start_http
 
         self._listeners.append(await start_http(self))
+        await self.connect.start()
         if self.config.ports.dns != -1:
             from dns.server import start_dns
 

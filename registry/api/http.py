@@ -87,6 +87,9 @@ class Api:
 
         for module in (agent_endpoints, catalog, health, kv, status, operator):
             module.register(self.router)
+        from registry.api import connect as connect_api
+
+        connect_api.register(self.router)  # Connect CA, leaf, authorize, intentions, /v1/config
 
     # ------------------------------------------------------------------ dispatch
 

@@ -1,0 +1,119 @@
+"""/v1/config: centralized config entries (this agent stores the ``service-intentions`` kind).
+
+Consul's routes and words (agent/config_endpoint.go): PUT /v1/config (?cas) answers ``true``/``false``;
+GET /v1/config/<kind>[/<name>] is a blocking read; DELETE /v1/config/<kind>/<name> answers ``{}``, or
+``true``/``false`` with ?cas. Kinds Consul knows but this agent does not store list as empty and are
+refused on write with a message naming the supported kinds; unknown kinds are a 400.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from registry.api.decode import DecodeError, parse_json
+from registry.api.errors import HTTPError
+from registry.api.http import ReadResult, read_body
+from registry.connect.state import (
+    CMD_CONFIG_ENTRY,
+    SUPPORTED_KINDS,
+    TOPIC_CONFIG,
+    ConfigEntryError,
+    config_index,
+    get_entry,
+    list_entries,
+    normalize_entry,
+)
+from registry.state.store import StateStore
+
+if TYPE_CHECKING:
+    from registry.api.http import Api, Router
+
+# Every kind Consul's /v1/config accepts (CE and Enterprise); only SUPPORTED_KINDS are stored here.
+KNOWN_KINDS = frozenset({
+    "service-defaults", "proxy-defaults", "service-resolver", "service-splitter", "service-router",
+    "service-intentions", "ingress-gateway", "terminating-gateway", "mesh", "exported-services",
+    "api-gateway", "http-route", "tcp-route", "inline-certificate", "file-system-certificate",
+    "jwt-provider", "sameness-group", "control-plane-request-limit", "bound-api-gateway",
+    "registration",
+})  # fmt: skip
+
+
+def _cas(request: web.Request) -> int | None:
+    raw = request.query.get("cas")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+        if value < 0:
+            raise ValueError
+    except ValueError:
+        raise HTTPError(400, f"Failed to parse cas parameter: {raw!r} is not an unsigned integer") from None
+    return value
+
+
+def _kind(kind: str) -> str:
+    k = kind.lower()
+    if k not in KNOWN_KINDS:
+        raise HTTPError(400, f"invalid config entry kind: {kind}")
+    return k
+
+
+async def put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    body = await read_body(request)
+    try:
+        raw = parse_json(body)
+    except DecodeError as exc:
+        raise HTTPError(400, f"Request decoding failed: {exc}") from None
+    try:
+        entry = normalize_entry(raw)
+    except ConfigEntryError as exc:
+        raise HTTPError(400, str(exc)) from None
+    cas = _cas(request)
+    cmd = {"Type": CMD_CONFIG_ENTRY, "Op": "cas" if cas is not None else "upsert", "Entry": entry,
+           "Index": cas or 0}  # fmt: skip
+    result = await api.propose(cmd)
+    return api.json(request, bool(result))
+
+
+async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.StreamResponse:
+    parts = [p for p in suffix.split("/") if p]
+    if request.method == "DELETE":
+        if len(parts) != 2:
+            raise HTTPError(404, "Must provide both a kind and name to delete")
+        kind = _kind(parts[0])
+        cas = _cas(request)
+        cmd = {"Type": CMD_CONFIG_ENTRY, "Op": "delete-cas" if cas is not None else "delete", "Kind": kind,
+               "Name": parts[1], "Index": cas or 0}  # fmt: skip
+        result = await api.propose(cmd)
+        return api.json(request, bool(result) if cas is not None else {})
+    if not parts or len(parts) > 2:
+        raise HTTPError(404, "Must provide either a kind or both kind and name")
+    kind = _kind(parts[0])
+    if len(parts) == 1:
+
+        def run_list(store: StateStore) -> ReadResult:
+            entries = list_entries(store, kind) if kind in SUPPORTED_KINDS else []
+            return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: entries)
+
+        return await api.read(request, run_list)
+    name = parts[1]
+
+    def run_one(store: StateStore) -> ReadResult:
+        entry = get_entry(store, kind, name)
+        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: entry, 200 if entry else 404)
+
+    resp = await api.read(request, run_one)
+    if resp.status == 404:
+        out = api.text(404, f'Config entry not found for "{kind}" / "{name}"')
+        for k, v in resp.headers.items():
+            if k.startswith("X-Consul"):
+                out.headers[k] = v
+        return out
+    return resp
+
+
+def register(router: Router) -> None:
+    router.add("PUT", "/v1/config", put)
+    router.add("GET,DELETE", "/v1/config/", get_or_delete)

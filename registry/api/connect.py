@@ -1,0 +1,396 @@
+"""Connect endpoints: CA roots and configuration, the agent's leaf certificates, authorize, intentions.
+
+Shapes, status codes and error texts follow Consul (agent/connect_ca_endpoint.go,
+agent/agent_endpoint.go, agent/intentions_endpoint.go). Writes are commands through the log; reads of
+CA state and intentions are blocking queries on their tables. The root's private key never reaches
+this module: every body is built from ``ca.provider``'s API functions, which do not read it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from ca import provider
+from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
+from registry.api.decode import DecodeError, parse_json
+from registry.api.errors import HTTPError
+from registry.api.http import ReadResult, read_body
+from registry.connect.manager import CAUpdateError
+from registry.connect.signer import RateLimited, SignError
+from registry.connect.state import (
+    CMD_INTENTION,
+    TOPIC_CA,
+    TOPIC_CONFIG,
+    ca_index,
+    config_index,
+    find_legacy,
+)
+from registry.intentions import (
+    Intention,
+    IntentionError,
+    decide,
+    match,
+    parse_service_name,
+)
+from registry.state.store import StateStore
+
+if TYPE_CHECKING:
+    from registry.api.http import Api, Router
+    from registry.connect.service import Connect
+
+NOT_ENABLED = "Connect must be enabled in order to use this endpoint"
+INTENTION_NOT_FOUND = "Intention not found"
+
+
+def _connect(api: Api) -> Connect:
+    connect: Connect | None = getattr(api.agent, "connect", None)
+    if connect is None or not connect.enabled:
+        raise HTTPError(400, NOT_ENABLED)
+    return connect
+
+
+async def _json_body(request: web.Request) -> Any:
+    body = await read_body(request)
+    try:
+        return parse_json(body)
+    except DecodeError as exc:
+        raise HTTPError(400, f"Request decode failed: {exc}") from exc
+
+
+def _ci(data: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """Case-insensitive field lookup, as Go's JSON decoder matches struct fields."""
+    want = key.lower()
+    for k, v in data.items():
+        if str(k).lower() == want:
+            return v
+    return default
+
+
+def _with_headers(resp: web.StreamResponse, source: web.StreamResponse) -> web.StreamResponse:
+    for k, v in source.headers.items():
+        if k.startswith("X-Consul"):
+            resp.headers[k] = v
+    return resp
+
+
+# ---------------------------------------------------------------------- CA
+
+
+async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    want_pem = "pem" in request.query and request.query.get("pem", "").lower() not in ("false", "0")
+
+    def run(store: StateStore) -> ReadResult:
+        state = connect.views.ca(store)
+        if state is None:
+            body: dict[str, Any] = {"ActiveRootID": "", "TrustDomain": "", "Roots": []}
+            return ReadResult(ca_index(store), (TOPIC_CA,), lambda: body)
+        return ReadResult(ca_index(store), (TOPIC_CA,), lambda: provider.roots_response(state))
+
+    if not want_pem:
+        return await api.read(request, run)
+    resp = await api.read(request, run, cacheable=False)
+    state = connect.ca_state()
+    pem = provider.roots_pem(state) if state is not None else ""
+    out = web.Response(status=200, body=pem.encode(), headers={
+        "Content-Type": "application/pem-certificate-chain", "X-Consul-Default-ACL-Policy": api.acl_policy})  # fmt: skip
+    return _with_headers(out, resp)
+
+
+async def ca_configuration_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+
+    def run(store: StateStore) -> ReadResult:
+        state = connect.views.ca(store)
+        if state is None:
+            raise HTTPError(500, "CA has not finished initializing")
+        return ReadResult(ca_index(store), (TOPIC_CA,), lambda: provider.ca_configuration_response(state))
+
+    return await api.read(request, run)
+
+
+async def ca_configuration_put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    body = await _json_body(request)
+    if body is None:
+        raise HTTPError(400, "Request decode failed: EOF")
+    try:
+        config = provider.parse_ca_configuration(body)
+    except provider.CAConfigError as exc:
+        raise HTTPError(400, f"Request decode failed: {exc}") from None
+    try:
+        await connect.manager.set_config(config)
+    except CAUpdateError as exc:
+        raise HTTPError(exc.status, exc.message) from None
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
+# ---------------------------------------------------------------------- agent: leaf and authorize
+
+
+async def agent_leaf(api: Api, request: web.Request, service: str) -> web.StreamResponse:
+    connect = _connect(api)
+    if not service:
+        raise HTTPError(400, "Missing service name")
+    min_index, wait, _ = api.query_options(request)
+    try:
+        entry, hit = await connect.leaf.get(service, min_index=min_index, wait=wait)
+    except RateLimited as exc:
+        raise HTTPError(429, exc.message, {"Retry-After": exc.retry_after_header}) from None
+    except SignError as exc:
+        raise HTTPError(exc.status, exc.message) from None
+    body = provider.issued_cert_response(entry.result, private_key_pem=entry.key_pem, index=entry.index)
+    headers = {"X-Consul-Index": str(entry.index), "X-Cache": "HIT" if hit else "MISS"}
+    return api._respond(request, 200, api.render(request, body), None, headers)
+
+
+async def agent_authorize(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    body = await _json_body(request)
+    if not isinstance(body, Mapping):
+        raise HTTPError(400, "Request decode failed: body must be a JSON object")
+    target = _ci(body, "Target", "")
+    uri = _ci(body, "ClientCertURI", "")
+    if not isinstance(target, str) or not isinstance(uri, str):
+        raise HTTPError(400, "Request decode failed: Target and ClientCertURI must be strings")
+    if not target:
+        raise HTTPError(400, "Target service must be specified")
+    try:
+        identity = parse_uri(uri)
+    except InvalidSpiffeURI:
+        raise HTTPError(400, "ClientCertURI not a valid Connect identifier") from None
+    if not isinstance(identity, ServiceIdentity):
+        raise HTTPError(400, "ClientCertURI not a valid Service identifier")
+    state = connect.ca_state()
+    if state is None:
+        return api.json(request, {"Authorized": False, "Reason": "CA has not finished initializing"})
+    if identity.trust_domain != state.trust_domain:
+        # Consul leaves this to the TLS handshake; we refuse it here too, so a caller that forgot
+        # to pin the trust bundle cannot turn a foreign certificate into an allow.
+        return api.json(request, {
+            "Authorized": False,
+            "Reason": f"Client certificate is from trust domain {identity.trust_domain!r}, "
+                      f"not this cluster's {state.trust_domain!r}",
+        })  # fmt: skip
+    allow, reason = connect.default_allow()
+    decision = decide(connect.intentions(), identity, target, allow, default_reason=reason)
+    return api.json(request, {"Authorized": decision.allowed, "Reason": decision.reason})
+
+
+# ---------------------------------------------------------------------- intentions
+
+
+def _now() -> str:
+    from registry.connect.service import utcnow
+
+    return provider.format_go_time(utcnow())
+
+
+async def _propose(api: Api, cmd: dict[str, Any]) -> Any:
+    return await api.propose(cmd)
+
+
+def _names(request: web.Request, *params: str) -> list[str]:
+    out = []
+    for p in params:
+        values = request.query.getall(p, [])
+        if len(values) != 1:
+            raise HTTPError(400, f"required query parameter '{p}' not set")
+        out.append(values[0])
+    return out
+
+
+def _service(value: str, what: str, *, wildcard: bool = True) -> tuple[str, str]:
+    try:
+        name = parse_service_name(value, allow_wildcard=wildcard)
+    except IntentionError as exc:
+        raise HTTPError(400, f"{what} {value!r} is invalid: {exc}") from None
+    return name.namespace, name.name
+
+
+async def intentions_list(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    if "filter" in request.query:
+        raise HTTPError(400, "?filter is not supported on this endpoint by this agent")
+
+    def run(store: StateStore) -> ReadResult:
+        ixns = connect.views.intention_list(store)
+        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: [i.to_api_dict() for i in ixns])
+
+    return await api.read(request, run)
+
+
+def _intention_from_body(body: Any) -> Intention:
+    if not isinstance(body, Mapping):
+        raise HTTPError(400, "Request decode failed: body must be a JSON object")
+    try:
+        return Intention.from_api_dict(body)
+    except IntentionError as exc:
+        raise HTTPError(400, f"Invalid Intention: {exc}") from None
+
+
+async def intentions_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    _connect(api)
+    body = await _json_body(request)
+    ixn = _intention_from_body(body)
+    if ixn.id:
+        raise HTTPError(400, "ID must be empty when creating a new intention")
+    ixn_id = str(uuid.uuid4())
+    await _propose(api, {"Type": CMD_INTENTION, "Op": "create", "ID": ixn_id, "Intention": ixn.to_api_dict(),
+                         "Now": _now()})  # fmt: skip
+    return api.json(request, {"ID": ixn_id})
+
+
+def _exact_pair(request: web.Request) -> tuple[tuple[str, str], tuple[str, str]]:
+    source, destination = _names(request, "source", "destination")
+    return _service(source, "source"), _service(destination, "destination")
+
+
+def _find_exact(ixns: list[Intention], src: tuple[str, str], dst: tuple[str, str]) -> Intention | None:
+    key = (src[0].lower(), src[1].lower(), dst[0].lower(), dst[1].lower())
+    return next((i for i in ixns if i.match_key() == key), None)
+
+
+async def intention_exact_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    src, dst = _exact_pair(request)
+
+    def run(store: StateStore) -> ReadResult:
+        found = _find_exact(connect.views.intention_list(store), src, dst)
+        if found is None:
+            return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: None, 404)
+        return ReadResult(config_index(store), (TOPIC_CONFIG,), found.to_api_dict)
+
+    resp = await api.read(request, run)
+    if resp.status == 404:
+        return _with_headers(api.text(404, INTENTION_NOT_FOUND), resp)
+    return resp
+
+
+async def intention_exact_put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    _connect(api)
+    src, dst = _exact_pair(request)
+    body = await _json_body(request)
+    if not isinstance(body, Mapping):
+        raise HTTPError(400, "Request decode failed: body must be a JSON object")
+    fields = {str(k).lower(): v for k, v in body.items()}
+    for forbidden in ("id", "createdat", "updatedat", "meta"):
+        value = fields.get(forbidden)
+        if value not in (None, "", {}, "0001-01-01T00:00:00Z"):
+            raise HTTPError(400, f"{forbidden} field is not supported with the exact intention endpoint")
+    merged = dict(body)
+    merged.update({"SourceNS": src[0], "SourceName": src[1], "DestinationNS": dst[0], "DestinationName": dst[1]})
+    for k in list(merged):
+        if str(k).lower() in ("sourcens", "sourcename", "destinationns", "destinationname") and k not in (
+            "SourceNS", "SourceName", "DestinationNS", "DestinationName"
+        ):
+            del merged[k]  # the query string names the pair; a body spelling cannot override it
+    ixn = _intention_from_body(merged)
+    await _propose(api, {"Type": CMD_INTENTION, "Op": "upsert", "Intention": ixn.to_api_dict(), "Now": _now()})
+    return api.json(request, True)
+
+
+async def intention_exact_delete(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    _connect(api)
+    src, dst = _exact_pair(request)
+    await _propose(api, {"Type": CMD_INTENTION, "Op": "delete-exact", "Now": _now(), "Intention": {
+        "SourceNS": src[0], "SourceName": src[1], "DestinationNS": dst[0], "DestinationName": dst[1]}})  # fmt: skip
+    return api.json(request, True)
+
+
+async def intention_match(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    by_values = request.query.getall("by", [])
+    if len(by_values) != 1:
+        raise HTTPError(400, "required query parameter 'by' not set")
+    by = by_values[0]
+    if by not in ("source", "destination"):
+        raise HTTPError(400, "'by' parameter must be one of 'source' or 'destination'")
+    names = request.query.getall("name", [])
+    if not names:
+        raise HTTPError(400, "required query parameter 'name' not set")
+    for n in names:
+        _service(n, "name")
+
+    def run(store: StateStore) -> ReadResult:
+        index = connect.views.intentions(store)
+
+        def build() -> dict[str, Any]:
+            return {n: [i.to_api_dict() for i in match(index, by, n)] for n in names}  # type: ignore[arg-type]
+
+        return ReadResult(config_index(store), (TOPIC_CONFIG,), build)
+
+    return await api.read(request, run)
+
+
+async def intention_check(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    connect = _connect(api)
+    source, destination = _names(request, "source", "destination")
+    source_type = request.query.get("source-type", "consul")
+    if source_type != "consul":
+        raise HTTPError(400, f"unsupported source-type {source_type!r}: only 'consul' is supported")
+    src = _service(source, "source", wildcard=False)
+    dst = _service(destination, "destination", wildcard=False)
+
+    def run(store: StateStore) -> ReadResult:
+        allow, reason = connect.default_allow()
+        decision = decide(connect.views.intentions(store), "/".join(src), "/".join(dst), allow,
+                          default_reason=reason)  # fmt: skip
+        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: {"Allowed": decision.allowed})
+
+    return await api.read(request, run, cacheable=False)
+
+
+async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.StreamResponse:
+    connect = _connect(api)
+    if not ixn_id or "/" in ixn_id:
+        raise HTTPError(404, INTENTION_NOT_FOUND)
+    if request.method == "GET":
+
+        def run(store: StateStore) -> ReadResult:
+            found = next((i for i in connect.views.intention_list(store) if i.id == ixn_id), None)
+            if found is None:
+                return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: None, 404)
+            return ReadResult(config_index(store), (TOPIC_CONFIG,), found.to_api_dict)
+
+        resp = await api.read(request, run)
+        if resp.status == 404:
+            return _with_headers(api.text(404, INTENTION_NOT_FOUND), resp)
+        return resp
+    if find_legacy(api.agent.store, ixn_id) is None:
+        raise HTTPError(404, INTENTION_NOT_FOUND)
+    if request.method == "DELETE":
+        await _propose(api, {"Type": CMD_INTENTION, "Op": "delete", "ID": ixn_id, "Now": _now()})
+        return api.json(request, True)
+    body = await _json_body(request)
+    if isinstance(body, Mapping):
+        body = {k: v for k, v in body.items() if str(k).lower() != "id"}  # the path names the intention
+    ixn = _intention_from_body(body)
+    await _propose(api, {"Type": CMD_INTENTION, "Op": "update", "ID": ixn_id, "Intention": ixn.to_api_dict(),
+                         "Now": _now()})  # fmt: skip
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
+def register(router: Router) -> None:
+    from registry.api import config_entries
+
+    router.add("GET", "/v1/connect/ca/roots", ca_roots)
+    router.add("GET", "/v1/connect/ca/configuration", ca_configuration_get)
+    router.add("PUT", "/v1/connect/ca/configuration", ca_configuration_put)
+    router.add("GET", "/v1/agent/connect/ca/roots", ca_roots)
+    router.add("GET", "/v1/agent/connect/ca/leaf/", agent_leaf)
+    router.add("POST", "/v1/agent/connect/authorize", agent_authorize)
+    router.add("GET", "/v1/connect/intentions", intentions_list)
+    router.add("POST", "/v1/connect/intentions", intentions_create)
+    router.add("GET", "/v1/connect/intentions/exact", intention_exact_get)
+    router.add("PUT", "/v1/connect/intentions/exact", intention_exact_put)
+    router.add("DELETE", "/v1/connect/intentions/exact", intention_exact_delete)
+    router.add("GET", "/v1/connect/intentions/match", intention_match)
+    router.add("GET", "/v1/connect/intentions/check", intention_check)
+    router.add("GET,PUT,DELETE", "/v1/connect/intentions/", intention_by_id)
+    config_entries.register(router)
+

@@ -1,0 +1,539 @@
+"""Replicated Connect state: the CA, config entries (``service-intentions``) and intention operations.
+
+Everything here runs inside ``FSM.apply``: it must be deterministic (no clock, no randomness: the
+proposer puts generated keys, IDs and timestamps into the command) and it validates the whole command
+before the first write, raising ``StoreError`` to refuse it.
+
+Tables (generic store tables, watch topic ``(table,)``):
+
+- ``connect-ca``      key ``state``: ``ca.provider.to_msgpack_dict`` of the one ``CAState``. It holds
+                      the active root's private key, exactly as Consul's replicated CA state does; no
+                      API output is built from this dict, only from the decoded ``CAState``.
+- ``config-entries``  key ``<kind>/<namespace>/<name>``: the entry in Consul's JSON shape, with
+                      ``CreateIndex`` / ``ModifyIndex`` stamped from the log.
+
+Commands:
+
+- ``connect.ca.set``     ``{"State": <msgpack dict>, "Prev": <index>}`` replaces the CA state if the
+                         table's index is still ``Prev`` (0 = only if there is no state yet), so two
+                         leaders' (or two operators') concurrent rotations cannot both land.
+- ``config.entry``       ``{"Op": "upsert"|"cas"|"delete"|"delete-cas", "Entry"|"Kind"+"Name", "Index"}``
+- ``connect.intention``  ``{"Op": "create"|"update"|"delete"|"upsert"|"delete-exact", "Intention",
+                         "ID", "Now"}``: the legacy and exact intention endpoints, applied to the
+                         destination's ``service-intentions`` entry as Consul does since 1.9.
+
+``StateViews`` gives readers the decoded CA state and the intention index, rebuilt only when the
+table they come from changes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ca import provider
+from ca.provider import CAState
+from registry.intentions import (
+    DEFAULT_NAMESPACE,
+    Intention,
+    IntentionError,
+    IntentionIndex,
+    build_index,
+    compute_precedence,
+    config_entries_to_intentions,
+    validate_config_entry,
+)
+from registry.state.store import StateStore, StoreError
+
+TABLE_CA = "connect-ca"
+CA_KEY = "state"
+TABLE_CONFIG = "config-entries"
+TOPIC_CA = (TABLE_CA,)
+TOPIC_CONFIG = (TABLE_CONFIG,)
+
+CMD_CA_SET = "connect.ca.set"
+CMD_CONFIG_ENTRY = "config.entry"
+CMD_INTENTION = "connect.intention"
+
+KIND_SERVICE_INTENTIONS = "service-intentions"
+# Config entry kinds this agent stores. Others are refused with a clear message instead of being
+# stored unvalidated (a traffic-splitting entry nobody checks is worse than none).
+SUPPORTED_KINDS = (KIND_SERVICE_INTENTIONS,)
+
+# Canonical spellings of service-intentions keys; JSON decoding is case-insensitive, as Go's is.
+_ENTRY_KEYS = {k.lower(): k for k in ("Kind", "Name", "Namespace", "Partition", "Meta", "Sources")}
+_SOURCE_KEYS = {
+    k.lower(): k
+    for k in (
+        "Name", "Namespace", "Partition", "Peer", "Action", "Permissions", "Precedence", "Type",
+        "Description", "LegacyID", "LegacyMeta", "LegacyCreateTime", "LegacyUpdateTime",
+    )
+}  # fmt: skip
+
+
+class ConfigEntryError(ValueError):
+    """A config entry (or a request about one) that cannot be accepted; worded for the API caller."""
+
+
+def register_commands(fsm: Any) -> None:
+    """Add the Connect command types to an FSM's dispatch table."""
+    fsm.register(CMD_CA_SET, apply_ca_set)
+    fsm.register(CMD_CONFIG_ENTRY, apply_config_entry)
+    fsm.register(CMD_INTENTION, apply_intention)
+
+
+def _log_index(store: StateStore) -> int:
+    # The index of the entry being applied (set by StateStore.begin); rows are stamped with it.
+    return int(store._idx)
+
+
+# ---------------------------------------------------------------------- CA state
+
+
+def ca_raw(store: StateStore) -> dict[str, Any] | None:
+    return store.tables.get(TABLE_CA, {}).get(CA_KEY)
+
+
+def ca_index(store: StateStore) -> int:
+    """The log index of the last CA state write (0 if there is none): the CAS token for ``Prev``."""
+    return store.table_index.get(TABLE_CA, 0) if ca_raw(store) is not None else 0
+
+
+def _stamp_ca(old: Mapping[str, Any] | None, new: dict[str, Any], idx: int) -> dict[str, Any]:
+    """Give roots and the configuration Create/ModifyIndex from the log, keeping the old values for
+    whatever did not change (so a prune does not look like a change of every root)."""
+    out = dict(new)
+    old_roots = {r["id"]: r for r in old["roots"]} if old else {}
+    roots = []
+    for r in new["roots"]:
+        r = dict(r)
+        before = old_roots.get(r["id"])
+        if before is None:
+            r["create_index"] = r["modify_index"] = idx
+        else:
+            r["create_index"] = before["create_index"]
+            same = all(r[k] == before.get(k) for k in r if k not in ("create_index", "modify_index"))
+            r["modify_index"] = before["modify_index"] if same else idx
+        roots.append(r)
+    out["roots"] = roots
+    if old is None:
+        out["config_create_index"] = out["config_modify_index"] = idx
+    else:
+        out["config_create_index"] = old["config_create_index"]
+        out["config_modify_index"] = (
+            old["config_modify_index"] if old["config"] == new["config"] else idx
+        )
+    return out
+
+
+def apply_ca_set(store: StateStore, cmd: dict[str, Any]) -> bool:
+    raw = cmd.get("State")
+    prev = cmd.get("Prev")
+    if not isinstance(raw, dict):
+        raise StoreError("State must be a map")
+    if not isinstance(prev, int) or isinstance(prev, bool) or prev < 0:
+        raise StoreError("Prev must be a non-negative integer")
+    try:
+        provider.from_msgpack_dict(raw)
+    except (provider.CAError, provider.CAConfigError, KeyError, TypeError, ValueError) as exc:
+        raise StoreError(f"invalid CA state: {exc}") from None
+    old = ca_raw(store)
+    if prev != ca_index(store):
+        return False  # lost a race with another writer: the proposer re-reads and retries
+    if old is not None and old["cluster_id"] != raw["cluster_id"]:
+        raise StoreError("the CA's cluster ID cannot change once the CA is initialized")
+    store.table_put(TABLE_CA, CA_KEY, _stamp_ca(old, raw, _log_index(store)))
+    return True
+
+
+# ---------------------------------------------------------------------- config entries
+
+
+def entry_key(kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    return f"{kind}/{namespace or DEFAULT_NAMESPACE}/{name}"
+
+
+def _canonical(raw: Mapping[str, Any], names: Mapping[str, str], where: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        canon = names.get(str(key).lower())
+        if canon is None:
+            continue  # unknown fields are ignored, as Consul's decoder ignores them
+        if canon in out:
+            raise ConfigEntryError(f"{where}: field {canon!r} given more than once")
+        out[canon] = value
+    return out
+
+
+def normalize_entry(raw: Any) -> dict[str, Any]:
+    """Canonical, validated form of a config entry body (``Kind`` and ``Name`` required).
+
+    ``service-intentions``: keys matched case-insensitively, ``Precedence`` recomputed for each
+    source, CreateIndex/ModifyIndex dropped (the store stamps them). Raises ConfigEntryError."""
+    if not isinstance(raw, Mapping):
+        raise ConfigEntryError("Request decoding failed: config entry must be a JSON object")
+    kind_value = next((v for k, v in raw.items() if str(k).lower() == "kind"), None)
+    if not isinstance(kind_value, str) or not kind_value:
+        raise ConfigEntryError("Request decoding failed: Payload does not contain a Kind key")
+    kind = kind_value.lower()
+    if kind not in SUPPORTED_KINDS:
+        raise ConfigEntryError(
+            f"config entry kind {kind_value!r} is not supported by this agent: "
+            f"supported kinds are {', '.join(SUPPORTED_KINDS)}"
+        )
+    entry = _canonical(raw, _ENTRY_KEYS, "config entry")
+    entry["Kind"] = kind
+    if entry.get("Partition") not in (None, "", "default"):
+        raise ConfigEntryError("Partitions are an Enterprise feature: only the default partition exists")
+    entry.pop("Partition", None)
+    ns = entry.get("Namespace") or DEFAULT_NAMESPACE
+    if ns != DEFAULT_NAMESPACE:
+        entry["Namespace"] = ns
+    else:
+        entry.pop("Namespace", None)
+    meta = entry.get("Meta")
+    if meta is not None and (
+        not isinstance(meta, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+    ):
+        raise ConfigEntryError("Meta must be a map of strings")
+    if not meta:
+        entry.pop("Meta", None)
+    sources = entry.get("Sources")
+    if not isinstance(sources, list):
+        sources = []
+    canon_sources = []
+    for i, src in enumerate(sources):
+        if not isinstance(src, Mapping):
+            raise ConfigEntryError(f"Sources[{i}] must be an object")
+        s = _canonical(src, _SOURCE_KEYS, f"Sources[{i}]")
+        if s.get("Partition") not in (None, "", "default") or s.get("Peer"):
+            raise ConfigEntryError(f"Sources[{i}]: partitions and peers are not supported")
+        s.pop("Partition", None)
+        s.pop("Peer", None)
+        if (s.get("Namespace") or DEFAULT_NAMESPACE) == DEFAULT_NAMESPACE:
+            s.pop("Namespace", None)
+        for opt in ("Description", "LegacyID", "LegacyCreateTime", "LegacyUpdateTime", "Action"):
+            if opt in s and not s[opt]:
+                del s[opt]
+        if not s.get("Permissions"):
+            s.pop("Permissions", None)
+        if not s.get("LegacyMeta"):
+            s.pop("LegacyMeta", None)
+        s["Type"] = s.get("Type") or "consul"
+        canon_sources.append(s)
+    entry["Sources"] = canon_sources
+    try:
+        validate_config_entry(entry)
+        for s in canon_sources:
+            s["Precedence"] = compute_precedence(
+                s.get("Namespace") or DEFAULT_NAMESPACE, s["Name"], ns, entry["Name"]
+            )
+        # Building the intentions checks every field the model checks (Meta sizes, L7 rules...).
+        config_entries_to_intentions([entry])
+    except IntentionError as exc:
+        raise ConfigEntryError(str(exc)) from None
+    return entry
+
+
+def get_entry(store: StateStore, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any] | None:
+    return store.tables.get(TABLE_CONFIG, {}).get(entry_key(kind, name, namespace))
+
+
+def list_entries(store: StateStore, kind: str) -> list[dict[str, Any]]:
+    prefix = f"{kind}/"
+    rows = store.tables.get(TABLE_CONFIG, {})
+    return [rows[k] for k in sorted(rows) if k.startswith(prefix)]
+
+
+def config_index(store: StateStore) -> int:
+    return store.table_index.get(TABLE_CONFIG, 0)
+
+
+def _put_entry(store: StateStore, entry: dict[str, Any]) -> None:
+    key = entry_key(entry["Kind"], entry["Name"], entry.get("Namespace", DEFAULT_NAMESPACE))
+    old = store.tables.get(TABLE_CONFIG, {}).get(key)
+    idx = _log_index(store)
+    row = dict(entry)
+    row["CreateIndex"] = old["CreateIndex"] if old else idx
+    row["ModifyIndex"] = idx
+    store.table_put(TABLE_CONFIG, key, row)
+
+
+def _delete_entry(store: StateStore, kind: str, name: str, namespace: str) -> None:
+    store.table_delete(TABLE_CONFIG, entry_key(kind, name, namespace))
+
+
+def apply_config_entry(store: StateStore, cmd: dict[str, Any]) -> bool:
+    op = cmd.get("Op")
+    index = cmd.get("Index", 0) or 0
+    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        raise StoreError("Index must be a non-negative integer")
+    if op in ("upsert", "cas"):
+        try:
+            entry = normalize_entry(cmd.get("Entry"))
+        except ConfigEntryError as exc:
+            raise StoreError(str(exc)) from None
+        existing = get_entry(store, entry["Kind"], entry["Name"], entry.get("Namespace", DEFAULT_NAMESPACE))
+        if op == "cas":
+            current = existing["ModifyIndex"] if existing else 0
+            if current != index:
+                return False
+        _check_unique_legacy_ids(store, entry)
+        _put_entry(store, entry)
+        return True
+    if op in ("delete", "delete-cas"):
+        kind, name = cmd.get("Kind"), cmd.get("Name")
+        ns = cmd.get("Namespace") or DEFAULT_NAMESPACE
+        if not isinstance(kind, str) or not isinstance(name, str) or not kind or not name:
+            raise StoreError("Must provide both a kind and name to delete")
+        if not isinstance(ns, str):
+            raise StoreError("Namespace must be a string")
+        existing = get_entry(store, kind, name, ns)
+        if op == "delete-cas":
+            # Consul: a CAS delete with index 0 never deletes; a missing entry cannot match.
+            if existing is None or index == 0 or existing["ModifyIndex"] != index:
+                return False
+        _delete_entry(store, kind, name, ns)
+        return True
+    raise StoreError(f"invalid config entry operation {op!r}")
+
+
+def _check_unique_legacy_ids(store: StateStore, entry: Mapping[str, Any]) -> None:
+    """A legacy intention ID names one source across all entries; refuse a second owner."""
+    ids = [s["LegacyID"] for s in entry["Sources"] if s.get("LegacyID")]
+    if not ids:
+        return
+    if len(ids) != len(set(ids)):
+        raise StoreError("LegacyID values must be unique")
+    mine = entry_key(entry["Kind"], entry["Name"], entry.get("Namespace", DEFAULT_NAMESPACE))
+    wanted = set(ids)
+    for key, other in store.tables.get(TABLE_CONFIG, {}).items():
+        if key == mine or other.get("Kind") != KIND_SERVICE_INTENTIONS:
+            continue
+        for s in other["Sources"]:
+            if s.get("LegacyID") in wanted:
+                raise StoreError(f"intention ID {s['LegacyID']!r} is already used by {other['Name']!r}")
+
+
+# ---------------------------------------------------------------------- intentions (legacy + exact)
+
+
+def _source_matches(src: Mapping[str, Any], ns: str, name: str) -> bool:
+    return (
+        (src.get("Namespace") or DEFAULT_NAMESPACE).lower() == ns.lower()
+        and src["Name"].lower() == name.lower()
+    )
+
+
+def find_legacy(store: StateStore, ixn_id: str) -> tuple[dict[str, Any], int] | None:
+    """The service-intentions entry and source position holding legacy intention ``ixn_id``."""
+    if not ixn_id:
+        return None
+    for entry in list_entries(store, KIND_SERVICE_INTENTIONS):
+        for i, src in enumerate(entry["Sources"]):
+            if src.get("LegacyID") == ixn_id:
+                return entry, i
+    return None
+
+
+def _new_entry(ns: str, name: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Kind": KIND_SERVICE_INTENTIONS, "Name": name, "Sources": []}
+    if ns != DEFAULT_NAMESPACE:
+        entry["Namespace"] = ns
+    return entry
+
+
+def _source_from(ixn: Intention, *, legacy_id: str, created: str, updated: str) -> dict[str, Any]:
+    src: dict[str, Any] = {"Name": ixn.source_name}
+    if ixn.source_ns != DEFAULT_NAMESPACE:
+        src["Namespace"] = ixn.source_ns
+    if ixn.action:
+        src["Action"] = ixn.action
+    if ixn.permissions:
+        src["Permissions"] = [dict(p) for p in ixn.permissions]
+    src["Type"] = ixn.source_type
+    if ixn.description:
+        src["Description"] = ixn.description
+    if legacy_id:
+        src["LegacyID"] = legacy_id
+        if ixn.meta:
+            src["LegacyMeta"] = dict(ixn.meta)
+        src["LegacyCreateTime"] = created
+        src["LegacyUpdateTime"] = updated
+    return src
+
+
+def _write_sources(store: StateStore, entry: dict[str, Any], sources: list[dict[str, Any]]) -> None:
+    if not sources:
+        _delete_entry(store, KIND_SERVICE_INTENTIONS, entry["Name"], entry.get("Namespace", DEFAULT_NAMESPACE))
+        return
+    new = {k: v for k, v in entry.items() if k not in ("CreateIndex", "ModifyIndex")}
+    new["Sources"] = sources
+    try:
+        new = normalize_entry(new)
+    except ConfigEntryError as exc:
+        raise StoreError(str(exc)) from None
+    _put_entry(store, new)
+
+
+def _intention_arg(cmd: Mapping[str, Any]) -> Intention:
+    raw = cmd.get("Intention")
+    try:
+        ixn = Intention.from_api_dict(raw if isinstance(raw, Mapping) else {})
+    except IntentionError as exc:
+        raise StoreError(str(exc)) from None
+    return ixn
+
+
+def _duplicate_error(ixn: Intention) -> StoreError:
+    return StoreError(f"duplicate intention found: {ixn}")
+
+
+def apply_intention(store: StateStore, cmd: dict[str, Any]) -> Any:
+    op = cmd.get("Op")
+    now = cmd.get("Now") or ""
+    if not isinstance(now, str):
+        raise StoreError("Now must be an RFC 3339 time string")
+    if op in ("create", "update", "upsert"):
+        ixn = _intention_arg(cmd)
+        dst = get_entry(store, KIND_SERVICE_INTENTIONS, ixn.destination_name, ixn.destination_ns)
+        dst = copy.deepcopy(dst) if dst is not None else _new_entry(ixn.destination_ns, ixn.destination_name)
+        sources = list(dst["Sources"])
+        pos = next((i for i, s in enumerate(sources) if _source_matches(s, ixn.source_ns, ixn.source_name)), None)
+        if op == "create":
+            ixn_id = cmd.get("ID")
+            if not isinstance(ixn_id, str) or not ixn_id:
+                raise StoreError("ID must be set when creating an intention")
+            if pos is not None:
+                raise _duplicate_error(ixn)
+            if find_legacy(store, ixn_id) is not None:
+                raise StoreError(f"intention ID {ixn_id!r} already exists")
+            sources.append(_source_from(ixn, legacy_id=ixn_id, created=now, updated=now))
+            _write_sources(store, dst, sources)
+            return ixn_id
+        if op == "upsert":
+            # PUT /exact: replace the rule for this pair, keeping a legacy ID and creation time.
+            old = sources[pos] if pos is not None else {}
+            new_src = _source_from(
+                ixn,
+                legacy_id=old.get("LegacyID", ""),
+                created=old.get("LegacyCreateTime", now),
+                updated=now,
+            )
+            if old.get("LegacyMeta"):
+                new_src["LegacyMeta"] = old["LegacyMeta"]
+            if pos is None:
+                sources.append(new_src)
+            else:
+                sources[pos] = new_src
+            _write_sources(store, dst, sources)
+            return True
+        # update by legacy ID: the pair may move to another destination entry.
+        ixn_id = cmd.get("ID")
+        if not isinstance(ixn_id, str) or not ixn_id:
+            raise StoreError("Intention ID must be set")
+        found = find_legacy(store, ixn_id)
+        if found is None:
+            raise StoreError(f"Cannot modify non-existent intention: '{ixn_id}'")
+        old_entry, old_pos = found
+        old_src = old_entry["Sources"][old_pos]
+        same_entry = old_entry["Name"] == dst["Name"] and old_entry.get("Namespace") == dst.get("Namespace")
+        if pos is not None and not (same_entry and pos == old_pos):
+            raise _duplicate_error(ixn)
+        new_src = _source_from(ixn, legacy_id=ixn_id, created=old_src.get("LegacyCreateTime", now), updated=now)
+        if same_entry:
+            sources[old_pos] = new_src
+            _write_sources(store, dst, sources)
+        else:
+            remaining = [s for i, s in enumerate(old_entry["Sources"]) if i != old_pos]
+            # Validate the destination side first so a refused move leaves both entries untouched.
+            sources.append(new_src)
+            probe = {k: v for k, v in dst.items() if k not in ("CreateIndex", "ModifyIndex")}
+            probe["Sources"] = sources
+            try:
+                normalize_entry(probe)
+            except ConfigEntryError as exc:
+                raise StoreError(str(exc)) from None
+            _write_sources(store, copy.deepcopy(old_entry), remaining)
+            _write_sources(store, dst, sources)
+        return True
+    if op == "delete":
+        ixn_id = cmd.get("ID")
+        found = find_legacy(store, ixn_id) if isinstance(ixn_id, str) else None
+        if found is None:
+            raise StoreError(f"Cannot delete non-existent intention: '{ixn_id}'")
+        entry, pos = found
+        _write_sources(store, copy.deepcopy(entry), [s for i, s in enumerate(entry["Sources"]) if i != pos])
+        return True
+    if op == "delete-exact":
+        raw = cmd.get("Intention")
+        if not isinstance(raw, Mapping):
+            raise StoreError("Intention must be an object")
+        src_ns = raw.get("SourceNS") or DEFAULT_NAMESPACE
+        src_name = raw.get("SourceName") or ""
+        dst_ns = raw.get("DestinationNS") or DEFAULT_NAMESPACE
+        dst_name = raw.get("DestinationName") or ""
+        if not all(isinstance(v, str) for v in (src_ns, src_name, dst_ns, dst_name)) or not src_name or not dst_name:
+            raise StoreError("source and destination must be set")
+        entry = get_entry(store, KIND_SERVICE_INTENTIONS, dst_name, dst_ns)
+        if entry is None:
+            return True  # deleting what is not there is a no-op, as in Consul
+        kept = [s for s in entry["Sources"] if not _source_matches(s, src_ns, src_name)]
+        if len(kept) != len(entry["Sources"]):
+            _write_sources(store, copy.deepcopy(entry), kept)
+        return True
+    raise StoreError(f"invalid intention operation {op!r}")
+
+
+# ---------------------------------------------------------------------- cached read views
+
+
+class StateViews:
+    """Decoded views of the Connect tables, rebuilt only when their table changes.
+
+    One instance per agent (no module-level caches): the decoded CA state and the intention index are
+    derived values, keyed by the exact stored object (a write always stores a new object, and a
+    snapshot restore builds a new store with new objects).
+    """
+
+    def __init__(self) -> None:
+        self._ca_raw: object = None
+        self._ca: CAState | None = None
+        self._ixn_table: object = None
+        self._ixn_index = -1
+        self._ixn: IntentionIndex = build_index(())
+        self._ixn_list: list[Intention] = []
+
+    def ca(self, store: StateStore) -> CAState | None:
+        raw = ca_raw(store)
+        if raw is None:
+            return None
+        if raw is not self._ca_raw:
+            self._ca = provider.from_msgpack_dict(raw)
+            self._ca_raw = raw
+        return self._ca
+
+    def _refresh_intentions(self, store: StateStore) -> None:
+        # Holding the table itself (not its id) means a restored store can never be mistaken for
+        # the old one, even if the allocator hands out the same address.
+        table = store.tables.get(TABLE_CONFIG)
+        index = config_index(store)
+        if table is self._ixn_table and index == self._ixn_index:
+            return
+        entries = list_entries(store, KIND_SERVICE_INTENTIONS)
+        self._ixn_list = config_entries_to_intentions(entries)
+        self._ixn = build_index(self._ixn_list)
+        self._ixn_table, self._ixn_index = table, index
+
+    def intentions(self, store: StateStore) -> IntentionIndex:
+        self._refresh_intentions(store)
+        return self._ixn
+
+    def intention_list(self, store: StateStore) -> list[Intention]:
+        """All intentions in evaluation order (highest precedence first)."""
+        self._refresh_intentions(store)
+        return self._ixn_list
+
+
+StoreGetter = Callable[[], StateStore]
