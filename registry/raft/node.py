@@ -33,19 +33,36 @@ The driver owns the disk, the network, the state machine and the clock.  It loop
     Only one Ready is outstanding at a time; step/tick/propose may be called between ready() and
     advance() (their effects go into the next Ready).
 
+Exception (thesis 10.2.1): a LEADER's AppendEntries and Heartbeat messages may go out while its own
+write of the same entries is still in flight; it counts its own entries only after advance(), so no
+commit rests on them early.  Every other message waits for the fsync.
+
+Starting: every founding server of a new cluster starts from ``PersistentState.bootstrap(voters)`` (the
+initial configuration is log entry 1, identical everywhere), persisted before the first Ready; a
+server that will be added later starts from ``PersistentState.empty()`` and waits for a leader.
+
 Crash recovery: construct a new RaftNode from exactly what step 1 persisted (``PersistentState``).
 A crash in the middle of step 1 may lose any suffix of that Ready's entries and its HardState (nothing
-of it was acknowledged to anyone yet), as long as a HardState is never durable without the entries
-written before it.  A snapshot and the discarding of old entries need not be atomic:
-``PersistentState`` loading applies Figure 13 (entries after the snapshot survive only if the entry at
-the snapshot index has the snapshot's term).
+of it was acknowledged to anyone yet), as long as a HardState is never durable without the snapshot
+and entries written before it.  If entries of a newer term survived but the HardState did not, the
+node adopts that term (without a vote).  A snapshot and the discarding of old entries need not be
+atomic: loading applies Figure 13 (entries after the snapshot survive only if the entry at the
+snapshot index has the snapshot's term).
 
 Snapshots: after applying through index i the driver may write a snapshot of its state machine
-with ``meta = node.snapshot_meta(i)``, persist it, and then call ``node.compact(i)`` (and drop its own
-WAL entries <= i).  A node that compacts must be given ``snapshot_source``: a callable returning the
-latest durable ``Snapshot`` (meta + data), or None if none is ready yet (the leader retries on a later
-heartbeat).  The leader calls it when a follower needs entries it no longer has, and sends the result
-as one InstallSnapshot message.
+with ``meta = node.snapshot_meta(i)``, persist it, and then call ``node.compact(j)`` for any j <= i
+(and drop its own WAL entries <= j).  A node that compacts must be given ``snapshot_source``: a
+callable returning the latest durable ``Snapshot`` (meta + data), or None if none is ready yet (the
+leader retries after the next heartbeat).  The leader calls it when a follower needs entries it no
+longer has and sends the result as one InstallSnapshot message; the follower's Ready then carries it
+in ``rd.snapshot``.
+
+Client operations: ``propose``/``propose_batch`` (leader only; the command took effect iff the entry
+applied at the returned index has the term the leader had when proposing), ``propose_config_change``
+(one ConfChange at a time), ``transfer_leadership``, ``read_index`` (linearizable reads, on any
+server; answered through Ready.read_states), ``lease_valid``/``lease_read_index`` (default-mode reads on
+the leader), ``status``.  Refusals raise typed errors: NotLeaderError (carries the known leader),
+ProposalDroppedError (retry), ConfigChangeError, TransferError.
 
 Design decisions
 ================

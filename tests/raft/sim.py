@@ -697,6 +697,21 @@ class Simulator:
             if durable < len(voters) // 2 + 1:
                 raise self.fail(f"{s.id} committed ({c}, {ct}) held durably by {durable} of voters {sorted(voters)}")
 
+    def check_lease(self, s: SimServer) -> None:
+        """While a leader's lease is valid (the simulator's clocks are perfect, so the lease's assumption
+        holds), no newer leader may exist, and a read served from its state at its commit index would
+        include every write already acknowledged to a client."""
+        node = s.node
+        assert node is not None
+        for other in self.leaders():
+            assert other.node is not None
+            if other.node.term > node.term:
+                raise self.fail(f"lease: {s.id} holds a lease in term {node.term} while {other.id} leads term {other.node.term}")
+        if node.commit_index < self.max_completed_write:
+            raise self.fail(
+                f"lease: {s.id} holds a lease at commit {node.commit_index} but a write completed at {self.max_completed_write}"
+            )
+
     def check(self) -> None:
         for s in self.live():
             node = s.node
@@ -710,6 +725,8 @@ class Simulator:
                 ci, ct = self.max_commit
                 if ci > log.snapshot_index and log.term(ci) != ct:
                     raise self.fail(f"leader completeness: leader {s.id} of term {term} lacks committed ({ci}, {ct})")
+                if node.lease_valid():
+                    self.check_lease(s)
             c = log.commit
             if c:
                 t = log.term(c)
@@ -760,6 +777,16 @@ class Simulator:
             self.digest.update(b"L%s:%d" % (s.id.encode(), s.node.term))
 
     def run(self) -> SimResult:
+        try:
+            return self._run()
+        except SimFailure:
+            raise
+        except Exception as exc:
+            # The core refusing an operation (say, truncating a committed entry) is a finding too; report
+            # it with the seed like any other.
+            raise self.fail(f"unexpected {type(exc).__name__}: {exc}") from exc
+
+    def _run(self) -> SimResult:
         while self.now < self.fault_ticks:
             self.step(healing=False)
             self.now += 1
