@@ -390,7 +390,11 @@ class DNSListener:
 
 async def start_dns(agent: Agent) -> DNSListener:
     """Start the DNS interface for ``agent`` and set ``agent.dns_addr``."""
-    cfg = from_agent_config(agent.config)
+    try:
+        cfg = from_agent_config(agent.config)
+    except ValueError as exc:
+        log.error("invalid DNS configuration", error=str(exc))
+        raise
     engine = Engine(cfg, lambda: agent.store, random.Random(os.urandom(16)))
     server = DNSServer(engine, cfg)
     hosts = agent.config.client_addr.split() or ["127.0.0.1"]

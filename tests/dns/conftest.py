@@ -47,6 +47,9 @@ def seed_catalog(a: RunningAgent) -> None:
     register(a, "web-1", "10.0.1.1", {"ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy",
                                       "Kind": "connect-proxy", "Port": 21000,
                                       "Proxy": {"DestinationServiceName": "web"}}, skip_node=True)  # fmt: skip
+    # Connect-native: the service itself accepts mTLS
+    register(a, "native-1", "10.0.4.1", {"ID": "native", "Service": "native", "Port": 8443,
+                                         "Connect": {"Native": True}})  # fmt: skip
     # a dotted node name, a node with a tagged LAN address, a virtual IP
     register(a, "dotted.host", "10.0.6.1")
     register(a, "tagged", "10.0.5.1", {"ID": "tagsvc", "Service": "tagsvc", "Port": 7000},

@@ -117,6 +117,9 @@ def test_connect_lookup(port: int, tcp: bool) -> None:
     assert addresses(ask(port, "web.connect.dc1.consul", tcp=tcp)) == ["10.0.1.1"]
     # the sidecar is not an instance of web, and a service without one has no Connect answer
     assert rcode(ask(port, "db.connect.consul", tcp=tcp)) == "NXDOMAIN"
+    # a Connect-native service is its own Connect instance
+    resp = ask(port, "native.connect.consul", "SRV", tcp=tcp)
+    assert [(str(rr.rdata.target), rr.rdata.port) for rr in resp.rr] == [("native-1.node.dc1.consul.", 8443)]
 
 
 @pytest.mark.parametrize("tcp", TRANSPORTS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from dnslib import EDNS0, QTYPE, DNSRecord
+from dnslib import EDNS0, QTYPE, DNSRecord, EDNSOption
 from dnstest import ask, raw_tcp, raw_udp, rcode, rtypes
 
 TRANSPORTS = [pytest.param(False, id="udp"), pytest.param(True, id="tcp")]
@@ -138,3 +138,23 @@ def test_edns_version_other_than_zero_gets_badvers(port: int) -> None:
     ext_rcode = opt.ttl >> 24
     assert (ext_rcode << 4) | resp.header.rcode == 16  # BADVERS
     assert struct.unpack("!H", reply[:2])[0] == q.header.id
+
+
+def test_client_subnet_is_echoed_with_scope_zero(port: int) -> None:
+    """RFC 7871: our answers do not depend on the client's address, so the scope is 0 (global)."""
+    ecs = struct.pack("!HBB", 1, 24, 0) + bytes([192, 0, 2])
+    q = DNSRecord.question("web.service.consul", "A")
+    q.add_ar(EDNS0(udp_len=1232, opts=[EDNSOption(8, ecs)]))
+    resp = DNSRecord.parse(raw_udp(port, bytes(q.pack())) or b"")
+    (opt,) = [rr for rr in resp.ar if rr.rtype == QTYPE.OPT]
+    (option,) = opt.rdata
+    assert option.code == 8 and option.data == struct.pack("!HBB", 1, 24, 0) + bytes([192, 0, 2])
+    assert rcode(resp) == "NOERROR"
+
+
+def test_do_bit_is_copied(port: int) -> None:
+    q = DNSRecord.question("web.service.consul", "A")
+    q.add_ar(EDNS0(udp_len=1232, flags="do"))
+    resp = DNSRecord.parse(raw_udp(port, bytes(q.pack())) or b"")
+    (opt,) = [rr for rr in resp.ar if rr.rtype == QTYPE.OPT]
+    assert opt.ttl & 0x8000
