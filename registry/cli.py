@@ -662,6 +662,7 @@ COMMANDS = {
     "operator": cmd_operator,
     "snapshot": cmd_snapshot,
 }
+COMMANDS.update(__import__("registry.cli_connect", fromlist=["COMMANDS"]).COMMANDS)  # intention, connect, tls
 
 
 def usage() -> str:
