@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dns.encode import Encoder
+from dns.records import RR
 from dns.resolver import FIXED, SHUFFLE, WEIGHTED, Resolution, Rng
 from dns.wire import AA, QR, RA, TC, header
 
@@ -53,18 +54,34 @@ class Prepared:
     shared_glue: bool  # two units carry the same glue record: de-duplicate when joining
     deterministic: bool  # the same query always renders to the same bytes (safe to memoize)
     forward: bool = False
+    encoded: dict[RR, bytes] | None = None  # record -> chunk, handed to the next build of this question
+    records: int = 0  # how many records were encoded: the cost of building this answer again
 
 
 def prepare(res: Resolution, question: bytes, qlabels: tuple[bytes, ...], *, recursion_available: bool,
-            enable_truncate: bool, compress: bool = True) -> Prepared:  # fmt: skip
-    enc = Encoder(question, qlabels, compress)
+            enable_truncate: bool, compress: bool = True, reuse: dict[RR, bytes] | None = None) -> Prepared:  # fmt: skip
+    """Encode a Resolution. ``reuse`` is the ``encoded`` map of the previous answer to the same question:
+    when one instance of a big service changes, the others are not encoded again."""
+    encoder = Encoder(question, qlabels, compress)
+    old = reuse or {}
+    encoded: dict[RR, bytes] = {}
+
+    def encode(rr: RR) -> bytes:
+        chunk = encoded.get(rr)
+        if chunk is None:
+            chunk = old.get(rr)
+            if chunk is None:
+                chunk = encoder.encode(rr)
+            encoded[rr] = chunk
+        return chunk
+
     owner_len = 2 if compress else len(question) - 4
     units: list[PUnit] = []
     glue_seen: set[bytes] = set()
     shared = False
     for unit in res.units:
-        answers = b"".join(enc.encode(rr) for rr in unit.answers)
-        glue = tuple(dict.fromkeys(enc.encode(rr) for rr in unit.glue))
+        answers = b"".join(encode(rr) for rr in unit.answers)
+        glue = tuple(dict.fromkeys(encode(rr) for rr in unit.glue))
         for g in glue:
             if g in glue_seen:
                 shared = True
@@ -82,12 +99,14 @@ def prepare(res: Resolution, question: bytes, qlabels: tuple[bytes, ...], *, rec
         units=tuple(units),
         order=res.order,
         pick=res.pick,
-        authority=tuple(enc.encode(rr) for rr in res.authority),
-        additional=tuple(enc.encode(rr) for rr in res.additional),
+        authority=tuple(encode(rr) for rr in res.authority),
+        additional=tuple(encode(rr) for rr in res.additional),
         enable_truncate=enable_truncate,
         shared_glue=shared,
         deterministic=len(units) <= 1 or res.order == FIXED,
         forward=res.forward,
+        encoded=encoded,
+        records=len(encoded),
     )
 
 

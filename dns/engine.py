@@ -64,15 +64,28 @@ class Forward:
     max_size: int
 
 
-class _Entry:
-    __slots__ = ("prepared", "deps", "store", "index", "expires", "dead")
+# An answer whose dependencies changed is rebuilt on its next query. A big one (a service with a thousand
+# instances costs over ten milliseconds to rebuild) may be served stale for up to GRACE_PER_RECORD per record
+# it holds, at most MAX_GRACE, so a big service whose health churns many times a second is rebuilt a bounded
+# number of times rather than on every query. Answers under GRACE_FROM records are always rebuilt at once.
+GRACE_FROM = 100
+GRACE_PER_RECORD = 20e-6
+MAX_GRACE = 0.05
 
-    def __init__(self, prepared: Prepared, deps: tuple[Dep, ...], store: StateStore, expires: float) -> None:
+
+class _Entry:
+    __slots__ = ("prepared", "deps", "store", "index", "expires", "built", "grace", "dead")
+
+    def __init__(self, prepared: Prepared, deps: tuple[Dep, ...], store: StateStore, now: float,
+                 max_age: float) -> None:  # fmt: skip
         self.prepared = prepared
         self.deps = deps
         self.store = store
         self.index = store.index
-        self.expires = expires
+        self.built = now
+        self.expires = now + max_age
+        records = prepared.records
+        self.grace = min(MAX_GRACE, records * GRACE_PER_RECORD) if records >= GRACE_FROM else 0.0
         self.dead = False
 
 
@@ -155,7 +168,7 @@ class Engine:
             or entry.dead
             or entry.store is not store
             or now >= entry.expires
-            or (entry.index != store.index and not self._still_valid(entry, store))
+            or (entry.index != store.index and not self._still_valid(entry, store, now))
         ):
             entry = self._answer(pk.query, store, now)
             pk.entry = entry
@@ -198,10 +211,12 @@ class Engine:
         pk.tail = None
         pk.tails = pk.cumulative = None
 
-    def _still_valid(self, entry: _Entry, store: StateStore) -> bool:
+    def _still_valid(self, entry: _Entry, store: StateStore, now: float) -> bool:
         if deps_valid(entry.deps, store, self._folds):
             entry.index = store.index
             return True
+        if now - entry.built < entry.grace:
+            return True  # changed, but rebuilt moments ago and expensive to build: serve it a little longer
         entry.dead = True
         return False
 
@@ -218,7 +233,7 @@ class Engine:
             entry is not None
             and not entry.dead
             and now < entry.expires
-            and (entry.index == store.index or self._still_valid(entry, store))
+            and (entry.index == store.index or self._still_valid(entry, store, now))
         ):
             self.stats["hits"] += 1
             return entry
@@ -234,11 +249,12 @@ class Engine:
             recursion_available=bool(self.cfg.recursors),
             enable_truncate=self.cfg.enable_truncate,
             compress=not self.cfg.disable_compression,
+            reuse=entry.prepared.encoded if entry is not None and entry.store is store else None,
         )
         if entry is not None:
             entry.dead = True
             del self._answers[key]
-        entry = _Entry(prepared, tuple(view.deps), store, now + self._max_age)
+        entry = _Entry(prepared, tuple(view.deps), store, now, self._max_age)
         if len(self._answers) >= self._max_answers:
             oldest = next(iter(self._answers))
             self._answers.pop(oldest).dead = True

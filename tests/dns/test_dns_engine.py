@@ -226,3 +226,21 @@ def test_small_answers_rendered_once_keep_their_distribution() -> None:
         order = tuple(str(rr.rdata) for rr in answer(eng, query("api.service.consul")).rr)
         orders[order] = orders.get(order, 0) + 1
     assert len(orders) == 6 and all(abs(v / 3000 - 1 / 6) < 0.03 for v in orders.values())
+
+
+def test_big_answers_are_rebuilt_at_a_bounded_rate() -> None:
+    """A 500-instance answer whose health keeps changing is served stale for at most 10 ms (20 us per record)
+    after a rebuild; small answers never are (see test_writes_to_the_name_rebuild_it, at a constant clock)."""
+    c = Catalog()
+    for i in range(500):
+        c.register(f"n{i}", f"10.{i // 250}.{i % 250}.1", "big", status="passing")
+    eng = engine_for(c)
+    packet = query("big.service.consul", "A")
+    assert len(answer(eng, packet, tcp=True, now=100.0).rr) == 500
+    c.set_status("n1", "big", "critical")
+    assert len(answer(eng, packet, tcp=True, now=100.005).rr) == 500  # within the grace: the last build
+    assert len(answer(eng, packet, tcp=True, now=100.011).rr) == 499  # past it: rebuilt
+    c.set_status("n2", "big", "critical")
+    assert len(answer(eng, packet, tcp=True, now=100.012).rr) == 499
+    assert len(answer(eng, packet, tcp=True, now=100.030).rr) == 498
+    assert eng.stats["misses"] == 3
