@@ -173,7 +173,13 @@ class ProposalDroppedError(RaftError):
 
 
 class ConfigChangeError(RaftError):
-    """A membership change was refused; the message says why and whether a retry can succeed."""
+    """A membership change was refused.  ``retryable`` is True when the same request can succeed later
+    without anything else changing (the term's first commit, a pending change or a learner's catch-up
+    is still under way), False when the request itself is wrong."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class TransferError(RaftError):
@@ -481,7 +487,13 @@ class RaftNode:
 
     @property
     def configuration(self) -> Configuration:
+        """The configuration in effect: the newest in the log, committed or not (changes take effect on
+        append).  See ``committed_configuration`` for the one a quorum has agreed on."""
         return self._config
+
+    @property
+    def committed_configuration(self) -> Configuration:
+        return self._config_at(self._log.commit)
 
     @property
     def log(self) -> RaftLog:
@@ -528,9 +540,13 @@ class RaftNode:
         if len(change.context) > MAX_CONTEXT_BYTES:
             raise ConfigChangeError(f"change context is limited to {MAX_CONTEXT_BYTES} bytes")
         if not self._committed_in_term():
-            raise ConfigChangeError("this leader's term has not committed its first entry yet; retry shortly")
+            raise ConfigChangeError(
+                "this leader's term has not committed its first entry yet; retry shortly", retryable=True
+            )
         if self._pending_config_index():
-            raise ConfigChangeError("another membership change is still uncommitted; retry when it commits")
+            raise ConfigChangeError(
+                "another membership change is still uncommitted; retry when it commits", retryable=True
+            )
         cur = self._config
         node = change.node_id
         if change.kind is ConfChangeKind.ADD_LEARNER:
@@ -543,7 +559,8 @@ class RaftNode:
             pr = self._progress[node]
             if pr.match < self._log.commit:
                 raise ConfigChangeError(
-                    f"learner {node} has not caught up (match {pr.match} < commit {self._log.commit}); retry later"
+                    f"learner {node} has not caught up (match {pr.match} < commit {self._log.commit}); retry later",
+                    retryable=True,
                 )
             new = Configuration(cur.voters | {node}, cur.learners - {node})
         elif change.kind is ConfChangeKind.REMOVE_NODE:

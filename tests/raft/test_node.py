@@ -245,8 +245,9 @@ def test_invalid_requests_raise_typed_errors() -> None:
         ConfChange(ConfChangeKind.PROMOTE_LEARNER, "n9"),
         ConfChange(ConfChangeKind.REMOVE_NODE, "n9"),
     ):
-        with pytest.raises(ConfigChangeError):
+        with pytest.raises(ConfigChangeError) as refused:
             leader.propose_config_change(bad)
+        assert not refused.value.retryable
     solo = Cluster(["s1"])
     solo.tick(2 * E)
     with pytest.raises(ConfigChangeError, match="last voter"):

@@ -261,14 +261,16 @@ def test_membership_change_is_refused_until_the_leaders_noop_commits() -> None:
     c.force_campaign("n1")
     n1 = c.node("n1")
     assert n1.role is Role.LEADER and n1.commit_index < n1.last_index
-    with pytest.raises(ConfigChangeError, match="not committed its first entry"):
+    with pytest.raises(ConfigChangeError, match="not committed its first entry") as refused:
         n1.propose_config_change(ConfChange(ConfChangeKind.ADD_LEARNER, "n4"))
+    assert refused.value.retryable
     c.heal()
     c.tick(2)
     index = n1.propose_config_change(ConfChange(ConfChangeKind.ADD_LEARNER, "n4"))
     # Only one uncommitted change at a time.
-    with pytest.raises(ConfigChangeError, match="another membership change"):
+    with pytest.raises(ConfigChangeError, match="another membership change") as refused:
         n1.propose_config_change(ConfChange(ConfChangeKind.REMOVE_NODE, "n3"))
+    assert refused.value.retryable
     c.stabilize()
     assert n1.commit_index >= index
     n1.propose_config_change(ConfChange(ConfChangeKind.REMOVE_NODE, "n4"))
@@ -281,6 +283,7 @@ def test_config_takes_effect_on_append_and_reverts_on_truncation() -> None:
     c.isolate(lead)
     index = leader.propose_config_change(ConfChange(ConfChangeKind.ADD_LEARNER, "n9"))
     assert "n9" in leader.configuration.learners  # in effect as soon as it is appended
+    assert "n9" not in leader.committed_configuration.members()
     assert leader.status().pending_config_index == index
     # The others elect someone else and overwrite the uncommitted entry on the old leader.
     c.tick(4 * E)
