@@ -496,7 +496,13 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
     cfg = agent.config
     from registry import __version__
 
-    member = agent.members()[0]
+    # This agent's own entry: the first member is only "us" on a single-node dev agent, and a client
+    # agent keeps no catalog at all, so it describes itself from its configuration.
+    member = next((m for m in agent.members() if m["Name"] == cfg.node_name), None) or {
+        "Name": cfg.node_name, "Addr": cfg.advertise, "Port": cfg.ports.serf_lan, "Status": 1,
+        "Tags": {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
+                 "build": f"{VERSION}:proconsul", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""},
+    }  # fmt: skip
     return api.json(
         request,
         {

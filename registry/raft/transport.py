@@ -108,12 +108,19 @@ class PeerSender:
                     if not self._queue:
                         self._event.clear()
                         await self._event.wait()
+                    if writer.is_closing():
+                        # The peer reset the connection while we were idle. uvloop then raises
+                        # RuntimeError from write() (plain asyncio raises on drain), which would end
+                        # this task for good and silence the peer until a restart.
+                        raise ConnectionResetError(f"connection to {addr} closed by the peer")
                     batch = []
                     while self._queue and len(batch) < 256:
                         batch.append(self._queue.popleft())
                     writer.write(b"".join(batch))
                     await writer.drain()
-            except (OSError, ConnectionError, ssl.SSLError) as exc:
+            except (OSError, ConnectionError, ssl.SSLError, RuntimeError) as exc:
+                # RuntimeError: uvloop's write() on a transport a reset already closed (e.g. right after
+                # connecting, before we could look). Any of these: reconnect, never end this task.
                 log.debug("raft peer connection lost", peer=self.peer_id, error=str(exc))
             finally:
                 writer.close()
@@ -247,6 +254,8 @@ class RPCClient:
                                             server_hostname=self._hostname if self._ssl else None), 3.0)  # fmt: skip
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 raise RPCError(f"cannot reach server {self.address}: {exc}") from exc
+            if writer.is_closing():  # reset before we wrote a byte (uvloop's write() would raise RuntimeError)
+                raise RPCError(f"cannot reach server {self.address}: connection closed at once")
             writer.write(KIND_RPC)
             self._writer = writer
             self._reader_task = asyncio.get_running_loop().create_task(self._read(reader))
@@ -289,7 +298,7 @@ class RPCClient:
             writer.write(frame(msgpack.packb([call_id, method, args], use_bin_type=True)))
             await writer.drain()
             return await asyncio.wait_for(fut, timeout)
-        except (OSError, ConnectionError) as exc:
+        except (OSError, ConnectionError, RuntimeError) as exc:  # RuntimeError: uvloop, transport closed
             raise RPCError(f"connection to {self.address} failed: {exc}") from exc
         except TimeoutError as exc:
             raise RPCError(f"rpc {method} to {self.address} timed out after {timeout:g}s") from exc
