@@ -98,6 +98,7 @@ class RaftOptions:
     ssl_client: Any = None
     server_hostname: str | None = None
     peer_check: Any = None
+    fork_snapshots: bool = True  # serialize snapshots in a forked child (off: on the event loop)
     source_ip: str | None = None  # connect to peers from this address (multi-homed hosts; fault-injection tests)
 
 
@@ -123,6 +124,7 @@ class RaftServer:
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_ids = itertools.count(1)
         self._snapshot_index = 0
+        self._snapshotting = False
         self._leader_since: float | None = None
         self.on_leader_change: list[Callable[[bool], None]] = []
         self._was_leader = False
@@ -290,20 +292,58 @@ class RaftServer:
 
     def _maybe_snapshot(self) -> None:
         node = self.node
-        if node is None or self._snaps is None or self._wal is None:
+        if node is None or self._snaps is None or self._wal is None or self._snapshotting:
             return
         applied = node.applied_index
         if applied - self._snapshot_index < self.opts.snapshot_threshold:
             return
         meta = node.snapshot_meta(applied)
+        self._snapshotting = True
+        if hasattr(os, "fork") and self.opts.fork_snapshots:
+            asyncio.get_running_loop().create_task(self._snapshot_in_child(meta))
+        else:
+            started = time.monotonic()
+            try:
+                self._snaps.create(meta.index, meta.term, _config_to_dict(meta.configuration), self.fsm.snapshot())
+            finally:
+                self._snapshotting = False
+            self._snapshot_done(meta, time.monotonic() - started)
+
+    async def _snapshot_in_child(self, meta: SnapshotMeta) -> None:
+        """Serialize the state machine in a forked child, as Redis does: the child sees a copy-on-write image
+        of the store exactly as of ``meta.index`` while this process keeps serving and replicating. A big
+        catalog takes a noticeable fraction of a second to serialize; doing that on the event loop would
+        stall heartbeats and invite needless elections."""
+        assert self._snaps is not None
         started = time.monotonic()
-        self._snaps.create(meta.index, meta.term, _config_to_dict(meta.configuration), self.fsm.snapshot())
+        conf = _config_to_dict(meta.configuration)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, which only writes the file and exits
+            code = 1
+            try:
+                self._snaps.create(meta.index, meta.term, conf, self.fsm.snapshot())
+                code = 0
+            finally:
+                os._exit(code)
+        try:
+            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        finally:
+            self._snapshotting = False
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("snapshot child failed; the log is kept until the next attempt", index=meta.index)
+            return
+        self._snapshot_done(meta, time.monotonic() - started)
+
+    def _snapshot_done(self, meta: SnapshotMeta, seconds: float) -> None:
+        node = self.node
+        if node is None or self._wal is None:
+            return
         self._snapshot_index = meta.index
         keep_from = max(0, meta.index - self.opts.trailing_logs)
-        if keep_from > 0:
+        if keep_from > node.log.snapshot_index:
             node.compact(keep_from)
             self._wal.compact(keep_from)
-        log.info("snapshot taken", index=meta.index, seconds=round(time.monotonic() - started, 3))
+        log.info("snapshot taken", index=meta.index, seconds=round(seconds, 3))
 
     # ------------------------------------------------------------------ node
 
@@ -834,10 +874,18 @@ class RaftServer:
             leader = await self._await_leader()
             await self.rpc_client(leader.address).call("remove_server", sid, timeout=10)
             return
-        try:
-            node.propose_config_change(ConfChange(ConfChangeKind.REMOVE_NODE, sid))
-        except raftnode.ConfigChangeError as exc:
-            raise RPCError(str(exc), 400) from exc
+        # A change still committing (a learner's promotion, this leader's first entry) only delays us.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                node.propose_config_change(ConfChange(ConfChangeKind.REMOVE_NODE, sid))
+                break
+            except raftnode.ConfigChangeError as exc:
+                if "retry" not in str(exc) or time.monotonic() > deadline:
+                    raise RPCError(str(exc), 400) from exc
+            except raftnode.NotLeaderError as exc:
+                raise RPCError("not the leader", 503) from exc
+            await asyncio.sleep(0.05)
         self._wake.set()
 
     async def transfer_leadership(self, target: str | None) -> str:

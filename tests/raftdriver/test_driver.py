@@ -143,7 +143,9 @@ async def test_join_snapshot_and_remove(tmp_path: Path) -> None:
         for n in range(120):
             assert await c.write(kv(f"k{n:03d}", b"x" * 10)) is True
         leader = await c.leader()
-        assert any((tmp_path / "s0" / "raft" / "snapshots").iterdir())
+        # Snapshots are written by a forked child; wait for one to land on every server.
+        for i in range(3):
+            await until(lambda i=i: any(p.suffix == ".snap" for p in (tmp_path / f"s{i}" / "raft" / "snapshots").iterdir()))
         # A fourth server joins the running cluster: it gets a snapshot (the log behind it is compacted),
         # catches up as a learner, and becomes a voter.
         await c.start(3, expect=0, join=[0, 1, 2])
