@@ -122,9 +122,9 @@ async def test_ttl_expiry_and_refresh(http: Http) -> None:
     assert await catalog_status(http, "job") == ["passing"]
 
 
-async def test_script_check_and_thresholds() -> None:
+async def test_script_check_and_thresholds(tmp_path) -> None:  # noqa: ANN001
     async with async_dev_agent(enable_script_checks=True) as running, _client(running) as http:
-        flag = "/tmp/proconsul-test-flag-%d" % id(running)
+        flag = str(tmp_path / "healthy")  # private to this test run: parallel runs must not share it
         script = f"import os,sys; sys.exit(0 if os.path.exists({flag!r}) else 2)"
         await http.put("/v1/agent/check/register", {
             "Name": "script", "Args": [sys.executable, "-c", script], "Interval": "1s",
