@@ -1105,9 +1105,7 @@ class RaftNode:
         """A rejection: move next_index back, unless the rejection is stale (answers an older message)."""
         rejected = msg.index
         if pr.state is ProgressState.REPLICATE:
-            if rejected <= pr.match:
-                return False
-            return True  # become_probe() restarts from match + 1
+            return rejected > pr.match  # if not stale, become_probe() restarts from match + 1
         if pr.state is ProgressState.SNAPSHOT or pr.next - 1 != rejected:
             return False
         probe = msg.hint_index
