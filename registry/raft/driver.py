@@ -61,6 +61,7 @@ SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
 TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
 LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
 PROPOSAL_TIMEOUT = 30.0
+ELECTION_TICKS = 10
 
 
 @dataclass
@@ -98,6 +99,7 @@ class RaftOptions:
     ssl_client: Any = None
     server_hostname: str | None = None
     peer_check: Any = None
+    leader_wait: float = LEADER_WAIT
     fork_snapshots: bool = True  # serialize snapshots in a forked child (off: on the event loop)
     source_ip: str | None = None  # connect to peers from this address (multi-homed hosts; fault-injection tests)
 
@@ -129,6 +131,8 @@ class RaftServer:
         self.on_leader_change: list[Callable[[bool], None]] = []
         self._was_leader = False
         self._rng = random.Random()
+        self._last_tick = 0.0  # loop time of the node's latest tick
+        self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
         self.started = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -348,7 +352,7 @@ class RaftServer:
     # ------------------------------------------------------------------ node
 
     def _build_node(self, state: raftnode.PersistentState) -> None:
-        cfg = raftnode.RaftConfig(election_tick=10, heartbeat_tick=1, check_quorum=True, pre_vote=True)
+        cfg = raftnode.RaftConfig(election_tick=ELECTION_TICKS, heartbeat_tick=1, check_quorum=True, pre_vote=True)
         self.node = raftnode.RaftNode(self.id, cfg, self._rng, state, snapshot_source=self._snapshot_source,
                                       applied=state.snapshot.index if state.snapshot else 0)  # fmt: skip
         self.fsm.store.index = max(self.fsm.store.index, state.snapshot.index if state.snapshot else 0)
@@ -380,9 +384,21 @@ class RaftServer:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             if loop.time() - next_at > 5 * self.opts.tick:
                 next_at = loop.time()  # the loop stalled; do not fire a burst of catch-up ticks
+                # ...but then the node's clock lags real time, and a lease counted in its ticks could
+                # outlive the followers' election timeout: no lease reads for one election timeout.
+                self._lease_embargo_until = next_at + ELECTION_TICKS * self.opts.tick
             if self.node is not None:
                 self.node.tick()
+                self._last_tick = loop.time()
                 self._wake.set()
+
+    def _lease_clock_ok(self) -> bool:
+        """Trust the lease (counted in ticks) only while ticks keep pace with real time: the ticker ran
+        within the last two intervals and skipped no ticks within an election timeout. After a stall or a
+        SIGSTOP the loop may serve a queued read before the ticker runs, and a deposed leader cut off from
+        the new one would answer from stale state; a ReadIndex round instead cannot complete there."""
+        now = asyncio.get_running_loop().time()
+        return now - self._last_tick <= 2 * self.opts.tick and now >= self._lease_embargo_until
 
     async def _loop(self) -> None:
         while True:
@@ -549,7 +565,7 @@ class RaftServer:
         return self.servers.get(self.node.leader_id)
 
     async def _await_leader(self) -> ServerInfo:
-        deadline = time.monotonic() + LEADER_WAIT
+        deadline = time.monotonic() + self.opts.leader_wait
         while True:
             info = self._leader_info()
             if info is not None and info.address:
@@ -562,7 +578,7 @@ class RaftServer:
         """Send a follower's proposal to the leader. Retried only when it certainly did not reach a leader
         (connection refused, or "not the leader"): a call that may have been delivered is never resent,
         its outcome is reported unknown instead."""
-        deadline = time.monotonic() + LEADER_WAIT
+        deadline = time.monotonic() + self.opts.leader_wait
         try:
             while True:
                 leader = await self._await_leader()
@@ -770,7 +786,7 @@ class RaftServer:
     async def _leader_read_index(self, consistent: bool) -> int:
         node = self.node
         assert node is not None
-        if not consistent:
+        if not consistent and self._lease_clock_ok():
             idx = node.lease_read_index()
             if idx is not None:
                 return idx

@@ -27,7 +27,7 @@ class Cluster:
             data_dir=self.tmp / f"s{i}", node_id=f"node-{i}", address=f"127.0.0.1:{self.ports[i]}",
             bind=("127.0.0.1", self.ports[i]), name=f"s{i}", http="", bootstrap_expect=expect,
             join=[f"127.0.0.1:{self.ports[j]}" for j in peers], snapshot_threshold=self.snapshot_threshold,
-            trailing_logs=10,
+            trailing_logs=10, leader_wait=1.0,
         )  # fmt: skip
 
     async def start(self, i: int, **kw) -> RaftServer:  # noqa: ANN003
