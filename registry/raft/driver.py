@@ -131,7 +131,7 @@ class RaftServer:
         self.on_leader_change: list[Callable[[bool], None]] = []
         self._was_leader = False
         self._rng = random.Random()
-        self._last_tick = 0.0  # loop time of the node's latest tick
+        self._tick_due = 0.0  # loop time the node's latest tick stands for (catch-up ticks come late)
         self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
         self.started = asyncio.Event()
 
@@ -389,16 +389,17 @@ class RaftServer:
                 self._lease_embargo_until = next_at + ELECTION_TICKS * self.opts.tick
             if self.node is not None:
                 self.node.tick()
-                self._last_tick = loop.time()
+                self._tick_due = next_at
                 self._wake.set()
 
     def _lease_clock_ok(self) -> bool:
-        """Trust the lease (counted in ticks) only while ticks keep pace with real time: the ticker ran
-        within the last two intervals and skipped no ticks within an election timeout. After a stall or a
-        SIGSTOP the loop may serve a queued read before the ticker runs, and a deposed leader cut off from
-        the new one would answer from stale state; a ReadIndex round instead cannot complete there."""
+        """Trust the lease (counted in ticks) only while the node's clock keeps pace with real time: its
+        latest tick is at most two intervals behind, and no ticks were skipped within an election timeout.
+        After a stall or a SIGSTOP the loop may serve a queued read before the ticker catches up, and a
+        deposed leader cut off from the new one would answer from stale state; a ReadIndex round instead
+        cannot complete there."""
         now = asyncio.get_running_loop().time()
-        return now - self._last_tick <= 2 * self.opts.tick and now >= self._lease_embargo_until
+        return now - self._tick_due <= 2 * self.opts.tick and now >= self._lease_embargo_until
 
     async def _loop(self) -> None:
         while True:
