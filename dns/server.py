@@ -312,6 +312,9 @@ class _TCPConnection(asyncio.Protocol):
         self.timer = asyncio.get_running_loop().call_later(self.server.tcp_idle_timeout, self._idle)
 
     def _idle(self) -> None:
+        if self.pending and not self.buf:
+            self._arm()  # waiting on the recursors for this client, not on the client
+            return
         # No complete message for too long: idle, or a slow/partial sender holding a slot.
         self.abort()
 
@@ -345,6 +348,7 @@ class _TCPConnection(asyncio.Protocol):
                     self._send(self.server.engine.servfail(out))  # type: ignore[arg-type]
                     continue
                 self.pending += 1
+                self._arm()
 
                 def reply(resp: bytes) -> None:
                     self.pending -= 1
@@ -358,6 +362,8 @@ class _TCPConnection(asyncio.Protocol):
         if len(out) > MAX_TCP_MESSAGE:
             return  # cannot be framed; the engine never builds one, but a reply is never cut mid-way
         self.transport.write(struct.pack("!H", len(out)) + out)
+        if self.pending:
+            self._arm()  # answers still owed (forwarded queries): the connection is not idle
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its questions until it catches up.
