@@ -102,3 +102,34 @@ def test_isolated_leader_under_load(make_cluster: MakeCluster) -> None:
 
 def test_isolated_follower_under_load(make_cluster: MakeCluster) -> None:
     print(run_partition(make_cluster(3), seed=3, isolate_leader=False, mode="drop"))
+
+
+def test_five_servers_minority_with_leader_then_kill(make_cluster: MakeCluster) -> None:
+    """5 servers: the leader and one follower are cut off from the other three (who elect and go on),
+    the partition heals, then the new leader is SIGKILLed and restarted."""
+    cluster = make_cluster(5)
+    leader = cluster.start()
+    workload = Workload(cluster.servers, clients=8, keys=5, seed=5).start()
+    try:
+        workload.wait_write_successes(time.monotonic(), 30, timeout=30)
+        workload.run_for(1.0)
+        minority = [leader, cluster.others(leader)[0]]
+        majority = [s for s in cluster.servers if s not in minority]
+        cluster.relay.partition([s.k for s in minority], [s.k for s in majority], "blackhole")
+        cut = time.monotonic()
+        new_leader = cluster.wait_leader(among=majority, timeout=30)
+        workload.wait_write_successes(cut, 20, timeout=30)
+        workload.run_for(1.5)
+        cluster.relay.heal()
+        cluster.wait_caught_up(timeout=60)
+        new_leader = cluster.wait_leader()
+        new_leader.kill()
+        killed = time.monotonic()
+        cluster.wait_leader(among=cluster.others(new_leader), timeout=30)
+        workload.wait_write_successes(killed, 20, timeout=30)
+        new_leader.start()
+        cluster.wait_caught_up(timeout=60)
+        workload.run_for(1.0)
+    finally:
+        workload.stop()
+    print(finish(cluster, workload))
