@@ -791,6 +791,13 @@ class RaftServer:
             idx = node.lease_read_index()
             if idx is not None:
                 return idx
+        return await self._read_index_round()
+
+    async def _read_index_round(self) -> int:
+        """A ReadIndex round (thesis 6.4): on the leader a heartbeat round acknowledged by a quorum; on a
+        follower the core forwards the request to the leader. Returns the index the read must wait for."""
+        node = self.node
+        assert node is not None
         ctx = next(self._read_ids).to_bytes(8, "big") + os.urandom(4)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = fut
@@ -828,23 +835,8 @@ class RaftServer:
         await self._wait_applied(index)
 
     async def _follower_read_index(self) -> int:
-        node = self.node
-        assert node is not None
         await self._await_leader()
-        ctx = next(self._read_ids).to_bytes(8, "big") + os.urandom(4)
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = fut
-        try:
-            node.read_index(ctx)
-        except raftnode.RaftError as exc:
-            self._reads.pop(ctx, None)
-            raise NotLeaderError(None) from exc
-        self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, 5.0)
-        except TimeoutError as exc:
-            self._reads.pop(ctx, None)
-            raise NotLeaderError(None) from exc
+        return await self._read_index_round()
 
     def leader_address(self) -> str:
         info = self._leader_info()
