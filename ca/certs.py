@@ -113,7 +113,7 @@ def key_id(key: PrivateKey | PublicKey) -> bytes:
 
 def colon_hex(data: bytes) -> str:
     """Lowercase hex bytes joined by ':' (Consul's connect.HexString)."""
-    return ":".join(f"{b:02x}" for b in data)
+    return data.hex(":")
 
 
 def key_id_colon(key: PrivateKey | PublicKey) -> str:

@@ -52,6 +52,7 @@ __all__ = [
     "ExpiryWarning",
     "LeafResult",
     "ca_configuration_response",
+    "check_signer",
     "expiry_warnings",
     "format_go_duration",
     "format_go_time",
@@ -589,6 +590,7 @@ def sign_leaf(
     *,
     allowed_dns_sans: Collection[str] = (),
     allowed_ip_sans: Collection[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
+    signer: tuple[certs.PrivateKey, x509.Certificate] | None = None,
 ) -> LeafResult:
     """Sign ``csr_pem`` for ``identity`` with the active root.
 
@@ -598,6 +600,9 @@ def sign_leaf(
     to the root's expiry. The serial is 126 random bits drawn from ``rng``. DNS / IP SANs in the CSR
     are copied only if listed in ``allowed_*``. Raises CAError if the active root has expired.
     The state does not change (serials are random, not a counter), so no new state is returned.
+
+    ``signer`` is the active root's private key and certificate already parsed (a caller's cache, to
+    skip parsing PEM on every signature); check it once with ``check_signer``.
     """
     now = _utc(now)
     root = state.active_root
@@ -622,8 +627,15 @@ def sign_leaf(
         ips = san.get_values_for_type(x509.IPAddress)
     except x509.ExtensionNotFound:  # pragma: no cover - validate_csr requires a SAN
         dns, ips = [], []
-    signing_key = certs.private_key_from_pem(root.private_key_pem)
-    signing_cert = root.certificate()
+    if signer is None:
+        signing_key = certs.private_key_from_pem(root.private_key_pem)
+        signing_cert = root.certificate()
+    else:
+        signing_key, signing_cert = signer
+        # A cheap guard against handing in another root's material (serials are 62 random bits);
+        # whoever builds the cache checks the key and certificate in full once (see check_signer).
+        if signing_cert.serial_number != root.serial:
+            raise ValueError("signer is not the active root's key and certificate")
     serial = certs.new_serial(rng)
     leaf = certs.build_leaf(
         csr,
@@ -649,6 +661,14 @@ def sign_leaf(
         root_id=root.id,
         signing_key_id=root.signing_key_id,
     )
+
+
+def check_signer(state: CAState, signer: tuple[certs.PrivateKey, x509.Certificate]) -> None:
+    """Raise ValueError unless ``signer`` is exactly the active root's key and certificate."""
+    root = state.active_root
+    key, cert = signer
+    if certs.fingerprint_sha1_colon(cert) != root.id or certs.key_id_colon(key) != root.signing_key_id:
+        raise ValueError("signer is not the active root's key and certificate")
 
 
 def rotate(

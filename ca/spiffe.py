@@ -210,7 +210,9 @@ def parse_uri(value: str) -> Identity:
         raise InvalidSpiffeURI(f"SPIFFE ID must be a string, not {type(value).__name__}")
     if len(value) > MAX_URI_LENGTH:
         raise InvalidSpiffeURI(f"SPIFFE ID is longer than {MAX_URI_LENGTH} characters")
-    if not value.isascii() or not value.isprintable() or any(c.isspace() for c in value):
+    # Printable ASCII leaves the space as the only whitespace character (a per-character scan here
+    # was a measurable share of the leaf-signing path).
+    if not value.isascii() or not value.isprintable() or " " in value:
         raise InvalidSpiffeURI("SPIFFE ID must be printable ASCII without whitespace")
     if not value.startswith(SCHEME_PREFIX):
         raise InvalidSpiffeURI("SPIFFE ID must have 'spiffe' scheme")

@@ -8,6 +8,7 @@ this module: every body is built from ``ca.provider``'s API functions, which do 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -145,7 +146,17 @@ async def agent_leaf(api: Api, request: web.Request, service: str) -> web.Stream
         raise HTTPError(exc.status, exc.message) from None
     body = provider.issued_cert_response(entry.result, private_key_pem=entry.key_pem, index=entry.index)
     headers = {"X-Consul-Index": str(entry.index), "X-Cache": "HIT" if hit else "MISS"}
-    return api._respond(request, 200, api.render(request, body), None, headers)
+    return api._respond(request, 200, render_flat(api, request, body), None, headers)
+
+
+def render_flat(api: Api, request: web.Request, obj: dict[str, Any]) -> bytes:
+    """``api.render`` for a flat object of scalars, byte for byte, without the pure-Python encoder
+    ``json`` falls back to when indenting (it was a third of the HTTP cost of a new leaf)."""
+    if api.pretty_default or "pretty" in request.query:
+        dumps = json.dumps
+        lines = ",\n".join(f"    {dumps(k)}: {dumps(v)}" for k, v in obj.items())
+        return ("{\n" + lines + "\n}\n").encode() if obj else b"{}\n"
+    return json.dumps(obj, separators=(",", ":")).encode()
 
 
 async def agent_authorize(api: Api, request: web.Request, _: str) -> web.StreamResponse:

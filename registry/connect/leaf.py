@@ -117,6 +117,7 @@ class LeafCache:
         self._last_index = 0
         self._active_key: str | None = None
         self._wake: asyncio.Event | None = None
+        self._wake_at: datetime | None = None
         self.issued = 0  # certificates obtained, for tests and metrics
 
     # ------------------------------------------------------------------ reads
@@ -165,7 +166,8 @@ class LeafCache:
             # Consul adds up to wait/16 of jitter so synchronised watchers drift apart.
             timeout = wait + self.rng.uniform(0, wait / 16)
             try:
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(fut)
             except TimeoutError:
                 pass
         return self._entries.get(service, entry)
@@ -237,7 +239,9 @@ class LeafCache:
 
     def _schedule(self, entry: CachedLeaf) -> None:
         heapq.heappush(self._heap, (entry.renew_at, next(self._seq), entry.service))
-        if self._wake is not None:
+        # Wake the renewer only if this renewal comes before the moment it already plans to look;
+        # waking it for every new certificate would cost a task switch per issuance.
+        if self._wake is not None and (self._wake_at is None or entry.renew_at < self._wake_at):
             self._wake.set()
 
     # ------------------------------------------------------------------ renewal
@@ -343,12 +347,16 @@ class LeafCache:
             except Exception:  # noqa: BLE001 - keep renewing whatever happens to one pass
                 log.exception("leaf renewal pass failed")
             nxt = self.next_due()
+            now = self.clock()
             timeout = MAX_IDLE
             if nxt is not None:
-                timeout = min(MAX_IDLE, max(0.0, (nxt - self.clock()).total_seconds()))
+                timeout = min(MAX_IDLE, max(0.0, (nxt - now).total_seconds()))
+            self._wake_at = now + timedelta(seconds=timeout)
             self._wake.clear()
             if timeout > 0:
+                # asyncio.timeout rather than wait_for, which can swallow a cancellation (Python < 3.12).
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass

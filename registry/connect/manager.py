@@ -223,7 +223,10 @@ class CAExpiryCheck:
             if changed is None:
                 await asyncio.sleep(self.interval)
             else:
+                # asyncio.timeout, not wait_for: before Python 3.12 wait_for can swallow a cancellation
+                # that arrives as the inner wait completes, and the agent's stop would hang on us.
                 try:
-                    await asyncio.wait_for(changed(), self.interval)
+                    async with asyncio.timeout(self.interval):
+                        await changed()
                 except TimeoutError:
                     pass

@@ -4,6 +4,7 @@ stored, Consul's CSR rate limits, and the ConnectCA.Sign RPC over the real serve
 from __future__ import annotations
 
 import copy
+import os
 from datetime import timedelta
 
 import pytest
@@ -209,3 +210,24 @@ async def test_sign_rpc_over_the_server_port(server: CAServer, log: Log) -> None
         await client.close()
         await listener.close()
     assert log.store.index == index
+
+
+async def test_prepared_signer_must_be_the_active_root(server: CAServer, log: Log) -> None:
+    """The signer caches the parsed root key; handing sign_leaf another root's material is refused."""
+    from datetime import UTC, datetime
+
+    state = server.ca_state()
+    assert state is not None
+    other = provider.initialize("99999999-2222-4333-8444-555555555555", provider.CAConfig(), datetime.now(UTC),
+                                os.urandom).active_root  # fmt: skip
+    wrong = (certs.private_key_from_pem(other.private_key_pem), other.certificate())
+    with pytest.raises(ValueError, match="not the active root"):
+        provider.check_signer(state, wrong)
+    identity = ServiceIdentity(TRUST_DOMAIN, "default", "dc1", "web")
+    with pytest.raises(ValueError, match="not the active root"):
+        provider.sign_leaf(state, make_csr(p256(), identity), identity, datetime.now(UTC), None, os.urandom,
+                           signer=wrong)  # fmt: skip
+    # The real cache is checked in full and gives certificates that chain to the root.
+    result = await server.sign(make_csr(p256(), identity), "web")
+    aki = certs.cert_from_pem(result.cert_pem).extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    assert certs.colon_hex(aki.value.key_identifier) == state.active_root.signing_key_id
