@@ -163,7 +163,9 @@ def format_go_duration(d: timedelta) -> str:
 def format_go_time(t: datetime) -> str:
     """RFC 3339 in UTC with a "Z" and trailing fractional zeros trimmed, as Go marshals time.Time."""
     t = t.astimezone(UTC)
-    base = t.strftime("%Y-%m-%dT%H:%M:%S")
+    # An f-string rather than strftime: a tenth of the cost on the leaf-signing path, and %Y does not
+    # zero-pad years below 1000 on every platform.
+    base = f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
     if t.microsecond:
         base += "." + f"{t.microsecond:06d}".rstrip("0")
     return base + "Z"

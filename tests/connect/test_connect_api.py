@@ -287,3 +287,41 @@ async def test_connect_disabled(path: str) -> None:
         async with aiohttp.ClientSession() as session, session.get(running.url + path) as resp:
             assert resp.status == 400
             assert await resp.text() == "Connect must be enabled in order to use this endpoint"
+
+
+def test_agent_stops_promptly_under_asyncio_run() -> None:
+    """Regression: the CA expiry check once waited with asyncio.wait_for, which (before Python 3.12)
+    can swallow the cancellation that stops it, and the agent's stop hung for good."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import asyncio
+        from registry.testing import async_dev_agent
+
+        async def main():
+            async with async_dev_agent(dns_port=-1) as running:
+                for i in range(5):
+                    await running.agent.connect.leaf.get(f"svc-{i}")
+            print("STOPPED")
+
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "STOPPED" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("pretty", [True, False])
+def test_render_flat_is_byte_identical_to_api_render(pretty: bool) -> None:
+    from types import SimpleNamespace
+
+    from registry.api.connect import render_flat
+    from registry.api.http import Api
+
+    body = {"SerialNumber": "0a:0b", "CertPEM": "-----BEGIN CERTIFICATE-----\nAB/+\n-----END", "Q": 'a"b\\c',
+            "Unicode": "d\u00e9j\u00e0", "CreateIndex": 7, "Flag": True, "Nothing": None}  # fmt: skip
+    api = SimpleNamespace(pretty_default=pretty)
+    request = SimpleNamespace(query={})
+    assert render_flat(api, request, body) == Api.render(api, request, body)  # type: ignore[arg-type]
+    assert render_flat(api, request, {}) == Api.render(api, request, {})  # type: ignore[arg-type]
