@@ -38,6 +38,7 @@ from registry.structs import (
     SERF_CHECK_NAME,
     SERVICE_MAINT_PREFIX,
 )
+from registry.tls import rpc_contexts
 from registry.watch import WatchHub
 
 log = structlog.get_logger("proconsul.agent")
@@ -111,12 +112,13 @@ class Agent:
                 join=[join_address(a) for a in cfg.retry_join],
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
+            opts.ssl_server, opts.ssl_client, opts.server_hostname, opts.peer_check = rpc_contexts(cfg)  # tls block
             server = RaftServer(opts, self.fsm)
             server.rpc_extension = self._on_rpc
             return server
         from registry.agent.remote import RemoteServers
 
-        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm)
+        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, *rpc_contexts(cfg)[1:3])
 
     @property
     def is_client(self) -> bool:

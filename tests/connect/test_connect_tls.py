@@ -227,3 +227,94 @@ def test_rpc_contexts_absent_without_certificates_and_contradictions_refused(pki
         apply_mapping(cfg, bad)
         with pytest.raises(ConfigError, match=words):
             rpc_contexts(cfg)
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([BIN, "agent", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], ok: object, timeout: float = 30) -> object:
+    import json
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body = json.loads(r.read())
+                if ok(body):  # type: ignore[operator]
+                    return body
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"timed out waiting for {url}"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_server_port_over_mtls_in_a_real_cluster(pki: Pki, tmp_path: Path) -> None:
+    """A real server and a real client agent with Consul's TLS settings: Raft and RPC run over mutual
+    TLS, the client agent (client certificate) joins through RPC, and on the server port a Raft stream
+    is accepted from a server certificate and dropped for the client's certificate."""
+    import json
+
+    from registry.testing import free_port
+
+    def config(cert: str) -> Path:
+        path = tmp_path / f"{cert}.json"
+        path.write_text(json.dumps({"tls": {
+            "defaults": {"ca_file": pki["consul-agent-ca.pem"], "cert_file": pki[f"{cert}.pem"],
+                         "key_file": pki[f"{cert}-key.pem"], "verify_incoming": True, "verify_outgoing": True},
+            "internal_rpc": {"verify_server_hostname": True}}}))  # fmt: skip
+        return path
+
+    server_port, http_port, client_http = free_port(), free_port(), free_port()
+    server = _start(["-server", "-bootstrap-expect", "1", "-node", "s1", "-data-dir", str(tmp_path / "s1"),
+                     "-bind", "127.0.0.1", "-server-port", str(server_port), "-http-port", str(http_port),
+                     "-dns-port", "-1", "-config-file", str(config("dc1-server-consul-0"))], tmp_path)  # fmt: skip
+    client = None
+    try:
+        _wait(f"http://127.0.0.1:{http_port}/v1/connect/ca/roots", server, lambda b: bool(b["Roots"]))
+        client = _start(["-node", "c1", "-data-dir", str(tmp_path / "c1"), "-bind", "127.0.0.1",
+                         "-retry-join", f"127.0.0.1:{server_port}", "-http-port", str(client_http), "-dns-port", "-1",
+                         "-config-file", str(config("dc1-client-consul-0"))], tmp_path)  # fmt: skip
+        nodes = _wait(f"http://127.0.0.1:{http_port}/v1/catalog/nodes", server,
+                      lambda b: {n["Node"] for n in b} >= {"s1", "c1"})  # fmt: skip
+        assert {n["Node"] for n in nodes} >= {"s1", "c1"}  # type: ignore[attr-defined]
+
+        async def raft_stream_stays_open(cert: str) -> bool:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.load_verify_locations(pki["consul-agent-ca.pem"])
+            ctx.load_cert_chain(pki[f"{cert}.pem"], pki[f"{cert}-key.pem"])
+            reader, writer = await asyncio.open_connection("127.0.0.1", server_port, ssl=ctx,
+                                                           server_hostname="server.dc1.consul")  # fmt: skip
+            writer.write(b"R")
+            await writer.drain()
+            try:
+                data = await asyncio.wait_for(reader.read(1), 1.0)
+                return data != b""
+            except TimeoutError:
+                return True  # still open: the server is waiting for Raft frames
+            except ConnectionError:
+                return False
+            finally:
+                writer.close()
+
+        assert await raft_stream_stays_open("dc1-server-consul-0") is True
+        assert await raft_stream_stays_open("dc1-client-consul-0") is False
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(15)
+
+
+def test_agent_refuses_tls_settings_that_cannot_work(pki: Pki, tmp_path: Path) -> None:
+    import json
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"tls": {"defaults": {"verify_incoming": True}}}))
+    out = subprocess.run([BIN, "agent", "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "d"),
+                          "-config-file", str(bad)], capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 1 and "verify_incoming needs ca_file" in out.stderr
