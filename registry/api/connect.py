@@ -83,7 +83,7 @@ def _with_headers(resp: web.StreamResponse, source: web.StreamResponse) -> web.S
 
 async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     connect = _connect(api)
-    want_pem = "pem" in request.query and request.query.get("pem", "").lower() not in ("false", "0")
+    want_pem = _go_bool(request.query.get("pem", ""))
 
     def run(store: StateStore) -> ReadResult:
         state = connect.views.ca(store)
@@ -100,6 +100,19 @@ async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse
     out = web.Response(status=200, body=pem.encode(), headers={
         "Content-Type": "application/pem-certificate-chain", "X-Consul-Default-ACL-Policy": api.acl_policy})  # fmt: skip
     return _with_headers(out, resp)
+
+
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _go_bool(value: str) -> bool:
+    """Consul reads ?pem with Go's strconv.ParseBool; absent or empty means false."""
+    if value == "" or value in _GO_FALSE:
+        return False
+    if value in _GO_TRUE:
+        return True
+    raise HTTPError(400, "The 'pem' query parameter must be a boolean value")
 
 
 async def ca_configuration_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -122,7 +135,7 @@ async def ca_configuration_put(api: Api, request: web.Request, _: str) -> web.St
     try:
         config = provider.parse_ca_configuration(body)
     except provider.CAConfigError as exc:
-        raise HTTPError(400, f"Request decode failed: {exc}") from None
+        raise HTTPError(400, str(exc)) from None
     try:
         await connect.manager.set_config(config)
     except CAUpdateError as exc:

@@ -62,7 +62,9 @@ SOFT_EXPIRY = 0.6
 HARD_EXPIRY = 0.9
 ROOT_CHANGE_JITTER = 30.0  # Consul's caChangeJitterWindow
 LAST_GET_TTL = timedelta(hours=72)
-MAX_ENTRIES = 65536
+# A certificate, its key and their bookkeeping take a few KiB; 16,384 services is far more than an
+# agent hosts, and an evicted entry only costs a new certificate on its next fetch.
+MAX_ENTRIES = 16384
 # Longest the background loop sleeps without re-reading the clock (a wall-clock jump, a suspended VM).
 MAX_IDLE = 60.0
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
@@ -249,13 +251,20 @@ class LeafCache:
         self._entries[service] = entry
         self._entries.move_to_end(service)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            self._forget(next(iter(self._entries)))
         self._schedule(entry)
         self.issued += 1
         waiters = self._changed.pop(service, None)
         if waiters is not None and not waiters.done():
             waiters.set_result(None)
         return entry
+
+    def _forget(self, service: str) -> None:
+        """Drop a cached certificate; blocking fetches waiting on it return now (with what they had)."""
+        self._entries.pop(service, None)
+        waiters = self._changed.pop(service, None)
+        if waiters is not None and not waiters.done():
+            waiters.set_result(None)
 
     def _renewal_time(self, result: LeafResult, now: datetime) -> datetime:
         """Consul's calculateSoftExpiry: uniformly in [60%, 90%) of the lifetime; from now if already
@@ -299,7 +308,7 @@ class LeafCache:
             entry = self._entries[service]
             if now - entry.last_get > self.last_get_ttl:
                 # Nobody has asked for it in days: stop paying for it (Consul's LastGetTTL).
-                del self._entries[service]
+                self._forget(service)
                 continue
             if await self._renew(entry, now):
                 renewed += 1
@@ -324,7 +333,7 @@ class LeafCache:
                 # The request itself is wrong (e.g. the service name): retrying cannot help.
                 log.warning("leaf renewal refused; dropping cached certificate", service=entry.service,
                             error=exc.message)  # fmt: skip
-                self._entries.pop(entry.service, None)
+                self._forget(entry.service)
                 return False
             entry.renew_at = now + self._backoff(entry.attempts)
             log.warning("leaf renewal failed", service=entry.service, error=exc.message)

@@ -34,6 +34,10 @@ async def test_roots_shape_and_pem(http, agent: RunningAgent) -> None:  # noqa: 
     status, pem, headers = await http.get("/v1/connect/ca/roots?pem=true")
     assert status == 200 and headers["Content-Type"] == "application/pem-certificate-chain"
     assert pem.decode() == root["RootCert"]
+    status, body, _ = await http.get("/v1/connect/ca/roots?pem")  # Go's ParseBool("") is false: JSON
+    assert status == 200 and body == roots
+    status, text, _ = await http.get("/v1/connect/ca/roots?pem=yes")
+    assert (status, text) == (400, "The 'pem' query parameter must be a boolean value")
     # The private key never shows up anywhere in the API.
     for path in ("/v1/connect/ca/roots", "/v1/connect/ca/configuration", "/v1/agent/connect/ca/roots"):
         _, body, _ = await http.get(path)
