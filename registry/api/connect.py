@@ -8,6 +8,7 @@ this module: every body is built from ``ca.provider``'s API functions, which do 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping
@@ -16,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ca import provider
-from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
@@ -30,13 +30,7 @@ from registry.connect.state import (
     config_index,
     find_legacy,
 )
-from registry.intentions import (
-    Intention,
-    IntentionError,
-    decide,
-    match,
-    parse_service_name,
-)
+from registry.intentions import Intention, IntentionError, decide, match, parse_service_name
 from registry.state.store import StateStore
 
 if TYPE_CHECKING:
@@ -177,32 +171,33 @@ async def agent_authorize(api: Api, request: web.Request, _: str) -> web.StreamR
     body = await _json_body(request)
     if not isinstance(body, Mapping):
         raise HTTPError(400, "Request decode failed: body must be a JSON object")
-    target = _ci(body, "Target", "")
-    uri = _ci(body, "ClientCertURI", "")
-    if not isinstance(target, str) or not isinstance(uri, str):
-        raise HTTPError(400, "Request decode failed: Target and ClientCertURI must be strings")
-    if not target:
-        raise HTTPError(400, "Target service must be specified")
-    try:
-        identity = parse_uri(uri)
-    except InvalidSpiffeURI:
-        raise HTTPError(400, "ClientCertURI not a valid Connect identifier") from None
-    if not isinstance(identity, ServiceIdentity):
-        raise HTTPError(400, "ClientCertURI not a valid Service identifier")
-    state = connect.ca_state()
-    if state is None:
-        return api.json(request, {"Authorized": False, "Reason": "CA has not finished initializing"})
-    if identity.trust_domain != state.trust_domain:
-        # Consul leaves this to the TLS handshake; we refuse it here too, so a caller that forgot
-        # to pin the trust bundle cannot turn a foreign certificate into an allow.
-        return api.json(request, {
-            "Authorized": False,
-            "Reason": f"Client certificate is from trust domain {identity.trust_domain!r}, "
-                      f"not this cluster's {state.trust_domain!r}",
-        })  # fmt: skip
-    allow, reason = connect.default_allow()
-    decision = decide(connect.intentions(), identity, target, allow, default_reason=reason)
-    return api.json(request, {"Authorized": decision.allowed, "Reason": decision.reason})
+    status, out = await connect.authorize(_ci(body, "Target", ""), _ci(body, "ClientCertURI", ""))
+    if status != 200:
+        raise HTTPError(status, str(out))
+    return api.json(request, out)
+
+
+async def agent_roots(api: Api, request: web.Request, suffix: str) -> web.StreamResponse:
+    """/v1/agent/connect/ca/roots: the agent's copy of the roots. A server reads its replica (the same
+    blocking query as /v1/connect/ca/roots); a client agent answers from the roots it follows."""
+    connect = _connect(api)
+    remote = connect.remote
+    if remote is None:
+        return await ca_roots(api, request, suffix)
+    min_index, wait, _ = api.query_options(request)
+    if min_index and remote.index <= min_index:
+        remote.changed.clear()
+        try:
+            async with asyncio.timeout(wait):
+                while remote.index <= min_index:
+                    await remote.changed.wait()
+                    remote.changed.clear()
+        except TimeoutError:
+            pass
+    if not remote.roots["Roots"]:
+        raise HTTPError(500, "CA has not finished initializing")
+    headers = {"X-Consul-Index": str(max(remote.index, 1))}
+    return api._respond(request, 200, api.render(request, remote.roots), None, headers)
 
 
 # ---------------------------------------------------------------------- intentions
@@ -405,7 +400,7 @@ def register(router: Router) -> None:
     router.add("GET", "/v1/connect/ca/roots", ca_roots)
     router.add("GET", "/v1/connect/ca/configuration", ca_configuration_get)
     router.add("PUT", "/v1/connect/ca/configuration", ca_configuration_put)
-    router.add("GET", "/v1/agent/connect/ca/roots", ca_roots)
+    router.add("GET", "/v1/agent/connect/ca/roots", agent_roots)
     router.add("GET", "/v1/agent/connect/ca/leaf/", agent_leaf)
     router.add("POST", "/v1/agent/connect/authorize", agent_authorize)
     router.add("GET", "/v1/connect/intentions", intentions_list)

@@ -21,12 +21,19 @@ from aiohttp import web
 
 from ca import provider
 from ca.provider import CAConfig, CAState, LeafResult
+from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
 from registry.config import ConfigError
 from registry.connect.leaf import LeafCache, TrustInfo
 from registry.connect.manager import CAExpiryCheck, CAManager
+from registry.connect.remote import RPC_AUTHORIZE, RPC_ROOTS, RemoteCA
 from registry.connect.signer import RPC_SIGN, CAServer, SignError
-from registry.connect.state import TABLE_CA, StateViews, ca_index, register_commands
-from registry.intentions import REASON_DEFAULT_ACL, REASON_DEFAULT_INTENTION_POLICY, IntentionIndex
+from registry.connect.state import TABLE_CA, TOPIC_CA, StateViews, ca_index, register_commands
+from registry.intentions import (
+    REASON_DEFAULT_ACL,
+    REASON_DEFAULT_INTENTION_POLICY,
+    IntentionIndex,
+    decide,
+)
 
 log = structlog.get_logger("proconsul.connect")
 
@@ -58,9 +65,15 @@ class Connect:
         register_commands(agent.fsm)
         self.views = StateViews()
         self.ca_server = CAServer(lambda: agent.store, self.views, cfg.datacenter, clock=clock)
+        # A client agent has no replica of the CA: roots, signatures and authorize decisions come
+        # from the servers over RPC.
+        call_leader = getattr(agent.consensus, "call_leader", None)
+        self.remote: RemoteCA | None = None
+        if getattr(agent, "is_client", False) and call_leader is not None:
+            self.remote = RemoteCA(call_leader, on_change=lambda: self.leaf.roots_changed())
         self.leaf = LeafCache(
             sign=self.sign,
-            trust=lambda: TrustInfo.of(self.ca_state()),
+            trust=self.remote.trust if self.remote is not None else lambda: TrustInfo.of(self.ca_state()),
             datacenter=cfg.datacenter,
             clock=clock,
             rng=rng,
@@ -101,10 +114,68 @@ class Connect:
     # ------------------------------------------------------------------ signing
 
     async def sign(self, csr_pem: str, service: str) -> LeafResult:
-        """Where this agent's leaf cache gets signatures: the local CA server. Every server holds the
-        replicated CA state, so a server signs from its own replica; client agents have no replica
-        and would call ``ConnectCA.Sign`` on the leader instead."""
+        """Where this agent's leaf cache gets signatures. Every server holds the replicated CA state
+        and signs from its own replica; a client agent has none and calls ``ConnectCA.Sign`` on the
+        leader."""
+        if self.remote is not None:
+            return await self.remote.sign(csr_pem, service)
         return await self.ca_server.sign(csr_pem, service)
+
+    async def authorize(self, target: Any, uri: Any) -> tuple[int, Any]:
+        """POST /v1/agent/connect/authorize as (HTTP status, body): a JSON decision, or error text.
+
+        The certificate URI is parsed strictly: anything that is not the canonical SPIFFE ID of a
+        service is refused with Consul's words, and a well-formed ID from another trust domain is
+        denied (Consul leaves that to the TLS handshake; we refuse it here too, so a caller that
+        forgot to pin the trust bundle cannot turn a foreign certificate into an allow)."""
+        if not isinstance(target, str) or not isinstance(uri, str):
+            return 400, "Request decode failed: Target and ClientCertURI must be strings"
+        if not target:
+            return 400, "Target service must be specified"
+        try:
+            identity = parse_uri(uri)
+        except InvalidSpiffeURI:
+            return 400, "ClientCertURI not a valid Connect identifier"
+        if not isinstance(identity, ServiceIdentity):
+            return 400, "ClientCertURI not a valid Service identifier"
+        if self.remote is not None:
+            return await self.remote.authorize(target, uri)
+        state = self.ca_state()
+        if state is None:
+            return 200, {"Authorized": False, "Reason": "CA has not finished initializing"}
+        if identity.trust_domain != state.trust_domain:
+            return 200, {
+                "Authorized": False,
+                "Reason": f"Client certificate is from trust domain {identity.trust_domain!r}, "
+                          f"not this cluster's {state.trust_domain!r}",
+            }  # fmt: skip
+        allow, reason = self.default_allow()
+        decision = decide(self.intentions(), identity, target, allow, default_reason=reason)
+        return 200, {"Authorized": decision.allowed, "Reason": decision.reason}
+
+    async def roots_at(self, min_index: int, wait: float) -> tuple[dict[str, Any], int]:
+        """The roots JSON and its index, waiting up to ``wait`` seconds for an index above
+        ``min_index`` (0: answer at once). Serves ConnectCA.Roots for client agents."""
+        hub = self.agent.hub
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, min(wait, 600.0))
+        while True:
+            fut = hub.watch((TOPIC_CA,))
+            try:
+                store = self.agent.store
+                index, state = ca_index(store), self.views.ca(store)
+                remaining = deadline - loop.time()
+                if not min_index or index > min_index or remaining <= 0:
+                    body = provider.roots_response(state) if state is not None else {
+                        "ActiveRootID": "", "TrustDomain": "", "Roots": []}  # fmt: skip
+                    return body, index
+                try:
+                    async with asyncio.timeout(remaining):
+                        await fut
+                except TimeoutError:
+                    pass
+            finally:
+                hub.unwatch((TOPIC_CA,), fut)
 
     def _chain_rpc(self) -> None:
         """Serve ``ConnectCA.Sign`` on the server RPC port, passing every other method on."""
@@ -116,13 +187,26 @@ class Connect:
         async def extension(method: str, args: Any) -> Any:
             from registry.consensus import RPCError  # present whenever an RPC port is
 
+            if method in (RPC_SIGN, RPC_ROOTS, RPC_AUTHORIZE) and not consensus.is_leader():
+                raise RPCError("not the leader", 503)
             if method == RPC_SIGN:
-                if not consensus.is_leader():
-                    raise RPCError("not the leader", 503)
                 try:
                     return await self.ca_server.handle_rpc(method, args)
                 except SignError as exc:
                     raise RPCError(exc.message, exc.status) from None
+            if method == RPC_ROOTS:
+                args = args if isinstance(args, dict) else {}
+                min_index, wait = args.get("MinIndex", 0), args.get("Wait", 0)
+                if not isinstance(min_index, int) or not isinstance(wait, int | float):
+                    raise RPCError("ConnectCA.Roots needs {\"MinIndex\": int, \"Wait\": seconds}", 400)
+                roots, index = await self.roots_at(min_index, float(wait))
+                return {"Roots": roots, "Index": index}
+            if method == RPC_AUTHORIZE:
+                args = args if isinstance(args, dict) else {}
+                status, body = await self.authorize(args.get("Target"), args.get("ClientCertURI"))
+                if status != 200:
+                    raise RPCError(str(body), status)
+                return body
             if previous is None:
                 raise RPCError(f"unknown rpc method {method!r}", 400)
             return await previous(method, args)
@@ -136,6 +220,8 @@ class Connect:
         loop = asyncio.get_running_loop()
         tasks = agent._tasks
         self._ca_event = asyncio.Event()
+        if self.enabled and self.remote is not None:
+            tasks.append(loop.create_task(self.remote.run(), name="connect-roots-follow"))
         if self.enabled and (agent.config.server or agent.config.dev):
             tasks.append(loop.create_task(self.manager.run(), name="connect-ca-leader"))
             # Bootstrapping now rather than a poll interval later: a dev agent has a CA at once.
