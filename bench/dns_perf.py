@@ -506,9 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "" if ok is None else ("PASS" if ok else "FAIL")
         table.append(f"| {figure} | {mine} | {peer} | {ratio} | {target} | {verdict} |")
     runs_line = "; ".join(
-        f"{name} {label}: " + ", ".join(f"{r.qps:,.0f}" for r in runs)
+        f"{name} {label}: " + ", ".join(f"{r.qps:,.0f} ({r.server_busy:.0%} busy)" for r in runs)
         for (name, label), runs in results.items()
     )
+    ratio_line = "; ".join(f"{label}: " + ", ".join(f"{x:.2f}" for x in xs) for label, xs in ratios.items())
     body = "\n".join([
         f"Date {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} cores, {cpu_model()}; "
         f"load average {load_before} at the start, cores {busy_before:.0%} busy just before and "
@@ -525,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *table,
         "",
-        f"Every throughput run (q/s): {runs_line}.",
+        f"Every throughput run, q/s (and how busy the server kept its core): {runs_line}. "
+        f"Ratios per round: {ratio_line}.",
     ])  # fmt: skip
     print()
     print(body)
