@@ -244,3 +244,14 @@ def test_big_answers_are_rebuilt_at_a_bounded_rate() -> None:
     assert len(answer(eng, packet, tcp=True, now=100.012).rr) == 499
     assert len(answer(eng, packet, tcp=True, now=100.030).rr) == 498
     assert eng.stats["misses"] == 3
+
+
+def test_tcp_answers_are_capped_at_64k_with_tc() -> None:
+    c = Catalog()
+    for i in range(2000):
+        c.register(f"node-with-a-longish-name-{i:04d}", f"10.{i // 250}.{i % 250}.1", "huge")
+    eng = engine_for(c)
+    out = eng.handle(query("huge.service.consul", "SRV"), True, 1.0)
+    assert isinstance(out, bytes) and len(out) <= 65535
+    resp = DNSRecord.parse(out)
+    assert resp.header.tc == 1 and 0 < len(resp.rr) < 2000
