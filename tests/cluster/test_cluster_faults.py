@@ -90,6 +90,10 @@ def run_partition(cluster: Cluster, seed: int, isolate_leader: bool, mode: str =
         healed = time.monotonic()
         cluster.wait_caught_up(timeout=60)  # the isolated server rejoins and catches up
         workload.wait_write_successes(healed, 20, timeout=30)
+        if not isolate_leader:
+            # Pre-Vote: the follower that timed out while cut off did not raise its term, so rejoining
+            # does not depose a healthy leader (thesis 9.6).
+            assert cluster.wait_leader(timeout=30) is leader, "the rejoining follower disrupted the leader"
         workload.run_for(1.5)
     finally:
         workload.stop()
