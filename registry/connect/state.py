@@ -72,6 +72,29 @@ _SOURCE_KEYS = {
 }  # fmt: skip
 
 
+_SOURCE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "Name": str, "Namespace": str, "Action": str, "Type": str, "Description": str, "LegacyID": str,
+    "LegacyCreateTime": str, "LegacyUpdateTime": str, "Precedence": int, "LegacyMeta": dict,
+    "Permissions": list, "Partition": str, "Peer": str,
+}  # fmt: skip
+_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "Name": str, "Namespace": str, "Partition": str, "Meta": dict, "Sources": list,
+}  # fmt: skip
+
+
+def _check_types(d: Mapping[str, Any], types: Mapping[str, type | tuple[type, ...]], where: str) -> None:
+    # Wrong JSON types are the caller's mistake (400), not something to trip over later (500).
+    for key, want in types.items():
+        value = d.get(key)
+        if value is not None and not isinstance(value, want):
+            kind = {str: "a string", int: "an integer", dict: "an object", list: "a list"}.get(want, "valid")  # type: ignore[call-overload]
+            raise ConfigEntryError(f"{where}{key} must be {kind}")
+    for key in ("Meta", "LegacyMeta"):
+        meta = d.get(key)
+        if isinstance(meta, dict) and not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise ConfigEntryError(f"{where}{key} must be a map of strings")
+
+
 class ConfigEntryError(ValueError):
     """A config entry (or a request about one) that cannot be accepted; worded for the API caller."""
 
@@ -183,6 +206,7 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
             f"supported kinds are {', '.join(SUPPORTED_KINDS)}"
         )
     entry = _canonical(raw, _ENTRY_KEYS, "config entry")
+    _check_types(entry, _ENTRY_TYPES, "")
     entry["Kind"] = kind
     if entry.get("Partition") not in (None, "", "default"):
         raise ConfigEntryError("Partitions are an Enterprise feature: only the default partition exists")
@@ -207,6 +231,9 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
         if not isinstance(src, Mapping):
             raise ConfigEntryError(f"Sources[{i}] must be an object")
         s = _canonical(src, _SOURCE_KEYS, f"Sources[{i}]")
+        _check_types(s, _SOURCE_TYPES, f"Sources[{i}].")
+        if any(not isinstance(p, Mapping) for p in s.get("Permissions") or ()):
+            raise ConfigEntryError(f"Sources[{i}].Permissions must be a list of objects")
         if s.get("Partition") not in (None, "", "default") or s.get("Peer"):
             raise ConfigEntryError(f"Sources[{i}]: partitions and peers are not supported")
         s.pop("Partition", None)

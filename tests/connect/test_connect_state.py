@@ -134,6 +134,18 @@ def test_config_entry_upsert_cas_delete(log: Log) -> None:
         ({"Kind": "service-defaults", "Name": "db"}, "not supported"),
         ({"Name": "db"}, "Kind"),
         ("not a map", "JSON object"),
+        ({"Kind": "service-intentions", "Name": 5, "Sources": [{"Name": "web", "Action": "allow"}]},
+         "Name must be a string"),
+        ({"Kind": "service-intentions", "Name": "db", "Sources": "web"}, "Sources must be a list"),
+        ({"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": ["web"], "Action": "allow"}]},
+         "Sources[0].Name must be a string"),
+        ({"Kind": "service-intentions", "Name": "db",
+          "Sources": [{"Name": "web", "Action": "allow", "LegacyID": "x", "LegacyMeta": ["a"]}]},
+         "LegacyMeta must be an object"),
+        ({"Kind": "service-intentions", "Name": "db", "Meta": {"a": 1},
+          "Sources": [{"Name": "web", "Action": "allow"}]}, "Meta must be a map of strings"),
+        ({"Kind": "service-intentions", "Name": "db", "Sources": [{"Name": "web", "Permissions": ["GET"]}]},
+         "Permissions must be a list of objects"),
     ],
 )
 def test_config_entry_refusals_store_nothing(log: Log, bad: object, words: str) -> None:
