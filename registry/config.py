@@ -251,4 +251,4 @@ def validate(cfg: Config) -> None:
             pass  # 0 = pick a free port (used by tests and the in-process fixture)
     if not cfg.node_name or any(c.isspace() for c in cfg.node_name):
         raise ConfigError(f"node_name {cfg.node_name!r} is not a valid node name")
-    __import__("registry.tls", fromlist=["rpc_contexts"]).rpc_contexts(cfg)  # TLS settings that cannot work: refuse now
+    __import__("registry.connect.service", fromlist=["validate_config"]).validate_config(cfg)  # tls, connect blocks

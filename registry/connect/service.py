@@ -54,6 +54,14 @@ def ca_config_from_agent(connect: dict[str, Any]) -> CAConfig:
         raise ConfigError(f"connect.ca_config: {exc}") from exc
 
 
+def validate_config(cfg: Any) -> None:
+    """Refuse, before anything starts, a ``connect`` or ``tls`` block that cannot work (ConfigError)."""
+    from registry.tls import rpc_contexts
+
+    ca_config_from_agent(cfg.connect)
+    rpc_contexts(cfg)
+
+
 class Connect:
     def __init__(self, agent: Any, *, clock: Callable[[], datetime] = utcnow,
                  rng: random.Random | None = None) -> None:  # fmt: skip

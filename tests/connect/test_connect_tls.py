@@ -318,3 +318,6 @@ def test_agent_refuses_tls_settings_that_cannot_work(pki: Pki, tmp_path: Path) -
     out = subprocess.run([BIN, "agent", "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "d"),
                           "-config-file", str(bad)], capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 1 and "verify_incoming needs ca_file" in out.stderr
+    bad.write_text(json.dumps({"connect": {"ca_config": {"leaf_cert_ttl": "10m"}}}))
+    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(bad)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "connect.ca_config: leaf cert TTL must be greater or equal than 1h0m0s" in out.stderr
