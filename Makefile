@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.http_discovery
 	$(BIN)/python -m bench.watch_fanout
 	$(BIN)/python -m bench.ca
+	$(BIN)/python -m bench.dns_perf
 
 clean:
 	rm -rf $(VENV)

@@ -633,10 +633,16 @@ async def _run_agent(cfg: Any) -> int:
     for key in cfg.unknown_keys:
         log.warning("ignoring unknown config key", key=key)
     agent = Agent(cfg)
+    from registry.config import ConfigError
+
     try:
         await agent.start()
     except OSError as exc:
         print(f"==> Error starting agent: {exc.strerror or exc}", file=sys.stderr)
+        await agent.stop()
+        return 1
+    except ConfigError as exc:
+        print(f"==> {exc}", file=sys.stderr)
         await agent.stop()
         return 1
     loop = asyncio.get_running_loop()

@@ -156,6 +156,12 @@ def test_config_file_and_bad_config(tmp_path: Path) -> None:
     bad.write_text("ports: [1, 2]\n")
     out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(bad)], capture_output=True, timeout=20)
     assert out.returncode == 1 and "ports must be a map" in out.stderr.decode()
+    bad_dns = tmp_path / "dns.yaml"
+    bad_dns.write_text("dns_config:\n  udp_answer_limit: -4\n")
+    out = subprocess.run([BIN, "agent", "-dev", "-http-port", str(free_port()), "-dns-port", str(free_port()),
+                          "-config-file", str(bad_dns)], capture_output=True, timeout=20)  # fmt: skip
+    assert out.returncode == 1 and "dns_config.udp_answer_limit must be an integer" in out.stderr.decode()
+    assert "Traceback" not in out.stderr.decode() + out.stdout.decode()
     out = subprocess.run([BIN, "agent", "-server"], capture_output=True, timeout=20)
     assert out.returncode == 1 and "data_dir is required" in out.stderr.decode()
 
