@@ -83,6 +83,9 @@ class LocalLog:
     def is_leader(self) -> bool:
         return True
 
+    def fast_read_ok(self) -> bool:
+        return True  # a single-node log is always current
+
 
 def raise_for(result: Any) -> Any:
     """Turn a CommandError result into an exception for callers that want one."""

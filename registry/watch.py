@@ -9,7 +9,7 @@ write is O(len(key)) however many prefix watchers exist.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from registry.state.store import Topic
 
@@ -19,6 +19,9 @@ class WatchHub:
         self._waiters: dict[Topic, set[asyncio.Future[None]]] = {}
         self._prefix_topics = 0  # how many ("kvp", p) topics have waiters; skip the prefix walk when none
         self.wakeups = 0  # futures woken, for tests and metrics
+        # Called with (topics, kv_keys) on every change, and with (None, None) when everything changed
+        # (a restore): caches of rendered answers drop exactly what the change touched.
+        self.listeners: list[Callable[[Iterable[Topic] | None, Iterable[str] | None], None]] = []
 
     def watch(self, topics: Iterable[Topic]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -54,6 +57,8 @@ class WatchHub:
                 self.wakeups += 1
 
     def notify(self, topics: Iterable[Topic], kv_keys: Iterable[str] = ()) -> None:
+        for listener in self.listeners:
+            listener(topics, kv_keys)
         for t in topics:
             self._wake(t)
         for key in kv_keys:
@@ -64,6 +69,8 @@ class WatchHub:
 
     def notify_all(self) -> None:
         """A snapshot restore replaced the store: every query must re-run."""
+        for listener in self.listeners:
+            listener(None, None)
         for t in list(self._waiters):
             self._wake(t)
 

@@ -114,3 +114,25 @@ async def test_many_watchers_one_render(http: Http, agent: RunningAgent) -> None
 async def test_index_never_zero(http: Http) -> None:
     _, _, headers = await http.get("/v1/catalog/service/never-registered")
     assert int(headers["X-Consul-Index"]) >= 1
+
+
+async def test_hot_cache_never_serves_a_stale_answer(http: Http, agent: RunningAgent) -> None:
+    """Repeated identical reads are served from rendered answers; any change to what they read drops them."""
+    await _reg(http, "web1", "web")
+    await http.call("PUT", "/v1/kv/app/a", raw=b"1")
+    for _ in range(3):
+        _, body, _ = await http.get("/v1/health/service/web")
+        _, kv_list, _ = await http.get("/v1/kv/app/?recurse")
+    assert len(body) == 1 and len(kv_list) == 1
+    await _reg(http, "web2", "web")
+    _, body, headers = await http.get("/v1/health/service/web")
+    assert len(body) == 2
+    await http.call("PUT", "/v1/kv/app/b", raw=b"2")
+    _, kv_list, _ = await http.get("/v1/kv/app/?recurse")
+    assert [e["Key"] for e in kv_list] == ["app/a", "app/b"]
+    await http.delete("/v1/kv/app/a")
+    _, kv_list, _ = await http.get("/v1/kv/app/?recurse")
+    assert [e["Key"] for e in kv_list] == ["app/b"]
+    # gzip and plain answers are cached apart.
+    async with http.session.get(http.base + "/v1/health/service/web", headers={"Accept-Encoding": "identity"}) as r:
+        assert r.headers.get("Content-Encoding") is None and len(await r.json()) == 2

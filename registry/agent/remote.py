@@ -124,3 +124,6 @@ class RemoteServers:
 
     def is_leader(self) -> bool:
         return False
+
+    def fast_read_ok(self) -> bool:
+        return False

@@ -49,6 +49,55 @@ class ReadResult:
     status: int = 200
 
 
+class HotCache:
+    """Rendered answers of non-blocking default-mode reads, keyed by the raw request target, each dropped
+    the moment any watch topic it read changes. A hit skips routing, query parsing and the store entirely:
+    most discovery traffic is the same few queries asked again and again between changes."""
+
+    def __init__(self, limit: int = CACHE_MAX) -> None:
+        self.entries: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        self._by_topic: dict[Topic, set[str]] = {}
+        self._prefix_topics = 0
+        self._limit = limit
+
+    def put(self, key: str, topics: tuple[Topic, ...], status: int, body: bytes, headers: dict[str, str]) -> None:
+        if len(self.entries) >= self._limit:
+            self.invalidate(None, None)
+        self.entries[key] = (status, body, headers)
+        for t in topics:
+            keys = self._by_topic.get(t)
+            if keys is None:
+                keys = self._by_topic[t] = set()
+                if t[0] == "kvp":
+                    self._prefix_topics += 1
+            keys.add(key)
+
+    def _drop(self, topic: Topic) -> None:
+        keys = self._by_topic.pop(topic, None)
+        if keys is None:
+            return
+        if topic[0] == "kvp":
+            self._prefix_topics -= 1
+        for key in keys:
+            self.entries.pop(key, None)
+
+    def invalidate(self, topics: Any, kv_keys: Any) -> None:
+        if topics is None:
+            self.entries.clear()
+            self._by_topic.clear()
+            self._prefix_topics = 0
+            return
+        if not self._by_topic:
+            return
+        for t in topics:
+            self._drop(t)
+        for key in kv_keys or ():
+            self._drop(("kv", key))
+            if self._prefix_topics:
+                for i in range(len(key) + 1):
+                    self._drop(("kvp", key[:i]))
+
+
 class Router:
     def __init__(self) -> None:
         self.exact: dict[str, dict[str, Handler]] = {}
@@ -78,6 +127,8 @@ class Api:
         self.agent = agent
         self.router = Router()
         self.cache: dict[str, tuple[int, int, int, bytes, bytes | None]] = {}
+        self.hot = HotCache()
+        agent.hub.listeners.append(self.hot.invalidate)
         cfg = agent.config
         self.default_wait = cfg.default_query_time
         self.max_wait = cfg.max_query_time
@@ -94,6 +145,13 @@ class Api:
     # ------------------------------------------------------------------ dispatch
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.hot.entries and request.method == "GET":
+            key = request.raw_path
+            if "gzip" in request.headers.get("Accept-Encoding", ""):
+                key += "\x00gzip"
+            hit = self.hot.entries.get(key)
+            if hit is not None and self.agent.consensus.fast_read_ok():
+                return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
         if self.agent.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members"):
             return await self.forward(request)
@@ -261,20 +319,27 @@ class Api:
             "X-Consul-Effective-Consistency": mode,
         }
         if result.status == 404:
-            return self._respond(request, 404, b"", None, headers)
-        if not cacheable:
+            resp = self._respond(request, 404, b"", None, headers)
+        elif not cacheable:
             return self._respond(request, result.status, self.render(request, result.build()), None, headers)
-        key = self._cache_key(request)
-        store_id = id(self.agent.store)
-        hit = self.cache.get(key)
-        if hit is not None and hit[0] == store_id and hit[1] == index:
-            return self._respond(request, hit[2], hit[3], hit[4], headers)
-        body = self.render(request, result.build())
-        gz = gzip.compress(body, compresslevel=5) if len(body) > 1024 else None
-        if len(self.cache) >= CACHE_MAX:
-            self.cache.clear()
-        self.cache[key] = (store_id, index, result.status, body, gz)
-        return self._respond(request, result.status, body, gz, headers)
+        else:
+            key = self._cache_key(request)
+            store_id = id(self.agent.store)
+            hit = self.cache.get(key)
+            if hit is not None and hit[0] == store_id and hit[1] == index:
+                resp = self._respond(request, hit[2], hit[3], hit[4], headers)
+            else:
+                body = self.render(request, result.build())
+                gz = gzip.compress(body, compresslevel=5) if len(body) > 1024 else None
+                if len(self.cache) >= CACHE_MAX:
+                    self.cache.clear()
+                self.cache[key] = (store_id, index, result.status, body, gz)
+                resp = self._respond(request, result.status, body, gz, headers)
+        # Only 200s: some handlers rewrite a 404 from read() into their own error text.
+        if resp.status == 200 and not min_index and mode == "leader" and cacheable and consensus.fast_read_ok():
+            hot_key = request.raw_path + ("\x00gzip" if "gzip" in request.headers.get("Accept-Encoding", "") else "")
+            self.hot.put(hot_key, result.topics, resp.status, resp.body, dict(resp.headers))  # type: ignore[arg-type]
+        return resp
 
     @staticmethod
     def _cache_key(request: web.Request) -> str:
@@ -358,7 +423,7 @@ async def start_http(agent: Agent) -> HTTPListener:
             f"Error starting HTTP listener on {host}:{port}: {exc.strerror}. Is another agent running? "
             f"Stop it or choose another port with -http-port.",
         ) from exc
-    site = web.SockSite(runner, sock)
+    site = web.SockSite(runner, sock, backlog=1024)  # aiohttp's default of 128 drops connection bursts
     await site.start()
     agent.http_addr = sock.getsockname()[:2]
     return HTTPListener(runner)

@@ -793,6 +793,16 @@ class RaftServer:
                 return idx
         return await self._read_index_round()
 
+    def fast_read_ok(self) -> bool:
+        """True when a default-mode read may be answered from local state right now with no waiting: this
+        server leads, its lease holds, its clock keeps pace, and it has applied everything the lease covers.
+        The HTTP layer's hot cache serves only under this condition."""
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER or not self._lease_clock_ok():
+            return False
+        idx = node.lease_read_index()
+        return idx is not None and node.applied_index >= idx
+
     async def _read_index_round(self) -> int:
         """A ReadIndex round (thesis 6.4): on the leader a heartbeat round acknowledged by a quorum; on a
         follower the core forwards the request to the leader. Returns the index the read must wait for."""
