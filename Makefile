@@ -28,6 +28,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.http_discovery
 	$(BIN)/python -m bench.watch_fanout
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.ca
 	$(BIN)/python -m bench.dns_perf
 

@@ -57,8 +57,20 @@ def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def code_version() -> str:
+    """The commit being measured, and whether the server's code differs from it in the work tree."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "registry", "dns", "ca", "connect_proxy"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}" + (" plus uncommitted changes to the server's code" if dirty else "")
+
+
 def machine() -> dict[str, str]:
-    return {"nproc": str(os.cpu_count()), "cpu": cpu_model(), "load": loadavg()}
+    return {"nproc": str(os.cpu_count()), "cpu": cpu_model(), "load": loadavg(), "code": code_version()}
 
 
 def _cpu_busy_fraction(interval: float = 1.0) -> float:
@@ -230,6 +242,30 @@ def spawn_agent(cpu: int | None, nofile: int | None = None) -> Proc:
     return spawn_server("proconsul", argv, port, cpu, "/v1/status/leader", nofile=nofile)
 
 
+def accept_queue(port: int) -> int:
+    """Connections waiting in the accept queue of the listener on ``port`` (from /proc/net/tcp)."""
+    hexport = f":{port:04X}"
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[1].endswith(hexport) and parts[3] == "0A":  # LISTEN: rx_queue is the accept backlog
+                return int(parts[4].split(":")[1], 16)
+    return 0
+
+
+async def drain_accept_queue(port: int, timeout: float = 10.0) -> None:
+    """Wait until the server on ``port`` has accepted every pending connection (or ``timeout``)."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while accept_queue(port) and time.monotonic() < deadline:
+        await asyncio.sleep(0.002)
+
+
 def wait_idle(proc: Proc, quiet: float = 0.5, timeout: float = 60.0) -> bool:
     """Wait until ``proc`` uses (almost) no CPU for ``quiet`` seconds: it has handled everything sent to it."""
     deadline = time.monotonic() + timeout
@@ -302,21 +338,30 @@ def markdown_table(rows: Sequence[tuple[str, str, str, str]]) -> str:
 
 
 def machine_line(m: dict[str, str]) -> str:
-    return f"Date {DATE}; machine: {m['nproc']} cores, {m['cpu']}; load average at the time {m['load']}."
+    return (f"Date {DATE}; machine: {m['nproc']} cores, {m['cpu']}; load average at the time {m['load']}; "
+            f"code: {m['code']}.")  # fmt: skip
 
 
 def update_docs_section(title: str, body: str, path: Path = DOCS) -> None:
-    """Replace the ``## title`` section of docs/benchmarks.md (up to the next ``## ``), keeping all others.
+    """Put a benchmark's output into the ``## title`` section of docs/benchmarks.md, keeping everything else.
 
-    Other benchmarks (DNS, ...) own their sections of the same file; this touches only ours, and appends it
-    when it is not there yet.
+    The output goes between two comment markers, so notes written by hand in the same section (profiles,
+    findings) survive the next run; a section without the markers is replaced up to the next ``## ``, and a
+    missing one is appended. Other benchmarks (DNS, CA, ...) own other sections of the same file.
     """
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body.strip()}\n"
+    begin, end = f"<!-- bench output: {title} -->", f"<!-- end of bench output: {title} -->"
+    generated = f"{begin}\n{body.strip()}\n{end}"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    found = pattern.search(text)
+    if found is None:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{generated}\n"
+    elif begin in found.group(0) and end in found.group(0):
+        section = found.group(0)
+        a, b = section.index(begin), section.index(end) + len(end)
+        text = text[: found.start()] + section[:a] + generated + section[b:] + text[found.end() :]
     else:
-        text = text.rstrip("\n") + "\n\n" + section
+        text = text[: found.start()] + f"## {title}\n\n{generated}\n\n" + text[found.end() :]
+        text = text.rstrip("\n") + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
