@@ -282,9 +282,9 @@ class Connect:
         runner = next((lst.runner for lst in agent._listeners if isinstance(getattr(lst, "runner", None),
                                                                             web.AppRunner)), None)  # fmt: skip
         if runner is None:
-            from registry.api.http import HTTPListener, build_app
+            from registry.api.http import HTTPListener, build_runner
 
-            runner = web.AppRunner(build_app(agent), access_log=None, handle_signals=False, shutdown_timeout=1.0)
+            runner = build_runner(agent, shutdown_timeout=1.0)
             await runner.setup()
             agent._listeners.append(HTTPListener(runner))
         host, port = cfg.client_addr, cfg.ports.https
