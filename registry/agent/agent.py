@@ -130,6 +130,11 @@ class Agent:
         self.http_session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=True), auto_decompress=True
         )
+        # aiohttp silently resends a PUT/DELETE whose connection broke after sending. A client agent forwards
+        # writes through this session, and a resent CAS that had already applied would report false (and a
+        # health check must not run twice): every request goes out exactly once. (Private attribute; aiohttp's
+        # own test client sets it the same way.)
+        self.http_session._retry_connection = False
         if self.config.data_dir and not self.config.dev:
             from pathlib import Path
 
