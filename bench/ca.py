@@ -35,7 +35,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from bench._util import cpu_model, free_port  # shared with the other benchmarks
 from ca import certs, provider
 from registry.intentions import Intention, build_index, decide, decide_uri
 
@@ -92,13 +92,6 @@ def ensure_tool(binary: str, package: str) -> str:
     if not path:
         raise SystemExit(f"{binary} is still missing after installing {package}")
     return path
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def busy_fraction(interval: float = 1.0) -> float:
@@ -223,12 +216,6 @@ def run_bare(n: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- end to end
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str) -> dict:
