@@ -141,3 +141,13 @@ async def test_headers_and_pretty(http: Http) -> None:
     async with http.session.get(http.base + "/v1/health/service/big", headers={"Accept-Encoding": "gzip"}) as resp:
         assert resp.headers["Content-Encoding"] == "gzip"
         assert len(await resp.json()) == 30
+
+
+async def test_node_meta_filters_follow_node_changes(http: Http) -> None:
+    await register(http, "n1", "web", "web1", [], "critical", meta={"rack": "a"})
+    _, checks, _ = await http.get("/v1/health/state/critical?node-meta=rack:b")
+    assert checks == []
+    # The node moves to rack b: the same query (served from the hot cache a moment ago) must see it.
+    await http.put("/v1/catalog/register", {"Node": "n1", "Address": "10.0.0.2", "NodeMeta": {"rack": "b"}})
+    _, checks, _ = await http.get("/v1/health/state/critical?node-meta=rack:b")
+    assert [c["CheckID"] for c in checks] == ["web1-check"]

@@ -10,7 +10,7 @@ from registry.api import views
 from registry.api.catalog import _datacenter, node_matches, node_meta_filter, tags_match
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
-from registry.state.store import T_CHECKS, StateStore
+from registry.state.store import T_CHECKS, T_NODES, StateStore
 from registry.structs import HEALTH_PASSING
 
 if TYPE_CHECKING:
@@ -117,6 +117,9 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
                 if not meta or (c.node in store.nodes and node_matches(store.nodes[c.node], meta))
             ]
 
+        if meta:  # the answer also depends on node metadata
+            index = max(store.table_index["checks"], store.table_index["nodes"])
+            return ReadResult(index, (T_CHECKS, T_NODES), build)
         return ReadResult(store.table_index["checks"], (T_CHECKS,), build)
 
     return await api.read(request, run)
