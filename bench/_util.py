@@ -73,7 +73,7 @@ def machine() -> dict[str, str]:
     return {"nproc": str(os.cpu_count()), "cpu": cpu_model(), "load": loadavg(), "code": code_version()}
 
 
-def _cpu_busy_fraction(interval: float = 1.0) -> float:
+def busy_fraction(interval: float = 1.0) -> float:
     """Fraction of all cores busy over ``interval`` seconds, from /proc/stat."""
 
     def sample() -> tuple[int, int]:
@@ -98,11 +98,11 @@ def wait_for_quiet_machine(max_busy: float = 0.15, timeout: float | None = None)
     if timeout is None:
         timeout = float(os.environ.get("BENCH_QUIET_TIMEOUT", "120"))
     deadline = time.monotonic() + timeout
-    busy = _cpu_busy_fraction()
+    busy = busy_fraction()
     while busy > max_busy and time.monotonic() < deadline:
         print(f"# machine busy ({busy:.0%} of cores, load {loadavg()}); waiting", flush=True)
         time.sleep(4)
-        busy = _cpu_busy_fraction()
+        busy = busy_fraction()
     if busy > max_busy:
         print(f"# WARNING: machine still busy ({busy:.0%} of cores); measuring anyway", flush=True)
     return busy

@@ -48,7 +48,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bench._util import cpu_model, free_port  # shared with the other benchmarks
+from bench._util import (  # shared with the other benchmarks
+    cpu_model,
+    free_port,
+    wait_for_quiet_machine,
+)
 from ca import certs, provider
 from registry.intentions import Intention, build_index, decide, decide_uri
 
@@ -94,26 +98,6 @@ def ensure_tool(binary: str, package: str) -> str:
     return path
 
 
-def busy_fraction(interval: float = 1.0) -> float:
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-
-    t0, i0 = sample()
-    time.sleep(interval)
-    t1, i1 = sample()
-    return 1.0 - (i1 - i0) / max(1, t1 - t0)
-
-
-def wait_for_quiet(max_busy: float, timeout: float) -> float:
-    """Wait (up to ``timeout``) for other work to leave the cores mostly idle; return the last reading."""
-    deadline = time.monotonic() + timeout
-    busy = busy_fraction()
-    while busy > max_busy and time.monotonic() < deadline:
-        busy = busy_fraction()
-    return busy
-
-
 def process_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -149,12 +133,17 @@ class Bare:
             .not_valid_before(self.now - timedelta(minutes=1))
             .not_valid_after(self.now + timedelta(hours=72))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, True, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)  # fmt: skip
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, True, False, False, False, False), critical=True
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+                critical=False,
+            )  # fmt: skip
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root_key.public_key()),
-                           critical=False)  # fmt: skip
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.root_key.public_key()), critical=False
+            )  # fmt: skip
             .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
             .sign(self.root_key, hashes.SHA256())
         )
@@ -184,7 +173,9 @@ class Bare:
             pem = (
                 x509.CertificateSigningRequestBuilder()
                 .subject_name(x509.Name([]))
-                .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True)
+                .add_extension(
+                    x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=True
+                )
                 .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
                 .public_bytes(serialization.Encoding.PEM)
             )
@@ -212,7 +203,11 @@ def run_bare(n: int) -> dict[str, float]:
     for pem, uri in pre:
         bare.verify_sign(pem, uri)
     vs_cpu = time.process_time() - c1
-    return {"full_per_cpu_s": n / cpu, "full_per_wall_s": n / wall, "verify_sign_per_cpu_s": len(pre) / vs_cpu}
+    return {
+        "full_per_cpu_s": n / cpu,
+        "full_per_wall_s": n / wall,
+        "verify_sign_per_cpu_s": len(pre) / vs_cpu,
+    }
 
 
 # ---------------------------------------------------------------------- end to end
@@ -239,7 +234,9 @@ class AgentProcess:
         deadline = time.monotonic() + 20
         while True:
             if self.proc.poll() is not None:
-                raise SystemExit(f"agent exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+                raise SystemExit(
+                    f"agent exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
+                )
             try:
                 if http_json(self.url + "/v1/connect/ca/roots")["Roots"]:
                     break
@@ -361,9 +358,12 @@ def main() -> int:
     args = ap.parse_args()
 
     wrk = ensure_tool("wrk", "wrk")
-    busy = wait_for_quiet(0.25, 60)
+    busy = wait_for_quiet_machine(0.25, 60)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"# machine: {os.cpu_count()} CPUs, {cpu_model()}, load {load}, busy {busy:.0%} before the run", flush=True)
+    print(
+        f"# machine: {os.cpu_count()} CPUs, {cpu_model()}, load {load}, busy {busy:.0%} before the run",
+        flush=True,
+    )
     agent_cpu, load_cpu = 0, 1 if (os.cpu_count() or 1) > 1 else 0
 
     pin(agent_cpu)
@@ -380,7 +380,9 @@ def main() -> int:
             check_one_leaf(agent, work)
             run_wrk(wrk, agent, script, 2, args.connections, load_cpu, "warmup")
             for rep in range(2):
-                e2e_runs.append(run_wrk(wrk, agent, script, args.seconds, args.connections, load_cpu, f"r{rep}"))
+                e2e_runs.append(
+                    run_wrk(wrk, agent, script, args.seconds, args.connections, load_cpu, f"r{rep}")
+                )
                 print(f"end to end: {e2e_runs[-1]['per_wall_s']:.0f}/s wall, {e2e_runs[-1]['per_cpu_s']:.0f}/CPU-s",
                       flush=True)  # fmt: skip
         finally:
@@ -389,7 +391,9 @@ def main() -> int:
     print(f"bare loop: {bare_runs[1]['full_per_cpu_s']:.0f}/CPU-s", flush=True)
     # The agent ran with wrk busy on the other CPU; show what a busy neighbour does to the bare loop
     # too (shared caches and memory bandwidth), without counting it in the ratio.
-    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<60: pass"])
+    spinner = subprocess.Popen(
+        [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<60: pass"]
+    )
     if shutil.which("taskset"):
         subprocess.run(["taskset", "-p", "-c", str(load_cpu), str(spinner.pid)], capture_output=True)
     try:

@@ -39,7 +39,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._util import cpu_model, loadavg  # shared with the other benchmarks
+from bench._util import (  # shared with the other benchmarks
+    busy_fraction,
+    cpu_model,
+    loadavg,
+    wait_for_quiet_machine,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -75,31 +80,6 @@ def taskset(cpu: int) -> list[str]:
     if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
         return ["taskset", "-c", str(cpu)]
     return []
-
-
-def busy_fraction(interval: float = 1.0) -> float:
-    """Fraction of all cores busy over ``interval``, from /proc/stat."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-
-    t0, i0 = sample()
-    time.sleep(interval)
-    t1, i1 = sample()
-    return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def wait_for_quiet(max_busy: float, timeout: float) -> float:
-    deadline = time.monotonic() + timeout
-    busy = busy_fraction()
-    while busy > max_busy and time.monotonic() < deadline:
-        print(f"# machine busy ({busy:.0%} of cores, load {loadavg()}); waiting", flush=True)
-        time.sleep(5)
-        busy = busy_fraction()
-    if busy > max_busy:
-        print(f"# WARNING: still {busy:.0%} busy after {timeout:.0f}s; measuring anyway", flush=True)
-    return busy
 
 
 def cpu_ticks(exclude: set[int]) -> dict[int, int]:
@@ -402,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_tool("dnsperf", "dnsperf")
     ensure_tool("knotd", "knot")
-    busy_before = wait_for_quiet(0.15, args.quiet_timeout)
+    busy_before = wait_for_quiet_machine(0.15, args.quiet_timeout)
     load_before = loadavg()
     pc = start_proconsul()
     knot = start_knot()

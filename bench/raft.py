@@ -45,7 +45,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._util import cpu_model, free_port, loadavg  # shared with the other benchmarks
+from bench._util import (  # shared with the other benchmarks
+    cpu_model,
+    free_port,
+    loadavg,
+    wait_for_quiet_machine,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -74,30 +79,6 @@ def ensure_tool(binary: str, package: str) -> str:
     if not path:
         raise SystemExit(f"{binary} is still missing after installing {package}")
     return path
-
-
-def busy_fraction(interval: float = 1.0) -> float:
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return sum(fields), fields[3] + fields[4]
-
-    t0, i0 = sample()
-    time.sleep(interval)
-    t1, i1 = sample()
-    return 1.0 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
-
-
-def wait_for_quiet(max_busy: float, timeout: float) -> float:
-    """Other engineers' test runs share this machine: give them a chance to finish, then measure anyway."""
-    deadline = time.monotonic() + timeout
-    busy = busy_fraction()
-    while busy > max_busy and time.monotonic() < deadline:
-        print(f"# machine busy ({busy:.0%} of cores, load {loadavg()}); waiting", flush=True)
-        time.sleep(5)
-        busy = busy_fraction()
-    if busy > max_busy:
-        print(f"# WARNING: still {busy:.0%} busy; measuring anyway", flush=True)
-    return busy
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -226,12 +207,15 @@ class Proconsul(ClusterUnderTest):
             members.append(Member(f"p{i + 1}", argv, http_port, workdir / f"p{i + 1}.log"))
         self.server_ports = server_ports
         super().__init__("proconsul", members, workdir)
-        self.write_lua = LUA_PREFIX + """
+        self.write_lua = (
+            LUA_PREFIX
+            + """
 request = function()
   n = n + 1
   return wrk.format("PUT", string.format("/v1/kv/bench/%s-%d-%d", prefix, id, n), nil, "0123456789abcdef")
 end
 """
+        )
         self.read_lua = {
             "consistent": 'wrk.method = "GET"\nwrk.path = "/v1/kv/bench-read?consistent"\n',
             "default": 'wrk.method = "GET"\nwrk.path = "/v1/kv/bench-read"\n',
@@ -288,7 +272,9 @@ class Etcd(ClusterUnderTest):
         super().__init__("etcd", members, workdir)
         # Any string of base64 digits whose length is a multiple of 4 is a valid encoding, and distinct
         # strings decode to distinct keys: "YmVuY2gv" is "bench/", then 12 digits of id and counter.
-        self.write_lua = LUA_PREFIX + """
+        self.write_lua = (
+            LUA_PREFIX
+            + """
 request = function()
   n = n + 1
   local key = string.format("YmVuY2gv%s%04d%08d", prefix, id, n)
@@ -296,6 +282,7 @@ request = function()
                     '{"key":"' .. key .. '","value":"MDEyMzQ1Njc4OWFiY2RlZg=="}')
 end
 """
+        )
         range_body = '{"key":"YmVuY2gtcmVhZA=="%s}'  # "bench-read"
         self.read_lua = {
             "consistent": _static_lua("POST", "/v3/kv/range", range_body % ""),
@@ -404,7 +391,9 @@ def wrk(url: str, lua: str, connections: int, duration: float, threads: int = 2)
         os.unlink(script)
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = dict(re.findall(r"^\s+(50|99)\.000%\s+(\S+)", out, re.M)) or dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    lat = dict(re.findall(r"^\s+(50|99)\.000%\s+(\S+)", out, re.M)) or dict(
+        re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M)
+    )
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     return WrkResult(requests, rps, _ms(lat.get("50", "")), _ms(lat.get("99", "")), errors, non2xx)
@@ -528,13 +517,18 @@ def measure(system: ClusterUnderTest, figures: Figures, round_: int, args: argpa
         w = checked_wrk(f"{CONNECTIONS} connections, writes", leader.url, lua, CONNECTIONS, args.duration)
         cpu = sum(m.cpu_seconds() for m in system.members) - cpu_before
         figures.cpu_ms_per_write.append(cpu * 1000 / max(w.requests, 1))
-        print(f"#   CPU of the 3 members: {cpu:.1f} s, {figures.cpu_ms_per_write[-1]:.3f} ms per write", flush=True)
+        print(
+            f"#   CPU of the 3 members: {cpu:.1f} s, {figures.cpu_ms_per_write[-1]:.3f} ms per write",
+            flush=True,
+        )
         if profile is not None:
             profile.wait(60)
             print(f"#   py-spy profile of the leader: {ROOT / 'bench' / f'raft-profile-{round_}.svg'}")
         written = system.count_keys("bench/") - before
         if written < w.requests:
-            raise SystemExit(f"{system.name}: wrk counted {w.requests} writes but only {written} keys appeared")
+            raise SystemExit(
+                f"{system.name}: wrk counted {w.requests} writes but only {written} keys appeared"
+            )
         figures.writes.append(w.rps)
         lua1 = system.write_lua.replace("PREFIX", f"s{round_:03d}")
         s = checked_wrk("1 connection, writes", leader.url, lua1, 1, args.duration)
@@ -548,7 +542,10 @@ def measure(system: ClusterUnderTest, figures: Figures, round_: int, args: argpa
             getattr(figures, f"reads_{mode}").append(r.rps)
         for i in range(args.failovers):
             seconds = failover_once(system, f"{round_}-{i}")
-            print(f"#   failover {i + 1}: first write {seconds * 1000:.0f} ms after SIGKILL of the leader", flush=True)
+            print(
+                f"#   failover {i + 1}: first write {seconds * 1000:.0f} ms after SIGKILL of the leader",
+                flush=True,
+            )
             figures.failover.append(seconds)
     finally:
         if profile is not None and profile.poll() is None:
@@ -580,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     etcd_bin = ensure_tool("etcd", "etcd-server")
     ensure_tool("etcdctl", "etcd-client")
     ensure_tool("wrk", "wrk")
-    busy = wait_for_quiet(0.25, args.quiet_timeout)
+    busy = wait_for_quiet_machine(0.25, args.quiet_timeout)
     load_before = loadavg()
     started = time.time()
     figs = {"etcd": Figures(), "proconsul": Figures()}
@@ -637,7 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         ("reads/s, ?consistent vs linearizable", f"{rc[0]:,.0f}", f"{rc[1]:,.0f}", f"{ratio(*rc):.2f}x", "", ""),
         ("reads/s, default vs serializable", f"{rd[0]:,.0f}", f"{rd[1]:,.0f}", f"{ratio(*rd):.2f}x", "", ""),
     ]  # fmt: skip
-    table = ["| figure | Proconsul | etcd 3.4 | ratio | target | result |", "| --- | --- | --- | --- | --- | --- |"]
+    table = [
+        "| figure | Proconsul | etcd 3.4 | ratio | target | result |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     table += ["| " + " | ".join(r) + " |" for r in rows]
     print()
     print("\n".join(table))
