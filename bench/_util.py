@@ -30,17 +30,24 @@ DATE = time.strftime("%Y-%m-%d")
 # ---------------------------------------------------------------------- tools and the machine
 
 
+def _find(binary: str) -> str | None:
+    # Debian puts daemons such as knotd in /usr/sbin, which is not always on a user's PATH.
+    return shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+
+
 def ensure_tool(binary: str, package: str) -> str:
     """Return the path of ``binary``, installing Debian's ``package`` first when it is missing."""
-    path = shutil.which(binary)
+    path = _find(binary)
     if path:
         return path
     print(f"# {binary} missing: apt-get install -y {package}", flush=True)
     install = ["apt-get", "install", "-y", "-qq", package]
-    if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    if subprocess.run(install, **quiet).returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
-    path = shutil.which(binary)
+        subprocess.run(install, check=True, stdout=subprocess.DEVNULL, env=env)
+    path = _find(binary)
     if not path:
         raise SystemExit(f"{binary} is still missing after installing {package}")
     return path
@@ -363,5 +370,18 @@ def update_docs_section(title: str, body: str, path: Path = DOCS) -> None:
     else:
         text = text[: found.start()] + f"## {title}\n\n{generated}\n\n" + text[found.end() :]
         text = text.rstrip("\n") + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def write_section(title: str, body: str, path: Path = DOCS) -> None:
+    """Replace the ``## title`` section (up to the next ``## ``) and leave every other section alone."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = f"## {title}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -48,8 +48,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from bench._util import (  # shared with the other benchmarks
+from bench._util import (
     cpu_model,
+    ensure_tool,
     free_port,
     wait_for_quiet_machine,
 )
@@ -81,21 +82,6 @@ end
 
 
 # ---------------------------------------------------------------------- the machine
-
-
-def ensure_tool(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path:
-        return path
-    print(f"# {binary} missing: apt-get install -y {package}", flush=True)
-    install = ["apt-get", "install", "-y", "-qq", package]
-    if subprocess.run(install, stdout=subprocess.DEVNULL).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(install, check=True, stdout=subprocess.DEVNULL)
-    path = shutil.which(binary)
-    if not path:
-        raise SystemExit(f"{binary} is still missing after installing {package}")
-    return path
 
 
 def process_cpu_seconds(pid: int) -> float:

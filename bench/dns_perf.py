@@ -39,11 +39,13 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._util import (  # shared with the other benchmarks
+from bench._util import (
     busy_fraction,
     cpu_model,
+    ensure_tool,
     loadavg,
     wait_for_quiet_machine,
+    write_section,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,21 +61,6 @@ FILLER_SERVICES = 200
 
 
 # ---------------------------------------------------------------------- machine and tools
-
-
-def ensure_tool(binary: str, package: str) -> str:
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
-    if path:
-        return path
-    print(f"# {binary} missing: apt-get install -y {package}", flush=True)
-    cmd = ["apt-get", "install", "-y", "-qq", package]
-    if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
-    if not path:
-        raise SystemExit(f"{binary} is still missing after installing {package}")
-    return path
 
 
 def taskset(cpu: int) -> list[str]:
@@ -507,19 +494,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n# wrote the {SECTION} section of {DOCS}")
     ok = ok_ratio and ok_p99 and ok_update
     return 0 if ok or not args.strict else 1
-
-
-def write_section(title: str, body: str, path: Path = DOCS) -> None:
-    """Replace the ``## title`` section (up to the next ``## ``) and leave every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -45,11 +45,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._util import (  # shared with the other benchmarks
+from bench._util import (
     cpu_model,
+    ensure_tool,
     free_port,
     loadavg,
     wait_for_quiet_machine,
+    write_section,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,22 +65,6 @@ TARGET_WRITES, TARGET_P50, TARGET_FAILOVER = 1.0, 1.5, 1.0
 
 
 # ---------------------------------------------------------------------- machine and tools
-
-
-def ensure_tool(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path:
-        return path
-    print(f"# {binary} missing: apt-get install -y {package}", flush=True)
-    cmd = ["apt-get", "install", "-y", "-qq", package]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
-    path = shutil.which(binary)
-    if not path:
-        raise SystemExit(f"{binary} is still missing after installing {package}")
-    return path
 
 
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -672,19 +658,6 @@ NOTES_FILE = ROOT / "bench" / "raft_notes.md"
 def _notes() -> str:
     """Hand-written analysis (profiles, suggestions) kept beside the figures, if present."""
     return ("\n" + NOTES_FILE.read_text()) if NOTES_FILE.exists() else ""
-
-
-def write_section(title: str, body: str, path: Path = DOCS) -> None:
-    """Replace the ``## title`` section (up to the next ``## ``) and leave every other section alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip("\n") + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 if __name__ == "__main__":
