@@ -93,6 +93,13 @@ class Client:
         return json.loads(raw) if raw.strip() else None
 
 
+def _subcommand(argv: list[str], group: str, choices: tuple[str, ...], usage: str) -> tuple[str, list[str]]:
+    """Split ``proconsul <group> <sub> ...``; an unknown or missing sub-command prints the usage (exit 1)."""
+    if not argv or argv[0] not in choices:
+        raise CLIError(f"Usage: proconsul {group} <{'|'.join(choices)}> {usage}")
+    return argv[0], argv[1:]
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
@@ -138,10 +145,7 @@ def cmd_members(argv: list[str]) -> int:
 
 
 def cmd_catalog(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("services", "nodes", "datacenters"):
-        print("Usage: proconsul catalog <services|nodes|datacenters> [options]", file=sys.stderr)
-        return 1
-    sub, rest = argv[0], argv[1:]
+    sub, rest = _subcommand(argv, "catalog", ("services", "nodes", "datacenters"), "[options]")
     p = _parser(f"proconsul catalog {sub}", f"Lists the catalog's {sub}")
     _http_options(p)
     if sub == "services":
@@ -203,10 +207,7 @@ def _load_definition(path: str) -> Any:
 
 
 def cmd_services(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("register", "deregister"):
-        print("Usage: proconsul services <register|deregister> [options] [FILE...]", file=sys.stderr)
-        return 1
-    sub, rest = argv[0], argv[1:]
+    sub, rest = _subcommand(argv, "services", ("register", "deregister"), "[options] [FILE...]")
     p = _parser(f"proconsul services {sub}", f"{sub.title()} services with the local agent")
     _http_options(p)
     _opt(p, "id", default=None)
@@ -262,10 +263,7 @@ def cmd_services(argv: list[str]) -> int:
 
 
 def cmd_kv(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("get", "put", "delete"):
-        print("Usage: proconsul kv <get|put|delete> [options] KEY [DATA]", file=sys.stderr)
-        return 1
-    sub, rest = argv[0], argv[1:]
+    sub, rest = _subcommand(argv, "kv", ("get", "put", "delete"), "[options] KEY [DATA]")
     p = _parser(f"proconsul kv {sub}", f"KV {sub}")
     _http_options(p)
     if sub == "get":
@@ -455,10 +453,7 @@ def cmd_operator(argv: list[str]) -> int:
 
 
 def cmd_snapshot(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("save", "restore", "inspect"):
-        print("Usage: proconsul snapshot <save|restore|inspect> [options] FILE", file=sys.stderr)
-        return 1
-    sub, rest = argv[0], argv[1:]
+    sub, rest = _subcommand(argv, "snapshot", ("save", "restore", "inspect"), "[options] FILE")
     p = _parser(f"proconsul snapshot {sub}", f"Snapshot {sub}")
     if sub != "inspect":
         _http_options(p)
