@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import struct
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -564,24 +562,43 @@ def test_compaction_removes_only_whole_segments_below_the_index(wal_dir: Path) -
         assert wal.last_index == 101 and wal.first_index == starts[-1]
 
 
-def test_write_latency_returns_to_normal_after_a_burst_and_compaction(wal_dir: Path) -> None:
-    """Regression guard for the BoltDB-freelist failure mode; the targets live in bench/."""
+def test_write_cost_returns_to_normal_after_a_burst_and_compaction(
+    wal_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression guard for the BoltDB-freelist failure mode (the latency targets live in bench/).
+
+    Wall-clock fsync times on a shared disk vary several-fold from one moment to the next, so this
+    counts what a small append+sync asks of the kernel instead: the same number of writes, bytes and
+    fsyncs after a 50,000-entry burst and its compaction as before it, i.e. no bookkeeping that grows
+    with history."""
     wal = WAL.open(wal_dir, max_segment_bytes=1 << 20)
     next_index = 1
+    calls: list[tuple[str, int]] = []
+    real_write, real_fsync = os.write, os.fsync
 
-    def small_batches(samples: int) -> float:
+    def counting_write(fd: int, data: bytes) -> int:
+        calls.append(("write", len(data)))
+        return real_write(fd, data)
+
+    def counting_fsync(fd: int) -> None:
+        calls.append(("fsync", 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+
+    def small_batches(samples: int) -> list[list[tuple[str, int]]]:
         nonlocal next_index
-        times = []
+        per_batch = []
         for _ in range(samples):
-            batch = make_entries(next_index, 5, size=100)
-            started = time.perf_counter()
-            wal.append(batch)
+            calls.clear()
+            wal.append(make_entries(next_index, 5, size=100))
             wal.sync()
-            times.append(time.perf_counter() - started)
+            per_batch.append(list(calls))
             next_index += 5
-        return statistics.median(times)
+        return per_batch
 
-    before = small_batches(40)
+    before = small_batches(20)
     for _ in range(50):  # the burst: 50,000 entries in batches of 1,000, one sync each
         wal.append(make_entries(next_index, 1000, size=100))
         wal.sync()
@@ -590,9 +607,14 @@ def test_write_latency_returns_to_normal_after_a_burst_and_compaction(wal_dir: P
     assert segments_after_burst > 5
     assert wal.compact(next_index - 1) == segments_after_burst - 1
     assert wal.segment_count == 1
-    after = small_batches(40)
+    after = small_batches(20)
     wal.close()
-    assert after <= 5 * before, f"median append+sync {before * 1e6:.0f} us before the burst, {after * 1e6:.0f} us after"
+    # One write and one fsync per small batch, before and after (the very first batch also creates the
+    # segment). The bytes differ only by the encoding of larger index numbers, never by history.
+    for batch in before[1:] + after:
+        assert [kind for kind, _ in batch] == ["write", "fsync"], batch
+    largest_before = max(size for b in before[1:] for kind, size in b if kind == "write")
+    assert max(size for b in after for kind, size in b if kind == "write") <= largest_before + 5 * 8
     # What stays on disk is bounded by the live log, not by history.
     assert sum(p.stat().st_size for p in segment_files(wal_dir)) <= 1 << 20
 
