@@ -13,11 +13,12 @@ RFC 2782-style weighted order), apply the caps, fit the size, write the header. 
   cap of NS answers never set TC.
 
 SRV and the UDP cap: returning the first k of a weighted order would skew load (the heavy instance is in
-almost every answer, and then the client weights it again among those k). Instead the k records are k
-independent draws with probability weight/total, and each distinct record drawn carries the number of
-times it was drawn (scaled by 65535/k) as its weight. An RFC 2782 client then picks instance i with probability exactly
-weight_i/total, and so does a client that takes the first record. Uncapped answers carry the configured
-weights unchanged.
+almost every answer, and then the client weights it again among those k). Instead the first record is one
+draw with probability weight/total, and it carries almost all the weight (65535 - (k - 1)); the other k - 1
+are distinct fallbacks, in weighted order among the rest, with weight 1 each. A client that takes the first
+record, and an RFC 2782 client (to within 2 in 65535), pick instance i with probability weight_i/total,
+and every capped answer still names k distinct instances to fail over to, as Consul's does. Uncapped
+answers carry the configured weights unchanged.
 """
 
 from __future__ import annotations
@@ -121,26 +122,21 @@ def weighted_order(units: list[PUnit], rng: Rng) -> list[PUnit]:
     return [u for _, u in keyed]
 
 
-def weighted_draws(units: list[PUnit], k: int, rng: Rng) -> list[PUnit]:
-    """k draws with replacement, by weight; distinct units in order of first draw, each re-weighted to
-    the number of times it was drawn (see the module docstring for why)."""
+def primary_and_fallbacks(units: list[PUnit], k: int, rng: Rng) -> list[PUnit]:
+    """k distinct units: the first drawn by weight (weight 0 units only when all are 0), then k - 1
+    fallbacks in weighted order; weights rewritten so the first takes all but k - 1 of 65535."""
     weights = [u[4] for u in units]
-    if sum(weights) <= 0:
-        picked = list(units)
-        rng.shuffle(picked)
-        return picked[:k]
-    counts: dict[int, int] = {}
-    for i in rng.choices(range(len(units)), weights=weights, k=k):
-        counts[i] = counts.get(i, 0) + 1
-    # Scaled up so the sum is large: RFC 2782's draw from 0..sum inclusive favours the first record by
-    # 1/(sum+1), which with weights like 2 and 1 would be a visible skew.
-    scale = 0xFFFF // k
+    if sum(weights) > 0:
+        first = rng.choices(range(len(units)), weights=weights, k=1)[0]
+    else:
+        first = rng.randrange(len(units))
+    rest = weighted_order(units[:first] + units[first + 1 :], rng)[: k - 1]
     out = []
-    for i, n in counts.items():
-        ans, count, glue, glen, _w, woff = units[i]
+    for unit, weight in itertools.chain([(units[first], 0xFFFF - len(rest))], ((u, 1) for u in rest)):
+        ans, count, glue, glen, _w, woff = unit
         if woff >= 0:
-            ans = ans[:woff] + _WEIGHT.pack(n * scale) + ans[woff + 2 :]
-        out.append((ans, count, glue, glen, n, woff))
+            ans = ans[:woff] + _WEIGHT.pack(weight) + ans[woff + 2 :]
+        out.append((ans, count, glue, glen, weight, woff))
     return out
 
 
@@ -164,7 +160,8 @@ def render(p: Prepared, qid: int, query_flags: int, question: bytes, opt: bytes,
     cap, policy_cut, flags = _caps(p, query_flags, udp_cap)
     if len(units) > 1:
         if p.order == WEIGHTED:
-            units = weighted_draws(list(units), cap, rng) if policy_cut else weighted_order(list(units), rng)
+            units = list(units)
+            units = primary_and_fallbacks(units, cap, rng) if policy_cut else weighted_order(units, rng)
         elif p.order == SHUFFLE:
             units = list(units)
             rng.shuffle(units)
@@ -180,7 +177,7 @@ def all_renderings(p: Prepared, query_flags: int, question: bytes, opt: bytes, m
                    udp_cap: int) -> tuple[list[bytes], list[float] | None] | None:  # fmt: skip
     """Every response a query can get, minus the 2-byte ID, with the cumulative probability of each (None:
     all equally likely); None when there are too many orders to list or the choice is not a permutation
-    (SRV draws under the UDP cap). With this list a cached query costs one random index, not a shuffle."""
+    (SRV under the UDP cap: a weighted draw and fallbacks). With this list a cached query costs one random index, not a shuffle."""
     n = len(p.units)
     if n < 2 or p.order == FIXED or math.factorial(n) > MAX_ENUMERATED:
         return None
