@@ -33,7 +33,7 @@ from cryptography import x509
 
 from ca import certs
 from ca.certs import RandomBytes
-from ca.csr import validate_csr
+from ca.csr import check_csr
 from ca.spiffe import (
     AgentIdentity,
     InvalidSpiffeURI,
@@ -592,7 +592,7 @@ def sign_leaf(
     *,
     allowed_dns_sans: Collection[str] = (),
     allowed_ip_sans: Collection[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
-    signer: tuple[certs.PrivateKey, x509.Certificate] | None = None,
+    signer: certs.LeafTemplate | None = None,
 ) -> LeafResult:
     """Sign ``csr_pem`` for ``identity`` with the active root.
 
@@ -603,8 +603,8 @@ def sign_leaf(
     are copied only if listed in ``allowed_*``. Raises CAError if the active root has expired.
     The state does not change (serials are random, not a counter), so no new state is returned.
 
-    ``signer`` is the active root's private key and certificate already parsed (a caller's cache, to
-    skip parsing PEM on every signature); check it once with ``check_signer``.
+    ``signer`` is a LeafTemplate of the active root's key and certificate (a caller's cache, to skip
+    parsing PEM and encoding the fixed fields on every signature); check it once with ``check_signer``.
     """
     now = _utc(now)
     root = state.active_root
@@ -612,7 +612,7 @@ def sign_leaf(
         raise CAError(
             f"root expired: certificate expired, expiration date: {format_go_time(root.not_after)}"
         )
-    csr = validate_csr(
+    checked = check_csr(
         csr_pem,
         identity,
         state.trust_domain,
@@ -623,52 +623,43 @@ def sign_leaf(
         ttl = state.config.leaf_ttl
     if ttl <= timedelta(0):
         raise ValueError("leaf TTL must be positive")
-    try:
-        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        dns = san.get_values_for_type(x509.DNSName)
-        ips = san.get_values_for_type(x509.IPAddress)
-    except x509.ExtensionNotFound:  # pragma: no cover - validate_csr requires a SAN
-        dns, ips = [], []
     if signer is None:
-        signing_key = certs.private_key_from_pem(root.private_key_pem)
-        signing_cert = root.certificate()
-    else:
-        signing_key, signing_cert = signer
+        signer = certs.LeafTemplate(certs.private_key_from_pem(root.private_key_pem), root.certificate())
+    elif signer.serial != root.serial:
         # A cheap guard against handing in another root's material (serials are 62 random bits);
         # whoever builds the cache checks the key and certificate in full once (see check_signer).
-        if signing_cert.serial_number != root.serial:
-            raise ValueError("signer is not the active root's key and certificate")
+        raise ValueError("signer is not the active root's key and certificate")
     serial = certs.new_serial(rng)
-    leaf = certs.build_leaf(
-        csr,
-        signing_key,
-        signing_cert,
+    # Certificates carry whole seconds.
+    not_before = (now - certs.CLOCK_SKEW_ALLOWANCE).replace(microsecond=0)
+    not_after = min(now + ttl, root.not_after).replace(microsecond=0)
+    leaf = signer.issue(
+        checked.spki,
+        checked.is_rsa,
         serial,
-        now,
-        ttl,
-        dns_sans=dns,
-        ip_sans=ips,
-        not_after=min(now + ttl, root.not_after),
+        not_before,
+        not_after,
+        certs.general_names(checked.uri, checked.dns_sans, checked.ip_sans),
     )
-    leaf_pem = certs.cert_to_pem(leaf)
+    leaf_pem = certs.der_to_pem(leaf, "CERTIFICATE")
     return LeafResult(
         cert_pem=leaf_pem,
         chain_pem=certs.pem_bundle([leaf_pem, *root.intermediate_certs]),
         serial=serial,
         serial_colon=certs.serial_colon(serial),
-        valid_after=leaf.not_valid_before_utc,
-        valid_before=leaf.not_valid_after_utc,
+        valid_after=not_before,
+        valid_before=not_after,
         identity=identity,
-        uri=identity.uri(),
+        uri=checked.uri,
         root_id=root.id,
         signing_key_id=root.signing_key_id,
     )
 
 
-def check_signer(state: CAState, signer: tuple[certs.PrivateKey, x509.Certificate]) -> None:
+def check_signer(state: CAState, signer: certs.LeafTemplate) -> None:
     """Raise ValueError unless ``signer`` is exactly the active root's key and certificate."""
     root = state.active_root
-    key, cert = signer
+    key, cert = signer.signing_key, signer.signing_cert
     if certs.fingerprint_sha1_colon(cert) != root.id or certs.key_id_colon(key) != root.signing_key_id:
         raise ValueError("signer is not the active root's key and certificate")
 

@@ -139,7 +139,7 @@ class CAServer:
         self._limits: tuple[float, int] | None = None
         # The active root's parsed key and certificate and the leaf TTL, for the state they came from:
         # parsing a PEM key on every signature was a tenth of the cost of a leaf.
-        self._prepared: tuple[CAState, tuple[Any, Any], timedelta] | None = None
+        self._prepared: tuple[CAState, certs.LeafTemplate, timedelta] | None = None
         self.signed = 0  # certificates issued, for metrics and tests
 
     def ca_state(self) -> CAState | None:
@@ -183,11 +183,11 @@ class CAServer:
         finally:
             limiter.release()
 
-    def _prepare(self, state: CAState) -> tuple[tuple[Any, Any], timedelta]:
+    def _prepare(self, state: CAState) -> tuple[certs.LeafTemplate, timedelta]:
         prepared = self._prepared
         if prepared is None or prepared[0] is not state:
             root = state.active_root
-            signer = (certs.private_key_from_pem(root.private_key_pem), root.certificate())
+            signer = certs.LeafTemplate(certs.private_key_from_pem(root.private_key_pem), root.certificate())
             provider.check_signer(state, signer)
             prepared = self._prepared = (state, signer, state.config.leaf_ttl)
         return prepared[1], prepared[2]

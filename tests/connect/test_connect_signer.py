@@ -220,7 +220,7 @@ async def test_prepared_signer_must_be_the_active_root(server: CAServer, log: Lo
     assert state is not None
     other = provider.initialize("99999999-2222-4333-8444-555555555555", provider.CAConfig(), datetime.now(UTC),
                                 os.urandom).active_root  # fmt: skip
-    wrong = (certs.private_key_from_pem(other.private_key_pem), other.certificate())
+    wrong = certs.LeafTemplate(certs.private_key_from_pem(other.private_key_pem), other.certificate())
     with pytest.raises(ValueError, match="not the active root"):
         provider.check_signer(state, wrong)
     identity = ServiceIdentity(TRUST_DOMAIN, "default", "dc1", "web")
