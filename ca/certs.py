@@ -15,7 +15,7 @@ Formats follow Consul (agent/connect/parsing.go, agent/connect/ca/provider_consu
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
@@ -397,9 +397,8 @@ def general_names(uri: str, dns_sans: Iterable[str] = (),
 
 def der_to_pem(data: bytes, label: str) -> str:
     """PEM text of a DER block: base64 in 64-character lines, as OpenSSL and Go write it."""
-    b64 = base64.b64encode(data).decode("ascii")
-    body = "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
-    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+    body = b"".join([binascii.b2a_base64(data[i : i + 48]) for i in range(0, len(data), 48)])
+    return f"-----BEGIN {label}-----\n{body.decode('ascii')}-----END {label}-----\n"
 
 
 class LeafTemplate:

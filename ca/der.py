@@ -85,6 +85,7 @@ def extension(ext_oid: bytes, critical: bool, value: bytes) -> bytes:
 def time(t: datetime) -> bytes:
     """RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050; whole seconds, always Z.
     ``t`` must be UTC."""
+    rest = f"{t.month:02d}{t.day:02d}{t.hour:02d}{t.minute:02d}{t.second:02d}Z"
     if 1950 <= t.year < 2050:
-        return tlv(0x17, t.strftime("%y%m%d%H%M%SZ").encode("ascii"))
-    return tlv(0x18, f"{t.year:04d}{t.strftime('%m%d%H%M%S')}Z".encode("ascii"))
+        return tlv(0x17, f"{t.year % 100:02d}{rest}".encode("ascii"))
+    return tlv(0x18, f"{t.year:04d}{rest}".encode("ascii"))

@@ -19,6 +19,7 @@ Pure module: no IO, no clock.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -70,7 +71,12 @@ def is_valid_name(value: object) -> bool:
 
 def is_valid_trust_domain(value: object) -> bool:
     """True if ``value`` is a lowercase DNS name of at least two labels (``<cluster-id>.consul``)."""
-    if not isinstance(value, str) or not 0 < len(value) <= 253:
+    return isinstance(value, str) and _valid_trust_domain(value)
+
+
+@functools.lru_cache(maxsize=64)  # a cluster has one trust domain; every identity checks it
+def _valid_trust_domain(value: str) -> bool:
+    if not 0 < len(value) <= 253:
         return False
     labels = value.split(".")
     return len(labels) >= 2 and all(_LABEL_RE.fullmatch(label) for label in labels)
