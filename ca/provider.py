@@ -474,7 +474,7 @@ class CAState:
         return next(r for r in self.roots if r.active)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LeafResult:
     """A signed leaf. ``cert_pem`` is the leaf alone; ``chain_pem`` is the leaf followed by the active
     root's intermediates (the cross-signed root after a rotation), which is what Consul returns as

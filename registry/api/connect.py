@@ -12,6 +12,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Mapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -158,12 +159,16 @@ async def agent_leaf(api: Api, request: web.Request, service: str) -> web.Stream
 
 def render_flat(api: Api, request: web.Request, obj: dict[str, Any]) -> bytes:
     """``api.render`` for a flat object of scalars, byte for byte, without the pure-Python encoder
-    ``json`` falls back to when indenting (it was a third of the HTTP cost of a new leaf)."""
+    ``json`` falls back to when indenting, or ``json.dumps``'s set-up per value (both were a third of
+    the HTTP cost of a new leaf)."""
+    enc = encode_basestring_ascii
+    dumps = json.dumps
+    pairs = [(enc(k), enc(v) if type(v) is str else dumps(v)) for k, v in obj.items()]
     if api.pretty_default or "pretty" in request.query:
-        dumps = json.dumps
-        lines = ",\n".join(f"    {dumps(k)}: {dumps(v)}" for k, v in obj.items())
-        return ("{\n" + lines + "\n}\n").encode() if obj else b"{}\n"
-    return json.dumps(obj, separators=(",", ":")).encode()
+        if not pairs:
+            return b"{}\n"
+        return ("{\n" + ",\n".join([f"    {k}: {v}" for k, v in pairs]) + "\n}\n").encode()
+    return ("{" + ",".join([f"{k}:{v}" for k, v in pairs]) + "}").encode()
 
 
 async def agent_authorize(api: Api, request: web.Request, _: str) -> web.StreamResponse:

@@ -71,7 +71,7 @@ RETRY_MIN, RETRY_MAX = 1.0, 60.0
 ISSUE_BATCH = 32  # issuances done back to back before the event loop gets a turn
 
 
-@dataclass
+@dataclass(slots=True)
 class CachedLeaf:
     service: str
     key_pem: str

@@ -73,6 +73,7 @@ class Connect:
         register_commands(agent.fsm)
         self.views = StateViews()
         self.ca_server = CAServer(lambda: agent.store, self.views, cfg.datacenter, clock=clock)
+        self._trust: tuple[CAState | None, TrustInfo | None] = (None, None)
         # A client agent has no replica of the CA: roots, signatures and authorize decisions come
         # from the servers over RPC.
         call_leader = getattr(agent.consensus, "call_leader", None)
@@ -81,7 +82,7 @@ class Connect:
             self.remote = RemoteCA(call_leader, on_change=lambda: self.leaf.roots_changed())
         self.leaf = LeafCache(
             sign=self.sign,
-            trust=self.remote.trust if self.remote is not None else lambda: TrustInfo.of(self.ca_state()),
+            trust=self.remote.trust if self.remote is not None else self._local_trust,
             datacenter=cfg.datacenter,
             clock=clock,
             rng=rng,
@@ -100,6 +101,13 @@ class Connect:
         self._chain_rpc()
 
     # ------------------------------------------------------------------ state views
+
+    def _local_trust(self) -> TrustInfo | None:
+        """The replicated CA's trust domain and signing key, remade only when the CA state changes."""
+        state = self.ca_state()
+        if state is not self._trust[0]:
+            self._trust = (state, TrustInfo.of(state))
+        return self._trust[1]
 
     def ca_state(self) -> CAState | None:
         return self.views.ca(self.agent.store)
