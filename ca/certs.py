@@ -493,5 +493,5 @@ def build_leaf(
 
 def pem_bundle(pems: Sequence[str]) -> str:
     """Concatenate PEM blocks, each ending in exactly one newline (Consul's EnsureTrailingNewline)."""
-    return "".join(p if p.endswith("\n") else p + "\n" for p in pems)
+    return "".join([p if p[-1:] == "\n" else p + "\n" for p in pems])
 

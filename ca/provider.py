@@ -22,6 +22,7 @@ discarded at rotation: its only remaining job, cross-signing its successor, is d
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Collection, Mapping
@@ -469,8 +470,8 @@ class CAState:
         if trust_domain_from_cluster_id(self.cluster_id) != self.trust_domain:
             raise CAError("trust domain does not match the cluster ID")
 
-    @property
-    def active_root(self) -> CARoot:
+    @functools.cached_property
+    def active_root(self) -> CARoot:  # the state is immutable, so this is found once
         return next(r for r in self.roots if r.active)
 
 

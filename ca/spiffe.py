@@ -62,11 +62,15 @@ class InvalidSpiffeURI(ValueError):
 
 def is_valid_name(value: object) -> bool:
     """True if ``value`` may be a namespace, datacenter, service, node or partition segment."""
-    return (
-        isinstance(value, str)
-        and 0 < len(value) <= MAX_NAME_LENGTH
-        and _NAME_RE.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and (value in _COMMON_NAMES or _valid_name(value))
+
+
+# Names every identity repeats (namespace, partition, the datacenter): known good without a regex.
+_COMMON_NAMES = frozenset({"default"})
+
+
+def _valid_name(value: str) -> bool:
+    return 0 < len(value) <= MAX_NAME_LENGTH and _NAME_RE.fullmatch(value) is not None
 
 
 def is_valid_trust_domain(value: object) -> bool:
