@@ -10,9 +10,11 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from registry import filtering
 from registry.agent.agent import VERSION, Agent, AgentError
 from registry.agent.checks import MIN_INTERVAL, CheckSpec
 from registry.api import views
+from registry.api.catalog import query_filter
 from registry.api.decode import (
     CHECK_SCHEMA,
     SERVICE_SCHEMA,
@@ -315,10 +317,10 @@ def _local_service_json(agent: Agent, sid: str) -> dict[str, Any]:
 
 
 async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    if request.query.get("filter"):
-        raise HTTPError(400, "Failed to create boolean expression evaluator: ?filter is not supported by Proconsul yet")
+    flt = query_filter(None, request, filtering.AGENT_SERVICE)
     agent = api.agent
-    return api.json(request, {sid: _local_service_json(agent, sid) for sid in sorted(agent.services)})
+    out = {sid: _local_service_json(agent, sid) for sid in sorted(agent.services)}
+    return api.json(request, flt.select_values(out) if flt is not None else out)
 
 
 async def service_get(api: Api, request: web.Request, sid: str) -> web.StreamResponse:
@@ -358,10 +360,10 @@ def _local_check_json(agent: Agent, cid: str) -> dict[str, Any]:
 
 
 async def checks(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    if request.query.get("filter"):
-        raise HTTPError(400, "Failed to create boolean expression evaluator: ?filter is not supported by Proconsul yet")
+    flt = query_filter(None, request, filtering.HEALTH_CHECK)
     agent = api.agent
-    return api.json(request, {cid: _local_check_json(agent, cid) for cid in sorted(agent.checks)})
+    out = {cid: _local_check_json(agent, cid) for cid in sorted(agent.checks)}
+    return api.json(request, flt.select_values(out) if flt is not None else out)
 
 
 async def check_register(api: Api, request: web.Request, _: str) -> web.StreamResponse:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from registry import filtering
 from registry.api import views
 from registry.api.decode import (
     CATALOG_DEREGISTER_SCHEMA,
@@ -30,6 +31,27 @@ def node_meta_filter(request: web.Request) -> dict[str, str]:
         key, _, value = item.partition(":")
         out[key] = value
     return out
+
+
+# Consul answers a filter it cannot compile with a 500: the error comes back from the RPC layer untyped
+# (agent/http.go has no case for it; hashicorp/consul#7338 and #9441 show "Unexpected response code: 500
+# (Failed to create boolean expression evaluator: ...)" from /v1/agent/services and /v1/catalog/nodes).
+FILTER_ERROR_STATUS = 500
+
+
+def query_filter(api: Api | None, request: web.Request, schema: filtering.Struct) -> filtering.Filter | None:
+    """The request's ``?filter=``, compiled against the Go type the endpoint returns (None when absent
+    or empty, as in Consul). For blocking reads, pass ``api`` so that a bad ``?index``/``?wait`` is
+    reported first, as Consul parses those before it builds the filter."""
+    text = request.query.get("filter", "")
+    if not text:
+        return None
+    if api is not None:
+        api.query_options(request)
+    try:
+        return filtering.compile_filter(text, schema)
+    except filtering.FilterError as exc:
+        raise HTTPError(FILTER_ERROR_STATUS, str(exc)) from None
 
 
 def node_matches(node: Node, meta: dict[str, str]) -> bool:
@@ -143,10 +165,13 @@ async def datacenters(api: Api, request: web.Request, _: str) -> web.StreamRespo
 async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _datacenter(api, request)
     meta = node_meta_filter(request)
+    flt = query_filter(api, request, filtering.NODE)
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
-            return [views.node_json(store.nodes[n]) for n in sorted(store.nodes) if node_matches(store.nodes[n], meta)]
+            rows = (store.nodes[k] for k in sorted(store.nodes))
+            out = [views.node_json(n) for n in rows if node_matches(n, meta)]
+            return flt.select(out) if flt is not None else out
 
         return ReadResult(store.table_index["nodes"], (T_NODES,), build)
 
@@ -156,21 +181,30 @@ async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _datacenter(api, request)
     meta = node_meta_filter(request)
+    # Consul runs the filter on each instance (structs.ServiceNode) and lists the names and tags of those
+    # that match. Its state store leaves the node fields of those instances empty; Proconsul fills them
+    # in, as the documentation's selector table (NodeMeta, Address, ...) promises.
+    flt = query_filter(api, request, filtering.SERVICE_NODE)
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
-            if not meta:
+            if not meta and flt is None:
                 return store.service_names()
             out: dict[str, set[str]] = {}
             for name, keys in store.by_service_name.items():
                 for node, sid in keys:
-                    if node_matches(store.nodes[node], meta):
-                        out.setdefault(name, set()).update(store.services[node][sid].tags)
+                    n = store.nodes[node]
+                    if not node_matches(n, meta):
+                        continue
+                    svc = store.services[node][sid]
+                    if flt is not None and not flt.matches(views.catalog_service_json(n, svc)):
+                        continue
+                    out.setdefault(name, set()).update(svc.tags)
             return {k: sorted(v) for k, v in sorted(out.items())}
 
         index = store.table_index["services"]
         topics = (T_SERVICES,)
-        if meta:
+        if meta or flt is not None:  # the answer also depends on node fields
             index = max(index, store.table_index["nodes"])
             topics = (T_SERVICES, T_NODES)
         return ReadResult(index, topics, build)
@@ -184,14 +218,16 @@ def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> 
         raise HTTPError(400, "Missing service name")
     tags = request.query.getall("tag", [])
     meta = node_meta_filter(request)
+    flt = query_filter(api, request, filtering.SERVICE_NODE)
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
-            return [
+            out = [
                 views.catalog_service_json(n, s)
                 for n, s in store.service_instances(name, connect)
                 if tags_match(s, tags) and node_matches(n, meta)
             ]
+            return flt.select(out) if flt is not None else out
 
         return ReadResult(store.svc_index(name), (("svc", name),), build)
 
@@ -210,6 +246,7 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
     _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing node name")
+    flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each value of "Services"
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
@@ -217,7 +254,8 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
             if n is None:
                 return None
             svcs = store.services.get(name, {})
-            return {"Node": views.node_json(n), "Services": {sid: views.service_json(svcs[sid]) for sid in sorted(svcs)}}
+            services = {sid: views.service_json(svcs[sid]) for sid in sorted(svcs)}
+            return {"Node": views.node_json(n), "Services": flt.select_values(services) if flt else services}
 
         return ReadResult(store.nd_index(name), (("node", name),), build)
 
@@ -228,6 +266,7 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
     _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing node name")
+    flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each item of "Services"
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
@@ -235,7 +274,8 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
             if n is None:
                 return {"Node": None, "Services": []}
             svcs = store.services.get(name, {})
-            return {"Node": views.node_json(n), "Services": [views.service_json(svcs[sid]) for sid in sorted(svcs)]}
+            services = [views.service_json(svcs[sid]) for sid in sorted(svcs)]
+            return {"Node": views.node_json(n), "Services": flt.select(services) if flt else services}
 
         return ReadResult(store.nd_index(name), (("node", name),), build)
 

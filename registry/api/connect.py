@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ca import provider
+from registry import filtering
+from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
@@ -238,12 +240,16 @@ def _service(value: str, what: str, *, wildcard: bool = True) -> tuple[str, str]
 
 async def intentions_list(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     connect = _connect(api)
-    if "filter" in request.query:
-        raise HTTPError(400, "?filter is not supported on this endpoint by this agent")
+    flt = query_filter(api, request, filtering.INTENTION)
 
     def run(store: StateStore) -> ReadResult:
         ixns = connect.views.intention_list(store)
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: [i.to_api_dict() for i in ixns])
+
+        def build() -> Any:
+            out = [i.to_api_dict() for i in ixns]
+            return flt.select(out) if flt is not None else out
+
+        return ReadResult(config_index(store), (TOPIC_CONFIG,), build)
 
     return await api.read(request, run)
 

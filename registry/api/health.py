@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from registry import filtering
 from registry.api import views
-from registry.api.catalog import _datacenter, node_matches, node_meta_filter, tags_match
+from registry.api.catalog import _datacenter, node_matches, node_meta_filter, query_filter, tags_match
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
 from registry.state.store import T_CHECKS, T_NODES, StateStore
@@ -38,6 +39,8 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
     passing = _passing_param(request)
     tags = request.query.getall("tag", [])
     meta = node_meta_filter(request)
+    flt = query_filter(api, request, filtering.CHECK_SERVICE_NODE)
+    keep = flt.matches if flt is not None else None
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
@@ -48,11 +51,13 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
                 checks = store.checks_for_instance(n.node, s.id)
                 if passing and any(c.status != HEALTH_PASSING for c in checks):
                     continue
-                out.append({
+                entry = {
                     "Node": views.node_json(n),
                     "Service": views.service_json(s),
                     "Checks": [views.check_json(c) for c in checks],
-                })  # fmt: skip
+                }
+                if keep is None or keep(entry):
+                    out.append(entry)
             return out
 
         return ReadResult(store.svc_index(name), (("svc", name),), build)
@@ -73,6 +78,7 @@ async def checks(api: Api, request: web.Request, name: str) -> web.StreamRespons
     if not name:
         raise HTTPError(400, "Missing service name")
     meta = node_meta_filter(request)
+    flt = query_filter(api, request, filtering.HEALTH_CHECK)
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
@@ -81,7 +87,7 @@ async def checks(api: Api, request: web.Request, name: str) -> web.StreamRespons
                 if not node_matches(n, meta):
                     continue
                 out.extend(views.check_json(c) for c in store.checks_for_instance(n.node, s.id) if c.service_id)
-            return out
+            return flt.select(out) if flt is not None else out
 
         return ReadResult(store.svc_index(name), (("svc", name),), build)
 
@@ -92,11 +98,14 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
     _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing node name")
+    flt = query_filter(api, request, filtering.HEALTH_CHECK)
 
     def run(store: StateStore) -> ReadResult:
-        return ReadResult(
-            store.nd_index(name), (("node", name),), lambda: [views.check_json(c) for c in store.node_checks(name)]
-        )
+        def build() -> Any:
+            out = [views.check_json(c) for c in store.node_checks(name)]
+            return flt.select(out) if flt is not None else out
+
+        return ReadResult(store.nd_index(name), (("node", name),), build)
 
     return await api.read(request, run)
 
@@ -108,14 +117,16 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
     if state_name not in ("any", "passing", "warning", "critical"):
         raise HTTPError(400, "Invalid check state")
     meta = node_meta_filter(request)
+    flt = query_filter(api, request, filtering.HEALTH_CHECK)
 
     def run(store: StateStore) -> ReadResult:
         def build() -> Any:
-            return [
+            out = [
                 views.check_json(c)
                 for c in store.checks_in_state(state_name)
                 if not meta or (c.node in store.nodes and node_matches(store.nodes[c.node], meta))
             ]
+            return flt.select(out) if flt is not None else out
 
         if meta:  # the answer also depends on node metadata
             index = max(store.table_index["checks"], store.table_index["nodes"])
