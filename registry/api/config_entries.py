@@ -92,6 +92,10 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
         raise HTTPError(404, "Must provide either a kind or both kind and name")
     kind = _kind(parts[0])
     if len(parts) == 1:
+        if request.query.get("filter"):
+            # Never a silent wrong answer: an unfiltered list would look like a filtered one.
+            raise HTTPError(400, "?filter is not supported on /v1/config/<kind> by Proconsul yet: "
+                                 "list the entries and filter them client-side")  # fmt: skip
 
         def run_list(store: StateStore) -> ReadResult:
             entries = list_entries(store, kind) if kind in SUPPORTED_KINDS else []

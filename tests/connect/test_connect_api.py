@@ -257,6 +257,9 @@ async def test_config_entries_endpoint(http) -> None:  # noqa: ANN001
     assert (status, text) == (404, "Must provide either a kind or both kind and name")
     status, text, _ = await http.get("/v1/config/not-a-kind")
     assert status == 400 and text == "invalid config entry kind: not-a-kind"
+    # ?filter on a kind list is not built: refused, never answered with the unfiltered list.
+    status, text, _ = await http.get("/v1/config/service-intentions?filter=Name%20%3D%3D%20db")
+    assert status == 400 and "?filter is not supported" in text
     status, listed, _ = await http.get("/v1/config/service-defaults")
     assert (status, listed) == (200, [])
     status, text, _ = await http.put("/v1/config", {"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
