@@ -273,8 +273,13 @@ def cmd_intention(argv: list[str]) -> int:
 
 
 def cmd_connect(argv: list[str]) -> int:
+    if argv and argv[0] == "proxy":
+        from connect_proxy.cli import run
+
+        return run(argv[1:])
     if len(argv) < 2 or argv[0] != "ca" or argv[1] not in ("get-config", "set-config"):
-        print("Usage: proconsul connect ca <get-config|set-config> [options]", file=sys.stderr)
+        print("Usage: proconsul connect ca <get-config|set-config> [options]\n"
+              "       proconsul connect proxy [options]", file=sys.stderr)  # fmt: skip
         return 1
     sub, rest = argv[1], argv[2:]
     p = _parser(f"proconsul connect ca {sub}", "Connect CA configuration")

@@ -1,0 +1,164 @@
+"""``proconsul connect proxy``: Consul's built-in proxy command, its flags and its exit codes.
+
+    proconsul connect proxy -sidecar-for web1
+    proconsul connect proxy -service web -service-addr 127.0.0.1:8080 -listen :21000 -upstream db:9191
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+import structlog
+
+from connect_proxy.agent import AgentClient, AgentError, AgentUnavailable, agent_address
+from connect_proxy.config import (
+    ConfigError,
+    ProxyConfig,
+    config_from_flags,
+    config_from_registration,
+    find_sidecar,
+)
+
+USAGE = """Usage: proconsul connect proxy [options]
+
+  Starts Proconsul's built-in Connect proxy (mutual TLS in, intentions enforced, mutual TLS out).
+
+      $ proconsul connect proxy -sidecar-for web1
+      $ proconsul connect proxy -service web -service-addr 127.0.0.1:8080 -listen :21000 -upstream db:9191
+"""
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "err", "error")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a clear one-line error and exit 1, as Consul's commands do."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"Error: {message}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _opt(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    p.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="proconsul connect proxy", usage=argparse.SUPPRESS, allow_abbrev=False,
+                description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    _opt(p, "sidecar-for", default=None, metavar="SERVICE-ID",
+         help="run the sidecar registered for this service instance (Connect.SidecarService)")  # fmt: skip
+    _opt(p, "proxy-id", default=None, help="run the connect-proxy registration with this ID")
+    _opt(p, "service", default=None, help="name of the service this proxy represents (manual form)")
+    _opt(p, "service-addr", default=None, metavar="HOST:PORT", help="address of the local service")
+    _opt(p, "listen", default=None, metavar="HOST:PORT", help="address of the public mTLS listener")
+    _opt(p, "upstream", action="append", default=[], metavar="NAME:PORT",
+         help="upstream service on 127.0.0.1:PORT (repeatable)")  # fmt: skip
+    _opt(p, "http-addr", default=None, help="agent HTTP address (env CONSUL_HTTP_ADDR / PROCONSUL_HTTP_ADDR)")
+    _opt(p, "token", default=None, help="ACL token (env CONSUL_HTTP_TOKEN)")
+    _opt(p, "log-level", default="info", help="trace, debug, info, warn or err")
+    _opt(p, "log-json", action="store_true", help="log as JSON lines")
+    return p
+
+
+def _resolve_flags(args: argparse.Namespace) -> None:
+    if args.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"-log-level {args.log_level!r} is not one of trace, debug, info, warn, err")
+    if args.sidecar_for and args.proxy_id:
+        raise ConfigError("-sidecar-for and -proxy-id are mutually exclusive")
+    manual = args.service or args.service_addr or args.listen or args.upstream
+    if (args.sidecar_for or args.proxy_id) and manual:
+        raise ConfigError("-sidecar-for/-proxy-id read the proxy's configuration from the agent; "
+                          "they cannot be combined with -service, -service-addr, -listen or -upstream")  # fmt: skip
+    if not (args.sidecar_for or args.proxy_id or manual):
+        raise ConfigError("one of -sidecar-for, -proxy-id or -service must be given")
+
+
+async def load_config(args: argparse.Namespace, agent: AgentClient) -> ProxyConfig:
+    """The proxy's configuration: from the flags, or from its registration on the local agent."""
+    if not (args.sidecar_for or args.proxy_id):
+        return config_from_flags(args.service, args.service_addr, args.listen, args.upstream)
+    proxy_id = args.proxy_id
+    if args.sidecar_for:
+        services, _ = await agent.get("/v1/agent/services")
+        if not isinstance(services, dict):
+            raise ConfigError("the agent's /v1/agent/services answer is not an object")
+        proxy_id = find_sidecar(services, args.sidecar_for)
+    try:
+        svc, _ = await agent.get(f"/v1/agent/service/{proxy_id}")
+    except AgentError as exc:
+        if exc.status == 404:
+            raise ConfigError(f"no service with ID {proxy_id!r} is registered on the agent") from None
+        raise
+    if not isinstance(svc, dict):
+        raise ConfigError(f"the agent's answer for {proxy_id!r} is not an object")
+    return config_from_registration(svc)
+
+
+def _install_logging(level: str, json_output: bool) -> None:
+    from registry import logs
+
+    logs.configure({"err": "error", "trace": "debug"}.get(level.lower(), level), json_output)
+
+
+def run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        _resolve_flags(args)
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    _install_logging(args.log_level, args.log_json)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        runner = asyncio.run
+    try:
+        return runner(_main(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from connect_proxy.proxy import Proxy
+
+    log = structlog.get_logger("connect-proxy")
+    token = args.token or os.environ.get("CONSUL_HTTP_TOKEN") or ""
+    agent = AgentClient(agent_address(args.http_addr), token)
+    try:
+        cfg = await load_config(args, agent)
+    except ConfigError as exc:
+        await agent.close()
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except (AgentUnavailable, AgentError) as exc:
+        await agent.close()
+        print(f"Error reading the proxy's registration from the agent at {agent.base}: {exc}\n"
+              "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it.", file=sys.stderr)  # fmt: skip
+        return 1
+    proxy = Proxy(cfg, agent)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(proxy.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        exc = starting.exception()
+        stopping.cancel()
+        await proxy.stop()
+        print(f"Error starting the proxy: {exc}", file=sys.stderr)
+        return 1
+    if not stop.is_set():
+        print("==> Proconsul Connect proxy running!", flush=True)
+        await stop.wait()
+    starting.cancel()
+    log.info("caught signal, stopping the proxy")
+    await proxy.stop()
+    return 0
