@@ -79,6 +79,8 @@ def _resolve_flags(args: argparse.Namespace) -> None:
 
 async def load_config(args: argparse.Namespace, agent: AgentClient) -> ProxyConfig:
     """The proxy's configuration: from the flags, or from its registration on the local agent."""
+    if getattr(args, "config", None) is not None:
+        return args.config
     if not (args.sidecar_for or args.proxy_id):
         return config_from_flags(args.service, args.service_addr, args.listen, args.upstream)
     proxy_id = args.proxy_id
@@ -105,9 +107,14 @@ def _install_logging(level: str, json_output: bool) -> None:
 
 
 def run(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # -help (0) or a bad flag (1): a return code, as the other verbs give
+        return int(exc.code or 0)
     try:
         _resolve_flags(args)
+        if not (args.sidecar_for or args.proxy_id):  # the manual form: check it all before starting
+            args.config = config_from_flags(args.service, args.service_addr, args.listen, args.upstream)
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1

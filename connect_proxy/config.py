@@ -181,7 +181,7 @@ def config_from_registration(svc: Mapping[str, Any]) -> ProxyConfig:
         kind = raw.get("DestinationType") or "service"
         if kind != "service":
             raise ConfigError(f"{what}: DestinationType {kind!r} is not supported (only 'service')")
-        port = _port(raw.get("LocalBindPort"), what)
+        port = _port(raw.get("LocalBindPort") or 0, what)
         if not port:
             raise ConfigError(f"{what}: LocalBindPort must be set")
         host = str(raw.get("LocalBindAddress") or DEFAULT_UPSTREAM_ADDRESS)

@@ -64,6 +64,14 @@ class EchoApp:
         self.server.close()
 
 
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test here runs on both loops: the CLI runs the proxy on uvloop, whose transports
+    differ from asyncio's."""
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
 @pytest.fixture
 async def agent() -> AsyncIterator[RunningAgent]:
     async with async_dev_agent() as running:
