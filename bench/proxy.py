@@ -1,0 +1,319 @@
+"""Connect proxy benchmark: a pair of Proconsul sidecars vs a pair of stunnel instances, same run.
+
+    .venv/bin/python -m bench.proxy [--megabytes 1024] [--streams 4] [--seconds 5] [--workers 32] [--no-docs]
+
+Path measured, for both peers: load generator -> client side (plain TCP on loopback) -> mutual TLS ->
+server side -> a local sink app. Proconsul: ``proconsul connect proxy -service web -upstream db:P`` and
+``proconsul connect proxy -service db -service-addr <sink> -listen <P2>``, certificates and intentions
+from a real ``proconsul agent -dev``. stunnel: ``client = yes`` on one side, ``verifyChain``+
+``requireCert`` on both, with the same EC P-256 leaves (web and db) and the same roots from the agent.
+stunnel cannot check a SPIFFE URI SAN nor call an authorize endpoint, so it does less per connection
+than the sidecars do (Proconsul's server side makes one HTTP call to the agent per connection).
+
+Both proxy processes of a pair are pinned to CPU 0; the load generator, the sink and the agent to
+CPU 1. Figures: throughput (MB/s of payload, ``--streams`` connections each sending its share of
+``--megabytes``; the sink acknowledges every byte), new connections per second (``--workers``
+concurrent clients, each connection sends 9 bytes and waits for a 1-byte answer), and CPU seconds of
+the two proxy processes per GB carried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench._util import (
+    BIN,
+    DATE,
+    Proc,
+    ensure_tool,
+    free_port,
+    http,
+    machine,
+    spawn_agent,
+    taskset,
+    wait_for_quiet_machine,
+    write_section,
+)
+
+SECTION = "Connect proxy"
+PROXY_CPU, LOAD_CPU = 0, 1
+CHUNK = 256 * 1024
+
+
+# ---------------------------------------------------------------------- the sink app (a subprocess)
+
+
+def run_sink(port: int) -> None:
+    """Each connection: an 8-byte big-endian length, then that many bytes; answers b"k" once all arrived."""
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t = transport
+            self.head = b""
+            self.left = -1
+
+        def data_received(self, data: bytes) -> None:
+            if self.left < 0:
+                self.head += data
+                if len(self.head) < 8:
+                    return
+                self.left = struct.unpack(">Q", self.head[:8])[0]
+                data = self.head[8:]
+            self.left -= len(data)
+            if self.left == 0:
+                self.t.write(b"k")  # type: ignore[attr-defined]
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Sink, "127.0.0.1", port, backlog=1024)
+        await server.serve_forever()
+
+    runner(main())
+
+
+# ---------------------------------------------------------------------- load
+
+
+def _stream(port: int, nbytes: int, errors: list[str]) -> None:
+    buf = os.urandom(CHUNK)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(struct.pack(">Q", nbytes))
+            left = nbytes
+            while left:
+                n = min(left, CHUNK)
+                s.sendall(buf[:n])
+                left -= n
+            if s.recv(1) != b"k":
+                errors.append("no acknowledgement")
+    except OSError as exc:
+        errors.append(str(exc))
+
+
+def throughput(port: int, total: int, streams: int) -> tuple[float, list[str]]:
+    errors: list[str] = []
+    per = total // streams
+    threads = [threading.Thread(target=_stream, args=(port, per, errors)) for _ in range(streams)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return per * streams / (time.perf_counter() - t0), errors
+
+
+async def _connections(port: int, seconds: float, workers: int) -> tuple[int, int]:
+    done = failed = 0
+    deadline = time.perf_counter() + seconds
+    msg = struct.pack(">Q", 1) + b"x"
+
+    async def worker() -> None:
+        nonlocal done, failed
+        while time.perf_counter() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(msg)
+                ok = await asyncio.wait_for(reader.readexactly(1), 10) == b"k"
+                writer.close()
+                done += ok
+                failed += not ok
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                failed += 1
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return done, failed
+
+
+def connections_per_second(port: int, seconds: float, workers: int) -> tuple[float, int]:
+    import uvloop
+
+    t0 = time.perf_counter()
+    done, failed = uvloop.run(_connections(port, seconds, workers))
+    return done / (time.perf_counter() - t0), failed
+
+
+# ---------------------------------------------------------------------- the two pairs
+
+
+def _spawn(name: str, argv: list[str], cpu: int) -> Proc:
+    log = open(f"/tmp/bench-proxy-{name}.log", "wb")  # noqa: SIM115 - handed to the child
+    popen = subprocess.Popen([*taskset(cpu), *argv], stdout=log, stderr=subprocess.STDOUT)
+    return Proc(popen, 0, name)
+
+
+def _wait_port(port: int, proc: Proc, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise SystemExit(f"{proc.name} exited; see /tmp/bench-proxy-{proc.name}.log")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{proc.name} did not listen on {port}")
+
+
+def _ready_through(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    errors: list[str] = []
+    while time.monotonic() < deadline:
+        errors.clear()
+        _stream(port, 1, errors)
+        if not errors:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"nothing gets through port {port}: {errors}")
+
+
+def proconsul_pair(agent: Proc, sink_port: int) -> tuple[list[Proc], int]:
+    public, upstream = free_port(), free_port()
+    status, _, out = http("PUT", agent.url + "/v1/agent/service/register", {
+        "Kind": "connect-proxy", "ID": "db-proxy", "Name": "db-sidecar-proxy", "Address": "127.0.0.1", "Port": public,
+        "Proxy": {"DestinationServiceName": "db", "LocalServicePort": sink_port},
+        "Check": {"TTL": "10m", "Status": "passing"}})  # fmt: skip
+    if status != 200:
+        raise SystemExit(f"register failed: {out!r}")
+    exe = str(BIN / "proconsul")
+    common = ["-http-addr", f"127.0.0.1:{agent.port}", "-log-level", "warn"]
+    server = _spawn("proconsul-db", [exe, "connect", "proxy", "-service", "db", "-service-addr",
+                                     f"127.0.0.1:{sink_port}", "-listen", f"127.0.0.1:{public}", *common], PROXY_CPU)  # fmt: skip
+    client = _spawn("proconsul-web", [exe, "connect", "proxy", "-service", "web", "-upstream", f"db:{upstream}",
+                                      *common], PROXY_CPU)  # fmt: skip
+    _wait_port(public, server)
+    _wait_port(upstream, client)
+    _ready_through(upstream)
+    return [client, server], upstream
+
+
+def stunnel_pair(stunnel: str, agent: Proc, sink_port: int, work: Path) -> tuple[list[Proc], int]:
+    roots = http("GET", agent.url + "/v1/agent/connect/ca/roots")
+    import json
+
+    bundle = "".join(r["RootCert"] for r in json.loads(roots[2])["Roots"])
+    (work / "roots.pem").write_text(bundle)
+    for svc in ("web", "db"):
+        leaf = json.loads(http("GET", agent.url + f"/v1/agent/connect/ca/leaf/{svc}")[2])
+        (work / f"{svc}.pem").write_text(leaf["CertPEM"])
+        (work / f"{svc}.key").write_text(leaf["PrivateKeyPEM"])
+        os.chmod(work / f"{svc}.key", 0o600)
+    public, upstream = free_port(), free_port()
+    tls = "sslVersionMin = TLSv1.2\nverifyChain = yes\nrequireCert = yes\n"
+    server_conf = (f"foreground = yes\npid =\ndebug = 3\n[db]\naccept = 127.0.0.1:{public}\n"
+                   f"connect = 127.0.0.1:{sink_port}\ncert = {work}/db.pem\nkey = {work}/db.key\n"
+                   f"CAfile = {work}/roots.pem\n{tls}")  # fmt: skip
+    client_conf = (f"foreground = yes\npid =\ndebug = 3\n[web]\nclient = yes\naccept = 127.0.0.1:{upstream}\n"
+                   f"connect = 127.0.0.1:{public}\ncert = {work}/web.pem\nkey = {work}/web.key\n"
+                   f"CAfile = {work}/roots.pem\n{tls}")  # fmt: skip
+    (work / "server.conf").write_text(server_conf)
+    (work / "client.conf").write_text(client_conf)
+    server = _spawn("stunnel-db", [stunnel, str(work / "server.conf")], PROXY_CPU)
+    client = _spawn("stunnel-web", [stunnel, str(work / "client.conf")], PROXY_CPU)
+    _wait_port(public, server)
+    _wait_port(upstream, client)
+    _ready_through(upstream)
+    return [client, server], upstream
+
+
+def measure(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -> dict[str, float]:
+    total = args.megabytes * 1024 * 1024
+    throughput(port, 64 * 1024 * 1024, args.streams)  # warm-up
+    cpu0 = sum(p.cpu_seconds() for p in procs)
+    rate, errors = throughput(port, total, args.streams)
+    cpu1 = sum(p.cpu_seconds() for p in procs)
+    if errors:
+        raise SystemExit(f"{name}: throughput run failed: {errors[:3]}")
+    cps, failed = connections_per_second(port, args.seconds, args.workers)
+    cpu2 = sum(p.cpu_seconds() for p in procs)
+    out = {"mb_s": rate / 1e6, "cpu_per_gb": (cpu1 - cpu0) / (total / 1e9), "conn_s": cps, "conn_failed": failed,
+           "cpu_per_1k_conn": (cpu2 - cpu1) / max(1.0, cps * args.seconds) * 1000}  # fmt: skip
+    print(f"{name:10s} {out['mb_s']:8.1f} MB/s  {out['cpu_per_gb']:6.2f} CPU-s/GB  {out['conn_s']:7.0f} conn/s "
+          f"({failed} failed)  {out['cpu_per_1k_conn']:.2f} CPU-s per 1k conn", flush=True)  # fmt: skip
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--megabytes", type=int, default=1024)
+    ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--workers", type=int, default=32)
+    ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.sink:
+        run_sink(args.sink)
+        return 0
+
+    stunnel = ensure_tool("stunnel4", "stunnel4")
+    lines = subprocess.run([stunnel, "-version"], capture_output=True, text=True).stderr.splitlines()
+    version = [ln.strip() for ln in lines if ln.strip().startswith("stunnel")][:1]
+    busy = wait_for_quiet_machine(0.25, 60)
+    m = machine()
+    print(f"# {m['nproc']} CPUs, {m['cpu']}, load {m['load']}, busy {busy:.0%}; {version}", flush=True)
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {LOAD_CPU})
+    agent = spawn_agent(LOAD_CPU)
+    sink_port = free_port()
+    sink = _spawn("sink", [sys.executable, "-m", "bench.proxy", "--sink", str(sink_port)], LOAD_CPU)
+    results: dict[str, dict[str, float]] = {}
+    try:
+        _wait_port(sink_port, sink)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("stunnel", "proconsul"):
+                if name == "stunnel":
+                    procs, port = stunnel_pair(stunnel, agent, sink_port, Path(tmp))
+                else:
+                    procs, port = proconsul_pair(agent, sink_port)
+                try:
+                    results[name] = measure(name, procs, port, args)
+                finally:
+                    for p in procs:
+                        p.stop()
+    finally:
+        sink.stop()
+        agent.stop()
+    p, s = results["proconsul"], results["stunnel"]
+    ratios = {"throughput": p["mb_s"] / s["mb_s"], "conn": p["conn_s"] / s["conn_s"],
+              "cpu_gb": p["cpu_per_gb"] / s["cpu_per_gb"]}  # fmt: skip
+    print(f"ratio proconsul/stunnel: throughput {ratios['throughput']:.2f}x, new connections {ratios['conn']:.2f}x, "
+          f"CPU per GB {ratios['cpu_gb']:.2f}x", flush=True)  # fmt: skip
+    if not args.no_docs:
+        rows = "\n".join(
+            f"| {n} | {r['mb_s']:.0f} | {r['cpu_per_gb']:.2f} | {r['conn_s']:.0f} | {r['cpu_per_1k_conn']:.2f} |"
+            for n, r in (("Proconsul sidecars", p), ("stunnel", s)))  # fmt: skip
+        body = f"""Date {DATE}; {m['nproc']} cores, {m['cpu']}; load {m['load']}; {m['code']}; {version[0] if version else 'stunnel'}.
+`python -m bench.proxy --megabytes {args.megabytes} --streams {args.streams} --seconds {args.seconds:g} --workers {args.workers}`.
+
+Path: load generator -> client-side proxy (plain TCP on loopback) -> mutual TLS -> server-side proxy ->
+sink app, same EC P-256 leaves and roots from a `proconsul agent -dev` for both peers. Both proxy processes
+of a pair pinned to CPU 0; load generator, sink and agent to CPU 1.
+
+| pair | MB/s | CPU-s per GB (both proxies) | new connections/s | CPU-s per 1k connections |
+| --- | --- | --- | --- | --- |
+{rows}
+
+Ratio Proconsul/stunnel: throughput **{ratios['throughput']:.2f}x**, new connections **{ratios['conn']:.2f}x**,
+CPU per GB **{ratios['cpu_gb']:.2f}x**. No target is set yet.
+"""
+        write_section(SECTION, body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
