@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -x --durations=15
 
 soak: $(STAMP)
+	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q -m soak
 
 lint: $(STAMP)

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import settings
 
 from registry.testing import RunningAgent, async_dev_agent
+
+# Property tests: `make test` (and CI) runs the same examples every time, derived from each test's
+# name, so main cannot turn red on a search that happened to go somewhere new; there is no per-example
+# deadline because a shared 2-core CI machine is not a timing oracle. `make soak` runs the suite with
+# the "explore" profile: fresh random examples and many more of them, to find what the fixed ones miss.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", max_examples=1000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 class Http:

@@ -706,7 +706,9 @@ class WALMachine(RuleBasedStateMachine):
             f.truncate(keep)
         self.wal = WAL.open(self.dir, max_segment_bytes=self.segment_bytes)
         survived = self.wal.last_index
-        assert survived >= self.durable_last  # nothing synced is lost
+        # Nothing synced is lost, unless compaction has since removed it (a snapshot covers it then):
+        # when every synced entry was compacted away, the crash may take all the WAL still holds.
+        assert survived >= (self.durable_last if self.durable_last >= self.first else 0)
         if survived == 0:
             self.model, self.first = [], 0
         else:
@@ -728,7 +730,7 @@ class WALMachine(RuleBasedStateMachine):
 
 
 WALMachine.TestCase.settings = settings(
-    max_examples=40,
+    max_examples=2000 if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else 40,  # make soak: many more
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
