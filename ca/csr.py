@@ -17,6 +17,7 @@ import ipaddress
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -129,17 +130,10 @@ class CheckedCSR:
         return self.public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def validate_csr(
-    pem: str | bytes,
-    expected: ServiceIdentity | AgentIdentity,
-    trust_domain: str,
-    *,
-    allowed_dns_sans: Collection[str] = (),
-    allowed_ip_sans: Collection[ipaddress.IPv4Address | ipaddress.IPv6Address] = (),
-) -> x509.CertificateSigningRequest:
-    """``check_csr``, returning the parsed CSR."""
-    return check_csr(pem, expected, trust_domain, allowed_dns_sans=allowed_dns_sans,
-                     allowed_ip_sans=allowed_ip_sans).csr  # fmt: skip
+def validate_csr(pem: str | bytes, expected: ServiceIdentity | AgentIdentity, trust_domain: str,
+                 **allowed: Collection[Any]) -> x509.CertificateSigningRequest:  # fmt: skip
+    """``check_csr`` (same arguments), returning the parsed CSR."""
+    return check_csr(pem, expected, trust_domain, **allowed).csr
 
 
 def check_csr(
