@@ -32,6 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.ca
 	$(BIN)/python -m bench.dns_perf
+	$(BIN)/python -m bench.raft
+	$(BIN)/python -m bench.proxy
 
 clean:
 	rm -rf $(VENV)

@@ -119,16 +119,9 @@ def run(argv: list[str]) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     _install_logging(args.log_level, args.log_json)
-    try:
-        import uvloop
+    from registry import eventloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        runner = asyncio.run
-    try:
-        return runner(_main(args))
-    except KeyboardInterrupt:
-        return 0
+    return eventloop.run(_main(args))
 
 
 async def _main(args: argparse.Namespace) -> int:

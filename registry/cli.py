@@ -607,16 +607,9 @@ def cmd_agent(argv: list[str]) -> int:
     from registry import logs
 
     logs.configure(cfg.log_level, cfg.log_json)
-    try:
-        import uvloop
+    from registry import eventloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        runner = asyncio.run
-    try:
-        return runner(_run_agent(cfg))
-    except KeyboardInterrupt:
-        return 0
+    return eventloop.run(_run_agent(cfg))
 
 
 async def _run_agent(cfg: Any) -> int:
