@@ -119,7 +119,10 @@ def run(argv: list[str]) -> int:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
     _install_logging(args.log_level, args.log_json)
+    from connect_proxy.splice import tune_allocator
     from registry import eventloop
+
+    tune_allocator()
 
     return eventloop.run(_main(args))
 

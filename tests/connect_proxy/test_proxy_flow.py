@@ -89,3 +89,19 @@ async def test_existing_connections_survive_and_new_ones_work_after_a_ca_rotatio
     writer.write(b"still here")  # the old connection kept its TLS session
     assert await reader.readexactly(10) == b"still here"
     writer.close()
+
+
+def test_allocator_tuning_applies_on_glibc() -> None:
+    """The proxy keeps freed heap for reuse (see splice.tune_allocator); run in a child so the test
+    process keeps glibc's defaults."""
+    import platform
+    import subprocess
+    import sys
+
+    import pytest
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    out = subprocess.run([sys.executable, "-c", "from connect_proxy.splice import tune_allocator; print(tune_allocator())"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.stdout.strip() == "True", out.stderr
