@@ -62,6 +62,17 @@ class AgentClient:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, OSError) as exc:
             raise AgentUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
+    async def put(self, path: str, body: Any = None) -> Any:
+        """PUT ``path`` (with a JSON body if given); the parsed answer, AgentError on non-200."""
+        try:
+            async with self.session.put(self.base + path, json=body) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise AgentError(resp.status, raw.decode(errors="replace"))
+                return await _json(resp, raw)
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, OSError) as exc:
+            raise AgentUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
     async def authorize(self, target: str, uri: str, serial: str) -> tuple[bool, str]:
         body = {"Target": target, "ClientCertURI": uri, "ClientCertSerial": serial}
         try:

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
     _opt(p, "listen", default=None, metavar="HOST:PORT", help="address of the public mTLS listener")
     _opt(p, "upstream", action="append", default=[], metavar="NAME:PORT",
          help="upstream service on 127.0.0.1:PORT (repeatable)")  # fmt: skip
+    _opt(p, "register", action="store_true",
+         help="register this proxy with the local agent as <service>-proxy (needs -service and -listen)")  # fmt: skip
+    _opt(p, "register-id", default="", help="suffix for the registered proxy's ID (<service>-proxy-<id>)")
     _opt(p, "http-addr", default=None, help="agent HTTP address (env CONSUL_HTTP_ADDR / PROCONSUL_HTTP_ADDR)")
     _opt(p, "token", default=None, help="ACL token (env CONSUL_HTTP_TOKEN)")
     _opt(p, "log-level", default="info", help="trace, debug, info, warn or err")
@@ -75,6 +78,8 @@ def _resolve_flags(args: argparse.Namespace) -> None:
                           "they cannot be combined with -service, -service-addr, -listen or -upstream")  # fmt: skip
     if not (args.sidecar_for or args.proxy_id or manual):
         raise ConfigError("one of -sidecar-for, -proxy-id or -service must be given")
+    if args.register and not (args.service and args.listen):
+        raise ConfigError("-register may only be specified with -service and -listen")
 
 
 async def load_config(args: argparse.Namespace, agent: AgentClient) -> ProxyConfig:
@@ -158,10 +163,21 @@ async def _main(args: argparse.Namespace) -> int:
         await proxy.stop()
         print(f"Error starting the proxy: {exc}", file=sys.stderr)
         return 1
+    monitor = None
+    if not stop.is_set() and args.register and proxy.public_addr is not None:
+        from connect_proxy.register import RegisterMonitor, registration
+
+        # As Consul registers it: the -listen host, or none (the node's address) for a wildcard bind.
+        host = cfg.public[0] if cfg.public is not None else ""
+        host = "" if host in ("0.0.0.0", "::") else host
+        monitor = RegisterMonitor(agent, registration(args.service, host, proxy.public_addr[1], args.register_id))
+        await monitor.start()
     if not stop.is_set():
         print("==> Proconsul Connect proxy running!", flush=True)
         await stop.wait()
     starting.cancel()
     log.info("caught signal, stopping the proxy")
+    if monitor is not None:
+        await monitor.stop()
     await proxy.stop()
     return 0

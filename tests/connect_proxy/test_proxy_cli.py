@@ -90,6 +90,7 @@ async def test_sidecar_for_runs_the_registered_sidecars_end_to_end(agent, http, 
     (["-sidecar-for", "web1", "-proxy-id", "x"], "mutually exclusive"),
     (["-service", "web", "-upstream", "db:9191", "-log-level", "loud"], "-log-level 'loud'"),
     (["-service", "web", "-upstream", "db:9191", "-upstream", "cache:9191"], "both want port 9191"),
+    (["-service", "web", "-upstream", "db:9191", "-register"], "-register may only be specified with -service and -listen"),
 ])  # fmt: skip
 def test_bad_flags_say_what_is_wrong_and_exit_1(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["connect", "proxy", *argv]) == 1
@@ -117,3 +118,62 @@ def test_an_unreachable_agent_at_start_up_exits_1(capsys: pytest.CaptureFixture[
     monkeypatch.setattr("connect_proxy.cli._install_logging", lambda *a: None)  # keep pytest's structlog set-up
     assert main(["connect", "proxy", "-sidecar-for", "web1", "-http-addr", f"127.0.0.1:{free_port()}"]) == 1
     assert "Is the agent running?" in capsys.readouterr().err
+
+
+async def test_register_makes_the_proxy_discoverable_and_deregisters_on_exit(agent, http, echo) -> None:  # noqa: ANN001
+    """-register (Consul's RegisterMonitor): <service>-proxy with a passing TTL check at the -listen
+    address, found by /v1/health/connect; gone again after SIGTERM."""
+    public = free_port()
+    proc, out = await _spawn("-service", "db", "-service-addr", f"127.0.0.1:{echo.port}",
+                             "-listen", f"127.0.0.1:{public}", "-register", "-register-id", "a",
+                             "-http-addr", agent.http_addr)  # fmt: skip
+    try:
+        await wait_for(lambda: any("Connect proxy running" in line for line in out), 20, "proxy start")
+        status, reg = await http("GET", "/v1/agent/service/db-proxy-a")
+        assert status == 200, reg
+        assert (reg["Kind"], reg["Service"], reg["Address"], reg["Port"]) == ("connect-proxy", "db-proxy", "127.0.0.1", public)
+        assert reg["Proxy"]["DestinationServiceName"] == "db"
+        _, checks = await http("GET", "/v1/agent/checks")
+        check = checks["db-proxy-a-ttl"]
+        assert (check["Name"], check["Status"], check["ServiceID"]) == ("proxy heartbeat", "passing", "db-proxy-a")
+        _, healthy = await http("GET", "/v1/health/connect/db?passing")
+        assert [(e["Service"]["ID"], e["Service"]["Port"]) for e in healthy] == [("db-proxy-a", public)]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        status, _ = await http("GET", "/v1/agent/service/db-proxy-a")
+        assert status == 404
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_register_monitor_heartbeats_and_puts_a_lost_registration_back(agent, http) -> None:  # noqa: ANN001
+    from connect_proxy.agent import AgentClient, agent_address
+    from connect_proxy.register import RegisterMonitor, registration
+
+    client = AgentClient(agent_address(agent.http_addr))
+    monitor = RegisterMonitor(client, registration("api", "", free_port(), ttl=0.6), ttl=0.6,
+                              reconcile=0.3)
+    try:
+        await monitor.start()
+        _, reg = await http("GET", "/v1/agent/service/api-proxy")
+        assert reg["Address"] == "" and reg["Service"] == "api-proxy"
+        _, checks = await http("GET", "/v1/agent/checks")
+        assert (checks["api-proxy-ttl"]["Type"], checks["api-proxy-ttl"]["Status"]) == ("ttl", "passing")
+        # The TTL is 0.6 s here: the check stays passing only because the monitor keeps passing it.
+        await asyncio.sleep(1.5)
+        _, checks = await http("GET", "/v1/agent/checks")
+        assert checks["api-proxy-ttl"]["Status"] == "passing"
+        # An agent that lost the registration (a restart without it) gets it back.
+        status, _ = await http("PUT", "/v1/agent/service/deregister/api-proxy")
+        assert status == 200
+
+        async def back() -> bool:
+            return (await http("GET", "/v1/agent/service/api-proxy"))[0] == 200
+
+        await wait_for(back, 5, "the registration to be restored")
+    finally:
+        await monitor.stop()
+        await client.close()
+    assert (await http("GET", "/v1/agent/service/api-proxy"))[0] == 404
