@@ -209,6 +209,13 @@ class RaftServer:
             snap_meta = SnapshotMeta(meta.index, meta.term, _config_from_dict(meta.configuration))
             self.fsm.restore(data)
         self._snapshot_index = index
+        if 0 < self._wal.last_index <= index:
+            # Every entry on disk is covered by the snapshot: a crash came between installing a snapshot
+            # and discarding the log it replaced. Discard it now, or the next entry (index + 1) could not
+            # follow the stale tail.
+            log.warning("dropping log entries the snapshot covers (an install was interrupted)",
+                        log_last=self._wal.last_index, snapshot_index=index)  # fmt: skip
+            self._wal.truncate_suffix(0)
         entries = tuple(
             Entry(e.term, e.index, EntryKind(e.kind), e.data) for e in self._wal.iter_entries() if e.index > index
         )

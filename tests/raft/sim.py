@@ -179,6 +179,10 @@ class SimServer:
 
     def start(self) -> None:
         st = self.storage
+        if st.entries and st.entries[-1].index <= st.snapshot_index():
+            # As the driver does at start-up: a log wholly covered by the snapshot is what an install
+            # interrupted before discarding the old log left behind; it is dropped.
+            st.entries = []
         self.fsm_index = st.snapshot_index()
         self.fsm_digest = st.snapshot.data[8:] if st.snapshot else b""
         self.node = RaftNode(

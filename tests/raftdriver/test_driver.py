@@ -190,3 +190,43 @@ async def test_minority_cannot_write_or_read_consistently(cluster: Cluster) -> N
         await leader.barrier_read("consistent")
     await leader.barrier_read("stale")  # stale reads still work
     assert leader.fsm.store.kv["a"].value == b"1"
+
+
+async def test_restart_after_an_install_interrupted_before_the_log_was_discarded(tmp_path: Path) -> None:
+    """A snapshot is written, then the old log is discarded; a crash between the two leaves a WAL whose
+    entries all lie below the snapshot. The server must start from the snapshot and append after it
+    (found by the Raft simulator's soak: seed 1001331, 5 nodes), not fail on the gap."""
+    from registry.raft.snapshots import SnapshotStore
+    from registry.raft.stable import StableStore
+    from registry.raft.wal import WAL
+
+    c = Cluster(tmp_path, n=1)
+    try:
+        await c.start(0, expect=1)
+        for n in range(3):
+            assert await c.write(kv(f"old{n}", b"x")) is True
+        await c.stop(0)
+        base = tmp_path / "s0" / "raft"
+        term = StableStore.open(base).term
+        with WAL.open(base / "wal") as wal:
+            stale_last = wal.last_index
+        # What the interrupted install left: a snapshot far past the log, taken from a leader's FSM.
+        fsm = FSM()
+        fsm.apply_command(stale_last + 40, kv("from-snapshot", b"yes"))
+        SnapshotStore.open(base / "snapshots").create(stale_last + 40, term, {"voters": ["node-0"], "learners": []},
+                                                      fsm.snapshot())  # fmt: skip
+
+        server = await c.start(0, expect=1)
+        await c.leader()
+        assert server.node is not None and server.node.log.last_index >= stale_last + 40
+        assert server.fsm.store.kv["from-snapshot"].value == b"yes"
+        assert await c.write(kv("after", b"ok")) is True  # appended right after the snapshot
+        await c.stop(0)
+        with WAL.open(base / "wal") as wal:
+            assert wal.first_index > stale_last  # the stale entries below the snapshot are gone
+        server = await c.start(0, expect=1)  # and it starts again from what is on disk
+        await c.leader()
+        assert await c.write(kv("again", b"ok")) is True
+        assert server.fsm.store.kv["after"].value == b"ok"
+    finally:
+        await c.close()
