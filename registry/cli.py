@@ -277,6 +277,9 @@ def cmd_kv(argv: list[str]) -> int:
         _opt(p, "cas", action="store_true")
         _opt(p, "modify-index", type=int, default=None)
         _opt(p, "base64", action="store_true")
+        _opt(p, "session", default="")
+        _opt(p, "acquire", action="store_true")
+        _opt(p, "release", action="store_true")
     else:
         _opt(p, "recurse", action="store_true")
         _opt(p, "cas", action="store_true")
@@ -311,10 +314,22 @@ def cmd_kv(argv: list[str]) -> int:
             except ValueError as exc:
                 raise CLIError(f"Error! Cannot base 64 decode data: {exc}") from exc
         params: dict[str, Any] = {"flags": args.flags}
+        if (args.acquire or args.release) and not args.session:
+            raise CLIError("Error! Missing -session (required with -acquire and -release)")
         if args.cas:
             if args.modify_index is None:
                 raise CLIError("Must specify -modify-index with -cas!")
             params["cas"] = args.modify_index
+        elif args.acquire or args.release:
+            verb = "acquire" if args.acquire else "release"
+            params[verb] = args.session
+            status, raw, _ = client.request("PUT", path, params, value)
+            if status >= 400:
+                raise CLIError(f"Error! Failed writing data: {raw.decode(errors='replace').strip()}")
+            if raw.strip() != b"true":
+                raise CLIError("Error! Did not acquire lock" if args.acquire else "Error! Did not release lock")
+            print(f"Success! Lock acquired on: {key}" if args.acquire else f"Success! Lock released on: {key}")
+            return 0
         status, raw, _ = client.request("PUT", path, params, value)
         if status >= 400:
             raise CLIError(f"Error! Failed writing data: {raw.decode(errors='replace').strip()}")

@@ -32,7 +32,7 @@ KNOWN_TOP_KEYS = {
     "primary_datacenter", "performance", "raft_protocol", "rejoin_after_leave", "leave_on_terminate",
     "disable_update_check", "encrypt", "telemetry", "services", "checks", "service", "check",
     "default_intention_policy", "http_config", "raft_snapshot_threshold", "raft_trailing_logs",
-    "retry_interval", "recursor_timeout", "servers", "nodes",
+    "retry_interval", "recursor_timeout", "servers", "nodes", "session_ttl_min",
 }  # fmt: skip
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
@@ -78,6 +78,7 @@ class Config:
     max_query_time: float = 600.0
     ae_interval: float = 60.0
     check_reap_interval: float = 30.0
+    session_ttl_min: float = 10.0  # Consul's session_ttl_min: the shortest session TTL the servers accept
     tls: dict[str, Any] = field(default_factory=dict)
     connect: dict[str, Any] = field(default_factory=dict)
     default_intention_policy: str = ""
@@ -165,7 +166,7 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         items = [value] if isinstance(value, str) else list(value)
         target = "recursors" if key == "recursors" else "retry_join"
         getattr(cfg, target).extend(str(i) for i in items)
-    elif key in ("default_query_time", "max_query_time", "ae_interval", "check_reap_interval"):
+    elif key in ("default_query_time", "max_query_time", "ae_interval", "check_reap_interval", "session_ttl_min"):
         setattr(cfg, key, _dur(value, key))
     elif key in ("dns_config", "acl", "tls", "connect", "node_meta"):
         if not isinstance(value, dict):

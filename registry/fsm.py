@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import structlog
 
+from registry.sessions import SessionError, session_from_command
 from registry.state.store import StateStore, StoreError, Topic
 from registry.structs import Check, Node, Service
 
@@ -198,7 +199,31 @@ def _kv(store: StateStore, cmd: dict[str, Any]) -> Any:
     if verb == "delete-tree":
         store.kv_delete_tree(key)
         return True
+    if verb == "lock":
+        return store.kv_lock(key, value, flags, _str(cmd, "Session"))
+    if verb == "unlock":
+        return store.kv_unlock(key, value, flags, _str(cmd, "Session"))
     raise StoreError(f"Invalid KV verb {verb!r}")
+
+
+def _session(store: StateStore, cmd: dict[str, Any]) -> Any:
+    """``{"Op": "create", "Session": {...}}`` -> the new ID; ``{"Op": "destroy", "ID": ...}`` -> True.
+    Destroy is also how the leader expires a TTL session. Lock-delays start at the command's ``Time``."""
+    op = _str(cmd, "Op")
+    if op == "create":
+        try:
+            row = session_from_command(cmd.get("Session"))
+        except SessionError as exc:
+            raise StoreError(exc.message, exc.status) from None
+        store.session_create(row)
+        return row.id
+    if op == "destroy":
+        sid = _str(cmd, "ID")
+        if not sid:
+            raise StoreError("Must provide ID", 500)
+        store.session_destroy(sid)
+        return True
+    raise StoreError(f"Invalid session operation {op!r}")
 
 
 def _tombstone_reap(store: StateStore, cmd: dict[str, Any]) -> Any:
@@ -220,6 +245,7 @@ DISPATCH: dict[str, ApplyFn] = {
     "deregister": _deregister,
     "check.update": _check_update,
     "kv": _kv,
+    "session": _session,
     "tombstone.reap": _tombstone_reap,
     "noop": _noop,
 }
@@ -263,6 +289,9 @@ class FSM:
         if fn is None:
             store.commit()
             return CommandError(f"unknown command type {cmd.get('Type')!r}", 500)
+        stamp = cmd.get("Time")
+        if isinstance(stamp, int) and not isinstance(stamp, bool):
+            store.advance_clock(stamp)  # the proposer's time: lock-delays are decided from it, never a clock
         try:
             result = fn(store, cmd)
         except StoreError as exc:
@@ -271,7 +300,7 @@ class FSM:
             if topics or keys:  # pragma: no cover - would be a bug in an apply function
                 log.error("refused command left changes", index=index, type=cmd.get("Type"))
                 self._notify(topics, keys)
-            return CommandError(str(exc), 400)
+            return CommandError(str(exc), exc.status)
         except Exception as exc:  # noqa: BLE001
             log.exception("command failed", index=index, type=cmd.get("Type"))
             topics, keys = store.commit()

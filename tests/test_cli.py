@@ -119,6 +119,34 @@ def test_kv_commands(agent_proc, tmp_path: Path) -> None:
     assert run("kv", "get", *a, "app/name").returncode == 1
 
 
+def test_kv_put_acquire_and_release(agent_proc) -> None:
+    import json
+    import urllib.request
+
+    port, _ = agent_proc
+    a = ["-http-addr", addr(port)]
+
+    def new_session() -> str:
+        req = urllib.request.Request(f"http://{addr(port)}/v1/session/create", data=b"{}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())["ID"]
+
+    s1, s2 = new_session(), new_session()
+    out = run("kv", "put", *a, "-acquire", "lock/k", "v")
+    assert out.returncode == 1
+    assert out.stderr.decode().strip() == "Error! Missing -session (required with -acquire and -release)"
+    out = run("kv", "put", *a, "-acquire", f"-session={s1}", "lock/k", "v")
+    assert out.stdout.decode().strip() == "Success! Lock acquired on: lock/k"
+    detailed = run("kv", "get", *a, "-detailed", "lock/k").stdout.decode()
+    assert ["Session", s1] in [line.split() for line in detailed.splitlines()]
+    out = run("kv", "put", *a, "-acquire", "-session", s2, "lock/k", "w")
+    assert out.returncode == 1 and out.stderr.decode().strip() == "Error! Did not acquire lock"
+    out = run("kv", "put", *a, "-release", f"-session={s2}", "lock/k")
+    assert out.returncode == 1 and out.stderr.decode().strip() == "Error! Did not release lock"
+    out = run("kv", "put", *a, "-release", f"-session={s1}", "lock/k", "v")
+    assert out.stdout.decode().strip() == "Success! Lock released on: lock/k"
+
+
 def test_unreachable_agent_says_what_to_do() -> None:
     out = run("members", "-http-addr", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1

@@ -115,3 +115,28 @@ def test_fixture_starts_fast_and_cleans_up() -> None:
             s.bind(("127.0.0.1", port))
             s.listen()  # the port is free again: teardown closed the listener
     assert min(timings) < 0.1, f"dev_agent() startup took {timings}"
+
+
+def test_sessions_and_locks(c: consul.Consul) -> None:
+    """py-consul's session API and kv.put(acquire=/release=), unchanged."""
+    a = c.session.create(name="leader-election", lock_delay=0, ttl=30)
+    b = c.session.create(behavior="delete")
+    _, info = c.session.info(a)
+    assert info is not None and info["Name"] == "leader-election" and info["TTL"] == "30s"
+    assert info["LockDelay"] == 0
+    assert c.session.renew(a)["ID"] == a
+    assert {s["ID"] for s in c.session.list()[1]} == {a, b}
+    assert {s["ID"] for s in c.session.node(info["Node"])[1]} == {a, b}
+    assert c.kv.put("service/leader", "node-a", acquire=a) is True
+    assert c.kv.put("service/leader", "node-b", acquire=b) is False
+    _, entry = c.kv.get("service/leader")
+    assert entry["Session"] == a and entry["LockIndex"] == 1 and entry["Value"] == b"node-a"
+    assert c.kv.put("service/leader", "node-a", release=b) is False
+    assert c.kv.put("service/leader", "bye", release=a) is True
+    assert c.kv.put("service/leader", "node-b", acquire=b) is True
+    assert c.session.destroy(b) is True
+    _, entry = c.kv.get("service/leader")
+    assert entry is None  # Behavior delete
+    assert c.session.info(b)[1] is None
+    with pytest.raises(consul.NotFound):
+        c.session.renew(b)

@@ -24,6 +24,7 @@ from registry.agent.checks import (
     TTLMonitor,
 )
 from registry.agent.local import LocalCheck, LocalService
+from registry.agent.session_timers import SessionTimers
 from registry.config import Config, join_address
 from registry.connect.service import Connect
 from registry.consensus import Consensus, LocalLog
@@ -63,6 +64,10 @@ class Agent:
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         self.consensus: Consensus = self._make_consensus()
         self.connect = Connect(self)  # Connect CA, leaf certificates, intentions (registers FSM commands)
+        # The time stamped into every command this agent proposes (lock-delays are decided from it in the
+        # FSM); tests may replace it. Session TTL timers run on the leader.
+        self.wall_clock_ns = time.time_ns
+        self.session_timers = SessionTimers(self)
         self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
@@ -142,6 +147,8 @@ class Agent:
         consensus_start = getattr(self.consensus, "start", None)
         if consensus_start is not None:
             await consensus_start()
+        if not self.is_client:
+            self.session_timers.start()
         try:
             await self._register_self()
         except Exception as exc:  # noqa: BLE001 - no leader yet: anti-entropy registers us once there is one
@@ -189,6 +196,7 @@ class Agent:
         self._listeners.clear()
         for chk in list(self.checks.values()):
             await self._stop_monitor(chk)
+        self.session_timers.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -241,6 +249,7 @@ class Agent:
         await self._apply(cmd)
 
     async def _apply(self, cmd: dict[str, Any]) -> Any:
+        cmd.setdefault("Time", self.wall_clock_ns())
         result = await self.consensus.propose(cmd)
         if isinstance(result, CommandError):
             raise AgentError(result.status, result.message)
@@ -622,6 +631,12 @@ class Agent:
                 raise RPCError("heartbeat needs a node name", 400)
             self.last_seen[args] = time.monotonic()
             return True
+        if method == "session_renew":
+            if not self.consensus.is_leader():
+                raise RPCError("not the leader", 503)
+            if not isinstance(args, str):
+                raise RPCError("session_renew needs a session ID", 400)
+            return self._renew_here(args)
         if method == "node_state":
             from registry.state import codec
 
@@ -634,6 +649,35 @@ class Agent:
                 "checks": [codec._check(c) for c in store.checks.get(args, {}).values()],
             }
         raise RPCError(f"unknown rpc method {method!r}", 400)
+
+    # ------------------------------------------------------------------ sessions
+
+    def _renew_here(self, sid: str) -> list[Any] | None:
+        from registry.state import codec
+
+        if not self.session_timers.reset(sid):
+            return None
+        return codec._session(self.store.sessions[sid])
+
+    async def renew_session(self, sid: str) -> Any:
+        """Consul's Session.Renew: the leader restarts the session's TTL timer and answers with the session
+        (None when it does not exist). A follower asks the leader; the timer lives only there."""
+        from registry.state import codec
+
+        if self.consensus.is_leader():
+            row = self._renew_here(sid)
+        else:
+            from registry.consensus import NotLeaderError, RPCError
+
+            server = self.consensus
+            info = await server._await_leader()  # type: ignore[attr-defined]
+            try:
+                row = await server.rpc_client(info.address).call("session_renew", sid, timeout=5)  # type: ignore[attr-defined]
+            except RPCError as exc:
+                if exc.status == 503:
+                    raise NotLeaderError(None) from exc
+                raise
+        return codec.session_row(row) if row is not None else None
 
     async def _remote_node_state(self) -> tuple[dict[str, Any], dict[str, Any], bool]:
         from registry.state import codec

@@ -134,9 +134,9 @@ class Api:
         self.max_wait = cfg.max_query_time
         self.pretty_default = cfg.dev
         self.acl_policy = cfg.acl_default_policy
-        from registry.api import agent_endpoints, catalog, health, kv, operator, status
+        from registry.api import agent_endpoints, catalog, health, kv, operator, session, status
 
-        for module in (agent_endpoints, catalog, health, kv, status, operator):
+        for module in (agent_endpoints, catalog, health, kv, status, operator, session):
             module.register(self.router)
         from registry.api import connect as connect_api
 
@@ -203,6 +203,10 @@ class Api:
         session = self.agent.http_session
         assert session is not None
         body = await read_body(request, 64 * 1024 * 1024)
+        if request.path == "/v1/session/create" and request.method == "PUT":
+            from registry.api.session import default_node_for_forwarding
+
+            body = default_node_for_forwarding(body, self.agent.node_name)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("x-consul-token", "authorization", "content-type", "accept")}  # fmt: skip
         try:
@@ -354,6 +358,7 @@ class Api:
     async def propose(self, cmd: dict[str, Any]) -> Any:
         from registry.fsm import CommandError
 
+        cmd.setdefault("Time", self.agent.wall_clock_ns())  # the FSM's only notion of now (lock-delays)
         result = await self.agent.consensus.propose(cmd)
         if isinstance(result, CommandError):
             raise HTTPError(result.status, result.message)

@@ -2,6 +2,8 @@
 
 Values are raw bytes in PUT bodies and base64 in JSON. Every write is a command through the log; CAS is
 decided by the FSM against the ModifyIndex it sees at apply time, so concurrent CAS writers cannot both win.
+``?acquire=<session>`` and ``?release=<session>`` are the ``lock`` / ``unlock`` verbs, decided the same way
+(and the lock-delay against the time the command carries).
 """
 
 from __future__ import annotations
@@ -102,10 +104,6 @@ async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     exclusive = [name for name in ("cas", "acquire", "release") if name in q]
     if len(exclusive) > 1:
         raise HTTPError(400, f"Conflicting flags: {request.query_string}")
-    if "acquire" in q or "release" in q:
-        raise HTTPError(
-            400, "Sessions are not available in this Proconsul version: ?acquire and ?release need /v1/session"
-        )
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
     limit = api.agent.config.kv_max_value_size
@@ -118,6 +116,10 @@ async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     cmd: dict[str, Any] = {"Type": "kv", "Verb": "set", "Key": key, "Value": value or None, "Flags": flags}
     if cas is not None:
         cmd.update(Verb="cas", Index=cas)
+    elif "acquire" in q:
+        cmd.update(Verb="lock", Session=q.get("acquire", ""))
+    elif "release" in q:
+        cmd.update(Verb="unlock", Session=q.get("release", ""))
     result = await api.propose(cmd)
     return api.json(request, bool(result))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from registry.sessions import Session, SessionError, session_from_command
 from registry.structs import Check, KVEntry, Node, Service
 
 FORMAT_VERSION = 1
@@ -35,6 +36,20 @@ def _kv(e: KVEntry) -> list[Any]:
     return [e.key, e.value, e.flags, e.session, e.lock_index, e.create_index, e.modify_index]
 
 
+def _session(x: Session) -> list[Any]:
+    return [x.to_command(), x.create_index, x.modify_index]
+
+
+def session_row(r: list[Any]) -> Session:
+    from dataclasses import replace
+
+    try:
+        row = session_from_command(r[0])
+    except SessionError as exc:
+        raise SnapshotFormatError(f"malformed session: {exc}") from None
+    return replace(row, create_index=int(r[1]), modify_index=int(r[2]))
+
+
 def service_row(r: list[Any]) -> Service:
     return Service(
         str(r[0]), str(r[1]), str(r[2]), str(r[3]), tuple(r[4]), str(r[5]), dict(r[6]), dict(r[7]),
@@ -62,6 +77,10 @@ def dump_store(store: Any) -> dict[str, Any]:
         "kv": [_kv(e) for e in store.kv.values()],
         "tombstones": dict(store._tombstones),
         "tables": store.tables,
+        # Added with sessions; absent from older snapshots (loaded as empty).
+        "sessions": [_session(x) for x in store.sessions.values()],
+        "lock_delays": dict(store.lock_delays),
+        "clock_ns": store.clock_ns,
     }
 
 
@@ -90,6 +109,11 @@ def load_store(store: Any, data: dict[str, Any]) -> Any:
             store.kv[e.key] = e
         store._tombstones = {str(k): int(v) for k, v in data["tombstones"].items()}
         store.tables = {str(t): dict(rows) for t, rows in data["tables"].items()}
+        for r in data.get("sessions") or []:
+            x = session_row(r)
+            store.sessions[x.id] = x
+        store.lock_delays = {str(k): int(v) for k, v in (data.get("lock_delays") or {}).items()}
+        store.clock_ns = int(data.get("clock_ns") or 0)
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         if isinstance(exc, SnapshotFormatError):
             raise

@@ -11,6 +11,12 @@ Topics are small tuples:
   ("services",)         the service-name list   ("svc", name)       instances of one service and their health
   ("checks",)           any check               ("kv", key)         one key
   ("kvp", prefix)       any key under a prefix  (table, ...)        tables added later (CA, intentions...)
+  ("sessions",)         any session
+
+Sessions (``registry.sessions`` holds the rules): a session row per ID, indexes by node, by linked check and
+by held key, and each released key's lock-delay deadline. ``clock_ns`` is the store's notion of now: the
+largest ``Time`` any applied command carried (the proposer stamps it), so lock-delays are decided the same
+way on every server and never by a local clock.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from registry import sessions as sess_rules
+from registry.sessions import Session
 from registry.structs import (
     CHECK_STATUSES,
     HEALTH_CRITICAL,
@@ -37,7 +45,12 @@ T_CHECKS: Topic = ("checks",)
 
 
 class StoreError(Exception):
-    """A command the store refuses; nothing was written."""
+    """A command the store refuses; nothing was written. ``status`` is the HTTP status to answer with
+    (Consul answers the session and lock refusals, which are RPC errors there, with 500)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class StateStore:
@@ -54,8 +67,14 @@ class StateStore:
         # Generic tables (CA state, intentions, config entries...) keyed by (table, key): later issues add them
         # without touching the catalog code.
         self.tables: dict[str, dict[str, Any]] = {}
+        self.sessions: dict[str, Session] = {}
+        self.lock_delays: dict[str, int] = {}  # key -> unix ns before which no other session may acquire it
+        self.clock_ns = 0  # the latest command time seen (see the module docstring)
+        self._sessions_by_node: dict[str, set[str]] = {}
+        self._sessions_by_check: dict[tuple[str, str], set[str]] = {}  # (node, check ID) -> session IDs
+        self._keys_by_session: dict[str, set[str]] = {}
         self.index = 0  # last applied log index
-        self.table_index: dict[str, int] = {"nodes": 0, "services": 0, "checks": 0, "kvs": 0}
+        self.table_index: dict[str, int] = {"nodes": 0, "services": 0, "checks": 0, "kvs": 0, "sessions": 0}
         self.service_index: dict[str, int] = {}  # service name -> last index touching it (or its health)
         self.node_index: dict[str, int] = {}  # node name -> last index touching it
         self._changed: set[Topic] = set()
@@ -190,6 +209,8 @@ class StateStore:
             chk, create_index=old.create_index if old else self._idx, modify_index=self._idx
         )
         self._bump("checks", T_CHECKS)
+        if sess_rules.invalidated_by_check(chk.status):
+            self._invalidate_check_sessions(chk.node, chk.check_id)
         self._touch_node(chk.node)
         for c in (old, chk):
             if c is None:
@@ -217,6 +238,8 @@ class StateStore:
     def delete_node(self, node: str) -> None:
         if node not in self.nodes:
             return
+        for sid in sorted(self._sessions_by_node.get(node, ())):
+            self.session_destroy(sid)
         self._touch_all_services_of_node(node)
         for svc in list(self.services.get(node, {}).values()):
             self._unindex_service(svc)
@@ -243,6 +266,7 @@ class StateStore:
         for cid in [cid for cid, c in node_checks.items() if c.service_id == service_id]:
             del node_checks[cid]
             self._bump("checks", T_CHECKS)
+            self._invalidate_check_sessions(node, cid)
         self._bump("services", T_SERVICES)
         self._touch_node(node)
 
@@ -261,6 +285,7 @@ class StateStore:
         del self.checks[node][check_id]
         self._bump("checks", T_CHECKS)
         self._touch_node(node)
+        self._invalidate_check_sessions(node, check_id)
 
     # ------------------------------------------------------------------ KV writes
 
@@ -290,8 +315,10 @@ class StateStore:
         return True
 
     def kv_delete(self, key: str) -> None:
-        if self.kv.pop(key, None) is None:
+        old = self.kv.pop(key, None)
+        if old is None:
             return
+        self._unindex_held(old)
         i = bisect.bisect_left(self._kv_keys, key)
         del self._kv_keys[i]
         self._add_tombstone(key)
@@ -314,9 +341,133 @@ class StateStore:
             return
         del self._kv_keys[lo:hi]
         for key in doomed:
-            del self.kv[key]
+            self._unindex_held(self.kv.pop(key))
             self._add_tombstone(key)
             self._kv_touch(key)
+
+    def _unindex_held(self, entry: KVEntry) -> None:
+        if entry.session:
+            held = self._keys_by_session.get(entry.session)
+            if held is not None:
+                held.discard(entry.key)
+                if not held:
+                    del self._keys_by_session[entry.session]
+
+    def kv_lock(self, key: str, value: bytes | None, flags: int, session: str) -> bool:
+        """PUT ?acquire: take (or keep) the lock on ``key`` for ``session`` and write the value. False when
+        another session holds it or the key's lock-delay has not passed (at ``clock_ns``)."""
+        if not session:
+            raise StoreError("missing session", 500)
+        if session not in self.sessions:
+            raise StoreError(f'invalid session "{session}"', 500)
+        old = self.kv.get(key)
+        if old is None or old.session != session:
+            if sess_rules.in_lock_delay(self.lock_delays.get(key), self.clock_ns):
+                return False
+        outcome = sess_rules.acquire(old.session if old else None, old.lock_index if old else None, session)
+        if not outcome.acquired:
+            return False
+        self.kv_set(key, value, flags)
+        entry = replace(self.kv[key], session=session, lock_index=outcome.lock_index, modify_index=self._idx)
+        self.kv[key] = entry
+        self._keys_by_session.setdefault(session, set()).add(key)
+        return True
+
+    def kv_unlock(self, key: str, value: bytes | None, flags: int, session: str) -> bool:
+        """PUT ?release: only the holder can release; the value is written, LockIndex kept."""
+        if not session:
+            raise StoreError("missing session", 500)
+        old = self.kv.get(key)
+        if not sess_rules.release(old.session if old else None, session):
+            return False
+        assert old is not None
+        self._unindex_held(old)
+        self.kv[key] = replace(old, value=value, flags=flags, session="", modify_index=self._idx)
+        self._kv_touch(key)
+        return True
+
+    # ------------------------------------------------------------------ sessions
+
+    def advance_clock(self, now_ns: int) -> None:
+        """The FSM passes each command's ``Time``; the store's clock never goes backwards."""
+        if now_ns > self.clock_ns:
+            self.clock_ns = now_ns
+
+    def _index_session(self, s: Session) -> None:
+        self._sessions_by_node.setdefault(s.node, set()).add(s.id)
+        for cid in s.check_ids():
+            self._sessions_by_check.setdefault((s.node, cid), set()).add(s.id)
+
+    def session_create(self, s: Session) -> None:
+        """Consul's sessionCreateTxn: the node must exist and every linked check exist and not be critical."""
+        if s.id in self.sessions:
+            raise StoreError(f"Session '{s.id}' already exists", 500)
+        if s.node not in self.nodes:
+            raise StoreError("Missing node registration", 500)
+        node_checks = self.checks.get(s.node, {})
+        for cid in s.check_ids():
+            chk = node_checks.get(cid)
+            if chk is None:
+                raise StoreError(f"Missing check '{cid}' registration", 500)
+            if sess_rules.invalidated_by_check(chk.status):
+                raise StoreError(f"Check '{cid}' is in {chk.status} state", 500)
+        row = replace(s, create_index=self._idx, modify_index=self._idx)
+        self.sessions[s.id] = row
+        self._index_session(row)
+        self._bump("sessions", sess_rules.TOPIC_SESSIONS)
+
+    def session_destroy(self, sid: str) -> bool:
+        """Invalidate a session: delete it, release or delete the keys it holds, start their lock-delay
+        (from ``clock_ns``). Unknown IDs are a no-op, as in Consul."""
+        s = self.sessions.pop(sid, None)
+        if s is None:
+            return False
+        self._bump("sessions", sess_rules.TOPIC_SESSIONS)
+        by_node = self._sessions_by_node.get(s.node)
+        if by_node is not None:
+            by_node.discard(sid)
+            if not by_node:
+                del self._sessions_by_node[s.node]
+        for cid in s.check_ids():
+            linked = self._sessions_by_check.get((s.node, cid))
+            if linked is not None:
+                linked.discard(sid)
+                if not linked:
+                    del self._sessions_by_check[(s.node, cid)]
+        now = self.clock_ns
+        # Forget lock-delays that are over, so the table does not grow without bound.
+        for key in [k for k, until in self.lock_delays.items() if until <= now]:
+            del self.lock_delays[key]
+        delay = sess_rules.lock_delay_ns(s)
+        for key in sorted(self._keys_by_session.pop(sid, ())):
+            entry = self.kv.get(key)
+            if entry is None or entry.session != sid:
+                continue
+            if s.behavior == sess_rules.BEHAVIOR_DELETE:
+                self.kv_delete(key)
+            else:
+                self.kv[key] = replace(entry, session="", modify_index=self._idx)
+                self._kv_touch(key)
+            if delay > 0:
+                self.lock_delays[key] = now + delay
+        return True
+
+    def _invalidate_check_sessions(self, node: str, check_id: str) -> None:
+        for sid in sorted(self._sessions_by_check.get((node, check_id), ())):
+            self.session_destroy(sid)
+
+    def session_get(self, sid: str) -> tuple[int, Session | None]:
+        return self.table_index["sessions"], self.sessions.get(sid)
+
+    def session_list(self, node: str | None = None) -> tuple[int, list[Session]]:
+        if node is None:
+            rows = [self.sessions[sid] for sid in sorted(self.sessions)]
+        else:
+            rows = [self.sessions[sid] for sid in sorted(self._sessions_by_node.get(node, ()))]
+        return self.table_index["sessions"], rows
+
+    def lock_delay_until(self, key: str) -> int | None:
+        return self.lock_delays.get(key)
 
     def _add_tombstone(self, key: str) -> None:
         if key not in self._tombstones:
@@ -471,3 +622,11 @@ class StateStore:
                     self.connect_by_target.setdefault(t, set()).add(key)
         self._kv_keys = sorted(self.kv)
         self._tomb_keys = sorted(self._tombstones)
+        self._sessions_by_node.clear()
+        self._sessions_by_check.clear()
+        self._keys_by_session.clear()
+        for s in self.sessions.values():
+            self._index_session(s)
+        for e in self.kv.values():
+            if e.session:
+                self._keys_by_session.setdefault(e.session, set()).add(e.key)
