@@ -5,7 +5,7 @@ with the agent node's ``serfHealth`` check by default), ``?acquire=<session>`` w
 until it is free, then a consistent blocking query that watches the key for as long as the child runs. If the
 key's session changes or disappears, or the session cannot be renewed, the lock is lost: the child gets SIGTERM,
 then SIGKILL after a grace period. When the child exits the key is released, the session destroyed and the key
-deleted if nobody else holds it.
+deleted if nobody else holds it. With ``-n`` above 1 it is Consul's semaphore recipe instead (see Semaphore).
 
 The module is split in two: a pure core (argument parsing, lock-state decisions, exit codes) that is tested
 without an agent, and a thin asyncio shell (aiohttp for HTTP, ``asyncio`` subprocesses) that performs them.
@@ -14,6 +14,7 @@ without an agent, and a thin asyncio shell (aiohttp for HTTP, ``asyncio`` subpro
 from __future__ import annotations
 
 import asyncio
+import base64
 import enum
 import json
 import os
@@ -285,6 +286,64 @@ _SIGNAL_WORDS = {"SIGTERM": "terminated", "SIGKILL": "killed", "SIGINT": "interr
                  "SIGUSR1": "user defined signal 1", "SIGUSR2": "user defined signal 2"}  # fmt: skip
 
 
+# ---------------------------------------------------------------------- pure core: semaphore decisions (-n > 1)
+
+
+class SemaphoreConflict(Exception):
+    pass
+
+
+def semaphore_key(prefix: str) -> str:
+    return lock_key(prefix)
+
+
+def contender_key(prefix: str, session: str) -> str:
+    return "/".join([*[p for p in prefix.split("/") if p and p != "."], session])
+
+
+def semaphore_holders(pairs: list[dict[str, Any]], prefix: str, limit: int) -> tuple[dict[str, Any] | None, dict[str, bool]]:
+    """The ``.lock`` entry of a semaphore prefix (None when there is none yet) and its live holders.
+
+    A holder is live while some key under the prefix is held by its session (its contender entry): a holder
+    whose session died is pruned, as Consul does, so its slot frees itself. Raises SemaphoreConflict when the
+    ``.lock`` key is not a semaphore's or when its limit differs from ours (Consul's messages)."""
+    key = semaphore_key(prefix)
+    lock_pair = next((p for p in pairs if p.get("Key") == key), None)
+    if lock_pair is None:
+        return None, {}
+    if int(lock_pair.get("Flags") or 0) != SEMAPHORE_FLAG_VALUE:
+        raise SemaphoreConflict("Existing key does not match semaphore use")
+    try:
+        raw = lock_pair.get("Value")
+        doc = json.loads(base64.b64decode(raw)) if raw else {"Limit": limit, "Holders": {}}
+        lock_limit, holders = int(doc.get("Limit", 0)), dict(doc.get("Holders") or {})
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise SemaphoreConflict(f"lock decoding failed: {exc}") from None
+    if lock_limit != limit:
+        raise SemaphoreConflict(f"semaphore limit conflict (lock: {lock_limit}, local: {limit})")
+    alive = {p.get("Session") for p in pairs if p.get("Session")}
+    return lock_pair, {sid: True for sid in holders if sid in alive}
+
+
+def semaphore_take(pairs: list[dict[str, Any]], prefix: str, limit: int,
+                   session: str) -> tuple[bytes, int] | None:  # fmt: skip
+    """The CAS write that adds ``session`` to the holders: (new ``.lock`` value, ModifyIndex to CAS against; 0
+    creates the key), or None when all ``limit`` slots are taken by live holders."""
+    lock_pair, holders = semaphore_holders(pairs, prefix, limit)
+    if session not in holders and len(holders) >= limit:
+        return None
+    holders[session] = True
+    value = json.dumps({"Limit": limit, "Holders": holders}).encode()
+    return value, int(lock_pair["ModifyIndex"]) if lock_pair else 0
+
+
+def semaphore_held(pairs: list[dict[str, Any]], prefix: str, limit: int, session: str) -> bool:
+    try:
+        return session in semaphore_holders(pairs, prefix, limit)[1]
+    except SemaphoreConflict:
+        return False
+
+
 # ---------------------------------------------------------------------- shell: HTTP
 
 
@@ -344,8 +403,9 @@ class LockApi:
         raw, _ = await self.checked("GET", "/v1/agent/self")
         return str(json.loads(raw).get("Config", {}).get("NodeName", ""))
 
-    async def session_create(self, name: str, ttl: str) -> str:
-        raw, _ = await self.checked("PUT", "/v1/session/create", body=json.dumps({"Name": name, "TTL": ttl}).encode())
+    async def session_create(self, name: str, ttl: str, behavior: str = "release") -> str:
+        body = json.dumps({"Name": name, "TTL": ttl, "Behavior": behavior}).encode()
+        raw, _ = await self.checked("PUT", "/v1/session/create", body=body)
         return str(json.loads(raw)["ID"])
 
     async def session_renew(self, sid: str) -> dict[str, Any] | None:
@@ -366,7 +426,16 @@ class LockApi:
 
     async def kv_get(self, key: str, index: int = 0, wait: float | None = None,
                      consistent: bool = False) -> tuple[dict[str, Any] | None, int]:  # fmt: skip
-        params: dict[str, Any] = {}
+        entries, new_index = await self.kv_read(key, index, wait, consistent, recurse=False)
+        return (entries[0] if entries else None), new_index
+
+    async def kv_list(self, prefix: str, index: int = 0, wait: float | None = None,
+                      consistent: bool = False) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+        return await self.kv_read(prefix, index, wait, consistent, recurse=True)
+
+    async def kv_read(self, key: str, index: int, wait: float | None, consistent: bool,
+                      recurse: bool) -> tuple[list[dict[str, Any]], int]:  # fmt: skip
+        params: dict[str, Any] = {"recurse": "" if recurse else None}
         timeout: float | None = 30.0
         if index:
             params["index"] = index
@@ -378,15 +447,21 @@ class LockApi:
         status, raw, headers = await self.call("GET", self._kv(key), params, timeout=timeout)
         new_index = int(headers.get("X-Consul-Index", "0") or 0)
         if status == 404:
-            return None, new_index
+            return [], new_index
         if status >= 400:
             raise ApiError(f"Unexpected response code: {status} ({raw.decode(errors='replace').strip()})", status)
-        entries = json.loads(raw)
-        return (entries[0] if entries else None), new_index
+        return list(json.loads(raw) or []), new_index
 
-    async def kv_acquire(self, key: str, sid: str, value: bytes = b"") -> bool:
-        raw, _ = await self.checked("PUT", self._kv(key), {"acquire": sid, "flags": LOCK_FLAG_VALUE}, value)
+    async def kv_acquire(self, key: str, sid: str, value: bytes = b"", flags: int = LOCK_FLAG_VALUE) -> bool:
+        raw, _ = await self.checked("PUT", self._kv(key), {"acquire": sid, "flags": flags}, value)
         return raw.strip() == b"true"
+
+    async def kv_cas(self, key: str, value: bytes, flags: int, modify_index: int) -> bool:
+        raw, _ = await self.checked("PUT", self._kv(key), {"cas": modify_index, "flags": flags}, value)
+        return raw.strip() == b"true"
+
+    async def kv_delete(self, key: str) -> None:
+        await self.checked("DELETE", self._kv(key))
 
     async def kv_release(self, key: str, sid: str) -> bool:
         raw, _ = await self.checked("PUT", self._kv(key), {"release": sid, "flags": LOCK_FLAG_VALUE}, b"")
@@ -415,9 +490,11 @@ class Mutex:
     _lost: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    behavior = "release"
+
     async def create_session(self) -> None:
         try:
-            self.session = await self.api.session_create(self.opts.session_name, SESSION_TTL)
+            self.session = await self.api.session_create(self.opts.session_name, SESSION_TTL, self.behavior)
         except ApiError as exc:
             raise LockFailed(f"failed to create session: {exc}") from exc
         self.log.debug("session created", session=self.session, name=self.opts.session_name, ttl=SESSION_TTL)
@@ -568,6 +645,128 @@ class Mutex:
         return errors
 
 
+@dataclass
+class Semaphore(Mutex):
+    """Consul's semaphore recipe (api/semaphore.go): a contender key ``<prefix>/<session>`` held by our session
+    (Behavior ``delete``, so it vanishes with the session), and ``<prefix>/.lock`` holding
+    ``{"Limit": n, "Holders": {session: true}}``, updated with check-and-set. A slot is ours while our session
+    is in Holders and still holds a key under the prefix."""
+
+    behavior = "delete"
+
+    async def acquire(self) -> bool:
+        opts, sid = self.opts, self.session
+        try:
+            made = await self.api.kv_acquire(contender_key(opts.prefix, sid), sid, flags=SEMAPHORE_FLAG_VALUE)
+        except ApiError as exc:
+            raise LockFailed(f"failed to make contender entry: {exc}") from exc
+        if not made:
+            raise LockFailed("failed to make contender entry")
+        self.held = True  # from here on, release_and_cleanup removes the contender entry
+        start, attempts, index = time.monotonic(), 0, 0
+        while True:
+            if self._lost.is_set():
+                raise LockFailed(f"session lost while waiting: {self.lost_reason}")
+            wait = wait_budget(opts.timeout, time.monotonic() - start, attempts)
+            if wait is None:
+                return False
+            attempts += 1
+            try:
+                pairs, last = await self.api.kv_list(opts.prefix, index=index, wait=wait)
+            except ApiError as exc:
+                raise LockFailed(f"failed to read prefix: {exc}") from exc
+            try:
+                write = semaphore_take(pairs, opts.prefix, opts.limit, sid)
+            except SemaphoreConflict as exc:
+                raise LockFailed(str(exc)) from None
+            if write is None:
+                self.log.debug("all semaphore slots taken, waiting", limit=opts.limit, index=last)
+                index = last
+                continue
+            value, cas = write
+            try:
+                won = await self.api.kv_cas(opts.key, value, SEMAPHORE_FLAG_VALUE, cas)
+            except ApiError as exc:
+                raise LockFailed(f"failed to update lock: {exc}") from exc
+            if not won:  # another contender changed .lock first: read again
+                index = 0
+                continue
+            self.log.debug("semaphore slot acquired", key=opts.key, session=sid, limit=opts.limit)
+            self._tasks.append(asyncio.create_task(self._monitor(), name="semaphore-monitor"))
+            return True
+
+    async def _monitor(self) -> None:
+        opts, sid, index = self.opts, self.session, 0
+        while True:
+            retries = opts.monitor_retry
+            while True:
+                try:
+                    pairs, last = await self.api.kv_list(opts.prefix, index=index, consistent=True)
+                    break
+                except ApiError as exc:
+                    if retries > 0 and exc.retryable:
+                        retries -= 1
+                        self.log.warning("semaphore monitor read failed, retrying", error=str(exc))
+                        await asyncio.sleep(MONITOR_RETRY_S)
+                        index = 0
+                        continue
+                    self._set_lost(f"failed to watch the semaphore: {exc}")
+                    return
+            if not semaphore_held(pairs, opts.prefix, opts.limit, sid):
+                self._set_lost(f"session {sid} is no longer a holder of the semaphore at {opts.prefix}")
+                return
+            index = last
+
+    async def release_and_cleanup(self) -> list[str]:
+        """Consul's Release (drop us from Holders with CAS, delete our contender key) then Destroy (delete
+        ``.lock`` when no live holder is left)."""
+        errors: list[str] = []
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        opts, sid = self.opts, self.session
+        try:
+            if self.held and sid:
+                self.held = False
+                while True:
+                    pair, _ = await self.api.kv_get(opts.key)
+                    if pair is None or int(pair.get("Flags") or 0) != SEMAPHORE_FLAG_VALUE:
+                        break
+                    doc = json.loads(base64.b64decode(pair["Value"])) if pair.get("Value") else {}
+                    holders = dict(doc.get("Holders") or {})
+                    if sid not in holders:
+                        break
+                    del holders[sid]
+                    value = json.dumps({"Limit": doc.get("Limit", opts.limit), "Holders": holders}).encode()
+                    if await self.api.kv_cas(opts.key, value, SEMAPHORE_FLAG_VALUE, int(pair["ModifyIndex"])):
+                        break
+                await self.api.kv_delete(contender_key(opts.prefix, sid))
+                self.log.debug("semaphore slot released", session=sid)
+        except (ApiError, ValueError) as exc:
+            errors.append(f"Lock release failed: {exc}")
+        if sid:
+            try:
+                await self.api.session_destroy(sid)
+            except ApiError as exc:
+                errors.append(f"Lock release failed: failed to destroy session: {exc}")
+        if errors:
+            return errors
+        try:
+            pairs, _ = await self.api.kv_list(opts.prefix)
+            lock_pair, holders = semaphore_holders(pairs, opts.prefix, opts.limit)
+            if lock_pair is not None and not holders:
+                if await self.api.kv_delete_cas(opts.key, int(lock_pair["ModifyIndex"])):
+                    self.log.debug("cleanup succeeded", key=opts.key)
+            else:
+                self.log.debug("cleanup aborted, semaphore in use" if lock_pair else "cleanup: nothing to delete")
+        except SemaphoreConflict:
+            pass
+        except ApiError as exc:
+            errors.append(f"Lock cleanup failed: failed to remove semaphore: {exc}")
+        return errors
+
+
 # ---------------------------------------------------------------------- shell: the child
 
 
@@ -653,8 +852,12 @@ async def run_lock(opts: Options, base: str, token: str, log: Any) -> int:
         except ApiError as exc:
             print(f"Error querying Consul agent: {exc}", file=sys.stderr)
             return 1
-        mutex = Mutex(api, opts, log)
-        log.debug("setting up lock", key=opts.key)
+        if opts.limit > 1:
+            mutex: Mutex = Semaphore(api, opts, log)
+            log.debug("setting up semaphore", limit=opts.limit, prefix=opts.prefix)
+        else:
+            mutex = Mutex(api, opts, log)
+            log.debug("setting up lock", key=opts.key)
         try:
             return await _hold_and_run(opts, runner, mutex, log)
         finally:
@@ -725,10 +928,6 @@ def cmd_lock(argv: list[str]) -> int:
         if exc.show_usage:
             print(f"\n{USAGE}", file=sys.stderr)
         return 1
-    if opts.limit > 1:
-        print("Lock setup failed: semaphores (-n greater than 1) are not supported yet; use -n=1",
-              file=sys.stderr)  # fmt: skip
-        return 1
     import argparse
 
     from registry import eventloop, logs
@@ -744,5 +943,6 @@ def cmd_lock(argv: list[str]) -> int:
 
 COMMANDS = {"lock": cmd_lock}
 
-__all__ = ["COMMANDS", "Options", "parse_args", "acquire_step", "still_held", "free_to_delete", "wait_budget", "exit_code", "Step",
+__all__ = ["COMMANDS", "Options", "parse_args", "acquire_step", "still_held", "free_to_delete", "wait_budget", "semaphore_holders", "semaphore_take",
+           "semaphore_held", "contender_key", "SemaphoreConflict", "exit_code", "Step",
            "Outcome", "lock_key", "default_session_name", "child_argv", "describe_exit"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -19,17 +20,23 @@ import pytest
 
 from registry.cli_lock import (
     LOCK_FLAG_VALUE,
+    SEMAPHORE_FLAG_VALUE,
     Outcome,
+    SemaphoreConflict,
     Step,
     UsageError,
     acquire_step,
     child_argv,
+    contender_key,
     default_session_name,
     describe_exit,
     exit_code,
     free_to_delete,
     lock_key,
     parse_args,
+    semaphore_held,
+    semaphore_holders,
+    semaphore_take,
     still_held,
     wait_budget,
 )
@@ -101,6 +108,39 @@ def test_wait_budget_and_exit_codes() -> None:
     assert exit_code(Outcome.SHUTDOWN, True, True) == 0
     assert exit_code(Outcome.LOCK_LOST, True, False) == 1
     assert describe_exit(3) == "exit status 3" and describe_exit(-15) == "signal: terminated"
+
+
+def _sem_lock(limit: int, holders: list[str], index: int = 7, flags: int = SEMAPHORE_FLAG_VALUE) -> dict[str, Any]:
+    value = base64.b64encode(json.dumps({"Limit": limit, "Holders": dict.fromkeys(holders, True)}).encode()).decode()
+    return {"Key": "jobs/.lock", "Flags": flags, "Value": value, "ModifyIndex": index}
+
+
+def _contender(sid: str) -> dict[str, Any]:
+    return {"Key": f"jobs/{sid}", "Flags": SEMAPHORE_FLAG_VALUE, "Session": sid, "ModifyIndex": 3}
+
+
+def test_semaphore_decisions() -> None:
+    assert contender_key("/jobs/", "s1") == "jobs/s1"
+    # no .lock yet: the first contender creates it (CAS 0 = only if absent)
+    value, cas = semaphore_take([_contender("a")], "jobs", 2, "a") or (b"", -1)
+    assert cas == 0 and json.loads(value) == {"Limit": 2, "Holders": {"a": True}}
+    # one slot left: take it, CAS against .lock's ModifyIndex
+    pairs = [_sem_lock(2, ["a"]), _contender("a"), _contender("b")]
+    value, cas = semaphore_take(pairs, "jobs", 2, "b") or (b"", -1)
+    assert cas == 7 and json.loads(value)["Holders"] == {"a": True, "b": True}
+    # full: wait
+    pairs = [_sem_lock(2, ["a", "b"]), _contender("a"), _contender("b"), _contender("c")]
+    assert semaphore_take(pairs, "jobs", 2, "c") is None
+    assert semaphore_held(pairs, "jobs", 2, "a") and not semaphore_held(pairs, "jobs", 2, "c")
+    # a holder whose session died (its contender key went with it) is pruned, freeing its slot
+    pairs = [_sem_lock(2, ["a", "dead"]), _contender("a"), _contender("c")]
+    assert semaphore_holders(pairs, "jobs", 2)[1] == {"a": True}
+    value, _ = semaphore_take(pairs, "jobs", 2, "c") or (b"", -1)
+    assert json.loads(value)["Holders"] == {"a": True, "c": True}
+    with pytest.raises(SemaphoreConflict, match=r"^semaphore limit conflict \(lock: 2, local: 3\)$"):
+        semaphore_take(pairs, "jobs", 3, "c")
+    with pytest.raises(SemaphoreConflict, match="^Existing key does not match semaphore use$"):
+        semaphore_take([_sem_lock(2, [], flags=LOCK_FLAG_VALUE)], "jobs", 2, "c")
 
 
 # ---------------------------------------------------------------------- against a real agent
@@ -359,10 +399,55 @@ def test_usage_and_setup_errors(agent: Agent) -> None:
     rc, out, _ = finish(agent.lock("-h"))
     assert rc == 0 and out.startswith("Usage: proconsul lock [options] prefix child...")
     rc, _, err = finish(agent.lock("-n", "2", "svc/sem", "true"))
-    assert rc == 1 and "not supported" in err
+    assert rc == 0, err
     agent.put("/v1/kv/svc/plain/.lock", b"not a lock")
     rc, _, err = finish(agent.lock("svc/plain", "true"))
     assert (rc, err.strip()) == (1, "Lock acquisition failed: Existing key does not match lock use")
     out = subprocess.run([BIN, "lock", "-http-addr", f"127.0.0.1:{free_port()}", "p", "true"], capture_output=True,
                          timeout=15)  # fmt: skip
     assert out.returncode == 1 and out.stderr.decode().startswith("Error querying Consul agent: ")
+
+
+def test_semaphore_runs_n_children_at_once(agent: Agent, tmp_path: Path) -> None:
+    child = py_child(tmp_path, "gated", GATED)
+    a = agent.lock("-shell=false", "-n", "2", "jobs/pool", *child, str(tmp_path), "a")
+    b = agent.lock("-shell=false", "-n=2", "jobs/pool", *child, str(tmp_path), "b")
+    wait_until(lambda: sorted(log_lines(tmp_path)) == ["start a true", "start b true"], "two holders")
+    c = agent.lock("-shell=false", "-n", "2", "-name", "third", "jobs/pool", *child, str(tmp_path), "c")
+    c_session = wait_until(lambda: agent.sessions("third"), "the third contender")[0]
+    assert c_session["Behavior"] == "delete"
+    wait_until(lambda: agent.get(f"/v1/kv/jobs/pool/{c_session['ID']}"), "the third contender's key")
+    lock = agent.lock_entry("jobs/pool")
+    assert lock and lock["Flags"] == SEMAPHORE_FLAG_VALUE
+    doc = json.loads(base64.b64decode(lock["Value"]))
+    assert doc["Limit"] == 2 and len(doc["Holders"]) == 2 and c_session["ID"] not in doc["Holders"]
+    assert len(log_lines(tmp_path)) == 2 and c.poll() is None  # both slots taken: the third waits
+    # a mutex on a semaphore prefix, or a different -n, is refused with Consul's messages
+    rc, _, err = finish(agent.lock("jobs/pool", "true"))
+    assert (rc, err.strip()) == (1, "Lock acquisition failed: Existing key does not match lock use")
+    rc, _, err = finish(agent.lock("-n", "3", "jobs/pool", "true"))
+    assert (rc, err.strip()) == (1, "Lock acquisition failed: semaphore limit conflict (lock: 2, local: 3)")
+    (tmp_path / "go-a").touch()
+    assert finish(a)[0] == 0
+    wait_until(lambda: "start c true" in log_lines(tmp_path), "the third child")
+    for me, proc in (("b", b), ("c", c)):
+        (tmp_path / f"go-{me}").touch()
+        assert finish(proc)[0] == 0
+    assert agent.get("/v1/kv/jobs/pool?recurse") is None  # contender keys and .lock all gone
+    assert agent.sessions("jobs/pool") == [] and agent.sessions("third") == []
+
+
+def test_losing_a_semaphore_slot_terminates_the_child(agent: Agent, tmp_path: Path) -> None:
+    child = py_child(tmp_path, "trap", """
+        import signal, sys, time
+        from pathlib import Path
+        signal.signal(signal.SIGTERM, lambda *_: (Path(sys.argv[1], "got-term").touch(), sys.exit(0)))
+        Path(sys.argv[1], "running").touch()
+        time.sleep(60)
+    """)
+    proc = agent.lock("-shell=false", "-n", "3", "-name", "slot-holder", "jobs/lost", *child, str(tmp_path))
+    wait_until(lambda: (tmp_path / "running").exists(), "the child")
+    assert agent.put(f"/v1/session/destroy/{agent.sessions('slot-holder')[0]['ID']}") is True
+    rc, _, err = finish(proc)
+    assert rc == 1 and "Lock lost, killing child" in err, err
+    assert (tmp_path / "got-term").exists()
