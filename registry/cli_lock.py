@@ -301,7 +301,9 @@ def contender_key(prefix: str, session: str) -> str:
     return "/".join([*[p for p in prefix.split("/") if p and p != "."], session])
 
 
-def semaphore_holders(pairs: list[dict[str, Any]], prefix: str, limit: int) -> tuple[dict[str, Any] | None, dict[str, bool]]:
+def semaphore_holders(
+    pairs: list[dict[str, Any]], prefix: str, limit: int
+) -> tuple[dict[str, Any] | None, dict[str, bool]]:
     """The ``.lock`` entry of a semaphore prefix (None when there is none yet) and its live holders.
 
     A holder is live while some key under the prefix is held by its session (its contender entry): a holder
@@ -333,7 +335,7 @@ def semaphore_take(pairs: list[dict[str, Any]], prefix: str, limit: int,
     if session not in holders and len(holders) >= limit:
         return None
     holders[session] = True
-    value = json.dumps({"Limit": limit, "Holders": holders}).encode()
+    value = json.dumps({"Limit": limit, "Holders": holders}, separators=(",", ":")).encode()
     return value, int(lock_pair["ModifyIndex"]) if lock_pair else 0
 
 
@@ -738,7 +740,8 @@ class Semaphore(Mutex):
                     if sid not in holders:
                         break
                     del holders[sid]
-                    value = json.dumps({"Limit": doc.get("Limit", opts.limit), "Holders": holders}).encode()
+                    doc = {"Limit": doc.get("Limit", opts.limit), "Holders": holders}
+                    value = json.dumps(doc, separators=(",", ":")).encode()
                     if await self.api.kv_cas(opts.key, value, SEMAPHORE_FLAG_VALUE, int(pair["ModifyIndex"])):
                         break
                 await self.api.kv_delete(contender_key(opts.prefix, sid))
@@ -859,10 +862,14 @@ async def run_lock(opts: Options, base: str, token: str, log: Any) -> int:
             mutex = Mutex(api, opts, log)
             log.debug("setting up lock", key=opts.key)
         try:
-            return await _hold_and_run(opts, runner, mutex, log)
-        finally:
-            for err in await mutex.release_and_cleanup():
-                print(err, file=sys.stderr)
+            rc = await _hold_and_run(opts, runner, mutex, log)
+        except BaseException:
+            await mutex.release_and_cleanup()
+            raise
+        errors = await mutex.release_and_cleanup()
+        for err in errors:
+            print(err, file=sys.stderr)
+        return 1 if errors else rc  # Consul: a failed release or cleanup is exit 1, whatever the child did
     finally:
         await api.close()
         for sig in FORWARDED_SIGNALS:
@@ -943,6 +950,8 @@ def cmd_lock(argv: list[str]) -> int:
 
 COMMANDS = {"lock": cmd_lock}
 
-__all__ = ["COMMANDS", "Options", "parse_args", "acquire_step", "still_held", "free_to_delete", "wait_budget", "semaphore_holders", "semaphore_take",
-           "semaphore_held", "contender_key", "SemaphoreConflict", "exit_code", "Step",
-           "Outcome", "lock_key", "default_session_name", "child_argv", "describe_exit"]
+__all__ = [
+    "COMMANDS", "Options", "Outcome", "SemaphoreConflict", "Step", "acquire_step", "child_argv", "contender_key",
+    "default_session_name", "describe_exit", "exit_code", "free_to_delete", "lock_key", "parse_args",
+    "semaphore_held", "semaphore_holders", "semaphore_take", "still_held", "wait_budget",
+]  # fmt: skip

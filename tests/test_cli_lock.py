@@ -451,3 +451,35 @@ def test_losing_a_semaphore_slot_terminates_the_child(agent: Agent, tmp_path: Pa
     rc, _, err = finish(proc)
     assert rc == 1 and "Lock lost, killing child" in err, err
     assert (tmp_path / "got-term").exists()
+
+
+def test_agent_going_away_terminates_the_child(tmp_path: Path) -> None:
+    port = free_port()
+    agent_proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        a = Agent(port)
+
+        def up() -> bool:
+            try:
+                return bool(a.get("/v1/status/leader"))
+            except OSError:
+                return False
+
+        wait_until(up, "the agent", 15)
+        child = py_child(tmp_path, "trap", """
+            import signal, sys, time
+            from pathlib import Path
+            signal.signal(signal.SIGTERM, lambda *_: (Path(sys.argv[1], "got-term").touch(), sys.exit(0)))
+            Path(sys.argv[1], "running").touch()
+            time.sleep(60)
+        """)
+        proc = a.lock("-shell=false", "-monitor-retry=0", "svc/gone", *child, str(tmp_path))
+        wait_until(lambda: (tmp_path / "running").exists(), "the child")
+    finally:
+        agent_proc.send_signal(signal.SIGTERM)
+        agent_proc.wait(10)
+    rc, _, err = finish(proc)
+    assert rc == 1 and "Lock lost, killing child: failed to watch the lock" in err, err
+    assert "Lock release failed" in err
+    assert (tmp_path / "got-term").exists()
