@@ -261,8 +261,8 @@ class Outcome(enum.Enum):
 
 def exit_code(outcome: Outcome, child_failed: bool, propagate: bool) -> int:
     """Consul's rules: 0 after the child ran, whatever it returned, unless ``-child-exit-code``, then 2 when the
-    child failed (non-zero exit, killed, or could not start). Losing the lock is an error here (exit 1), where
-    Consul exits 0: a caller must be able to tell that the child's work was cut short."""
+    child failed (non-zero exit, killed, or could not start). Losing the lock exits 1, as Consul's does (there
+    through the release of a lock no longer held failing): the caller can tell the child's work was cut short."""
     if outcome is Outcome.LOCK_LOST:
         return 1
     if outcome is Outcome.CHILD_EXITED and propagate and child_failed:
