@@ -672,6 +672,7 @@ COMMANDS = {
     "snapshot": cmd_snapshot,
 }
 COMMANDS.update(__import__("registry.cli_connect", fromlist=["COMMANDS"]).COMMANDS)  # intention, connect, tls
+COMMANDS.update(__import__("registry.cli_lock", fromlist=["COMMANDS"]).COMMANDS)  # lock
 
 
 def usage() -> str:
