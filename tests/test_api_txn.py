@@ -148,8 +148,9 @@ async def test_catalog_ops_are_refused_not_ignored(http: Http, agent: RunningAge
                        ([{"Check": {"Verb": "get", "Check": {"Node": "n", "CheckID": "c"}}}], "Check")):  # fmt: skip
         status, text, _ = await http.put("/v1/txn", body)
         assert status == 400 and f"is a {kind} operation" in text and "only KV operations" in text
-    status, text, _ = await http.put("/v1/txn", [{}])
-    assert status == 400 and "Operation 0 has no KV operation" in text
+    for body in ([{}], [kv("get", "a"), None]):
+        status, text, _ = await http.put("/v1/txn", body)
+        assert status == 400 and f"Operation {len(body) - 1} has no KV operation" in text
     assert store_index(agent) == at and (await http.get("/v1/kv/a"))[0] == 404
 
 

@@ -146,6 +146,8 @@ def parse_ops(body: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]
     ops: list[dict[str, Any]] = []
     unsupported: list[tuple[int, str]] = []
     for i, item in enumerate(doc):
+        if item is None:
+            item = {}
         if not isinstance(item, dict):
             raise ParseError(f"json: cannot unmarshal {_json_kind(item)} into Go value of type api.TxnOp")
         kv = None
@@ -165,9 +167,11 @@ async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamRespons
     cfg = api.agent.config
     value_limit = cfg.kv_max_value_size
     limit = max(TXN_MAX_REQ_LEN, value_limit)  # Consul: the larger of txn_max_req_len and kv_max_value_size
-    body = await read_body(
-        request, limit, too_large=f"Request body({{size}} bytes) too large, max size: {limit} bytes. See {_LIMIT_DOC}."
-    )
+    if request.content_length is not None:
+        too_large = f"Request body({{size}} bytes) too large, max size: {limit} bytes. See {_LIMIT_DOC}."
+    else:
+        too_large = f"Request body too large, max size: {limit} bytes. See {_LIMIT_DOC}."
+    body = await read_body(request, limit, too_large=too_large)
     try:
         ops, unsupported = parse_ops(body)
     except ParseError as exc:
