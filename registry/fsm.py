@@ -19,6 +19,7 @@ import structlog
 from registry.sessions import SessionError, session_from_command
 from registry.state.store import StateStore, StoreError, Topic
 from registry.structs import Check, Node, Service
+from registry.txn import apply_txn
 
 log = structlog.get_logger("proconsul.fsm")
 
@@ -246,6 +247,7 @@ DISPATCH: dict[str, ApplyFn] = {
     "check.update": _check_update,
     "kv": _kv,
     "session": _session,
+    "txn": apply_txn,  # KV operations, all or none (registry.txn)
     "tombstone.reap": _tombstone_reap,
     "noop": _noop,
 }

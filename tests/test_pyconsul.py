@@ -140,3 +140,22 @@ def test_sessions_and_locks(c: consul.Consul) -> None:
     assert c.session.info(b)[1] is None
     with pytest.raises(consul.NotFound):
         c.session.renew(b)
+
+
+def test_txn_put(c: consul.Consul) -> None:
+    """py-consul's txn.put: a committed transaction returns Results, a refused one raises with the 409 body."""
+    import base64
+
+    def b64(v: str) -> str:
+        return base64.b64encode(v.encode()).decode()
+
+    out = c.txn.put([{"KV": {"Verb": "set", "Key": "txn/a", "Value": b64("1")}},
+                     {"KV": {"Verb": "set", "Key": "txn/b", "Value": b64("2")}},
+                     {"KV": {"Verb": "get", "Key": "txn/a"}}])  # fmt: skip
+    assert out["Errors"] is None and [r["KV"]["Key"] for r in out["Results"]] == ["txn/a", "txn/b", "txn/a"]
+    assert out["Results"][2]["KV"]["Value"] == b64("1")
+    with pytest.raises(consul.ConsulException) as exc:
+        c.txn.put([{"KV": {"Verb": "delete", "Key": "txn/a"}}, {"KV": {"Verb": "get", "Key": "txn/missing"}}])
+    assert "409" in str(exc.value) and "txn/missing" in str(exc.value)
+    _, entry = c.kv.get("txn/a")
+    assert entry["Value"] == b"1"

@@ -134,9 +134,9 @@ class Api:
         self.max_wait = cfg.max_query_time
         self.pretty_default = cfg.dev
         self.acl_policy = cfg.acl_default_policy
-        from registry.api import agent_endpoints, catalog, health, kv, operator, session, status
+        from registry.api import agent_endpoints, catalog, health, kv, operator, session, status, txn
 
-        for module in (agent_endpoints, catalog, health, kv, status, operator, session):
+        for module in (agent_endpoints, catalog, health, kv, status, operator, session, txn):
             module.register(self.router)
         from registry.api import connect as connect_api
 

@@ -79,6 +79,9 @@ class StateStore:
         self.node_index: dict[str, int] = {}  # node name -> last index touching it
         self._changed: set[Topic] = set()
         self._changed_kv: set[str] = set()
+        # While a transaction runs: each KV key's row and tombstone as they were before its first change.
+        self._kv_journal: dict[str, tuple[KVEntry | None, int | None]] | None = None
+        self._kv_journal_state: tuple[int, set[Topic], set[str]] = (0, set(), set())
 
     # ------------------------------------------------------------------ write helpers
 
@@ -95,6 +98,53 @@ class StateStore:
         changed, keys = self._changed, self._changed_kv
         self._changed, self._changed_kv = set(), set()
         return changed, keys
+
+    def kv_savepoint(self) -> None:
+        """Start journaling KV changes so ``kv_rollback`` can undo them (a transaction of KV operations).
+        Only the KV table, its tombstones and the session-to-key index are journaled: KV verbs touch nothing
+        else (they read sessions and lock-delays, never write them)."""
+        self._kv_journal = {}
+        self._kv_journal_state = (self.table_index["kvs"], set(self._changed), set(self._changed_kv))
+
+    def kv_release(self) -> None:
+        """Keep everything written since ``kv_savepoint``."""
+        self._kv_journal = None
+
+    def kv_rollback(self) -> None:
+        """Undo every KV change since ``kv_savepoint``: rows, sorted key lists, tombstones, the held-key index,
+        the KV table index and the record of touched keys, so nothing is left to notify."""
+        journal = self._kv_journal
+        if journal is None:
+            raise RuntimeError("kv_rollback without kv_savepoint")
+        self._kv_journal = None
+        for key, (entry, tomb) in journal.items():
+            current = self.kv.get(key)
+            if current is not None:
+                self._unindex_held(current)
+            if entry is None:
+                if current is not None:
+                    del self.kv[key]
+                    del self._kv_keys[bisect.bisect_left(self._kv_keys, key)]
+            else:
+                if current is None:
+                    bisect.insort(self._kv_keys, key)
+                self.kv[key] = entry
+                if entry.session:
+                    self._keys_by_session.setdefault(entry.session, set()).add(key)
+            if tomb is None:
+                self._drop_tombstone(key)
+            else:
+                if key not in self._tombstones:
+                    bisect.insort(self._tomb_keys, key)
+                self._tombstones[key] = tomb
+        kvs_index, changed, changed_kv = self._kv_journal_state
+        self.table_index["kvs"] = kvs_index
+        self._changed, self._changed_kv = changed, changed_kv
+
+    def _kv_save(self, key: str) -> None:
+        journal = self._kv_journal
+        if journal is not None and key not in journal:
+            journal[key] = (self.kv.get(key), self._tombstones.get(key))
 
     def _touch_service(self, name: str) -> None:
         self.service_index[name] = self._idx
@@ -294,6 +344,7 @@ class StateStore:
         self._changed_kv.add(key)
 
     def kv_set(self, key: str, value: bytes | None, flags: int) -> None:
+        self._kv_save(key)
         old = self.kv.get(key)
         if old is None:
             bisect.insort(self._kv_keys, key)
@@ -315,6 +366,7 @@ class StateStore:
         return True
 
     def kv_delete(self, key: str) -> None:
+        self._kv_save(key)
         old = self.kv.pop(key, None)
         if old is None:
             return
@@ -327,8 +379,7 @@ class StateStore:
     def kv_delete_cas(self, key: str, index: int) -> bool:
         old = self.kv.get(key)
         if old is None:
-            # Consul: deleting a missing key with a CAS index succeeds only for index 0? It returns false.
-            return False
+            return True  # Consul (kvsDeleteCASTxn): a key that is already gone counts as deleted, whatever index
         if old.modify_index != index:
             return False
         self.kv_delete(key)
@@ -339,6 +390,8 @@ class StateStore:
         doomed = self._kv_keys[lo:hi]
         if not doomed:
             return
+        for key in doomed:
+            self._kv_save(key)
         del self._kv_keys[lo:hi]
         for key in doomed:
             self._unindex_held(self.kv.pop(key))
@@ -381,6 +434,7 @@ class StateStore:
         if not sess_rules.release(old.session if old else None, session):
             return False
         assert old is not None
+        self._kv_save(key)
         self._unindex_held(old)
         self.kv[key] = replace(old, value=value, flags=flags, session="", modify_index=self._idx)
         self._kv_touch(key)
@@ -446,6 +500,7 @@ class StateStore:
             if s.behavior == sess_rules.BEHAVIOR_DELETE:
                 self.kv_delete(key)
             else:
+                self._kv_save(key)
                 self.kv[key] = replace(entry, session="", modify_index=self._idx)
                 self._kv_touch(key)
             if delay > 0:
