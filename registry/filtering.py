@@ -182,6 +182,17 @@ INTENTION = _struct(
     Meta=_STRING_MAP,
 )  # fmt: skip
 
+#: structs.ServiceIntentionsConfigEntry -- /v1/config/service-intentions items (Permissions, an L7 list of
+#: structs, and the legacy timestamps are not selectable here).
+_SOURCE_INTENTION = _struct(
+    "SourceIntention", True, Name=STRING, Peer=STRING, Partition=STRING, Namespace=STRING,
+    SamenessGroup=STRING, Action=STRING, Precedence=INT, Type=STRING, Description=STRING, LegacyID=STRING,
+    LegacyMeta=_STRING_MAP,
+)  # fmt: skip
+SERVICE_INTENTIONS = _struct(
+    "ServiceIntentionsConfigEntry", True, Kind=STRING, Name=STRING, Partition=STRING, Namespace=STRING,
+    Sources=Slice(_SOURCE_INTENTION), Meta=_STRING_MAP,
+)  # fmt: skip
 
 # ====================================================================== Go-compatible helpers
 

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from registry import filtering
+from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.connect.state import (
     CMD_CONFIG_ENTRY,
+    KIND_SERVICE_INTENTIONS,
     SUPPORTED_KINDS,
     TOPIC_CONFIG,
     ConfigEntryError,
@@ -92,14 +95,18 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
         raise HTTPError(404, "Must provide either a kind or both kind and name")
     kind = _kind(parts[0])
     if len(parts) == 1:
+        flt = None
         if request.query.get("filter"):
-            # Never a silent wrong answer: an unfiltered list would look like a filtered one.
-            raise HTTPError(400, "?filter is not supported on /v1/config/<kind> by Proconsul yet: "
-                                 "list the entries and filter them client-side")  # fmt: skip
+            if kind != KIND_SERVICE_INTENTIONS:
+                # Never a silent wrong answer: an unfiltered list would look like a filtered one.
+                raise HTTPError(400, f"?filter is not supported on /v1/config/{kind} by Proconsul yet: "
+                                     "list the entries and filter them client-side")  # fmt: skip
+            flt = query_filter(api, request, filtering.SERVICE_INTENTIONS)
 
         def run_list(store: StateStore) -> ReadResult:
             entries = list_entries(store, kind) if kind in SUPPORTED_KINDS else []
-            return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: entries)
+            return ReadResult(config_index(store), (TOPIC_CONFIG,),
+                              lambda: flt.select(entries) if flt is not None else entries)  # fmt: skip
 
         return await api.read(request, run_list)
     name = parts[1]
