@@ -52,6 +52,7 @@ from bench._util import (
     cpu_model,
     ensure_tool,
     free_port,
+    taskset,
     wait_for_quiet_machine,
     write_section,
 )
@@ -214,8 +215,7 @@ class AgentProcess:
         config.write_text(json.dumps({"connect": {"ca_config": {"csr_max_per_second": 0}}}))
         cmd = [str(BIN / "proconsul"), "agent", "-dev", "-node", "ca-bench", "-http-port", str(self.port),
                "-dns-port", "-1", "-log-level", "warn", "-config-file", str(config)]  # fmt: skip
-        if shutil.which("taskset"):
-            cmd = ["taskset", "-c", str(cpu), *cmd]
+        cmd = [*taskset(cpu), *cmd]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 20
@@ -260,8 +260,7 @@ def check_one_leaf(agent: AgentProcess, workdir: Path) -> None:
 def run_wrk(wrk: str, agent: AgentProcess, script: Path, seconds: float, connections: int, cpu: int,
             run_id: str) -> dict[str, float]:  # fmt: skip
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), agent.url, "--", run_id]
-    if shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(cpu), *cmd]
+    cmd = [*taskset(cpu), *cmd]
     c0 = agent.cpu_seconds()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
     cpu_used = agent.cpu_seconds() - c0

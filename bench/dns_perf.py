@@ -42,8 +42,11 @@ from pathlib import Path
 from bench._util import (
     busy_fraction,
     cpu_model,
+    cpu_snapshot,
     ensure_tool,
     loadavg,
+    others_cpu_seconds,
+    taskset,
     wait_for_quiet_machine,
     write_section,
 )
@@ -63,44 +66,9 @@ FILLER_SERVICES = 200
 # ---------------------------------------------------------------------- machine and tools
 
 
-def taskset(cpu: int) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
-        return ["taskset", "-c", str(cpu)]
-    return []
-
-
-def cpu_ticks(exclude: set[int]) -> dict[int, int]:
-    """CPU ticks used so far by every process except ``exclude``, this one, and kernel threads."""
-    me = os.getpid()
-    out: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid in exclude or pid == me:
-            continue
-        try:
-            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[1] == "2" or pid == 2:
-            continue
-        # Own time only: a parent's reaped-children figure would count a long-lived child's whole life
-        # at once. Processes that start and end inside a run are missed; the server's own busy fraction
-        # (reported with each run) shows when something took its core anyway.
-        out[pid] = int(fields[11]) + int(fields[12])
-    return out
-
-
 def process_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
-
-
-def others_cores(before: dict[int, int], after: dict[int, int], seconds: float) -> float:
-    """How many cores' worth of CPU other processes used between two snapshots."""
-    ticks = sum(t - before.get(pid, 0) for pid, t in after.items() if t >= before.get(pid, 0))
-    return ticks / os.sysconf("SC_CLK_TCK") / seconds if seconds > 0 else 0.0
 
 
 def free_port() -> int:
@@ -290,12 +258,12 @@ def dnsperf(port: int, queries: list[str], duration: float, rate: int | None = N
         argv += ["-Q", str(rate)]
     if verbose:
         argv += ["-v"]
-    before, started = cpu_ticks(set(exclude)), time.monotonic()
+    before, started = cpu_snapshot(set(exclude)), time.monotonic()
     server_before = process_ticks(server_pid) if server_pid else 0
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, err = proc.communicate()
     elapsed = time.monotonic() - started
-    others = others_cores(before, cpu_ticks(set(exclude) | {proc.pid}), elapsed)
+    others = others_cpu_seconds(before, cpu_snapshot(set(exclude) | {proc.pid})) / elapsed if elapsed > 0 else 0.0
     server_busy = 0.0
     if server_pid:
         server_busy = (process_ticks(server_pid) - server_before) / os.sysconf("SC_CLK_TCK") / elapsed
