@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -83,3 +87,31 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def openssl_verify(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The real ``openssl verify -x509_strict``; ``.returncode == 0`` means the chain verified. ``at`` is
+    the moment to verify at (default: now); ``untrusted`` are intermediates; ``purpose`` as openssl's."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not installed")
+    counter = iter(range(1_000_000))
+
+    def write(pems: Sequence[str] | str) -> str:
+        path = tmp_path / f"pem{next(counter)}.pem"
+        path.write_text(pems if isinstance(pems, str) else "".join(pems))
+        return str(path)
+
+    def verify(leaf: str, roots: Sequence[str] | str, untrusted: Sequence[str] | str = (), *,
+               at: datetime | None = None, purpose: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        cmd = ["openssl", "verify", "-x509_strict", "-CAfile", write(roots)]
+        if at is not None:
+            cmd += ["-attime", str(int(at.timestamp()))]
+        if untrusted:
+            cmd += ["-untrusted", write(untrusted)]
+        if purpose:
+            cmd += ["-purpose", purpose]
+        cmd.append(write(leaf))
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+
+    return verify

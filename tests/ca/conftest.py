@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import random
-import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
@@ -30,34 +28,10 @@ def now() -> datetime:
 
 
 @pytest.fixture
-def openssl_verify(tmp_path: Path) -> Verify:
-    """Run the real ``openssl verify``. Returns the CompletedProcess; ``.returncode == 0`` means OK."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl CLI not installed")
-    counter = iter(range(1_000_000))
+def openssl_verify(openssl_verify: Verify) -> Verify:
+    """tests/conftest.py's ``openssl verify``, at the fixed test instant unless ``at`` says otherwise."""
 
-    def write(pems: Sequence[str] | str) -> str:
-        path = tmp_path / f"pem{next(counter)}.pem"
-        path.write_text(pems if isinstance(pems, str) else "".join(pems))
-        return str(path)
-
-    def verify(
-        leaf: str,
-        roots: Sequence[str] | str,
-        untrusted: Sequence[str] | str = (),
-        *,
-        at: datetime = NOW,
-        purpose: str | None = None,
-        strict: bool = True,
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = ["openssl", "verify", "-CAfile", write(roots), "-attime", str(int(at.timestamp()))]
-        if untrusted:
-            cmd += ["-untrusted", write(untrusted)]
-        if purpose:
-            cmd += ["-purpose", purpose]
-        if strict:
-            cmd.append("-x509_strict")
-        cmd.append(write(leaf))
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    def verify(*args: object, at: datetime = NOW, **kw: object) -> subprocess.CompletedProcess[str]:
+        return openssl_verify(*args, at=at, **kw)
 
     return verify
