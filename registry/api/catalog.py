@@ -8,18 +8,19 @@ from aiohttp import web
 
 from registry import filtering
 from registry.api import views
-from registry.api.decode import (
+from registry.api.decode import parse_json
+from registry.api.errors import HTTPError
+from registry.api.http import ReadResult, read_body
+from registry.commands import Deregister, Register
+from registry.registration import (
     CATALOG_DEREGISTER_SCHEMA,
     CATALOG_REGISTER_SCHEMA,
     DecodeError,
     decode,
-    parse_json,
     validate_meta,
 )
-from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
 from registry.state.store import T_NODES, T_SERVICES, StateStore
-from registry.structs import CHECK_STATUSES, Node, Service
+from registry.structs import CHECK_STATUSES, Check, Node, Service
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -89,19 +90,13 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
         validate_meta(d.get("NodeMeta") or {}, "Node")
     except DecodeError as exc:
         raise HTTPError(400, f"Invalid node metadata: {exc}") from exc
-    cmd: dict[str, Any] = {
-        "Type": "register",
-        "ID": d.get("ID") or "",
-        "Node": d["Node"],
-        "Address": d.get("Address") or "",
-        "Datacenter": dc,
-        "TaggedAddresses": d.get("TaggedAddresses") or {},
-        "NodeMeta": d.get("NodeMeta") or {},
-        "SkipNodeUpdate": bool(d.get("SkipNodeUpdate")),
-    }
+    node = Node(id=d.get("ID") or "", node=d["Node"], address=d.get("Address") or "", datacenter=dc,
+                tagged_addresses=d.get("TaggedAddresses") or {}, meta=d.get("NodeMeta") or {})  # fmt: skip
+    skip_node_update = bool(d.get("SkipNodeUpdate"))
     existing = api.agent.store.nodes.get(d["Node"])
-    if cmd["SkipNodeUpdate"] and existing is None and not cmd["Address"]:
+    if skip_node_update and existing is None and not node.address:
         raise HTTPError(400, "Must provide address")
+    service: Service | None = None
     if svc := d.get("Service"):
         name = svc.get("Service") or svc.get("Name") or ""
         if not name:
@@ -111,21 +106,27 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
         except DecodeError as exc:
             raise HTTPError(400, f"Invalid service metadata: {exc}") from exc
         weights = svc.get("Weights") or {"Passing": 1, "Warning": 1}
-        cmd["Service"] = {
-            "ID": svc.get("ID") or name,
-            "Service": name,
-            "Kind": svc.get("Kind") or "",
-            "Tags": svc.get("Tags") or [],
-            "Address": svc.get("Address") or "",
-            "TaggedAddresses": svc.get("TaggedAddresses") or {},
-            "Meta": svc.get("Meta") or {},
-            "Port": svc.get("Port") or 0,
-            "Weights": {"Passing": weights.get("Passing") or 1, "Warning": weights.get("Warning") or 1},
-            "EnableTagOverride": bool(svc.get("EnableTagOverride")),
-            "Proxy": svc.get("Proxy"),
-            "Connect": svc.get("Connect"),
-        }
-    checks = []
+        proxy, connect = svc.get("Proxy"), svc.get("Connect")
+        if proxy is not None and not isinstance(proxy, dict):
+            raise HTTPError(400, "Proxy must be an object")
+        if connect is not None and not isinstance(connect, dict):
+            raise HTTPError(400, "Connect must be an object")
+        service = Service(
+            node=node.node,
+            id=svc.get("ID") or name,
+            service=name,
+            kind=svc.get("Kind") or "",
+            tags=tuple(svc.get("Tags") or ()),
+            address=svc.get("Address") or "",
+            tagged_addresses=svc.get("TaggedAddresses") or {},
+            meta=svc.get("Meta") or {},
+            port=svc.get("Port") or 0,
+            weights=(weights.get("Passing") or 1, weights.get("Warning") or 1),
+            enable_tag_override=bool(svc.get("EnableTagOverride")),
+            proxy=proxy,
+            connect=connect,
+        )
+    checks: list[Check] = []
     for c in ([d["Check"]] if d.get("Check") else []) + [c for c in (d.get("Checks") or []) if c]:
         status = c.get("Status") or "critical"
         if status not in CHECK_STATUSES:
@@ -135,13 +136,15 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
             raise HTTPError(400, "Missing check ID")
         if c.get("Node") and c["Node"] != d["Node"]:
             raise HTTPError(400, "Check node does not match node")
-        checks.append({
-            "Node": d["Node"], "CheckID": cid, "Name": c.get("Name") or cid, "Status": status,
-            "Notes": c.get("Notes") or "", "Output": c.get("Output") or "", "ServiceID": c.get("ServiceID") or "",
-            "Type": c.get("Type") or "", "Definition": c.get("Definition") or {},
-        })  # fmt: skip
-    cmd["Checks"] = checks
-    await api.propose(cmd)
+        definition = c.get("Definition") or {}
+        if not isinstance(definition, dict):
+            raise HTTPError(400, "Definition must be an object")
+        checks.append(Check(
+            node=d["Node"], check_id=cid, name=c.get("Name") or cid, status=status, notes=c.get("Notes") or "",
+            output=c.get("Output") or "", service_id=c.get("ServiceID") or "", type=c.get("Type") or "",
+            definition=definition,
+        ))  # fmt: skip
+    await api.propose(Register(node, service, tuple(checks), skip_node_update))
     return api.json(request, True)
 
 
@@ -153,8 +156,7 @@ async def deregister(api: Api, request: web.Request, _: str) -> web.StreamRespon
         raise HTTPError(400, f"Request decode failed: {exc}") from exc
     if not d.get("Node"):
         raise HTTPError(400, "Must provide node")
-    await api.propose({"Type": "deregister", "Node": d["Node"], "ServiceID": d.get("ServiceID") or "",
-                       "CheckID": d.get("CheckID") or ""})  # fmt: skip
+    await api.propose(Deregister(d["Node"], d.get("ServiceID") or "", d.get("CheckID") or ""))
     return api.json(request, True)
 
 

@@ -17,8 +17,8 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.commands import ConfigEntryDelete, ConfigEntryUpsert
 from registry.connect.state import (
-    CMD_CONFIG_ENTRY,
     KIND_SERVICE_INTENTIONS,
     SUPPORTED_KINDS,
     TOPIC_CONFIG,
@@ -74,9 +74,7 @@ async def put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     except ConfigEntryError as exc:
         raise HTTPError(400, str(exc)) from None
     cas = _cas(request)
-    cmd = {"Type": CMD_CONFIG_ENTRY, "Op": "cas" if cas is not None else "upsert", "Entry": entry,
-           "Index": cas or 0}  # fmt: skip
-    result = await api.propose(cmd)
+    result = await api.propose(ConfigEntryUpsert(entry, cas is not None, cas or 0))
     return api.json(request, bool(result))
 
 
@@ -87,9 +85,7 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
             raise HTTPError(404, "Must provide both a kind and name to delete")
         kind = _kind(parts[0])
         cas = _cas(request)
-        cmd = {"Type": CMD_CONFIG_ENTRY, "Op": "delete-cas" if cas is not None else "delete", "Kind": kind,
-               "Name": parts[1], "Index": cas or 0}  # fmt: skip
-        result = await api.propose(cmd)
+        result = await api.propose(ConfigEntryDelete(kind, parts[1], cas=cas is not None, index=cas or 0))
         return api.json(request, bool(result) if cas is not None else {})
     if not parts or len(parts) > 2:
         raise HTTPError(404, "Must provide either a kind or both kind and name")

@@ -23,10 +23,9 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
-from registry.connect.manager import CAUpdateError
+from registry.commands import IntentionDelete, IntentionDeleteExact, IntentionWrite
 from registry.connect.signer import RateLimited, SignError
 from registry.connect.state import (
-    CMD_INTENTION,
     TOPIC_CA,
     TOPIC_CONFIG,
     ca_index,
@@ -133,10 +132,7 @@ async def ca_configuration_put(api: Api, request: web.Request, _: str) -> web.St
         config = provider.parse_ca_configuration(body)
     except provider.CAConfigError as exc:
         raise HTTPError(400, str(exc)) from None
-    try:
-        await connect.manager.set_config(config)
-    except CAUpdateError as exc:
-        raise HTTPError(exc.status, exc.message) from None
+    await connect.manager.set_config(config)  # a CommandError answers with its status and text
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
@@ -216,10 +212,6 @@ def _now() -> str:
     return provider.format_go_time(utcnow())
 
 
-async def _propose(api: Api, cmd: dict[str, Any]) -> Any:
-    return await api.propose(cmd)
-
-
 def _names(request: web.Request, *params: str) -> list[str]:
     out = []
     for p in params:
@@ -270,8 +262,7 @@ async def intentions_create(api: Api, request: web.Request, _: str) -> web.Strea
     if ixn.id:
         raise HTTPError(400, "ID must be empty when creating a new intention")
     ixn_id = str(uuid.uuid4())
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "create", "ID": ixn_id, "Intention": ixn.to_api_dict(),
-                         "Now": _now()})  # fmt: skip
+    await api.propose(IntentionWrite("create", ixn, _now(), ixn_id))
     return api.json(request, {"ID": ixn_id})
 
 
@@ -320,15 +311,14 @@ async def intention_exact_put(api: Api, request: web.Request, _: str) -> web.Str
         ):
             del merged[k]  # the query string names the pair; a body spelling cannot override it
     ixn = _intention_from_body(merged)
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "upsert", "Intention": ixn.to_api_dict(), "Now": _now()})
+    await api.propose(IntentionWrite("upsert", ixn, _now()))
     return api.json(request, True)
 
 
 async def intention_exact_delete(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _connect(api)
     src, dst = _exact_pair(request)
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "delete-exact", "Now": _now(), "Intention": {
-        "SourceNS": src[0], "SourceName": src[1], "DestinationNS": dst[0], "DestinationName": dst[1]}})  # fmt: skip
+    await api.propose(IntentionDeleteExact(src[0], src[1], dst[0], dst[1], _now()))
     return api.json(request, True)
 
 
@@ -394,14 +384,13 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
     if find_legacy(api.agent.store, ixn_id) is None:
         raise HTTPError(404, INTENTION_NOT_FOUND)
     if request.method == "DELETE":
-        await _propose(api, {"Type": CMD_INTENTION, "Op": "delete", "ID": ixn_id, "Now": _now()})
+        await api.propose(IntentionDelete(ixn_id, _now()))
         return api.json(request, True)
     body = await _json_body(request)
     if isinstance(body, Mapping):
         body = {k: v for k, v in body.items() if str(k).lower() != "id"}  # the path names the intention
     ixn = _intention_from_body(body)
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "update", "ID": ixn_id, "Intention": ixn.to_api_dict(),
-                         "Now": _now()})  # fmt: skip
+    await api.propose(IntentionWrite("update", ixn, _now(), ixn_id))
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 

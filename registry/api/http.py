@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 
 from registry.api.errors import HTTPError
+from registry.commands import Command, CommandError
 from registry.consensus import NotLeaderError, RPCError
 from registry.durations import DurationError, parse_duration
 from registry.state.store import StateStore, Topic
@@ -181,6 +182,8 @@ class Api:
             resp = self.text(exc.status, exc.message)
             resp.headers.update(exc.headers)
             return resp
+        except CommandError as exc:  # a write refused (by the FSM, the agent or a definition's validation)
+            return self.text(exc.status, exc.message)
         except NotLeaderError as exc:
             return self.text(500, str(exc))
         except RPCError as exc:
@@ -355,14 +358,9 @@ class Api:
             )
         return request.path + "?" + qs
 
-    async def propose(self, cmd: dict[str, Any]) -> Any:
-        from registry.fsm import CommandError
-
-        cmd.setdefault("Time", self.agent.wall_clock_ns())  # the FSM's only notion of now (lock-delays)
-        result = await self.agent.consensus.propose(cmd)
-        if isinstance(result, CommandError):
-            raise HTTPError(result.status, result.message)
-        return result
+    async def propose(self, command: Command) -> Any:
+        """The agent's one proposer; a refusal raises CommandError, which ``dispatch`` answers."""
+        return await self.agent.propose(command)
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str | None = None) -> bytes:

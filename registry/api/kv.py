@@ -8,13 +8,14 @@ decided by the FSM against the ModifyIndex it sees at apply time, so concurrent 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from registry.api import views
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.commands import KV, KVOp
 from registry.state.store import StateStore
 
 if TYPE_CHECKING:
@@ -113,14 +114,14 @@ async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
         too_large=f"Request body({{size}} bytes) too large, max size: {limit} bytes. See "
         "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.",
     )
-    cmd: dict[str, Any] = {"Type": "kv", "Verb": "set", "Key": key, "Value": value or None, "Flags": flags}
+    op = KVOp("set", key, value or None, flags)
     if cas is not None:
-        cmd.update(Verb="cas", Index=cas)
+        op = KVOp("cas", key, value or None, flags, index=cas)
     elif "acquire" in q:
-        cmd.update(Verb="lock", Session=q.get("acquire", ""))
+        op = KVOp("lock", key, value or None, flags, session=q.get("acquire", ""))
     elif "release" in q:
-        cmd.update(Verb="unlock", Session=q.get("release", ""))
-    result = await api.propose(cmd)
+        op = KVOp("unlock", key, value or None, flags, session=q.get("release", ""))
+    result = await api.propose(KV(op))
     return api.json(request, bool(result))
 
 
@@ -132,12 +133,12 @@ async def delete(api: Api, request: web.Request, key: str) -> web.StreamResponse
     if not key and not recurse:
         raise HTTPError(400, "Missing key name")
     if recurse:
-        cmd: dict[str, Any] = {"Type": "kv", "Verb": "delete-tree", "Key": key}
+        op = KVOp("delete-tree", key)
     elif cas is not None:
-        cmd = {"Type": "kv", "Verb": "delete-cas", "Key": key, "Index": cas}
+        op = KVOp("delete-cas", key, index=cas)
     else:
-        cmd = {"Type": "kv", "Verb": "delete", "Key": key}
-    result = await api.propose(cmd)
+        op = KVOp("delete", key)
+    result = await api.propose(KV(op))
     return api.json(request, bool(result))
 
 

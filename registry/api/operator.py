@@ -14,6 +14,7 @@ from aiohttp import web
 
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
+from registry.commands import SnapshotRestore
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -137,7 +138,7 @@ async def snapshot_put(api: Api, request: web.Request, _: str) -> web.StreamResp
         StateStore.from_snapshot(data["store"])  # validate fully before anything is proposed
     except ValueError as exc:
         raise HTTPError(400, f"Snapshot restore failed: {exc}") from exc
-    await api.propose({"Type": "snapshot.restore", "Store": data["store"]})
+    await api.propose(SnapshotRestore(data["store"]))
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 

@@ -15,6 +15,7 @@ from aiohttp import web
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.commands import SessionCreate, SessionDestroy
 from registry.sessions import TOPIC_SESSIONS, SessionError, build_session
 from registry.state.store import StateStore
 
@@ -40,14 +41,14 @@ async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
         session = build_session(body, _new_id(agent.store), agent.node_name, agent.config.session_ttl_min)
     except SessionError as exc:
         raise HTTPError(exc.status, exc.message) from None
-    sid = await api.propose({"Type": "session", "Op": "create", "Session": session.to_command()})
+    sid = await api.propose(SessionCreate(session))
     return api.json(request, {"ID": sid})
 
 
 async def destroy(api: Api, request: web.Request, sid: str) -> web.StreamResponse:
     if not sid:
         raise HTTPError(400, "Missing session")
-    await api.propose({"Type": "session", "Op": "destroy", "ID": sid})
+    await api.propose(SessionDestroy(sid))
     return api.json(request, True)
 
 

@@ -6,10 +6,12 @@ an operation count or a value over the limits, 400 ("Failed to parse body: ...")
 decode. Node, Service and Check operations are refused with 400: Proconsul's transactions hold KV operations
 only, and an operation it cannot run is never skipped silently.
 
-A transaction with a write verb goes through the log as one ``txn`` command (``registry.txn``); one of reads
+A transaction with a write verb goes through the log as one ``Txn`` command (``registry.txn``); one of reads
 only is answered from the local store in the request's consistency mode, without blocking, with
 ``X-Consul-KnownLeader`` and ``X-Consul-LastContact`` and the query metadata Consul's read reply carries.
 Either answers 200 with ``Results`` or, when an operation failed, 409 with ``Errors`` (``OpIndex``, ``What``).
+The transaction's results are data (``registry.txn.entry_data``); ``render_results`` turns them into
+Consul's JSON (``{"KV": <entry>}``, the value in base64).
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from aiohttp import web
 from registry import txn
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
+from registry.api.views import kv_json
+from registry.commands import KVOp, Txn
 from registry.filtering import go_quote
+from registry.structs import KVEntry
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -190,18 +195,32 @@ async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamRespons
             raise HTTPError(
                 413, f"Value for key {go_quote(op['Key'])} is too large ({len(op['Value'])} > {value_limit} bytes)"
             )
-    writes = sum(1 for op in ops if txn.is_write(op["Verb"]))
+    kv_ops = [KVOp(op["Verb"], op["Key"], op["Value"], op["Flags"], op["Index"], op["Session"]) for op in ops]
+    writes = sum(1 for op in kv_ops if txn.is_write(op.verb))
     if writes == 0:
-        return await _read(api, request, ops)
-    errors = txn.precheck(ops)
+        return await _read(api, request, kv_ops)
+    errors = txn.precheck(kv_ops)
     if errors:
         return api.json(request, {"Results": None, "Errors": errors}, status=409)
-    result = await api.propose({"Type": "txn", "Ops": ops})
-    reply = {"Results": result.get("Results"), "Errors": result.get("Errors")}
+    result = await api.propose(Txn(tuple(kv_ops)))
+    reply = {"Results": render_results(result.get("Results")), "Errors": result.get("Errors")}
     return api.json(request, reply, status=409 if reply["Errors"] else 200)
 
 
-async def _read(api: Api, request: web.Request, ops: list[dict[str, Any]]) -> web.StreamResponse:
+def render_entry(data: dict[str, Any]) -> dict[str, Any]:
+    """One result entry (``registry.txn.entry_data``) -> Consul's KV JSON."""
+    return kv_json(KVEntry(data["Key"], data["Value"], data["Flags"], data["Session"], data["LockIndex"],
+                           data["CreateIndex"], data["ModifyIndex"]))  # fmt: skip
+
+
+def render_results(results: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A transaction's results as Consul's TxnResults JSON (None stays None: Consul's ``"Results": null``)."""
+    if results is None:
+        return None
+    return [{"KV": render_entry(r)} for r in results]
+
+
+async def _read(api: Api, request: web.Request, ops: list[KVOp]) -> web.StreamResponse:
     """Consul's Txn.Read: the consistency mode of the request, no blocking, no log entry."""
     _, _, mode = api.query_options(request)
     consensus = api.agent.consensus
@@ -210,6 +229,7 @@ async def _read(api: Api, request: web.Request, ops: list[dict[str, Any]]) -> we
     results: list[dict[str, Any]] | None = None
     if not errors:
         results, errors = txn.run(api.agent.store, ops)
+        results = render_results(results)
     known_leader = consensus.known_leader()
     last_contact_ms = consensus.last_contact_ms()
     # Consul's TxnReadResponse embeds QueryMeta, so its fields follow Results and Errors in the JSON.

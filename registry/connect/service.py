@@ -89,7 +89,7 @@ class Connect:
             index_floor=lambda: agent.store.index,
         )
         self.manager = CAManager(
-            propose=lambda cmd: agent.consensus.propose(cmd),
+            propose=lambda cmd: agent.propose(cmd),
             is_leader=lambda: agent.consensus.is_leader(),
             ca_state=self.ca_with_index,
             initial_config=self.initial_config,
