@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from registry.gocompat import UnquoteError, go_parse_bool, go_parse_int, go_quote, go_unquote
+
 __all__ = [
     "AGENT_SERVICE",
     "CHECK_SERVICE_NODE",
@@ -193,181 +195,6 @@ SERVICE_INTENTIONS = _struct(
     "ServiceIntentionsConfigEntry", True, Kind=STRING, Name=STRING, Partition=STRING, Namespace=STRING,
     Sources=Slice(_SOURCE_INTENTION), Meta=_STRING_MAP,
 )  # fmt: skip
-
-# ====================================================================== Go-compatible helpers
-
-
-def go_quote(s: str) -> str:
-    """Go's strconv.Quote (what ``%q`` prints for a string)."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch.isprintable() and not 0xD800 <= o <= 0xDFFF:
-            out.append(ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif 0xD800 <= o <= 0xDFFF:
-            out.append("\\ufffd")
-        elif o < 0x10000:
-            out.append(f"\\u{o:04x}")
-        else:
-            out.append(f"\\U{o:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v"}
-_SIMPLE_UNESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
-_HEX = frozenset("0123456789abcdefABCDEF")
-
-
-class _Syntax(Exception):
-    pass
-
-
-def go_unquote(lit: str) -> str:
-    """Go's strconv.Unquote for a "..." or `...` literal; raises _Syntax ("invalid syntax")."""
-    if len(lit) < 2 or lit[0] != lit[-1] or lit[0] not in '"`':
-        raise _Syntax
-    body = lit[1:-1]
-    if lit[0] == "`":
-        if "`" in body:
-            raise _Syntax
-        return body.replace("\r", "")
-    if "\n" in body:
-        raise _Syntax
-    if "\\" not in body:
-        if '"' in body:
-            raise _Syntax
-        return body
-    out = []
-    i, n = 0, len(body)
-    while i < n:
-        c = body[i]
-        if c == '"':
-            raise _Syntax
-        if c != "\\":
-            out.append(c)
-            i += 1
-            continue
-        if i + 1 >= n:
-            raise _Syntax
-        c = body[i + 1]
-        i += 2
-        if c in _SIMPLE_UNESCAPES:
-            out.append(_SIMPLE_UNESCAPES[c])
-        elif c == '"':
-            out.append('"')
-        elif c in "xuU":
-            width = {"x": 2, "u": 4, "U": 8}[c]
-            digits = body[i : i + width]
-            if len(digits) < width or not set(digits) <= _HEX:
-                raise _Syntax
-            value = int(digits, 16)
-            i += width
-            if c != "x" and (value > 0x10FFFF or 0xD800 <= value <= 0xDFFF):
-                raise _Syntax
-            out.append(chr(value))  # Go appends \x values as raw bytes; as a code point here
-        elif "0" <= c <= "7":
-            digits = c + body[i : i + 2]
-            if len(digits) < 3 or not all("0" <= d <= "7" for d in digits):
-                raise _Syntax
-            value = int(digits, 8)
-            if value > 255:
-                raise _Syntax
-            i += 2
-            out.append(chr(value))
-        else:
-            raise _Syntax
-    return "".join(out)
-
-
-def _num_error(fn: str, s: str, reason: str) -> str:
-    return f"strconv.{fn}: parsing {go_quote(s)}: {reason}"
-
-
-def _underscore_ok(s: str) -> bool:
-    saw = "^"
-    i = 0
-    if s[:1] in ("-", "+"):
-        s = s[1:]
-    hexa = False
-    if len(s) >= 2 and s[0] == "0" and s[1].lower() in "box":
-        i = 2
-        saw = "0"
-        hexa = s[1].lower() == "x"
-    while i < len(s):
-        c = s[i]
-        if "0" <= c <= "9" or (hexa and "a" <= c.lower() <= "f"):
-            saw = "0"
-        elif c == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-        elif saw == "_":
-            return False
-        else:
-            saw = "!"
-        i += 1
-    return saw != "_"
-
-
-def go_parse_int(s0: str) -> int:
-    """Go's strconv.ParseInt(s, 0, 64), raising ValueError with Go's message."""
-    fn = "ParseInt"
-    if not s0:
-        raise ValueError(_num_error(fn, s0, "invalid syntax"))
-    s, neg = s0, False
-    if s[0] in "+-":
-        neg = s[0] == "-"
-        s = s[1:]
-    if not s:
-        raise ValueError(_num_error(fn, s0, "invalid syntax"))
-    base = 10
-    if s[0] == "0":
-        if len(s) >= 3 and s[1].lower() in "box":
-            base = {"b": 2, "o": 8, "x": 16}[s[1].lower()]
-            s = s[2:]
-        else:
-            base = 8
-            s = s[1:]
-    max_val = (1 << 64) - 1
-    n = 0
-    underscores = False
-    for c in s:
-        if c == "_":
-            underscores = True
-            continue
-        if "0" <= c <= "9":
-            d = ord(c) - 48
-        elif "a" <= c.lower() <= "z":
-            d = ord(c.lower()) - 87
-        else:
-            raise ValueError(_num_error(fn, s0, "invalid syntax"))
-        if d >= base:
-            raise ValueError(_num_error(fn, s0, "invalid syntax"))
-        n = n * base + d
-        if n > max_val:
-            raise ValueError(_num_error(fn, s0, "value out of range"))
-    if underscores and not _underscore_ok(s0):
-        raise ValueError(_num_error(fn, s0, "invalid syntax"))
-    cutoff = 1 << 63
-    if (not neg and n >= cutoff) or (neg and n > cutoff):
-        raise ValueError(_num_error(fn, s0, "value out of range"))
-    return -n if neg else n
-
-
-def go_parse_bool(s: str) -> bool:
-    if s in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if s in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise ValueError(_num_error("ParseBool", s, "invalid syntax"))
-
 
 # ====================================================================== parser (go-bexpr's PEG, as pigeon runs it)
 
@@ -905,7 +732,7 @@ class _Parser:
         if end >= 0:
             try:
                 return (go_unquote(self.t[i:end]), end)
-            except _Syntax:
+            except UnquoteError:
                 self.add_err(i, "invalid syntax")
                 return ("", end)
         for quote, want in (("`", '"`"'), ('"', '"\\""')):

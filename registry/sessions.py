@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from registry.durations import DurationError, format_duration, parse_duration
+from registry.gocompat import DurationError, format_duration, parse_duration
 from registry.structs import SERF_CHECK_ID
 
 NS = 1_000_000_000

@@ -25,11 +25,9 @@ from registry.filtering import (
     Slice,
     Struct,
     compile_filter,
-    go_parse_bool,
-    go_parse_int,
-    go_quote,
     parse,
 )
+from registry.gocompat import go_parse_bool, go_parse_int, go_quote
 
 # ---------------------------------------------------------------------- fixtures
 

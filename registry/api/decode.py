@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from registry.durations import DurationError, format_duration, parse_duration
+from registry.gocompat import DurationError, format_duration, parse_duration
 
 
 class DecodeError(ValueError):

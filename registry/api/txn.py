@@ -22,7 +22,7 @@ from aiohttp import web
 from registry import txn
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
-from registry.filtering import go_quote
+from registry.gocompat import go_quote
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
