@@ -25,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.durations import DurationError, parse_duration
+from registry.gocompat import DurationError, parse_duration
 
 # ---------------------------------------------------------------------- constants (Consul's values)
 

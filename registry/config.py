@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from registry.durations import DurationError, parse_duration
+from registry.gocompat import DurationError, parse_duration
 
 
 class ConfigError(ValueError):

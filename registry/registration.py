@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from registry.commands import CommandError, service_from
-from registry.durations import DurationError, format_duration, parse_duration
+from registry.gocompat import DurationError, format_duration, parse_duration
 from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, Service
 
 MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second

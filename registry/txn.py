@@ -17,7 +17,7 @@ from typing import Any
 
 from registry import sessions as sess_rules
 from registry.commands import KVOp, Txn
-from registry.filtering import go_quote
+from registry.gocompat import go_quote
 from registry.state.store import StateStore, StoreError
 from registry.structs import KVEntry
 

@@ -22,7 +22,7 @@ from registry.registration import (
     decode,
     sidecar_registration,
 )
-from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
+from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, aggregate_status
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -183,14 +183,6 @@ async def service_maintenance(api: Api, request: web.Request, sid: str) -> web.S
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
-def _aggregate(statuses: list[str]) -> str:
-    if HEALTH_CRITICAL in statuses:
-        return HEALTH_CRITICAL
-    if HEALTH_WARNING in statuses:
-        return HEALTH_WARNING
-    return HEALTH_PASSING
-
-
 _STATUS_CODE = {HEALTH_PASSING: 200, HEALTH_WARNING: 429, HEALTH_CRITICAL: 503}
 
 
@@ -198,7 +190,7 @@ def _local_health(api: Api, sid: str) -> dict[str, Any]:
     agent = api.agent
     node_checks = [c for c in agent.checks.values() if not c.spec.service_id]
     svc_checks = [c for c in agent.checks.values() if c.spec.service_id == sid]
-    status = _aggregate([c.status for c in node_checks + svc_checks])
+    status = aggregate_status([c.status for c in node_checks + svc_checks])
     return {
         "AggregatedStatus": status,
         "Service": _local_service_json(agent, sid),
@@ -222,7 +214,7 @@ async def health_by_name(api: Api, request: web.Request, name: str) -> web.Strea
             return web.Response(status=404, text=f"ServiceName {name} Not Found")
         return api.json(request, [], status=404)
     entries = [_local_health(api, sid) for sid in sids]
-    return _health_response(api, request, entries, _aggregate([e["AggregatedStatus"] for e in entries]))
+    return _health_response(api, request, entries, aggregate_status([e["AggregatedStatus"] for e in entries]))
 
 
 async def health_by_id(api: Api, request: web.Request, sid: str) -> web.StreamResponse:

@@ -32,6 +32,7 @@ from registry.connect.state import (
     config_index,
     find_legacy,
 )
+from registry.gocompat import go_parse_bool
 from registry.intentions import Intention, IntentionError, decide, match, parse_service_name
 from registry.state.store import StateStore
 
@@ -98,17 +99,14 @@ async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse
     return _with_headers(out, resp)
 
 
-_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
 def _go_bool(value: str) -> bool:
     """Consul reads ?pem with Go's strconv.ParseBool; absent or empty means false."""
-    if value == "" or value in _GO_FALSE:
+    if value == "":
         return False
-    if value in _GO_TRUE:
-        return True
-    raise HTTPError(400, "The 'pem' query parameter must be a boolean value")
+    try:
+        return go_parse_bool(value)
+    except ValueError:
+        raise HTTPError(400, "The 'pem' query parameter must be a boolean value") from None
 
 
 async def ca_configuration_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:

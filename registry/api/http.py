@@ -24,7 +24,7 @@ from aiohttp import web
 from registry.api.errors import HTTPError
 from registry.commands import Command, CommandError
 from registry.consensus import NotLeaderError, RPCError
-from registry.durations import DurationError, parse_duration
+from registry.gocompat import DurationError, parse_duration
 from registry.state.store import StateStore, Topic
 
 if TYPE_CHECKING:

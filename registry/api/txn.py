@@ -26,7 +26,7 @@ from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.views import kv_json
 from registry.commands import KVOp, Txn
-from registry.filtering import go_quote
+from registry.gocompat import go_quote
 from registry.structs import KVEntry
 
 if TYPE_CHECKING:
