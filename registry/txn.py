@@ -5,8 +5,8 @@ values as bytes). ``run`` executes them in order against a store and returns Con
 ``Errors``. As in Consul (state/txn.go), every operation runs even after one fails, so the caller sees every
 failing operation; the transaction then counts as failed and its changes are undone.
 
-A transaction with any write verb is one ``txn`` command in the log: the FSM runs it inside a KV savepoint and
-rolls the store back if any operation failed, so it applies entirely or not at all, and a refused one moves no
+A transaction with any write verb is one ``txn`` command in the log: the FSM runs it inside a store savepoint
+and rolls the store back if any operation failed, so it applies entirely or not at all, and a refused one moves no
 index and wakes no watcher. A transaction of reads only is answered from the local store like any read.
 """
 
@@ -162,14 +162,13 @@ def ops_from_command(raw: Any) -> list[dict[str, Any]]:
 def apply_txn(store: StateStore, cmd: dict[str, Any]) -> dict[str, Any]:
     """The FSM's ``txn`` command: all operations or none. Returns Consul's TxnResponse shape."""
     ops = ops_from_command(cmd.get("Ops"))
-    store.kv_savepoint()
+    savepoint = store.savepoint()
     try:
         results, errors = run(store, ops)
     except BaseException:
-        store.kv_rollback()
+        store.rollback(savepoint)
         raise
     if errors:
-        store.kv_rollback()
+        store.rollback(savepoint)
         return {"Results": None, "Errors": errors}
-    store.kv_release()
     return {"Results": results, "Errors": None}
