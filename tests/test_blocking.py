@@ -224,7 +224,7 @@ async def test_each_read_wakes_on_what_it_read_only(
 ) -> None:
     store_of = agent.agent
     # The agent registers its own node once it starts: let that land before measuring anything.
-    await eventually(lambda: _async(("serfHealth" in store_of.store.checks.get(store_of.node_name, {}))))
+    await eventually(lambda: _async("serfHealth" in store_of.store.checks.get(store_of.node_name, {})))
     await _write(http, ("PUT", "/v1/catalog/register", {"Node": "n1", "Address": "10.0.0.1",
                                                         "NodeMeta": {"rack": "r1"}}))  # fmt: skip
     for op in _SETUP + setup:
