@@ -175,16 +175,14 @@ class FSM:
         try:
             result = fn(store, cmd)
         except StoreError as exc:
-            # Apply functions validate before writing, so nothing changed; commit just advances the index.
-            topics, keys = store.commit()
-            if topics or keys:  # pragma: no cover - would be a bug in an apply function
-                log.error("refused command left changes", index=index, type=cmd.TYPE)
-                self._notify(topics, keys)
+            # Refused: undo whatever was written (every table), then commit just advances the index.
+            store.rollback()
+            store.commit()
             return CommandError(str(exc), exc.status)
         except Exception as exc:  # noqa: BLE001
             log.exception("command failed", index=index, type=cmd.TYPE)
-            topics, keys = store.commit()
-            self._notify(topics, keys)
+            store.rollback()  # as Consul aborts the command's transaction: nothing half-applied survives
+            store.commit()
             return CommandError(f"internal error applying {cmd.TYPE}: {exc}", 500)
         topics, keys = store.commit()
         self._notify(topics, keys)

@@ -6,8 +6,8 @@ operation touched (``entry_data``: its fields, the value as bytes or blanked), w
 Consul's JSON. As in Consul (state/txn.go), every operation runs even after one fails, so the caller sees every
 failing operation; the transaction then counts as failed and its changes are undone.
 
-A transaction with any write verb is one ``txn`` command in the log: the FSM runs it inside a KV savepoint and
-rolls the store back if any operation failed, so it applies entirely or not at all, and a refused one moves no
+A transaction with any write verb is one ``txn`` command in the log: the FSM runs it inside a store savepoint
+and rolls the store back if any operation failed, so it applies entirely or not at all, and a refused one moves no
 index and wakes no watcher. A transaction of reads only is answered from the local store like any read.
 """
 
@@ -142,14 +142,13 @@ def run(store: StateStore, ops: list[KVOp] | tuple[KVOp, ...]) -> tuple[list[dic
 def apply_txn(store: StateStore, cmd: Txn) -> dict[str, Any]:
     """The FSM's ``txn`` command: all operations or none. Returns Consul's TxnResponse as data (``Results``:
     the entries of ``entry_data``; ``Errors``: ``OpIndex`` and ``What``)."""
-    store.kv_savepoint()
+    savepoint = store.savepoint()
     try:
         results, errors = run(store, cmd.ops)
     except BaseException:
-        store.kv_rollback()
+        store.rollback(savepoint)
         raise
     if errors:
-        store.kv_rollback()
+        store.rollback(savepoint)
         return {"Results": None, "Errors": errors}
-    store.kv_release()
     return {"Results": results, "Errors": None}

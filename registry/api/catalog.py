@@ -19,7 +19,7 @@ from registry.registration import (
     decode,
     validate_meta,
 )
-from registry.state.store import T_NODES, T_SERVICES, StateStore
+from registry.state.store import StateStore, WatchSet
 from registry.structs import CHECK_STATUSES, Check, Node, Service
 
 if TYPE_CHECKING:
@@ -169,13 +169,15 @@ async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.NODE)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        nodes = store.node_table(ws)
+
         def build() -> Any:
-            rows = (store.nodes[k] for k in sorted(store.nodes))
+            rows = (nodes[k] for k in sorted(nodes))
             out = [views.node_json(n) for n in rows if node_matches(n, meta)]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(store.table_index["nodes"], (T_NODES,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -188,14 +190,18 @@ async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse
     # in, as the documentation's selector table (NodeMeta, Address, ...) promises.
     flt = query_filter(api, request, filtering.SERVICE_NODE)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        instances = store.service_table(ws)
+        # With a node-meta or filter selector the answer also depends on node fields.
+        nodes = store.node_table(ws) if meta or flt is not None else {}
+
         def build() -> Any:
             if not meta and flt is None:
                 return store.service_names()
             out: dict[str, set[str]] = {}
-            for name, keys in store.by_service_name.items():
+            for name, keys in instances.items():
                 for node, sid in keys:
-                    n = store.nodes[node]
+                    n = nodes[node]
                     if not node_matches(n, meta):
                         continue
                     svc = store.services[node][sid]
@@ -204,12 +210,7 @@ async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse
                     out.setdefault(name, set()).update(svc.tags)
             return {k: sorted(v) for k, v in sorted(out.items())}
 
-        index = store.table_index["services"]
-        topics = (T_SERVICES,)
-        if meta or flt is not None:  # the answer also depends on node fields
-            index = max(index, store.table_index["nodes"])
-            topics = (T_SERVICES, T_NODES)
-        return ReadResult(index, topics, build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -222,16 +223,18 @@ def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> 
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.SERVICE_NODE)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        instances = store.service_instances(name, connect, ws)
+
         def build() -> Any:
             out = [
                 views.catalog_service_json(n, s)
-                for n, s in store.service_instances(name, connect)
+                for n, s in instances
                 if tags_match(s, tags) and node_matches(n, meta)
             ]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(store.svc_index(name), (("svc", name),), build)
+        return ReadResult(build)
 
     return api.read(request, run)
 
@@ -250,16 +253,16 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each value of "Services"
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        n, svcs = store.node_services(name, ws)
+
         def build() -> Any:
-            n = store.nodes.get(name)
             if n is None:
                 return None
-            svcs = store.services.get(name, {})
             services = {sid: views.service_json(svcs[sid]) for sid in sorted(svcs)}
             return {"Node": views.node_json(n), "Services": flt.select_values(services) if flt else services}
 
-        return ReadResult(store.nd_index(name), (("node", name),), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -270,16 +273,16 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each item of "Services"
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        n, svcs = store.node_services(name, ws)
+
         def build() -> Any:
-            n = store.nodes.get(name)
             if n is None:
                 return {"Node": None, "Services": []}
-            svcs = store.services.get(name, {})
             services = [views.service_json(svcs[sid]) for sid in sorted(svcs)]
             return {"Node": views.node_json(n), "Services": flt.select(services) if flt else services}
 
-        return ReadResult(store.nd_index(name), (("node", name),), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 

@@ -20,15 +20,12 @@ from registry.api.http import ReadResult, read_body
 from registry.commands import ConfigEntryDelete, ConfigEntryUpsert
 from registry.connect.state import (
     KIND_SERVICE_INTENTIONS,
-    SUPPORTED_KINDS,
-    TOPIC_CONFIG,
     ConfigEntryError,
-    config_index,
     get_entry,
     list_entries,
     normalize_entry,
 )
-from registry.state.store import StateStore
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -99,17 +96,16 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
                                      "list the entries and filter them client-side")  # fmt: skip
             flt = query_filter(api, request, filtering.SERVICE_INTENTIONS)
 
-        def run_list(store: StateStore) -> ReadResult:
-            entries = list_entries(store, kind) if kind in SUPPORTED_KINDS else []
-            return ReadResult(config_index(store), (TOPIC_CONFIG,),
-                              lambda: flt.select(entries) if flt is not None else entries)  # fmt: skip
+        def run_list(store: StateStore, ws: WatchSet) -> ReadResult:
+            entries = list_entries(store, kind, ws)  # kinds this agent does not store have none
+            return ReadResult(lambda: flt.select(entries) if flt is not None else entries)
 
         return await api.read(request, run_list)
     name = parts[1]
 
-    def run_one(store: StateStore) -> ReadResult:
-        entry = get_entry(store, kind, name)
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: entry, 200 if entry else 404)
+    def run_one(store: StateStore, ws: WatchSet) -> ReadResult:
+        entry = get_entry(store, kind, name, ws=ws)
+        return ReadResult(lambda: entry, 200 if entry else 404)
 
     resp = await api.read(request, run_one)
     if resp.status == 404:

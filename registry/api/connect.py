@@ -25,16 +25,10 @@ from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.commands import IntentionDelete, IntentionDeleteExact, IntentionWrite
 from registry.connect.signer import RateLimited, SignError
-from registry.connect.state import (
-    TOPIC_CA,
-    TOPIC_CONFIG,
-    ca_index,
-    config_index,
-    find_legacy,
-)
+from registry.connect.state import find_legacy
 from registry.gocompat import go_parse_bool
 from registry.intentions import Intention, IntentionError, decide, match, parse_service_name
-from registry.state.store import StateStore
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -82,12 +76,12 @@ async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse
     connect = _connect(api)
     want_pem = _go_bool(request.query.get("pem", ""))
 
-    def run(store: StateStore) -> ReadResult:
-        state = connect.views.ca(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        state = connect.views.ca(store, ws)
         if state is None:
             body: dict[str, Any] = {"ActiveRootID": "", "TrustDomain": "", "Roots": []}
-            return ReadResult(ca_index(store), (TOPIC_CA,), lambda: body)
-        return ReadResult(ca_index(store), (TOPIC_CA,), lambda: provider.roots_response(state))
+            return ReadResult(lambda: body)
+        return ReadResult(lambda: provider.roots_response(state))
 
     if not want_pem:
         return await api.read(request, run)
@@ -112,11 +106,11 @@ def _go_bool(value: str) -> bool:
 async def ca_configuration_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     connect = _connect(api)
 
-    def run(store: StateStore) -> ReadResult:
-        state = connect.views.ca(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        state = connect.views.ca(store, ws)
         if state is None:
             raise HTTPError(500, "CA has not finished initializing")
-        return ReadResult(ca_index(store), (TOPIC_CA,), lambda: provider.ca_configuration_response(state))
+        return ReadResult(lambda: provider.ca_configuration_response(state))
 
     return await api.read(request, run)
 
@@ -232,14 +226,14 @@ async def intentions_list(api: Api, request: web.Request, _: str) -> web.StreamR
     connect = _connect(api)
     flt = query_filter(api, request, filtering.INTENTION)
 
-    def run(store: StateStore) -> ReadResult:
-        ixns = connect.views.intention_list(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        ixns = connect.views.intention_list(store, ws)
 
         def build() -> Any:
             out = [i.to_api_dict() for i in ixns]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -278,11 +272,11 @@ async def intention_exact_get(api: Api, request: web.Request, _: str) -> web.Str
     connect = _connect(api)
     src, dst = _exact_pair(request)
 
-    def run(store: StateStore) -> ReadResult:
-        found = _find_exact(connect.views.intention_list(store), src, dst)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        found = _find_exact(connect.views.intention_list(store, ws), src, dst)
         if found is None:
-            return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: None, 404)
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), found.to_api_dict)
+            return ReadResult(lambda: None, 404)
+        return ReadResult(found.to_api_dict)
 
     resp = await api.read(request, run)
     if resp.status == 404:
@@ -334,13 +328,13 @@ async def intention_match(api: Api, request: web.Request, _: str) -> web.StreamR
     for n in names:
         _service(n, "name")
 
-    def run(store: StateStore) -> ReadResult:
-        index = connect.views.intentions(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        index = connect.views.intentions(store, ws)
 
         def build() -> dict[str, Any]:
             return {n: [i.to_api_dict() for i in match(index, by, n)] for n in names}  # type: ignore[arg-type]
 
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -354,11 +348,11 @@ async def intention_check(api: Api, request: web.Request, _: str) -> web.StreamR
     src = _service(source, "source", wildcard=False)
     dst = _service(destination, "destination", wildcard=False)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
         allow, reason = connect.default_allow()
-        decision = decide(connect.views.intentions(store), "/".join(src), "/".join(dst), allow,
+        decision = decide(connect.views.intentions(store, ws), "/".join(src), "/".join(dst), allow,
                           default_reason=reason)  # fmt: skip
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: {"Allowed": decision.allowed})
+        return ReadResult(lambda: {"Allowed": decision.allowed})
 
     return await api.read(request, run, cacheable=False)
 
@@ -369,11 +363,11 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
         raise HTTPError(404, INTENTION_NOT_FOUND)
     if request.method == "GET":
 
-        def run(store: StateStore) -> ReadResult:
-            found = next((i for i in connect.views.intention_list(store) if i.id == ixn_id), None)
+        def run(store: StateStore, ws: WatchSet) -> ReadResult:
+            found = next((i for i in connect.views.intention_list(store, ws) if i.id == ixn_id), None)
             if found is None:
-                return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: None, 404)
-            return ReadResult(config_index(store), (TOPIC_CONFIG,), found.to_api_dict)
+                return ReadResult(lambda: None, 404)
+            return ReadResult(found.to_api_dict)
 
         resp = await api.read(request, run)
         if resp.status == 404:

@@ -14,7 +14,7 @@ import gzip
 import json
 import random
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,9 @@ from registry.api.errors import HTTPError
 from registry.commands import Command, CommandError
 from registry.consensus import NotLeaderError, RPCError
 from registry.gocompat import DurationError, parse_duration
-from registry.state.store import StateStore, Topic
+from registry.state.store import StateStore
+from registry.state.topics import Topic, WatchSet
+from registry.watch import TopicMap
 
 if TYPE_CHECKING:
     from registry.agent.agent import Agent
@@ -42,12 +44,14 @@ _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 
 @dataclass(slots=True)
 class ReadResult:
-    """What a read saw: the index to report, the topics to sleep on, and how to build the body."""
+    """What a read returns besides its watch set: how to build the body (called only when the rendered
+    answer for this index is not cached yet), and the status."""
 
-    index: int
-    topics: tuple[Topic, ...]
     build: Callable[[], Any]
     status: int = 200
+
+
+Read = Callable[[StateStore, WatchSet], ReadResult]
 
 
 class HotCache:
@@ -57,46 +61,26 @@ class HotCache:
 
     def __init__(self, limit: int = CACHE_MAX) -> None:
         self.entries: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self._by_topic: dict[Topic, set[str]] = {}
-        self._prefix_topics = 0
+        self._by_topic: TopicMap[str] = TopicMap()
         self._limit = limit
 
-    def put(self, key: str, topics: tuple[Topic, ...], status: int, body: bytes, headers: dict[str, str]) -> None:
+    def put(self, key: str, topics: Iterable[Topic], status: int, body: bytes, headers: dict[str, str]) -> None:
         if len(self.entries) >= self._limit:
             self.invalidate(None, None)
         self.entries[key] = (status, body, headers)
-        for t in topics:
-            keys = self._by_topic.get(t)
-            if keys is None:
-                keys = self._by_topic[t] = set()
-                if t[0] == "kvp":
-                    self._prefix_topics += 1
-            keys.add(key)
+        self._by_topic.add(topics, key)
 
-    def _drop(self, topic: Topic) -> None:
-        keys = self._by_topic.pop(topic, None)
-        if keys is None:
-            return
-        if topic[0] == "kvp":
-            self._prefix_topics -= 1
-        for key in keys:
-            self.entries.pop(key, None)
-
-    def invalidate(self, topics: Any, kv_keys: Any) -> None:
+    def invalidate(self, topics: Iterable[Topic] | None, kv_keys: Iterable[str] | None) -> None:
         if topics is None:
             self.entries.clear()
-            self._by_topic.clear()
-            self._prefix_topics = 0
+            self._by_topic.pop_all()
             return
         if not self._by_topic:
             return
-        for t in topics:
-            self._drop(t)
-        for key in kv_keys or ():
-            self._drop(("kv", key))
-            if self._prefix_topics:
-                for i in range(len(key) + 1):
-                    self._drop(("kvp", key[:i]))
+        entries = self.entries
+        for keys in self._by_topic.pop_changed(topics, kv_keys or ()):
+            for key in keys:
+                entries.pop(key, None)
 
 
 class Router:
@@ -291,34 +275,34 @@ class Api:
         mode = "stale" if stale else "consistent" if consistent else "leader"
         return min_index, wait, mode
 
-    async def read(
-        self,
-        request: web.Request,
-        run: Callable[[StateStore], ReadResult],
-        *,
-        cacheable: bool = True,
-    ) -> web.Response:
+    async def read(self, request: web.Request, run: Read, *, cacheable: bool = True) -> web.Response:
+        """Consul's blocking query (agent/consul/rpc.go blockingQuery): run the read, which fills a watch
+        set with what it looked at and the index of it; while that index is not past the caller's
+        ``?index``, sleep on the watch set until something in it changes or the wait (plus up to 1/16
+        jitter) runs out, then run it again."""
         min_index, wait, mode = self.query_options(request)
         consensus = self.agent.consensus
         await consensus.barrier_read(mode)
-        result = run(self.agent.store)
-        if min_index and result.index <= min_index:
+        ws = WatchSet()
+        result = run(self.agent.store, ws)
+        if min_index and ws.index <= min_index:
             hub = self.agent.hub
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait + random.uniform(0, wait / 16)
-            while result.index <= min_index:
+            while ws.index <= min_index:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                fut = hub.watch(result.topics)
+                fut = hub.watch(ws)
                 try:
                     await asyncio.wait_for(fut, remaining)
                 except TimeoutError:
                     pass
                 finally:
-                    hub.unwatch(result.topics, fut)
-                result = run(self.agent.store)
-        index = result.index if result.index > 0 else 1
+                    hub.unwatch(ws, fut)
+                ws = WatchSet()
+                result = run(self.agent.store, ws)
+        index = ws.index if ws.index > 0 else 1
         headers = {
             "X-Consul-Index": str(index),
             "X-Consul-KnownLeader": "true" if consensus.known_leader() else "false",
@@ -345,7 +329,7 @@ class Api:
         # Only 200s: some handlers rewrite a 404 from read() into their own error text.
         if resp.status == 200 and not min_index and mode == "leader" and cacheable and consensus.fast_read_ok():
             hot_key = request.raw_path + ("\x00gzip" if "gzip" in request.headers.get("Accept-Encoding", "") else "")
-            self.hot.put(hot_key, result.topics, resp.status, resp.body, dict(resp.headers))  # type: ignore[arg-type]
+            self.hot.put(hot_key, ws, resp.status, resp.body, dict(resp.headers))  # type: ignore[arg-type]
         return resp
 
     @staticmethod

@@ -16,7 +16,7 @@ from registry.api import views
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.commands import KV, KVOp
-from registry.state.store import StateStore
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -50,31 +50,27 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     if keys_only:
         sep = request.query.get("separator", request.query.get("seperator", ""))
 
-        def run_keys(store: StateStore) -> ReadResult:
-            idx, keys = store.kv_keys(key, sep)
-            status = 404 if not keys and key else 200
-            return ReadResult(idx, (("kvp", key),), lambda: keys, status)
+        def run_keys(store: StateStore, ws: WatchSet) -> ReadResult:
+            _, keys = store.kv_keys(key, sep, ws)
+            return ReadResult(lambda: keys, 404 if not keys and key else 200)
 
         return await api.read(request, run_keys)
     if recurse:
 
-        def run_list(store: StateStore) -> ReadResult:
-            idx, entries = store.kv_list(key)
-            return ReadResult(
-                idx, (("kvp", key),), lambda: [views.kv_json(e) for e in entries], 404 if not entries else 200
-            )
+        def run_list(store: StateStore, ws: WatchSet) -> ReadResult:
+            _, entries = store.kv_list(key, ws)
+            return ReadResult(lambda: [views.kv_json(e) for e in entries], 404 if not entries else 200)
 
         return await api.read(request, run_list)
 
-    def run_one(store: StateStore) -> ReadResult:
-        idx, entry = store.kv_get(key)
-        if entry is None:
-            return ReadResult(idx, (("kv", key),), lambda: None, 404)
-        return ReadResult(idx, (("kv", key),), lambda: entry)
-
     if raw:
+
+        def run_probe(store: StateStore, ws: WatchSet) -> ReadResult:
+            _, entry = store.kv_get(key, ws)
+            return ReadResult(lambda: None, 404 if entry is None else 200)
+
         # ?raw: the value's bytes as they were stored, never interpreted by a browser.
-        resp = await api.read(request, lambda s: _as_json_probe(run_one(s)), cacheable=False)
+        resp = await api.read(request, run_probe, cacheable=False)
         if resp.status != 200:
             return resp
         _, entry = api.agent.store.kv_get(key)
@@ -84,18 +80,13 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
                         "Content-Security-Policy": "sandbox"})  # fmt: skip
         return web.Response(status=200, body=value, headers=headers)
 
-    def run_json(store: StateStore) -> ReadResult:
-        r = run_one(store)
-        if r.status == 404:
-            return r
-        entry = r.build()
-        return ReadResult(r.index, r.topics, lambda: [views.kv_json(entry)])
+    def run_json(store: StateStore, ws: WatchSet) -> ReadResult:
+        _, entry = store.kv_get(key, ws)
+        if entry is None:
+            return ReadResult(lambda: None, 404)
+        return ReadResult(lambda: [views.kv_json(entry)])
 
     return await api.read(request, run_json)
-
-
-def _as_json_probe(r: ReadResult) -> ReadResult:
-    return ReadResult(r.index, r.topics, lambda: None, r.status)
 
 
 async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:

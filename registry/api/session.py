@@ -16,8 +16,8 @@ from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.commands import SessionCreate, SessionDestroy
-from registry.sessions import TOPIC_SESSIONS, SessionError, build_session
-from registry.state.store import StateStore
+from registry.sessions import SessionError, build_session
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
     from registry.api.http import Api, Router
@@ -66,9 +66,9 @@ async def info(api: Api, request: web.Request, sid: str) -> web.StreamResponse:
     if not sid:
         raise HTTPError(400, "Missing session")
 
-    def run(store: StateStore) -> ReadResult:
-        idx, s = store.session_get(sid)
-        return ReadResult(idx, (TOPIC_SESSIONS,), lambda: [s.to_json()] if s is not None else [])
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        _, s = store.session_get(sid, ws)
+        return ReadResult(lambda: [s.to_json()] if s is not None else [])
 
     return await api.read(request, run)
 
@@ -84,9 +84,9 @@ async def list_all(api: Api, request: web.Request, _: str) -> web.StreamResponse
 
 
 async def _list(api: Api, request: web.Request, node_name: str | None) -> web.StreamResponse:
-    def run(store: StateStore) -> ReadResult:
-        idx, rows = store.session_list(node_name)
-        return ReadResult(idx, (TOPIC_SESSIONS,), lambda: [s.to_json() for s in rows])
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        _, rows = store.session_list(node_name, ws)
+        return ReadResult(lambda: [s.to_json() for s in rows])
 
     return await api.read(request, run)
 

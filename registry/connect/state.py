@@ -45,7 +45,7 @@ from registry.intentions import (
     config_entries_to_intentions,
     validate_config_entry,
 )
-from registry.state.store import StateStore, StoreError
+from registry.state.store import StateStore, StoreError, WatchSet
 
 if TYPE_CHECKING:
     from registry.fsm import FSM
@@ -265,13 +265,18 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
     return entry
 
 
-def get_entry(store: StateStore, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any] | None:
-    return store.tables.get(TABLE_CONFIG, {}).get(entry_key(kind, name, namespace))
+def get_entry(
+    store: StateStore, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE, ws: WatchSet | None = None
+) -> dict[str, Any] | None:
+    """One config entry (Consul's ConfigEntry); with a watch set, watched as the config entries table."""
+    rows = store.table_rows(TABLE_CONFIG, ws) if ws is not None else store.tables.get(TABLE_CONFIG, {})
+    return rows.get(entry_key(kind, name, namespace))
 
 
-def list_entries(store: StateStore, kind: str) -> list[dict[str, Any]]:
+def list_entries(store: StateStore, kind: str, ws: WatchSet | None = None) -> list[dict[str, Any]]:
+    """The entries of one kind (Consul's ConfigEntriesByKind), as ``get_entry``."""
     prefix = f"{kind}/"
-    rows = store.tables.get(TABLE_CONFIG, {})
+    rows = store.table_rows(TABLE_CONFIG, ws) if ws is not None else store.tables.get(TABLE_CONFIG, {})
     return [rows[k] for k in sorted(rows) if k.startswith(prefix)]
 
 
@@ -499,7 +504,11 @@ class StateViews:
         self._ixn: IntentionIndex = build_index(())
         self._ixn_list: list[Intention] = []
 
-    def ca(self, store: StateStore) -> CAState | None:
+    def ca(self, store: StateStore, ws: WatchSet | None = None) -> CAState | None:
+        """The decoded CA state (Consul's CARoots/CAConfig read it); with a watch set, watched as the
+        CA table at ``ca_index``."""
+        if ws is not None:
+            ws.saw(TOPIC_CA, ca_index(store))
         raw = ca_raw(store)
         if raw is None:
             return None
@@ -520,12 +529,18 @@ class StateViews:
         self._ixn = build_index(self._ixn_list)
         self._ixn_table, self._ixn_index = table, index
 
-    def intentions(self, store: StateStore) -> IntentionIndex:
+    def intentions(self, store: StateStore, ws: WatchSet | None = None) -> IntentionIndex:
+        """The intention index for matching; with a watch set, watched as the config entries table
+        (intentions are service-intentions config entries, as in Consul since 1.9)."""
+        if ws is not None:
+            ws.saw(TOPIC_CONFIG, config_index(store))
         self._refresh_intentions(store)
         return self._ixn
 
-    def intention_list(self, store: StateStore) -> list[Intention]:
-        """All intentions in evaluation order (highest precedence first)."""
+    def intention_list(self, store: StateStore, ws: WatchSet | None = None) -> list[Intention]:
+        """All intentions in evaluation order (highest precedence first), watched as ``intentions``."""
+        if ws is not None:
+            ws.saw(TOPIC_CONFIG, config_index(store))
         self._refresh_intentions(store)
         return self._ixn_list
 
