@@ -25,8 +25,9 @@ from registry.agent.checks import (
 )
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.session_timers import SessionTimers
-from registry.config import Config, join_address
+from registry.config import Config, ConfigValidator, join_address
 from registry.connect.service import Connect
+from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import Consensus, LocalLog
 from registry.fsm import FSM, CommandError, check_from, service_from
 from registry.state.store import StateStore
@@ -46,6 +47,17 @@ log = structlog.get_logger("proconsul.agent")
 
 VERSION = "1.20.0"  # the Consul API level we follow; our own version is registry.__version__
 CHECK_UPDATE_INTERVAL = 300.0  # output-only changes reach the catalog at most this often (Consul's default)
+
+
+def _validate_tls(cfg: Config) -> None:
+    """The ``tls`` block (or Consul's flat TLS keys): building the RPC contexts reads every file it names
+    and refuses a wrong one (ConfigError) before anything listens."""
+    rpc_contexts(cfg)
+
+
+# What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
+# passes these when it builds the agent's Config.
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls)
 
 
 class AgentError(Exception):

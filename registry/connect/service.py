@@ -22,7 +22,7 @@ from aiohttp import web
 from ca import provider
 from ca.provider import CAConfig, CAState, LeafResult
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
-from registry.config import ConfigError
+from registry.config import Config, ConfigError
 from registry.connect.leaf import LeafCache, TrustInfo
 from registry.connect.manager import CAExpiryCheck, CAManager
 from registry.connect.remote import RPC_AUTHORIZE, RPC_ROOTS, RemoteCA
@@ -54,12 +54,10 @@ def ca_config_from_agent(connect: dict[str, Any]) -> CAConfig:
         raise ConfigError(f"connect.ca_config: {exc}") from exc
 
 
-def validate_config(cfg: Any) -> None:
-    """Refuse, before anything starts, a ``connect`` or ``tls`` block that cannot work (ConfigError)."""
-    from registry.tls import rpc_contexts
-
+def validate_config(cfg: Config) -> None:
+    """Refuse, before anything starts, a ``connect`` block that cannot work (ConfigError): Consul checks
+    ``connect.ca_config`` when it builds the runtime config, not when the CA first needs it."""
     ca_config_from_agent(cfg.connect)
-    rpc_contexts(cfg)
 
 
 class Connect:
