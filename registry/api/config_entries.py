@@ -17,6 +17,7 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
 from registry.connect.state import (
     CMD_CONFIG_ENTRY,
     KIND_SERVICE_INTENTIONS,
@@ -31,7 +32,7 @@ from registry.connect.state import (
 from registry.state.store import StateStore
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 # Every kind Consul's /v1/config accepts (CE and Enterprise); only SUPPORTED_KINDS are stored here.
 KNOWN_KINDS = frozenset({
@@ -125,6 +126,9 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
     return resp
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/config", put)
-    router.add("GET,DELETE", "/v1/config/", get_or_delete)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/config", put, "write", "intention", "body:Name", "Create or update a config entry"),
+    route("GET", "/v1/config/", get_or_delete, "read", "intention", "path",
+          "Read one config entry (<kind>/<name>) or list a kind"),
+    route("DELETE", "/v1/config/", get_or_delete, "write", "intention", "path", "Delete a config entry"),
+)
