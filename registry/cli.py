@@ -607,7 +607,9 @@ def build_config(argv: list[str]) -> Any:
         cfg.dev = True
         cfg.server = True
         cfg.bootstrap = True
-    validate(cfg)
+    from registry.agent.agent import CONFIG_VALIDATORS
+
+    validate(cfg, CONFIG_VALIDATORS)
     return cfg
 
 

@@ -233,10 +233,6 @@ class Intention:
         return compute_precedence(self.source_ns, self.source_name, self.destination_ns, self.destination_name)
 
     @property
-    def is_l7(self) -> bool:
-        return bool(self.permissions)
-
-    @property
     def allows(self) -> bool:
         """What this intention means for an L4 connection: only a plain allow allows."""
         return not self.permissions and self.action == ACTION_ALLOW

@@ -129,10 +129,10 @@ def test_the_proposer_stamps_its_time_and_raises_the_refusal() -> None:
 
 def test_definitions_and_the_agent_state_import_nothing_from_the_http_api() -> None:
     """Config files and the agent validate definitions with ``registry.registration``, never the API's code
-    (the agent's one remaining import of ``registry.api`` is the HTTP listener it starts)."""
+    (the agent, as the composition root, imports only the ``Api`` and the route table it builds it from)."""
     from tests.test_layers import GRAPH
 
     for module in ("registry.registration", "registry.commands", "registry.agent.local", "registry.agent.checks",
                    "registry.txn", "registry.fsm"):  # fmt: skip
         assert not [d for d in GRAPH[module] if d.startswith("registry.api")], module
-    assert {d for d in GRAPH["registry.agent.agent"] if d.startswith("registry.api")} <= {"registry.api.http"}
+    assert {d for d in GRAPH["registry.agent.agent"] if d.startswith("registry.api")} <= {"registry.api.http", "registry.api.routes"}

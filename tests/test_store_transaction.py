@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from registry.commands import Noop
 from registry.fsm import FSM, encode_command
 from registry.sessions import Session
 from registry.state.store import StateStore
@@ -188,15 +189,15 @@ def test_fsm_rolls_back_a_command_that_fails_halfway() -> None:
     before = everything(fsm.store)
     changes.clear()
 
-    def half(store: StateStore, cmd: dict) -> Any:
+    def half(store: StateStore, cmd: Noop) -> Any:
         store.kv_set("a", b"2", 0)
         store.kv_delete_tree("")
         store.delete_node("n1")
         store.table_put("t", "k", 1)
         raise RuntimeError("boom")
 
-    fsm.register("half", half)
-    out = fsm.apply(3, encode_command({"Type": "half"}))
+    fsm.dispatch[Noop] = half  # a no-op's apply function replaced by one that fails halfway
+    out = fsm.apply(3, encode_command(Noop().to_wire()))
     assert out.status == 500 and "boom" in out.message
     assert everything(fsm.store) == before
     assert fsm.store.index == 3

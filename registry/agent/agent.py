@@ -1,16 +1,21 @@
 """The agent: local services and checks, health checkers, anti-entropy, and the listeners.
 
-In ``-dev`` (and, until the Raft issue lands, in any single-server setup) the agent is also the server:
-its consensus object is the single-node log, so every write still goes command -> log -> FSM -> store.
-Shutdown order: stop accepting (HTTP, DNS), stop check monitors, drain the sync queue, close sessions.
+The agent is the composition root: it builds the consensus (the single-node log in ``-dev``, Raft on a
+server, the remote servers on a client), Connect, the HTTP API and the HTTP, HTTPS and DNS listeners
+(``registry.agent.listeners``), handing each the narrow parts it needs -- a store reader, the consensus,
+the config, the watch hub, a task spawner -- rather than the agent. In ``-dev`` the agent is also the
+server, and every write still goes command -> log -> FSM -> store.
+Shutdown order: stop accepting (HTTP and HTTPS, DNS), stop check monitors, drain the sync queue, close
+sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
@@ -33,8 +38,9 @@ from registry.commands import (
     Proposer,
     Register,
 )
-from registry.config import Config, join_address
+from registry.config import Config, ConfigValidator, join_address
 from registry.connect.service import Connect
+from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import Consensus, LocalLog
 from registry.fsm import FSM
 from registry.registration import (
@@ -59,10 +65,26 @@ from registry.structs import (
 from registry.tls import rpc_contexts
 from registry.watch import WatchHub
 
+if TYPE_CHECKING:
+    from dns.server import DNSListener
+    from registry.agent.listeners import Listener
+    from registry.api.http import Api
+
 log = structlog.get_logger("proconsul.agent")
 
 VERSION = "1.20.0"  # the Consul API level we follow; our own version is registry.__version__
 CHECK_UPDATE_INTERVAL = 300.0  # output-only changes reach the catalog at most this often (Consul's default)
+
+
+def _validate_tls(cfg: Config) -> None:
+    """The ``tls`` block (or Consul's flat TLS keys): building the RPC contexts reads every file it names
+    and refuses a wrong one (ConfigError) before anything listens."""
+    rpc_contexts(cfg)
+
+
+# What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
+# passes these when it builds the agent's Config.
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls)
 
 
 class Agent:
@@ -71,22 +93,28 @@ class Agent:
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         self.consensus: Consensus = self._make_consensus()
-        self.connect = Connect(self)  # Connect CA, leaf certificates, intentions (registers FSM commands)
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
-        # FSM); tests may replace it. Session TTL timers run on the leader.
+        # FSM); tests may replace it.
         self.wall_clock_ns = time.time_ns
         # The one way this agent writes: every command gets this agent's time and goes to the consensus.
         self.propose = Proposer(lambda wire: self.consensus.propose(wire), lambda: self.wall_clock_ns()).propose
+        # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
+        self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
+                               consensus=self.consensus, hub=self.hub, checks=self, spawn=self._spawn, is_client=self.is_client)  # fmt: skip
+        # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(self)
         self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
         self.http_session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
+        self.api: Api | None = None  # served on the HTTP port, and on the HTTPS port when there is one
         self.http_addr: tuple[str, int] | None = None
+        self.https_addr: tuple[str, int] | None = None
         self.dns_addr: tuple[str, int] | None = None
+        self.dns_listener: DNSListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._listeners: list[Any] = []  # objects with an async close()
+        self._listeners: list[Listener] = []  # closed in reverse order by stop()
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
@@ -177,14 +205,7 @@ class Agent:
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
-        from registry.api.http import start_http
-
-        self._listeners.append(await start_http(self))
-        await self.connect.start()
-        if self.config.ports.dns != -1:
-            from dns.server import start_dns
-
-            self._listeners.append(await start_dns(self))
+        await self._start_listeners()
         if self.http_addr is not None and hasattr(self.consensus, "servers") and self.config.server:
             me = self.consensus.servers.get(self.config.node_id)  # type: ignore[attr-defined]
             if me is not None:
@@ -196,6 +217,36 @@ class Agent:
             server=self.config.server,
             http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
         )
+
+    async def _start_listeners(self) -> None:
+        """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
+        # Imported here: the API's handler modules import this module.
+        from registry.agent.listeners import APIServer, https_context, start_dns
+        from registry.api.http import Api
+        from registry.api.routes import ROUTES
+
+        cfg = self.config
+        api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
+                  connect=self.connect)  # fmt: skip
+        self.api = api
+        server = APIServer(api)
+        try:
+            self.http_addr = await server.listen_http(cfg.client_addr, cfg.ports.http)
+        except OSError:
+            await server.close()
+            raise
+        self._listeners.append(server)
+        await self.connect.start()
+        if cfg.ports.https >= 0:
+            self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, https_context(cfg))
+            log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")
+        if cfg.ports.dns != -1:
+            self.dns_listener, self.dns_addr = await start_dns(cfg, lambda: self.store)
+            self._listeners.append(self.dns_listener)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a background task that ``stop`` cancels and waits for."""
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def stop(self) -> None:
         for listener in reversed(self._listeners):

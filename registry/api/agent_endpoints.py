@@ -15,6 +15,7 @@ from registry.api.catalog import query_filter
 from registry.api.decode import parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
+from registry.api.routing import Route, route
 from registry.registration import (
     DecodeError,
     build_check_registration,
@@ -25,7 +26,7 @@ from registry.registration import (
 from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, aggregate_status
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 # ---------------------------------------------------------------------- handlers
 
@@ -305,24 +306,38 @@ async def leave(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/agent/self", self_info)
-    router.add("GET", "/v1/agent/members", members)
-    router.add("GET", "/v1/agent/version", version)
-    router.add("GET", "/v1/agent/services", services)
-    router.add("GET", "/v1/agent/service/", service_get)
-    router.add("GET", "/v1/agent/checks", checks)
-    router.add("PUT", "/v1/agent/service/register", service_register)
-    router.add("PUT", "/v1/agent/service/deregister/", service_deregister)
-    router.add("PUT", "/v1/agent/service/maintenance/", service_maintenance)
-    router.add("PUT", "/v1/agent/maintenance", node_maintenance)
-    router.add("PUT", "/v1/agent/check/register", check_register)
-    router.add("PUT", "/v1/agent/check/deregister/", check_deregister)
-    router.add("PUT", "/v1/agent/check/pass/", _ttl_handler(HEALTH_PASSING))
-    router.add("PUT", "/v1/agent/check/warn/", _ttl_handler(HEALTH_WARNING))
-    router.add("PUT", "/v1/agent/check/fail/", _ttl_handler(HEALTH_CRITICAL))
-    router.add("PUT", "/v1/agent/check/update/", check_update)
-    router.add("GET", "/v1/agent/health/service/name/", health_by_name)
-    router.add("GET", "/v1/agent/health/service/id/", health_by_id)
-    router.add("PUT", "/v1/agent/reload", reload)
-    router.add("PUT", "/v1/agent/leave", leave)
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/agent/self", self_info, "read", "agent", "local-node",
+          "This agent's configuration, member record and build"),
+    route("GET", "/v1/agent/members", members, "read", "node", "each", "The cluster members this agent sees"),
+    route("GET", "/v1/agent/version", version, "read", "none", "none", "This agent's version"),
+    route("GET", "/v1/agent/services", services, "read", "service", "each", "The services registered with this agent"),
+    route("GET", "/v1/agent/service/", service_get, "read", "service", "path-id", "One local service, by ID"),
+    route("GET", "/v1/agent/checks", checks, "read", "node", "each", "The checks registered with this agent"),
+    route("PUT", "/v1/agent/service/register", service_register, "write", "service", "body:Name",
+          "Register a local service (and its checks and sidecar)"),
+    route("PUT", "/v1/agent/service/deregister/", service_deregister, "write", "service", "path-id",
+          "Deregister a local service"),
+    route("PUT", "/v1/agent/service/maintenance/", service_maintenance, "write", "service", "path-id",
+          "Put a local service in or out of maintenance"),
+    route("PUT", "/v1/agent/maintenance", node_maintenance, "write", "node", "local-node",
+          "Put this node in or out of maintenance"),
+    route("PUT", "/v1/agent/check/register", check_register, "write", "node", "local-node",
+          "Register a local check (service:write instead when it names a ServiceID)"),
+    route("PUT", "/v1/agent/check/deregister/", check_deregister, "write", "node", "path-id",
+          "Deregister a local check"),
+    route("PUT", "/v1/agent/check/pass/", _ttl_handler(HEALTH_PASSING), "write", "node", "path-id",
+          "Set a TTL check passing"),
+    route("PUT", "/v1/agent/check/warn/", _ttl_handler(HEALTH_WARNING), "write", "node", "path-id",
+          "Set a TTL check warning"),
+    route("PUT", "/v1/agent/check/fail/", _ttl_handler(HEALTH_CRITICAL), "write", "node", "path-id",
+          "Set a TTL check critical"),
+    route("PUT", "/v1/agent/check/update/", check_update, "write", "node", "path-id",
+          "Set a TTL check's status and output"),
+    route("GET", "/v1/agent/health/service/name/", health_by_name, "read", "service", "path",
+          "Aggregated local health of a service, by name"),
+    route("GET", "/v1/agent/health/service/id/", health_by_id, "read", "service", "path-id",
+          "Aggregated local health of a service instance, by ID"),
+    route("PUT", "/v1/agent/reload", reload, "write", "agent", "local-node", "Reload this agent's configuration"),
+    route("PUT", "/v1/agent/leave", leave, "write", "agent", "local-node", "Leave the cluster gracefully and shut down"),
+)

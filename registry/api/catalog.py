@@ -11,6 +11,7 @@ from registry.api import views
 from registry.api.decode import parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
 from registry.commands import Deregister, Register
 from registry.registration import (
     CATALOG_DEREGISTER_SCHEMA,
@@ -23,7 +24,7 @@ from registry.state.store import StateStore, WatchSet
 from registry.structs import CHECK_STATUSES, Check, Node, Service
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 def node_meta_filter(request: web.Request) -> dict[str, str]:
@@ -69,7 +70,7 @@ def tags_match(svc: Service, tags: list[str]) -> bool:
 
 def _datacenter(api: Api, request: web.Request) -> None:
     dc = request.query.get("dc")
-    if dc and dc != api.agent.config.datacenter:
+    if dc and dc != api.config.datacenter:
         raise HTTPError(500, "No path to datacenter")
 
 
@@ -83,8 +84,8 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
         raise HTTPError(400, "Must provide node")
     if not d.get("Address") and not d.get("SkipNodeUpdate"):
         raise HTTPError(400, "Must provide address")
-    dc = d.get("Datacenter") or api.agent.config.datacenter
-    if dc != api.agent.config.datacenter:
+    dc = d.get("Datacenter") or api.config.datacenter
+    if dc != api.config.datacenter:
         raise HTTPError(500, "No path to datacenter")
     try:
         validate_meta(d.get("NodeMeta") or {}, "Node")
@@ -93,7 +94,7 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
     node = Node(id=d.get("ID") or "", node=d["Node"], address=d.get("Address") or "", datacenter=dc,
                 tagged_addresses=d.get("TaggedAddresses") or {}, meta=d.get("NodeMeta") or {})  # fmt: skip
     skip_node_update = bool(d.get("SkipNodeUpdate"))
-    existing = api.agent.store.nodes.get(d["Node"])
+    existing = api.store.nodes.get(d["Node"])
     if skip_node_update and existing is None and not node.address:
         raise HTTPError(400, "Must provide address")
     service: Service | None = None
@@ -161,7 +162,7 @@ async def deregister(api: Api, request: web.Request, _: str) -> web.StreamRespon
 
 
 async def datacenters(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    return api.json(request, [api.agent.config.datacenter])
+    return api.json(request, [api.config.datacenter])
 
 
 async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -287,13 +288,18 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
     return await api.read(request, run)
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/catalog/register", register_handler)
-    router.add("PUT", "/v1/catalog/deregister", deregister)
-    router.add("GET", "/v1/catalog/datacenters", datacenters)
-    router.add("GET", "/v1/catalog/nodes", nodes)
-    router.add("GET", "/v1/catalog/services", services)
-    router.add("GET", "/v1/catalog/service/", service)
-    router.add("GET", "/v1/catalog/connect/", connect)
-    router.add("GET", "/v1/catalog/node/", node)
-    router.add("GET", "/v1/catalog/node-services/", node_services)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/catalog/register", register_handler, "write", "node", "body:Node",
+          "Register a node, service or check (service:write on the service too)"),
+    route("PUT", "/v1/catalog/deregister", deregister, "write", "node", "body:Node",
+          "Deregister a node, service or check"),
+    route("GET", "/v1/catalog/datacenters", datacenters, "read", "none", "none", "Known datacenters"),
+    route("GET", "/v1/catalog/nodes", nodes, "read", "node", "each", "All nodes"),
+    route("GET", "/v1/catalog/services", services, "read", "service", "each", "All services and their tags"),
+    route("GET", "/v1/catalog/service/", service, "read", "service", "path", "The instances of a service"),
+    route("GET", "/v1/catalog/connect/", connect, "read", "service", "path",
+          "The Connect-capable instances of a service"),
+    route("GET", "/v1/catalog/node/", node, "read", "node", "path", "A node and its services"),
+    route("GET", "/v1/catalog/node-services/", node_services, "read", "node", "path",
+          "A node and its services, as a list"),
+)

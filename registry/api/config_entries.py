@@ -17,6 +17,7 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
 from registry.commands import ConfigEntryDelete, ConfigEntryUpsert
 from registry.connect.state import (
     KIND_SERVICE_INTENTIONS,
@@ -28,7 +29,7 @@ from registry.connect.state import (
 from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 # Every kind Consul's /v1/config accepts (CE and Enterprise); only SUPPORTED_KINDS are stored here.
 KNOWN_KINDS = frozenset({
@@ -117,6 +118,9 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
     return resp
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/config", put)
-    router.add("GET,DELETE", "/v1/config/", get_or_delete)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/config", put, "write", "intention", "body:Name", "Create or update a config entry"),
+    route("GET", "/v1/config/", get_or_delete, "read", "intention", "path",
+          "Read one config entry (<kind>/<name>) or list a kind"),
+    route("DELETE", "/v1/config/", get_or_delete, "write", "intention", "path", "Delete a config entry"),
+)

@@ -23,6 +23,7 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
 from registry.commands import IntentionDelete, IntentionDeleteExact, IntentionWrite
 from registry.connect.signer import RateLimited, SignError
 from registry.connect.state import find_legacy
@@ -31,7 +32,7 @@ from registry.intentions import Intention, IntentionError, decide, match, parse_
 from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
     from registry.connect.service import Connect
 
 NOT_ENABLED = "Connect must be enabled in order to use this endpoint"
@@ -39,7 +40,7 @@ INTENTION_NOT_FOUND = "Intention not found"
 
 
 def _connect(api: Api) -> Connect:
-    connect: Connect | None = getattr(api.agent, "connect", None)
+    connect = api.connect
     if connect is None or not connect.enabled:
         raise HTTPError(400, NOT_ENABLED)
     return connect
@@ -199,7 +200,7 @@ async def agent_roots(api: Api, request: web.Request, suffix: str) -> web.Stream
 
 
 def _now() -> str:
-    from registry.connect.service import utcnow
+    from registry.connect.signer import utcnow
 
     return provider.format_go_time(utcnow())
 
@@ -373,7 +374,7 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
         if resp.status == 404:
             return _with_headers(api.text(404, INTENTION_NOT_FOUND), resp)
         return resp
-    if find_legacy(api.agent.store, ixn_id) is None:
+    if find_legacy(api.store, ixn_id) is None:
         raise HTTPError(404, INTENTION_NOT_FOUND)
     if request.method == "DELETE":
         await api.propose(IntentionDelete(ixn_id, _now()))
@@ -386,22 +387,35 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
-def register(router: Router) -> None:
-    from registry.api import config_entries
-
-    router.add("GET", "/v1/connect/ca/roots", ca_roots)
-    router.add("GET", "/v1/connect/ca/configuration", ca_configuration_get)
-    router.add("PUT", "/v1/connect/ca/configuration", ca_configuration_put)
-    router.add("GET", "/v1/agent/connect/ca/roots", agent_roots)
-    router.add("GET", "/v1/agent/connect/ca/leaf/", agent_leaf)
-    router.add("POST", "/v1/agent/connect/authorize", agent_authorize)
-    router.add("GET", "/v1/connect/intentions", intentions_list)
-    router.add("POST", "/v1/connect/intentions", intentions_create)
-    router.add("GET", "/v1/connect/intentions/exact", intention_exact_get)
-    router.add("PUT", "/v1/connect/intentions/exact", intention_exact_put)
-    router.add("DELETE", "/v1/connect/intentions/exact", intention_exact_delete)
-    router.add("GET", "/v1/connect/intentions/match", intention_match)
-    router.add("GET", "/v1/connect/intentions/check", intention_check)
-    router.add("GET,PUT,DELETE", "/v1/connect/intentions/", intention_by_id)
-    config_entries.register(router)
-
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/connect/ca/roots", ca_roots, "read", "none", "none", "The Connect CA's trusted roots"),
+    route("GET", "/v1/connect/ca/configuration", ca_configuration_get, "read", "operator", "unnamed",
+          "The Connect CA's configuration"),
+    route("PUT", "/v1/connect/ca/configuration", ca_configuration_put, "write", "operator", "unnamed",
+          "Change the Connect CA's configuration (may rotate the root)"),
+    route("GET", "/v1/agent/connect/ca/roots", agent_roots, "read", "none", "none",
+          "The CA roots, from this agent's cache"),
+    route("GET", "/v1/agent/connect/ca/leaf/", agent_leaf, "write", "service", "path",
+          "A leaf certificate for a service, from this agent's cache"),
+    route("POST", "/v1/agent/connect/authorize", agent_authorize, "write", "service", "body:Target",
+          "Whether a client certificate may connect to a target service"),
+    route("GET", "/v1/connect/intentions", intentions_list, "read", "intention", "each", "All intentions"),
+    route("POST", "/v1/connect/intentions", intentions_create, "write", "intention", "body:DestinationName",
+          "Create an intention (legacy, by ID)"),
+    route("GET", "/v1/connect/intentions/exact", intention_exact_get, "read", "intention", "query:destination",
+          "One intention, by source and destination"),
+    route("PUT", "/v1/connect/intentions/exact", intention_exact_put, "write", "intention", "query:destination",
+          "Create or update an intention, by source and destination"),
+    route("DELETE", "/v1/connect/intentions/exact", intention_exact_delete, "write", "intention",
+          "query:destination", "Delete an intention, by source and destination"),
+    route("GET", "/v1/connect/intentions/match", intention_match, "read", "intention", "query:name",
+          "The intentions that match a source or destination, by precedence"),
+    route("GET", "/v1/connect/intentions/check", intention_check, "read", "intention", "query:destination",
+          "Whether a source may connect to a destination"),
+    route("GET", "/v1/connect/intentions/", intention_by_id, "read", "intention", "path-id",
+          "One intention, by ID (legacy)"),
+    route("PUT", "/v1/connect/intentions/", intention_by_id, "write", "intention", "path-id",
+          "Update an intention, by ID (legacy)"),
+    route("DELETE", "/v1/connect/intentions/", intention_by_id, "write", "intention", "path-id",
+          "Delete an intention, by ID (legacy)"),
+)

@@ -11,11 +11,12 @@ from registry.api import views
 from registry.api.catalog import _datacenter, node_matches, node_meta_filter, query_filter, tags_match
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
+from registry.api.routing import Route, route
 from registry.state.store import StateStore, WatchSet
 from registry.structs import HEALTH_PASSING
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 def _passing_param(request: web.Request) -> bool:
@@ -142,9 +143,12 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
     return await api.read(request, run)
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/health/service/", service)
-    router.add("GET", "/v1/health/connect/", connect)
-    router.add("GET", "/v1/health/checks/", checks)
-    router.add("GET", "/v1/health/node/", node)
-    router.add("GET", "/v1/health/state/", state)
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/health/service/", service, "read", "service", "path",
+          "The instances of a service with their node and checks"),
+    route("GET", "/v1/health/connect/", connect, "read", "service", "path",
+          "The Connect-capable instances of a service with their checks"),
+    route("GET", "/v1/health/checks/", checks, "read", "service", "path", "The checks of a service"),
+    route("GET", "/v1/health/node/", node, "read", "node", "path", "The checks of a node"),
+    route("GET", "/v1/health/state/", state, "read", "node", "each", "The checks in a given state"),
+)

@@ -15,11 +15,12 @@ from aiohttp import web
 from registry.api import views
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
 from registry.commands import KV, KVOp
 from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 U64 = 2**64
 
@@ -73,7 +74,7 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
         resp = await api.read(request, run_probe, cacheable=False)
         if resp.status != 200:
             return resp
-        _, entry = api.agent.store.kv_get(key)
+        _, entry = api.store.kv_get(key)
         value = (entry.value or b"") if entry is not None else b""
         headers = {k: v for k, v in resp.headers.items() if k.startswith("X-Consul")}
         headers.update({"Content-Type": "text/plain", "X-Content-Type-Options": "nosniff",
@@ -98,7 +99,7 @@ async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
         raise HTTPError(400, f"Conflicting flags: {request.query_string}")
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
-    limit = api.agent.config.kv_max_value_size
+    limit = api.config.kv_max_value_size
     value = await read_body(
         request,
         limit,
@@ -133,7 +134,8 @@ async def delete(api: Api, request: web.Request, key: str) -> web.StreamResponse
     return api.json(request, bool(result))
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/kv/", get)
-    router.add("PUT", "/v1/kv/", put)
-    router.add("DELETE", "/v1/kv/", delete)
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/kv/", get, "read", "key", "path", "Read a key, a prefix, or the keys under a prefix"),
+    route("PUT", "/v1/kv/", put, "write", "key", "path", "Write a key (CAS, lock acquire and release)"),
+    route("DELETE", "/v1/kv/", delete, "write", "key", "path", "Delete a key or a prefix"),
+)

@@ -15,12 +15,13 @@ from aiohttp import web
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
 from registry.commands import SessionCreate, SessionDestroy
 from registry.sessions import SessionError, build_session
 from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 def _new_id(store: StateStore) -> str:
@@ -110,10 +111,12 @@ def default_node_for_forwarding(body: bytes, node_name: str) -> bytes:
     return json.dumps(parsed).encode()
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/session/create", create)
-    router.add("PUT", "/v1/session/destroy/", destroy)
-    router.add("PUT", "/v1/session/renew/", renew)
-    router.add("GET", "/v1/session/info/", info)
-    router.add("GET", "/v1/session/node/", node)
-    router.add("GET", "/v1/session/list", list_all)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/session/create", create, "write", "session", "body:Node",
+          "Create a session (on this agent's node unless Node says otherwise)"),
+    route("PUT", "/v1/session/destroy/", destroy, "write", "session", "path-id", "Destroy a session"),
+    route("PUT", "/v1/session/renew/", renew, "write", "session", "path-id", "Renew a session's TTL"),
+    route("GET", "/v1/session/info/", info, "read", "session", "path-id", "One session"),
+    route("GET", "/v1/session/node/", node, "read", "session", "path", "The sessions of a node"),
+    route("GET", "/v1/session/list", list_all, "read", "session", "each", "All sessions"),
+)

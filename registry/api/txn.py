@@ -24,13 +24,14 @@ from aiohttp import web
 from registry import txn
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
+from registry.api.routing import Route, route
 from registry.api.views import kv_json
 from registry.commands import KVOp, Txn
 from registry.gocompat import go_quote
 from registry.structs import KVEntry
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 TXN_MAX_REQ_LEN = 512 * 1024  # Consul's txn_max_req_len default (raft's suggested entry size)
 _LIMIT_DOC = "https://www.consul.io/docs/agent/config/config-files#txn_max_req_len"
@@ -169,7 +170,7 @@ def parse_ops(body: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]
 
 
 async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamResponse:
-    cfg = api.agent.config
+    cfg = api.config
     value_limit = cfg.kv_max_value_size
     limit = max(TXN_MAX_REQ_LEN, value_limit)  # Consul: the larger of txn_max_req_len and kv_max_value_size
     if request.content_length is not None:
@@ -223,12 +224,12 @@ def render_results(results: list[dict[str, Any]] | None) -> list[dict[str, Any]]
 async def _read(api: Api, request: web.Request, ops: list[KVOp]) -> web.StreamResponse:
     """Consul's Txn.Read: the consistency mode of the request, no blocking, no log entry."""
     _, _, mode = api.query_options(request)
-    consensus = api.agent.consensus
+    consensus = api.consensus
     await consensus.barrier_read(mode)
     errors = txn.precheck(ops)
     results: list[dict[str, Any]] | None = None
     if not errors:
-        results, errors = txn.run(api.agent.store, ops)
+        results, errors = txn.run(api.store, ops)
         results = render_results(results)
     known_leader = consensus.known_leader()
     last_contact_ms = consensus.last_contact_ms()
@@ -250,5 +251,6 @@ async def _read(api: Api, request: web.Request, ops: list[KVOp]) -> web.StreamRe
     return resp
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/txn", put)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/txn", put, "write", "key", "each", "Apply KV operations as one transaction"),
+)
