@@ -105,7 +105,6 @@ def _listen_calls(module: str) -> set[str]:
     return calls
 
 
-@pytest.mark.xfail(strict=True, reason="registry.raft imports registry.fsm and registry.consensus (the architecture issue)")
 def test_raft_is_a_library() -> None:
     bad = {m: sorted(d for d in deps if d.startswith("registry.") and not _within(d, ("registry.raft",)))
            for m, deps in GRAPH.items() if _within(m, ("registry.raft",))}  # fmt: skip

@@ -27,14 +27,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgpack
 import structlog
 
-from registry.consensus import NotLeaderError
-from registry.fsm import FSM, CommandError, encode_command
 from registry.raft import node as raftnode
+from registry.raft.errors import NotLeaderError, RPCError
+from registry.raft.fsm import BytesCommands, CommandCodec, StateMachine
 from registry.raft.messages import (
     AppendEntries,
     ConfChange,
@@ -51,7 +51,7 @@ from registry.raft.messages import (
 )
 from registry.raft.snapshots import SnapshotStore
 from registry.raft.stable import StableStore
-from registry.raft.transport import PeerSender, RPCClient, RPCError, ServerListener
+from registry.raft.transport import PeerSender, RPCClient, ServerTransport
 from registry.raft.wal import WAL
 
 log = structlog.get_logger("proconsul.raft")
@@ -95,19 +95,26 @@ class RaftOptions:
     tick: float = TICK_SECONDS
     snapshot_threshold: int = SNAPSHOT_THRESHOLD
     trailing_logs: int = TRAILING_LOGS
-    ssl_server: Any = None
-    ssl_client: Any = None
+    ssl_client: Any = None  # for dialing peers; the listening side's TLS is the transport's
     server_hostname: str | None = None
-    peer_check: Any = None
     leader_wait: float = LEADER_WAIT
     fork_snapshots: bool = True  # serialize snapshots in a forked child (off: on the event loop)
     source_ip: str | None = None  # connect to peers from this address (multi-homed hosts; fault-injection tests)
 
 
-class RaftServer:
-    def __init__(self, opts: RaftOptions, fsm: FSM) -> None:
+SM = TypeVar("SM", bound=StateMachine)
+
+
+class RaftServer(Generic[SM]):
+    """One Raft server: built from its options, the state machine, the server port and a command codec,
+    as hashicorp/raft's ``NewRaft(conf, fsm, logs, stable, snaps, trans)`` is."""
+
+    def __init__(self, opts: RaftOptions, fsm: SM, transport: ServerTransport,
+                 codec: CommandCodec | None = None) -> None:  # fmt: skip
         self.opts = opts
         self.fsm = fsm
+        self.codec: CommandCodec = codec if codec is not None else BytesCommands()
+        self._transport = transport
         self.id = opts.node_id
         self.node: raftnode.RaftNode | None = None
         self.servers: dict[str, ServerInfo] = {opts.node_id: ServerInfo(opts.node_id, opts.address, opts.name, opts.http)}
@@ -117,7 +124,6 @@ class RaftServer:
         self._mem_entries: list[Entry] = []
         self._senders: dict[str, PeerSender] = {}
         self._rpc: dict[str, RPCClient] = {}
-        self._listener: ServerListener | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
@@ -128,12 +134,12 @@ class RaftServer:
         self._snapshot_index = 0
         self._snapshotting = False
         self._leader_since: float | None = None
-        self.on_leader_change: list[Callable[[bool], None]] = []
+        self._leader_callbacks: list[Callable[[bool], None]] = []
         self._was_leader = False
         self._rng = random.Random()
         self._tick_due = 0.0  # loop time the node's latest tick stands for (catch-up ticks come late)
         self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
-        self.started = asyncio.Event()
+        self._register_rpc()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -144,8 +150,8 @@ class RaftServer:
 
     async def start(self) -> None:
         self._open_storage()
-        self._listener = ServerListener(self._on_message, self._on_rpc, self.opts.ssl_server, self.opts.peer_check)
-        await self._listener.start(*self.opts.bind)
+        self._transport.inbox.attach(self._on_message)
+        await self._transport.port.start(*self.opts.bind)
         state = self._load_state()
         if state is not None:
             self._build_node(state)
@@ -162,8 +168,7 @@ class RaftServer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        if self._listener is not None:
-            await self._listener.close()
+        await self._transport.port.close()
         for s in self._senders.values():
             await s.close()
         for c in self._rpc.values():
@@ -362,7 +367,6 @@ class RaftServer:
         cfg = raftnode.RaftConfig(election_tick=ELECTION_TICKS, heartbeat_tick=1, check_quorum=True, pre_vote=True)
         self.node = raftnode.RaftNode(self.id, cfg, self._rng, state, snapshot_source=self._snapshot_source,
                                       applied=state.snapshot.index if state.snapshot else 0)  # fmt: skip
-        self.fsm.store.index = max(self.fsm.store.index, state.snapshot.index if state.snapshot else 0)
         self._wake.set()
 
     def _bootstrap(self, voters: list[str]) -> None:
@@ -480,7 +484,7 @@ class RaftServer:
                     if not fut.done():
                         fut.set_exception(NotLeaderError(None))
                 self._reads.clear()
-            for cb in self.on_leader_change:
+            for cb in self._leader_callbacks:
                 cb(is_leader)
         self._maybe_snapshot()
 
@@ -603,7 +607,7 @@ class RaftServer:
                     await asyncio.sleep(0.05)
                     continue
                 if not fut.done():
-                    fut.set_result(_decode_result(reply))
+                    fut.set_result(self.codec.decode_result(reply))
                 return
         except RPCError as exc:
             if not fut.done():
@@ -614,45 +618,59 @@ class RaftServer:
 
     # ------------------------------------------------------------------ RPC server
 
-    async def _on_rpc(self, method: str, args: Any) -> Any:
-        if method == "apply":
-            if not isinstance(args, bytes):
-                raise RPCError("apply needs a command", 400)
-            if self.node is None or self.node.role is not raftnode.Role.LEADER:
-                # Let the caller re-resolve the leader (no forwarding chains).
-                raise RPCError("not the leader", 503)
-            return _encode_result(await self._propose_bytes(args))
-        if method == "hello":
-            if isinstance(args, dict):
-                self._learn(args)
-                for info in (args.get("known") or {}).values():
-                    if isinstance(info, dict):
-                        self._learn(info)
-            return self._hello_payload()
-        if method == "join":
-            if not isinstance(args, dict):
-                raise RPCError("join needs server info", 400)
-            return await self._handle_join(args)
-        if method == "read_index":
-            if self.node is None or self.node.role is not raftnode.Role.LEADER:
-                raise RPCError("not the leader", 503)
-            return await self._leader_read_index(bool(args))
-        if method == "raft_configuration":
-            if self.node is None or self.node.role is not raftnode.Role.LEADER:
-                raise RPCError("not the leader", 503)
-            return self.configuration()
-        if method == "transfer_leader":
-            return await self.transfer_leadership(args if isinstance(args, str) else None)
-        if method == "remove_server":
-            if not isinstance(args, str):
-                raise RPCError("remove_server needs a server id", 400)
-            await self.remove_server(args)
-            return True
-        if self.rpc_extension is not None:
-            return await self.rpc_extension(method, args)
-        raise RPCError(f"unknown rpc method {method!r}", 400)
+    def _register_rpc(self) -> None:
+        """Serve the server-to-server methods on the port's router (the application adds its own)."""
+        register = self._transport.router.register
+        register("apply", self._rpc_apply)
+        register("hello", self._rpc_hello)
+        register("join", self._rpc_join)
+        register("read_index", self._rpc_read_index)
+        register("raft_configuration", self._rpc_configuration)
+        register("transfer_leader", self._rpc_transfer_leader)
+        register("remove_server", self._rpc_remove_server)
 
-    rpc_extension: Callable[[str, Any], Any] | None = None
+    def _require_leader(self) -> raftnode.RaftNode:
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER:
+            # Let the caller re-resolve the leader (no forwarding chains).
+            raise RPCError("not the leader", 503)
+        return node
+
+    async def _rpc_apply(self, args: Any) -> Any:
+        if not isinstance(args, bytes):
+            raise RPCError("apply needs a command", 400)
+        self._require_leader()
+        return self.codec.encode_result(await self._propose_bytes(args))
+
+    async def _rpc_hello(self, args: Any) -> Any:
+        if isinstance(args, dict):
+            self._learn(args)
+            for info in (args.get("known") or {}).values():
+                if isinstance(info, dict):
+                    self._learn(info)
+        return self._hello_payload()
+
+    async def _rpc_join(self, args: Any) -> Any:
+        if not isinstance(args, dict):
+            raise RPCError("join needs server info", 400)
+        return await self._handle_join(args)
+
+    async def _rpc_read_index(self, args: Any) -> Any:
+        self._require_leader()
+        return await self._leader_read_index(bool(args))
+
+    async def _rpc_configuration(self, args: Any) -> Any:
+        self._require_leader()
+        return self.configuration()
+
+    async def _rpc_transfer_leader(self, args: Any) -> Any:
+        return await self.transfer_leadership(args if isinstance(args, str) else None)
+
+    async def _rpc_remove_server(self, args: Any) -> Any:
+        if not isinstance(args, str):
+            raise RPCError("remove_server needs a server id", 400)
+        await self.remove_server(args)
+        return True
 
     def _learn(self, info: dict[str, Any]) -> None:
         sid, addr = info.get("id"), info.get("address")
@@ -775,10 +793,10 @@ class RaftServer:
         except TimeoutError as exc:
             raise NotLeaderError(None) from exc
 
-    async def propose(self, cmd: dict[str, Any]) -> Any:
+    async def propose(self, cmd: Any) -> Any:
         if self.node is None:
             raise NotLeaderError(None)
-        return await self._propose_bytes(encode_command(cmd))
+        return await self._propose_bytes(self.codec.encode_command(cmd))
 
     async def _wait_applied(self, index: int, timeout: float = 10.0) -> None:
         assert self.node is not None
@@ -877,6 +895,30 @@ class RaftServer:
     def is_leader(self) -> bool:
         return self.node is not None and self.node.role is raftnode.Role.LEADER
 
+    def on_leader_change(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(leading)`` from the loop whenever this server gains or loses leadership (as
+        hashicorp/raft's ``LeaderCh``)."""
+        self._leader_callbacks.append(callback)
+
+    async def call_leader(self, method: str, args: Any, timeout: float) -> Any:
+        """Call an RPC method on the leader, waiting up to ``leader_wait`` for one to be known."""
+        leader = await self._await_leader()
+        return await self.rpc_client(leader.address).call(method, args, timeout=timeout)
+
+    def advertise_http(self, address: str) -> None:
+        """This server's HTTP address once its listener is bound (port 0 picks one), told in ``hello``."""
+        self.servers[self.id].http = address
+
+    def http_target(self) -> str | None:
+        info = self._leader_info()
+        return info.http if info is not None and info.http else None
+
+    async def refresh(self) -> bool:
+        return self.known_leader()
+
+    def forget_leader(self) -> None:
+        return None  # the core tracks the leader from its messages
+
     # ------------------------------------------------------------------ operator
 
     def configuration(self) -> list[dict[str, Any]]:
@@ -894,7 +936,19 @@ class RaftServer:
                         "Voter": sid in conf.voters, "ProtocolVersion": "3", "LastIndex": last})  # fmt: skip
         return out
 
-    async def remove_server(self, sid: str) -> None:
+    async def remove_server(self, server_id: str = "", address: str = "") -> None:
+        """Remove a server from the configuration, named by ID or by address (Consul's
+        RemoveRaftPeerByID/ByAddress). A follower checks the name against its configuration and asks the
+        leader, which proposes the change."""
+        servers = self.configuration()
+        if address and not server_id:
+            match = [s for s in servers if s["Address"] == address]
+            if not match:
+                raise RPCError(f"address {address!r} was not found in the Raft configuration", 400)
+            server_id = match[0]["ID"]
+        if server_id not in {s["ID"] for s in servers}:
+            raise RPCError(f"id {server_id!r} was not found in the Raft configuration", 400)
+        sid = server_id
         node = self.node
         if node is None or node.role is not raftnode.Role.LEADER:
             leader = await self._await_leader()
@@ -949,14 +1003,3 @@ def _config_to_dict(conf: Configuration) -> dict[str, Any]:
 def _config_from_dict(d: Any) -> Configuration:
     return Configuration(frozenset(d.get("voters") or ()), frozenset(d.get("learners") or ()))
 
-
-def _encode_result(result: Any) -> Any:
-    if isinstance(result, CommandError):
-        return {"__error__": result.message, "status": result.status}
-    return result
-
-
-def _decode_result(reply: Any) -> Any:
-    if isinstance(reply, dict) and "__error__" in reply:
-        return CommandError(str(reply["__error__"]), int(reply.get("status", 500)))
-    return reply
