@@ -105,21 +105,18 @@ def _listen_calls(module: str) -> set[str]:
     return calls
 
 
-@pytest.mark.xfail(strict=True, reason="registry.raft imports registry.fsm and registry.consensus (the architecture issue)")
 def test_raft_is_a_library() -> None:
     bad = {m: sorted(d for d in deps if d.startswith("registry.") and not _within(d, ("registry.raft",)))
            for m, deps in GRAPH.items() if _within(m, ("registry.raft",))}  # fmt: skip
     assert not {m: d for m, d in bad.items() if d}, "registry.raft imports the application"
 
 
-@pytest.mark.xfail(strict=True, reason="registry.consensus imports API errors, registry.txn renders API JSON (the architecture issue)")
 def test_core_imports_no_outer_layer() -> None:
     bad = {m: sorted(d for d in deps if _within(d, OUTER_PREFIXES))
            for m, deps in GRAPH.items() if _within(m, CORE_PREFIXES)}  # fmt: skip
     assert not {m: d for m, d in bad.items() if d}
 
 
-@pytest.mark.xfail(strict=True, reason="the API modules import the HTTP listener, the Raft driver its RPC listener (the architecture issue)")
 def test_only_the_composition_roots_import_listeners() -> None:
     listeners = {m for m in MODULES if _listen_calls(m)}
     assert listeners, "the scan found no listener at all: it is broken"

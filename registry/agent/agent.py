@@ -41,8 +41,9 @@ from registry.commands import (
 from registry.config import Config, ConfigValidator, join_address
 from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
-from registry.consensus import Consensus, LocalLog
+from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.raft.rpc import RPCRouter
 from registry.registration import (
     CheckSpec,
     RegistrationRules,
@@ -92,6 +93,9 @@ class Agent:
         self.config = config
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
+        # The server port's RPC methods: the Raft server, this agent and Connect each register theirs.
+        self.rpc = RPCRouter()
+        self._register_rpc()
         self.consensus: Consensus = self._make_consensus()
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
         # FSM); tests may replace it.
@@ -100,7 +104,8 @@ class Agent:
         self.propose = Proposer(lambda wire: self.consensus.propose(wire), lambda: self.wall_clock_ns()).propose
         # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
-                               consensus=self.consensus, hub=self.hub, checks=self, spawn=self._spawn, is_client=self.is_client)  # fmt: skip
+                               consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
+                               is_client=self.is_client)  # fmt: skip
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(self)
         self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
@@ -134,11 +139,12 @@ class Agent:
     def _make_consensus(self) -> Consensus:
         cfg = self.config
         if cfg.dev:
-            return LocalLog(self.fsm, cfg.server_address)
+            return LocalLog(self.fsm, cfg.server_address, cfg.node_id, cfg.node_name, self.rpc)
         if cfg.server:
             from pathlib import Path
 
             from registry.raft.driver import RaftOptions, RaftServer
+            from registry.raft.listener import server_transport
 
             assert cfg.data_dir is not None
             data_dir = Path(cfg.data_dir)
@@ -155,10 +161,8 @@ class Agent:
                 join=[join_address(a) for a in cfg.retry_join],
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
-            opts.ssl_server, opts.ssl_client, opts.server_hostname, opts.peer_check = rpc_contexts(cfg)  # tls block
-            server = RaftServer(opts, self.fsm)
-            server.rpc_extension = self._on_rpc
-            return server
+            ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
+            return RaftServer(opts, self.fsm, server_transport(self.rpc, ssl_server, peer_check), CommandResults())
         from registry.agent.remote import RemoteServers
 
         return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, *rpc_contexts(cfg)[1:3])
@@ -182,9 +186,7 @@ class Agent:
             from pathlib import Path
 
             self.config.node_id = _persistent_node_id(Path(self.config.data_dir), self.config.node_id)
-        consensus_start = getattr(self.consensus, "start", None)
-        if consensus_start is not None:
-            await consensus_start()
+        await self.consensus.start()
         if not self.is_client:
             self.session_timers.start()
         try:
@@ -206,10 +208,8 @@ class Agent:
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
         await self._start_listeners()
-        if self.http_addr is not None and hasattr(self.consensus, "servers") and self.config.server:
-            me = self.consensus.servers.get(self.config.node_id)  # type: ignore[attr-defined]
-            if me is not None:
-                me.http = f"{self.config.advertise}:{self.http_addr[1]}"
+        if self.http_addr is not None and self.config.server:
+            self.consensus.advertise_http(f"{self.config.advertise}:{self.http_addr[1]}")
         log.info(
             "agent started",
             node=self.node_name,
@@ -263,9 +263,7 @@ class Agent:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         self._tasks.clear()
-        consensus_stop = getattr(self.consensus, "stop", None)
-        if consensus_stop is not None:
-            await consensus_stop()
+        await self.consensus.stop()
         if self.http_session is not None:
             await self.http_session.close()
             self.http_session = None
@@ -650,45 +648,42 @@ class Agent:
                 if self.consensus.is_leader():
                     self.last_seen[self.node_name] = time.monotonic()
                     continue
-                call = getattr(self.consensus, "call_leader", None)
-                if call is not None:
-                    await call("heartbeat", self.node_name, 5.0)
-                else:
-                    server = self.consensus
-                    info = server._leader_info()  # type: ignore[attr-defined]
-                    if info is not None:
-                        await server.rpc_client(info.address).call("heartbeat", self.node_name, timeout=5)  # type: ignore[attr-defined]
+                await self.consensus.call_leader("heartbeat", self.node_name, 5.0)
             except Exception as exc:  # noqa: BLE001 - the next beat retries
                 log.debug("heartbeat failed", error=str(exc))
 
-    async def _on_rpc(self, method: str, args: Any) -> Any:
-        from registry.consensus import RPCError
+    def _register_rpc(self) -> None:
+        """The agent's methods on the server port: client agents' liveness, session renewals, node state."""
+        self.rpc.register("heartbeat", self._rpc_heartbeat)
+        self.rpc.register("session_renew", self._rpc_session_renew)
+        self.rpc.register("node_state", self._rpc_node_state)
 
-        if method == "heartbeat":
-            if not self.consensus.is_leader():
-                raise RPCError("not the leader", 503)
-            if not isinstance(args, str) or not args:
-                raise RPCError("heartbeat needs a node name", 400)
-            self.last_seen[args] = time.monotonic()
-            return True
-        if method == "session_renew":
-            if not self.consensus.is_leader():
-                raise RPCError("not the leader", 503)
-            if not isinstance(args, str):
-                raise RPCError("session_renew needs a session ID", 400)
-            return self._renew_here(args)
-        if method == "node_state":
-            from registry.state import codec
+    async def _rpc_heartbeat(self, args: Any) -> Any:
+        if not self.consensus.is_leader():
+            raise RPCError("not the leader", 503)
+        if not isinstance(args, str) or not args:
+            raise RPCError("heartbeat needs a node name", 400)
+        self.last_seen[args] = time.monotonic()
+        return True
 
-            if not isinstance(args, str):
-                raise RPCError("node_state needs a node name", 400)
-            store = self.store
-            return {
-                "known": args in store.nodes,
-                "services": [codec._service(s) for s in store.services.get(args, {}).values()],
-                "checks": [codec._check(c) for c in store.checks.get(args, {}).values()],
-            }
-        raise RPCError(f"unknown rpc method {method!r}", 400)
+    async def _rpc_session_renew(self, args: Any) -> Any:
+        if not self.consensus.is_leader():
+            raise RPCError("not the leader", 503)
+        if not isinstance(args, str):
+            raise RPCError("session_renew needs a session ID", 400)
+        return self._renew_here(args)
+
+    async def _rpc_node_state(self, args: Any) -> Any:
+        from registry.state import codec
+
+        if not isinstance(args, str):
+            raise RPCError("node_state needs a node name", 400)
+        store = self.store
+        return {
+            "known": args in store.nodes,
+            "services": [codec._service(s) for s in store.services.get(args, {}).values()],
+            "checks": [codec._check(c) for c in store.checks.get(args, {}).values()],
+        }
 
     # ------------------------------------------------------------------ sessions
 
@@ -707,12 +702,8 @@ class Agent:
         if self.consensus.is_leader():
             row = self._renew_here(sid)
         else:
-            from registry.consensus import NotLeaderError, RPCError
-
-            server = self.consensus
-            info = await server._await_leader()  # type: ignore[attr-defined]
             try:
-                row = await server.rpc_client(info.address).call("session_renew", sid, timeout=5)  # type: ignore[attr-defined]
+                row = await self.consensus.call_leader("session_renew", sid, 5.0)
             except RPCError as exc:
                 if exc.status == 503:
                     raise NotLeaderError(None) from exc
@@ -722,7 +713,7 @@ class Agent:
     async def _remote_node_state(self) -> tuple[dict[str, Any], dict[str, Any], bool]:
         from registry.state import codec
 
-        reply = await self.consensus.call_leader("node_state", self.node_name, 10.0)  # type: ignore[attr-defined]
+        reply = await self.consensus.call_leader("node_state", self.node_name, 10.0)
         services = {}
         checks = {}
         for row in reply.get("services") or []:
@@ -772,10 +763,9 @@ class Agent:
             await self.propose(Deregister(self.node_name))
         except Exception as exc:  # noqa: BLE001
             log.warning("leave: deregistration failed", error=str(exc))
-        remove = getattr(self.consensus, "remove_server", None)
-        if remove is not None and self.config.server and not self.config.dev:
+        if self.config.server and not self.config.dev:
             try:
-                await remove(self.config.node_id)
+                await self.consensus.remove_server(self.config.node_id)
             except Exception as exc:  # noqa: BLE001
                 log.warning("leave: could not leave the Raft configuration", error=str(exc))
         self.request_shutdown()

@@ -11,21 +11,25 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
 
-from registry.consensus import NotLeaderError
-from registry.fsm import FSM, encode_command
-from registry.raft.driver import LEADER_WAIT, PROPOSAL_TIMEOUT, _decode_result
-from registry.raft.transport import RPCClient, RPCError
+from registry.consensus import CommandResults, NotLeaderError, RPCError
+from registry.fsm import FSM
+from registry.raft.driver import LEADER_WAIT, PROPOSAL_TIMEOUT
+from registry.raft.transport import RPCClient
 
 log = structlog.get_logger("proconsul.client")
 
 
 class RemoteServers:
+    """The ``Consensus`` of a client agent: it is never the leader and holds no Raft configuration."""
+
     def __init__(self, join: list[str], fsm: FSM, ssl_ctx: Any = None, server_hostname: str | None = None) -> None:
         self.fsm = fsm  # an empty local store: a client agent keeps no catalog
+        self._results = CommandResults()
         self.join = list(join)
         self._ssl = ssl_ctx
         self._hostname = server_hostname
@@ -97,7 +101,8 @@ class RemoteServers:
         raise NotLeaderError(None)
 
     async def propose(self, cmd: dict[str, Any]) -> Any:
-        return _decode_result(await self.call_leader("apply", encode_command(cmd)))
+        results = self._results
+        return results.decode_result(await self.call_leader("apply", results.encode_command(cmd)))
 
     async def barrier_read(self, consistency: str) -> None:
         return None  # reads are forwarded to a server, which applies the barrier
@@ -127,3 +132,23 @@ class RemoteServers:
 
     def fast_read_ok(self) -> bool:
         return False
+
+    def on_leader_change(self, callback: Callable[[bool], None]) -> None:
+        return None  # never the leader
+
+    def configuration(self) -> list[dict[str, Any]]:
+        return []  # a client is in no Raft configuration (its HTTP API forwards the operator's reads)
+
+    async def remove_server(self, server_id: str = "", address: str = "") -> None:
+        if not server_id:
+            raise RPCError("a client agent removes a server by its ID only", 400)
+        await self.call_leader("remove_server", server_id, 10.0)
+
+    async def transfer_leadership(self, target: str | None) -> str:
+        return str(await self.call_leader("transfer_leader", target, 10.0))
+
+    def advertise_http(self, address: str) -> None:
+        return None  # servers forward nothing to a client
+
+    def forget_leader(self) -> None:
+        self.leader = None

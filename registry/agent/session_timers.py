@@ -39,9 +39,7 @@ class SessionTimers:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.agent.hub.listeners.append(self._on_change)
-        callbacks = getattr(self.agent.consensus, "on_leader_change", None)
-        if callbacks is not None:
-            callbacks.append(self._on_leader_change)
+        self.agent.consensus.on_leader_change(self._on_leader_change)
         self._on_leader_change(self.agent.consensus.is_leader())
 
     def stop(self) -> None:

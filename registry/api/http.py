@@ -178,10 +178,10 @@ class Api:
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A client agent keeps no catalog: catalog, health, KV and status requests go to a server."""
         consensus = self.agent.consensus
-        target = consensus.http_target()  # type: ignore[attr-defined]
+        target = consensus.http_target()
         if target is None:
-            await consensus.refresh()  # type: ignore[attr-defined]
-            target = consensus.http_target()  # type: ignore[attr-defined]
+            await consensus.refresh()
+            target = consensus.http_target()
         if target is None:
             return self.text(500, "No known Consul servers")
         session = self.agent.http_session
@@ -202,7 +202,7 @@ class Api:
                                                            "Content-Security-Policy")}  # fmt: skip
                 return web.Response(status=resp.status, body=data, headers=out)
         except (TimeoutError, OSError) as exc:
-            consensus.leader = None  # type: ignore[attr-defined]
+            consensus.forget_leader()
             return self.text(500, f"rpc error: cannot reach server {target}: {exc}")
 
     # ------------------------------------------------------------------ responses

@@ -16,6 +16,7 @@ from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
 from registry.commands import SnapshotRestore
+from registry.consensus import RPCError
 
 if TYPE_CHECKING:
     from registry.api.http import Api
@@ -26,21 +27,13 @@ SNAPSHOT_VERSION = 1
 MAX_RESTORE = 256 * 1024 * 1024
 
 
-def _local_config(api: Api) -> list[dict[str, Any]]:
-    cfg = api.config
-    return [{"ID": cfg.node_id, "Node": cfg.node_name, "Address": cfg.server_address, "Leader": True,
-             "Voter": True, "ProtocolVersion": "3", "LastIndex": api.store.index}]  # fmt: skip
-
-
 async def raft_configuration(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     consensus = api.consensus
-    if not hasattr(consensus, "configuration"):
-        servers = _local_config(api)
-    elif "stale" in request.query or consensus.is_leader():
+    if "stale" in request.query or consensus.is_leader():
         servers = consensus.configuration()
     else:
-        leader = await consensus._await_leader()  # the leader knows every peer's progress
-        servers = await consensus.rpc_client(leader.address).call("raft_configuration", None, timeout=5)
+        # the leader knows every peer's progress
+        servers = await consensus.call_leader("raft_configuration", None, 5.0)
     return api.json(request, {"Servers": servers, "Index": api.store.index})
 
 
@@ -50,19 +43,8 @@ async def raft_remove_peer(api: Api, request: web.Request, _: str) -> web.Stream
     address = request.query.get("address", "")
     if not sid and not address:
         raise HTTPError(400, "Must specify either ?id with the server's ID or ?address with IP:port of peer to remove")
-    if not hasattr(consensus, "remove_server"):
-        raise HTTPError(400, "this agent runs a single-node dev log; there are no peers to remove")
-    if address and not sid:
-        match = [s for s in consensus.configuration() if s["Address"] == address]
-        if not match:
-            raise HTTPError(400, f"address {address!r} was not found in the Raft configuration")
-        sid = match[0]["ID"]
-    if sid not in {s["ID"] for s in consensus.configuration()}:
-        raise HTTPError(400, f"id {sid!r} was not found in the Raft configuration")
-    from registry.consensus import RPCError
-
     try:
-        await consensus.remove_server(sid)
+        await consensus.remove_server(sid, address)
     except RPCError as exc:
         raise HTTPError(exc.status if exc.status < 500 else 500, exc.message) from exc
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
@@ -70,15 +52,10 @@ async def raft_remove_peer(api: Api, request: web.Request, _: str) -> web.Stream
 
 async def raft_transfer_leader(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     consensus = api.consensus
-    if not hasattr(consensus, "transfer_leadership"):
-        raise HTTPError(500, "Cannot transfer leadership: this agent runs a single-node dev log")
-    from registry.consensus import RPCError
-
     target = request.query.get("id") or None
     try:
         if not consensus.is_leader():
-            leader = await consensus._await_leader()
-            await consensus.rpc_client(leader.address).call("transfer_leader", target, timeout=10)
+            await consensus.call_leader("transfer_leader", target, 10.0)
         else:
             await consensus.transfer_leadership(target)
     except RPCError as exc:

@@ -7,7 +7,8 @@
                           (``registry.connect.signer``). The key never leaves the client agent.
 - ``ConnectCA.Authorize`` the authorize decision, made by a server against its intentions.
 
-Server-side handlers for these live in ``Connect._chain_rpc``; this module is the client's half.
+The server side registers these methods on the agent's RPC router (``Connect._register_rpc``); this module
+is the client's half.
 """
 
 from __future__ import annotations

@@ -26,12 +26,14 @@ from registry.connect.manager import CAExpiryCheck, CAManager
 from registry.connect.remote import RPC_AUTHORIZE, RPC_ROOTS, RemoteCA
 from registry.connect.signer import RPC_SIGN, CAServer, SignError
 from registry.connect.state import TABLE_CA, TOPIC_CA, StateViews, ca_index, register_commands
+from registry.consensus import RPCError
 from registry.intentions import (
     REASON_DEFAULT_ACL,
     REASON_DEFAULT_INTENTION_POLICY,
     IntentionIndex,
     decide,
 )
+from registry.raft.rpc import RPCRouter
 
 if TYPE_CHECKING:
     from registry.commands import Command
@@ -89,6 +91,7 @@ class Connect:
         store: Callable[[], StateStore],
         consensus: Consensus,
         hub: WatchHub,
+        rpc: RPCRouter,
         checks: LocalChecks,
         spawn: Spawn,
         is_client: bool,
@@ -110,10 +113,9 @@ class Connect:
         self._trust: tuple[CAState | None, TrustInfo | None] = (None, None)
         # A client agent has no replica of the CA: roots, signatures and authorize decisions come
         # from the servers over RPC.
-        call_leader = getattr(consensus, "call_leader", None)
         self.remote: RemoteCA | None = None
-        if is_client and call_leader is not None:
-            self.remote = RemoteCA(call_leader, on_change=lambda: self.leaf.roots_changed())
+        if is_client:
+            self.remote = RemoteCA(consensus.call_leader, on_change=lambda: self.leaf.roots_changed())
         self.leaf = LeafCache(
             sign=self.sign,
             trust=self.remote.trust if self.remote is not None else self._local_trust,
@@ -131,7 +133,7 @@ class Connect:
         )
         self.expiry_check = CAExpiryCheck(checks, self.ca_state, clock)
         self._ca_event: asyncio.Event | None = None
-        self._chain_rpc()
+        self._register_rpc(rpc)
 
     # ------------------------------------------------------------------ state views
 
@@ -226,41 +228,40 @@ class Connect:
             finally:
                 hub.unwatch((TOPIC_CA,), fut)
 
-    def _chain_rpc(self) -> None:
-        """Serve ``ConnectCA.Sign`` on the server RPC port, passing every other method on."""
-        consensus = self.consensus
-        if not hasattr(consensus, "rpc_extension"):
-            return  # the single-node log has no RPC port
-        previous = consensus.rpc_extension
+    def _register_rpc(self, router: RPCRouter) -> None:
+        """Serve ConnectCA.Sign, .Roots and .Authorize on the server RPC port (Consul's ConnectCA
+        endpoint), for client agents, which hold no replica of the CA. Only the leader answers."""
+        router.register(RPC_SIGN, self._rpc_sign)
+        router.register(RPC_ROOTS, self._rpc_roots)
+        router.register(RPC_AUTHORIZE, self._rpc_authorize)
 
-        async def extension(method: str, args: Any) -> Any:
-            from registry.consensus import RPCError  # present whenever an RPC port is
+    def _require_leader(self) -> None:
+        if not self.consensus.is_leader():
+            raise RPCError("not the leader", 503)
 
-            if method in (RPC_SIGN, RPC_ROOTS, RPC_AUTHORIZE) and not consensus.is_leader():
-                raise RPCError("not the leader", 503)
-            if method == RPC_SIGN:
-                try:
-                    return await self.ca_server.handle_rpc(method, args)
-                except SignError as exc:
-                    raise RPCError(exc.message, exc.status) from None
-            if method == RPC_ROOTS:
-                args = args if isinstance(args, dict) else {}
-                min_index, wait = args.get("MinIndex", 0), args.get("Wait", 0)
-                if not isinstance(min_index, int) or not isinstance(wait, int | float):
-                    raise RPCError("ConnectCA.Roots needs {\"MinIndex\": int, \"Wait\": seconds}", 400)
-                roots, index = await self.roots_at(min_index, float(wait))
-                return {"Roots": roots, "Index": index}
-            if method == RPC_AUTHORIZE:
-                args = args if isinstance(args, dict) else {}
-                status, body = await self.authorize(args.get("Target"), args.get("ClientCertURI"))
-                if status != 200:
-                    raise RPCError(str(body), status)
-                return body
-            if previous is None:
-                raise RPCError(f"unknown rpc method {method!r}", 400)
-            return await previous(method, args)
+    async def _rpc_sign(self, args: Any) -> Any:
+        self._require_leader()
+        try:
+            return await self.ca_server.handle_rpc(RPC_SIGN, args)
+        except SignError as exc:
+            raise RPCError(exc.message, exc.status) from None
 
-        consensus.rpc_extension = extension
+    async def _rpc_roots(self, args: Any) -> Any:
+        self._require_leader()
+        args = args if isinstance(args, dict) else {}
+        min_index, wait = args.get("MinIndex", 0), args.get("Wait", 0)
+        if not isinstance(min_index, int) or not isinstance(wait, int | float):
+            raise RPCError("ConnectCA.Roots needs {\"MinIndex\": int, \"Wait\": seconds}", 400)
+        roots, index = await self.roots_at(min_index, float(wait))
+        return {"Roots": roots, "Index": index}
+
+    async def _rpc_authorize(self, args: Any) -> Any:
+        self._require_leader()
+        args = args if isinstance(args, dict) else {}
+        status, body = await self.authorize(args.get("Target"), args.get("ClientCertURI"))
+        if status != 200:
+            raise RPCError(str(body), status)
+        return body
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -31,8 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import msgpack
 import structlog
+
+from registry.raft.durable import (
+    FRAME_HEADER,
+    FrameChecksumError,
+    FrameError,
+    decode_frame_header,
+    decode_frame_payload,
+    encode_frame,
+    fsync_dir,
+)
 
 __all__ = [
     "SnapshotCorruptError",
@@ -48,7 +57,6 @@ log = structlog.get_logger(__name__)
 _MAGIC = b"PCSNAPv1"
 _END_MAGIC = b"PCSNAEND"
 _VERSION = 1
-_HEADER = struct.Struct(">8sHHII")  # magic, version, reserved, meta length, crc32(meta)
 _TRAILER = struct.Struct(">QI8s")  # data length, crc32(data), end magic
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.snap$")
 _TMP_SUFFIX = ".tmp"
@@ -105,21 +113,10 @@ def _file_name(index: int, term: int) -> str:
     return f"{index:020d}-{term:020d}.snap"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _encode_header(index: int, term: int, configuration: Mapping[str, Any]) -> bytes:
     if index < 1 or term < 1:
         raise ValueError(f"a snapshot needs index >= 1 and term >= 1, got index={index} term={term}")
-    meta = msgpack.packb(
-        {"index": index, "term": term, "configuration": dict(configuration)}, use_bin_type=True
-    )
-    return _HEADER.pack(_MAGIC, _VERSION, 0, len(meta), zlib.crc32(meta)) + meta
+    return encode_frame(_MAGIC, _VERSION, {"index": index, "term": term, "configuration": dict(configuration)})
 
 
 def _read_meta(path: Path, f: BinaryIO) -> tuple[SnapshotMeta, int, int]:
@@ -127,29 +124,30 @@ def _read_meta(path: Path, f: BinaryIO) -> tuple[SnapshotMeta, int, int]:
     f.seek(0, os.SEEK_END)
     file_size = f.tell()
     f.seek(0)
-    head = f.read(_HEADER.size)
-    if len(head) < _HEADER.size:
+    head = f.read(FRAME_HEADER.size)
+    if len(head) < FRAME_HEADER.size:
         raise SnapshotCorruptError(path, f"file is {file_size} bytes, shorter than its header")
-    magic, version, _reserved, meta_len, meta_crc = _HEADER.unpack(head)
-    if magic != _MAGIC:
-        raise SnapshotCorruptError(path, "bad magic (not a Proconsul snapshot)")
-    if version != _VERSION:
-        raise SnapshotCorruptError(path, f"unsupported format version {version}")
-    if meta_len > _MAX_META or _HEADER.size + meta_len + _TRAILER.size > file_size:
+    try:
+        meta_len, meta_crc = decode_frame_header(head, _MAGIC, _VERSION, "a Proconsul snapshot")
+    except FrameError as exc:
+        raise SnapshotCorruptError(path, exc.problem) from None
+    if meta_len > _MAX_META or FRAME_HEADER.size + meta_len + _TRAILER.size > file_size:
         raise SnapshotCorruptError(
             path, f"metadata length {meta_len} does not fit in a {file_size}-byte file"
         )
-    raw_meta = f.read(meta_len)
-    if zlib.crc32(raw_meta) != meta_crc:
-        raise SnapshotCorruptError(path, "metadata checksum mismatch")
     try:
-        value = msgpack.unpackb(raw_meta, raw=False)
+        value = decode_frame_payload(f.read(meta_len), meta_crc)
+    except FrameChecksumError:
+        raise SnapshotCorruptError(path, "metadata checksum mismatch") from None
+    except FrameError as exc:
+        raise SnapshotCorruptError(path, f"metadata is not valid ({exc.problem})") from exc
+    try:
         index, term, configuration = value["index"], value["term"], value["configuration"]
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (KeyError, TypeError) as exc:
         raise SnapshotCorruptError(path, f"metadata is not valid ({exc})") from exc
     if type(index) is not int or type(term) is not int or not isinstance(configuration, dict):
         raise SnapshotCorruptError(path, "metadata has an invalid index, term or configuration")
-    data_offset = _HEADER.size + meta_len
+    data_offset = FRAME_HEADER.size + meta_len
     f.seek(file_size - _TRAILER.size)
     data_len, data_crc, end_magic = _TRAILER.unpack(f.read(_TRAILER.size))
     if end_magic != _END_MAGIC:
@@ -230,7 +228,7 @@ class _TempSnapshot:
                 )
             final = self._store.directory / meta.name
             os.rename(self._path, final)
-            _fsync_dir(self._store.directory)
+            fsync_dir(self._store.directory)
         except BaseException:
             self.abort()
             raise
@@ -360,12 +358,12 @@ class SnapshotStore:
         path = Path(directory)
         if not path.exists():
             path.mkdir(parents=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         leftovers = [p for p in path.iterdir() if p.name.endswith(_TMP_SUFFIX)]
         for leftover in leftovers:
             leftover.unlink()
         if leftovers:
-            _fsync_dir(path)
+            fsync_dir(path)
         return cls(path, retain)
 
     @property
@@ -422,7 +420,7 @@ class SnapshotStore:
             except SnapshotCorruptError as exc:
                 quarantined = path.with_name(path.name + _CORRUPT_SUFFIX)
                 os.rename(path, quarantined)
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 log.warning(
                     "snapshot.corrupt_skipped",
                     file=str(path),
@@ -464,4 +462,4 @@ class SnapshotStore:
         for path in stale:
             path.unlink(missing_ok=True)
         if stale:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)

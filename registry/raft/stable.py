@@ -15,14 +15,20 @@ The store does not lock its directory; the caller holds the data-directory lock 
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-import msgpack
+from registry.raft.durable import (
+    FRAME_HEADER,
+    FrameChecksumError,
+    FrameError,
+    decode_frame_header,
+    decode_frame_payload,
+    encode_frame,
+    fsync_dir,
+)
 
 __all__ = ["MetaValue", "StableState", "StableStore", "StableStoreCorruptError"]
 
@@ -30,7 +36,6 @@ MetaValue = str | int | bytes
 
 _MAGIC = b"PCSTABLE"
 _VERSION = 1
-_HEADER = struct.Struct(">8sHHII")  # magic, version, reserved, payload length, crc32(payload)
 _TMP_SUFFIX = ".tmp"
 DEFAULT_FILENAME = "raft-stable"
 
@@ -58,38 +63,29 @@ class StableState:
     metadata: Mapping[str, MetaValue] = field(default_factory=lambda: MappingProxyType({}))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _encode(state: StableState) -> bytes:
-    payload = msgpack.packb(
-        {"term": state.term, "vote": state.vote, "meta": dict(state.metadata)}, use_bin_type=True
-    )
-    return _HEADER.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
+    return encode_frame(_MAGIC, _VERSION, {"term": state.term, "vote": state.vote, "meta": dict(state.metadata)})
 
 
 def _decode(path: Path, raw: bytes) -> StableState:
-    if len(raw) < _HEADER.size:
+    if len(raw) < FRAME_HEADER.size:
         raise StableStoreCorruptError(path, f"file is {len(raw)} bytes, shorter than its header")
-    magic, version, _reserved, length, crc = _HEADER.unpack_from(raw, 0)
-    if magic != _MAGIC:
-        raise StableStoreCorruptError(path, "bad magic (not a Proconsul stable-state file)")
-    if version != _VERSION:
-        raise StableStoreCorruptError(path, f"unsupported format version {version}")
-    payload = raw[_HEADER.size :]
+    try:
+        length, crc = decode_frame_header(raw, _MAGIC, _VERSION, "a Proconsul stable-state file")
+    except FrameError as exc:
+        raise StableStoreCorruptError(path, exc.problem) from None
+    payload = raw[FRAME_HEADER.size :]
     if len(payload) != length:
         raise StableStoreCorruptError(path, f"header says {length} payload bytes, file has {len(payload)}")
-    if zlib.crc32(payload) != crc:
-        raise StableStoreCorruptError(path, "checksum mismatch")
     try:
-        value = msgpack.unpackb(payload, raw=False)
+        value = decode_frame_payload(payload, crc)
+    except FrameChecksumError:
+        raise StableStoreCorruptError(path, "checksum mismatch") from None
+    except FrameError as exc:
+        raise StableStoreCorruptError(path, f"payload is not valid ({exc.problem})") from exc
+    try:
         term, vote, meta = value["term"], value["vote"], value["meta"]
-    except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
+    except (KeyError, TypeError) as exc:
         raise StableStoreCorruptError(path, f"payload is not valid ({exc})") from exc
     if type(term) is not int or term < 0 or not (vote is None or isinstance(vote, str)):
         raise StableStoreCorruptError(path, "payload has an invalid term or vote")
@@ -117,12 +113,12 @@ class StableStore:
         path = Path(directory)
         if not path.exists():
             path.mkdir(parents=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         target = path / filename
         tmp = target.with_name(target.name + _TMP_SUFFIX)
         if tmp.exists():
             tmp.unlink()
-            _fsync_dir(path)
+            fsync_dir(path)
         state = _decode(target, target.read_bytes()) if target.exists() else StableState()
         return cls(target, state)
 
@@ -189,6 +185,6 @@ class StableStore:
         finally:
             os.close(fd)
         os.replace(tmp, self._path)
-        _fsync_dir(self._path.parent)
+        fsync_dir(self._path.parent)
         # Only now is the new value durable, so only now does the in-memory view change.
         self._state = state

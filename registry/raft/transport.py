@@ -1,4 +1,4 @@
-"""Server-port networking: length-prefixed frames over asyncio TCP (optionally TLS).
+"""Server-port networking: length-prefixed frames over asyncio TCP (optionally TLS), the dialing side.
 
 Every connection to a server's port starts with one byte saying what it carries, as Consul's RPC port
 does: ``R`` a one-way stream of Raft messages, ``C`` request/response RPC. Frames are a 4-byte big-endian
@@ -10,6 +10,9 @@ Outbound Raft traffic uses one connection per peer, reused: a message goes strai
 nothing is waiting ahead of it, else into a bounded queue: when a peer is slow or gone the queue drops
 the oldest messages (Raft tolerates loss; it never tolerates a blocked leader).
 Reconnects back off from 20 ms to 1 s.
+
+The listening side (``registry.raft.listener``) is built by the application that owns the port and handed
+to the Raft server as a ``ServerTransport``, as hashicorp/raft's ``NewRaft`` takes its transport.
 """
 
 from __future__ import annotations
@@ -21,19 +24,15 @@ import ssl
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import msgpack
 import structlog
 
-from registry.consensus import RPCError
-from registry.raft.messages import (
-    MAX_FRAME_BYTES,
-    Message,
-    MessageDecodeError,
-    decode_message,
-    encode_message,
-)
+from registry.raft.errors import RPCError
+from registry.raft.messages import Message, encode_message
+from registry.raft.rpc import RPCRouter
 
 log = structlog.get_logger("proconsul.transport")
 
@@ -145,103 +144,43 @@ class PeerSender:
                 reader.feed_eof()
 
 
+RaftHandler = Callable[[Message], None]
 RPCHandler = Callable[[str, Any], Awaitable[Any]]
 
 
-class ServerListener:
-    """Accepts the server port: Raft streams go to ``on_raft``, RPCs to ``on_rpc``."""
+class ServerPort(Protocol):
+    """The listening side of the server port, as the Raft server drives it: started once its storage is
+    open (so nothing it answers comes before its state is loaded), closed when it stops."""
 
-    def __init__(self, on_raft: Callable[[Message], None], on_rpc: RPCHandler,
-                 ssl_ctx: ssl.SSLContext | None, peer_check: Callable[[ssl.SSLObject | None, bytes], bool] | None = None) -> None:  # fmt: skip
-        self.on_raft = on_raft
-        self.on_rpc = on_rpc
-        self.ssl_ctx = ssl_ctx
-        self.peer_check = peer_check
-        self.server: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+    async def start(self, host: str, port: int) -> tuple[str, int]: ...
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        try:
-            self.server = await asyncio.start_server(self._handle, host, port, ssl=self.ssl_ctx, reuse_address=True)
-        except OSError as exc:
-            raise OSError(exc.errno, f"Error starting server RPC listener on {host}:{port}: {exc.strerror}. "
-                                     "Is another server running? Choose another port with -server-port.") from exc  # fmt: skip
-        return self.server.sockets[0].getsockname()[:2]
+    async def close(self) -> None: ...
 
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            for t in list(self._conns):
-                t.cancel()
-            await self.server.wait_closed()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns.add(task)
-        try:
-            kind = await asyncio.wait_for(reader.readexactly(1), 10)
-            if self.peer_check is not None and not self.peer_check(writer.get_extra_info("ssl_object"), kind):
-                log.warning("refused server-port connection", peer=writer.get_extra_info("peername"), kind=kind)
-                return
-            if kind == KIND_RAFT:
-                while True:
-                    data = await read_frame(reader, MAX_FRAME_BYTES)
-                    try:
-                        msg = decode_message(data)
-                    except MessageDecodeError as exc:
-                        log.warning("dropping malformed raft frame", error=str(exc),
-                                    peer=writer.get_extra_info("peername"))  # fmt: skip
-                        return
-                    self.on_raft(msg)
-            elif kind == KIND_RPC:
-                await self._serve_rpc(reader, writer)
-            else:
-                log.warning("unknown connection type on server port", kind=kind)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ValueError, ssl.SSLError):
-            pass
-        except asyncio.CancelledError:
-            pass
-        finally:
-            self._conns.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+class Inbox:
+    """Where the port delivers Raft messages: to the consumer the Raft server attaches, as hashicorp/raft's
+    transport hands RPCs to ``Consumer()``. Until one is attached a message is dropped; Raft resends."""
 
-    async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lock = asyncio.Lock()
-        pending: set[asyncio.Task[None]] = set()
+    def __init__(self) -> None:
+        self._consumer: RaftHandler | None = None
 
-        async def run(call_id: int, method: str, args: Any) -> None:
-            try:
-                result = await self.on_rpc(method, args)
-                reply = [call_id, None, result]
-            except RPCError as exc:
-                reply = [call_id, [exc.message, exc.status], None]
-            except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal here
-                log.exception("rpc handler failed", method=method)
-                reply = [call_id, [f"rpc {method} failed: {exc}", 500], None]
-            async with lock:
-                writer.write(frame(msgpack.packb(reply, use_bin_type=True)))
-                await writer.drain()
+    def attach(self, consumer: RaftHandler) -> None:
+        self._consumer = consumer
 
-        try:
-            while True:
-                data = await read_frame(reader, RPC_MAX_FRAME)
-                try:
-                    req = msgpack.unpackb(data, raw=False, strict_map_key=True)
-                    call_id, method, args = req
-                    if not isinstance(call_id, int) or not isinstance(method, str):
-                        raise ValueError("bad rpc header")
-                except (ValueError, TypeError, msgpack.UnpackException):
-                    log.warning("dropping malformed rpc frame")
-                    return
-                t = asyncio.get_running_loop().create_task(run(call_id, method, args))
-                pending.add(t)
-                t.add_done_callback(pending.discard)
-        finally:
-            for t in pending:
-                t.cancel()
+    def deliver(self, msg: Message) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            consumer(msg)
+
+
+@dataclass(frozen=True)
+class ServerTransport:
+    """What the Raft server gets of the server port: the listener, the Raft messages it delivers, and the
+    RPC router it serves (the server registers its own methods there)."""
+
+    port: ServerPort
+    inbox: Inbox
+    router: RPCRouter
 
 
 class RPCClient:

@@ -44,6 +44,8 @@ from typing import NamedTuple
 import msgpack
 import structlog
 
+from registry.raft.durable import fsync_dir
+
 __all__ = [
     "DEFAULT_MAX_SEGMENT_BYTES",
     "Entry",
@@ -269,14 +271,6 @@ def _touches_zero_sector(buf: bytes, start: int, end: int) -> bool:
     return False
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -321,7 +315,7 @@ class WAL:
         path = Path(directory)
         if not path.exists():
             path.mkdir(parents=True)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         lock_fd = os.open(path / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -353,7 +347,7 @@ class WAL:
             if match:
                 names.append((int(match.group(1)), child))
         if removed_tmp:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         names.sort()
 
         torn: TornTail | None = None
@@ -377,7 +371,7 @@ class WAL:
                     raise WALCorruptError(path, _SEGMENT_HEADER_SIZE, "segment holds no records")
                 # Created and renamed into place, then crashed before its first record was durable.
                 path.unlink()
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
                 removed_empty = path
                 continue
             self._segments.append(segment)
@@ -654,7 +648,7 @@ class WAL:
                 segment.path.unlink()
                 removed_any = True
             if removed_any:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
             if self._segments:
                 # The remaining newest segment becomes the active one. If it was sealed it is already
                 # durable; if it holds the cut point, the fsync after ftruncate also covers any of its
@@ -693,7 +687,7 @@ class WAL:
                 segment.path.unlink()
                 removed += 1
             if removed:
-                _fsync_dir(self._dir)
+                fsync_dir(self._dir)
         except OSError as exc:
             self._fail(f"compacting the log up to index {up_to_index} failed: {exc}")
             raise WALFailedError(self._failed) from exc
@@ -796,7 +790,7 @@ class WAL:
             finally:
                 os.close(fd)
             os.rename(tmp, path)
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
             fd = os.open(path, os.O_RDWR | os.O_APPEND)
         except OSError as exc:
             self._fail(f"creating segment {path} failed: {exc}")

@@ -13,8 +13,9 @@ import time
 
 import uvloop
 
+from registry.raft.listener import ServerListener
 from registry.raft.messages import Heartbeat
-from registry.raft.transport import PeerSender, RPCClient, ServerListener
+from registry.raft.transport import PeerSender, RPCClient
 from tests.cluster.harness import free_port
 from tests.cluster.relay import FaultRelay, advertise_ip, bind_ip
 

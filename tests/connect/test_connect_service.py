@@ -12,6 +12,7 @@ from registry.connect.manager import CHECK_ID
 from registry.connect.service import Connect
 from registry.consensus import LocalLog
 from registry.fsm import FSM
+from registry.raft.rpc import RPCRouter
 from registry.registration import CheckSpec
 from registry.watch import WatchHub
 
@@ -37,7 +38,7 @@ async def test_connect_starts_through_its_parts() -> None:
     dev_defaults(cfg)
     hub = WatchHub()
     fsm = FSM(on_change=hub.notify, on_reset=hub.notify_all)
-    consensus = LocalLog(fsm, cfg.server_address)
+    consensus = LocalLog(fsm, cfg.server_address, cfg.node_id, cfg.node_name, RPCRouter())
     checks = Checks()
     spawned: list[str] = []
 
@@ -46,7 +47,7 @@ async def test_connect_starts_through_its_parts() -> None:
         coro.close()  # not run: this test is about what start() hands to the spawner
 
     propose = Proposer(consensus.propose, lambda: 0).propose
-    connect = Connect(config=cfg, propose=propose, fsm=fsm, store=lambda: fsm.store, consensus=consensus, hub=hub, checks=checks,
+    connect = Connect(config=cfg, propose=propose, fsm=fsm, store=lambda: fsm.store, consensus=consensus, hub=hub, rpc=RPCRouter(), checks=checks,
                       spawn=spawn, is_client=False)  # fmt: skip
     await connect.start()
     assert spawned == ["connect-ca-leader", "connect-ca-expiry", "connect-leaf-renewer", "connect-roots-watch"]

@@ -184,7 +184,8 @@ async def test_sign_rpc_over_the_server_port(server: CAServer, log: Log) -> None
     """ConnectCA.Sign through the real RPC transport: a good CSR comes back as a certificate, a bad one
     as a 400 error to the caller, and the store is untouched either way."""
     from registry.consensus import RPCError
-    from registry.raft.transport import RPCClient, ServerListener
+    from registry.raft.listener import ServerListener
+    from registry.raft.transport import RPCClient
 
     async def on_rpc(method: str, args: object) -> object:
         try:

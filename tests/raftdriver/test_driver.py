@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from registry.consensus import CommandResults
 from registry.fsm import FSM
 from registry.raft.driver import RaftOptions, RaftServer
+from registry.raft.listener import server_transport
+from registry.raft.rpc import RPCRouter
 from registry.testing import free_port
 
 
@@ -31,7 +34,7 @@ class Cluster:
         )  # fmt: skip
 
     async def start(self, i: int, **kw) -> RaftServer:  # noqa: ANN003
-        server = RaftServer(self.options(i, **kw), FSM())
+        server = RaftServer(self.options(i, **kw), FSM(), server_transport(RPCRouter()), CommandResults())
         await server.start()
         self.servers[i] = server
         return server

@@ -1,0 +1,168 @@
+"""What every part of the Raft server shares: its options, its state, and the few helpers all use.
+
+``RaftServer`` (``registry.raft.driver``) is assembled from parts along the server's seams, each in its
+own module over this base: storage and recovery (``storage``), membership (``membership``), reads
+(``reads``), the RPC methods it serves (``handlers``), and the loop itself (``driver``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgpack
+import structlog
+
+from registry.raft import node as raftnode
+from registry.raft.errors import NotLeaderError
+from registry.raft.fsm import BytesCommands, CommandCodec, StateMachine
+from registry.raft.messages import (
+    Configuration,
+    Entry,
+)
+from registry.raft.snapshots import SnapshotStore
+from registry.raft.stable import StableStore
+from registry.raft.transport import PeerSender, RPCClient, ServerTransport
+from registry.raft.wal import WAL
+
+log = structlog.get_logger("proconsul.raft")
+
+TICK_SECONDS = 0.05  # election timeout 10 ticks = 0.5-1.0 s randomized; heartbeats every tick
+SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
+TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
+LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
+PROPOSAL_TIMEOUT = 30.0
+ELECTION_TICKS = 10
+
+
+@dataclass
+class Proposal:
+    term: int
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class ServerInfo:
+    id: str
+    address: str  # raft/RPC address host:port
+    name: str = ""
+    http: str = ""  # host:port of its HTTP API
+
+    def wire(self) -> dict[str, str]:
+        return {"id": self.id, "address": self.address, "name": self.name, "http": self.http}
+
+
+@dataclass
+class RaftOptions:
+    data_dir: Path | None  # None: in memory (tests); a real server always has one
+    node_id: str
+    address: str  # advertised server address host:port
+    bind: tuple[str, int]
+    name: str
+    http: str
+    bootstrap_expect: int = 0
+    bootstrap: bool = False
+    join: list[str] = field(default_factory=list)
+    tick: float = TICK_SECONDS
+    snapshot_threshold: int = SNAPSHOT_THRESHOLD
+    trailing_logs: int = TRAILING_LOGS
+    ssl_client: Any = None  # for dialing peers; the listening side's TLS is the transport's
+    server_hostname: str | None = None
+    leader_wait: float = LEADER_WAIT
+    fork_snapshots: bool = True  # serialize snapshots in a forked child (off: on the event loop)
+    source_ip: str | None = None  # connect to peers from this address (multi-homed hosts; fault-injection tests)
+
+
+SM = TypeVar("SM", bound=StateMachine)
+
+
+class ServerBase(Generic[SM]):
+    """The server's state, and the helpers every part uses (peer RPC clients, the leader, proposals)."""
+
+    def __init__(self, opts: RaftOptions, fsm: SM, transport: ServerTransport,
+                 codec: CommandCodec | None = None) -> None:  # fmt: skip
+        self.opts = opts
+        self.fsm = fsm
+        self.codec: CommandCodec = codec if codec is not None else BytesCommands()
+        self._transport = transport
+        self.id = opts.node_id
+        self.node: raftnode.RaftNode | None = None
+        self.servers: dict[str, ServerInfo] = {opts.node_id: ServerInfo(opts.node_id, opts.address, opts.name, opts.http)}
+        self._wal: WAL | None = None
+        self._stable: StableStore | None = None
+        self._snaps: SnapshotStore | None = None
+        self._mem_entries: list[Entry] = []
+        self._senders: dict[str, PeerSender] = {}
+        self._rpc: dict[str, RPCClient] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._wake = asyncio.Event()
+        self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._proposals: dict[int, Proposal] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._read_ids = itertools.count(1)
+        self._snapshot_index = 0
+        self._snapshotting = False
+        self._leader_since: float | None = None
+        self._leader_callbacks: list[Callable[[bool], None]] = []
+        self._was_leader = False
+        self._rng = random.Random()
+        self._tick_due = 0.0  # loop time the node's latest tick stands for (catch-up ticks come late)
+        self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
+
+
+    def _save_servers(self) -> None:
+        if self._stable is not None:
+            blob = msgpack.packb({s.id: s.wire() for s in self.servers.values()})
+            if self._stable.metadata.get("servers") != blob:
+                self._stable.set_metadata("servers", blob)
+
+    def rpc_client(self, address: str) -> RPCClient:
+        client = self._rpc.get(address)
+        if client is None:
+            client = self._rpc[address] = RPCClient(address, self.opts.ssl_client, self.opts.server_hostname,
+                                                    self.opts.source_ip)  # fmt: skip
+        return client
+
+    def _leader_info(self) -> ServerInfo | None:
+        if self.node is None or self.node.leader_id is None:
+            return None
+        return self.servers.get(self.node.leader_id)
+
+    async def _await_leader(self) -> ServerInfo:
+        deadline = time.monotonic() + self.opts.leader_wait
+        while True:
+            info = self._leader_info()
+            if info is not None and info.address:
+                return info
+            if time.monotonic() > deadline:
+                raise NotLeaderError(None)
+            await asyncio.sleep(0.02)
+
+    async def _propose_bytes(self, data: bytes) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((data, fut))
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(fut, PROPOSAL_TIMEOUT)
+        except TimeoutError as exc:
+            raise NotLeaderError(None) from exc
+
+
+def log_task_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("raft background task failed", task=task.get_name(), error=repr(task.exception()))
+
+
+def config_to_dict(conf: Configuration) -> dict[str, Any]:
+    return {"voters": sorted(conf.voters), "learners": sorted(conf.learners)}
+
+
+def config_from_dict(d: Any) -> Configuration:
+    return Configuration(frozenset(d.get("voters") or ()), frozenset(d.get("learners") or ()))
