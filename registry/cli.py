@@ -109,10 +109,10 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def cmd_version(argv: list[str]) -> int:
-    from registry.agent.agent import VERSION
+    from registry import CONSUL_VERSION
 
     print(f"Proconsul v{__version__}")
-    print(f"Consul API compatibility: v{VERSION}")
+    print(f"Consul API compatibility: v{CONSUL_VERSION}")
     print("Protocol 2 spoken by default, understands 2 to 3")
     return 0
 

@@ -86,3 +86,17 @@ def test_docs_http_api_md_is_up_to_date() -> None:
     """docs/http-api.md is rendered from the table: regenerate it with ``python -m registry.api.routes``."""
     assert routes.DOC_PATH.read_text() == render_markdown()
     assert routes.main(["--check"]) == 0
+
+
+def test_a_client_agent_fills_the_session_node_before_forwarding() -> None:
+    """The route table says how a client agent rewrites a body before forwarding it to a server: a session
+    created through a client agent belongs to that agent's node unless the body names one (Consul's agent
+    fills the node before its RPC)."""
+    import json
+
+    rewrite = Router(ROUTES).forward_body[("PUT", "/v1/session/create")]
+    assert json.loads(rewrite(b'{"TTL": "10s"}', "client-1")) == {"TTL": "10s", "Node": "client-1"}
+    assert json.loads(rewrite(b"", "client-1")) == {"Node": "client-1"}
+    assert json.loads(rewrite(b'{"node": "other"}', "client-1")) == {"node": "other"}
+    assert rewrite(b"{not json", "client-1") == b"{not json"  # the server answers the decode error
+    assert [k for k in Router(ROUTES).forward_body] == [("PUT", "/v1/session/create")]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
+from registry import CONSUL_VERSION
 from registry.agent.checks import (
     HTTPMonitor,
     Monitor,
@@ -73,7 +74,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("proconsul.agent")
 
-VERSION = "1.20.0"  # the Consul API level we follow; our own version is registry.__version__
 CHECK_UPDATE_INTERVAL = 300.0  # output-only changes reach the catalog at most this often (Consul's default)
 
 
@@ -614,7 +614,7 @@ class Agent:
             consul_svc = store.services.get(name, {}).get(CONSUL_SERVICE)
             tags = {
                 "acls": "0",
-                "build": f"{VERSION}:proconsul",
+                "build": f"{CONSUL_VERSION}:proconsul",
                 "dc": node.datacenter,
                 "id": node.id,
                 "role": "consul" if consul_svc is not None else "node",

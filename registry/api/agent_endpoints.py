@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from registry import filtering
-from registry.agent.agent import VERSION, Agent
+from registry import CONSUL_VERSION, filtering
 from registry.api import views
 from registry.api.catalog import query_filter
 from registry.api.decode import parse_json
@@ -26,6 +25,7 @@ from registry.registration import (
 from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, aggregate_status
 
 if TYPE_CHECKING:
+    from registry.agent.agent import Agent
     from registry.api.http import Api
 
 # ---------------------------------------------------------------------- handlers
@@ -239,7 +239,7 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
     member = next((m for m in agent.members() if m["Name"] == cfg.node_name), None) or {
         "Name": cfg.node_name, "Addr": cfg.advertise, "Port": cfg.ports.serf_lan, "Status": 1,
         "Tags": {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
-                 "build": f"{VERSION}:proconsul", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""},
+                 "build": f"{CONSUL_VERSION}:proconsul", "vsn": "2", "vsn_min": "2", "vsn_max": "3", "segment": ""},
     }  # fmt: skip
     return api.json(
         request,
@@ -251,7 +251,7 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
                 "NodeID": cfg.node_id,
                 "Revision": "proconsul",
                 "Server": cfg.server,
-                "Version": VERSION,
+                "Version": CONSUL_VERSION,
                 "BuildDate": "2026-11-25T00:00:00Z",
             },
             "DebugConfig": {
@@ -280,7 +280,7 @@ async def members(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 async def version(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     from registry import __version__
 
-    return api.json(request, {"SHA": "", "BuildDate": "2026-11-25T00:00:00Z", "HumanVersion": VERSION,
+    return api.json(request, {"SHA": "", "BuildDate": "2026-11-25T00:00:00Z", "HumanVersion": CONSUL_VERSION,
                               "FIPS": "", "Proconsul": __version__})  # fmt: skip
 
 

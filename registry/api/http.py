@@ -187,10 +187,9 @@ class Api:
         session = self.agent.http_session
         assert session is not None
         body = await read_body(request, 64 * 1024 * 1024)
-        if request.path == "/v1/session/create" and request.method == "PUT":
-            from registry.api.session import default_node_for_forwarding
-
-            body = default_node_for_forwarding(body, self.agent.node_name)
+        rewrite = self.router.forward_body.get((request.method, request.path))
+        if rewrite is not None:
+            body = rewrite(body, self.agent.node_name)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("x-consul-token", "authorization", "content-type", "accept")}  # fmt: skip
         try:

@@ -63,6 +63,9 @@ class Route:
     resource: Resource
     name: str
     summary: str
+    # How a client agent rewrites the body before forwarding the request to a server, given the body and
+    # this agent's node name (Consul's agent fills such defaults before its RPC); None: sent as it came.
+    forward_body: Callable[[bytes, str], bytes] | None = None
 
     @property
     def is_prefix(self) -> bool:
@@ -95,9 +98,10 @@ class Route:
 
 
 def route(methods: str, path: str, handler: Handler, access: Access, resource: Resource, name: str,
-          summary: str) -> Route:  # fmt: skip
+          summary: str, *, forward_body: Callable[[bytes, str], bytes] | None = None) -> Route:  # fmt: skip
     """One declaration; ``methods`` is "GET" or a comma-separated list ("GET,DELETE")."""
-    return Route(tuple(m.strip() for m in methods.split(",")), path, handler, access, resource, name, summary)
+    return Route(tuple(m.strip() for m in methods.split(",")), path, handler, access, resource, name, summary,
+                 forward_body)  # fmt: skip
 
 
 class Router:
@@ -107,6 +111,7 @@ class Router:
     def __init__(self, routes: Iterable[Route]) -> None:
         self.exact: dict[str, dict[str, Handler]] = {}
         self.prefix: dict[str, dict[str, Handler]] = {}
+        self.forward_body: dict[tuple[str, str], Callable[[bytes, str], bytes]] = {}  # (method, exact path)
         for r in routes:
             bad = r.problems()
             if bad:
@@ -117,6 +122,8 @@ class Router:
                 if m in handlers:
                     raise RouteError(f"{m} {r.path} is declared twice")
                 handlers[m] = r.handler
+                if r.forward_body is not None:
+                    self.forward_body[(m, r.path)] = r.forward_body
         self._prefixes = sorted(self.prefix, key=len, reverse=True)
 
     def resolve(self, path: str) -> tuple[dict[str, Handler] | None, str]:

@@ -113,7 +113,8 @@ def default_node_for_forwarding(body: bytes, node_name: str) -> bytes:
 
 ROUTES: tuple[Route, ...] = (
     route("PUT", "/v1/session/create", create, "write", "session", "body:Node",
-          "Create a session (on this agent's node unless Node says otherwise)"),
+          "Create a session (on this agent's node unless Node says otherwise)",
+          forward_body=default_node_for_forwarding),
     route("PUT", "/v1/session/destroy/", destroy, "write", "session", "path-id", "Destroy a session"),
     route("PUT", "/v1/session/renew/", renew, "write", "session", "path-id", "Renew a session's TTL"),
     route("GET", "/v1/session/info/", info, "read", "session", "path-id", "One session"),
