@@ -12,7 +12,7 @@ Figures, each the median of ``--rounds`` alternating runs:
 2. latency at a fixed 20,000 queries/s (dnsperf -Q, per-query latencies from -v): p50, p99, max, lost;
 3. update latency: the time from starting a catalog write over HTTP until a DNS query sees it.
 
-Targets (issue 4): >= 0.5x Knot's queries/s on the cached name; p99 < 2 ms at 20,000 queries/s with zero
+Targets: >= 0.5x Knot's queries/s on the cached name; p99 < 2 ms at 20,000 queries/s with zero
 lost queries; updates visible in DNS within 100 ms.
 
     python -m bench.dns_perf [--duration 10] [--rounds 3] [--docs] [--strict]

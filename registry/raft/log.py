@@ -13,7 +13,7 @@ When an entry at index i is overwritten because of a real conflict, both waterma
 driver wrote the old entry, and the new one is not on disk until a later Ready says so (the rabbitmq/ra
 #637 bug was a stale watermark after a truncation).
 
-Safety rules implemented here (reliability.md section 4):
+Safety rules implemented here (each guards against a bug that a real Raft implementation shipped):
 
 * ``maybe_append`` truncates only at the first entry whose term differs from ours.  An AppendEntries
   that is stale or reordered but whose entries all match changes nothing, even if our log is longer.

@@ -1,6 +1,6 @@
 """Linearizability checker: Wing & Gong search with Lowe's memoization and P-compositionality.
 
-This is the algorithm porcupine implements (docs: reliability.md section 3.2), written for Python:
+This is the algorithm porcupine (anishathalye/porcupine) implements, written for Python:
 
 - A history is a list of operations, each with a call time, a return time and an output. An operation
   whose outcome is unknown (client timeout, connection reset after the request was sent) has return

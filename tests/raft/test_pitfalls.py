@@ -1,4 +1,4 @@
-"""Scripted scenarios, one per Raft pitfall in reliability.md section 4."""
+"""Scripted scenarios, one per Raft pitfall that a real implementation fell into (each test name says which)."""
 
 from __future__ import annotations
 
