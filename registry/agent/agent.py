@@ -107,7 +107,8 @@ class Agent:
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
                                is_client=self.is_client)  # fmt: skip
         # Session TTL timers run on the leader.
-        self.session_timers = SessionTimers(self)
+        self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
+                                            propose=self.propose)  # fmt: skip
         self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}

@@ -11,13 +11,19 @@ session it has (so a session may live up to 2 x TTL past the last renew, plus an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from registry.commands import SessionDestroy
 from registry.sessions import TOPIC_SESSIONS, TTL_MULTIPLIER
+
+if TYPE_CHECKING:
+    from registry.commands import Command
+    from registry.consensus import Consensus
+    from registry.state.store import StateStore
+    from registry.watch import WatchHub
 
 log = structlog.get_logger("proconsul.sessions")
 
@@ -26,8 +32,18 @@ INVALIDATE_RETRY_BASE = 0.5  # seconds; doubled on each failed attempt
 
 
 class SessionTimers:
-    def __init__(self, agent: Any) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        *,
+        store: Callable[[], StateStore],
+        hub: WatchHub,
+        consensus: Consensus,
+        propose: Callable[[Command], Awaitable[Any]],
+    ) -> None:
+        self._store = store  # read at each use: a snapshot restore replaces the store
+        self._hub = hub
+        self._consensus = consensus
+        self._propose = propose
         self.ttl_multiplier: float = TTL_MULTIPLIER  # tests may shorten it
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -38,9 +54,9 @@ class SessionTimers:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.agent.hub.listeners.append(self._on_change)
-        self.agent.consensus.on_leader_change(self._on_leader_change)
-        self._on_leader_change(self.agent.consensus.is_leader())
+        self._hub.listeners.append(self._on_change)
+        self._consensus.on_leader_change(self._on_leader_change)
+        self._on_leader_change(self._consensus.is_leader())
 
     def stop(self) -> None:
         self._leading = False
@@ -65,7 +81,7 @@ class SessionTimers:
     def reconcile(self) -> None:
         """Give every TTL session in the store a timer (keeping running ones); drop timers of sessions
         that are gone."""
-        sessions = self.agent.store.sessions
+        sessions = self._store().sessions
         for sid in [sid for sid in self._timers if sid not in sessions]:
             self._timers.pop(sid).cancel()
         for sid, s in sessions.items():
@@ -74,7 +90,7 @@ class SessionTimers:
 
     def reset(self, sid: str) -> bool:
         """A renew: restart the session's timer. False when the session does not exist."""
-        s = self.agent.store.sessions.get(sid)
+        s = self._store().sessions.get(sid)
         if s is None:
             return False
         ttl = s.ttl_seconds()
@@ -107,10 +123,10 @@ class SessionTimers:
     async def _invalidate(self, sid: str) -> None:
         delay = INVALIDATE_RETRY_BASE
         for _ in range(INVALIDATE_ATTEMPTS):
-            if not self._leading or sid not in self.agent.store.sessions:
+            if not self._leading or sid not in self._store().sessions:
                 return
             try:
-                await self.agent.propose(SessionDestroy(sid))
+                await self._propose(SessionDestroy(sid))
                 log.debug("session TTL expired", session=sid)
                 return
             except asyncio.CancelledError:
