@@ -25,8 +25,7 @@ from registry.registration import (
 from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, aggregate_status
 
 if TYPE_CHECKING:
-    from registry.agent.agent import Agent
-    from registry.api.http import Api
+    from registry.api.http import Api, LocalAgent
 
 # ---------------------------------------------------------------------- handlers
 
@@ -72,14 +71,14 @@ async def service_deregister(api: Api, request: web.Request, sid: str) -> web.St
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
-def _local_service_json(agent: Agent, sid: str) -> dict[str, Any]:
-    return views.agent_service_json(agent.services[sid].service, agent.config.datacenter)
+def _local_service_json(api: Api, sid: str) -> dict[str, Any]:
+    return views.agent_service_json(api.agent.services[sid].service, api.config.datacenter)
 
 
 async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     flt = query_filter(None, request, filtering.AGENT_SERVICE)
     agent = api.agent
-    out = {sid: _local_service_json(agent, sid) for sid in sorted(agent.services)}
+    out = {sid: _local_service_json(api, sid) for sid in sorted(agent.services)}
     return api.json(request, flt.select_values(out) if flt is not None else out)
 
 
@@ -87,7 +86,7 @@ async def service_get(api: Api, request: web.Request, sid: str) -> web.StreamRes
     agent = api.agent
     if sid not in agent.services:
         raise HTTPError(404, f"unknown service ID: {sid}")
-    out = _local_service_json(agent, sid)
+    out = _local_service_json(api, sid)
     content_hash = hashlib.blake2b(json.dumps(out, sort_keys=True).encode(), digest_size=8).hexdigest()
     out["ContentHash"] = content_hash
     resp = api.json(request, out)
@@ -95,7 +94,7 @@ async def service_get(api: Api, request: web.Request, sid: str) -> web.StreamRes
     return resp
 
 
-def _local_check_json(agent: Agent, cid: str) -> dict[str, Any]:
+def _local_check_json(agent: LocalAgent, cid: str) -> dict[str, Any]:
     chk = agent.checks[cid]
     svc = agent.services.get(chk.spec.service_id)
     row = chk.row(agent.node_name)
@@ -194,7 +193,7 @@ def _local_health(api: Api, sid: str) -> dict[str, Any]:
     status = aggregate_status([c.status for c in node_checks + svc_checks])
     return {
         "AggregatedStatus": status,
-        "Service": _local_service_json(agent, sid),
+        "Service": _local_service_json(api, sid),
         "Checks": [_local_check_json(agent, c.spec.check_id) for c in svc_checks],
     }
 
@@ -231,7 +230,7 @@ async def health_by_id(api: Api, request: web.Request, sid: str) -> web.StreamRe
 
 async def self_info(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     agent = api.agent
-    cfg = agent.config
+    cfg = api.config
     from registry import __version__
 
     # This agent's own entry: the first member is only "us" on a single-node dev agent, and a client
@@ -266,7 +265,7 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
             },
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": member,
-            "Stats": {"consul": {"server": str(cfg.server).lower(), "leader": str(agent.consensus.is_leader()).lower()}},
+            "Stats": {"consul": {"server": str(cfg.server).lower(), "leader": str(api.consensus.is_leader()).lower()}},
             "Meta": {"consul-network-segment": "", **cfg.node_meta},
             "xDS": None,
         },
@@ -285,17 +284,16 @@ async def version(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 
 
 async def reload(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    agent = api.agent
-    if agent.config.config_files:
+    if api.config.config_files:
         from registry.config import ConfigError, apply_mapping, load_file
 
         try:
-            for path in agent.config.config_files:
+            for path in api.config.config_files:
                 data = load_file(path)
                 # Reload applies what can change at run time: services, checks and log level.
-                fresh = type(agent.config)()
+                fresh = type(api.config)()
                 apply_mapping(fresh, data, path)
-                agent.config.log_level = fresh.log_level or agent.config.log_level
+                api.config.log_level = fresh.log_level or api.config.log_level
         except ConfigError as exc:
             raise HTTPError(500, f"Failed reloading config: {exc}") from exc
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})

@@ -15,9 +15,9 @@ import asyncio
 import gzip
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -33,8 +33,12 @@ from registry.state.topics import Topic, WatchSet
 from registry.watch import TopicMap, WatchHub
 
 if TYPE_CHECKING:
-    from registry.agent.agent import Agent
+    import aiohttp
+
+    from registry.agent.local import LocalCheck, LocalService
     from registry.connect.service import Connect
+    from registry.registration import CheckSpec, RegistrationRules
+    from registry.structs import Service
 
 log = structlog.get_logger("proconsul.http")
 
@@ -84,6 +88,44 @@ class HotCache:
                 entries.pop(key, None)
 
 
+class LocalAgent(Protocol):
+    """What the API asks of the agent that serves it. Consul's /v1/agent endpoints act on that agent's own
+    services, checks and membership, and a client agent forwards catalog requests through its HTTP
+    session; everything else the handlers reach through the Api's own narrow parts."""
+
+    services: dict[str, LocalService]
+    checks: dict[str, LocalCheck]
+    http_session: aiohttp.ClientSession | None
+    http_addr: tuple[str, int] | None
+    dns_addr: tuple[str, int] | None
+    propose: Callable[[Command], Awaitable[Any]]
+
+    @property
+    def node_name(self) -> str: ...
+
+    def registration_rules(self) -> RegistrationRules: ...
+
+    def members(self) -> list[dict[str, Any]]: ...
+
+    async def add_service(self, service: Service, specs: list[CheckSpec], replace_checks: bool) -> None: ...
+
+    async def remove_service(self, sid: str) -> None: ...
+
+    async def add_check(self, spec: CheckSpec) -> None: ...
+
+    async def remove_check(self, cid: str) -> None: ...
+
+    async def update_ttl(self, cid: str, status: str, output: str) -> None: ...
+
+    async def set_node_maintenance(self, enable: bool, reason: str) -> None: ...
+
+    async def set_service_maintenance(self, sid: str, enable: bool, reason: str) -> None: ...
+
+    async def renew_session(self, sid: str) -> Any: ...
+
+    async def leave(self) -> None: ...
+
+
 class Api:
     """The HTTP API: one router built from the route table, and what the handlers read and write through.
 
@@ -101,7 +143,7 @@ class Api:
         store: Callable[[], StateStore],
         consensus: Consensus,
         hub: WatchHub,
-        local: Agent,
+        local: LocalAgent,
         connect: Connect | None = None,
     ) -> None:
         self.agent = local
@@ -177,7 +219,7 @@ class Api:
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A client agent keeps no catalog: catalog, health, KV and status requests go to a server."""
-        consensus = self.agent.consensus
+        consensus = self.consensus
         target = consensus.http_target()
         if target is None:
             await consensus.refresh()

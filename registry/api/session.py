@@ -39,7 +39,7 @@ async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
         raise HTTPError(400, f"Request decode failed: {exc}") from None
     agent = api.agent
     try:
-        session = build_session(body, _new_id(agent.store), agent.node_name, agent.config.session_ttl_min)
+        session = build_session(body, _new_id(api.store), agent.node_name, api.config.session_ttl_min)
     except SessionError as exc:
         raise HTTPError(exc.status, exc.message) from None
     sid = await api.propose(SessionCreate(session))
