@@ -11,8 +11,9 @@ Scenarios, each per partition length:
 - ``follower``: one follower cut off from both others;
 - ``leader``: the leader cut off (the other two elect a new one);
 - ``bridge``: the leader and one follower cannot hear each other, the third member hears both;
-- ``bridge_after_heal``: a follower cut off for 8 s, healed, and 1 s later the bridge above with that
-  follower at one end, for the partition length.
+- ``bridge_after_heal``: a follower cut off for 8 s, healed, and 1 s later a bridge through that
+  follower (the leader and the other follower cannot hear each other; it hears both), for the partition
+  length: the rejoined follower must already know the leader again, or it helps depose it.
 
 Figures per run: the heal time (from the heal until every member has applied the highest log index any
 member had applied at the heal: Proconsul's ``/v1/operator/raft/configuration?stale`` ``Index``, etcd's
@@ -268,7 +269,7 @@ def run_one(system: System, scenario: str, seconds: float) -> Run:
             system.net.heal()
             time.sleep(BRIDGE_AFTER)
             counted_from = time.monotonic()
-            system.net.bridge_through(other.k)
+            system.net.bridge_through(follower.k)
         time.sleep(seconds)
         system.net.heal()
         healed = time.monotonic()
@@ -299,8 +300,8 @@ def _label(scenario: str, seconds: float) -> str:
         "follower": f"a follower cut off {seconds:g} s",
         "leader": f"the leader cut off {seconds:g} s",
         "bridge": f"a bridge (one member hears both others) {seconds:g} s",
-        "bridge_after_heal": f"that bridge {seconds:g} s, starting {BRIDGE_AFTER:g} s after an "
-                             f"{FIRST_PARTITION:g} s follower partition healed",
+        "bridge_after_heal": f"a bridge through a follower {seconds:g} s, starting {BRIDGE_AFTER:g} s after "
+                             f"its {FIRST_PARTITION:g} s partition healed",
     }[scenario]  # fmt: skip
 
 
