@@ -53,7 +53,16 @@ class NetnsError(RuntimeError):
     """A namespace, link or firewall command failed (the message has the command and its stderr)."""
 
 
+def _bin(name: str) -> str | None:
+    """Where a tool is: on PATH, or in /usr/sbin where Debian puts iproute2 and nftables (not always on a
+    user's PATH)."""
+    return shutil.which(name) or (f"/usr/sbin/{name}" if os.access(f"/usr/sbin/{name}", os.X_OK) else None)
+
+
 def _run(*argv: str, check: bool = True, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    argv = (_bin(argv[0]) or argv[0], *argv[1:])
+    if argv[1:3] == ("netns", "exec"):
+        argv = (*argv[:4], _bin(argv[4]) or argv[4], *argv[5:])
     proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -63,7 +72,7 @@ def _run(*argv: str, check: bool = True, timeout: float = 20.0) -> subprocess.Co
 def firewall_tool() -> str | None:
     """``nft`` when installed, else ``iptables``, else None."""
     for tool in ("nft", "iptables"):
-        if shutil.which(tool):
+        if _bin(tool):
             return tool
     return None
 
@@ -72,7 +81,7 @@ def unavailable() -> str | None:
     """Why namespaces cannot be used here (a reason naming what is missing), or None when they can."""
     if os.geteuid() != 0:
         return "network namespaces need root (run as root, as CI does)"
-    if shutil.which("ip") is None:
+    if _bin("ip") is None:
         return "`ip` is missing: install the Debian package iproute2"
     if firewall_tool() is None:
         return "no packet filter to cut links with: install the Debian package nftables (or iptables)"
@@ -247,7 +256,7 @@ class Netns:
 
     def argv_in(self, k: int, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside member k's namespace."""
-        return ["ip", "netns", "exec", self.namespace(k), *argv]
+        return [_bin("ip") or "ip", "netns", "exec", self.namespace(k), *argv]
 
     def spawn(self, k: int, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
         """Start ``argv`` in namespace k in its own process group, output appended to ``log``; ``close``
@@ -267,7 +276,7 @@ class Netns:
                        f"  set blocked {{ type ipv4_addr; }}\n"
                        f"  chain input {{ type filter hook input priority -10; policy accept;\n"
                        f"    ip saddr @blocked drop\n  }}\n}}\n")  # fmt: skip
-            proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=ruleset, text=True,
+            proc = subprocess.run(self.argv_in(k, [_bin("nft") or "nft", "-f", "-"]), input=ruleset, text=True,
                                   capture_output=True, timeout=20)  # fmt: skip
             if proc.returncode != 0:
                 raise NetnsError(f"nft in {ns}: {proc.stderr.strip()}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.cluster import netns
 from tests.cluster.netns import LeaderWatch, Netns, NetnsCluster, measure_heal
 from tests.cluster.workload import (
     Workload,
@@ -196,6 +197,17 @@ def test_cut_is_silent(make_netns: Callable[..., Netns]) -> None:
     assert samples and samples[-1][1] == sent, f"received {samples[-1:] if samples else 0} of {sent} bytes"
     during = [n for t, n in samples if cut + 0.3 < t < healed]
     assert not during, f"bytes arrived while the link was cut: {during[:5]}"
+
+
+def test_unavailable_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    assert "root" in (netns.unavailable() or "")
+    monkeypatch.setattr(netns.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(netns, "_bin", lambda name: None if name == "ip" else f"/usr/sbin/{name}")
+    assert "iproute2" in (netns.unavailable() or "")
+    monkeypatch.setattr(netns, "_bin", lambda name: None if name in ("nft", "iptables") else f"/usr/sbin/{name}")
+    reason = netns.unavailable() or ""
+    assert "nftables" in reason and "iptables" in reason
 
 
 # ---------------------------------------------------------------------- scenarios
