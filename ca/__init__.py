@@ -6,8 +6,9 @@ arguments).
 - ``ca.csr``      CSR validation for the signer (exactly one URI SAN naming the authorised identity)
                   and CSR creation for agents.
 - ``ca.provider`` the built-in ``consul`` CA provider as a state machine over immutable ``CAState``
-                  values: bootstrap, sign, rotate with cross-signing, prune, auto-rotation and expiry
-                  checks, Consul's roots / configuration JSON, msgpack encoding for the replicated store.
+                  values: its configuration (``config``), bootstrap, sign, rotate with cross-signing,
+                  prune, auto-rotation and expiry checks (``model``), Consul's roots / configuration
+                  JSON (``responses``), msgpack encoding for the replicated store (``codec``).
 
 Nothing is imported here so that ``import ca.spiffe`` stays cheap for callers that only parse IDs.
 """

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry.config import Config, ConfigError
-from registry.durations import DurationError, parse_duration
+from registry.gocompat import DurationError, parse_duration
 
 __all__ = ["DNSConfig", "Recursor", "from_agent_config", "parse_dns_config", "parse_recursor", "split_domain"]
 

@@ -44,7 +44,15 @@ from dns.wire import (
     T_SRV,
     T_TXT,
 )
-from registry.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING, Check, Node, Service
+from registry.structs import (
+    HEALTH_CRITICAL,
+    HEALTH_PASSING,
+    HEALTH_WARNING,
+    Check,
+    Node,
+    Service,
+    aggregate_status,
+)
 
 __all__ = ["Question", "Unit", "Resolution", "CatalogReader", "Rng", "resolve", "FIXED", "SHUFFLE", "WEIGHTED"]
 
@@ -153,16 +161,6 @@ def ip_fits(qtype: int, ip: IP) -> bool:
     if ip.version == 4:
         return qtype in (T_A, T_ANY, T_SRV, T_NS)
     return qtype in (T_AAAA, T_ANY, T_SRV, T_NS)
-
-
-def aggregate(checks: Sequence[Check]) -> str:
-    status = HEALTH_PASSING
-    for c in checks:
-        if c.status == HEALTH_CRITICAL:
-            return HEALTH_CRITICAL
-        if c.status != HEALTH_PASSING:
-            status = HEALTH_WARNING
-    return status
 
 
 def rfc1464(key: str, value: str) -> str:
@@ -279,7 +277,7 @@ class _Resolver:
         for node, svc in instances:
             if tag and not any(t.lower() == tag for t in svc.tags):
                 continue
-            status = aggregate(self.view.checks_for_instance(node.node, svc.id))
+            status = aggregate_status([c.status for c in self.view.checks_for_instance(node.node, svc.id)])
             if status == HEALTH_CRITICAL or (self.cfg.only_passing and status != HEALTH_PASSING):
                 continue
             weight = svc.weights[1] if status == HEALTH_WARNING else svc.weights[0]

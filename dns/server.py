@@ -1,5 +1,8 @@
 """The DNS listener: asyncio UDP and TCP on the agent's DNS port, around the pure engine.
 
+The agent builds it (``registry.agent.listeners.start_dns``) from the DNS config and a store reader; this
+module knows nothing of the agent.
+
 Shape of the IO (everything else is in ``dns.engine``):
 
 - UDP: one datagram in, at most one out; anything the engine drops or fails on is dropped, and an exception
@@ -25,17 +28,14 @@ import random
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
-from dns.config import DNSConfig, Recursor, from_agent_config
+from dns.config import DNSConfig, Recursor
 from dns.engine import MAX_TCP_MESSAGE, Engine, Forward
 
-if TYPE_CHECKING:
-    from registry.agent.agent import Agent
-
-__all__ = ["DNSServer", "start_dns"]
+__all__ = ["DNSListener", "DNSServer"]
 
 log = structlog.get_logger("proconsul.dns")
 
@@ -393,19 +393,3 @@ class DNSListener:
     async def close(self) -> None:
         await self.server.close()
 
-
-async def start_dns(agent: Agent) -> DNSListener:
-    """Start the DNS interface for ``agent`` and set ``agent.dns_addr``."""
-    try:
-        cfg = from_agent_config(agent.config)
-    except ValueError as exc:
-        log.error("invalid DNS configuration", error=str(exc))
-        raise
-    engine = Engine(cfg, lambda: agent.store, random.Random(os.urandom(16)))
-    server = DNSServer(engine, cfg)
-    hosts = agent.config.client_addr.split() or ["127.0.0.1"]
-    host, port = await server.start(hosts, agent.config.ports.dns)
-    agent.dns_addr = (host, port)
-    log.info("dns listening", addresses=[f"{h}:{p}" for h, p in server.addresses], domain=cfg.domain,
-             recursors=[str(r) for r in cfg.recursors])  # fmt: skip
-    return DNSListener(server)

@@ -1,38 +1,37 @@
 """The finite state machine: log entries in, state store writes out.
 
-A command is a msgpack map with a ``Type`` and that type's fields, in the canonical shape the HTTP layer
-builds after validating a request. The dispatch table maps each type to one apply function. Apply functions
-convert the whole command into rows first (any malformed field raises before the store is touched), then
-write. A refused command returns a ``CommandError`` value to whoever proposed it; it never raises out of
-``apply``, because an exception there would stop a server from applying its log.
+A log entry is a msgpack map with a ``Type`` and that type's fields (``registry.commands``); the FSM decodes
+it into its typed command and calls the apply function its dispatch table holds for the command's class, as
+Consul's FSM looks up the apply function registered for a message type (agent/consul/fsm/commands_ce.go).
+Apply functions validate before the first write (raising ``StoreError`` to refuse), so a refused command
+leaves the store as it was. A refused or undecodable command returns a ``CommandError`` value to whoever
+proposed it; it never raises out of ``apply``, because an exception there would stop a server from applying
+its log. Results are data (booleans, IDs, ``TxnResult``); rendering them is the API's business.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import structlog
 
-from registry.sessions import SessionError, session_from_command
+from registry import commands as c
+from registry.commands import CommandError
 from registry.state.store import StateStore, StoreError, Topic
-from registry.structs import Check, Node, Service
 from registry.txn import apply_txn
 
 log = structlog.get_logger("proconsul.fsm")
 
+__all__ = ["FSM", "CommandError", "encode_command", "decode_command"]
 
-@dataclass(frozen=True, slots=True)
-class CommandError:
-    """The result of a command the FSM refused. ``status`` is the HTTP status the API should answer."""
-
-    message: str
-    status: int = 400
+C = TypeVar("C")
+ApplyFn = Callable[[StateStore, Any], Any]
 
 
 def encode_command(cmd: dict[str, Any]) -> bytes:
+    """A command's wire map (``Command.to_wire()``, with the proposer's ``Time``) -> the log entry's bytes."""
     return msgpack.packb(cmd, use_bin_type=True)
 
 
@@ -43,213 +42,82 @@ def decode_command(data: bytes) -> dict[str, Any]:
     return cmd
 
 
-# ---------------------------------------------------------------------- canonical dict -> row
-
-
-def _str(d: dict[str, Any], k: str, default: str = "") -> str:
-    v = d.get(k, default)
-    if v is None:
-        return default
-    if not isinstance(v, str):
-        raise StoreError(f"{k} must be a string")
-    return v
-
-
-def _strmap(d: dict[str, Any], k: str) -> dict[str, str]:
-    v = d.get(k) or {}
-    if not isinstance(v, dict) or not all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()):
-        raise StoreError(f"{k} must be a map of strings")
-    return dict(v)
-
-
-def node_from(cmd: dict[str, Any]) -> Node:
-    name = _str(cmd, "Node")
-    if not name:
-        raise StoreError("Must provide node")
-    return Node(
-        id=_str(cmd, "ID"),
-        node=name,
-        address=_str(cmd, "Address"),
-        datacenter=_str(cmd, "Datacenter"),
-        tagged_addresses=_strmap(cmd, "TaggedAddresses"),
-        meta=_strmap(cmd, "NodeMeta"),
-    )
-
-
-def service_from(node: str, d: dict[str, Any]) -> Service:
-    if not isinstance(d, dict):
-        raise StoreError("Service must be an object")
-    name = _str(d, "Service")
-    if not name:
-        raise StoreError("Must provide service name")
-    tags = d.get("Tags") or []
-    if not isinstance(tags, list | tuple) or not all(isinstance(t, str) for t in tags):
-        raise StoreError("Tags must be a list of strings")
-    tagged = d.get("TaggedAddresses") or {}
-    if not isinstance(tagged, dict):
-        raise StoreError("TaggedAddresses must be a map")
-    weights = d.get("Weights") or {"Passing": 1, "Warning": 1}
-    port = d.get("Port", 0) or 0
-    if not isinstance(port, int) or isinstance(port, bool):
-        raise StoreError("Port must be an integer")
-    proxy = d.get("Proxy")
-    connect = d.get("Connect")
-    if proxy is not None and not isinstance(proxy, dict):
-        raise StoreError("Proxy must be an object")
-    if connect is not None and not isinstance(connect, dict):
-        raise StoreError("Connect must be an object")
-    return Service(
-        node=node,
-        id=_str(d, "ID") or name,
-        service=name,
-        kind=_str(d, "Kind"),
-        tags=tuple(tags),
-        address=_str(d, "Address"),
-        tagged_addresses={str(k): dict(v) for k, v in tagged.items()},
-        meta=_strmap(d, "Meta"),
-        port=port,
-        weights=(int(weights.get("Passing", 1)), int(weights.get("Warning", 1))),
-        enable_tag_override=bool(d.get("EnableTagOverride", False)),
-        proxy=proxy,
-        connect=connect,
-    )
-
-
-def check_from(node: str, d: dict[str, Any]) -> Check:
-    if not isinstance(d, dict):
-        raise StoreError("Check must be an object")
-    cid = _str(d, "CheckID") or _str(d, "Name")
-    if not cid:
-        raise StoreError("Missing check ID")
-    definition = d.get("Definition") or {}
-    if not isinstance(definition, dict):
-        raise StoreError("Definition must be an object")
-    return Check(
-        node=_str(d, "Node") or node,
-        check_id=cid,
-        name=_str(d, "Name") or cid,
-        status=_str(d, "Status") or "critical",
-        notes=_str(d, "Notes"),
-        output=_str(d, "Output"),
-        service_id=_str(d, "ServiceID"),
-        type=_str(d, "Type"),
-        interval=_str(d, "Interval"),
-        timeout=_str(d, "Timeout"),
-        definition=definition,
-    )
-
-
 # ---------------------------------------------------------------------- apply functions
 
 
-def _register(store: StateStore, cmd: dict[str, Any]) -> Any:
-    node = node_from(cmd)
-    service = service_from(node.node, cmd["Service"]) if cmd.get("Service") else None
-    checks_in = list(cmd.get("Checks") or [])
-    if cmd.get("Check"):
-        checks_in.append(cmd["Check"])
-    checks = [check_from(node.node, c) for c in checks_in]
-    store.ensure_registration(node, service, checks, bool(cmd.get("SkipNodeUpdate", False)))
+def _register(store: StateStore, cmd: c.Register) -> bool:
+    store.ensure_registration(cmd.node, cmd.service, list(cmd.checks), cmd.skip_node_update)
     return True
 
 
-def _deregister(store: StateStore, cmd: dict[str, Any]) -> Any:
-    node = _str(cmd, "Node")
-    if not node:
-        raise StoreError("Must provide node")
-    if sid := _str(cmd, "ServiceID"):
-        store.delete_service(node, sid)
-    elif cid := _str(cmd, "CheckID"):
-        store.delete_check(node, cid)
+def _deregister(store: StateStore, cmd: c.Deregister) -> bool:
+    if cmd.service_id:
+        store.delete_service(cmd.node, cmd.service_id)
+    elif cmd.check_id:
+        store.delete_check(cmd.node, cmd.check_id)
     else:
-        store.delete_node(node)
+        store.delete_node(cmd.node)
     return True
 
 
-def _check_update(store: StateStore, cmd: dict[str, Any]) -> Any:
-    store.update_check_status(_str(cmd, "Node"), _str(cmd, "CheckID"), _str(cmd, "Status"), _str(cmd, "Output"))
+def _check_update(store: StateStore, cmd: c.CheckUpdate) -> bool:
+    store.update_check_status(cmd.node, cmd.check_id, cmd.status, cmd.output)
     return True
 
 
-def _kv_args(cmd: dict[str, Any]) -> tuple[str, bytes | None, int, int]:
-    key = _str(cmd, "Key")
-    value = cmd.get("Value")
-    if value is not None and not isinstance(value, bytes):
-        raise StoreError("Value must be bytes")
-    flags = cmd.get("Flags", 0) or 0
-    index = cmd.get("Index", 0) or 0
-    for name, v in (("Flags", flags), ("Index", index)):
-        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 2**64:
-            raise StoreError(f"{name} must be an unsigned 64-bit integer")
-    return key, value, flags, index
-
-
-def _kv(store: StateStore, cmd: dict[str, Any]) -> Any:
-    verb = _str(cmd, "Verb")
-    key, value, flags, index = _kv_args(cmd)
+def _kv(store: StateStore, cmd: c.KV) -> bool:
+    op = cmd.op
+    verb, key = op.verb, op.key
     if verb == "set":
-        store.kv_set(key, value, flags)
+        store.kv_set(key, op.value, op.flags)
         return True
     if verb == "cas":
-        return store.kv_cas(key, value, flags, index)
+        return store.kv_cas(key, op.value, op.flags, op.index)
     if verb == "delete":
         store.kv_delete(key)
         return True
     if verb == "delete-cas":
-        return store.kv_delete_cas(key, index)
+        return store.kv_delete_cas(key, op.index)
     if verb == "delete-tree":
         store.kv_delete_tree(key)
         return True
     if verb == "lock":
-        return store.kv_lock(key, value, flags, _str(cmd, "Session"))
+        return store.kv_lock(key, op.value, op.flags, op.session)
     if verb == "unlock":
-        return store.kv_unlock(key, value, flags, _str(cmd, "Session"))
+        return store.kv_unlock(key, op.value, op.flags, op.session)
     raise StoreError(f"Invalid KV verb {verb!r}")
 
 
-def _session(store: StateStore, cmd: dict[str, Any]) -> Any:
-    """``{"Op": "create", "Session": {...}}`` -> the new ID; ``{"Op": "destroy", "ID": ...}`` -> True.
-    Destroy is also how the leader expires a TTL session. Lock-delays start at the command's ``Time``."""
-    op = _str(cmd, "Op")
-    if op == "create":
-        try:
-            row = session_from_command(cmd.get("Session"))
-        except SessionError as exc:
-            raise StoreError(exc.message, exc.status) from None
-        store.session_create(row)
-        return row.id
-    if op == "destroy":
-        sid = _str(cmd, "ID")
-        if not sid:
-            raise StoreError("Must provide ID", 500)
-        store.session_destroy(sid)
-        return True
-    raise StoreError(f"Invalid session operation {op!r}")
+def _session_create(store: StateStore, cmd: c.SessionCreate) -> str:
+    """Lock-delays start at the command's ``Time``, which the FSM has already given the store."""
+    store.session_create(cmd.session)
+    return cmd.session.id
 
 
-def _tombstone_reap(store: StateStore, cmd: dict[str, Any]) -> Any:
-    index = cmd.get("Index")
-    if not isinstance(index, int) or index < 0:
-        raise StoreError("Index must be a non-negative integer")
-    store.reap_tombstones(index)
+def _session_destroy(store: StateStore, cmd: c.SessionDestroy) -> bool:
+    store.session_destroy(cmd.id)
     return True
 
 
-def _noop(store: StateStore, cmd: dict[str, Any]) -> Any:
+def _tombstone_reap(store: StateStore, cmd: c.TombstoneReap) -> bool:
+    store.reap_tombstones(cmd.index)
     return True
 
 
-ApplyFn = Callable[[StateStore, dict[str, Any]], Any]
+def _noop(store: StateStore, cmd: c.Noop) -> bool:
+    return True
 
-DISPATCH: dict[str, ApplyFn] = {
-    "register": _register,
-    "deregister": _deregister,
-    "check.update": _check_update,
-    "kv": _kv,
-    "session": _session,
-    "txn": apply_txn,  # KV operations, all or none (registry.txn)
-    "tombstone.reap": _tombstone_reap,
-    "noop": _noop,
+
+DISPATCH: dict[type, ApplyFn] = {
+    c.Register: _register,
+    c.Deregister: _deregister,
+    c.CheckUpdate: _check_update,
+    c.KV: _kv,
+    c.SessionCreate: _session_create,
+    c.SessionDestroy: _session_destroy,
+    c.Txn: apply_txn,  # KV operations, all or none (registry.txn)
+    c.TombstoneReap: _tombstone_reap,
+    c.Noop: _noop,
 }
 
 
@@ -265,68 +133,82 @@ class FSM:
         self.store = store or StateStore()
         self._on_change = on_change
         self._on_reset = on_reset
-        self.dispatch: dict[str, ApplyFn] = dict(DISPATCH)
+        self.dispatch: dict[type, ApplyFn] = dict(DISPATCH)
 
-    def register(self, cmd_type: str, fn: ApplyFn) -> None:
-        """Later subsystems (CA, intentions, sessions) add their command types here."""
-        if cmd_type in self.dispatch:
-            raise ValueError(f"command type {cmd_type!r} already registered")
-        self.dispatch[cmd_type] = fn
+    def register(self, command: type[C], fn: Callable[[StateStore, C], Any]) -> None:
+        """Subsystems (Connect's CA, config entries, intentions) add the apply functions of their commands."""
+        if command in self.dispatch:
+            raise ValueError(f"command {command.__name__} already registered")
+        self.dispatch[command] = fn
 
     def apply(self, index: int, data: bytes) -> Any:
         try:
-            cmd = decode_command(data)
+            wire = decode_command(data)
         except Exception as exc:  # noqa: BLE001 - a bad entry must not stop the server
             log.error("undecodable log entry", index=index, error=str(exc))
-            self._advance(index)
+            self.advance(index)
             return CommandError(f"undecodable command: {exc}", 500)
-        return self.apply_command(index, cmd)
+        return self.apply_command(index, wire)
 
-    def apply_command(self, index: int, cmd: dict[str, Any]) -> Any:
-        if cmd.get("Type") == "snapshot.restore":
+    def apply_command(self, index: int, wire: dict[str, Any]) -> Any:
+        """Apply one decoded entry (its wire map) at ``index``; the result, or a CommandError value."""
+        stamp = wire.get("Time")
+        try:
+            cmd = c.from_wire(wire)
+        except CommandError as exc:
+            self._refused(index, stamp)
+            return exc
+        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the server either
+            log.exception("command failed to decode", index=index, type=wire.get("Type"))
+            self._refused(index, stamp)
+            return CommandError(f"internal error applying {wire.get('Type')}: {exc}", 500)
+        if isinstance(cmd, c.SnapshotRestore):
             return self._restore_command(index, cmd)
-        fn = self.dispatch.get(cmd.get("Type", ""))
+        fn = self.dispatch.get(type(cmd))
+        if fn is None:
+            self.advance(index)
+            return CommandError(f"unknown command type {wire.get('Type')!r}", 500)
         store = self.store
         store.begin(index)
-        if fn is None:
-            store.commit()
-            return CommandError(f"unknown command type {cmd.get('Type')!r}", 500)
-        stamp = cmd.get("Time")
         if isinstance(stamp, int) and not isinstance(stamp, bool):
             store.advance_clock(stamp)  # the proposer's time: lock-delays are decided from it, never a clock
         try:
             result = fn(store, cmd)
         except StoreError as exc:
-            # Apply functions validate before writing, so nothing changed; commit just advances the index.
-            topics, keys = store.commit()
-            if topics or keys:  # pragma: no cover - would be a bug in an apply function
-                log.error("refused command left changes", index=index, type=cmd.get("Type"))
-                self._notify(topics, keys)
+            # Refused: undo whatever was written (every table), then commit just advances the index.
+            store.rollback()
+            store.commit()
             return CommandError(str(exc), exc.status)
         except Exception as exc:  # noqa: BLE001
-            log.exception("command failed", index=index, type=cmd.get("Type"))
-            topics, keys = store.commit()
-            self._notify(topics, keys)
-            return CommandError(f"internal error applying {cmd.get('Type')}: {exc}", 500)
+            log.exception("command failed", index=index, type=cmd.TYPE)
+            store.rollback()  # as Consul aborts the command's transaction: nothing half-applied survives
+            store.commit()
+            return CommandError(f"internal error applying {cmd.TYPE}: {exc}", 500)
         topics, keys = store.commit()
         self._notify(topics, keys)
         return result
+
+    def _refused(self, index: int, stamp: Any) -> None:
+        """A command refused before it reached the store: only the index (and the proposer's time) move."""
+        store = self.store
+        store.begin(index)
+        if isinstance(stamp, int) and not isinstance(stamp, bool):
+            store.advance_clock(stamp)
+        store.commit()
 
     def advance(self, index: int) -> None:
         """A log entry with no command for the FSM (no-op, configuration): only the index moves."""
         self.store.begin(index)
         self.store.commit()
 
-    _advance = advance
-
     def _notify(self, topics: set[Topic], keys: set[str]) -> None:
         if (topics or keys) and self._on_change is not None:
             self._on_change(topics, keys)
 
-    def _restore_command(self, index: int, cmd: dict[str, Any]) -> Any:
+    def _restore_command(self, index: int, cmd: c.SnapshotRestore) -> Any:
         """An operator's `snapshot restore`: replace the whole store, at this log index, on every server."""
         try:
-            fresh = StateStore.from_snapshot(cmd["Store"])
+            fresh = StateStore.from_snapshot(cmd.store)
         except Exception as exc:  # noqa: BLE001 - the old store stays; only the index moves
             self.advance(index)
             return CommandError(f"Snapshot restore failed: {exc}", 400)

@@ -32,11 +32,12 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
+from registry.gocompat import GO_ZERO_TIME, format_go_time, parse_go_time
 
 __all__ = [
     "ACTION_ALLOW",
@@ -81,7 +82,6 @@ REASON_DEFAULT_INTENTION_POLICY = "Default intention policy"
 # The same value alphabet as SPIFFE path segments (ca.spiffe): a name that could not appear in a
 # certificate could never match a connection, so it is refused at write time instead.
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 class IntentionError(ValueError):
@@ -106,35 +106,23 @@ class ServiceName(NamedTuple):
 
 
 def _format_time(t: datetime | None) -> str:
-    if t is None:
-        return _GO_ZERO_TIME
-    t = t.astimezone(UTC)
-    text = t.strftime("%Y-%m-%dT%H:%M:%S")
-    if t.microsecond:
-        text += "." + f"{t.microsecond:06d}".rstrip("0")
-    return text + "Z"
-
-
-_TIME_RE = re.compile(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})")
+    return GO_ZERO_TIME if t is None else format_go_time(t)
 
 
 def _parse_time(value: Any, what: str) -> datetime | None:
-    if value is None or value == "" or value == _GO_ZERO_TIME:
+    if value is None or value == "" or value == GO_ZERO_TIME:
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise IntentionError([f"{what} must be timezone-aware"])
         return value.astimezone(UTC)
-    m = _TIME_RE.fullmatch(value) if isinstance(value, str) else None
-    if m is None:
-        raise IntentionError([f"{what} must be an RFC 3339 time, got {value!r}"])
-    base = datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S")
-    micros = int((m.group(2) or "0")[:6].ljust(6, "0"))
-    offset = timedelta(0)
-    if m.group(3) != "Z":
-        sign = 1 if m.group(3)[0] == "+" else -1
-        offset = sign * timedelta(hours=int(m.group(3)[1:3]), minutes=int(m.group(3)[4:6]))
-    return (base.replace(microsecond=micros) - offset).replace(tzinfo=UTC)
+    problem = IntentionError([f"{what} must be an RFC 3339 time, got {value!r}"])
+    if not isinstance(value, str):
+        raise problem
+    try:
+        return parse_go_time(value)
+    except ValueError:
+        raise problem from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,10 +231,6 @@ class Intention:
     @property
     def precedence(self) -> int:
         return compute_precedence(self.source_ns, self.source_name, self.destination_ns, self.destination_name)
-
-    @property
-    def is_l7(self) -> bool:
-        return bool(self.permissions)
 
     @property
     def allows(self) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from registry.durations import DurationError, format_duration, parse_duration
+from registry.gocompat import DurationError, format_duration, go_quote, parse_duration
 from registry.structs import SERF_CHECK_ID
 
 NS = 1_000_000_000
@@ -117,7 +117,7 @@ def parse_lock_delay(value: Any) -> int:
         try:
             ns = round(parse_duration(value, field="LockDelay", allow_negative=True) * NS)
         except DurationError:
-            raise SessionError(f"Request decode failed: time: invalid duration \"{value}\"", 400) from None
+            raise SessionError(f"Request decode failed: time: invalid duration {go_quote(value)}", 400) from None
     else:
         ns = int(value)
     if ns < LOCK_DELAY_SECONDS_BELOW:
@@ -132,7 +132,7 @@ def validate_ttl(ttl: str, ttl_min_s: float = DEFAULT_TTL_MIN_S) -> None:
     try:
         seconds = parse_duration(ttl, field="TTL", allow_negative=True)
     except DurationError:
-        raise SessionError(f"Session TTL '{ttl}' invalid: time: invalid duration \"{ttl}\"") from None
+        raise SessionError(f"Session TTL '{ttl}' invalid: time: invalid duration {go_quote(ttl)}") from None
     if seconds != 0 and (seconds < ttl_min_s or seconds > TTL_MAX_S):
         raise SessionError(
             f"Invalid Session TTL '{round(seconds * NS)}', must be between "

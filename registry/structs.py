@@ -6,6 +6,7 @@ Rows are replaced, never mutated: a read that handed a row to a response can nev
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,21 @@ HEALTH_WARNING = "warning"
 HEALTH_CRITICAL = "critical"
 HEALTH_MAINT = "maintenance"
 CHECK_STATUSES = (HEALTH_PASSING, HEALTH_WARNING, HEALTH_CRITICAL)
+
+
+def aggregate_status(statuses: Iterable[str]) -> str:
+    """The health of an instance from its checks' statuses, as Consul aggregates them (api.HealthChecks
+    AggregatedStatus for the agent's /v1/agent/health/service endpoints, and the DNS interface's
+    instance filter): any critical makes it critical, else anything not passing makes it warning, else
+    (no checks included) it is passing. Stops at the first critical."""
+    status = HEALTH_PASSING
+    for s in statuses:
+        if s == HEALTH_CRITICAL:
+            return HEALTH_CRITICAL
+        if s != HEALTH_PASSING:
+            status = HEALTH_WARNING
+    return status
+
 
 SERF_CHECK_ID = "serfHealth"
 SERF_CHECK_NAME = "Serf Health Status"

@@ -25,11 +25,9 @@ from registry.filtering import (
     Slice,
     Struct,
     compile_filter,
-    go_parse_bool,
-    go_parse_int,
-    go_quote,
     parse,
 )
+from registry.gocompat import go_parse_bool, go_parse_int, go_quote
 
 # ---------------------------------------------------------------------- fixtures
 
@@ -405,6 +403,32 @@ def test_filter_helpers_and_cache() -> None:
     assert f.select([ENTRY, other, ENTRY]) == [ENTRY, ENTRY]
     assert f.select_values({"a": ENTRY, "b": other}) == {"a": ENTRY}
     assert compile_filter("Port == 80", NODE_SERVICE).matches(ENTRY["Service"])
+
+
+# ---------------------------------------------------------------------- the package's seams
+
+
+def test_each_seam_works_on_its_own() -> None:
+    from registry.filtering.literals import coerce
+    from registry.filtering.regexp import go_regexp
+    from registry.filtering.schema import INT, STRING, subfield
+
+    # the schema answers which field type a selector part reaches
+    assert subfield(CHECK_SERVICE_NODE, "Service") is NODE_SERVICE
+    assert subfield(CHECK_SERVICE_NODE, "Checks") is not None
+    assert subfield(subfield(CHECK_SERVICE_NODE, "Checks"), "Status") is STRING  # through the list
+    assert subfield(NODE, "Meta") is not None and subfield(subfield(NODE, "Meta"), "any key") is STRING
+    assert subfield(NODE, "Nope") is None and subfield(STRING, "x") is None
+    # literals take the field's Go type with strconv's rules
+    assert coerce(INT, "0x10") == 16 and coerce(STRING, "0x10") == "0x10"
+    with pytest.raises(ValueError, match="strconv.ParseInt"):
+        coerce(INT, "ten")
+    # RE2 patterns run on Python's re: \z is the end of text, Perl-only syntax is refused
+    assert go_regexp("^web\\z").search("web") and not go_regexp("^web\\z").search("web\n")
+    with pytest.raises(ValueError, match="unsupported Perl syntax"):
+        go_regexp("(?=x)")
+    # the parser alone gives the tree the compiler consumes
+    assert parse("not Port == 80") == ("not", ("match", ["Port"], "==", "80"))
 
 
 # ---------------------------------------------------------------------- Go conversions

@@ -6,10 +6,12 @@ import copy
 
 import pytest
 
+from registry import txn as txn_rules
+from registry.api.txn import render_results
+from registry.commands import KVOp
 from registry.fsm import FSM, encode_command
 from registry.sessions import Session
 from registry.state.store import StateStore
-from registry.txn import precheck, run
 from tests.test_store import Recorder
 
 
@@ -27,13 +29,27 @@ def apply(f: FSM, cmd: dict) -> object:
     return f.apply(f.store.index + 1, encode_command(cmd))
 
 
+def kv_ops(ops: tuple[dict, ...] | list[dict]) -> list[KVOp]:
+    return [KVOp.from_op(o) for o in ops]
+
+
+def run(store: StateStore, ops: list[dict]) -> tuple[list | None, list]:
+    """registry.txn.run, its results rendered as the HTTP API renders them."""
+    results, errors = txn_rules.run(store, kv_ops(ops))
+    return render_results(results), errors
+
+
+def precheck(ops: list[dict]) -> list[dict]:
+    return txn_rules.precheck(kv_ops(ops))
+
+
 def txn(f: FSM, *ops: dict, time: int | None = None) -> dict:
     cmd: dict = {"Type": "txn", "Ops": list(ops)}
     if time is not None:
         cmd["Time"] = time
     out = apply(f, cmd)
     assert isinstance(out, dict), out
-    return out
+    return {"Results": render_results(out["Results"]), "Errors": out["Errors"]}  # as the HTTP API renders it
 
 
 def kv_state(store: StateStore) -> tuple:

@@ -1,21 +1,26 @@
 """The agent: local services and checks, health checkers, anti-entropy, and the listeners.
 
-In ``-dev`` (and, until the Raft issue lands, in any single-server setup) the agent is also the server:
-its consensus object is the single-node log, so every write still goes command -> log -> FSM -> store.
-Shutdown order: stop accepting (HTTP, DNS), stop check monitors, drain the sync queue, close sessions.
+The agent is the composition root: it builds the consensus (the single-node log in ``-dev``, Raft on a
+server, the remote servers on a client), Connect, the HTTP API and the HTTP, HTTPS and DNS listeners
+(``registry.agent.listeners``), handing each the narrow parts it needs -- a store reader, the consensus,
+the config, the watch hub, a task spawner -- rather than the agent. In ``-dev`` the agent is also the
+server, and every write still goes command -> log -> FSM -> store.
+Shutdown order: stop accepting (HTTP and HTTPS, DNS), stop check monitors, drain the sync queue, close
+sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
 from registry.agent.checks import (
-    CheckSpec,
     HTTPMonitor,
     Monitor,
     ScriptMonitor,
@@ -25,10 +30,25 @@ from registry.agent.checks import (
 )
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.session_timers import SessionTimers
-from registry.config import Config, join_address
+from registry.commands import (
+    CheckUpdate,
+    Command,
+    CommandError,
+    Deregister,
+    Proposer,
+    Register,
+)
+from registry.config import Config, ConfigValidator, join_address
 from registry.connect.service import Connect
+from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import Consensus, LocalLog
-from registry.fsm import FSM, CommandError, check_from, service_from
+from registry.fsm import FSM
+from registry.registration import (
+    CheckSpec,
+    RegistrationRules,
+    build_check_registration,
+    build_service_registration,
+)
 from registry.state.store import StateStore
 from registry.structs import (
     CONSUL_SERVICE,
@@ -38,9 +58,17 @@ from registry.structs import (
     SERF_CHECK_ID,
     SERF_CHECK_NAME,
     SERVICE_MAINT_PREFIX,
+    Check,
+    Node,
+    Service,
 )
 from registry.tls import rpc_contexts
 from registry.watch import WatchHub
+
+if TYPE_CHECKING:
+    from dns.server import DNSListener
+    from registry.agent.listeners import Listener
+    from registry.api.http import Api
 
 log = structlog.get_logger("proconsul.agent")
 
@@ -48,13 +76,15 @@ VERSION = "1.20.0"  # the Consul API level we follow; our own version is registr
 CHECK_UPDATE_INTERVAL = 300.0  # output-only changes reach the catalog at most this often (Consul's default)
 
 
-class AgentError(Exception):
-    """A local operation the agent refuses; ``status`` is the HTTP status to answer with."""
+def _validate_tls(cfg: Config) -> None:
+    """The ``tls`` block (or Consul's flat TLS keys): building the RPC contexts reads every file it names
+    and refuses a wrong one (ConfigError) before anything listens."""
+    rpc_contexts(cfg)
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+# What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
+# passes these when it builds the agent's Config.
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls)
 
 
 class Agent:
@@ -63,20 +93,28 @@ class Agent:
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         self.consensus: Consensus = self._make_consensus()
-        self.connect = Connect(self)  # Connect CA, leaf certificates, intentions (registers FSM commands)
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
-        # FSM); tests may replace it. Session TTL timers run on the leader.
+        # FSM); tests may replace it.
         self.wall_clock_ns = time.time_ns
+        # The one way this agent writes: every command gets this agent's time and goes to the consensus.
+        self.propose = Proposer(lambda wire: self.consensus.propose(wire), lambda: self.wall_clock_ns()).propose
+        # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
+        self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
+                               consensus=self.consensus, hub=self.hub, checks=self, spawn=self._spawn, is_client=self.is_client)  # fmt: skip
+        # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(self)
         self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
         self.http_session: aiohttp.ClientSession | None = None
         self.started_at = time.time()
+        self.api: Api | None = None  # served on the HTTP port, and on the HTTPS port when there is one
         self.http_addr: tuple[str, int] | None = None
+        self.https_addr: tuple[str, int] | None = None
         self.dns_addr: tuple[str, int] | None = None
+        self.dns_listener: DNSListener | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._listeners: list[Any] = []  # objects with an async close()
+        self._listeners: list[Listener] = []  # closed in reverse order by stop()
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
@@ -154,15 +192,12 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - no leader yet: anti-entropy registers us once there is one
             log.info("catalog registration deferred", reason=str(exc))
             self._mark_dirty(("node", ""))
+        rules = self.registration_rules()
         for svc in self.config.services:
-            from registry.api.agent_endpoints import build_service_registration
-
-            definition, specs = build_service_registration(self, svc)
-            await self.add_service(definition, specs, replace_checks=False)
+            service, specs = build_service_registration(rules, svc)
+            await self.add_service(service, specs, replace_checks=False)
         for chk in self.config.checks:
-            from registry.api.agent_endpoints import build_check_registration
-
-            await self.add_check(build_check_registration(self, chk))
+            await self.add_check(build_check_registration(rules, chk))
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
@@ -170,14 +205,7 @@ class Agent:
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
-        from registry.api.http import start_http
-
-        self._listeners.append(await start_http(self))
-        await self.connect.start()
-        if self.config.ports.dns != -1:
-            from dns.server import start_dns
-
-            self._listeners.append(await start_dns(self))
+        await self._start_listeners()
         if self.http_addr is not None and hasattr(self.consensus, "servers") and self.config.server:
             me = self.consensus.servers.get(self.config.node_id)  # type: ignore[attr-defined]
             if me is not None:
@@ -189,6 +217,36 @@ class Agent:
             server=self.config.server,
             http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
         )
+
+    async def _start_listeners(self) -> None:
+        """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
+        # Imported here: the API's handler modules import this module.
+        from registry.agent.listeners import APIServer, https_context, start_dns
+        from registry.api.http import Api
+        from registry.api.routes import ROUTES
+
+        cfg = self.config
+        api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
+                  connect=self.connect)  # fmt: skip
+        self.api = api
+        server = APIServer(api)
+        try:
+            self.http_addr = await server.listen_http(cfg.client_addr, cfg.ports.http)
+        except OSError:
+            await server.close()
+            raise
+        self._listeners.append(server)
+        await self.connect.start()
+        if cfg.ports.https >= 0:
+            self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, https_context(cfg))
+            log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")
+        if cfg.ports.dns != -1:
+            self.dns_listener, self.dns_addr = await start_dns(cfg, lambda: self.store)
+            self._listeners.append(self.dns_listener)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a background task that ``stop`` cancels and waits for."""
+        self._tasks.append(asyncio.get_running_loop().create_task(coro, name=name))
 
     async def stop(self) -> None:
         for listener in reversed(self._listeners):
@@ -219,56 +277,43 @@ class Agent:
 
     # ------------------------------------------------------------------ node identity
 
-    def node_command(self) -> dict[str, Any]:
+    def node_row(self) -> Node:
+        """This agent's node as the catalog holds it."""
         addr = self.config.advertise
-        return {
-            "Type": "register",
-            "ID": self.config.node_id,
-            "Node": self.node_name,
-            "Address": addr,
-            "Datacenter": self.config.datacenter,
-            "TaggedAddresses": {"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
-            "NodeMeta": {"consul-network-segment": "", **self.config.node_meta},
-        }
+        return Node(
+            id=self.config.node_id,
+            node=self.node_name,
+            address=addr,
+            datacenter=self.config.datacenter,
+            tagged_addresses={"lan": addr, "lan_ipv4": addr, "wan": addr, "wan_ipv4": addr},
+            meta={"consul-network-segment": "", **self.config.node_meta},
+        )
+
+    def registration_rules(self) -> RegistrationRules:
+        """What a service or check definition registered here is validated against."""
+        cfg = self.config
+        return RegistrationRules(self.node_name, cfg.enable_script_checks or cfg.enable_local_script_checks,
+                                 cfg.check_output_max_size)  # fmt: skip
 
     async def _register_self(self) -> None:
-        cmd = self.node_command()
         # The node-level liveness check a Consul server keeps for every member.
-        cmd["Checks"] = [
-            {
-                "Node": self.node_name,
-                "CheckID": SERF_CHECK_ID,
-                "Name": SERF_CHECK_NAME,
-                "Status": HEALTH_PASSING,
-                "Output": "Agent alive and reachable",
-                "Type": "",
-            }
-        ]
+        serf = Check(node=self.node_name, check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=HEALTH_PASSING,
+                     output="Agent alive and reachable")  # fmt: skip
+        service = None
         if self.config.server:
-            cmd["Service"] = {"ID": CONSUL_SERVICE, "Service": CONSUL_SERVICE, "Port": self.config.ports.server}
-        await self._apply(cmd)
-
-    async def _apply(self, cmd: dict[str, Any]) -> Any:
-        cmd.setdefault("Time", self.wall_clock_ns())
-        result = await self.consensus.propose(cmd)
-        if isinstance(result, CommandError):
-            raise AgentError(result.status, result.message)
-        return result
+            service = Service(node=self.node_name, id=CONSUL_SERVICE, service=CONSUL_SERVICE,
+                              port=self.config.ports.server)  # fmt: skip
+        await self.propose(Register(self.node_row(), service, (serf,)))
 
     # ------------------------------------------------------------------ local services and checks
 
-    async def add_service(
-        self, definition: dict[str, Any], specs: list[CheckSpec], replace_checks: bool
-    ) -> None:
-        sid = definition["ID"]
-        # Validate the catalog shape before touching local state (raises AgentError on a bad field).
-        try:
-            service_from(self.node_name, definition)
-        except Exception as exc:  # noqa: BLE001
-            raise AgentError(400, f"Invalid service: {exc}") from exc
+    async def add_service(self, service: Service, specs: list[CheckSpec], replace_checks: bool) -> None:
+        """Register (or replace) a local service and its checks; ``service`` was validated where it was built
+        (``registry.registration``)."""
+        sid = service.id
         old_checks = [c for c in self.checks.values() if c.spec.service_id == sid]
         keep_ids = {s.check_id for s in specs}
-        self.services[sid] = LocalService(definition)
+        self.services[sid] = LocalService(service)
         for spec in specs:
             await self._install_check(spec)
         if replace_checks:
@@ -279,8 +324,8 @@ class Agent:
 
     async def remove_service(self, sid: str) -> None:
         if sid not in self.services:
-            raise AgentError(
-                404, f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.'
+            raise CommandError(
+                f'Unknown service ID "{sid}". Ensure that the service ID is passed, not the service name.', 404
             )
         for cid in [cid for cid, c in self.checks.items() if c.spec.service_id == sid]:
             await self._remove_check_local(cid)
@@ -289,14 +334,14 @@ class Agent:
 
     async def add_check(self, spec: CheckSpec) -> None:
         if spec.service_id and spec.service_id not in self.services:
-            raise AgentError(404, f'ServiceID "{spec.service_id}" does not exist')
+            raise CommandError(f'ServiceID "{spec.service_id}" does not exist', 404)
         await self._install_check(spec)
         await self.sync_check(spec.check_id)
 
     async def remove_check(self, cid: str) -> None:
         if cid not in self.checks:
-            raise AgentError(
-                404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.'
+            raise CommandError(
+                f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.', 404
             )
         await self._remove_check_local(cid)
         await self._sync_or_defer(("check-delete", cid))
@@ -368,11 +413,11 @@ class Agent:
     async def update_ttl(self, cid: str, status: str, output: str) -> None:
         chk = self.checks.get(cid)
         if chk is None:
-            raise AgentError(
-                404, f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.'
+            raise CommandError(
+                f'Unknown check ID "{cid}". Ensure that the check ID is passed, not the check name.', 404
             )
         if not isinstance(chk.monitor, TTLMonitor):
-            raise AgentError(500, f'CheckID "{cid}" does not have associated TTL')
+            raise CommandError(f'CheckID "{cid}" does not have associated TTL', 500)
         chk.monitor.reset()
         output = output[: chk.spec.output_max_size] if chk.spec.output_max_size > 0 else output
         self.set_check_status(cid, status, output)
@@ -399,7 +444,7 @@ class Agent:
 
     async def set_service_maintenance(self, sid: str, enable: bool, reason: str) -> None:
         if sid not in self.services:
-            raise AgentError(404, f'Unknown service ID "{sid}"')
+            raise CommandError(f'Unknown service ID "{sid}"', 404)
         cid = SERVICE_MAINT_PREFIX + sid
         if enable:
             if cid in self.checks:
@@ -452,13 +497,8 @@ class Agent:
             if svc is None:
                 return
             checks = [c for c in self.checks.values() if c.spec.service_id == key]
-            cmd = {
-                **self.node_command(),
-                "SkipNodeUpdate": True,
-                "Service": svc.definition,
-                "Checks": [c.command_dict(node) for c in checks],
-            }
-            await self._apply(cmd)
+            await self.propose(Register(self.node_row(), svc.service, tuple(c.row(node) for c in checks),
+                                        skip_node_update=True))  # fmt: skip
             now = time.monotonic()
             for c in checks:
                 c.last_synced = now
@@ -469,20 +509,20 @@ class Agent:
             if chk.spec.service_id and chk.spec.service_id not in self.services:
                 return
             existing = self.store.checks.get(node, {}).get(key)
-            want = check_from(node, chk.command_dict(node))
+            want = chk.row(node)
+            cmd: Command
             if existing is not None and _same_definition(existing, want):
-                cmd = {"Type": "check.update", "Node": node, "CheckID": key, "Status": chk.status,
-                       "Output": chk.output}  # fmt: skip
+                cmd = CheckUpdate(node, key, chk.status, chk.output)
             else:
-                cmd = {**self.node_command(), "SkipNodeUpdate": True, "Check": chk.command_dict(node)}
-            await self._apply(cmd)
+                cmd = Register(self.node_row(), checks=(want,), skip_node_update=True)
+            await self.propose(cmd)
             chk.last_synced = time.monotonic()
         elif kind == "service-delete":
             if key not in self.services:
-                await self._apply({"Type": "deregister", "Node": node, "ServiceID": key})
+                await self.propose(Deregister(node, service_id=key))
         elif kind == "check-delete":
             if key not in self.checks:
-                await self._apply({"Type": "deregister", "Node": node, "CheckID": key})
+                await self.propose(Deregister(node, check_id=key))
 
     async def sync_full(self) -> None:
         """Bring the catalog's view of this node in line with local state."""
@@ -502,11 +542,11 @@ class Agent:
             catalog_checks = dict(store.checks.get(node, {}))
         for sid, svc in list(self.services.items()):
             row = catalog_services.get(sid)
-            want = service_from(node, svc.definition)
+            want = svc.service
             if row is None or not row.same_as(want):
                 if row is not None and want.enable_tag_override and row.tags != want.tags:
-                    svc.definition["Tags"] = list(row.tags)  # tags changed in the catalog win
-                    if row.same_as(service_from(node, svc.definition)):
+                    svc.service = replace(want, tags=row.tags)  # tags changed in the catalog win
+                    if row.same_as(svc.service):
                         continue
                 await self._sync_or_defer(("service", sid))
         for sid, row in catalog_services.items():
@@ -514,7 +554,7 @@ class Agent:
                 await self._sync_or_defer(("service-delete", sid))
         for cid, chk in list(self.checks.items()):
             row = catalog_checks.get(cid)
-            want = check_from(node, chk.command_dict(node))
+            want = chk.row(node)
             if row is None or not _same_definition(row, want) or (row.status, row.output) != (want.status, want.output):
                 await self._sync_or_defer(("check", cid))
         for cid in list(catalog_checks):
@@ -719,8 +759,7 @@ class Agent:
                 else:
                     continue
                 try:
-                    await self._apply({"Type": "check.update", "Node": name, "CheckID": SERF_CHECK_ID,
-                                       "Status": status, "Output": output})  # fmt: skip
+                    await self.propose(CheckUpdate(name, SERF_CHECK_ID, status, output))
                     log.info("node health changed", node=name, status=status)
                 except Exception as exc:  # noqa: BLE001
                     log.warning("could not update node health", node=name, error=str(exc))
@@ -730,7 +769,7 @@ class Agent:
         configuration), then shut down."""
         self.leaving = True
         try:
-            await self._apply({"Type": "deregister", "Node": self.node_name})
+            await self.propose(Deregister(self.node_name))
         except Exception as exc:  # noqa: BLE001
             log.warning("leave: deregistration failed", error=str(exc))
         remove = getattr(self.consensus, "remove_server", None)
@@ -760,10 +799,8 @@ def _persistent_node_id(data_dir: Any, fallback: str) -> str:
     return fallback
 
 
-def _same_definition(row: Any, want: Any) -> bool:
+def _same_definition(row: Check, want: Check) -> bool:
     """True when a catalog check row matches a local check in everything but status and output."""
-    from dataclasses import replace
-
     return row.same_as(
         replace(want, status=row.status, output=row.output, service_name=row.service_name,
                 service_tags=row.service_tags)  # fmt: skip

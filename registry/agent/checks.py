@@ -10,70 +10,19 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import structlog
 
+from registry.registration import MIN_INTERVAL, CheckSpec
 from registry.structs import HEALTH_CRITICAL, HEALTH_PASSING, HEALTH_WARNING
 
 log = structlog.get_logger("proconsul.checks")
 
-MIN_INTERVAL = 1.0  # Consul raises shorter intervals to one second
 DEFAULT_TIMEOUT = 10.0
 USER_AGENT = "Consul Health Check"
 
 Report = Callable[[str, str], None]  # (status, output)
-
-
-@dataclass
-class CheckSpec:
-    """A check definition after decoding: durations in seconds, the type resolved."""
-
-    check_id: str
-    name: str
-    type: str  # ttl | http | tcp | script
-    service_id: str = ""
-    notes: str = ""
-    status: str = HEALTH_CRITICAL
-    interval: float = 0.0
-    timeout: float = 0.0
-    ttl: float = 0.0
-    http: str = ""
-    method: str = "GET"
-    header: dict[str, list[str]] = field(default_factory=dict)
-    body: str = ""
-    tls_skip_verify: bool = False
-    tls_server_name: str = ""
-    disable_redirects: bool = True
-    tcp: str = ""
-    args: list[str] = field(default_factory=list)
-    deregister_after: float = 0.0
-    output_max_size: int = 4096
-    success_before_passing: int = 0
-    failures_before_critical: int = 0
-
-    def definition(self) -> dict[str, Any]:
-        from registry.api.decode import dur_str
-
-        d: dict[str, Any] = {}
-        if self.http:
-            d.update(HTTP=self.http, Method=self.method, Header=self.header, Body=self.body,
-                     TLSSkipVerify=self.tls_skip_verify, TLSServerName=self.tls_server_name)  # fmt: skip
-        if self.tcp:
-            d["TCP"] = self.tcp
-        if self.args:
-            d["ScriptArgs"] = list(self.args)
-        if self.interval:
-            d["Interval"] = dur_str(self.interval)
-        if self.timeout:
-            d["Timeout"] = dur_str(self.timeout)
-        if self.deregister_after:
-            d["DeregisterCriticalServiceAfter"] = dur_str(self.deregister_after)
-        if self.output_max_size != 4096:
-            d["OutputMaxSize"] = self.output_max_size
-        return d
 
 
 class StatusHandler:

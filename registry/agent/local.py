@@ -6,26 +6,26 @@ anti-entropy (``registry.agent.agent.Agent.sync_*``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from registry.agent.checks import CheckSpec
-from registry.structs import HEALTH_CRITICAL
+from registry.agent.checks import Monitor, TTLMonitor
+from registry.registration import CheckSpec, dur_str
+from registry.structs import HEALTH_CRITICAL, Check, Service
 
 
 @dataclass
 class LocalService:
-    """A service registration in catalog-command shape (ID, Service, Tags, Address, ...)."""
+    """A service registered on this agent, as its catalog row (validated when it was registered)."""
 
-    definition: dict[str, Any]
+    service: Service
 
     @property
     def id(self) -> str:
-        return str(self.definition["ID"])
+        return self.service.id
 
     @property
     def name(self) -> str:
-        return str(self.definition["Service"])
+        return self.service.service
 
 
 @dataclass
@@ -35,24 +35,21 @@ class LocalCheck:
     output: str = ""
     critical_since: float | None = None
     last_synced: float = 0.0
-    monitor: Any = None
-    handler: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    monitor: Monitor | TTLMonitor | None = None
 
-    def command_dict(self, node: str) -> dict[str, Any]:
-        from registry.api.decode import dur_str
-
+    def row(self, node: str) -> Check:
+        """The catalog row this check should have (as Consul's agent builds its HealthCheck)."""
         s = self.spec
-        return {
-            "Node": node,
-            "CheckID": s.check_id,
-            "Name": s.name,
-            "Status": self.status,
-            "Notes": s.notes,
-            "Output": self.output,
-            "ServiceID": s.service_id,
-            "Type": s.type,
-            "Interval": dur_str(s.interval),
-            "Timeout": dur_str(s.timeout) if s.type in ("http", "tcp", "script") else "",
-            "Definition": s.definition(),
-        }
+        return Check(
+            node=node,
+            check_id=s.check_id,
+            name=s.name or s.check_id,
+            status=self.status or HEALTH_CRITICAL,
+            notes=s.notes,
+            output=self.output,
+            service_id=s.service_id,
+            type=s.type,
+            interval=dur_str(s.interval),
+            timeout=dur_str(s.timeout) if s.type in ("http", "tcp", "script") else "",
+            definition=s.definition(),
+        )

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from registry.commands import SessionDestroy
 from registry.sessions import TOPIC_SESSIONS, TTL_MULTIPLIER
 
 log = structlog.get_logger("proconsul.sessions")
@@ -111,7 +112,7 @@ class SessionTimers:
             if not self._leading or sid not in self.agent.store.sessions:
                 return
             try:
-                await self.agent._apply({"Type": "session", "Op": "destroy", "ID": sid})
+                await self.agent.propose(SessionDestroy(sid))
                 log.debug("session TTL expired", session=sid)
                 return
             except asyncio.CancelledError:

@@ -8,21 +8,23 @@ from aiohttp import web
 
 from registry import filtering
 from registry.api import views
-from registry.api.decode import (
+from registry.api.decode import parse_json
+from registry.api.errors import HTTPError
+from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
+from registry.commands import Deregister, Register
+from registry.registration import (
     CATALOG_DEREGISTER_SCHEMA,
     CATALOG_REGISTER_SCHEMA,
     DecodeError,
     decode,
-    parse_json,
     validate_meta,
 )
-from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
-from registry.state.store import T_NODES, T_SERVICES, StateStore
-from registry.structs import CHECK_STATUSES, Node, Service
+from registry.state.store import StateStore, WatchSet
+from registry.structs import CHECK_STATUSES, Check, Node, Service
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 def node_meta_filter(request: web.Request) -> dict[str, str]:
@@ -68,7 +70,7 @@ def tags_match(svc: Service, tags: list[str]) -> bool:
 
 def _datacenter(api: Api, request: web.Request) -> None:
     dc = request.query.get("dc")
-    if dc and dc != api.agent.config.datacenter:
+    if dc and dc != api.config.datacenter:
         raise HTTPError(500, "No path to datacenter")
 
 
@@ -82,26 +84,20 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
         raise HTTPError(400, "Must provide node")
     if not d.get("Address") and not d.get("SkipNodeUpdate"):
         raise HTTPError(400, "Must provide address")
-    dc = d.get("Datacenter") or api.agent.config.datacenter
-    if dc != api.agent.config.datacenter:
+    dc = d.get("Datacenter") or api.config.datacenter
+    if dc != api.config.datacenter:
         raise HTTPError(500, "No path to datacenter")
     try:
         validate_meta(d.get("NodeMeta") or {}, "Node")
     except DecodeError as exc:
         raise HTTPError(400, f"Invalid node metadata: {exc}") from exc
-    cmd: dict[str, Any] = {
-        "Type": "register",
-        "ID": d.get("ID") or "",
-        "Node": d["Node"],
-        "Address": d.get("Address") or "",
-        "Datacenter": dc,
-        "TaggedAddresses": d.get("TaggedAddresses") or {},
-        "NodeMeta": d.get("NodeMeta") or {},
-        "SkipNodeUpdate": bool(d.get("SkipNodeUpdate")),
-    }
-    existing = api.agent.store.nodes.get(d["Node"])
-    if cmd["SkipNodeUpdate"] and existing is None and not cmd["Address"]:
+    node = Node(id=d.get("ID") or "", node=d["Node"], address=d.get("Address") or "", datacenter=dc,
+                tagged_addresses=d.get("TaggedAddresses") or {}, meta=d.get("NodeMeta") or {})  # fmt: skip
+    skip_node_update = bool(d.get("SkipNodeUpdate"))
+    existing = api.store.nodes.get(d["Node"])
+    if skip_node_update and existing is None and not node.address:
         raise HTTPError(400, "Must provide address")
+    service: Service | None = None
     if svc := d.get("Service"):
         name = svc.get("Service") or svc.get("Name") or ""
         if not name:
@@ -111,21 +107,27 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
         except DecodeError as exc:
             raise HTTPError(400, f"Invalid service metadata: {exc}") from exc
         weights = svc.get("Weights") or {"Passing": 1, "Warning": 1}
-        cmd["Service"] = {
-            "ID": svc.get("ID") or name,
-            "Service": name,
-            "Kind": svc.get("Kind") or "",
-            "Tags": svc.get("Tags") or [],
-            "Address": svc.get("Address") or "",
-            "TaggedAddresses": svc.get("TaggedAddresses") or {},
-            "Meta": svc.get("Meta") or {},
-            "Port": svc.get("Port") or 0,
-            "Weights": {"Passing": weights.get("Passing") or 1, "Warning": weights.get("Warning") or 1},
-            "EnableTagOverride": bool(svc.get("EnableTagOverride")),
-            "Proxy": svc.get("Proxy"),
-            "Connect": svc.get("Connect"),
-        }
-    checks = []
+        proxy, connect = svc.get("Proxy"), svc.get("Connect")
+        if proxy is not None and not isinstance(proxy, dict):
+            raise HTTPError(400, "Proxy must be an object")
+        if connect is not None and not isinstance(connect, dict):
+            raise HTTPError(400, "Connect must be an object")
+        service = Service(
+            node=node.node,
+            id=svc.get("ID") or name,
+            service=name,
+            kind=svc.get("Kind") or "",
+            tags=tuple(svc.get("Tags") or ()),
+            address=svc.get("Address") or "",
+            tagged_addresses=svc.get("TaggedAddresses") or {},
+            meta=svc.get("Meta") or {},
+            port=svc.get("Port") or 0,
+            weights=(weights.get("Passing") or 1, weights.get("Warning") or 1),
+            enable_tag_override=bool(svc.get("EnableTagOverride")),
+            proxy=proxy,
+            connect=connect,
+        )
+    checks: list[Check] = []
     for c in ([d["Check"]] if d.get("Check") else []) + [c for c in (d.get("Checks") or []) if c]:
         status = c.get("Status") or "critical"
         if status not in CHECK_STATUSES:
@@ -135,13 +137,15 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
             raise HTTPError(400, "Missing check ID")
         if c.get("Node") and c["Node"] != d["Node"]:
             raise HTTPError(400, "Check node does not match node")
-        checks.append({
-            "Node": d["Node"], "CheckID": cid, "Name": c.get("Name") or cid, "Status": status,
-            "Notes": c.get("Notes") or "", "Output": c.get("Output") or "", "ServiceID": c.get("ServiceID") or "",
-            "Type": c.get("Type") or "", "Definition": c.get("Definition") or {},
-        })  # fmt: skip
-    cmd["Checks"] = checks
-    await api.propose(cmd)
+        definition = c.get("Definition") or {}
+        if not isinstance(definition, dict):
+            raise HTTPError(400, "Definition must be an object")
+        checks.append(Check(
+            node=d["Node"], check_id=cid, name=c.get("Name") or cid, status=status, notes=c.get("Notes") or "",
+            output=c.get("Output") or "", service_id=c.get("ServiceID") or "", type=c.get("Type") or "",
+            definition=definition,
+        ))  # fmt: skip
+    await api.propose(Register(node, service, tuple(checks), skip_node_update))
     return api.json(request, True)
 
 
@@ -153,13 +157,12 @@ async def deregister(api: Api, request: web.Request, _: str) -> web.StreamRespon
         raise HTTPError(400, f"Request decode failed: {exc}") from exc
     if not d.get("Node"):
         raise HTTPError(400, "Must provide node")
-    await api.propose({"Type": "deregister", "Node": d["Node"], "ServiceID": d.get("ServiceID") or "",
-                       "CheckID": d.get("CheckID") or ""})  # fmt: skip
+    await api.propose(Deregister(d["Node"], d.get("ServiceID") or "", d.get("CheckID") or ""))
     return api.json(request, True)
 
 
 async def datacenters(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    return api.json(request, [api.agent.config.datacenter])
+    return api.json(request, [api.config.datacenter])
 
 
 async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -167,13 +170,15 @@ async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.NODE)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        nodes = store.node_table(ws)
+
         def build() -> Any:
-            rows = (store.nodes[k] for k in sorted(store.nodes))
+            rows = (nodes[k] for k in sorted(nodes))
             out = [views.node_json(n) for n in rows if node_matches(n, meta)]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(store.table_index["nodes"], (T_NODES,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -186,14 +191,18 @@ async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse
     # in, as the documentation's selector table (NodeMeta, Address, ...) promises.
     flt = query_filter(api, request, filtering.SERVICE_NODE)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        instances = store.service_table(ws)
+        # With a node-meta or filter selector the answer also depends on node fields.
+        nodes = store.node_table(ws) if meta or flt is not None else {}
+
         def build() -> Any:
             if not meta and flt is None:
                 return store.service_names()
             out: dict[str, set[str]] = {}
-            for name, keys in store.by_service_name.items():
+            for name, keys in instances.items():
                 for node, sid in keys:
-                    n = store.nodes[node]
+                    n = nodes[node]
                     if not node_matches(n, meta):
                         continue
                     svc = store.services[node][sid]
@@ -202,12 +211,7 @@ async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse
                     out.setdefault(name, set()).update(svc.tags)
             return {k: sorted(v) for k, v in sorted(out.items())}
 
-        index = store.table_index["services"]
-        topics = (T_SERVICES,)
-        if meta or flt is not None:  # the answer also depends on node fields
-            index = max(index, store.table_index["nodes"])
-            topics = (T_SERVICES, T_NODES)
-        return ReadResult(index, topics, build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -220,16 +224,18 @@ def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> 
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.SERVICE_NODE)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        instances = store.service_instances(name, connect, ws)
+
         def build() -> Any:
             out = [
                 views.catalog_service_json(n, s)
-                for n, s in store.service_instances(name, connect)
+                for n, s in instances
                 if tags_match(s, tags) and node_matches(n, meta)
             ]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(store.svc_index(name), (("svc", name),), build)
+        return ReadResult(build)
 
     return api.read(request, run)
 
@@ -248,16 +254,16 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each value of "Services"
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        n, svcs = store.node_services(name, ws)
+
         def build() -> Any:
-            n = store.nodes.get(name)
             if n is None:
                 return None
-            svcs = store.services.get(name, {})
             services = {sid: views.service_json(svcs[sid]) for sid in sorted(svcs)}
             return {"Node": views.node_json(n), "Services": flt.select_values(services) if flt else services}
 
-        return ReadResult(store.nd_index(name), (("node", name),), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -268,27 +274,32 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each item of "Services"
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        n, svcs = store.node_services(name, ws)
+
         def build() -> Any:
-            n = store.nodes.get(name)
             if n is None:
                 return {"Node": None, "Services": []}
-            svcs = store.services.get(name, {})
             services = [views.service_json(svcs[sid]) for sid in sorted(svcs)]
             return {"Node": views.node_json(n), "Services": flt.select(services) if flt else services}
 
-        return ReadResult(store.nd_index(name), (("node", name),), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/catalog/register", register_handler)
-    router.add("PUT", "/v1/catalog/deregister", deregister)
-    router.add("GET", "/v1/catalog/datacenters", datacenters)
-    router.add("GET", "/v1/catalog/nodes", nodes)
-    router.add("GET", "/v1/catalog/services", services)
-    router.add("GET", "/v1/catalog/service/", service)
-    router.add("GET", "/v1/catalog/connect/", connect)
-    router.add("GET", "/v1/catalog/node/", node)
-    router.add("GET", "/v1/catalog/node-services/", node_services)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/catalog/register", register_handler, "write", "node", "body:Node",
+          "Register a node, service or check (service:write on the service too)"),
+    route("PUT", "/v1/catalog/deregister", deregister, "write", "node", "body:Node",
+          "Deregister a node, service or check"),
+    route("GET", "/v1/catalog/datacenters", datacenters, "read", "none", "none", "Known datacenters"),
+    route("GET", "/v1/catalog/nodes", nodes, "read", "node", "each", "All nodes"),
+    route("GET", "/v1/catalog/services", services, "read", "service", "each", "All services and their tags"),
+    route("GET", "/v1/catalog/service/", service, "read", "service", "path", "The instances of a service"),
+    route("GET", "/v1/catalog/connect/", connect, "read", "service", "path",
+          "The Connect-capable instances of a service"),
+    route("GET", "/v1/catalog/node/", node, "read", "node", "path", "A node and its services"),
+    route("GET", "/v1/catalog/node-services/", node_services, "read", "node", "path",
+          "A node and its services, as a list"),
+)

@@ -17,21 +17,19 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
+from registry.api.routing import Route, route
+from registry.commands import ConfigEntryDelete, ConfigEntryUpsert
 from registry.connect.state import (
-    CMD_CONFIG_ENTRY,
     KIND_SERVICE_INTENTIONS,
-    SUPPORTED_KINDS,
-    TOPIC_CONFIG,
     ConfigEntryError,
-    config_index,
     get_entry,
     list_entries,
     normalize_entry,
 )
-from registry.state.store import StateStore
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 # Every kind Consul's /v1/config accepts (CE and Enterprise); only SUPPORTED_KINDS are stored here.
 KNOWN_KINDS = frozenset({
@@ -74,9 +72,7 @@ async def put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     except ConfigEntryError as exc:
         raise HTTPError(400, str(exc)) from None
     cas = _cas(request)
-    cmd = {"Type": CMD_CONFIG_ENTRY, "Op": "cas" if cas is not None else "upsert", "Entry": entry,
-           "Index": cas or 0}  # fmt: skip
-    result = await api.propose(cmd)
+    result = await api.propose(ConfigEntryUpsert(entry, cas is not None, cas or 0))
     return api.json(request, bool(result))
 
 
@@ -87,9 +83,7 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
             raise HTTPError(404, "Must provide both a kind and name to delete")
         kind = _kind(parts[0])
         cas = _cas(request)
-        cmd = {"Type": CMD_CONFIG_ENTRY, "Op": "delete-cas" if cas is not None else "delete", "Kind": kind,
-               "Name": parts[1], "Index": cas or 0}  # fmt: skip
-        result = await api.propose(cmd)
+        result = await api.propose(ConfigEntryDelete(kind, parts[1], cas=cas is not None, index=cas or 0))
         return api.json(request, bool(result) if cas is not None else {})
     if not parts or len(parts) > 2:
         raise HTTPError(404, "Must provide either a kind or both kind and name")
@@ -103,17 +97,16 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
                                      "list the entries and filter them client-side")  # fmt: skip
             flt = query_filter(api, request, filtering.SERVICE_INTENTIONS)
 
-        def run_list(store: StateStore) -> ReadResult:
-            entries = list_entries(store, kind) if kind in SUPPORTED_KINDS else []
-            return ReadResult(config_index(store), (TOPIC_CONFIG,),
-                              lambda: flt.select(entries) if flt is not None else entries)  # fmt: skip
+        def run_list(store: StateStore, ws: WatchSet) -> ReadResult:
+            entries = list_entries(store, kind, ws)  # kinds this agent does not store have none
+            return ReadResult(lambda: flt.select(entries) if flt is not None else entries)
 
         return await api.read(request, run_list)
     name = parts[1]
 
-    def run_one(store: StateStore) -> ReadResult:
-        entry = get_entry(store, kind, name)
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: entry, 200 if entry else 404)
+    def run_one(store: StateStore, ws: WatchSet) -> ReadResult:
+        entry = get_entry(store, kind, name, ws=ws)
+        return ReadResult(lambda: entry, 200 if entry else 404)
 
     resp = await api.read(request, run_one)
     if resp.status == 404:
@@ -125,6 +118,9 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
     return resp
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/config", put)
-    router.add("GET,DELETE", "/v1/config/", get_or_delete)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/config", put, "write", "intention", "body:Name", "Create or update a config entry"),
+    route("GET", "/v1/config/", get_or_delete, "read", "intention", "path",
+          "Read one config entry (<kind>/<name>) or list a kind"),
+    route("DELETE", "/v1/config/", get_or_delete, "write", "intention", "path", "Delete a config entry"),
+)

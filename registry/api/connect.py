@@ -23,21 +23,16 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
-from registry.connect.manager import CAUpdateError
+from registry.api.routing import Route, route
+from registry.commands import IntentionDelete, IntentionDeleteExact, IntentionWrite
 from registry.connect.signer import RateLimited, SignError
-from registry.connect.state import (
-    CMD_INTENTION,
-    TOPIC_CA,
-    TOPIC_CONFIG,
-    ca_index,
-    config_index,
-    find_legacy,
-)
+from registry.connect.state import find_legacy
+from registry.gocompat import go_parse_bool
 from registry.intentions import Intention, IntentionError, decide, match, parse_service_name
-from registry.state.store import StateStore
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
     from registry.connect.service import Connect
 
 NOT_ENABLED = "Connect must be enabled in order to use this endpoint"
@@ -45,7 +40,7 @@ INTENTION_NOT_FOUND = "Intention not found"
 
 
 def _connect(api: Api) -> Connect:
-    connect: Connect | None = getattr(api.agent, "connect", None)
+    connect = api.connect
     if connect is None or not connect.enabled:
         raise HTTPError(400, NOT_ENABLED)
     return connect
@@ -82,12 +77,12 @@ async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse
     connect = _connect(api)
     want_pem = _go_bool(request.query.get("pem", ""))
 
-    def run(store: StateStore) -> ReadResult:
-        state = connect.views.ca(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        state = connect.views.ca(store, ws)
         if state is None:
             body: dict[str, Any] = {"ActiveRootID": "", "TrustDomain": "", "Roots": []}
-            return ReadResult(ca_index(store), (TOPIC_CA,), lambda: body)
-        return ReadResult(ca_index(store), (TOPIC_CA,), lambda: provider.roots_response(state))
+            return ReadResult(lambda: body)
+        return ReadResult(lambda: provider.roots_response(state))
 
     if not want_pem:
         return await api.read(request, run)
@@ -99,27 +94,24 @@ async def ca_roots(api: Api, request: web.Request, _: str) -> web.StreamResponse
     return _with_headers(out, resp)
 
 
-_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
 def _go_bool(value: str) -> bool:
     """Consul reads ?pem with Go's strconv.ParseBool; absent or empty means false."""
-    if value == "" or value in _GO_FALSE:
+    if value == "":
         return False
-    if value in _GO_TRUE:
-        return True
-    raise HTTPError(400, "The 'pem' query parameter must be a boolean value")
+    try:
+        return go_parse_bool(value)
+    except ValueError:
+        raise HTTPError(400, "The 'pem' query parameter must be a boolean value") from None
 
 
 async def ca_configuration_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     connect = _connect(api)
 
-    def run(store: StateStore) -> ReadResult:
-        state = connect.views.ca(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        state = connect.views.ca(store, ws)
         if state is None:
             raise HTTPError(500, "CA has not finished initializing")
-        return ReadResult(ca_index(store), (TOPIC_CA,), lambda: provider.ca_configuration_response(state))
+        return ReadResult(lambda: provider.ca_configuration_response(state))
 
     return await api.read(request, run)
 
@@ -133,10 +125,7 @@ async def ca_configuration_put(api: Api, request: web.Request, _: str) -> web.St
         config = provider.parse_ca_configuration(body)
     except provider.CAConfigError as exc:
         raise HTTPError(400, str(exc)) from None
-    try:
-        await connect.manager.set_config(config)
-    except CAUpdateError as exc:
-        raise HTTPError(exc.status, exc.message) from None
+    await connect.manager.set_config(config)  # a CommandError answers with its status and text
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
@@ -211,13 +200,9 @@ async def agent_roots(api: Api, request: web.Request, suffix: str) -> web.Stream
 
 
 def _now() -> str:
-    from registry.connect.service import utcnow
+    from registry.connect.signer import utcnow
 
     return provider.format_go_time(utcnow())
-
-
-async def _propose(api: Api, cmd: dict[str, Any]) -> Any:
-    return await api.propose(cmd)
 
 
 def _names(request: web.Request, *params: str) -> list[str]:
@@ -242,14 +227,14 @@ async def intentions_list(api: Api, request: web.Request, _: str) -> web.StreamR
     connect = _connect(api)
     flt = query_filter(api, request, filtering.INTENTION)
 
-    def run(store: StateStore) -> ReadResult:
-        ixns = connect.views.intention_list(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        ixns = connect.views.intention_list(store, ws)
 
         def build() -> Any:
             out = [i.to_api_dict() for i in ixns]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -270,8 +255,7 @@ async def intentions_create(api: Api, request: web.Request, _: str) -> web.Strea
     if ixn.id:
         raise HTTPError(400, "ID must be empty when creating a new intention")
     ixn_id = str(uuid.uuid4())
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "create", "ID": ixn_id, "Intention": ixn.to_api_dict(),
-                         "Now": _now()})  # fmt: skip
+    await api.propose(IntentionWrite("create", ixn, _now(), ixn_id))
     return api.json(request, {"ID": ixn_id})
 
 
@@ -289,11 +273,11 @@ async def intention_exact_get(api: Api, request: web.Request, _: str) -> web.Str
     connect = _connect(api)
     src, dst = _exact_pair(request)
 
-    def run(store: StateStore) -> ReadResult:
-        found = _find_exact(connect.views.intention_list(store), src, dst)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        found = _find_exact(connect.views.intention_list(store, ws), src, dst)
         if found is None:
-            return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: None, 404)
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), found.to_api_dict)
+            return ReadResult(lambda: None, 404)
+        return ReadResult(found.to_api_dict)
 
     resp = await api.read(request, run)
     if resp.status == 404:
@@ -320,15 +304,14 @@ async def intention_exact_put(api: Api, request: web.Request, _: str) -> web.Str
         ):
             del merged[k]  # the query string names the pair; a body spelling cannot override it
     ixn = _intention_from_body(merged)
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "upsert", "Intention": ixn.to_api_dict(), "Now": _now()})
+    await api.propose(IntentionWrite("upsert", ixn, _now()))
     return api.json(request, True)
 
 
 async def intention_exact_delete(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _connect(api)
     src, dst = _exact_pair(request)
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "delete-exact", "Now": _now(), "Intention": {
-        "SourceNS": src[0], "SourceName": src[1], "DestinationNS": dst[0], "DestinationName": dst[1]}})  # fmt: skip
+    await api.propose(IntentionDeleteExact(src[0], src[1], dst[0], dst[1], _now()))
     return api.json(request, True)
 
 
@@ -346,13 +329,13 @@ async def intention_match(api: Api, request: web.Request, _: str) -> web.StreamR
     for n in names:
         _service(n, "name")
 
-    def run(store: StateStore) -> ReadResult:
-        index = connect.views.intentions(store)
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        index = connect.views.intentions(store, ws)
 
         def build() -> dict[str, Any]:
             return {n: [i.to_api_dict() for i in match(index, by, n)] for n in names}  # type: ignore[arg-type]
 
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -366,11 +349,11 @@ async def intention_check(api: Api, request: web.Request, _: str) -> web.StreamR
     src = _service(source, "source", wildcard=False)
     dst = _service(destination, "destination", wildcard=False)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
         allow, reason = connect.default_allow()
-        decision = decide(connect.views.intentions(store), "/".join(src), "/".join(dst), allow,
+        decision = decide(connect.views.intentions(store, ws), "/".join(src), "/".join(dst), allow,
                           default_reason=reason)  # fmt: skip
-        return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: {"Allowed": decision.allowed})
+        return ReadResult(lambda: {"Allowed": decision.allowed})
 
     return await api.read(request, run, cacheable=False)
 
@@ -381,46 +364,58 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
         raise HTTPError(404, INTENTION_NOT_FOUND)
     if request.method == "GET":
 
-        def run(store: StateStore) -> ReadResult:
-            found = next((i for i in connect.views.intention_list(store) if i.id == ixn_id), None)
+        def run(store: StateStore, ws: WatchSet) -> ReadResult:
+            found = next((i for i in connect.views.intention_list(store, ws) if i.id == ixn_id), None)
             if found is None:
-                return ReadResult(config_index(store), (TOPIC_CONFIG,), lambda: None, 404)
-            return ReadResult(config_index(store), (TOPIC_CONFIG,), found.to_api_dict)
+                return ReadResult(lambda: None, 404)
+            return ReadResult(found.to_api_dict)
 
         resp = await api.read(request, run)
         if resp.status == 404:
             return _with_headers(api.text(404, INTENTION_NOT_FOUND), resp)
         return resp
-    if find_legacy(api.agent.store, ixn_id) is None:
+    if find_legacy(api.store, ixn_id) is None:
         raise HTTPError(404, INTENTION_NOT_FOUND)
     if request.method == "DELETE":
-        await _propose(api, {"Type": CMD_INTENTION, "Op": "delete", "ID": ixn_id, "Now": _now()})
+        await api.propose(IntentionDelete(ixn_id, _now()))
         return api.json(request, True)
     body = await _json_body(request)
     if isinstance(body, Mapping):
         body = {k: v for k, v in body.items() if str(k).lower() != "id"}  # the path names the intention
     ixn = _intention_from_body(body)
-    await _propose(api, {"Type": CMD_INTENTION, "Op": "update", "ID": ixn_id, "Intention": ixn.to_api_dict(),
-                         "Now": _now()})  # fmt: skip
+    await api.propose(IntentionWrite("update", ixn, _now(), ixn_id))
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
-def register(router: Router) -> None:
-    from registry.api import config_entries
-
-    router.add("GET", "/v1/connect/ca/roots", ca_roots)
-    router.add("GET", "/v1/connect/ca/configuration", ca_configuration_get)
-    router.add("PUT", "/v1/connect/ca/configuration", ca_configuration_put)
-    router.add("GET", "/v1/agent/connect/ca/roots", agent_roots)
-    router.add("GET", "/v1/agent/connect/ca/leaf/", agent_leaf)
-    router.add("POST", "/v1/agent/connect/authorize", agent_authorize)
-    router.add("GET", "/v1/connect/intentions", intentions_list)
-    router.add("POST", "/v1/connect/intentions", intentions_create)
-    router.add("GET", "/v1/connect/intentions/exact", intention_exact_get)
-    router.add("PUT", "/v1/connect/intentions/exact", intention_exact_put)
-    router.add("DELETE", "/v1/connect/intentions/exact", intention_exact_delete)
-    router.add("GET", "/v1/connect/intentions/match", intention_match)
-    router.add("GET", "/v1/connect/intentions/check", intention_check)
-    router.add("GET,PUT,DELETE", "/v1/connect/intentions/", intention_by_id)
-    config_entries.register(router)
-
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/connect/ca/roots", ca_roots, "read", "none", "none", "The Connect CA's trusted roots"),
+    route("GET", "/v1/connect/ca/configuration", ca_configuration_get, "read", "operator", "unnamed",
+          "The Connect CA's configuration"),
+    route("PUT", "/v1/connect/ca/configuration", ca_configuration_put, "write", "operator", "unnamed",
+          "Change the Connect CA's configuration (may rotate the root)"),
+    route("GET", "/v1/agent/connect/ca/roots", agent_roots, "read", "none", "none",
+          "The CA roots, from this agent's cache"),
+    route("GET", "/v1/agent/connect/ca/leaf/", agent_leaf, "write", "service", "path",
+          "A leaf certificate for a service, from this agent's cache"),
+    route("POST", "/v1/agent/connect/authorize", agent_authorize, "write", "service", "body:Target",
+          "Whether a client certificate may connect to a target service"),
+    route("GET", "/v1/connect/intentions", intentions_list, "read", "intention", "each", "All intentions"),
+    route("POST", "/v1/connect/intentions", intentions_create, "write", "intention", "body:DestinationName",
+          "Create an intention (legacy, by ID)"),
+    route("GET", "/v1/connect/intentions/exact", intention_exact_get, "read", "intention", "query:destination",
+          "One intention, by source and destination"),
+    route("PUT", "/v1/connect/intentions/exact", intention_exact_put, "write", "intention", "query:destination",
+          "Create or update an intention, by source and destination"),
+    route("DELETE", "/v1/connect/intentions/exact", intention_exact_delete, "write", "intention",
+          "query:destination", "Delete an intention, by source and destination"),
+    route("GET", "/v1/connect/intentions/match", intention_match, "read", "intention", "query:name",
+          "The intentions that match a source or destination, by precedence"),
+    route("GET", "/v1/connect/intentions/check", intention_check, "read", "intention", "query:destination",
+          "Whether a source may connect to a destination"),
+    route("GET", "/v1/connect/intentions/", intention_by_id, "read", "intention", "path-id",
+          "One intention, by ID (legacy)"),
+    route("PUT", "/v1/connect/intentions/", intention_by_id, "write", "intention", "path-id",
+          "Update an intention, by ID (legacy)"),
+    route("DELETE", "/v1/connect/intentions/", intention_by_id, "write", "intention", "path-id",
+          "Delete an intention, by ID (legacy)"),
+)

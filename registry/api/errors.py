@@ -10,10 +10,3 @@ class HTTPError(Exception):
         self.message = message
         self.headers = headers or {}
 
-
-def bad_request(message: str) -> HTTPError:
-    return HTTPError(400, message)
-
-
-def not_found(message: str = "") -> HTTPError:
-    return HTTPError(404, message)

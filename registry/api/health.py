@@ -11,11 +11,12 @@ from registry.api import views
 from registry.api.catalog import _datacenter, node_matches, node_meta_filter, query_filter, tags_match
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
-from registry.state.store import T_CHECKS, T_NODES, StateStore
+from registry.api.routing import Route, route
+from registry.state.store import StateStore, WatchSet
 from registry.structs import HEALTH_PASSING
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 def _passing_param(request: web.Request) -> bool:
@@ -42,10 +43,12 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
     flt = query_filter(api, request, filtering.CHECK_SERVICE_NODE)
     keep = flt.matches if flt is not None else None
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        instances = store.service_instances(name, connect, ws)
+
         def build() -> Any:
             out = []
-            for n, s in store.service_instances(name, connect):
+            for n, s in instances:
                 if not tags_match(s, tags) or not node_matches(n, meta):
                     continue
                 checks = store.checks_for_instance(n.node, s.id)
@@ -60,7 +63,7 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
                     out.append(entry)
             return out
 
-        return ReadResult(store.svc_index(name), (("svc", name),), build)
+        return ReadResult(build)
 
     return api.read(request, run)
 
@@ -80,16 +83,18 @@ async def checks(api: Api, request: web.Request, name: str) -> web.StreamRespons
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.HEALTH_CHECK)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        instances = store.service_instances(name, False, ws)
+
         def build() -> Any:
             out = []
-            for n, s in store.service_instances(name):
+            for n, s in instances:
                 if not node_matches(n, meta):
                     continue
                 out.extend(views.check_json(c) for c in store.checks_for_instance(n.node, s.id) if c.service_id)
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(store.svc_index(name), (("svc", name),), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -100,12 +105,14 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.HEALTH_CHECK)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        checks = store.node_checks(name, ws)
+
         def build() -> Any:
-            out = [views.check_json(c) for c in store.node_checks(name)]
+            out = [views.check_json(c) for c in checks]
             return flt.select(out) if flt is not None else out
 
-        return ReadResult(store.nd_index(name), (("node", name),), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
@@ -119,26 +126,29 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.HEALTH_CHECK)
 
-    def run(store: StateStore) -> ReadResult:
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        store.check_table(ws)
+        nodes = store.node_table(ws) if meta else {}  # with ?node-meta the answer depends on nodes too
+
         def build() -> Any:
             out = [
                 views.check_json(c)
                 for c in store.checks_in_state(state_name)
-                if not meta or (c.node in store.nodes and node_matches(store.nodes[c.node], meta))
+                if not meta or (c.node in nodes and node_matches(nodes[c.node], meta))
             ]
             return flt.select(out) if flt is not None else out
 
-        if meta:  # the answer also depends on node metadata
-            index = max(store.table_index["checks"], store.table_index["nodes"])
-            return ReadResult(index, (T_CHECKS, T_NODES), build)
-        return ReadResult(store.table_index["checks"], (T_CHECKS,), build)
+        return ReadResult(build)
 
     return await api.read(request, run)
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/health/service/", service)
-    router.add("GET", "/v1/health/connect/", connect)
-    router.add("GET", "/v1/health/checks/", checks)
-    router.add("GET", "/v1/health/node/", node)
-    router.add("GET", "/v1/health/state/", state)
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/health/service/", service, "read", "service", "path",
+          "The instances of a service with their node and checks"),
+    route("GET", "/v1/health/connect/", connect, "read", "service", "path",
+          "The Connect-capable instances of a service with their checks"),
+    route("GET", "/v1/health/checks/", checks, "read", "service", "path", "The checks of a service"),
+    route("GET", "/v1/health/node/", node, "read", "node", "path", "The checks of a node"),
+    route("GET", "/v1/health/state/", state, "read", "node", "each", "The checks in a given state"),
+)

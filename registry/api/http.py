@@ -1,7 +1,9 @@
-"""The HTTP API server: routing, blocking queries, Consul's headers, errors and JSON rendering.
+"""The HTTP API: routing, blocking queries, Consul's headers, errors and JSON rendering.
 
-One aiohttp catch-all route feeds our own router, so that unknown paths, wrong methods and OPTIONS get
-Consul's answers (404 text, 405 with ``Allow``) and the hot path does one dict lookup. Reads go through
+aiohttp's low-level server (set up by the agent, ``registry.agent.listeners``) hands every request to
+``Api.dispatch``, whose router is built from the route table (``registry.api.routes``), so that unknown
+paths, wrong methods and OPTIONS get Consul's answers (404 text, 405 with ``Allow``) and the hot path does
+one dict lookup. Reads go through
 ``Api.read``: run the query against the store, and if the caller's ``?index`` is not behind, sleep on the
 watch topics the query read until something in them changes or the wait (plus jitter) runs out. Rendered
 bodies are cached by (query, index), so a thousand watchers woken by one change render it once.
@@ -13,8 +15,7 @@ import asyncio
 import gzip
 import json
 import random
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,18 +23,21 @@ import structlog
 from aiohttp import web
 
 from registry.api.errors import HTTPError
-from registry.consensus import NotLeaderError, RPCError
-from registry.durations import DurationError, parse_duration
-from registry.state.store import StateStore, Topic
+from registry.api.routing import ALL_METHODS, Route, Router
+from registry.commands import Command, CommandError
+from registry.config import Config
+from registry.consensus import Consensus, NotLeaderError, RPCError
+from registry.gocompat import DurationError, parse_duration
+from registry.state.store import StateStore
+from registry.state.topics import Topic, WatchSet
+from registry.watch import TopicMap, WatchHub
 
 if TYPE_CHECKING:
     from registry.agent.agent import Agent
+    from registry.connect.service import Connect
 
 log = structlog.get_logger("proconsul.http")
 
-Handler = Callable[["Api", web.Request, str], Awaitable[web.StreamResponse]]
-
-ALL_METHODS = ("GET", "PUT", "POST", "DELETE", "HEAD", "PATCH")
 MAX_BODY = 8 * 1024 * 1024  # non-KV bodies; KV has its own, smaller, configurable limit
 CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
@@ -41,12 +45,14 @@ _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 
 @dataclass(slots=True)
 class ReadResult:
-    """What a read saw: the index to report, the topics to sleep on, and how to build the body."""
+    """What a read returns besides its watch set: how to build the body (called only when the rendered
+    answer for this index is not cached yet), and the status."""
 
-    index: int
-    topics: tuple[Topic, ...]
     build: Callable[[], Any]
     status: int = 200
+
+
+Read = Callable[[StateStore, WatchSet], ReadResult]
 
 
 class HotCache:
@@ -56,91 +62,67 @@ class HotCache:
 
     def __init__(self, limit: int = CACHE_MAX) -> None:
         self.entries: dict[str, tuple[int, bytes, dict[str, str]]] = {}
-        self._by_topic: dict[Topic, set[str]] = {}
-        self._prefix_topics = 0
+        self._by_topic: TopicMap[str] = TopicMap()
         self._limit = limit
 
-    def put(self, key: str, topics: tuple[Topic, ...], status: int, body: bytes, headers: dict[str, str]) -> None:
+    def put(self, key: str, topics: Iterable[Topic], status: int, body: bytes, headers: dict[str, str]) -> None:
         if len(self.entries) >= self._limit:
             self.invalidate(None, None)
         self.entries[key] = (status, body, headers)
-        for t in topics:
-            keys = self._by_topic.get(t)
-            if keys is None:
-                keys = self._by_topic[t] = set()
-                if t[0] == "kvp":
-                    self._prefix_topics += 1
-            keys.add(key)
+        self._by_topic.add(topics, key)
 
-    def _drop(self, topic: Topic) -> None:
-        keys = self._by_topic.pop(topic, None)
-        if keys is None:
-            return
-        if topic[0] == "kvp":
-            self._prefix_topics -= 1
-        for key in keys:
-            self.entries.pop(key, None)
-
-    def invalidate(self, topics: Any, kv_keys: Any) -> None:
+    def invalidate(self, topics: Iterable[Topic] | None, kv_keys: Iterable[str] | None) -> None:
         if topics is None:
             self.entries.clear()
-            self._by_topic.clear()
-            self._prefix_topics = 0
+            self._by_topic.pop_all()
             return
         if not self._by_topic:
             return
-        for t in topics:
-            self._drop(t)
-        for key in kv_keys or ():
-            self._drop(("kv", key))
-            if self._prefix_topics:
-                for i in range(len(key) + 1):
-                    self._drop(("kvp", key[:i]))
-
-
-class Router:
-    def __init__(self) -> None:
-        self.exact: dict[str, dict[str, Handler]] = {}
-        self.prefix: dict[str, dict[str, Handler]] = {}
-        self._prefixes: list[str] = []
-
-    def add(self, methods: str, path: str, handler: Handler) -> None:
-        """``path`` ending in "/" takes a suffix (e.g. "/v1/kv/"); otherwise it is matched exactly."""
-        table = self.prefix if path.endswith("/") else self.exact
-        routes = table.setdefault(path, {})
-        for m in methods.split(","):
-            routes[m.strip()] = handler
-        self._prefixes = sorted(self.prefix, key=len, reverse=True)
-
-    def resolve(self, path: str) -> tuple[dict[str, Handler] | None, str]:
-        routes = self.exact.get(path)
-        if routes is not None:
-            return routes, ""
-        for p in self._prefixes:
-            if path.startswith(p):
-                return self.prefix[p], path[len(p) :]
-        return None, ""
+        entries = self.entries
+        for keys in self._by_topic.pop_changed(topics, kv_keys or ()):
+            for key in keys:
+                entries.pop(key, None)
 
 
 class Api:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        self.router = Router()
+    """The HTTP API: one router built from the route table, and what the handlers read and write through.
+
+    Built by the agent (the composition root) from narrow parts: the config, a store reader (read at each
+    request: a snapshot restore replaces the store), the consensus to read and propose through, the watch
+    hub that wakes blocking queries, Connect (None when the agent has none), and ``local``, the agent whose
+    own services and checks the /v1/agent endpoints show and change (Consul's agent endpoints act on the
+    agent serving them)."""
+
+    def __init__(
+        self,
+        routes: Iterable[Route],
+        *,
+        config: Config,
+        store: Callable[[], StateStore],
+        consensus: Consensus,
+        hub: WatchHub,
+        local: Agent,
+        connect: Connect | None = None,
+    ) -> None:
+        self.agent = local
+        self.config = config
+        self._store = store
+        self.consensus = consensus
+        self.hub = hub
+        self.connect = connect
+        self.is_client = not config.server and not config.dev
+        self.router = Router(routes)
         self.cache: dict[str, tuple[int, int, int, bytes, bytes | None]] = {}
         self.hot = HotCache()
-        agent.hub.listeners.append(self.hot.invalidate)
-        cfg = agent.config
-        self.default_wait = cfg.default_query_time
-        self.max_wait = cfg.max_query_time
-        self.pretty_default = cfg.dev
-        self.acl_policy = cfg.acl_default_policy
-        from registry.api import agent_endpoints, catalog, health, kv, operator, session, status, txn
+        hub.listeners.append(self.hot.invalidate)
+        self.default_wait = config.default_query_time
+        self.max_wait = config.max_query_time
+        self.pretty_default = config.dev
+        self.acl_policy = config.acl_default_policy
 
-        for module in (agent_endpoints, catalog, health, kv, status, operator, session, txn):
-            module.register(self.router)
-        from registry.api import connect as connect_api
-
-        connect_api.register(self.router)  # Connect CA, leaf, authorize, intentions, /v1/config
+    @property
+    def store(self) -> StateStore:
+        return self._store()
 
     # ------------------------------------------------------------------ dispatch
 
@@ -150,10 +132,10 @@ class Api:
             if "gzip" in request.headers.get("Accept-Encoding", ""):
                 key += "\x00gzip"
             hit = self.hot.entries.get(key)
-            if hit is not None and self.agent.consensus.fast_read_ok():
+            if hit is not None and self.consensus.fast_read_ok():
                 return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
-        if self.agent.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members"):
+        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members"):
             return await self.forward(request)
         routes, suffix = self.router.resolve(path)
         if routes is None:
@@ -181,6 +163,8 @@ class Api:
             resp = self.text(exc.status, exc.message)
             resp.headers.update(exc.headers)
             return resp
+        except CommandError as exc:  # a write refused (by the FSM, the agent or a definition's validation)
+            return self.text(exc.status, exc.message)
         except NotLeaderError as exc:
             return self.text(500, str(exc))
         except RPCError as exc:
@@ -288,34 +272,34 @@ class Api:
         mode = "stale" if stale else "consistent" if consistent else "leader"
         return min_index, wait, mode
 
-    async def read(
-        self,
-        request: web.Request,
-        run: Callable[[StateStore], ReadResult],
-        *,
-        cacheable: bool = True,
-    ) -> web.Response:
+    async def read(self, request: web.Request, run: Read, *, cacheable: bool = True) -> web.Response:
+        """Consul's blocking query (agent/consul/rpc.go blockingQuery): run the read, which fills a watch
+        set with what it looked at and the index of it; while that index is not past the caller's
+        ``?index``, sleep on the watch set until something in it changes or the wait (plus up to 1/16
+        jitter) runs out, then run it again."""
         min_index, wait, mode = self.query_options(request)
-        consensus = self.agent.consensus
+        consensus = self.consensus
         await consensus.barrier_read(mode)
-        result = run(self.agent.store)
-        if min_index and result.index <= min_index:
-            hub = self.agent.hub
+        ws = WatchSet()
+        result = run(self.store, ws)
+        if min_index and ws.index <= min_index:
+            hub = self.hub
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wait + random.uniform(0, wait / 16)
-            while result.index <= min_index:
+            while ws.index <= min_index:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
-                fut = hub.watch(result.topics)
+                fut = hub.watch(ws)
                 try:
                     await asyncio.wait_for(fut, remaining)
                 except TimeoutError:
                     pass
                 finally:
-                    hub.unwatch(result.topics, fut)
-                result = run(self.agent.store)
-        index = result.index if result.index > 0 else 1
+                    hub.unwatch(ws, fut)
+                ws = WatchSet()
+                result = run(self.store, ws)
+        index = ws.index if ws.index > 0 else 1
         headers = {
             "X-Consul-Index": str(index),
             "X-Consul-KnownLeader": "true" if consensus.known_leader() else "false",
@@ -328,7 +312,7 @@ class Api:
             return self._respond(request, result.status, self.render(request, result.build()), None, headers)
         else:
             key = self._cache_key(request)
-            store_id = id(self.agent.store)
+            store_id = id(self.store)
             hit = self.cache.get(key)
             if hit is not None and hit[0] == store_id and hit[1] == index:
                 resp = self._respond(request, hit[2], hit[3], hit[4], headers)
@@ -342,7 +326,7 @@ class Api:
         # Only 200s: some handlers rewrite a 404 from read() into their own error text.
         if resp.status == 200 and not min_index and mode == "leader" and cacheable and consensus.fast_read_ok():
             hot_key = request.raw_path + ("\x00gzip" if "gzip" in request.headers.get("Accept-Encoding", "") else "")
-            self.hot.put(hot_key, result.topics, resp.status, resp.body, dict(resp.headers))  # type: ignore[arg-type]
+            self.hot.put(hot_key, ws, resp.status, resp.body, dict(resp.headers))  # type: ignore[arg-type]
         return resp
 
     @staticmethod
@@ -355,14 +339,9 @@ class Api:
             )
         return request.path + "?" + qs
 
-    async def propose(self, cmd: dict[str, Any]) -> Any:
-        from registry.fsm import CommandError
-
-        cmd.setdefault("Time", self.agent.wall_clock_ns())  # the FSM's only notion of now (lock-delays)
-        result = await self.agent.consensus.propose(cmd)
-        if isinstance(result, CommandError):
-            raise HTTPError(result.status, result.message)
-        return result
+    async def propose(self, command: Command) -> Any:
+        """The agent's one proposer; a refusal raises CommandError, which ``dispatch`` answers."""
+        return await self.agent.propose(command)
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str | None = None) -> bytes:
@@ -387,56 +366,3 @@ async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str 
         chunks.append(chunk)
     return b"".join(chunks)
 
-
-class HTTPListener:
-    def __init__(self, runner: web.BaseRunner) -> None:
-        self.runner = runner
-
-    async def close(self) -> None:
-        # Stop accepting, give in-flight requests a moment, then close (blocking queries are cut short).
-        await self.runner.cleanup()
-
-
-API_KEY = web.AppKey("api", Api)
-
-
-def build_app(agent: Agent) -> web.Application:
-    api = Api(agent)
-    app = web.Application(client_max_size=MAX_BODY + 1)
-    app[API_KEY] = api
-    app.router.add_route("*", "/{tail:.*}", api.dispatch)
-    return app
-
-
-def build_runner(agent: Agent, shutdown_timeout: float = 0.25) -> web.BaseRunner:
-    """The API served through aiohttp's low-level server: ``Api.dispatch`` does its own routing, so the
-    Application's router and middleware chain would only add cost to every request (about a fifth of a
-    cached discovery answer's time)."""
-    api = Api(agent)
-    server = web.Server(api.dispatch, access_log=None)  # type: ignore[arg-type]
-    return web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
-
-
-async def start_http(agent: Agent) -> HTTPListener:
-    cfg = agent.config
-    runner = build_runner(agent)
-    await runner.setup()
-    host = cfg.client_addr
-    port = cfg.ports.http
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-    except OSError as exc:
-        sock.close()
-        await runner.cleanup()
-        raise OSError(
-            exc.errno,
-            f"Error starting HTTP listener on {host}:{port}: {exc.strerror}. Is another agent running? "
-            f"Stop it or choose another port with -http-port.",
-        ) from exc
-    site = web.SockSite(runner, sock, backlog=1024)  # aiohttp's default of 128 drops connection bursts
-    await site.start()
-    agent.http_addr = sock.getsockname()[:2]
-    return HTTPListener(runner)

@@ -8,17 +8,19 @@ decided by the FSM against the ModifyIndex it sees at apply time, so concurrent 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from registry.api import views
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
-from registry.state.store import StateStore
+from registry.api.routing import Route, route
+from registry.commands import KV, KVOp
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 U64 = 2**64
 
@@ -49,52 +51,43 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     if keys_only:
         sep = request.query.get("separator", request.query.get("seperator", ""))
 
-        def run_keys(store: StateStore) -> ReadResult:
-            idx, keys = store.kv_keys(key, sep)
-            status = 404 if not keys and key else 200
-            return ReadResult(idx, (("kvp", key),), lambda: keys, status)
+        def run_keys(store: StateStore, ws: WatchSet) -> ReadResult:
+            _, keys = store.kv_keys(key, sep, ws)
+            return ReadResult(lambda: keys, 404 if not keys and key else 200)
 
         return await api.read(request, run_keys)
     if recurse:
 
-        def run_list(store: StateStore) -> ReadResult:
-            idx, entries = store.kv_list(key)
-            return ReadResult(
-                idx, (("kvp", key),), lambda: [views.kv_json(e) for e in entries], 404 if not entries else 200
-            )
+        def run_list(store: StateStore, ws: WatchSet) -> ReadResult:
+            _, entries = store.kv_list(key, ws)
+            return ReadResult(lambda: [views.kv_json(e) for e in entries], 404 if not entries else 200)
 
         return await api.read(request, run_list)
 
-    def run_one(store: StateStore) -> ReadResult:
-        idx, entry = store.kv_get(key)
-        if entry is None:
-            return ReadResult(idx, (("kv", key),), lambda: None, 404)
-        return ReadResult(idx, (("kv", key),), lambda: entry)
-
     if raw:
+
+        def run_probe(store: StateStore, ws: WatchSet) -> ReadResult:
+            _, entry = store.kv_get(key, ws)
+            return ReadResult(lambda: None, 404 if entry is None else 200)
+
         # ?raw: the value's bytes as they were stored, never interpreted by a browser.
-        resp = await api.read(request, lambda s: _as_json_probe(run_one(s)), cacheable=False)
+        resp = await api.read(request, run_probe, cacheable=False)
         if resp.status != 200:
             return resp
-        _, entry = api.agent.store.kv_get(key)
+        _, entry = api.store.kv_get(key)
         value = (entry.value or b"") if entry is not None else b""
         headers = {k: v for k, v in resp.headers.items() if k.startswith("X-Consul")}
         headers.update({"Content-Type": "text/plain", "X-Content-Type-Options": "nosniff",
                         "Content-Security-Policy": "sandbox"})  # fmt: skip
         return web.Response(status=200, body=value, headers=headers)
 
-    def run_json(store: StateStore) -> ReadResult:
-        r = run_one(store)
-        if r.status == 404:
-            return r
-        entry = r.build()
-        return ReadResult(r.index, r.topics, lambda: [views.kv_json(entry)])
+    def run_json(store: StateStore, ws: WatchSet) -> ReadResult:
+        _, entry = store.kv_get(key, ws)
+        if entry is None:
+            return ReadResult(lambda: None, 404)
+        return ReadResult(lambda: [views.kv_json(entry)])
 
     return await api.read(request, run_json)
-
-
-def _as_json_probe(r: ReadResult) -> ReadResult:
-    return ReadResult(r.index, r.topics, lambda: None, r.status)
 
 
 async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
@@ -106,21 +99,21 @@ async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
         raise HTTPError(400, f"Conflicting flags: {request.query_string}")
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
-    limit = api.agent.config.kv_max_value_size
+    limit = api.config.kv_max_value_size
     value = await read_body(
         request,
         limit,
         too_large=f"Request body({{size}} bytes) too large, max size: {limit} bytes. See "
         "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size.",
     )
-    cmd: dict[str, Any] = {"Type": "kv", "Verb": "set", "Key": key, "Value": value or None, "Flags": flags}
+    op = KVOp("set", key, value or None, flags)
     if cas is not None:
-        cmd.update(Verb="cas", Index=cas)
+        op = KVOp("cas", key, value or None, flags, index=cas)
     elif "acquire" in q:
-        cmd.update(Verb="lock", Session=q.get("acquire", ""))
+        op = KVOp("lock", key, value or None, flags, session=q.get("acquire", ""))
     elif "release" in q:
-        cmd.update(Verb="unlock", Session=q.get("release", ""))
-    result = await api.propose(cmd)
+        op = KVOp("unlock", key, value or None, flags, session=q.get("release", ""))
+    result = await api.propose(KV(op))
     return api.json(request, bool(result))
 
 
@@ -132,16 +125,17 @@ async def delete(api: Api, request: web.Request, key: str) -> web.StreamResponse
     if not key and not recurse:
         raise HTTPError(400, "Missing key name")
     if recurse:
-        cmd: dict[str, Any] = {"Type": "kv", "Verb": "delete-tree", "Key": key}
+        op = KVOp("delete-tree", key)
     elif cas is not None:
-        cmd = {"Type": "kv", "Verb": "delete-cas", "Key": key, "Index": cas}
+        op = KVOp("delete-cas", key, index=cas)
     else:
-        cmd = {"Type": "kv", "Verb": "delete", "Key": key}
-    result = await api.propose(cmd)
+        op = KVOp("delete", key)
+    result = await api.propose(KV(op))
     return api.json(request, bool(result))
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/kv/", get)
-    router.add("PUT", "/v1/kv/", put)
-    router.add("DELETE", "/v1/kv/", delete)
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/kv/", get, "read", "key", "path", "Read a key, a prefix, or the keys under a prefix"),
+    route("PUT", "/v1/kv/", put, "write", "key", "path", "Write a key (CAS, lock acquire and release)"),
+    route("DELETE", "/v1/kv/", delete, "write", "key", "path", "Delete a key or a prefix"),
+)

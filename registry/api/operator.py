@@ -14,9 +14,11 @@ from aiohttp import web
 
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
+from registry.api.routing import Route, route
+from registry.commands import SnapshotRestore
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 SNAPSHOT_MAGIC = b"PROCONSUL-SNAPSHOT\n"
 _HDR = struct.Struct(">II")  # version, crc32 of the payload
@@ -25,13 +27,13 @@ MAX_RESTORE = 256 * 1024 * 1024
 
 
 def _local_config(api: Api) -> list[dict[str, Any]]:
-    cfg = api.agent.config
+    cfg = api.config
     return [{"ID": cfg.node_id, "Node": cfg.node_name, "Address": cfg.server_address, "Leader": True,
-             "Voter": True, "ProtocolVersion": "3", "LastIndex": api.agent.store.index}]  # fmt: skip
+             "Voter": True, "ProtocolVersion": "3", "LastIndex": api.store.index}]  # fmt: skip
 
 
 async def raft_configuration(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    consensus = api.agent.consensus
+    consensus = api.consensus
     if not hasattr(consensus, "configuration"):
         servers = _local_config(api)
     elif "stale" in request.query or consensus.is_leader():
@@ -39,11 +41,11 @@ async def raft_configuration(api: Api, request: web.Request, _: str) -> web.Stre
     else:
         leader = await consensus._await_leader()  # the leader knows every peer's progress
         servers = await consensus.rpc_client(leader.address).call("raft_configuration", None, timeout=5)
-    return api.json(request, {"Servers": servers, "Index": api.agent.store.index})
+    return api.json(request, {"Servers": servers, "Index": api.store.index})
 
 
 async def raft_remove_peer(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    consensus = api.agent.consensus
+    consensus = api.consensus
     sid = request.query.get("id", "")
     address = request.query.get("address", "")
     if not sid and not address:
@@ -67,7 +69,7 @@ async def raft_remove_peer(api: Api, request: web.Request, _: str) -> web.Stream
 
 
 async def raft_transfer_leader(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    consensus = api.agent.consensus
+    consensus = api.consensus
     if not hasattr(consensus, "transfer_leadership"):
         raise HTTPError(500, "Cannot transfer leadership: this agent runs a single-node dev log")
     from registry.consensus import RPCError
@@ -118,10 +120,10 @@ def decode_snapshot(blob: bytes) -> dict[str, Any]:
 
 
 async def snapshot_get(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    consensus = api.agent.consensus
+    consensus = api.consensus
     if "stale" not in request.query:
         await consensus.barrier_read("leader")
-    store = api.agent.store
+    store = api.store
     body = encode_snapshot(store.index, store.to_snapshot())
     return web.Response(body=body, headers={"Content-Type": "application/octet-stream",
                                             "X-Consul-Index": str(max(store.index, 1)),
@@ -137,13 +139,17 @@ async def snapshot_put(api: Api, request: web.Request, _: str) -> web.StreamResp
         StateStore.from_snapshot(data["store"])  # validate fully before anything is proposed
     except ValueError as exc:
         raise HTTPError(400, f"Snapshot restore failed: {exc}") from exc
-    await api.propose({"Type": "snapshot.restore", "Store": data["store"]})
+    await api.propose(SnapshotRestore(data["store"]))
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/operator/raft/configuration", raft_configuration)
-    router.add("DELETE", "/v1/operator/raft/peer", raft_remove_peer)
-    router.add("POST", "/v1/operator/raft/transfer-leader", raft_transfer_leader)
-    router.add("GET,PUT", "/v1/snapshot", snapshot_get)
-    router.exact["/v1/snapshot"]["PUT"] = snapshot_put
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/operator/raft/configuration", raft_configuration, "read", "operator", "unnamed",
+          "The Raft servers and which one leads"),
+    route("DELETE", "/v1/operator/raft/peer", raft_remove_peer, "write", "operator", "unnamed",
+          "Remove a server from the Raft configuration"),
+    route("POST", "/v1/operator/raft/transfer-leader", raft_transfer_leader, "write", "operator", "unnamed",
+          "Hand leadership to another server"),
+    route("GET", "/v1/snapshot", snapshot_get, "write", "acl", "unnamed", "Save a snapshot of the state"),
+    route("PUT", "/v1/snapshot", snapshot_put, "write", "acl", "unnamed", "Restore a snapshot"),
+)

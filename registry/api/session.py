@@ -15,11 +15,13 @@ from aiohttp import web
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
-from registry.sessions import TOPIC_SESSIONS, SessionError, build_session
-from registry.state.store import StateStore
+from registry.api.routing import Route, route
+from registry.commands import SessionCreate, SessionDestroy
+from registry.sessions import SessionError, build_session
+from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 def _new_id(store: StateStore) -> str:
@@ -40,14 +42,14 @@ async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
         session = build_session(body, _new_id(agent.store), agent.node_name, agent.config.session_ttl_min)
     except SessionError as exc:
         raise HTTPError(exc.status, exc.message) from None
-    sid = await api.propose({"Type": "session", "Op": "create", "Session": session.to_command()})
+    sid = await api.propose(SessionCreate(session))
     return api.json(request, {"ID": sid})
 
 
 async def destroy(api: Api, request: web.Request, sid: str) -> web.StreamResponse:
     if not sid:
         raise HTTPError(400, "Missing session")
-    await api.propose({"Type": "session", "Op": "destroy", "ID": sid})
+    await api.propose(SessionDestroy(sid))
     return api.json(request, True)
 
 
@@ -65,9 +67,9 @@ async def info(api: Api, request: web.Request, sid: str) -> web.StreamResponse:
     if not sid:
         raise HTTPError(400, "Missing session")
 
-    def run(store: StateStore) -> ReadResult:
-        idx, s = store.session_get(sid)
-        return ReadResult(idx, (TOPIC_SESSIONS,), lambda: [s.to_json()] if s is not None else [])
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        _, s = store.session_get(sid, ws)
+        return ReadResult(lambda: [s.to_json()] if s is not None else [])
 
     return await api.read(request, run)
 
@@ -83,9 +85,9 @@ async def list_all(api: Api, request: web.Request, _: str) -> web.StreamResponse
 
 
 async def _list(api: Api, request: web.Request, node_name: str | None) -> web.StreamResponse:
-    def run(store: StateStore) -> ReadResult:
-        idx, rows = store.session_list(node_name)
-        return ReadResult(idx, (TOPIC_SESSIONS,), lambda: [s.to_json() for s in rows])
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        _, rows = store.session_list(node_name, ws)
+        return ReadResult(lambda: [s.to_json() for s in rows])
 
     return await api.read(request, run)
 
@@ -109,10 +111,12 @@ def default_node_for_forwarding(body: bytes, node_name: str) -> bytes:
     return json.dumps(parsed).encode()
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/session/create", create)
-    router.add("PUT", "/v1/session/destroy/", destroy)
-    router.add("PUT", "/v1/session/renew/", renew)
-    router.add("GET", "/v1/session/info/", info)
-    router.add("GET", "/v1/session/node/", node)
-    router.add("GET", "/v1/session/list", list_all)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/session/create", create, "write", "session", "body:Node",
+          "Create a session (on this agent's node unless Node says otherwise)"),
+    route("PUT", "/v1/session/destroy/", destroy, "write", "session", "path-id", "Destroy a session"),
+    route("PUT", "/v1/session/renew/", renew, "write", "session", "path-id", "Renew a session's TTL"),
+    route("GET", "/v1/session/info/", info, "read", "session", "path-id", "One session"),
+    route("GET", "/v1/session/node/", node, "read", "session", "path", "The sessions of a node"),
+    route("GET", "/v1/session/list", list_all, "read", "session", "each", "All sessions"),
+)

@@ -6,18 +6,21 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from registry.api.routing import Route, route
+
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 
 async def leader(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    return api.json(request, api.agent.consensus.leader_address())
+    return api.json(request, api.consensus.leader_address())
 
 
 async def peers(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    return api.json(request, api.agent.consensus.peers())
+    return api.json(request, api.consensus.peers())
 
 
-def register(router: Router) -> None:
-    router.add("GET", "/v1/status/leader", leader)
-    router.add("GET", "/v1/status/peers", peers)
+ROUTES: tuple[Route, ...] = (
+    route("GET", "/v1/status/leader", leader, "read", "none", "none", "The Raft leader's address"),
+    route("GET", "/v1/status/peers", peers, "read", "none", "none", "The Raft voters' addresses"),
+)

@@ -6,10 +6,12 @@ an operation count or a value over the limits, 400 ("Failed to parse body: ...")
 decode. Node, Service and Check operations are refused with 400: Proconsul's transactions hold KV operations
 only, and an operation it cannot run is never skipped silently.
 
-A transaction with a write verb goes through the log as one ``txn`` command (``registry.txn``); one of reads
+A transaction with a write verb goes through the log as one ``Txn`` command (``registry.txn``); one of reads
 only is answered from the local store in the request's consistency mode, without blocking, with
 ``X-Consul-KnownLeader`` and ``X-Consul-LastContact`` and the query metadata Consul's read reply carries.
 Either answers 200 with ``Results`` or, when an operation failed, 409 with ``Errors`` (``OpIndex``, ``What``).
+The transaction's results are data (``registry.txn.entry_data``); ``render_results`` turns them into
+Consul's JSON (``{"KV": <entry>}``, the value in base64).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from aiohttp import web
 from registry import txn
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
-from registry.filtering import go_quote
+from registry.api.routing import Route, route
+from registry.api.views import kv_json
+from registry.commands import KVOp, Txn
+from registry.gocompat import go_quote
+from registry.structs import KVEntry
 
 if TYPE_CHECKING:
-    from registry.api.http import Api, Router
+    from registry.api.http import Api
 
 TXN_MAX_REQ_LEN = 512 * 1024  # Consul's txn_max_req_len default (raft's suggested entry size)
 _LIMIT_DOC = "https://www.consul.io/docs/agent/config/config-files#txn_max_req_len"
@@ -164,7 +170,7 @@ def parse_ops(body: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]
 
 
 async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamResponse:
-    cfg = api.agent.config
+    cfg = api.config
     value_limit = cfg.kv_max_value_size
     limit = max(TXN_MAX_REQ_LEN, value_limit)  # Consul: the larger of txn_max_req_len and kv_max_value_size
     if request.content_length is not None:
@@ -190,26 +196,41 @@ async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamRespons
             raise HTTPError(
                 413, f"Value for key {go_quote(op['Key'])} is too large ({len(op['Value'])} > {value_limit} bytes)"
             )
-    writes = sum(1 for op in ops if txn.is_write(op["Verb"]))
+    kv_ops = [KVOp(op["Verb"], op["Key"], op["Value"], op["Flags"], op["Index"], op["Session"]) for op in ops]
+    writes = sum(1 for op in kv_ops if txn.is_write(op.verb))
     if writes == 0:
-        return await _read(api, request, ops)
-    errors = txn.precheck(ops)
+        return await _read(api, request, kv_ops)
+    errors = txn.precheck(kv_ops)
     if errors:
         return api.json(request, {"Results": None, "Errors": errors}, status=409)
-    result = await api.propose({"Type": "txn", "Ops": ops})
-    reply = {"Results": result.get("Results"), "Errors": result.get("Errors")}
+    result = await api.propose(Txn(tuple(kv_ops)))
+    reply = {"Results": render_results(result.get("Results")), "Errors": result.get("Errors")}
     return api.json(request, reply, status=409 if reply["Errors"] else 200)
 
 
-async def _read(api: Api, request: web.Request, ops: list[dict[str, Any]]) -> web.StreamResponse:
+def render_entry(data: dict[str, Any]) -> dict[str, Any]:
+    """One result entry (``registry.txn.entry_data``) -> Consul's KV JSON."""
+    return kv_json(KVEntry(data["Key"], data["Value"], data["Flags"], data["Session"], data["LockIndex"],
+                           data["CreateIndex"], data["ModifyIndex"]))  # fmt: skip
+
+
+def render_results(results: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """A transaction's results as Consul's TxnResults JSON (None stays None: Consul's ``"Results": null``)."""
+    if results is None:
+        return None
+    return [{"KV": render_entry(r)} for r in results]
+
+
+async def _read(api: Api, request: web.Request, ops: list[KVOp]) -> web.StreamResponse:
     """Consul's Txn.Read: the consistency mode of the request, no blocking, no log entry."""
     _, _, mode = api.query_options(request)
-    consensus = api.agent.consensus
+    consensus = api.consensus
     await consensus.barrier_read(mode)
     errors = txn.precheck(ops)
     results: list[dict[str, Any]] | None = None
     if not errors:
-        results, errors = txn.run(api.agent.store, ops)
+        results, errors = txn.run(api.store, ops)
+        results = render_results(results)
     known_leader = consensus.known_leader()
     last_contact_ms = consensus.last_contact_ms()
     # Consul's TxnReadResponse embeds QueryMeta, so its fields follow Results and Errors in the JSON.
@@ -230,5 +251,6 @@ async def _read(api: Api, request: web.Request, ops: list[dict[str, Any]]) -> we
     return resp
 
 
-def register(router: Router) -> None:
-    router.add("PUT", "/v1/txn", put)
+ROUTES: tuple[Route, ...] = (
+    route("PUT", "/v1/txn", put, "write", "key", "each", "Apply KV operations as one transaction"),
+)

@@ -107,7 +107,9 @@ def build_config(argv: list[str]) -> Config:
         cfg.dev = True
         cfg.server = True
         cfg.bootstrap = True
-    validate(cfg)
+    from registry.agent.agent import CONFIG_VALIDATORS
+
+    validate(cfg, CONFIG_VALIDATORS)
     return cfg
 
 

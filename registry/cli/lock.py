@@ -21,7 +21,7 @@ from typing import Any
 
 from registry.client.http import AgentHTTP, APIError, HTTPConfig
 from registry.client.lock import MONITOR_RETRY, LockAPI, LockFailed, LockOptions, Mutex, Semaphore, lock_key
-from registry.durations import DurationError, parse_duration
+from registry.gocompat import DurationError, parse_duration
 
 KILL_GRACE_S = 5.0  # lockKillGracePeriod: SIGTERM, then SIGKILL after this long
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)

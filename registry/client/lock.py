@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry.client.http import AgentHTTP, APIError, kv_path
-from registry.durations import DurationError, parse_duration
+from registry.gocompat import DurationError, parse_duration
 
 __all__ = [
     "LOCK_FLAG_VALUE", "LOCK_KEY_SUFFIX", "LOCK_RETRY_S", "LOCK_WAIT_S", "MONITOR_RETRY", "MONITOR_RETRY_S",

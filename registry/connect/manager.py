@@ -8,7 +8,7 @@ The leader polls ``is_leader()``; while it leads it keeps the CA alive:
   of its life, at least 3 x LeafCertTTL): rotate to a new root cross-signed by the old one;
 - retired roots whose leaves have all expired, and expired intermediates: prune them.
 
-Every change is a ``connect.ca.set`` command guarded by the CA table's index (``Prev``), so a change
+Every change is a ``CASet`` command guarded by the CA table's index (``Prev``), so a change
 computed from a stale state is refused by the FSM and recomputed, never applied over a newer one.
 
 ``CAExpiryCheck`` turns a node-level check on each server to warning 30 days before the active root or
@@ -29,8 +29,7 @@ import structlog
 
 from ca import certs, provider
 from ca.provider import CAConfig, CAState
-from registry.connect.state import CMD_CA_SET
-from registry.fsm import CommandError
+from registry.commands import CASet, Command, CommandError
 
 log = structlog.get_logger("proconsul.connect.manager")
 
@@ -38,18 +37,11 @@ POLL_INTERVAL = 1.0
 CAS_RETRIES = 5
 
 
-class CAUpdateError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 class CAManager:
     def __init__(
         self,
         *,
-        propose: Callable[[dict[str, Any]], Awaitable[Any]],
+        propose: Callable[[Command], Awaitable[Any]],
         is_leader: Callable[[], bool],
         ca_state: Callable[[], tuple[CAState | None, int]],
         initial_config: CAConfig,
@@ -69,12 +61,9 @@ class CAManager:
         self._lock = asyncio.Lock()
 
     async def _commit(self, state: CAState, prev: int) -> bool:
-        result = await self._propose(
-            {"Type": CMD_CA_SET, "State": provider.to_msgpack_dict(state), "Prev": prev}
-        )
-        if isinstance(result, CommandError):
-            raise CAUpdateError(result.status, result.message)
-        return bool(result)
+        """Propose ``state`` guarded by ``prev``: False when another change landed first. A refusal raises
+        the proposer's CommandError."""
+        return bool(await self._propose(CASet(provider.to_msgpack_dict(state), prev)))
 
     async def step(self) -> str | None:
         """One pass of the leader duties. Returns what was done ("initialized", "rotated", "pruned")
@@ -111,17 +100,17 @@ class CAManager:
             async with self._lock:
                 state, prev = self._ca_state()
                 if state is None:
-                    raise CAUpdateError(500, "CA has not finished initializing")
+                    raise CommandError("CA has not finished initializing", 500)
                 try:
                     new = provider.update_config(state, config, self.clock(), self.rand_bytes)
                 except provider.CAConfigError as exc:
-                    raise CAUpdateError(400, str(exc)) from None
+                    raise CommandError(str(exc), 400) from None
                 if await self._commit(new, prev):
                     if new.active_root.id != state.active_root.id:
                         log.info("connect CA root rotated by configuration change",
                                  old=state.active_root.id, new=new.active_root.id)  # fmt: skip
                     return new
-        raise CAUpdateError(500, "CA configuration kept changing underneath the update; try again")
+        raise CommandError("CA configuration kept changing underneath the update; try again", 500)
 
     async def run(self) -> None:
         while True:
@@ -196,7 +185,7 @@ class CAExpiryCheck:
         self.interval = interval
 
     async def register(self) -> None:
-        from registry.agent.checks import CheckSpec
+        from registry.registration import CheckSpec
 
         status, output = ca_expiry_status(self._ca_state(), self.clock())
         # A passive check (no monitor): this object reports its status, anti-entropy syncs it.

@@ -1,28 +1,26 @@
-"""The ``Connect`` object an agent owns: CA signer, leaf cache, leader duties, CA health check, HTTPS.
+"""The ``Connect`` object an agent owns: CA signer, leaf cache, leader duties, CA health check.
 
 Built in ``Agent.__init__`` (so the FSM knows the Connect command types before any log entry is
-replayed) and started in ``Agent.start`` after the HTTP listener (so the HTTPS listener can serve the
-same aiohttp app). Its tasks and listeners are handed to the agent, whose ``stop`` ends them in the
-documented order.
+replayed) from narrow parts -- the config, the FSM, a store reader, the consensus, the watch hub, the
+agent's local checks and a task spawner -- and started in ``Agent.start``. Its background tasks go through
+the spawner, so the agent's ``stop`` ends them in the documented order. The HTTPS port, which serves the
+same API as the HTTP port, is the agent's listener, not Connect's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import random
-import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
-from aiohttp import web
 
 from ca import provider
 from ca.provider import CAConfig, CAState, LeafResult
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
-from registry.config import ConfigError
+from registry.config import Config, ConfigError
 from registry.connect.leaf import LeafCache, TrustInfo
 from registry.connect.manager import CAExpiryCheck, CAManager
 from registry.connect.remote import RPC_AUTHORIZE, RPC_ROOTS, RemoteCA
@@ -34,6 +32,14 @@ from registry.intentions import (
     IntentionIndex,
     decide,
 )
+
+if TYPE_CHECKING:
+    from registry.commands import Command
+    from registry.consensus import Consensus
+    from registry.fsm import FSM
+    from registry.registration import CheckSpec
+    from registry.state.store import StateStore
+    from registry.watch import WatchHub
 
 log = structlog.get_logger("proconsul.connect")
 
@@ -54,31 +60,59 @@ def ca_config_from_agent(connect: dict[str, Any]) -> CAConfig:
         raise ConfigError(f"connect.ca_config: {exc}") from exc
 
 
-def validate_config(cfg: Any) -> None:
-    """Refuse, before anything starts, a ``connect`` or ``tls`` block that cannot work (ConfigError)."""
-    from registry.tls import rpc_contexts
-
+def validate_config(cfg: Config) -> None:
+    """Refuse, before anything starts, a ``connect`` block that cannot work (ConfigError): Consul checks
+    ``connect.ca_config`` when it builds the runtime config, not when the CA first needs it."""
     ca_config_from_agent(cfg.connect)
-    rpc_contexts(cfg)
+
+
+class LocalChecks(Protocol):
+    """The agent's local check machinery, where the CA expiry check lives like any other node check."""
+
+    async def add_check(self, spec: CheckSpec) -> None: ...
+
+    def set_check_status(self, cid: str, status: str, output: str) -> None: ...
+
+    async def sync_check(self, cid: str) -> None: ...
+
+
+Spawn = Callable[[Coroutine[Any, Any, None], str], None]
 
 
 class Connect:
-    def __init__(self, agent: Any, *, clock: Callable[[], datetime] = utcnow,
-                 rng: random.Random | None = None) -> None:  # fmt: skip
-        self.agent = agent
+    def __init__(
+        self,
+        *,
+        config: Config,
+        propose: Callable[[Command], Awaitable[Any]],
+        fsm: FSM,
+        store: Callable[[], StateStore],
+        consensus: Consensus,
+        hub: WatchHub,
+        checks: LocalChecks,
+        spawn: Spawn,
+        is_client: bool,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self.consensus = consensus
+        self.hub = hub
+        self._spawn = spawn
         self.clock = clock
-        cfg = agent.config
+        cfg = config
         self.enabled = bool(cfg.connect.get("enabled", True))
         self.initial_config = ca_config_from_agent(cfg.connect)
-        register_commands(agent.fsm)
+        register_commands(fsm)
         self.views = StateViews()
-        self.ca_server = CAServer(lambda: agent.store, self.views, cfg.datacenter, clock=clock)
+        self.ca_server = CAServer(store, self.views, cfg.datacenter, clock=clock)
         self._trust: tuple[CAState | None, TrustInfo | None] = (None, None)
         # A client agent has no replica of the CA: roots, signatures and authorize decisions come
         # from the servers over RPC.
-        call_leader = getattr(agent.consensus, "call_leader", None)
+        call_leader = getattr(consensus, "call_leader", None)
         self.remote: RemoteCA | None = None
-        if getattr(agent, "is_client", False) and call_leader is not None:
+        if is_client and call_leader is not None:
             self.remote = RemoteCA(call_leader, on_change=lambda: self.leaf.roots_changed())
         self.leaf = LeafCache(
             sign=self.sign,
@@ -86,17 +120,16 @@ class Connect:
             datacenter=cfg.datacenter,
             clock=clock,
             rng=rng,
-            index_floor=lambda: agent.store.index,
+            index_floor=lambda: store().index,
         )
         self.manager = CAManager(
-            propose=lambda cmd: agent.consensus.propose(cmd),
-            is_leader=lambda: agent.consensus.is_leader(),
+            propose=propose,
+            is_leader=lambda: consensus.is_leader(),
             ca_state=self.ca_with_index,
             initial_config=self.initial_config,
             clock=clock,
         )
-        self.expiry_check = CAExpiryCheck(agent, self.ca_state, clock)
-        self.https_addr: tuple[str, int] | None = None
+        self.expiry_check = CAExpiryCheck(checks, self.ca_state, clock)
         self._ca_event: asyncio.Event | None = None
         self._chain_rpc()
 
@@ -110,22 +143,22 @@ class Connect:
         return self._trust[1]
 
     def ca_state(self) -> CAState | None:
-        return self.views.ca(self.agent.store)
+        return self.views.ca(self._store())
 
     def ca_with_index(self) -> tuple[CAState | None, int]:
-        store = self.agent.store
+        store = self._store()
         return self.views.ca(store), ca_index(store)
 
     def intentions(self) -> IntentionIndex:
-        return self.views.intentions(self.agent.store)
+        return self.views.intentions(self._store())
 
     def default_allow(self) -> tuple[bool, str]:
         """What happens when no intention matches: ``default_intention_policy`` if set, else the ACL
         default policy (allow while ACLs are off)."""
-        policy = self.agent.config.default_intention_policy
+        policy = self.config.default_intention_policy
         if policy:
             return policy == "allow", REASON_DEFAULT_INTENTION_POLICY
-        return self.agent.config.acl_default_policy == "allow", REASON_DEFAULT_ACL
+        return self.config.acl_default_policy == "allow", REASON_DEFAULT_ACL
 
     # ------------------------------------------------------------------ signing
 
@@ -172,13 +205,13 @@ class Connect:
     async def roots_at(self, min_index: int, wait: float) -> tuple[dict[str, Any], int]:
         """The roots JSON and its index, waiting up to ``wait`` seconds for an index above
         ``min_index`` (0: answer at once). Serves ConnectCA.Roots for client agents."""
-        hub = self.agent.hub
+        hub = self.hub
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, min(wait, 600.0))
         while True:
             fut = hub.watch((TOPIC_CA,))
             try:
-                store = self.agent.store
+                store = self._store()
                 index, state = ca_index(store), self.views.ca(store)
                 remaining = deadline - loop.time()
                 if not min_index or index > min_index or remaining <= 0:
@@ -195,7 +228,7 @@ class Connect:
 
     def _chain_rpc(self) -> None:
         """Serve ``ConnectCA.Sign`` on the server RPC port, passing every other method on."""
-        consensus = self.agent.consensus
+        consensus = self.consensus
         if not hasattr(consensus, "rpc_extension"):
             return  # the single-node log has no RPC port
         previous = consensus.rpc_extension
@@ -232,26 +265,22 @@ class Connect:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        agent = self.agent
-        loop = asyncio.get_running_loop()
-        tasks = agent._tasks
+        spawn = self._spawn
         self._ca_event = asyncio.Event()
         if self.enabled and self.remote is not None:
-            tasks.append(loop.create_task(self.remote.run(), name="connect-roots-follow"))
-        if self.enabled and (agent.config.server or agent.config.dev):
-            tasks.append(loop.create_task(self.manager.run(), name="connect-ca-leader"))
+            spawn(self.remote.run(), "connect-roots-follow")
+        if self.enabled and (self.config.server or self.config.dev):
+            spawn(self.manager.run(), "connect-ca-leader")
             # Bootstrapping now rather than a poll interval later: a dev agent has a CA at once.
             try:
                 await self.manager.step()
             except Exception as exc:  # noqa: BLE001 - no leader yet: the leader task retries
                 log.debug("connect CA not initialized yet", error=str(exc))
             await self.expiry_check.register()
-            tasks.append(loop.create_task(self.expiry_check.run(self._ca_changed), name="connect-ca-expiry"))
+            spawn(self.expiry_check.run(self._ca_changed), "connect-ca-expiry")
         self.leaf.note_active_key()
-        tasks.append(loop.create_task(self.leaf.run(), name="connect-leaf-renewer"))
-        tasks.append(loop.create_task(self._watch_roots(), name="connect-roots-watch"))
-        if agent.config.ports.https >= 0:
-            await self._start_https()
+        spawn(self.leaf.run(), "connect-leaf-renewer")
+        spawn(self._watch_roots(), "connect-roots-watch")
 
     async def _ca_changed(self) -> None:
         """Wait for the next CA state change (seen by ``_watch_roots``)."""
@@ -267,7 +296,7 @@ class Connect:
         the blocking queries in flight, and a permanent background waiter there would blur that."""
         last: tuple[object, int] | None = None
         while True:
-            store = self.agent.store
+            store = self._store()
             seen = (store.tables.get(TABLE_CA), ca_index(store))
             if seen != last:
                 last = seen
@@ -278,34 +307,3 @@ class Connect:
                     self._ca_event.set()
             await asyncio.sleep(ROOTS_POLL)
 
-    async def _start_https(self) -> None:
-        from registry.tls import https_server_context, load_tls_settings
-
-        agent = self.agent
-        cfg = agent.config
-        try:
-            ctx = https_server_context(load_tls_settings(cfg))
-        except ConfigError as exc:
-            raise OSError(errno.EINVAL, f"Error starting HTTPS listener: {exc}") from exc
-        runner = next((lst.runner for lst in agent._listeners if isinstance(getattr(lst, "runner", None),
-                                                                            web.AppRunner)), None)  # fmt: skip
-        if runner is None:
-            from registry.api.http import HTTPListener, build_runner
-
-            runner = build_runner(agent, shutdown_timeout=1.0)
-            await runner.setup()
-            agent._listeners.append(HTTPListener(runner))
-        host, port = cfg.client_addr, cfg.ports.https
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(1024)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"Error starting HTTPS listener on {host}:{port}: {exc.strerror}") from exc
-        # Same runner, same Api: the HTTPS port serves exactly what the HTTP port serves.
-        site = web.SockSite(runner, sock, ssl_context=ctx)
-        await site.start()
-        self.https_addr = sock.getsockname()[:2]
-        log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")

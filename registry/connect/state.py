@@ -12,15 +12,15 @@ Tables (generic store tables, watch topic ``(table,)``):
 - ``config-entries``  key ``<kind>/<namespace>/<name>``: the entry in Consul's JSON shape, with
                       ``CreateIndex`` / ``ModifyIndex`` stamped from the log.
 
-Commands:
+Commands (``registry.commands``; ``register_commands`` adds their apply functions to the FSM):
 
-- ``connect.ca.set``     ``{"State": <msgpack dict>, "Prev": <index>}`` replaces the CA state if the
-                         table's index is still ``Prev`` (0 = only if there is no state yet), so two
-                         leaders' (or two operators') concurrent rotations cannot both land.
-- ``config.entry``       ``{"Op": "upsert"|"cas"|"delete"|"delete-cas", "Entry"|"Kind"+"Name", "Index"}``
-- ``connect.intention``  ``{"Op": "create"|"update"|"delete"|"upsert"|"delete-exact", "Intention",
-                         "ID", "Now"}``: the legacy and exact intention endpoints, applied to the
-                         destination's ``service-intentions`` entry as Consul does since 1.9.
+- ``CASet``              replaces the CA state if the table's index is still ``prev`` (0 = only if there
+                         is no state yet), so two leaders' (or two operators') concurrent rotations
+                         cannot both land.
+- ``ConfigEntryUpsert``, ``ConfigEntryDelete``: Consul's config entry writes, with or without CAS.
+- ``IntentionWrite``, ``IntentionDelete``, ``IntentionDeleteExact``: the legacy and exact intention
+                         endpoints, applied to the destination's ``service-intentions`` entry as Consul
+                         does since 1.9.
 
 ``StateViews`` gives readers the decoded CA state and the intention index, rebuilt only when the
 table they come from changes.
@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ca import provider
 from ca.provider import CAState
+from registry import commands as c
 from registry.intentions import (
     DEFAULT_NAMESPACE,
     Intention,
@@ -44,7 +45,10 @@ from registry.intentions import (
     config_entries_to_intentions,
     validate_config_entry,
 )
-from registry.state.store import StateStore, StoreError
+from registry.state.store import StateStore, StoreError, WatchSet
+
+if TYPE_CHECKING:
+    from registry.fsm import FSM
 
 TABLE_CA = "connect-ca"
 CA_KEY = "state"
@@ -52,9 +56,9 @@ TABLE_CONFIG = "config-entries"
 TOPIC_CA = (TABLE_CA,)
 TOPIC_CONFIG = (TABLE_CONFIG,)
 
-CMD_CA_SET = "connect.ca.set"
-CMD_CONFIG_ENTRY = "config.entry"
-CMD_INTENTION = "connect.intention"
+CMD_CA_SET = c.CASet.TYPE
+CMD_CONFIG_ENTRY = c.ConfigEntryUpsert.TYPE
+CMD_INTENTION = c.IntentionWrite.TYPE
 
 KIND_SERVICE_INTENTIONS = "service-intentions"
 # Config entry kinds this agent stores. Others are refused with a clear message instead of being
@@ -99,11 +103,14 @@ class ConfigEntryError(ValueError):
     """A config entry (or a request about one) that cannot be accepted; worded for the API caller."""
 
 
-def register_commands(fsm: Any) -> None:
-    """Add the Connect command types to an FSM's dispatch table."""
-    fsm.register(CMD_CA_SET, apply_ca_set)
-    fsm.register(CMD_CONFIG_ENTRY, apply_config_entry)
-    fsm.register(CMD_INTENTION, apply_intention)
+def register_commands(fsm: FSM) -> None:
+    """Add the apply functions of the Connect commands to an FSM's dispatch table."""
+    fsm.register(c.CASet, apply_ca_set)
+    fsm.register(c.ConfigEntryUpsert, apply_config_entry_upsert)
+    fsm.register(c.ConfigEntryDelete, apply_config_entry_delete)
+    fsm.register(c.IntentionWrite, apply_intention_write)
+    fsm.register(c.IntentionDelete, apply_intention_delete)
+    fsm.register(c.IntentionDeleteExact, apply_intention_delete_exact)
 
 
 def _log_index(store: StateStore) -> int:
@@ -150,13 +157,8 @@ def _stamp_ca(old: Mapping[str, Any] | None, new: dict[str, Any], idx: int) -> d
     return out
 
 
-def apply_ca_set(store: StateStore, cmd: dict[str, Any]) -> bool:
-    raw = cmd.get("State")
-    prev = cmd.get("Prev")
-    if not isinstance(raw, dict):
-        raise StoreError("State must be a map")
-    if not isinstance(prev, int) or isinstance(prev, bool) or prev < 0:
-        raise StoreError("Prev must be a non-negative integer")
+def apply_ca_set(store: StateStore, cmd: c.CASet) -> bool:
+    raw, prev = cmd.state, cmd.prev
     try:
         provider.from_msgpack_dict(raw)
     except (provider.CAError, provider.CAConfigError, KeyError, TypeError, ValueError) as exc:
@@ -263,13 +265,18 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
     return entry
 
 
-def get_entry(store: StateStore, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any] | None:
-    return store.tables.get(TABLE_CONFIG, {}).get(entry_key(kind, name, namespace))
+def get_entry(
+    store: StateStore, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE, ws: WatchSet | None = None
+) -> dict[str, Any] | None:
+    """One config entry (Consul's ConfigEntry); with a watch set, watched as the config entries table."""
+    rows = store.table_rows(TABLE_CONFIG, ws) if ws is not None else store.tables.get(TABLE_CONFIG, {})
+    return rows.get(entry_key(kind, name, namespace))
 
 
-def list_entries(store: StateStore, kind: str) -> list[dict[str, Any]]:
+def list_entries(store: StateStore, kind: str, ws: WatchSet | None = None) -> list[dict[str, Any]]:
+    """The entries of one kind (Consul's ConfigEntriesByKind), as ``get_entry``."""
     prefix = f"{kind}/"
-    rows = store.tables.get(TABLE_CONFIG, {})
+    rows = store.table_rows(TABLE_CONFIG, ws) if ws is not None else store.tables.get(TABLE_CONFIG, {})
     return [rows[k] for k in sorted(rows) if k.startswith(prefix)]
 
 
@@ -291,39 +298,29 @@ def _delete_entry(store: StateStore, kind: str, name: str, namespace: str) -> No
     store.table_delete(TABLE_CONFIG, entry_key(kind, name, namespace))
 
 
-def apply_config_entry(store: StateStore, cmd: dict[str, Any]) -> bool:
-    op = cmd.get("Op")
-    index = cmd.get("Index", 0) or 0
-    if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-        raise StoreError("Index must be a non-negative integer")
-    if op in ("upsert", "cas"):
-        try:
-            entry = normalize_entry(cmd.get("Entry"))
-        except ConfigEntryError as exc:
-            raise StoreError(str(exc)) from None
-        existing = get_entry(store, entry["Kind"], entry["Name"], entry.get("Namespace", DEFAULT_NAMESPACE))
-        if op == "cas":
-            current = existing["ModifyIndex"] if existing else 0
-            if current != index:
-                return False
-        _check_unique_legacy_ids(store, entry)
-        _put_entry(store, entry)
-        return True
-    if op in ("delete", "delete-cas"):
-        kind, name = cmd.get("Kind"), cmd.get("Name")
-        ns = cmd.get("Namespace") or DEFAULT_NAMESPACE
-        if not isinstance(kind, str) or not isinstance(name, str) or not kind or not name:
-            raise StoreError("Must provide both a kind and name to delete")
-        if not isinstance(ns, str):
-            raise StoreError("Namespace must be a string")
-        existing = get_entry(store, kind, name, ns)
-        if op == "delete-cas":
-            # Consul: a CAS delete with index 0 never deletes; a missing entry cannot match.
-            if existing is None or index == 0 or existing["ModifyIndex"] != index:
-                return False
-        _delete_entry(store, kind, name, ns)
-        return True
-    raise StoreError(f"invalid config entry operation {op!r}")
+def apply_config_entry_upsert(store: StateStore, cmd: c.ConfigEntryUpsert) -> bool:
+    try:
+        entry = normalize_entry(cmd.entry)
+    except ConfigEntryError as exc:
+        raise StoreError(str(exc)) from None
+    existing = get_entry(store, entry["Kind"], entry["Name"], entry.get("Namespace", DEFAULT_NAMESPACE))
+    if cmd.cas:
+        current = existing["ModifyIndex"] if existing else 0
+        if current != cmd.index:
+            return False
+    _check_unique_legacy_ids(store, entry)
+    _put_entry(store, entry)
+    return True
+
+
+def apply_config_entry_delete(store: StateStore, cmd: c.ConfigEntryDelete) -> bool:
+    existing = get_entry(store, cmd.kind, cmd.name, cmd.namespace)
+    if cmd.cas:
+        # Consul: a CAS delete with index 0 never deletes; a missing entry cannot match.
+        if existing is None or cmd.index == 0 or existing["ModifyIndex"] != cmd.index:
+            return False
+    _delete_entry(store, cmd.kind, cmd.name, cmd.namespace)
+    return True
 
 
 def _check_unique_legacy_ids(store: StateStore, entry: Mapping[str, Any]) -> None:
@@ -404,113 +401,88 @@ def _write_sources(store: StateStore, entry: dict[str, Any], sources: list[dict[
     _put_entry(store, new)
 
 
-def _intention_arg(cmd: Mapping[str, Any]) -> Intention:
-    raw = cmd.get("Intention")
-    try:
-        ixn = Intention.from_api_dict(raw if isinstance(raw, Mapping) else {})
-    except IntentionError as exc:
-        raise StoreError(str(exc)) from None
-    return ixn
-
-
 def _duplicate_error(ixn: Intention) -> StoreError:
     return StoreError(f"duplicate intention found: {ixn}")
 
 
-def apply_intention(store: StateStore, cmd: dict[str, Any]) -> Any:
-    op = cmd.get("Op")
-    now = cmd.get("Now") or ""
-    if not isinstance(now, str):
-        raise StoreError("Now must be an RFC 3339 time string")
-    if op in ("create", "update", "upsert"):
-        ixn = _intention_arg(cmd)
-        dst = get_entry(store, KIND_SERVICE_INTENTIONS, ixn.destination_name, ixn.destination_ns)
-        dst = copy.deepcopy(dst) if dst is not None else _new_entry(ixn.destination_ns, ixn.destination_name)
-        sources = list(dst["Sources"])
-        pos = next((i for i, s in enumerate(sources) if _source_matches(s, ixn.source_ns, ixn.source_name)), None)
-        if op == "create":
-            ixn_id = cmd.get("ID")
-            if not isinstance(ixn_id, str) or not ixn_id:
-                raise StoreError("ID must be set when creating an intention")
-            if pos is not None:
-                raise _duplicate_error(ixn)
-            if find_legacy(store, ixn_id) is not None:
-                raise StoreError(f"intention ID {ixn_id!r} already exists")
-            sources.append(_source_from(ixn, legacy_id=ixn_id, created=now, updated=now))
-            _write_sources(store, dst, sources)
-            return ixn_id
-        if op == "upsert":
-            # PUT /exact: replace the rule for this pair, keeping a legacy ID and creation time.
-            old = sources[pos] if pos is not None else {}
-            new_src = _source_from(
-                ixn,
-                legacy_id=old.get("LegacyID", ""),
-                created=old.get("LegacyCreateTime", now),
-                updated=now,
-            )
-            if old.get("LegacyMeta"):
-                new_src["LegacyMeta"] = old["LegacyMeta"]
-            if pos is None:
-                sources.append(new_src)
-            else:
-                sources[pos] = new_src
-            _write_sources(store, dst, sources)
-            return True
-        # update by legacy ID: the pair may move to another destination entry.
-        ixn_id = cmd.get("ID")
-        if not isinstance(ixn_id, str) or not ixn_id:
-            raise StoreError("Intention ID must be set")
-        found = find_legacy(store, ixn_id)
-        if found is None:
-            raise StoreError(f"Cannot modify non-existent intention: '{ixn_id}'")
-        old_entry, old_pos = found
-        old_src = old_entry["Sources"][old_pos]
-        same_entry = old_entry["Name"] == dst["Name"] and old_entry.get("Namespace") == dst.get("Namespace")
-        if pos is not None and not (same_entry and pos == old_pos):
+def apply_intention_write(store: StateStore, cmd: c.IntentionWrite) -> Any:
+    op, ixn, now = cmd.op, cmd.intention, cmd.now
+    dst = get_entry(store, KIND_SERVICE_INTENTIONS, ixn.destination_name, ixn.destination_ns)
+    dst = copy.deepcopy(dst) if dst is not None else _new_entry(ixn.destination_ns, ixn.destination_name)
+    sources = list(dst["Sources"])
+    pos = next((i for i, s in enumerate(sources) if _source_matches(s, ixn.source_ns, ixn.source_name)), None)
+    if op == "create":
+        ixn_id = cmd.id
+        if pos is not None:
             raise _duplicate_error(ixn)
-        new_src = _source_from(ixn, legacy_id=ixn_id, created=old_src.get("LegacyCreateTime", now), updated=now)
-        if same_entry:
-            sources[old_pos] = new_src
-            _write_sources(store, dst, sources)
-        else:
-            remaining = [s for i, s in enumerate(old_entry["Sources"]) if i != old_pos]
-            # Validate the destination side first so a refused move leaves both entries untouched.
+        if find_legacy(store, ixn_id) is not None:
+            raise StoreError(f"intention ID {ixn_id!r} already exists")
+        sources.append(_source_from(ixn, legacy_id=ixn_id, created=now, updated=now))
+        _write_sources(store, dst, sources)
+        return ixn_id
+    if op == "upsert":
+        # PUT /exact: replace the rule for this pair, keeping a legacy ID and creation time.
+        old = sources[pos] if pos is not None else {}
+        new_src = _source_from(
+            ixn,
+            legacy_id=old.get("LegacyID", ""),
+            created=old.get("LegacyCreateTime", now),
+            updated=now,
+        )
+        if old.get("LegacyMeta"):
+            new_src["LegacyMeta"] = old["LegacyMeta"]
+        if pos is None:
             sources.append(new_src)
-            probe = {k: v for k, v in dst.items() if k not in ("CreateIndex", "ModifyIndex")}
-            probe["Sources"] = sources
-            try:
-                normalize_entry(probe)
-            except ConfigEntryError as exc:
-                raise StoreError(str(exc)) from None
-            _write_sources(store, copy.deepcopy(old_entry), remaining)
-            _write_sources(store, dst, sources)
+        else:
+            sources[pos] = new_src
+        _write_sources(store, dst, sources)
         return True
-    if op == "delete":
-        ixn_id = cmd.get("ID")
-        found = find_legacy(store, ixn_id) if isinstance(ixn_id, str) else None
-        if found is None:
-            raise StoreError(f"Cannot delete non-existent intention: '{ixn_id}'")
-        entry, pos = found
-        _write_sources(store, copy.deepcopy(entry), [s for i, s in enumerate(entry["Sources"]) if i != pos])
-        return True
-    if op == "delete-exact":
-        raw = cmd.get("Intention")
-        if not isinstance(raw, Mapping):
-            raise StoreError("Intention must be an object")
-        src_ns = raw.get("SourceNS") or DEFAULT_NAMESPACE
-        src_name = raw.get("SourceName") or ""
-        dst_ns = raw.get("DestinationNS") or DEFAULT_NAMESPACE
-        dst_name = raw.get("DestinationName") or ""
-        if not all(isinstance(v, str) for v in (src_ns, src_name, dst_ns, dst_name)) or not src_name or not dst_name:
-            raise StoreError("source and destination must be set")
-        entry = get_entry(store, KIND_SERVICE_INTENTIONS, dst_name, dst_ns)
-        if entry is None:
-            return True  # deleting what is not there is a no-op, as in Consul
-        kept = [s for s in entry["Sources"] if not _source_matches(s, src_ns, src_name)]
-        if len(kept) != len(entry["Sources"]):
-            _write_sources(store, copy.deepcopy(entry), kept)
-        return True
-    raise StoreError(f"invalid intention operation {op!r}")
+    # update by legacy ID: the pair may move to another destination entry.
+    ixn_id = cmd.id
+    found = find_legacy(store, ixn_id)
+    if found is None:
+        raise StoreError(f"Cannot modify non-existent intention: '{ixn_id}'")
+    old_entry, old_pos = found
+    old_src = old_entry["Sources"][old_pos]
+    same_entry = old_entry["Name"] == dst["Name"] and old_entry.get("Namespace") == dst.get("Namespace")
+    if pos is not None and not (same_entry and pos == old_pos):
+        raise _duplicate_error(ixn)
+    new_src = _source_from(ixn, legacy_id=ixn_id, created=old_src.get("LegacyCreateTime", now), updated=now)
+    if same_entry:
+        sources[old_pos] = new_src
+        _write_sources(store, dst, sources)
+    else:
+        remaining = [s for i, s in enumerate(old_entry["Sources"]) if i != old_pos]
+        # Validate the destination side first so a refused move leaves both entries untouched.
+        sources.append(new_src)
+        probe = {k: v for k, v in dst.items() if k not in ("CreateIndex", "ModifyIndex")}
+        probe["Sources"] = sources
+        try:
+            normalize_entry(probe)
+        except ConfigEntryError as exc:
+            raise StoreError(str(exc)) from None
+        _write_sources(store, copy.deepcopy(old_entry), remaining)
+        _write_sources(store, dst, sources)
+    return True
+
+
+def apply_intention_delete(store: StateStore, cmd: c.IntentionDelete) -> bool:
+    found = find_legacy(store, cmd.id)
+    if found is None:
+        raise StoreError(f"Cannot delete non-existent intention: '{cmd.id}'")
+    entry, pos = found
+    _write_sources(store, copy.deepcopy(entry), [s for i, s in enumerate(entry["Sources"]) if i != pos])
+    return True
+
+
+def apply_intention_delete_exact(store: StateStore, cmd: c.IntentionDeleteExact) -> bool:
+    entry = get_entry(store, KIND_SERVICE_INTENTIONS, cmd.destination_name, cmd.destination_ns)
+    if entry is None:
+        return True  # deleting what is not there is a no-op, as in Consul
+    kept = [s for s in entry["Sources"] if not _source_matches(s, cmd.source_ns, cmd.source_name)]
+    if len(kept) != len(entry["Sources"]):
+        _write_sources(store, copy.deepcopy(entry), kept)
+    return True
 
 
 # ---------------------------------------------------------------------- cached read views
@@ -532,7 +504,11 @@ class StateViews:
         self._ixn: IntentionIndex = build_index(())
         self._ixn_list: list[Intention] = []
 
-    def ca(self, store: StateStore) -> CAState | None:
+    def ca(self, store: StateStore, ws: WatchSet | None = None) -> CAState | None:
+        """The decoded CA state (Consul's CARoots/CAConfig read it); with a watch set, watched as the
+        CA table at ``ca_index``."""
+        if ws is not None:
+            ws.saw(TOPIC_CA, ca_index(store))
         raw = ca_raw(store)
         if raw is None:
             return None
@@ -553,12 +529,18 @@ class StateViews:
         self._ixn = build_index(self._ixn_list)
         self._ixn_table, self._ixn_index = table, index
 
-    def intentions(self, store: StateStore) -> IntentionIndex:
+    def intentions(self, store: StateStore, ws: WatchSet | None = None) -> IntentionIndex:
+        """The intention index for matching; with a watch set, watched as the config entries table
+        (intentions are service-intentions config entries, as in Consul since 1.9)."""
+        if ws is not None:
+            ws.saw(TOPIC_CONFIG, config_index(store))
         self._refresh_intentions(store)
         return self._ixn
 
-    def intention_list(self, store: StateStore) -> list[Intention]:
-        """All intentions in evaluation order (highest precedence first)."""
+    def intention_list(self, store: StateStore, ws: WatchSet | None = None) -> list[Intention]:
+        """All intentions in evaluation order (highest precedence first), watched as ``intentions``."""
+        if ws is not None:
+            ws.saw(TOPIC_CONFIG, config_index(store))
         self._refresh_intentions(store)
         return self._ixn_list
 

@@ -6,6 +6,7 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from ca import provider
+from registry.commands import Proposer
 from registry.connect.state import CMD_CA_SET, register_commands
 from registry.fsm import FSM, encode_command
 
@@ -29,12 +30,14 @@ class FakeClock:
 
 
 class Log:
-    """An FSM fed through encoded commands, as the single-node log feeds it."""
+    """An FSM fed through encoded commands, as the single-node log feeds it; ``propose`` is the agent's
+    proposer over it (typed commands in, a refusal raised as CommandError)."""
 
     def __init__(self) -> None:
         self.fsm = FSM()
         register_commands(self.fsm)
         self.index = 0
+        self.propose = Proposer(self._submit, lambda: 0).propose
 
     @property
     def store(self):  # noqa: ANN201 - StateStore
@@ -44,8 +47,8 @@ class Log:
         self.index += 1
         return self.fsm.apply(self.index, encode_command(cmd))
 
-    async def propose(self, cmd: dict) -> object:
-        return self.apply(cmd)
+    async def _submit(self, wire: dict) -> object:
+        return self.apply(wire)
 
 
 def init_ca(log: Log, now: datetime = START, config: provider.CAConfig | None = None) -> provider.CAState:

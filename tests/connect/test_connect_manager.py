@@ -11,7 +11,8 @@ from connect_helpers import CLUSTER_ID, START, FakeClock, Log
 
 from ca import provider
 from ca.provider import CAConfig
-from registry.connect.manager import CAManager, CAUpdateError, ca_expiry_status
+from registry.commands import CASet, Command, CommandError
+from registry.connect.manager import CAManager, ca_expiry_status
 from registry.connect.state import StateViews, ca_index
 
 SHORT = CAConfig(leaf_cert_ttl="1h", intermediate_cert_ttl="3h", root_cert_ttl="100h")
@@ -74,14 +75,13 @@ async def test_set_config_rotates_on_new_key_type_and_survives_a_lost_race(log: 
     racing = {"done": False}
     real_propose = log.propose
 
-    async def propose_after_a_rival(cmd: dict) -> object:
+    async def propose_after_a_rival(cmd: Command) -> object:
         if not racing["done"]:
             racing["done"] = True
             # Someone else changes the configuration between our read and our write.
             rival_config = CAConfig(leaf_cert_ttl="2h", intermediate_cert_ttl="6h", root_cert_ttl="100h")
             rival = provider.update_config(state_of(log), rival_config, clock(), os.urandom)
-            await real_propose({"Type": "connect.ca.set", "State": provider.to_msgpack_dict(rival),
-                                "Prev": ca_index(log.store)})  # fmt: skip
+            await real_propose(CASet(provider.to_msgpack_dict(rival), ca_index(log.store)))
         return await real_propose(cmd)
 
     m._propose = propose_after_a_rival
@@ -95,7 +95,7 @@ async def test_set_config_rotates_on_new_key_type_and_survives_a_lost_race(log: 
 
 
 async def test_set_config_needs_an_initialized_ca(log: Log, clock: FakeClock) -> None:
-    with pytest.raises(CAUpdateError) as err:
+    with pytest.raises(CommandError) as err:
         await manager(log, clock).set_config(SHORT)
     assert (err.value.status, err.value.message) == (500, "CA has not finished initializing")
 

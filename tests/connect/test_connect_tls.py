@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca import certs
+from registry.api.http import HotCache
 from registry.config import Config, ConfigError, apply_mapping
 from registry.testing import async_dev_agent
 from registry.tls import load_tls_settings, make_peer_check, rpc_contexts
@@ -105,7 +106,8 @@ async def test_https_listener_serves_the_api_and_verifies_clients(pki: Pki, spel
     config = {"tls": {"defaults": files}} if spelling == "tls-block" else dict(files)
     async with async_dev_agent(ports={"https": 0}, **config) as running:
         assert not running.agent.config.unknown_keys
-        port = running.agent.connect.https_addr[1]
+        assert running.agent.https_addr is not None
+        port = running.agent.https_addr[1]
         async with aiohttp.ClientSession() as session:
             async with session.get(f"https://localhost:{port}/v1/connect/ca/roots",
                                    ssl=_client_ctx(pki, "dc1-client-consul-0")) as resp:  # fmt: skip
@@ -120,6 +122,28 @@ async def test_https_listener_serves_the_api_and_verifies_clients(pki: Pki, spel
             # The plain HTTP port keeps working beside it.
             async with session.get(running.url + "/v1/status/leader") as resp:
                 assert resp.status == 200
+
+
+async def test_https_serves_the_same_api_as_http(pki: Pki) -> None:
+    """One Api behind both ports, as Consul serves one handler on both: one set of caches and one watch-hub
+    listener. (A second Api for HTTPS would keep its own caches and register its own listener.)"""
+    files = {"ca_file": pki["consul-agent-ca.pem"], "cert_file": pki["dc1-server-consul-0.pem"],
+             "key_file": pki["dc1-server-consul-0-key.pem"]}  # fmt: skip
+    async with async_dev_agent(ports={"https": 0}, tls={"defaults": files}) as running:
+        agent = running.agent
+        api = agent.api
+        assert api is not None and agent.https_addr is not None
+        caches = [fn for fn in agent.hub.listeners if isinstance(fn.__self__, HotCache)]  # type: ignore[attr-defined]
+        assert caches == [api.hot.invalidate]
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"https://127.0.0.1:{agent.https_addr[1]}/v1/catalog/services",
+                                   ssl=_client_ctx(pki, None)) as resp:  # fmt: skip
+                assert resp.status == 200 and "consul" in await resp.json()
+        # The answer rendered for the HTTPS request is in the HTTP port's cache.
+        assert any(key.startswith("/v1/catalog/services") for key in api.hot.entries)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(running.url + "/v1/catalog/services") as resp:
+                assert resp.status == 200 and "consul" in await resp.json()
 
 
 async def test_https_port_without_certificates_refuses_to_start() -> None:

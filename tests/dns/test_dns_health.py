@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from dnstest import addresses, ask, deregister, eventually, rcode, register, set_check
 
+from registry.structs import Service
 from registry.testing.agent import RunningAgent, dev_agent
 
 
@@ -96,6 +97,6 @@ def test_only_passing_drops_warning_instances() -> None:
 def test_agent_registered_service_appears_through_the_agent_api(agent: RunningAgent) -> None:
     """The path a user takes: register with the agent (local state, then anti-entropy into the catalog)."""
     port = _port(agent)
-    definition = {"ID": "local", "Service": "local", "Port": 9999, "Tags": [], "Meta": {}}
-    agent.call(agent.agent.add_service(definition, [], replace_checks=False))
+    service = Service(node=agent.agent.node_name, id="local", service="local", port=9999)
+    agent.call(agent.agent.add_service(service, [], replace_checks=False))
     eventually(lambda: addresses(ask(port, "local.service.consul")) == ["127.0.0.1"], timeout=5)

@@ -46,7 +46,8 @@ def port(agent: RunningAgent) -> int:
 
 @pytest.fixture(scope="module")
 def server(agent: RunningAgent) -> DNSServer:
-    (listener,) = [x for x in agent.agent._listeners if isinstance(x, DNSListener)]
+    listener = agent.agent.dns_listener
+    assert isinstance(listener, DNSListener)
     return listener.server
 
 

@@ -1,0 +1,103 @@
+"""The one HTTP route table: every module's ``ROUTES``, collected explicitly, and the docs rendered from it.
+
+The agent builds its ``Api`` from ``ROUTES``; ``python -m registry.api.routes`` rewrites
+``docs/http-api.md`` from the same table (``--check`` fails when the file is stale), so the documented
+list of endpoints and the ACL rule each needs cannot drift from what is served.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from registry.api import (
+    agent_endpoints,
+    catalog,
+    config_entries,
+    connect,
+    health,
+    kv,
+    operator,
+    session,
+    status,
+    txn,
+)
+from registry.api.routing import Route
+
+ROUTES: tuple[Route, ...] = (
+    *agent_endpoints.ROUTES,
+    *catalog.ROUTES,
+    *health.ROUTES,
+    *kv.ROUTES,
+    *status.ROUTES,
+    *operator.ROUTES,
+    *session.ROUTES,
+    *txn.ROUTES,
+    *connect.ROUTES,
+    *config_entries.ROUTES,
+)
+
+DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
+
+_NAME_WORDS = {
+    "path": "path",
+    "path-id": "object named by the ID in the path",
+    "local-node": "this agent's node",
+    "each": "each item",
+    "unnamed": "",
+    "none": "",
+}
+
+
+def _rule(r: Route) -> str:
+    if r.resource == "none":
+        return "none"
+    return f"`{r.resource}:{r.access}`"
+
+
+def _name(r: Route) -> str:
+    if r.name.startswith("query:"):
+        return f"query `?{r.name[6:]}`"
+    if r.name.startswith("body:"):
+        return f"body `{r.name[5:]}`"
+    return _NAME_WORDS[r.name]
+
+
+def render_markdown(routes: tuple[Route, ...] = ROUTES) -> str:
+    """The route list as a Markdown page, one row per (method, path), in path order."""
+    rows = sorted(((m, r) for r in routes for m in r.methods), key=lambda mr: (mr[1].path, mr[0]))
+    out = [
+        "# HTTP API routes",
+        "",
+        "Generated from the route table (`registry/api/routes.py`) by `python -m registry.api.routes`; do not",
+        "edit by hand. A path ending in `/` takes a suffix (`/v1/kv/<key>`). *ACL rule* is the Consul ACL",
+        "resource and access level the route needs; *name from* says where the name the rule is checked",
+        "against comes from (*each item*: a list filtered, or a batch checked, item by item).",
+        "",
+        "| Method | Path | ACL rule | Name from | What it does |",
+        "|---|---|---|---|---|",
+    ]
+    for method, r in rows:
+        path = r.path + "…" if r.is_prefix else r.path
+        out.append(f"| {method} | `{path}` | {_rule(r)} | {_name(r)} | {r.summary} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m registry.api.routes", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if docs/http-api.md is not up to date")
+    args = parser.parse_args(argv)
+    text = render_markdown()
+    if args.check:
+        current = DOC_PATH.read_text() if DOC_PATH.exists() else ""
+        if current != text:
+            print(f"{DOC_PATH} is stale: run python -m registry.api.routes", file=sys.stderr)
+            return 1
+        return 0
+    DOC_PATH.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
