@@ -153,6 +153,40 @@ def test_unreachable_agent_says_what_to_do() -> None:
     assert "Is the agent running?" in out.stderr.decode()
 
 
+def test_unreachable_agent_error_names_the_address_and_the_cause() -> None:
+    """The whole message, as the CLI printed it with urllib: the OS's words for the failure, not the library's."""
+    port = free_port()
+    out = run("kv", "get", "--http-addr", f"127.0.0.1:{port}", "k")
+    assert out.returncode == 1
+    assert out.stderr.decode() == (f"Error connecting to Proconsul agent at http://127.0.0.1:{port}: "
+                                   "[Errno 111] Connection refused\n"
+                                   "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it.\n")  # fmt: skip
+
+
+def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
+    """Every verb is in one table (no import-time discovery), and every flag takes Consul's two spellings."""
+    import argparse
+
+    from registry.cli.app import COMMANDS
+    from registry.cli.common import http_config, http_options, opt, parser
+
+    assert sorted(COMMANDS) == ["agent", "catalog", "connect", "intention", "kv", "leave", "lock", "members",
+                                "operator", "reload", "services", "snapshot", "tls", "version"]  # fmt: skip
+    p: argparse.ArgumentParser = parser("proconsul test", "test")
+    http_options(p)
+    opt(p, "node-meta", action="append", default=[])
+    args = p.parse_args(["-http-addr", "h:1", "--token=t", "--datacenter", "dc2", "-stale", "-node-meta=a:b",
+                         "--node-meta", "c:d"])  # fmt: skip
+    assert args.node_meta == ["a:b", "c:d"]
+    cfg = http_config(args)
+    assert (cfg.address, cfg.token, cfg.datacenter, cfg.stale) == ("http://h:1", "t", "dc2", True)
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    out = subprocess.run([sys.executable, "-m", "registry.cli", "version"], capture_output=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.decode().startswith("Proconsul v")
+
+
 def test_second_agent_on_taken_port_fails_fast(agent_proc) -> None:
     port, _ = agent_proc
     started = time.monotonic()

@@ -18,22 +18,24 @@ from typing import Any
 
 import pytest
 
-from registry.cli_lock import (
-    LOCK_FLAG_VALUE,
-    SEMAPHORE_FLAG_VALUE,
+from registry.cli.lock import (
     Outcome,
-    SemaphoreConflict,
-    Step,
     UsageError,
-    acquire_step,
     child_argv,
-    contender_key,
     default_session_name,
     describe_exit,
     exit_code,
+    parse_args,
+)
+from registry.client.lock import (
+    LOCK_FLAG_VALUE,
+    SEMAPHORE_FLAG_VALUE,
+    SemaphoreConflict,
+    Step,
+    acquire_step,
+    contender_key,
     free_to_delete,
     lock_key,
-    parse_args,
     semaphore_held,
     semaphore_holders,
     semaphore_take,

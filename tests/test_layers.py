@@ -159,7 +159,6 @@ def test_no_import_cycles() -> None:
     assert not cycles
 
 
-@pytest.mark.xfail(strict=True, reason="the CLI and config use __import__ (the architecture issue)")
 def test_no_dynamic_imports() -> None:
     """``__import__`` and ``importlib`` would hide an edge from every check above."""
     bad = []

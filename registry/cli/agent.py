@@ -1,0 +1,162 @@
+"""``proconsul agent``: build the agent's Config from ``-dev`` defaults, config files and flags (flags over
+files, as Consul merges them), then run the Agent until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry.cli.common import opt, parser
+
+if TYPE_CHECKING:
+    from registry.config import Config
+
+
+def agent_parser() -> argparse.ArgumentParser:
+    p = parser("proconsul agent", "Run a Proconsul agent")
+    opt(p, "dev", action="store_true", help="in-memory development server on loopback")
+    opt(p, "server", action="store_true")
+    opt(p, "bootstrap", action="store_true")
+    opt(p, "bootstrap-expect", type=int, default=None)
+    opt(p, "node", default=None)
+    opt(p, "node-id", default=None)
+    opt(p, "datacenter", default=None)
+    opt(p, "data-dir", default=None)
+    opt(p, "bind", default=None)
+    opt(p, "advertise", default=None)
+    opt(p, "client", default=None)
+    opt(p, "http-port", type=int, default=None)
+    opt(p, "dns-port", type=int, default=None)
+    opt(p, "server-port", type=int, default=None)
+    opt(p, "domain", default=None)
+    opt(p, "alt-domain", default=None)
+    opt(p, "recursor", action="append", default=[])
+    opt(p, "retry-join", action="append", default=[])
+    opt(p, "join", action="append", default=[])
+    opt(p, "config-file", action="append", default=[])
+    opt(p, "config-dir", action="append", default=[])
+    opt(p, "log-level", default=None)
+    opt(p, "log-json", action="store_true")
+    opt(p, "enable-script-checks", action="store_true")
+    opt(p, "node-meta", action="append", default=[])
+    opt(p, "ui", action="store_true")
+    return p
+
+
+def build_config(argv: list[str]) -> Config:
+    from registry.config import (
+        Config,
+        ConfigError,
+        apply_mapping,
+        apply_node_section,
+        dev_defaults,
+        load_file,
+        validate,
+    )
+
+    args = agent_parser().parse_args(argv)
+    cfg = Config()
+    if args.dev:
+        dev_defaults(cfg)
+    files: list[str] = list(args.config_file)
+    for d in args.config_dir:
+        dpath = Path(d)
+        if not dpath.is_dir():
+            raise ConfigError(f"config-dir {d} is not a directory")
+        files.extend(str(f) for f in sorted(dpath.iterdir()) if f.suffix in (".json", ".yaml", ".yml"))
+    loaded = []
+    for f in files:
+        data = load_file(f)
+        apply_mapping(cfg, data, f)
+        cfg.config_files.append(f)
+        loaded.append((f, data))
+    flags: dict[str, Any] = {}
+    for flag, key in (("node", "node_name"), ("node_id", "node_id"), ("datacenter", "datacenter"),
+                      ("data_dir", "data_dir"), ("bind", "bind_addr"), ("advertise", "advertise_addr"),
+                      ("client", "client_addr"), ("log_level", "log_level"), ("domain", "domain"),
+                      ("alt_domain", "alt_domain"), ("bootstrap_expect", "bootstrap_expect")):  # fmt: skip
+        value = getattr(args, flag)
+        if value is not None:
+            flags[key] = value
+    for flag in ("server", "bootstrap", "log_json", "enable_script_checks"):
+        if getattr(args, flag):
+            flags[flag] = True
+    ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))
+             if v is not None}  # fmt: skip
+    if ports:
+        flags["ports"] = ports
+    if args.recursor:
+        flags["recursors"] = args.recursor
+    if args.retry_join or args.join:
+        flags["retry_join"] = args.retry_join + args.join
+    if args.node_meta:
+        try:
+            flags["node_meta"] = dict(m.split(":", 1) for m in args.node_meta)
+        except ValueError as exc:
+            raise ConfigError("-node-meta must be key:value") from exc
+    apply_mapping(cfg, flags, "command line")
+    for f, data in loaded:
+        apply_node_section(cfg, data, f)
+    if "ports" in flags or args.data_dir:
+        apply_mapping(cfg, {k: v for k, v in flags.items() if k in ("ports", "data_dir")}, "command line")
+    if args.dev or cfg.dev:
+        cfg.dev = True
+        cfg.server = True
+        cfg.bootstrap = True
+    from registry.agent.agent import CONFIG_VALIDATORS
+
+    validate(cfg, CONFIG_VALIDATORS)
+    return cfg
+
+
+def cmd_agent(argv: list[str]) -> int:
+    from registry.config import ConfigError
+
+    try:
+        cfg = build_config(argv)
+    except ConfigError as exc:
+        print(f"==> {exc}", file=sys.stderr)
+        return 1
+    from registry import logs
+
+    logs.configure(cfg.log_level, cfg.log_json)
+    from registry import eventloop
+
+    return eventloop.run(_run_agent(cfg))
+
+
+async def _run_agent(cfg: Config) -> int:
+    import structlog
+
+    from registry.agent.agent import Agent
+
+    log = structlog.get_logger("proconsul")
+    for key in cfg.unknown_keys:
+        log.warning("ignoring unknown config key", key=key)
+    agent = Agent(cfg)
+    from registry.config import ConfigError
+
+    try:
+        await agent.start()
+    except OSError as exc:
+        print(f"==> Error starting agent: {exc.strerror or exc}", file=sys.stderr)
+        await agent.stop()
+        return 1
+    except ConfigError as exc:
+        print(f"==> {exc}", file=sys.stderr)
+        await agent.stop()
+        return 1
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, agent.request_shutdown)
+    print("==> Proconsul agent running!", flush=True)
+    assert agent.shutdown_requested is not None
+    await agent.shutdown_requested.wait()
+    log.info("caught signal, shutting down")
+    await agent.stop()
+    return 0
+

@@ -1,0 +1,119 @@
+"""What every ``proconsul`` command shares: Consul's flag forms (``-flag`` and ``--flag``), the HTTP API options
+(``-http-addr``, ``-token``, ``-datacenter``, ``-stale``), the agent client with the CLI's error texts, the
+error that ends a command with its exit code, and the table output of Consul's ``columnize``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from registry.client.http import AgentHTTP, AgentUnavailable, HTTPConfig, Response
+
+__all__ = [
+    "CLIError", "Client", "Command", "http_config", "http_options", "opt", "parser", "run_client", "subcommand",
+    "table",
+]  # fmt: skip
+
+Command = Callable[[list[str]], int]
+# Consul's CLI client: no overall deadline (a snapshot may take long), but a silent agent is an error.
+SOCKET_TIMEOUT_S = 30.0
+
+
+class CLIError(Exception):
+    """Ends a command: the message goes to stderr and the process exits with ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def opt(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
+    """A flag in both of Consul's spellings, ``-name`` and ``--name``."""
+    p.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+
+
+def http_options(p: argparse.ArgumentParser) -> None:
+    """Consul's HTTP API options, on every command that talks to the agent."""
+    opt(p, "http-addr", default=None, help="agent HTTP address (env CONSUL_HTTP_ADDR / PROCONSUL_HTTP_ADDR)")
+    opt(p, "token", default=None, help="ACL token (env CONSUL_HTTP_TOKEN)")
+    opt(p, "datacenter", default=None)
+    opt(p, "stale", action="store_true")
+
+
+def http_config(args: argparse.Namespace) -> HTTPConfig:
+    return HTTPConfig.from_flags(args.http_addr, args.token, args.datacenter, args.stale)
+
+
+def _reason(cause: BaseException) -> str:
+    """Why the agent could not be reached, worded as the operating system words it ("[Errno 111] Connection
+    refused"), not as the HTTP library wraps it."""
+    import aiohttp
+
+    err: BaseException = cause
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        err = cause.os_error
+    if isinstance(err, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timed out"
+    if isinstance(err, OSError) and not isinstance(err, socket.gaierror) and err.errno:
+        return f"[Errno {err.errno}] {os.strerror(err.errno)}"
+    return str(err) or type(err).__name__
+
+
+class Client:
+    """The agent's HTTP API as the commands use it: the shared ``AgentHTTP`` with the CLI's texts for an agent
+    that cannot be reached and for an error answer."""
+
+    def __init__(self, http: AgentHTTP) -> None:
+        self.http = http
+        self.base = http.base
+
+    async def request(self, method: str, path: str, params: Mapping[str, Any] | None = None,
+                      body: bytes | None = None) -> Response:  # fmt: skip
+        """One call, whatever its status (unpacks as ``status, body, headers``)."""
+        try:
+            return await self.http.request(method, path, params, body)
+        except AgentUnavailable as exc:
+            raise CLIError(
+                f"Error connecting to Proconsul agent at {self.base}: {_reason(exc.cause)}\n"
+                "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it."
+            ) from exc
+
+    async def json(self, method: str, path: str, params: Mapping[str, Any] | None = None, body: Any = None) -> Any:
+        """A JSON call; an error status is Consul's ``Unexpected response code: <status> (<text>)``."""
+        resp = await self.request(method, path, params, json.dumps(body).encode() if body is not None else None)
+        if resp.status >= 400:
+            raise CLIError(f"Unexpected response code: {resp.status} ({resp.text})")
+        return resp.json()
+
+
+def run_client(args: argparse.Namespace, action: Callable[[Client], Awaitable[int]]) -> int:
+    """Run ``action`` with a client for the agent the HTTP options name, and close it after."""
+
+    async def go() -> int:
+        async with AgentHTTP(http_config(args), total=None, connect=SOCKET_TIMEOUT_S,
+                             sock_read=SOCKET_TIMEOUT_S) as http:  # fmt: skip
+            return await action(Client(http))
+
+    return asyncio.run(go())
+
+
+def subcommand(argv: list[str], group: str, choices: tuple[str, ...], usage: str) -> tuple[str, list[str]]:
+    """Split ``proconsul <group> <sub> ...``; an unknown or missing sub-command prints the usage (exit 1)."""
+    if not argv or argv[0] not in choices:
+        raise CLIError(f"Usage: proconsul {group} <{'|'.join(choices)}> {usage}")
+    return argv[0], argv[1:]
+
+
+def table(rows: list[list[str]]) -> str:
+    """Columns two spaces apart, each as wide as its widest cell, no trailing blanks."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
