@@ -224,6 +224,7 @@ class Run:
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
     return http_body(method, url, body, timeout)
 
+
 def run_one(system: System, scenario: str, seconds: float) -> Run:
     system.start()
     leader = system.leader()

@@ -318,6 +318,7 @@ end
 def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
     return http_body(method, url, body, timeout)
 
+
 def _static_lua(method: str, path: str, body: str) -> str:
     return (f'wrk.method = "{method}"\nwrk.path = "{path}"\nwrk.body = \'{body}\'\n'
             'wrk.headers["Content-Type"] = "application/json"\n')  # fmt: skip
