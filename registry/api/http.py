@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from registry.agent.local import LocalCheck, LocalService
+    from registry.api.acl_login import LoginService
     from registry.connect.service import Connect
     from registry.registration import CheckSpec, RegistrationRules
     from registry.structs import Service
@@ -161,6 +162,8 @@ class Api:
         self.max_wait = config.max_query_time
         self.pretty_default = config.dev
         self.acl_policy = config.acl_default_policy
+        # /v1/acl/login and /logout over the ACL tables; set by the composition root when ACLs are on.
+        self.acl_login: LoginService | None = None
 
     @property
     def store(self) -> StateStore:
