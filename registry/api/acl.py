@@ -10,6 +10,7 @@ agent/consul/acl_endpoint.go:
 * lists are sorted by their primary key (Consul's memdb ``id`` index order) and never carry secrets
   unless the caller may ``acl:write`` (Consul redacts them to ``<hidden>`` otherwise, as it does for a
   token read by AccessorID); expired tokens are neither read nor listed;
+* no ACL answer goes into the HTTP hot cache: what a caller sees depends on its token;
 * the refusals Consul words as RPC errors (a name taken, a link to nothing, a reserved ID) answer 400
   with Consul's text: they are the caller's mistakes. (Consul itself answers them with 500.)
 
@@ -525,7 +526,7 @@ async def policy_list(api: Api, request: web.Request, _: str) -> web.StreamRespo
         rows = store.acl_policy_list(ws)
         return ReadResult(lambda: [policy_json(p, stub=True) for p in rows])
 
-    return await api.read(request, run)
+    return await api.read(request, run, cacheable=False)
 
 
 # --------------------------------------------------------------------------------------------- roles
@@ -637,7 +638,7 @@ async def auth_method_list(api: Api, request: web.Request, _: str) -> web.Stream
         rows = store.acl_auth_method_list(ws)
         return ReadResult(lambda: [auth_method_json(m, stub=True) for m in rows])
 
-    return await api.read(request, run)
+    return await api.read(request, run, cacheable=False)
 
 
 # ------------------------------------------------------------------------------------- binding rules

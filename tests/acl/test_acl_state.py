@@ -151,3 +151,14 @@ async def test_server_resolver_cache_drops_exactly_on_acl_changes(fsm: FSM) -> N
     anon = await resolver.resolve("")
     assert anon.accessor_id == ANONYMOUS_TOKEN_ID and not anon.service_read("web")
     assert isinstance(StateStore(), StateStore)
+
+
+def test_agent_tokens_persist_and_win_over_config_at_the_next_start(tmp_path: Any) -> None:
+    cfg = Config(data_dir=str(tmp_path), acl={"enabled": True, "enable_token_persistence": True,
+                                              "tokens": {"default": "from-config", "agent_master": "legacy"}})  # fmt: skip
+    tokens = AgentTokens(cfg)
+    assert (tokens.get("default"), tokens.get("agent_recovery")) == ("from-config", "legacy")
+    assert tokens.set("acl_token", "from-api") and not tokens.set("bogus", "x")
+    again = AgentTokens(cfg)
+    assert again.get("default") == "from-api" and again.get("agent_recovery") == "legacy"
+    assert tokens.set("default", "") and AgentTokens(cfg).get("default") == "from-config"
