@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ import aiohttp
 import structlog
 
 from registry import CONSUL_VERSION
+from registry.agent.acl import ACLLeader, AgentTokens, ClientResolver, ServerResolver, acl_enabled
 from registry.agent.checks import (
     HTTPMonitor,
     Monitor,
@@ -69,6 +71,7 @@ from registry.watch import WatchHub
 
 if TYPE_CHECKING:
     from dns.server import DNSListener
+    from registry.acl.resolver import TokenResolver
     from registry.agent.listeners import Listener
     from registry.api.http import Api
 
@@ -106,6 +109,20 @@ class Agent:
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
                                is_client=self.is_client)  # fmt: skip
+        # ACL state: this agent's tokens, the resolver enforcement asks (a server resolves from its replica, a
+        # client agent asks the servers), and on servers the leader's ACL duties.
+        self.acl_tokens = AgentTokens(config)
+        self.acl: TokenResolver
+        self.acl_leader: ACLLeader | None = None
+        if self.is_client:
+            self.acl = ClientResolver(config=config, tokens=self.acl_tokens, call_leader=self.consensus.call_leader)
+        else:
+            server_acl = ServerResolver(config=config, tokens=self.acl_tokens, store=lambda: self.store, hub=self.hub)
+            server_acl.register_rpc(self.rpc)
+            self.acl = server_acl
+            self.acl_leader = ACLLeader(is_leader=self.consensus.is_leader, store=lambda: self.store,
+                                        propose=self.propose, tokens=self.acl_tokens,
+                                        new_uuid=lambda: str(uuid.uuid4()))  # fmt: skip
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
@@ -208,6 +225,7 @@ class Agent:
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
+        await self._start_acl()
         await self._start_listeners()
         if self.http_addr is not None and self.config.server:
             self.consensus.advertise_http(f"{self.config.advertise}:{self.http_addr[1]}")
@@ -219,6 +237,20 @@ class Agent:
             http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
         )
 
+    async def _start_acl(self) -> None:
+        """With ACLs on: the leader's duties on a server (initialized at once when this agent leads, as a
+        -dev agent does), the following of the servers' ACL index on a client agent."""
+        if not acl_enabled(self.config):
+            return
+        if isinstance(self.acl, ClientResolver):
+            self._spawn(self.acl.follow(), "acl-index-follow")
+        elif self.acl_leader is not None:
+            try:
+                await self.acl_leader.step()
+            except Exception as exc:  # noqa: BLE001 - no leader yet: the leader task retries
+                log.debug("ACL tables not initialized yet", error=str(exc))
+            self._spawn(self.acl_leader.run(), "acl-leader")
+
     async def _start_listeners(self) -> None:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
         # Imported here: the API's handler modules import this module.
@@ -228,7 +260,7 @@ class Agent:
 
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
-                  connect=self.connect)  # fmt: skip
+                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
         self.api = api
         server = APIServer(api)
         try:

@@ -35,7 +35,9 @@ from registry.watch import TopicMap, WatchHub
 if TYPE_CHECKING:
     import aiohttp
 
+    from registry.acl.resolver import TokenResolver
     from registry.agent.local import LocalCheck, LocalService
+    from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
     from registry.connect.service import Connect
     from registry.registration import CheckSpec, RegistrationRules
@@ -46,6 +48,8 @@ log = structlog.get_logger("proconsul.http")
 MAX_BODY = 8 * 1024 * 1024  # non-KV bodies; KV has its own, smaller, configurable limit
 CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
+# Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
+CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize"})
 
 
 @dataclass(slots=True)
@@ -146,8 +150,12 @@ class Api:
         hub: WatchHub,
         local: LocalAgent,
         connect: Connect | None = None,
+        acl: TokenResolver | None = None,
+        acl_tokens: AgentTokenSetter | None = None,
     ) -> None:
         self.agent = local
+        self.acl = acl  # the agent's TokenResolver (None: no ACL state at all, as in some unit tests)
+        self.acl_tokens = acl_tokens
         self.config = config
         self._store = store
         self.consensus = consensus
@@ -180,7 +188,8 @@ class Api:
             if hit is not None and self.consensus.fast_read_ok():
                 return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
-        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members"):
+        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
+                and path not in CLIENT_LOCAL_PATHS:
             return await self.forward(request)
         routes, suffix = self.router.resolve(path)
         if routes is None:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from registry.api import (
+    acl,
     acl_login,
     agent_endpoints,
     catalog,
@@ -37,6 +38,7 @@ ROUTES: tuple[Route, ...] = (
     *txn.ROUTES,
     *connect.ROUTES,
     *config_entries.ROUTES,
+    *acl.ROUTES,
     *acl_login.ROUTES,
 )
 
