@@ -30,8 +30,8 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cal
     """``make_cluster(n)``: n servers (not started yet) in their own temp dirs; killed after the test."""
     clusters: list[Cluster] = []
 
-    def make(n: int = 3) -> Cluster:
-        cluster = Cluster(n, tmp_path / f"cluster{len(clusters)}")
+    def make(n: int = 3, tls: bool = False) -> Cluster:
+        cluster = Cluster(n, tmp_path / f"cluster{len(clusters)}", tls=tls)
         clusters.append(cluster)
         return cluster
 
