@@ -204,6 +204,8 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
             cfg.client_addr = value["http"]
     elif key == "limits":
         _apply_limits(cfg.limits, value)
+        if "kv_max_value_size" in value:  # where Consul keeps it; the top-level key is read too
+            _apply_key(cfg, "kv_max_value_size", value["kv_max_value_size"])
     elif key == "nodes":
         pass  # per-node sections are applied once the node name is known (apply_node_section)
     elif key in ("retry_join", "start_join", "recursors"):
