@@ -133,7 +133,6 @@ class Agent:
         self._dirty: set[tuple[str, str]] = set()
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
-        self.insecure_reasons: list[str] = []  # what is insecure about this agent, once started
         self.shutdown_requested: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -438,7 +437,6 @@ class Agent:
         TLS to the servers) says so at start, and keeps saying so with a warning check on its node
         (``registry.posture``)."""
         reasons = insecure_reasons(self.config)
-        self.insecure_reasons = reasons
         if not reasons:
             return
         log.warning("agent running with an insecure configuration", reasons=reasons,
