@@ -309,6 +309,27 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tupl
         return exc.code, dict(exc.headers.items()), exc.read()
 
 
+def http_body(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """``http`` without the headers: (status, body)."""
+    status, _, data = http(method, url, body, timeout)
+    return status, data
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll ``fn`` every 50 ms until it returns something true (returned); connection errors and half-formed
+    answers count as not yet. Exits with a message after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
 def register_instance(
     base: str, service: str, i: int, tags: Sequence[str] = (), node: str | None = None
 ) -> None:

@@ -15,7 +15,7 @@ asyncio protocol client that notes when an answer's last byte arrives and does n
 answers costs the aiohttp client more CPU than producing them costs the agent, so the raw client's figures
 are the agent's; both are reported, with the CPU each side spent.
 
-Target (foundation issue): all 10,000 woken and answered, p99 within 1 s; zero woken by the ``db`` write.
+Target: all 10,000 woken and answered, p99 within 1 s; zero woken by the ``db`` write.
 There is no peer for this one; the figures are printed with their ratio to the target.
 
     python -m bench.watch_fanout [--watchers 10000] [--clients aiohttp,raw] [--docs] [--strict]

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from registry.agent.local import LocalCheck, LocalService
+    from registry.api.acl_login import LoginService
     from registry.connect.service import Connect
     from registry.registration import CheckSpec, RegistrationRules
     from registry.structs import Service
@@ -165,6 +166,8 @@ class Api:
         # Consul limits the requests each server handles; a client agent forwards to the servers, which
         # count what it forwards.
         self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
+        # /v1/acl/login and /logout over the ACL tables; set by the composition root when ACLs are on.
+        self.acl_login: LoginService | None = None
 
     @property
     def store(self) -> StateStore:
