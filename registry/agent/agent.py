@@ -46,6 +46,13 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.posture import (
+    INSECURE_CHECK_ID,
+    INSECURE_CHECK_NAME,
+    check_output,
+    insecure_reasons,
+    require_secure,
+)
 from registry.raft.rpc import RPCRouter
 from registry.registration import (
     CheckSpec,
@@ -58,6 +65,7 @@ from registry.structs import (
     CONSUL_SERVICE,
     HEALTH_CRITICAL,
     HEALTH_PASSING,
+    HEALTH_WARNING,
     NODE_MAINT_CHECK_ID,
     SERF_CHECK_ID,
     SERF_CHECK_NAME,
@@ -88,7 +96,8 @@ def _validate_tls(cfg: Config) -> None:
 
 # What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
 # passes these when it builds the agent's Config.
-CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls)
+# ``require_secure`` comes last: a malformed tls block gets its own message first.
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, require_secure)
 
 
 class Agent:
@@ -218,6 +227,7 @@ class Agent:
             await self.add_service(service, specs, replace_checks=False)
         for chk in self.config.checks:
             await self.add_check(build_check_registration(rules, chk))
+        await self._warn_if_insecure()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
@@ -453,6 +463,21 @@ class Agent:
         output = output[: chk.spec.output_max_size] if chk.spec.output_max_size > 0 else output
         self.set_check_status(cid, status, output)
         await self.sync_check(cid)
+
+    async def _warn_if_insecure(self) -> None:
+        """An agent started without ACLs or mutual TLS (``-insecure``, or a client agent without verified
+        TLS to the servers) says so at start, and keeps saying so with a warning check on its node
+        (``registry.posture``)."""
+        reasons = insecure_reasons(self.config)
+        if not reasons:
+            return
+        log.warning("agent running with an insecure configuration", reasons=reasons,
+                    insecure_flag=self.config.insecure)  # fmt: skip
+        spec = CheckSpec(check_id=INSECURE_CHECK_ID, name=INSECURE_CHECK_NAME, type="", status=HEALTH_WARNING,
+                         notes="Proconsul's warning: this agent's configuration is not secure")  # fmt: skip
+        await self._install_check(spec)
+        self.checks[INSECURE_CHECK_ID].output = check_output(self.config, reasons)
+        await self.sync_check(INSECURE_CHECK_ID)
 
     # ------------------------------------------------------------------ maintenance
 
