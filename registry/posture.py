@@ -12,9 +12,10 @@ its security model); Proconsul turns that around. Outside ``-dev`` a server refu
 ``insecure: true`` (config) or ``-insecure`` (flag), Proconsul's own addition, starts such a server
 anyway; the agent then says so in its log at start, in ``/v1/agent/self`` (``DebugConfig.Insecure``
 and ``DebugConfig.InsecureReasons``) and with a warning-state node check, ``proconsul-insecure``. A client
-agent is never refused (it holds no state), but one that talks to the servers without verifying them
-(``verify_outgoing`` and ``verify_server_hostname``) gets the same check. ``-dev`` is open on purpose
-and gets neither refusal nor check.
+agent is never refused (it holds no state); one that talks to the servers without verifying them
+(``verify_outgoing`` and ``verify_server_hostname``) logs the warning and reports it in ``/v1/agent/self``
+but gets no check, which would keep its applications out of ``?passing``. ``-dev`` is open on purpose and
+gets neither refusal nor check.
 
 Pure functions of the configuration: no IO beyond what ``load_tls_settings`` reads (nothing: it only
 merges keys).

@@ -122,3 +122,31 @@ def test_dev_agent_has_no_insecure_check() -> None:
         base = f"http://127.0.0.1:{agent.http_port}"
         assert _get(base + "/v1/agent/self")["DebugConfig"]["Insecure"] is False
         assert INSECURE_CHECK_ID not in _get(base + "/v1/agent/checks")
+
+
+def test_a_client_agent_without_verified_tls_is_warned_without_a_check(tmp_path: Path) -> None:
+    """A client agent talking plaintext RPC says so (log, /v1/agent/self) but gets no warning node check,
+    which would keep its applications out of ?passing answers."""
+    http_port = free_port()
+    log = tmp_path / "client.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([BIN, "agent", "-node", "c1", "-bind", "127.0.0.1", "-retry-join",
+                                 f"127.0.0.1:{free_port()}", "-data-dir", str(tmp_path / "c"),
+                                 "-http-port", str(http_port), "-dns-port", "-1"],
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 30
+        debug = None
+        while time.monotonic() < deadline and debug is None:
+            try:
+                debug = _get(base + "/v1/agent/self")["DebugConfig"]
+            except OSError:
+                time.sleep(0.1)
+        assert debug is not None, log.read_text()
+        assert debug["Insecure"] is True and any("verify_outgoing" in r for r in debug["InsecureReasons"])
+        assert INSECURE_CHECK_ID not in _get(base + "/v1/agent/checks")
+        assert "agent running with an insecure configuration" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -466,13 +466,17 @@ class Agent:
 
     async def _warn_if_insecure(self) -> None:
         """An agent started without ACLs or mutual TLS (``-insecure``, or a client agent without verified
-        TLS to the servers) says so at start, and keeps saying so with a warning check on its node
-        (``registry.posture``)."""
+        TLS to the servers) says so at start (``registry.posture``). A server, which was started insecure
+        on purpose, also keeps saying so with a warning check on its node; a client agent does not get one,
+        because a warning node check keeps every service of the node out of ``?passing`` answers and a
+        client agent's services are the applications being discovered."""
         reasons = insecure_reasons(self.config)
         if not reasons:
             return
         log.warning("agent running with an insecure configuration", reasons=reasons,
                     insecure_flag=self.config.insecure)  # fmt: skip
+        if not self.config.server:
+            return
         spec = CheckSpec(check_id=INSECURE_CHECK_ID, name=INSECURE_CHECK_NAME, type="", status=HEALTH_WARNING,
                          notes="Proconsul's warning: this agent's configuration is not secure")  # fmt: skip
         await self._install_check(spec)

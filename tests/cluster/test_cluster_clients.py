@@ -35,8 +35,7 @@ def catalog_nodes(server: Server) -> set[str]:
 
 
 def test_client_agents_fail_and_leave(make_cluster: MakeCluster) -> None:
-    # Mutual TLS on the server port: a client agent without verified TLS to the servers carries the
-    # proconsul-insecure warning check, which would keep its services out of ?passing.
+    # Mutual TLS on the server port, as a production cluster runs.
     cluster = make_cluster(3, tls=True)
     cluster.start()
     servers = list(cluster.servers)
