@@ -306,3 +306,24 @@ def test_error_responses_and_logs_never_echo_a_token(
     assert any(e.get("event") == "rejected a malformed HTTP request" for e in events)  # the logs were seen
     assert SECRET not in repr(events)
     assert SECRET not in caplog.text
+
+
+def test_member_agents_are_exempt_from_the_per_client_limit() -> None:
+    """A client agent forwards every blocking query of its callers to a server over its own connection
+    (Consul's agents use RPC, which the HTTP limit does not cover): the address of a member agent (a node
+    with serfHealth) is not limited; any other address still is."""
+    with dev_agent(limits={"http_max_conns_per_client": 3}) as agent:
+        register = {"Node": "client-1", "Address": OTHER_IP,
+                    "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status", "Status": "passing"}}  # fmt: skip
+        assert call(agent, "PUT", "/v1/catalog/register", json.dumps(register).encode())[0] == 200
+        held = []
+        try:
+            for _ in range(6):
+                s = socket.create_connection(("127.0.0.1", agent.http_port), timeout=5,
+                                             source_address=(OTHER_IP, 0))  # fmt: skip
+                held.append(s)
+                s.sendall(b"GET /v1/status/leader HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        finally:
+            for s in held:
+                s.close()

@@ -151,6 +151,7 @@ class Agent:
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
+        self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -272,7 +273,7 @@ class Agent:
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
         self.api = api
-        server = APIServer(api)
+        server = APIServer(api, exempt=self._is_member_address)
         try:
             self.http_addr = await server.listen_http(cfg.client_addr, cfg.ports.http)
         except OSError:
@@ -662,6 +663,21 @@ class Agent:
                 await self.remove_service(sid)
 
     # ------------------------------------------------------------------ membership and liveness
+
+    def _is_member_address(self, ip: str) -> bool:
+        """Whether ``ip`` is the address of another member agent (a catalog node with serfHealth), whose
+        forwarded requests are exempt from ``limits.http_max_conns_per_client``; this agent's own address is
+        not (local clients may use it). Remade only when the node or check table moves: it is asked on
+        every connection over the limit."""
+        if ip == self.config.advertise:
+            return False
+        store = self.store
+        key = (id(store), store.table_index["nodes"], store.table_index["checks"])
+        if key != self._member_ips[0]:
+            ips = frozenset(node.address for name, node in store.nodes.items()
+                            if SERF_CHECK_ID in store.checks.get(name, {}))  # fmt: skip
+            self._member_ips = (key, ips)
+        return ip in self._member_ips[1]
 
     def members(self) -> list[dict[str, Any]]:
         """Members as Consul's /v1/agent/members shows them, derived from the catalog: every node the

@@ -52,7 +52,10 @@ class GuardedServer(web.Server):
     of connections must not exhaust the agent):
 
     - ``max_conns_per_client`` (``limits.http_max_conns_per_client``, 0 for none): a connection from an IP
-      that already holds that many is answered 429 and closed at accept, before any request is read;
+      that already holds that many is answered 429 and closed at accept, before any request is read. The
+      addresses of member agents are exempt (``exempt``): a client agent forwards each of its callers'
+      blocking queries to a server over its own connection, where Consul's agents use RPC, which this
+      limit does not cover either;
     - ``read_timeout`` (``limits.http_read_timeout``): a client must finish sending a request's headers
       within it of connecting or of its previous response (aiohttp's keep-alive timer, which closes a
       connection whose handler still waits for a request: a client trickling headers byte by byte is cut
@@ -61,12 +64,14 @@ class GuardedServer(web.Server):
       bare texts and logged without their bytes: the rejected line may carry ``?token=``.
     """
 
-    def __init__(self, handler: Callable[..., object], *, max_conns_per_client: int, read_timeout: float) -> None:
+    def __init__(self, handler: Callable[..., object], *, max_conns_per_client: int, read_timeout: float,
+                 exempt: Callable[[str], bool] = lambda ip: False) -> None:  # fmt: skip
         # After an early answer (413, 408) aiohttp reads and drops the rest of the body for lingering_time
         # (10 s) before closing: never longer than a client may pause.
         super().__init__(handler, access_log=None, keepalive_timeout=read_timeout,  # type: ignore[arg-type]
                          lingering_time=min(read_timeout, 10.0))  # fmt: skip
         self.max_conns_per_client = max_conns_per_client
+        self.exempt = exempt
         self.read_timeout = read_timeout
         self.per_client: dict[str, int] = {}
         self.refused = 0
@@ -92,7 +97,7 @@ class GuardedHandler(RequestHandler):
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if peer else ""
         held = guard.per_client.get(ip, 0)
-        if guard.max_conns_per_client and held >= guard.max_conns_per_client:
+        if guard.max_conns_per_client and held >= guard.max_conns_per_client and not guard.exempt(ip):
             guard.refused += 1
             if guard.refused == 1 or guard.refused % 1000 == 0:
                 log.warning("refusing HTTP connections over limits.http_max_conns_per_client", client=ip,
@@ -143,11 +148,12 @@ class APIServer:
     ``Api.dispatch`` does its own routing, so the Application's router and middleware chain would only add
     cost to every request (about a fifth of a cached discovery answer's time)."""
 
-    def __init__(self, api: Api, shutdown_timeout: float = HTTP_SHUTDOWN_TIMEOUT) -> None:
+    def __init__(self, api: Api, shutdown_timeout: float = HTTP_SHUTDOWN_TIMEOUT,
+                 exempt: Callable[[str], bool] = lambda ip: False) -> None:  # fmt: skip
         self.api = api
         limits = api.config.limits
         server = GuardedServer(api.dispatch, max_conns_per_client=limits.http_max_conns_per_client,
-                               read_timeout=limits.http_read_timeout)  # fmt: skip
+                               read_timeout=limits.http_read_timeout, exempt=exempt)  # fmt: skip
         self.runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
         self._set_up = False
 
