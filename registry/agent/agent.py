@@ -31,8 +31,11 @@ from registry.agent.checks import (
     TCPMonitor,
     TTLMonitor,
 )
+from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.session_timers import SessionTimers
+from registry.api.http import Api
+from registry.api.routes import ROUTES
 from registry.commands import (
     CheckUpdate,
     Command,
@@ -81,7 +84,6 @@ if TYPE_CHECKING:
     from dns.server import DNSListener
     from registry.acl.resolver import TokenResolver
     from registry.agent.listeners import Listener
-    from registry.api.http import Api
 
 log = structlog.get_logger("proconsul.agent")
 
@@ -264,11 +266,6 @@ class Agent:
 
     async def _start_listeners(self) -> None:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
-        # Imported here: the API's handler modules import this module.
-        from registry.agent.listeners import APIServer, https_context, start_dns
-        from registry.api.http import Api
-        from registry.api.routes import ROUTES
-
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
