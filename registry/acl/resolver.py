@@ -13,13 +13,13 @@ route against a token that lacks a permission and one that has it, with no ACL t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from registry.acl.authorizer import Authorizer, compile_rules
 from registry.acl.errors import ANONYMOUS_TOKEN_ID, ACLNotFound
 from registry.acl.rules import PolicyRules, parse_rules
 
-__all__ = ["TOPIC_ACL", "StaticResolver", "TokenResolver"]
+__all__ = ["TOPIC_ACL", "StaticResolver", "TokenResolver", "resolver_from_config"]
 
 # The watch topic of every ACL table: a blocking query whose answer depends on the caller's permissions
 # adds it, so narrowing a policy or deleting a token wakes it.
@@ -95,3 +95,29 @@ class StaticResolver:
 
 def _rules(rules: str | PolicyRules) -> PolicyRules:
     return parse_rules(rules) if isinstance(rules, str) else rules
+
+
+# What an agent's own token may do until the ACL tables say otherwise: register itself and read the
+# catalog (the rules Consul's documentation gives an agent token).
+_AGENT_TOKEN_RULES = 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }'
+
+
+def resolver_from_config(acl: Mapping[str, Any]) -> StaticResolver:
+    """A resolver from the agent's ``acl`` config block alone: everything allowed when ``acl.enabled`` is
+    off; otherwise the ``acl.tokens`` management tokens (``initial_management``, ``agent_recovery`` and
+    their old names) may do everything, ``acl.tokens.agent`` what an agent token needs, the default token
+    and the anonymous token what ``default_policy`` gives, and any other secret is ``ACL not found``."""
+    if not acl.get("enabled"):
+        return StaticResolver({}, enabled=False)
+    tokens = acl.get("tokens") or {}
+    management = tuple(
+        str(tokens[k]) for k in ("initial_management", "master", "agent_recovery", "agent_master") if tokens.get(k)
+    )
+    table: dict[str, str] = {}
+    if tokens.get("agent"):
+        table[str(tokens["agent"])] = _AGENT_TOKEN_RULES
+    default = str(tokens.get("default") or "")
+    if default:
+        table.setdefault(default, "")
+    return StaticResolver(table, default_policy=str(acl.get("default_policy", "allow")), management=management,
+                          default_token=default)  # fmt: skip

@@ -21,6 +21,7 @@ import aiohttp
 import structlog
 
 from registry import CONSUL_VERSION
+from registry.acl.resolver import TokenResolver, resolver_from_config
 from registry.agent.checks import (
     HTTPMonitor,
     Monitor,
@@ -89,8 +90,10 @@ CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _vali
 
 
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, acl: TokenResolver | None = None) -> None:
         self.config = config
+        # The ACL seam every enforcement point asks (HTTP, DNS, server RPC); built from config unless given.
+        self.acl: TokenResolver = acl if acl is not None else resolver_from_config(config.acl)
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         # The server port's RPC methods: the Raft server, this agent and Connect each register theirs.
@@ -228,7 +231,7 @@ class Agent:
 
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
-                  connect=self.connect)  # fmt: skip
+                  connect=self.connect, acl=self.acl)  # fmt: skip
         self.api = api
         server = APIServer(api)
         try:
