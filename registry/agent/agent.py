@@ -108,7 +108,7 @@ class Agent:
         # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
-                               is_client=self.is_client)  # fmt: skip
+                               is_client=self.is_client, acl=self.acl, agent_token=self.agent_token)  # fmt: skip
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
@@ -128,6 +128,11 @@ class Agent:
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
+
+    def agent_token(self) -> str:
+        """The token this agent's own calls to the servers carry: ``acl.tokens.agent``, else the default."""
+        tokens = self.config.acl.get("tokens") or {}
+        return str(tokens.get("agent") or self.acl.default_secret())
 
     # ------------------------------------------------------------------ lifecycle
 
