@@ -77,6 +77,9 @@ def test_bodies_come_from_the_registration_schemas() -> None:
     assert schemas["CatalogRegistration"]["properties"]["Service"]["properties"]["Checks"]["type"] == "array"
     kv_put = _operations(build_document())[("PUT", "/v1/kv/{key}")]
     assert list(kv_put["requestBody"]["content"]) == ["application/octet-stream"]
+    assert list(kv_put["responses"]["200"]["content"]) == ["application/json"]  # true or false
+    kv_get = _operations(build_document())[("GET", "/v1/kv/{key}")]
+    assert set(kv_get["responses"]["200"]["content"]) == {"application/json", "text/plain"}  # JSON, or ?raw
 
 
 def test_errors_are_plain_text_and_500s_are_only_consuls_own() -> None:

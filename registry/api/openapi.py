@@ -486,7 +486,7 @@ def _responses(method: str, r: Route, op: Op) -> dict[str, Any]:
         if content is not None:
             media, schema = content
             resp["content"] = {media: {"schema": schema}}
-            if media == JSON and r.path == "/v1/kv/":
+            if media == JSON and (method, r.path) == ("GET", "/v1/kv/"):
                 resp["content"][TEXT] = {"schema": {"type": "string"}}  # ?raw
             if r.path in ("/v1/agent/health/service/name/", "/v1/agent/health/service/id/"):
                 resp["content"][TEXT] = {"schema": {"type": "string"}}  # ?format=text
