@@ -242,10 +242,19 @@ def spawn_server(
     raise SystemExit(f"{name} did not answer on port {port} within {timeout}s; see {log.name}")
 
 
-def spawn_agent(cpu: int | None, nofile: int | None = None) -> Proc:
-    """The agent exactly as a user starts it: ``proconsul agent -dev`` (on uvloop, as the CLI runs)."""
+def spawn_agent(cpu: int | None, nofile: int | None = None, max_conns_per_client: int | None = None) -> Proc:
+    """The agent exactly as a user starts it: ``proconsul agent -dev`` (on uvloop, as the CLI runs).
+    ``max_conns_per_client`` sets Consul's ``limits.http_max_conns_per_client`` (0: no limit) for loads
+    that hold more than its default 200 connections from one IP."""
     port = free_port()
     argv = [str(BIN / "proconsul"), "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"]
+    if max_conns_per_client is not None:
+        import json
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="proconsul-limits-", delete=False) as f:
+            json.dump({"limits": {"http_max_conns_per_client": max_conns_per_client}}, f)
+        argv += ["-config-file", f.name]
     return spawn_server("proconsul", argv, port, cpu, "/v1/status/leader", nofile=nofile)
 
 
@@ -298,6 +307,27 @@ def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tupl
             return resp.status, dict(resp.headers.items()), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers.items()), exc.read()
+
+
+def http_body(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, bytes]:
+    """``http`` without the headers: (status, body)."""
+    status, _, data = http(method, url, body, timeout)
+    return status, data
+
+
+def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll ``fn`` every 50 ms until it returns something true (returned); connection errors and half-formed
+    answers count as not yet. Exits with a message after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
 
 
 def register_instance(

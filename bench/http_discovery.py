@@ -10,7 +10,7 @@ Other work on the machine skews such a run, so each run also records how much of
 how much CPU other processes used; a run that competed is repeated (a few times). If one still competed, the
 verdicts rest on requests per CPU-second of the server instead, and the table says so.
 
-Targets (foundation issue): >= 8,000 requests/s on one core, p99 < 20 ms, and >= 0.8x the bare handler.
+Targets: >= 8,000 requests/s on one core, p99 < 20 ms, and >= 0.8x the bare handler.
 
     python -m bench.http_discovery [--duration 10] [--warmup 3] [--rounds 2] [--docs] [--strict]
     python -m bench.http_discovery --serve-bare PORT BODYFILE     (the peer; started by the benchmark)

@@ -39,13 +39,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._util import cpu_model, ensure_tool, loadavg, write_section
+from bench._util import cpu_model, ensure_tool, http_body, loadavg, wait_until, write_section
 from tests.cluster.netns import LeaderWatch, Netns, measure_heal, sweep_stale, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,28 +52,6 @@ PROCONSUL = str(Path(sys.executable).with_name("proconsul"))
 SCENARIOS = ("follower", "leader", "bridge", "bridge_after_heal")
 FIRST_PARTITION, BRIDGE_AFTER = 8.0, 1.0
 WRITERS, WRITE_PAUSE, WRITE_TIMEOUT = 4, 0.01, 2.0
-
-
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_until(what: str, fn: Callable[[], object], timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------- the two systems
@@ -137,7 +112,7 @@ class Proconsul(System):
         super().__init__(net, workdir, "proconsul")
 
     def argv(self, m: Member) -> list[str]:
-        argv = [PROCONSUL, "agent", "-server", "-bootstrap-expect", "3", "-node", m.name,
+        argv = [PROCONSUL, "agent", "-server", "-insecure", "-bootstrap-expect", "3", "-node", m.name,
                 "-data-dir", str(self.workdir / m.name), "-bind", m.ip, "-advertise", m.ip, "-client", m.ip,
                 "-server-port", "8300", "-http-port", "8500", "-dns-port", "-1", "-log-level", "warn"]  # fmt: skip
         for other in self.members:
@@ -244,6 +219,10 @@ class Run:
     leader_changes: int
     acked: int
     failed: int
+
+
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    return http_body(method, url, body, timeout)
 
 
 def run_one(system: System, scenario: str, seconds: float) -> Run:

@@ -39,9 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +46,10 @@ from bench._util import (
     cpu_model,
     ensure_tool,
     free_port,
+    http_body,
     loadavg,
     wait_for_quiet_machine,
+    wait_until,
     write_section,
 )
 
@@ -65,27 +64,6 @@ TARGET_WRITES, TARGET_P50, TARGET_FAILOVER = 1.0, 1.5, 1.0
 
 
 # ---------------------------------------------------------------------- machine and tools
-
-
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_until(what: str, fn: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if fn():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------- the two clusters
@@ -183,7 +161,7 @@ class Proconsul(ClusterUnderTest):
         members = []
         for i in range(3):
             http_port = free_port()
-            argv = [PROCONSUL, "agent", "-server", "-bootstrap-expect", "3", "-node", f"p{i + 1}", "-data-dir",
+            argv = [PROCONSUL, "agent", "-server", "-insecure", "-bootstrap-expect", "3", "-node", f"p{i + 1}", "-data-dir",
                     str(workdir / f"p{i + 1}"), "-bind", "127.0.0.1", "-client", "127.0.0.1",
                     "-server-port", str(server_ports[i]), "-http-port", str(http_port), "-dns-port", "-1",
                     "-log-level", "warn"]  # fmt: skip
@@ -335,6 +313,10 @@ init = function(args)
   n = 0
 end
 """
+
+
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    return http_body(method, url, body, timeout)
 
 
 def _static_lua(method: str, path: str, body: str) -> str:

@@ -22,6 +22,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from registry.acl.objects import (
+    ACLObjectError,
+    AuthMethod,
+    BindingRule,
+    PolicyRow,
+    RoleRow,
+    TokenRow,
+    is_uuid,
+    reserved,
+)
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
 from registry.sessions import Session, SessionError, session_from_command
 from registry.structs import Check, Node, Service
@@ -605,12 +615,275 @@ def _intention_from_wire(cmd: Wire) -> IntentionWrite | IntentionDelete | Intent
     raise CommandError(f"invalid intention operation {op!r}")
 
 
+# ---------------------------------------------------------------------- ACLs
+#
+# Consul's ACL request types (ACLBootstrapRequestType, ACLTokenSetRequestType, ACLPolicySetRequestType, ...).
+# Each carries its object (``registry.acl.objects``), validated for shape here, where it is built and again
+# when the FSM decodes it; what depends on other rows (names taken, links to rows that must exist, a token
+# being updated) is checked by the store, in the same apply. IDs, secrets and times are chosen by the
+# proposer, so applying is deterministic.
+
+
+def _acl_obj(decode: Callable[[Any], Any], raw: Any) -> Any:
+    try:
+        return decode(raw)
+    except ACLObjectError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _reserved_text() -> str:
+    return 'Invalid Token: UUIDs with the prefix "00000000-0000-0000-0000-0000000000" are reserved'
+
+
+@dataclass(frozen=True, slots=True)
+class ACLBootstrap:
+    """Consul's ACLBootstrapRequest: the first management token, once (or again at ``reset_index``)."""
+
+    TYPE: ClassVar[str] = "acl.bootstrap"
+    token: TokenRow
+    reset_index: int = 0
+
+    def __post_init__(self) -> None:
+        if not is_uuid(self.token.accessor_id) or not self.token.secret_id:
+            raise CommandError("the bootstrap token needs an AccessorID and a SecretID")
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Token": self.token.to_wire(), "ResetIndex": self.reset_index}
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> ACLBootstrap:
+        return cls(_acl_obj(TokenRow.from_wire, cmd.get("Token")), _index(cmd, "ResetIndex"))
+
+
+@dataclass(frozen=True, slots=True)
+class ACLInitialize:
+    """What a leader with ACLs on makes sure exists (Consul's ``initializeACLs``): the built-in policies, the
+    anonymous token, and the ``acl.tokens.initial_management`` token when configured (which bootstraps the
+    cluster when it has not been bootstrapped yet)."""
+
+    TYPE: ClassVar[str] = "acl.init"
+    now_ns: int
+    initial_management: TokenRow | None = None
+
+    def to_wire(self) -> Wire:
+        out: Wire = {"Type": self.TYPE, "Now": self.now_ns}
+        if self.initial_management is not None:
+            out["InitialManagement"] = self.initial_management.to_wire()
+        return out
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> ACLInitialize:
+        raw = cmd.get("InitialManagement")
+        return cls(_index(cmd, "Now"), _acl_obj(TokenRow.from_wire, raw) if raw is not None else None)
+
+
+@dataclass(frozen=True, slots=True)
+class ACLTokenSet:
+    """Consul's ACLTokenSetRequest: create (``create``, IDs chosen by the proposer) or update a token.
+    ``from_login`` marks tokens made by an auth method login, the only ones that may carry AuthMethod."""
+
+    TYPE: ClassVar[str] = "acl.token"
+    token: TokenRow
+    create: bool
+    from_login: bool = False
+
+    def __post_init__(self) -> None:
+        t = self.token
+        if self.create:
+            for field_name, value in (("AccessorID", t.accessor_id), ("SecretID", t.secret_id)):
+                if not is_uuid(value):
+                    raise CommandError(f"Invalid Token: {field_name} is not a valid UUID")
+                if reserved(value):
+                    raise CommandError(_reserved_text())
+            if t.accessor_id == t.secret_id:
+                raise CommandError("Invalid Token: SecretID is already in use")
+            if not t.create_time_ns:
+                raise CommandError("a new token needs its CreateTime")
+        elif not is_uuid(t.accessor_id):
+            raise CommandError("AccessorID is not a valid UUID")
+        if self.from_login and not t.auth_method:
+            raise CommandError("AuthMethod field is required during Login")
+        if not self.from_login and self.create and t.auth_method:
+            raise CommandError("AuthMethod field is disallowed outside of Login")
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "set", "Token": self.token.to_wire(), "Create": self.create,
+                "FromLogin": self.from_login}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ACLTokenDelete:
+    """Consul's ACLTokenBatchDeleteRequest (DELETE /v1/acl/token/:id, logout)."""
+
+    TYPE: ClassVar[str] = "acl.token"
+    accessor_ids: tuple[str, ...]
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "delete", "TokenIDs": list(self.accessor_ids)}
+
+
+@dataclass(frozen=True, slots=True)
+class ACLTokenReap:
+    """The leader's reaping of expired tokens (Consul's ``reapExpiredTokens``): every token whose
+    ExpirationTime is at or before ``now_ns`` is deleted, on every server alike."""
+
+    TYPE: ClassVar[str] = "acl.token"
+    now_ns: int
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "reap", "Now": self.now_ns}
+
+
+def _acl_token_from_wire(cmd: Wire) -> ACLTokenSet | ACLTokenDelete | ACLTokenReap:
+    op = cmd.get("Op")
+    if op == "set":
+        return ACLTokenSet(_acl_obj(TokenRow.from_wire, cmd.get("Token")), bool(cmd.get("Create")),
+                           bool(cmd.get("FromLogin")))  # fmt: skip
+    if op == "delete":
+        ids = cmd.get("TokenIDs")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise CommandError("TokenIDs must be a list of strings")
+        return ACLTokenDelete(tuple(ids))
+    if op == "reap":
+        return ACLTokenReap(_index(cmd, "Now"))
+    raise CommandError(f"invalid ACL token operation {op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ACLPolicySet:
+    """Consul's ACLPolicySetRequest; the rules were parsed (and refused with Consul's text) when built."""
+
+    TYPE: ClassVar[str] = "acl.policy"
+    policy: PolicyRow
+    create: bool = True
+
+    def __post_init__(self) -> None:
+        if not is_uuid(self.policy.id):
+            raise CommandError("Policy ID invalid UUID")
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "set", "Policy": self.policy.to_wire(), "Create": self.create}
+
+
+@dataclass(frozen=True, slots=True)
+class ACLPolicyDelete:
+    TYPE: ClassVar[str] = "acl.policy"
+    id: str
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "delete", "ID": self.id}
+
+
+def _acl_policy_from_wire(cmd: Wire) -> ACLPolicySet | ACLPolicyDelete:
+    op = cmd.get("Op")
+    if op == "set":
+        return ACLPolicySet(_acl_obj(PolicyRow.from_wire, cmd.get("Policy")), bool(cmd.get("Create")))
+    if op == "delete":
+        return ACLPolicyDelete(_str(cmd, "ID"))
+    raise CommandError(f"invalid ACL policy operation {op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ACLRoleSet:
+    TYPE: ClassVar[str] = "acl.role"
+    role: RoleRow
+    create: bool = True
+
+    def __post_init__(self) -> None:
+        if not is_uuid(self.role.id):
+            raise CommandError("Role ID invalid UUID")
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "set", "Role": self.role.to_wire(), "Create": self.create}
+
+
+@dataclass(frozen=True, slots=True)
+class ACLRoleDelete:
+    TYPE: ClassVar[str] = "acl.role"
+    id: str
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "delete", "ID": self.id}
+
+
+def _acl_role_from_wire(cmd: Wire) -> ACLRoleSet | ACLRoleDelete:
+    op = cmd.get("Op")
+    if op == "set":
+        return ACLRoleSet(_acl_obj(RoleRow.from_wire, cmd.get("Role")), bool(cmd.get("Create")))
+    if op == "delete":
+        return ACLRoleDelete(_str(cmd, "ID"))
+    raise CommandError(f"invalid ACL role operation {op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ACLAuthMethodSet:
+    TYPE: ClassVar[str] = "acl.auth-method"
+    method: AuthMethod
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "set", "AuthMethod": self.method.to_wire()}
+
+
+@dataclass(frozen=True, slots=True)
+class ACLAuthMethodDelete:
+    """Deleting an auth method also deletes its binding rules and the tokens it issued (as Consul)."""
+
+    TYPE: ClassVar[str] = "acl.auth-method"
+    name: str
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "delete", "Name": self.name}
+
+
+def _acl_auth_method_from_wire(cmd: Wire) -> ACLAuthMethodSet | ACLAuthMethodDelete:
+    op = cmd.get("Op")
+    if op == "set":
+        return ACLAuthMethodSet(_acl_obj(AuthMethod.from_wire, cmd.get("AuthMethod")))
+    if op == "delete":
+        return ACLAuthMethodDelete(_str(cmd, "Name"))
+    raise CommandError(f"invalid ACL auth method operation {op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ACLBindingRuleSet:
+    TYPE: ClassVar[str] = "acl.binding-rule"
+    rule: BindingRule
+    create: bool = True
+
+    def __post_init__(self) -> None:
+        if not is_uuid(self.rule.id):
+            raise CommandError("Binding Rule ID invalid UUID")
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "set", "BindingRule": self.rule.to_wire(), "Create": self.create}
+
+
+@dataclass(frozen=True, slots=True)
+class ACLBindingRuleDelete:
+    TYPE: ClassVar[str] = "acl.binding-rule"
+    id: str
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "delete", "ID": self.id}
+
+
+def _acl_binding_rule_from_wire(cmd: Wire) -> ACLBindingRuleSet | ACLBindingRuleDelete:
+    op = cmd.get("Op")
+    if op == "set":
+        return ACLBindingRuleSet(_acl_obj(BindingRule.from_wire, cmd.get("BindingRule")), bool(cmd.get("Create")))
+    if op == "delete":
+        return ACLBindingRuleDelete(_str(cmd, "ID"))
+    raise CommandError(f"invalid ACL binding rule operation {op!r}")
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
     Register | Deregister | CheckUpdate | KV | Txn | TombstoneReap | Noop | SessionCreate | SessionDestroy
     | SnapshotRestore | CASet | ConfigEntryUpsert | ConfigEntryDelete | IntentionWrite | IntentionDelete
-    | IntentionDeleteExact
+    | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
+    | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
+    | ACLBindingRuleDelete
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -628,6 +901,13 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     CASet.TYPE: CASet.from_wire,
     ConfigEntryUpsert.TYPE: _config_entry_from_wire,
     IntentionWrite.TYPE: _intention_from_wire,
+    ACLBootstrap.TYPE: ACLBootstrap.from_wire,
+    ACLInitialize.TYPE: ACLInitialize.from_wire,
+    ACLTokenSet.TYPE: _acl_token_from_wire,
+    ACLPolicySet.TYPE: _acl_policy_from_wire,
+    ACLRoleSet.TYPE: _acl_role_from_wire,
+    ACLAuthMethodSet.TYPE: _acl_auth_method_from_wire,
+    ACLBindingRuleSet.TYPE: _acl_binding_rule_from_wire,
 }
 
 

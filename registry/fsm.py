@@ -19,6 +19,7 @@ import structlog
 
 from registry import commands as c
 from registry.commands import CommandError
+from registry.state.acl_table import ACL_DISPATCH
 from registry.state.store import StateStore, StoreError, Topic
 from registry.txn import apply_txn
 
@@ -118,6 +119,7 @@ DISPATCH: dict[type, ApplyFn] = {
     c.Txn: apply_txn,  # KV operations, all or none (registry.txn)
     c.TombstoneReap: _tombstone_reap,
     c.Noop: _noop,
+    **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)
 }
 
 

@@ -39,8 +39,13 @@ def test_every_route_is_described_with_its_acl_rule() -> None:
                 op = ops[(m, p)]
                 assert op["x-consul-acl"] == ("none" if r.resource == "none" else f"{r.resource}:{r.access}")
                 assert op["x-consul-acl-name"] == r.name and op["summary"] == r.summary
-                assert ("403" in op["responses"]) == (r.resource != "none")
-    assert len(ops) == sum(len(r.methods) for r in ROUTES) + 1  # /v1/config/ GET serves {kind} and {kind}/{name}
+                # A route that needs a rule can answer 403; one that needs none only says so when its own
+                # check can refuse (token/self with an unknown token, a login refused).
+                assert ("403" in op["responses"]) == (r.resource != "none" or 403 in OPERATIONS[(m, r.path)].errors)
+    # Every operation comes from a route: /v1/config/ GET serves {kind} and {kind}/{name}, PUT /v1/acl/token/
+    # serves {AccessorID} and {AccessorID}/clone, and each agent token has its own path, as Consul documents.
+    assert len(ops) == sum(len(r.methods) for r in ROUTES) + 1 + 1 + 4
+    assert ("PUT", "/v1/acl/token/{AccessorID}/clone") in ops and ("PUT", "/v1/agent/token/agent_recovery") in ops
 
 
 def test_prefix_routes_take_consuls_parameter_names() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "TemplatedPolicy",
     "is_valid_node_identity_name",
     "is_valid_service_identity_name",
+    "template_rules",
 ]
 
 GLOBAL_MANAGEMENT_ID = "00000000-0000-0000-0000-000000000001"
@@ -213,6 +214,12 @@ _TEMPLATE_RULES = {
     "builtin/nomad-server": _nomad_server_rules,
     "builtin/api-gateway": _api_gateway_rules,
 }
+
+
+def template_rules(template_name: str, name: str) -> PolicyRules:
+    """The rules a template expands to for ``name``, unvalidated: for showing a template with a
+    placeholder name (``/v1/acl/templated-policies``), never for granting."""
+    return _TEMPLATE_RULES[template_name](name)
 
 
 @dataclass(frozen=True, slots=True)

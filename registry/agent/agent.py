@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ import aiohttp
 import structlog
 
 from registry import CONSUL_VERSION
+from registry.agent.acl import ACLLeader, AgentTokens, ClientResolver, ServerResolver, acl_enabled
 from registry.agent.checks import (
     HTTPMonitor,
     Monitor,
@@ -29,8 +31,11 @@ from registry.agent.checks import (
     TCPMonitor,
     TTLMonitor,
 )
+from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.session_timers import SessionTimers
+from registry.api.http import Api
+from registry.api.routes import ROUTES
 from registry.commands import (
     CheckUpdate,
     Command,
@@ -44,6 +49,13 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.posture import (
+    INSECURE_CHECK_ID,
+    INSECURE_CHECK_NAME,
+    check_output,
+    insecure_reasons,
+    require_secure,
+)
 from registry.raft.rpc import RPCRouter
 from registry.registration import (
     CheckSpec,
@@ -56,6 +68,7 @@ from registry.structs import (
     CONSUL_SERVICE,
     HEALTH_CRITICAL,
     HEALTH_PASSING,
+    HEALTH_WARNING,
     NODE_MAINT_CHECK_ID,
     SERF_CHECK_ID,
     SERF_CHECK_NAME,
@@ -69,8 +82,8 @@ from registry.watch import WatchHub
 
 if TYPE_CHECKING:
     from dns.server import DNSListener
+    from registry.acl.resolver import TokenResolver
     from registry.agent.listeners import Listener
-    from registry.api.http import Api
 
 log = structlog.get_logger("proconsul.agent")
 
@@ -85,7 +98,8 @@ def _validate_tls(cfg: Config) -> None:
 
 # What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
 # passes these when it builds the agent's Config.
-CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls)
+# ``require_secure`` comes last: a malformed tls block gets its own message first.
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, require_secure)
 
 
 class Agent:
@@ -106,6 +120,20 @@ class Agent:
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
                                is_client=self.is_client)  # fmt: skip
+        # ACL state: this agent's tokens, the resolver enforcement asks (a server resolves from its replica, a
+        # client agent asks the servers), and on servers the leader's ACL duties.
+        self.acl_tokens = AgentTokens(config)
+        self.acl: TokenResolver
+        self.acl_leader: ACLLeader | None = None
+        if self.is_client:
+            self.acl = ClientResolver(config=config, tokens=self.acl_tokens, call_leader=self.consensus.call_leader)
+        else:
+            server_acl = ServerResolver(config=config, tokens=self.acl_tokens, store=lambda: self.store, hub=self.hub)
+            server_acl.register_rpc(self.rpc)
+            self.acl = server_acl
+            self.acl_leader = ACLLeader(is_leader=self.consensus.is_leader, store=lambda: self.store,
+                                        propose=self.propose, tokens=self.acl_tokens,
+                                        new_uuid=lambda: str(uuid.uuid4()))  # fmt: skip
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
@@ -125,6 +153,7 @@ class Agent:
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
+        self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -201,6 +230,7 @@ class Agent:
             await self.add_service(service, specs, replace_checks=False)
         for chk in self.config.checks:
             await self.add_check(build_check_registration(rules, chk))
+        await self._warn_if_insecure()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
@@ -208,6 +238,7 @@ class Agent:
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
+        await self._start_acl()
         await self._start_listeners()
         if self.http_addr is not None and self.config.server:
             self.consensus.advertise_http(f"{self.config.advertise}:{self.http_addr[1]}")
@@ -219,18 +250,27 @@ class Agent:
             http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
         )
 
+    async def _start_acl(self) -> None:
+        """With ACLs on: the leader's duties on a server (initialized at once when this agent leads, as a
+        -dev agent does), the following of the servers' ACL index on a client agent."""
+        if not acl_enabled(self.config):
+            return
+        if isinstance(self.acl, ClientResolver):
+            self._spawn(self.acl.follow(), "acl-index-follow")
+        elif self.acl_leader is not None:
+            try:
+                await self.acl_leader.step()
+            except Exception as exc:  # noqa: BLE001 - no leader yet: the leader task retries
+                log.debug("ACL tables not initialized yet", error=str(exc))
+            self._spawn(self.acl_leader.run(), "acl-leader")
+
     async def _start_listeners(self) -> None:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
-        # Imported here: the API's handler modules import this module.
-        from registry.agent.listeners import APIServer, https_context, start_dns
-        from registry.api.http import Api
-        from registry.api.routes import ROUTES
-
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
-                  connect=self.connect)  # fmt: skip
+                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
         self.api = api
-        server = APIServer(api)
+        server = APIServer(api, exempt=self._is_member_address)
         try:
             self.http_addr = await server.listen_http(cfg.client_addr, cfg.ports.http)
         except OSError:
@@ -422,6 +462,25 @@ class Agent:
         self.set_check_status(cid, status, output)
         await self.sync_check(cid)
 
+    async def _warn_if_insecure(self) -> None:
+        """An agent started without ACLs or mutual TLS (``-insecure``, or a client agent without verified
+        TLS to the servers) says so at start (``registry.posture``). A server, which was started insecure
+        on purpose, also keeps saying so with a warning check on its node; a client agent does not get one,
+        because a warning node check keeps every service of the node out of ``?passing`` answers and a
+        client agent's services are the applications being discovered."""
+        reasons = insecure_reasons(self.config)
+        if not reasons:
+            return
+        log.warning("agent running with an insecure configuration", reasons=reasons,
+                    insecure_flag=self.config.insecure)  # fmt: skip
+        if not self.config.server:
+            return
+        spec = CheckSpec(check_id=INSECURE_CHECK_ID, name=INSECURE_CHECK_NAME, type="", status=HEALTH_WARNING,
+                         notes="Proconsul's warning: this agent's configuration is not secure")  # fmt: skip
+        await self._install_check(spec)
+        self.checks[INSECURE_CHECK_ID].output = check_output(self.config, reasons)
+        await self.sync_check(INSECURE_CHECK_ID)
+
     # ------------------------------------------------------------------ maintenance
 
     async def set_node_maintenance(self, enable: bool, reason: str) -> None:
@@ -601,6 +660,21 @@ class Agent:
                 await self.remove_service(sid)
 
     # ------------------------------------------------------------------ membership and liveness
+
+    def _is_member_address(self, ip: str) -> bool:
+        """Whether ``ip`` is the address of another member agent (a catalog node with serfHealth), whose
+        forwarded requests are exempt from ``limits.http_max_conns_per_client``; this agent's own address is
+        not (local clients may use it). Remade only when the node or check table moves: it is asked on
+        every connection over the limit."""
+        if ip == self.config.advertise:
+            return False
+        store = self.store
+        key = (id(store), store.table_index["nodes"], store.table_index["checks"])
+        if key != self._member_ips[0]:
+            ips = frozenset(node.address for name, node in store.nodes.items()
+                            if SERF_CHECK_ID in store.checks.get(name, {}))  # fmt: skip
+            self._member_ips = (key, ips)
+        return ip in self._member_ips[1]
 
     def members(self) -> list[dict[str, Any]]:
         """Members as Consul's /v1/agent/members shows them, derived from the catalog: every node the

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from registry.api.errors import HTTPError
+from registry.api.ratelimit import RequestLimiter
 from registry.api.routing import ALL_METHODS, Route, Router
 from registry.commands import Command, CommandError
 from registry.config import Config
@@ -35,7 +36,10 @@ from registry.watch import TopicMap, WatchHub
 if TYPE_CHECKING:
     import aiohttp
 
+    from registry.acl.resolver import TokenResolver
     from registry.agent.local import LocalCheck, LocalService
+    from registry.api.acl import AgentTokenSetter
+    from registry.api.acl_login import LoginService
     from registry.connect.service import Connect
     from registry.registration import CheckSpec, RegistrationRules
     from registry.structs import Service
@@ -45,6 +49,8 @@ log = structlog.get_logger("proconsul.http")
 MAX_BODY = 8 * 1024 * 1024  # non-KV bodies; KV has its own, smaller, configurable limit
 CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
+# Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
+CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize"})
 
 
 @dataclass(slots=True)
@@ -145,8 +151,12 @@ class Api:
         hub: WatchHub,
         local: LocalAgent,
         connect: Connect | None = None,
+        acl: TokenResolver | None = None,
+        acl_tokens: AgentTokenSetter | None = None,
     ) -> None:
         self.agent = local
+        self.acl = acl  # the agent's TokenResolver (None: no ACL state at all, as in some unit tests)
+        self.acl_tokens = acl_tokens
         self.config = config
         self._store = store
         self.consensus = consensus
@@ -161,6 +171,11 @@ class Api:
         self.max_wait = config.max_query_time
         self.pretty_default = config.dev
         self.acl_policy = config.acl_default_policy
+        # Consul limits the requests each server handles; a client agent forwards to the servers, which
+        # count what it forwards.
+        self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
+        # /v1/acl/login and /logout over the ACL tables; set by the composition root when ACLs are on.
+        self.acl_login: LoginService | None = None
 
     @property
     def store(self) -> StateStore:
@@ -169,6 +184,12 @@ class Api:
     # ------------------------------------------------------------------ dispatch
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.limiter is not None:
+            refused = self.limiter.check(request.method, asyncio.get_running_loop().time())
+            if refused is not None:
+                resp = self.text(429, refused.message)
+                resp.headers["Retry-After"] = refused.retry_after_header
+                return resp
         if self.hot.entries and request.method == "GET":
             key = request.raw_path
             if "gzip" in request.headers.get("Accept-Encoding", ""):
@@ -177,7 +198,8 @@ class Api:
             if hit is not None and self.consensus.fast_read_ok():
                 return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
-        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members"):
+        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
+                and path not in CLIENT_LOCAL_PATHS:
             return await self.forward(request)
         routes, suffix = self.router.resolve(path)
         if routes is None:
@@ -204,6 +226,8 @@ class Api:
         except HTTPError as exc:
             resp = self.text(exc.status, exc.message)
             resp.headers.update(exc.headers)
+            if exc.status == 408:
+                resp.force_close()  # the rest of a stalled body is not waited for
             return resp
         except CommandError as exc:  # a write refused (by the FSM, the agent or a definition's validation)
             return self.text(exc.status, exc.message)
@@ -389,7 +413,10 @@ class Api:
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str | None = None) -> bytes:
-    """Read a request body, refusing more than ``limit`` bytes whether or not Content-Length says so."""
+    """Read a request body, refusing more than ``limit`` bytes whether or not Content-Length says so (the
+    lesson of CVE-2025-11374/11375: a body is counted as it arrives, never trusted to be what its header
+    claims), and refusing a client that pauses longer than the listener's read timeout while sending it
+    (408), so a slow sender cannot hold a handler forever."""
     def refuse(size: int | None) -> HTTPError:
         if too_large is not None:
             return HTTPError(413, too_large.format(size=size if size is not None else f"> {limit}"))
@@ -398,10 +425,15 @@ async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str 
     length = request.content_length
     if length is not None and length > limit:
         raise refuse(length)
+    pause = getattr(request.protocol, "body_read_timeout", None)  # set by the agent's listener
     chunks = []
     total = 0
     while True:
-        chunk = await request.content.read(65536)
+        try:
+            async with asyncio.timeout(pause):
+                chunk = await request.content.read(65536)
+        except TimeoutError:
+            raise HTTPError(408, f"Request body read timed out: no data for {pause:g}s") from None
         if not chunk:
             break
         total += len(chunk)
@@ -409,4 +441,3 @@ async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str 
             raise refuse(None)
         chunks.append(chunk)
     return b"".join(chunks)
-

@@ -139,6 +139,28 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "additionalProperties": True},
     "CAConfiguration": _obj(("Provider",), Provider=_STR, Config={"type": "object"}, ForceWithoutCrossSigning=_BOOL),
     "AuthorizeRequest": _obj(("Target", "ClientCertURI"), Target=_STR, ClientCertURI=_STR, ClientCertSerial=_STR),
+    "ACLToken": _obj(AccessorID=_STR, SecretID=_STR, Description=_STR, Policies=_array(_obj(ID=_STR, Name=_STR)),
+                     Roles=_array(_obj(ID=_STR, Name=_STR)), ServiceIdentities=_array(_obj(
+                         ("ServiceName",), ServiceName=_STR, Datacenters=_array(_STR))),
+                     NodeIdentities=_array(_obj(("NodeName", "Datacenter"), NodeName=_STR, Datacenter=_STR)),
+                     TemplatedPolicies=_array(_obj(("TemplateName",), TemplateName=_STR,
+                                                   TemplateVariables=_obj(Name=_STR))),
+                     Local=_BOOL, ExpirationTime=_STR, ExpirationTTL=DURATION),
+    "ACLTokenClone": _obj(Description=_STR),
+    "ACLPolicy": _obj(("Name",), ID=_STR, Name=_STR, Description=_STR, Rules=_STR, Datacenters=_array(_STR)),
+    "ACLRole": _obj(("Name",), ID=_STR, Name=_STR, Description=_STR, Policies=_array(_obj(ID=_STR, Name=_STR)),
+                    ServiceIdentities=_array(_obj(("ServiceName",), ServiceName=_STR)),
+                    NodeIdentities=_array(_obj(("NodeName", "Datacenter"), NodeName=_STR, Datacenter=_STR))),
+    "ACLAuthMethod": _obj(("Name", "Type"), Name=_STR, Type={"type": "string", "enum": ["jwt"]}, DisplayName=_STR,
+                          Description=_STR, MaxTokenTTL=DURATION, TokenLocality=_STR, Config={"type": "object"}),
+    "ACLBindingRule": _obj(("AuthMethod", "BindType", "BindName"), ID=_STR, Description=_STR, AuthMethod=_STR,
+                           Selector=_STR, BindType={"type": "string", "enum": ["service", "node", "role", "policy",
+                                                                               "templated-policy"]},
+                           BindName=_STR),
+    "ACLLogin": _obj(("AuthMethod", "BearerToken"), AuthMethod=_STR, BearerToken=_STR, Meta=STRING_MAP),
+    "ACLAuthorizations": _array(_obj(("Resource", "Access"), Resource=_STR, Segment=_STR, Access=_STR)),
+    "AgentToken": _obj(("Token",), Token=_STR),
+    "ACLBootstrap": _obj(BootstrapSecret=_STR),
     # ---- answers
     "KVPair": _obj(("Key", "Flags", "LockIndex", "CreateIndex", "ModifyIndex"), Key=_STR, Flags=_UINT,
                    LockIndex=_UINT, Session=_STR, CreateIndex=_UINT, ModifyIndex=_UINT,
@@ -167,6 +189,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                        PrivateKeyPEM=_STR, Service=_STR, ServiceURI=_STR, ValidAfter=_STR, ValidBefore=_STR),
     "IntentionOut": _obj(("SourceName", "DestinationName"), ID=_STR, SourceName=_STR, DestinationName=_STR,
                          Action=_STR, Precedence=_INT),
+    "ACLTokenOut": _obj(("AccessorID", "SecretID"), AccessorID=_STR, SecretID=_STR, Description=_STR,
+                        Local=_BOOL, CreateIndex=_UINT, ModifyIndex=_UINT),
     "TxnResult": _obj(("Results", "Errors"),
                       Results={"type": "array", "nullable": True, "items": _obj(KV=_ref("KVPair"))},
                       Errors={"type": "array", "nullable": True, "items": _obj(OpIndex=_INT, What=_STR)}),
@@ -228,6 +252,11 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "source-type": {"description": "The source's type; only consul.", "schema": {"type": "string", "enum": ["consul"]}},
     "id": {"description": "A Raft server's ID.", "schema": _STR},
     "address": {"description": "A Raft server's address (ip:port).", "schema": _STR},
+    "policy": {"description": "Only the tokens or roles that link this policy ID.", "schema": _STR},
+    "role": {"description": "Only the tokens that link this role ID.", "schema": _STR},
+    "authmethod": {"description": "Only what this auth method made (tokens) or owns (binding rules).",
+                   "schema": _STR},
+    "servicename": {"description": "Only the tokens with this service identity.", "schema": _STR},
     "pretty": {"description": "Indent the JSON answer (presence enables).", "schema": _BOOL_FLAG,
                "allowEmptyValue": True},
 }  # fmt: skip
@@ -245,7 +274,9 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "check_id": {"description": "The check's ID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "service_name": {"description": "The service's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "kind": {"description": "The config entry kind.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
-    "name": {"description": "The config entry's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
+    "name": {"description": "The name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
+    "AccessorID": {"description": "The token's AccessorID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
+    "id": {"description": "The ID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
 }  # fmt: skip
 
 # A prefix route -> the templated path(s) it serves, in Consul's words.
@@ -277,11 +308,23 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/session/info/": ("/v1/session/info/{uuid}",),
     "/v1/session/node/": ("/v1/session/node/{node}",),
     "/v1/session/renew/": ("/v1/session/renew/{uuid}",),
+    "/v1/acl/token/": ("/v1/acl/token/{AccessorID}",),
+    "/v1/acl/policy/": ("/v1/acl/policy/{id}",),
+    "/v1/acl/policy/name/": ("/v1/acl/policy/name/{name}",),
+    "/v1/acl/role/": ("/v1/acl/role/{id}",),
+    "/v1/acl/role/name/": ("/v1/acl/role/name/{name}",),
+    "/v1/acl/auth-method/": ("/v1/acl/auth-method/{name}",),
+    "/v1/acl/binding-rule/": ("/v1/acl/binding-rule/{id}",),
+    "/v1/acl/templated-policy/name/": ("/v1/acl/templated-policy/name/{name}",),
+    # Consul documents each agent token at its own path.
+    "/v1/agent/token/": tuple(f"/v1/agent/token/{kind}" for kind in (
+        "default", "agent", "agent_recovery", "replication", "config_file_service_registration")),
 }
 # A method of a prefix route served on only some of its templated paths (Consul deletes a config entry
 # by kind and name, never a whole kind).
 METHOD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
     ("DELETE", "/v1/config/"): ("/v1/config/{kind}/{name}",),
+    ("PUT", "/v1/acl/token/"): ("/v1/acl/token/{AccessorID}", "/v1/acl/token/{AccessorID}/clone"),
 }
 
 # ---------------------------------------------------------------------- operations
@@ -435,6 +478,47 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", "/v1/config"): Op(query=("dc", "cas"), body="ConfigEntry", ok={200: _TRUE}),
     ("GET", "/v1/config/"): Op(query=(*BLOCKING, "filter"), blocking=True, ok=_json({}), errors=(404,)),
     ("DELETE", "/v1/config/"): Op(query=("dc", "cas"), ok=_json({}), errors=(404,)),
+    # ---- ACL system: 401 "ACL support disabled" while acl.enabled is false, as Consul answers
+    ("PUT", "/v1/acl/bootstrap"): Op(body="ACLBootstrap", ok=_json(_ref("ACLTokenOut")), errors=(401,)),
+    ("PUT", "/v1/acl/token"): Op(body="ACLToken", ok=_json(_ref("ACLTokenOut")), errors=(401,)),
+    ("GET", "/v1/acl/token/self"): Op(ok=_json(_ref("ACLTokenOut")), errors=(401, 403)),
+    ("GET", "/v1/acl/token/"): Op(query=BLOCKING, ok=_json(_ref("ACLTokenOut")), errors=(401, 404)),
+    ("PUT", "/v1/acl/token/"): Op(body="ACLToken", ok=_json(_ref("ACLTokenOut")), errors=(401, 404)),
+    ("DELETE", "/v1/acl/token/"): Op(ok={200: _TRUE}, errors=(401, 404)),
+    ("GET", "/v1/acl/tokens"): Op(query=(*BLOCKING, "policy", "role", "authmethod", "servicename"),
+                                  ok=_json(_array({"type": "object"})), errors=(401,)),
+    ("PUT", "/v1/acl/policy"): Op(body="ACLPolicy", ok=_json({"type": "object"}), errors=(401,)),
+    ("GET", "/v1/acl/policy/name/"): Op(query=BLOCKING, ok=_json({"type": "object"}), errors=(401, 404)),
+    ("GET", "/v1/acl/policy/"): Op(query=BLOCKING, ok=_json({"type": "object"}), errors=(401, 404)),
+    ("PUT", "/v1/acl/policy/"): Op(body="ACLPolicy", ok=_json({"type": "object"}), errors=(401, 404)),
+    ("DELETE", "/v1/acl/policy/"): Op(ok={200: _TRUE}, errors=(401, 404)),
+    ("GET", "/v1/acl/policies"): Op(query=BLOCKING, ok=_json(_array({"type": "object"})), errors=(401,)),
+    ("PUT", "/v1/acl/role"): Op(body="ACLRole", ok=_json({"type": "object"}), errors=(401,)),
+    ("GET", "/v1/acl/role/name/"): Op(query=BLOCKING, ok=_json({"type": "object"}), errors=(401, 404)),
+    ("GET", "/v1/acl/role/"): Op(query=BLOCKING, ok=_json({"type": "object"}), errors=(401, 404)),
+    ("PUT", "/v1/acl/role/"): Op(body="ACLRole", ok=_json({"type": "object"}), errors=(401, 404)),
+    ("DELETE", "/v1/acl/role/"): Op(ok={200: _TRUE}, errors=(401, 404)),
+    ("GET", "/v1/acl/roles"): Op(query=(*BLOCKING, "policy"), ok=_json(_array({"type": "object"})), errors=(401,)),
+    ("PUT", "/v1/acl/auth-method"): Op(body="ACLAuthMethod", ok=_json({"type": "object"}), errors=(401,)),
+    ("GET", "/v1/acl/auth-method/"): Op(query=BLOCKING, ok=_json({"type": "object"}), errors=(401, 404)),
+    ("PUT", "/v1/acl/auth-method/"): Op(body="ACLAuthMethod", ok=_json({"type": "object"}), errors=(401, 404)),
+    ("DELETE", "/v1/acl/auth-method/"): Op(ok={200: _TRUE}, errors=(401, 404)),
+    ("GET", "/v1/acl/auth-methods"): Op(query=BLOCKING, ok=_json(_array({"type": "object"})), errors=(401,)),
+    ("PUT", "/v1/acl/binding-rule"): Op(body="ACLBindingRule", ok=_json({"type": "object"}), errors=(401,)),
+    ("GET", "/v1/acl/binding-rule/"): Op(query=BLOCKING, ok=_json({"type": "object"}), errors=(401, 404)),
+    ("PUT", "/v1/acl/binding-rule/"): Op(body="ACLBindingRule", ok=_json({"type": "object"}), errors=(401, 404)),
+    ("DELETE", "/v1/acl/binding-rule/"): Op(ok={200: _TRUE}, errors=(401, 404)),
+    ("GET", "/v1/acl/binding-rules"): Op(query=(*BLOCKING, "authmethod"), ok=_json(_array({"type": "object"})),
+                                         errors=(401,)),
+    ("GET", "/v1/acl/templated-policies"): Op(ok=_json({"type": "object"}), errors=(401,)),
+    ("GET", "/v1/acl/templated-policy/name/"): Op(ok=_json({"type": "object"}), errors=(401, 404)),
+    ("POST", "/v1/internal/acl/authorize"): Op(body="ACLAuthorizations", ok=_json(_array({"type": "object"})),
+                                               errors=(401, 403)),
+    ("PUT", "/v1/agent/token/"): Op(body="AgentToken", ok=_EMPTY, errors=(401, 404)),
+    # A JWKS that cannot be fetched is a 500, as in Consul (the auth method's configuration is at fault).
+    ("POST", "/v1/acl/login"): Op(body="ACLLogin", ok=_json(_ref("ACLTokenOut")), errors=(401, 403),
+                                  server_errors=("",)),
+    ("POST", "/v1/acl/logout"): Op(ok={200: _TRUE}, errors=(401, 403)),
 }  # fmt: skip
 
 # Operations whose handler reads no parameter and no body: nothing to refuse, no 400.
@@ -445,6 +529,7 @@ _NO_INPUT = frozenset({("GET", "/v1/status/leader"), ("GET", "/v1/status/peers")
 _CONNECT_PATHS = ("/v1/connect/", "/v1/agent/connect/")
 
 _ERROR_WORDS = {
+    401: "ACL support disabled (acl.enabled is false).",
     400: "Bad request: the input was refused (plain text says why, in Consul's words).",
     403: "Permission denied: the token lacks the ACL rule in x-consul-acl, or ACL not found.",
     404: "Not found.",
@@ -595,11 +680,11 @@ def build_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
     components: dict[str, Any] = {
         "securitySchemes": {
             "ConsulToken": {"type": "apiKey", "in": "header", "name": "X-Consul-Token",
-                            "description": "The ACL token's SecretID (Consul looks here first)."},
+                            "description": "The ACL token's SecretID, used when ?token is absent."},
             "BearerToken": {"type": "http", "scheme": "bearer",
-                            "description": "Authorization: Bearer <SecretID>, used when X-Consul-Token is absent."},
+                            "description": "Authorization: Bearer <SecretID>, used when neither ?token nor X-Consul-Token is given."},
             "TokenQuery": {"type": "apiKey", "in": "query", "name": "token",
-                           "description": "?token=<SecretID>, the last resort (it ends up in logs and history)."},
+                           "description": "?token=<SecretID>, looked at first (it ends up in logs and shell history: prefer the header)."},
         },
         "parameters": {name: {"name": name, "in": "query", **spec} for name, spec in PARAMETERS.items()},
         "schemas": SCHEMAS,

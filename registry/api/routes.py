@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from registry.api import (
+    acl,
+    acl_login,
     agent_endpoints,
     catalog,
     config_entries,
@@ -36,6 +38,8 @@ ROUTES: tuple[Route, ...] = (
     *txn.ROUTES,
     *connect.ROUTES,
     *config_entries.ROUTES,
+    *acl.ROUTES,
+    *acl_login.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

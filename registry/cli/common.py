@@ -1,5 +1,5 @@
 """What every ``proconsul`` command shares: Consul's flag forms (``-flag`` and ``--flag``), the HTTP API options
-(``-http-addr``, ``-token``, ``-datacenter``, ``-stale``), the agent client with the CLI's error texts, the
+(``-http-addr``, ``-token``, ``-token-file``, ``-datacenter``, ``-stale``), the agent client with the CLI's error texts, the
 error that ends a command with its exit code, and the table output of Consul's ``columnize``."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from registry.client.http import AgentHTTP, AgentUnavailable, HTTPConfig, Response
+from registry.client.http import AgentHTTP, AgentUnavailable, HTTPConfig, Response, TokenFileError
 
 __all__ = [
     "CLIError", "Client", "Command", "http_config", "http_options", "opt", "parser", "run_client", "subcommand",
@@ -45,12 +45,17 @@ def http_options(p: argparse.ArgumentParser) -> None:
     """Consul's HTTP API options, on every command that talks to the agent."""
     opt(p, "http-addr", default=None, help="agent HTTP address (env CONSUL_HTTP_ADDR / PROCONSUL_HTTP_ADDR)")
     opt(p, "token", default=None, help="ACL token (env CONSUL_HTTP_TOKEN)")
+    opt(p, "token-file", default=None, help="file holding the ACL token; wins over -token (env CONSUL_HTTP_TOKEN_FILE)")
     opt(p, "datacenter", default=None)
     opt(p, "stale", action="store_true")
 
 
 def http_config(args: argparse.Namespace) -> HTTPConfig:
-    return HTTPConfig.from_flags(args.http_addr, args.token, args.datacenter, args.stale)
+    try:
+        return HTTPConfig.from_flags(args.http_addr, args.token, args.datacenter, args.stale,
+                                     token_file=getattr(args, "token_file", None))  # fmt: skip
+    except TokenFileError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _reason(cause: BaseException) -> str:

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from registry.client.http import AgentHTTP, APIError, HTTPConfig
+from registry.client.http import AgentHTTP, APIError, HTTPConfig, TokenFileError
 from registry.client.lock import MONITOR_RETRY, LockAPI, LockFailed, LockOptions, Mutex, Semaphore, lock_key
 from registry.gocompat import DurationError, parse_duration
 
@@ -59,6 +59,7 @@ HTTP API Options:
   -http-addr=<address>   Agent address (env CONSUL_HTTP_ADDR / PROCONSUL_HTTP_ADDR).
                          Default http://127.0.0.1:8500.
   -token=<value>         ACL token (env CONSUL_HTTP_TOKEN).
+  -token-file=<path>     File holding the ACL token; wins over -token (env CONSUL_HTTP_TOKEN_FILE).
   -datacenter=<name>     Datacenter to use. Default: the agent's.
   -stale                 Accepted for compatibility; the lock always reads consistently.
 """
@@ -93,6 +94,7 @@ class Options:
     verbose: bool = False
     http_addr: str | None = None
     token: str | None = None
+    token_file: str | None = None
     datacenter: str | None = None
     stale: bool = False
 
@@ -111,14 +113,14 @@ class Options:
 
     def http_config(self) -> HTTPConfig:
         """The agent to talk to. ``-stale`` is accepted but not used: the lock always reads consistently."""
-        return HTTPConfig.from_flags(self.http_addr, self.token, self.datacenter)
+        return HTTPConfig.from_flags(self.http_addr, self.token, self.datacenter, token_file=self.token_file)
 
 
 _BOOL_FLAGS = {"pass-stdin": "pass_stdin", "shell": "shell", "child-exit-code": "child_exit_code",
                "verbose": "verbose", "stale": "stale"}  # fmt: skip
 _VALUE_FLAGS = {"n": "limit", "name": "name", "timeout": "timeout", "try": "timeout",
                 "monitor-retry": "monitor_retry", "http-addr": "http_addr", "token": "token",
-                "datacenter": "datacenter"}  # fmt: skip
+                "token-file": "token_file", "datacenter": "datacenter"}  # fmt: skip
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
@@ -403,5 +405,10 @@ def cmd_lock(argv: list[str]) -> int:
     import structlog
 
     log = structlog.get_logger("proconsul.lock").bind(prefix=opts.prefix)
-    return eventloop.run(run_lock(opts, opts.http_config(), log))
+    try:
+        config = opts.http_config()
+    except TokenFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    return eventloop.run(run_lock(opts, config, log))
 

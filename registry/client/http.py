@@ -6,7 +6,7 @@ What it owns, following Consul's ``api.Config`` and ``api.QueryOptions``:
 * the address: ``-http-addr``, else ``PROCONSUL_HTTP_ADDR``, else ``CONSUL_HTTP_ADDR``, else
   ``http://127.0.0.1:8500``; an address without a scheme is ``https`` when ``CONSUL_HTTP_SSL`` is true;
 * TLS towards an HTTPS agent (a CA file, a client certificate and key, or no verification);
-* the token (``X-Consul-Token``), the datacenter (``?dc=``) and ``?stale`` on reads;
+* the token (``X-Consul-Token``; from ``-token``/CONSUL_HTTP_TOKEN or a token file), the datacenter (``?dc=``) and ``?stale`` on reads;
 * blocking queries: ``?index=`` and ``?wait=`` in, ``X-Consul-Index`` out (``Response.index``);
 * errors that carry the HTTP status and Consul's text (``StatusError``), or say no answer came
   (``AgentUnavailable``): Consul's ``api.IsRetryableError`` is ``APIError.retryable``.
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HTTP_ADDR", "APIError", "AgentHTTP", "AgentUnavailable", "HTTPConfig", "Response", "StatusError",
-    "agent_address", "escape", "kv_path",
+    "TokenFileError", "agent_address", "escape", "kv_path", "read_token_file",
 ]  # fmt: skip
 
 DEFAULT_HTTP_ADDR = "http://127.0.0.1:8500"
@@ -79,11 +79,19 @@ class HTTPConfig:
 
     @classmethod
     def from_flags(cls, http_addr: str | None, token: str | None, datacenter: str | None = None,
-                   stale: bool = False, env: Mapping[str, str] | None = None) -> HTTPConfig:  # fmt: skip
-        """The flags a command was given, completed from the environment as Consul's commands do."""
+                   stale: bool = False, env: Mapping[str, str] | None = None,
+                   token_file: str | None = None) -> HTTPConfig:  # fmt: skip
+        """The flags a command was given, completed from the environment as Consul's commands do.
+
+        The token follows Consul's ``api.NewClient``: a token file (``-token-file``, else
+        CONSUL_HTTP_TOKEN_FILE) wins when it holds a token, then ``-token``, then CONSUL_HTTP_TOKEN.
+        An unreadable token file is a TokenFileError ("Error loading token file: ...")."""
         env = os.environ if env is None else env
-        return cls(address=agent_address(http_addr, env), token=token or env.get("CONSUL_HTTP_TOKEN") or "",
-                   datacenter=datacenter, stale=stale)  # fmt: skip
+        chosen = token or env.get("CONSUL_HTTP_TOKEN") or ""
+        path = token_file or env.get("CONSUL_HTTP_TOKEN_FILE") or ""
+        if path:
+            chosen = read_token_file(path) or chosen
+        return cls(address=agent_address(http_addr, env), token=chosen, datacenter=datacenter, stale=stale)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A TLS context for the options given; None leaves the default (the system's CAs, verified)."""
@@ -96,6 +104,20 @@ class HTTPConfig:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
+
+
+class TokenFileError(ValueError):
+    """A token file that cannot be read; the text names the file, never its content."""
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``, surrounding whitespace stripped ("" for an empty file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise TokenFileError(f"Error loading token file: open {path}: {reason.lower()}") from None
 
 
 class APIError(Exception):

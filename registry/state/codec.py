@@ -81,6 +81,8 @@ def dump_store(store: Any) -> dict[str, Any]:
         "sessions": [_session(x) for x in store.sessions.values()],
         "lock_delays": dict(store.lock_delays),
         "clock_ns": store.clock_ns,
+        # Added with ACLs; absent from older snapshots (loaded as empty).
+        "acl": store.acl_dump(),
     }
 
 
@@ -114,7 +116,11 @@ def load_store(store: Any, data: dict[str, Any]) -> Any:
             store.sessions[x.id] = x
         store.lock_delays = {str(k): int(v) for k, v in (data.get("lock_delays") or {}).items()}
         store.clock_ns = int(data.get("clock_ns") or 0)
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        acl = data.get("acl") or {}
+        if not isinstance(acl, dict):
+            raise SnapshotFormatError("acl must be a map")
+        store.acl_load(acl)
+    except (KeyError, IndexError, TypeError, ValueError) as exc:  # ACLObjectError is a ValueError
         if isinstance(exc, SnapshotFormatError):
             raise
         raise SnapshotFormatError(f"malformed snapshot: {exc!r}") from exc

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from registry.state.acl_table import ACLTable
 from registry.state.base import StoreError
 from registry.state.catalog import CatalogTable
 from registry.state.kvs import KVTable
@@ -28,7 +29,7 @@ from registry.state.topics import T_CHECKS, T_NODES, T_SERVICES, Topic, WatchSet
 __all__ = ["StateStore", "StoreError", "T_CHECKS", "T_NODES", "T_SERVICES", "Topic", "WatchSet"]
 
 
-class StateStore(CatalogTable, KVTable, SessionTable, GenericTables):
+class StateStore(CatalogTable, KVTable, SessionTable, GenericTables, ACLTable):
     # ------------------------------------------------------------------ snapshots
 
     def to_snapshot(self) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -17,6 +18,8 @@ from tests.cluster import netns  # noqa: E402
 from tests.cluster.harness import Cluster  # noqa: E402
 from tests.cluster.netns import NetnsCluster  # noqa: E402
 
+C = TypeVar("C", Cluster, NetnsCluster)
+
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
@@ -25,13 +28,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-@pytest.fixture
-def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
-    """``make_cluster(n)``: n servers (not started yet) in their own temp dirs; killed after the test."""
-    clusters: list[Cluster] = []
+def _clusters(request: pytest.FixtureRequest, build: Callable[..., C]) -> Iterator[Callable[..., C]]:
+    """Hand the test a ``make(n, **options)`` that builds clusters with ``build(n, i, **options)``; afterwards
+    close them all, and
+    print each one's diagnostics when the test failed (or never reported)."""
+    clusters: list[C] = []
 
-    def make(n: int = 3) -> Cluster:
-        cluster = Cluster(n, tmp_path / f"cluster{len(clusters)}")
+    def make(n: int = 3, **options: Any) -> C:
+        cluster = build(n, len(clusters), **options)
         clusters.append(cluster)
         return cluster
 
@@ -43,6 +47,13 @@ def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cal
             if report is None or report.failed:
                 print(f"\n===== cluster diagnostics ({cluster.workdir})\n{cluster.diagnostics()}")
             cluster.close()
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
+    """``make_cluster(n, tls=False)``: n servers (not started yet) in their own temp dirs, with mutual TLS on
+    the server port if ``tls``; killed after the test."""
+    yield from _clusters(request, lambda n, i, tls=False: Cluster(n, tmp_path / f"cluster{i}", tls=tls))
 
 
 @pytest.fixture
@@ -54,21 +65,7 @@ def make_netns_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
     if reason:
         pytest.skip(reason)
     netns.sweep_stale()
-    clusters: list[NetnsCluster] = []
-
-    def make(n: int = 3) -> NetnsCluster:
-        cluster = NetnsCluster(n, tmp_path / f"netns{len(clusters)}")
-        clusters.append(cluster)
-        return cluster
-
-    try:
-        yield make
-    finally:
-        report = getattr(request.node, "rep_call", None)
-        for cluster in clusters:
-            if report is None or report.failed:
-                print(f"\n===== cluster diagnostics ({cluster.workdir})\n{cluster.diagnostics()}")
-            cluster.close()
+    yield from _clusters(request, lambda n, i: NetnsCluster(n, tmp_path / f"netns{i}"))
 
 
 @pytest.fixture

@@ -1,0 +1,190 @@
+"""/v1/acl/login and /v1/acl/logout: how a workload trades a JWT for an ACL token, and gives it back.
+
+Consul's ``ACLLogin``/``ACLLogout`` handlers and ``ACL.Login``/``ACL.Logout`` RPCs (agent/acl_endpoint.go,
+agent/consul/acl_endpoint.go):
+
+* ``POST /v1/acl/login`` with ``{"AuthMethod", "BearerToken", "Meta"}`` needs no ACL token (the bearer
+  token is the credential); the auth method is looked up (``ACL not found: auth method "x" not found``),
+  the JWT verified, the method's binding rules applied, and a token created: ``200`` with the token's JSON.
+  A refused JWT answers 403 with the reason (Consul passes the validator's error through); a login that
+  binds to nothing answers 403 ``Permission denied``.
+* ``POST /v1/acl/logout`` deletes the token presented with the request (``X-Consul-Token``, ``Authorization:
+  Bearer`` or ``?token=``), only if a login created it: ``ACL not found`` for an unknown or missing token,
+  ``Permission denied`` for any other token; ``true`` once deleted.
+
+The ACL tables are reached through ``LoginBackend``, which the composition root builds over the ACL state
+and sets as ``Api.acl_login``; with none set (ACLs disabled) both answer Consul's 401 ``ACL support
+disabled``. Verification is the pure ``registry.acl.jwt``; JWKS keys come through ``registry.api.jwks``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from registry.acl.binding import BindingRule, BindingRuleError
+from registry.acl.errors import ACLNotFound, PermissionDenied
+from registry.acl.jwt import AuthMethodError, LoginError
+from registry.acl.login import AuthMethod, LoginToken, plan_login
+from registry.api.decode import DecodeError, parse_json
+from registry.api.errors import HTTPError
+from registry.api.http import read_body
+from registry.api.jwks import JWKSCache, JWKSError
+from registry.api.routing import Route, route
+
+if TYPE_CHECKING:
+    from registry.api.http import Api
+
+__all__ = ["ROUTES", "LoginBackend", "LoginService", "request_token"]
+
+ACL_DISABLED = "ACL support disabled"
+MAX_LOGIN_BODY = 256 * 1024
+
+
+class LoginBackend(Protocol):
+    """What login and logout need of the ACL state (built over the tables by the ACL state's owner)."""
+
+    def auth_method(self, name: str) -> tuple[int, Mapping[str, Any]] | None:
+        """The auth method ``name`` as its ``ACLAuthMethod`` JSON, with its ModifyIndex; None if absent."""
+
+    def binding_rules(self, method: str) -> Sequence[Mapping[str, Any]]:
+        """The ``ACLBindingRule`` JSON objects of auth method ``method``."""
+
+    def role_by_name(self, name: str) -> tuple[str, str] | None:
+        """``(ID, Name)`` of the role called ``name``; None if there is none."""
+
+    def policy_by_name(self, name: str) -> tuple[str, str] | None:
+        """``(ID, Name)`` of the policy called ``name``; None if there is none."""
+
+    async def create_token(self, token: LoginToken) -> Mapping[str, Any]:
+        """Create the token (through the log, as any token write) and answer its ``ACLToken`` JSON."""
+
+    async def delete_login_token(self, secret: str) -> None:
+        """Delete the token with this secret. Raises ACLNotFound when there is none, PermissionDenied when
+        it was not created by a login (its AuthMethod is empty)."""
+
+
+@dataclass
+class LoginService:
+    """The backend plus what login keeps between calls: each method's validator, rebuilt only when the
+    method's ModifyIndex moves (Consul's authmethod cache), and the JWKS cache."""
+
+    backend: LoginBackend
+    datacenter: str
+    jwks: JWKSCache = field(default_factory=JWKSCache)
+    _methods: dict[str, tuple[int, AuthMethod]] = field(default_factory=dict)
+
+    def method(self, name: str) -> AuthMethod:
+        found = self.backend.auth_method(name)
+        if found is None:
+            raise HTTPError(403, f'ACL not found: auth method "{name}" not found')
+        index, wire = found
+        cached = self._methods.get(name)
+        if cached is not None and cached[0] == index:
+            return cached[1]
+        try:
+            method = AuthMethod.from_wire(wire)
+        except AuthMethodError as exc:  # stored before its config was checked: refuse, never crash
+            raise HTTPError(400, str(exc)) from None
+        self._methods[name] = (index, method)
+        return method
+
+    async def login(self, method_name: str, bearer: str, meta: Mapping[str, str] | None, *,
+                    now: float) -> Mapping[str, Any]:  # fmt: skip
+        method = self.method(method_name)
+        validator = method.validator()
+        try:
+            if validator.needs_jwks:
+                keys = await self.jwks.keys(method.config)
+                try:
+                    identity = validator.validate_login(bearer, now=now, jwks=keys)
+                except LoginError:
+                    # Keys rotate: a signature no cached key checks gets one refetch (rate-limited).
+                    keys = await self.jwks.keys(method.config, refresh=True)
+                    identity = validator.validate_login(bearer, now=now, jwks=keys)
+            else:
+                identity = validator.validate_login(bearer, now=now)
+            blank = method.blank_identity()
+            rules = [BindingRule.from_wire(r, blank) for r in self.backend.binding_rules(method.name)]
+            planned = plan_login(method, rules, identity, datacenter=self.datacenter, meta=meta,
+                                 role_by_name=self.backend.role_by_name,
+                                 policy_by_name=self.backend.policy_by_name)  # fmt: skip
+        except (LoginError, BindingRuleError, PermissionDenied) as exc:
+            raise HTTPError(403, str(exc)) from None
+        except JWKSError as exc:
+            raise HTTPError(500, str(exc)) from None
+        return await self.backend.create_token(planned)
+
+
+def request_token(request: web.Request) -> str:
+    """The token a request presents, with Consul's precedence: ``?token=``, then ``X-Consul-Token``, then
+    ``Authorization: Bearer`` (agent/http.go ``parseTokenInternal``)."""
+    token = request.query.get("token", "")
+    if token:
+        return token
+    token = request.headers.get("X-Consul-Token", "")
+    if token:
+        return token
+    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    return ""
+
+
+def _service(api: Api) -> LoginService:
+    service = api.acl_login
+    if service is None:
+        raise HTTPError(401, ACL_DISABLED)
+    return service
+
+
+def _login_body(raw: bytes) -> tuple[str, str, dict[str, str] | None]:
+    try:
+        body = parse_json(raw)
+    except DecodeError as exc:
+        raise HTTPError(400, f"Failed to decode request body: {exc}") from None
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise HTTPError(400, "Failed to decode request body: json: cannot unmarshal into Go value of type "
+                             "structs.ACLLoginParams")  # fmt: skip
+    fields = {k.lower(): v for k, v in body.items()}
+    method = fields.get("authmethod") or ""
+    bearer = fields.get("bearertoken") or ""
+    meta = fields.get("meta")
+    if not isinstance(method, str) or not isinstance(bearer, str):
+        raise HTTPError(400, "Failed to decode request body: AuthMethod and BearerToken must be strings")
+    if meta is not None and (not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values())):
+        raise HTTPError(400, "Failed to decode request body: Meta must be a map of strings")
+    return method, bearer, meta
+
+
+async def login(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    service = _service(api)
+    method, bearer, meta = _login_body(await read_body(request, MAX_LOGIN_BODY))
+    token = await service.login(method, bearer, meta, now=time.time())
+    return api.json(request, dict(token))
+
+
+async def logout(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    service = _service(api)
+    secret = request_token(request)
+    if not secret:
+        raise HTTPError(403, str(ACLNotFound()))
+    try:
+        await service.backend.delete_login_token(secret)
+    except (ACLNotFound, PermissionDenied) as exc:
+        raise HTTPError(403, str(exc)) from None
+    return api.json(request, True)
+
+
+ROUTES: tuple[Route, ...] = (
+    route("POST", "/v1/acl/login", login, "write", "none", "none",
+          "Trade a bearer JWT for an ACL token through an auth method (the JWT is the credential)"),
+    route("POST", "/v1/acl/logout", logout, "write", "none", "none",
+          "Delete the login token presented with the request"),
+)  # fmt: skip
