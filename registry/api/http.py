@@ -464,7 +464,10 @@ class Api:
             "X-Consul-Effective-Consistency": mode,
         }
         if result.status == 404:
-            resp = self._respond(request, 404, b"", None, headers)
+            # Consul writes the status of a read of nothing with no body and so no Content-Type (Go sets
+            # one only when a body is written); claiming JSON for an empty body breaks JSON clients.
+            headers["X-Consul-Default-ACL-Policy"] = self.acl_policy
+            resp = web.Response(status=404, headers=headers)
         elif not cacheable:
             return self._respond(request, result.status, self.render(request, result.build()), None, headers)
         else:
