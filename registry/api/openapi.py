@@ -31,6 +31,7 @@ import yaml
 from registry import CONSUL_VERSION
 from registry.api.routes import ROUTES
 from registry.api.routing import Route
+from registry.connect.state import SUPPORTED_KINDS
 from registry.filtering.errors import ERROR_PREFIX
 from registry.registration import (
     CATALOG_DEREGISTER_SCHEMA,
@@ -95,6 +96,7 @@ def _obj(required: tuple[str, ...] = (), **props: Any) -> dict[str, Any]:
 
 
 _STR = {"type": "string"}
+_CONFIG_KIND: dict[str, Any] = {"type": "string", "enum": sorted(SUPPORTED_KINDS)}
 _INT = {"type": "integer"}
 _UINT = {"type": "integer", "minimum": 0}
 _BOOL = {"type": "boolean"}
@@ -134,7 +136,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         SourceType={"type": "string", "enum": ["consul"]}, Action={"type": "string", "enum": ["allow", "deny"]},
         Description=_STR,
     ),
-    "ConfigEntry": {**_obj(("Kind", "Name"), Kind=_STR, Name=_STR, Namespace=_STR, Meta=STRING_MAP,
+    "ConfigEntry": {**_obj(("Kind", "Name"), Kind=_CONFIG_KIND, Name=_STR, Namespace=_STR, Meta=STRING_MAP,
                            Sources=_array(_obj(Name=_STR, Namespace=_STR, Action=_STR, Description=_STR))),
                     "additionalProperties": True},
     "CAConfiguration": _obj(("Provider",), Provider=_STR, Config={"type": "object"}, ForceWithoutCrossSigning=_BOOL),
@@ -273,7 +275,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "service_id": {"description": "The service instance's ID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "check_id": {"description": "The check's ID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "service_name": {"description": "The service's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
-    "kind": {"description": "The config entry kind.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
+    "kind": {"description": "The config entry kind (the kinds this agent stores; others answer 400).",
+             "schema": _CONFIG_KIND},
     "name": {"description": "The name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "AccessorID": {"description": "The token's AccessorID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "id": {"description": "The ID.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
