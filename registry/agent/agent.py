@@ -291,8 +291,14 @@ class Agent:
             self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, https_context(cfg))
             log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")
         if cfg.ports.dns != -1:
-            self.dns_listener, self.dns_addr = await start_dns(cfg, lambda: self.store)
+            self.dns_listener, self.dns_addr, dns_token = await start_dns(cfg, lambda: self.store, self.acl)
             self._listeners.append(self.dns_listener)
+            if dns_token is not None:
+                # DNS answers with the default token: resolved again when ACL state or the token changes.
+                self.acl_tokens.listeners.append(dns_token.changed)
+                if isinstance(self.acl, ServerResolver | ClientResolver):
+                    self.acl.listeners.append(dns_token.changed)
+                self._spawn(dns_token.run(), "dns-acl-token")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a background task that ``stop`` cancels and waits for."""
