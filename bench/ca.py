@@ -2,6 +2,7 @@
 decisions.
 
     .venv/bin/python -m bench.ca [--seconds 10] [--connections 64] [--few-connections 16] [--no-docs]
+    .venv/bin/python -m bench.ca --acl [--seconds 10] [--connections 64] [--no-docs]
 
 Leaf certificates: a real ``proconsul agent -dev`` (CSR rate limit off) pinned to CPU 0 answers
 ``GET /v1/agent/connect/ca/leaf/<fresh service>`` driven by ``wrk`` pinned to CPU 1; every request is
@@ -20,6 +21,12 @@ against the full loop, which is like for like.
 Throughput is reported two ways: certificates per wall-clock second, and certificates per CPU-second
 of the process that did the work (agent process CPU from /proc; the bare loop's own process time).
 On a shared 2-core machine the second is the fair "per core" figure; the ratio uses it.
+
+``--acl``: the same leaf load against two agents in the same run, one with ACLs off and one with
+``acl { enabled = true, default_policy = "deny" }`` where every request carries a token that may
+``service:write`` the services it asks leaves for (not a management token: its rules are evaluated for
+every request, and the signer checks the token again); the figure is the ratio of their certificates per
+CPU-second (target: at least 0.9x).
 
 Intentions: 10,000 intentions (exact pairs, ``src => *``, ``* => dst`` and ``* => *``), indexed once,
 then ``decide`` on random (source, destination) pairs in-process, and ``decide_uri`` (what the
@@ -75,6 +82,9 @@ function setup(thread)
 end
 function init(args)
   prefix = "svc-" .. (args[1] or "run") .. "-" .. tid .. "-"
+  if args[2] then
+    wrk.headers["X-Consul-Token"] = args[2]
+  end
 end
 function request()
   counter = counter + 1
@@ -201,18 +211,28 @@ def run_bare(n: int) -> dict[str, float]:
 # ---------------------------------------------------------------------- end to end
 
 
-def http_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as r:
+def http_json(url: str, token: str = "", method: str = "GET", body: object = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"X-Consul-Token": token} if token else {})
+    with urllib.request.urlopen(req, timeout=10) as r:
         return json.loads(r.read())
 
 
+MGMT = "0b5e7c1d-2f3a-4b6c-8d9e-a1b2c3d4e5f6"  # the --acl agent's initial management token
+LEAF_RULES = 'service_prefix "" { policy = "write" }'
+
+
 class AgentProcess:
-    def __init__(self, workdir: Path, cpu: int) -> None:
+    def __init__(self, workdir: Path, cpu: int, acl: bool = False) -> None:
         self.port = free_port()
-        config = workdir / "ca-bench.json"
+        self.token = ""
+        config = workdir / ("ca-bench-acl.json" if acl else "ca-bench.json")
         # The CSR rate limit (Consul's default 50/s) is what a cluster wants and exactly what a
         # throughput measurement must not have.
-        config.write_text(json.dumps({"connect": {"ca_config": {"csr_max_per_second": 0}}}))
+        doc: dict = {"connect": {"ca_config": {"csr_max_per_second": 0}}}
+        if acl:
+            doc["acl"] = {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}
+        config.write_text(json.dumps(doc))
         cmd = [str(BIN / "proconsul"), "agent", "-dev", "-node", "ca-bench", "-http-port", str(self.port),
                "-dns-port", "-1", "-log-level", "warn", "-config-file", str(config)]  # fmt: skip
         cmd = [*taskset(cpu), *cmd]
@@ -225,13 +245,18 @@ class AgentProcess:
                     f"agent exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}"
                 )
             try:
-                if http_json(self.url + "/v1/connect/ca/roots")["Roots"]:
+                if http_json(self.url + "/v1/connect/ca/roots", MGMT if acl else "")["Roots"]:
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 raise SystemExit("agent did not start")
             time.sleep(0.05)
+        if acl:
+            # A token that may write every service, made the way an operator makes one.
+            policy = http_json(self.url + "/v1/acl/policy", MGMT, "PUT", {"Name": "leaf-bench", "Rules": LEAF_RULES})
+            token = http_json(self.url + "/v1/acl/token", MGMT, "PUT", {"Policies": [{"ID": policy["ID"]}]})
+            self.token = token["SecretID"]
 
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid)
@@ -246,8 +271,8 @@ class AgentProcess:
 
 def check_one_leaf(agent: AgentProcess, workdir: Path) -> None:
     """The responses are real certificates: one of them must pass openssl verify against the roots."""
-    leaf = http_json(agent.url + "/v1/agent/connect/ca/leaf/bench-check")
-    roots = http_json(agent.url + "/v1/connect/ca/roots")
+    leaf = http_json(agent.url + "/v1/agent/connect/ca/leaf/bench-check", agent.token)
+    roots = http_json(agent.url + "/v1/connect/ca/roots", agent.token)
     (workdir / "leaf.pem").write_text(leaf["CertPEM"])
     (workdir / "roots.pem").write_text("".join(r["RootCert"] for r in roots["Roots"]))
     if shutil.which("openssl"):
@@ -260,6 +285,8 @@ def check_one_leaf(agent: AgentProcess, workdir: Path) -> None:
 def run_wrk(wrk: str, agent: AgentProcess, script: Path, seconds: float, connections: int, cpu: int,
             run_id: str) -> dict[str, float]:  # fmt: skip
     cmd = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), agent.url, "--", run_id]
+    if agent.token:
+        cmd.append(agent.token)
     cmd = [*taskset(cpu), *cmd]
     c0 = agent.cpu_seconds()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
@@ -331,7 +358,10 @@ def main() -> int:
     ap.add_argument("--few-connections", type=int, default=16)
     ap.add_argument("--bare-n", type=int, default=3000)
     ap.add_argument("--no-docs", action="store_true")
+    ap.add_argument("--acl", action="store_true", help="leaf signing with ACLs on and a token vs ACLs off")
     args = ap.parse_args()
+    if args.acl:
+        return main_acl(args)
 
     wrk = ensure_tool("wrk", "wrk")
     busy = wait_for_quiet_machine(0.25, 60)
@@ -432,6 +462,72 @@ def main() -> int:
     if not args.no_docs:
         write_section(SECTION, body)
         print(f"# wrote the '{SECTION}' section of {DOCS.relative_to(ROOT)}")
+    return 0
+
+
+ACL_SECTION = "Connect CA with ACLs"
+
+
+def main_acl(args: argparse.Namespace) -> int:
+    """Leaf signing with ACLs on (default deny, a service-write token on every request) against ACLs off,
+    the two agents measured alternately in the same run so that machine noise falls on both."""
+    wrk = ensure_tool("wrk", "wrk")
+    busy = wait_for_quiet_machine(0.25, 60)
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"# machine: {os.cpu_count()} CPUs, {cpu_model()}, load {load}, busy {busy:.0%} before the run", flush=True)
+    agent_cpu, load_cpu = 0, 1 if (os.cpu_count() or 1) > 1 else 0
+    runs: dict[str, list[dict[str, float]]] = {"acl-off": [], "acl-on": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        script = work / "leaf.lua"
+        script.write_text(WRK_SCRIPT)
+        agents = {"acl-off": AgentProcess(work, agent_cpu), "acl-on": AgentProcess(work, agent_cpu, acl=True)}
+        try:
+            for name, agent in agents.items():
+                check_one_leaf(agent, work)
+                run_wrk(wrk, agent, script, 2, args.connections, load_cpu, f"warmup-{name}")
+            for rep in range(3):
+                for name, agent in agents.items():
+                    r = run_wrk(wrk, agent, script, args.seconds, args.connections, load_cpu, f"{name}-r{rep}")
+                    runs[name].append(r)
+                    print(f"{name}: {r['per_cpu_s']:.0f}/CPU-s, {r['per_wall_s']:.0f}/s wall, "
+                          f"{r['non_2xx']} non-2xx", flush=True)  # fmt: skip
+        finally:
+            for agent in agents.values():
+                agent.stop()
+
+    def med(name: str, key: str) -> float:
+        return sorted(r[key] for r in runs[name])[len(runs[name]) // 2]
+
+    ratio = med("acl-on", "per_cpu_s") / med("acl-off", "per_cpu_s")
+    wall_ratio = med("acl-on", "per_wall_s") / med("acl-off", "per_wall_s")
+    bad = sum(r["non_2xx"] for rs in runs.values() for r in rs)
+    date = time.strftime("%Y-%m-%d")
+    rows = [
+        (f"Leaf certificates with ACLs off (median of {len(runs['acl-off'])})",
+         f"{med('acl-off', 'per_cpu_s'):,.0f}/CPU-s, {med('acl-off', 'per_wall_s'):,.0f}/s wall"),
+        ("Leaf certificates with ACLs on, default deny, a `service_prefix \"\" write` token "
+         f"(median of {len(runs['acl-on'])})",
+         f"{med('acl-on', 'per_cpu_s'):,.0f}/CPU-s, {med('acl-on', 'per_wall_s'):,.0f}/s wall"),
+        ("**Ratio ACLs on / off** (per CPU-second; wall clock beside it)", f"**{ratio:.2f}x** ({wall_ratio:.2f}x)"),
+        ("Non-2xx responses in all runs", str(bad)),
+    ]  # fmt: skip
+    table = "\n".join(f"| {a} | {b} |" for a, b in rows)
+    body = (
+        f"Measured {date} by `python -m bench.ca --acl` on {os.cpu_count()} CPUs ({cpu_model()}), load {load} "
+        f"before the run. Two `proconsul agent -dev` agents (CSR rate limit off), one with ACLs off and one "
+        f"with `acl {{ enabled = true, default_policy = \"deny\" }}`, each pinned to CPU 0 in turn with wrk "
+        f"on CPU 1, {args.connections} connections, {args.seconds:g} s per run, alternating; every request "
+        "names a new service, and on the ACL agent carries a token whose rules are evaluated for the route "
+        "and again by the signer.\n\n"
+        "| What | Result |\n|---|---|\n" + table + "\n\n"
+        f"Target: at least 0.9x. This run: {'met' if ratio >= 0.9 else 'NOT met'}.\n"
+    )
+    print()
+    print(f"## {ACL_SECTION}\n\n{body}")
+    if not args.no_docs:
+        write_section(ACL_SECTION, body)
+        print(f"# wrote the '{ACL_SECTION}' section of {DOCS.relative_to(ROOT)}")
     return 0
 
 

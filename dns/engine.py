@@ -15,6 +15,11 @@ Two cache levels:
   costs it one walk over its few dependencies.
 
 Both are bounded (oldest entries go first), so a flood of random names cannot grow memory.
+
+Under ACLs (``set_acl``) the catalog is read through ``dns.acl.ACLView`` with the agent's default token's
+authorizer: one authorizer answers every query, so the caches stay keyed by the question alone and are
+dropped whole when the authorizer changes (an ACL write, a new default token). With ACLs off nothing on the
+hit path changes: the filter is applied only when an answer is computed.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from dataclasses import dataclass
 
 from dnslib import DNSRecord
 
+from dns.acl import ACLUnavailable, ACLView
 from dns.answer import UDP_ANSWER_CAP, Prepared, all_renderings, prepare, render
 from dns.catalog import Dep, FoldIndex, RecordingView, deps_valid
 from dns.config import DNSConfig
-from dns.resolver import Question, Resolution, Rng, resolve
+from dns.resolver import CatalogReader, Question, Resolution, Rng, resolve
 from dns.wire import (
     BADVERS,
     NOERROR,
@@ -45,6 +51,7 @@ from dns.wire import (
     opt_record,
     parse_query,
 )
+from registry.acl.authorizer import Authorizer
 from registry.state.store import StateStore
 
 __all__ = ["Engine", "Forward", "MAX_UDP_PAYLOAD", "MAX_TCP_MESSAGE"]
@@ -138,7 +145,30 @@ class Engine:
         self._store: StateStore | None = None
         self._max_memo_bytes = max_memo_bytes
         self._memo_bytes = 0  # rendered responses held by packets, bounded so memory is too
+        # ACLs: off until ``set_acl`` is called; then the authorizer every answer is filtered through (None:
+        # the token could not be resolved, and catalog questions answer SERVFAIL).
+        self._acl_on = False
+        self._authz: Authorizer | None = None
         self.stats = {"hits": 0, "misses": 0, "malformed": 0, "forwarded": 0}
+
+    # ------------------------------------------------------------------ ACLs
+
+    def set_acl(self, authz: Authorizer | None) -> None:
+        """Answer from now on as ``authz`` may read (None: as a token that cannot be resolved), and forget
+        every answer built for the previous one."""
+        self._acl_on = True
+        self._authz = authz
+        self.drop_answers()
+
+    def drop_answers(self) -> None:
+        """Forget every cached answer (each packet's next query builds its answer again)."""
+        for e in self._answers.values():
+            e.dead = True
+        self._answers.clear()
+        for packets in (self._udp, self._tcp):
+            for pk in packets.values():
+                if pk.entry is not None:
+                    pk.entry.dead = True
 
     # ------------------------------------------------------------------ queries
 
@@ -239,7 +269,11 @@ class Engine:
             return entry
         self.stats["misses"] += 1
         view = RecordingView(store, self._folds)
-        res = resolve(Question(q.labels, q.qtype, q.qclass), view, self.cfg, now, self._rng)
+        reader: CatalogReader = ACLView(view, self._authz) if self._acl_on else view
+        try:
+            res = resolve(Question(q.labels, q.qtype, q.qclass), reader, self.cfg, now, self._rng)
+        except ACLUnavailable:
+            res = Resolution(SERVFAIL)  # Consul: the catalog RPC failed ("ACL not found")
         if res.forward and not self.cfg.recursors:
             res = Resolution(REFUSED, authoritative=False)  # not our name, and nobody to ask
         prepared = prepare(

@@ -200,6 +200,34 @@ def make_peer_check(settings: TLSSettings) -> PeerCheck:
     return peer_check
 
 
+def server_authorizer(cfg: Config | TLSSettings) -> Callable[[Any], bool] | None:
+    """``is_server(ssl_object) -> bool`` for RPC connections to the server port, or None when the port
+    does not verify incoming certificates (no TLS, or ``verify_incoming`` off): then nothing tells a
+    server's connection from a client agent's, every caller is trusted as a server (Consul's
+    ``AuthorizeServerConn`` returns at once without ``VerifyIncomingRPC``) and only the secure defaults
+    (``tls.internal_rpc.verify_incoming``, refused without ``-insecure``) make the roles real.
+
+    With ``verify_incoming`` every connection presented a certificate our CA signed; it is a server's only
+    when that certificate names ``server.<dc>.<domain>`` (CVE-2021-37219: a client certificate from the same
+    CA must not reach server-only methods)."""
+    settings = cfg if isinstance(cfg, TLSSettings) else load_tls_settings(cfg)
+    s = settings.internal_rpc
+    if not s.has_cert or not s.verify_incoming:
+        return None
+    server_name = settings.server_name
+
+    def is_server(ssl_object: Any) -> bool:
+        if ssl_object is None:
+            return False
+        try:
+            der = ssl_object.getpeercert(binary_form=True)
+        except (ValueError, ssl.SSLError):
+            return False
+        return peer_is_server(der, server_name)
+
+    return is_server
+
+
 def rpc_contexts(cfg: Config | TLSSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None, str | None,
                                                      PeerCheck | None]:  # fmt: skip
     """(server_ctx, client_ctx, server_hostname, peer_check) for the server RPC/Raft port, or four

@@ -95,6 +95,8 @@ class AgentTokens:
         im = tokens.get("initial_management") or tokens.get("master")
         self.initial_management: str = im if isinstance(im, str) else ""
         self._path: Path | None = None
+        # Called after any token changes (the DNS interface answers with the default token).
+        self.listeners: list[Callable[[], None]] = []
         if config.acl.get("enable_token_persistence") and config.data_dir:
             self._path = Path(config.data_dir) / TOKENS_FILE
             self._load()
@@ -137,6 +139,8 @@ class AgentTokens:
             self._values.pop(key, None)
         self._persist()
         log.info("Updated agent's ACL token", token=kind)
+        for listener in list(self.listeners):
+            listener()
         return True
 
 
@@ -158,6 +162,9 @@ class _Base:
         self._cache: dict[str, tuple[Authorizer | None, int | None]] = {}
         self.hits = 0
         self.misses = 0
+        # Called whenever what a token resolves to may have changed (the cache was dropped): holders of a
+        # resolved authorizer (the DNS interface's) resolve again.
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def enabled(self) -> bool:
@@ -172,6 +179,8 @@ class _Base:
 
     def clear(self) -> None:
         self._cache.clear()
+        for listener in list(self.listeners):
+            listener()
 
     def _cached(self, secret: str) -> Authorizer | None:
         """The cached decision, raising ACLNotFound for a cached miss or an expired token; None: not cached."""
@@ -240,7 +249,7 @@ class ServerResolver(_Base):
     def _changed(self, topics: Iterable[Topic] | None, _kv_keys: Iterable[str] | None) -> None:
         # Called by the FSM's change notification for every applied command: one set probe.
         if topics is None or TOPIC_ACL in topics:
-            self._cache.clear()
+            self.clear()
 
     def resolve_now(self, secret: str) -> Authorizer:
         local = self._local(secret)
@@ -333,7 +342,7 @@ class ClientResolver(_Base):
     def _advance(self, index: int) -> None:
         if index > self.index:
             self.index = index
-            self._cache.clear()
+            self.clear()
 
     async def _fetch(self, secret: str) -> tuple[Authorizer | None, int | None]:
         for _ in range(3):
@@ -400,7 +409,7 @@ class ClientResolver(_Base):
                 if index < self.index:
                     # A restored snapshot or a new cluster: start over from what the servers have.
                     self.index = index
-                    self._cache.clear()
+                    self.clear()
                 else:
                     self._advance(index)
                 delay = 0.2

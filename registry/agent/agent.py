@@ -22,6 +22,8 @@ import aiohttp
 import structlog
 
 from registry import CONSUL_VERSION
+from registry.acl.authorizer import Authorizer
+from registry.acl.errors import ACLError, PermissionDenied
 from registry.acl.resolver import TokenResolver
 from registry.agent.acl import ACLLeader, AgentTokens, ClientResolver, ServerResolver, acl_enabled
 from registry.agent.checks import (
@@ -34,6 +36,8 @@ from registry.agent.checks import (
 )
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
+from registry.agent.remote import RPC_CLIENT_APPLY
+from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
 from registry.agent.session_timers import SessionTimers
 from registry.api.http import Api
 from registry.api.routes import ROUTES
@@ -45,6 +49,7 @@ from registry.commands import (
     Proposer,
     Register,
 )
+from registry.commands import from_wire as command_from_wire
 from registry.config import Config, ConfigValidator, join_address
 from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
@@ -57,7 +62,7 @@ from registry.posture import (
     insecure_reasons,
     require_secure,
 )
-from registry.raft.rpc import RPCRouter
+from registry.raft.rpc import Caller, RPCRouter
 from registry.registration import (
     CheckSpec,
     RegistrationRules,
@@ -78,7 +83,7 @@ from registry.structs import (
     Node,
     Service,
 )
-from registry.tls import rpc_contexts
+from registry.tls import rpc_contexts, server_authorizer
 from registry.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -201,10 +206,14 @@ class Agent:
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
             ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
-            return RaftServer(opts, self.fsm, server_transport(self.rpc, ssl_server, peer_check), CommandResults())
+            port = server_transport(self.rpc, ssl_server, peer_check, server_authorizer(cfg))
+            return RaftServer(opts, self.fsm, port, CommandResults())
         from registry.agent.remote import RemoteServers
 
-        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, *rpc_contexts(cfg)[1:3])
+        # Every call a client agent makes to the servers carries its agent token (read at each call: it
+        # may be replaced through /v1/agent/token/agent).
+        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, *rpc_contexts(cfg)[1:3],
+                             token=lambda: self.agent_token())  # fmt: skip
 
     @property
     def is_client(self) -> bool:
@@ -291,8 +300,14 @@ class Agent:
             self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, https_context(cfg))
             log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")
         if cfg.ports.dns != -1:
-            self.dns_listener, self.dns_addr = await start_dns(cfg, lambda: self.store)
+            self.dns_listener, self.dns_addr, dns_token = await start_dns(cfg, lambda: self.store, self.acl)
             self._listeners.append(self.dns_listener)
+            if dns_token is not None:
+                # DNS answers with the default token: resolved again when ACL state or the token changes.
+                self.acl_tokens.listeners.append(dns_token.changed)
+                if isinstance(self.acl, ServerResolver | ClientResolver):
+                    self.acl.listeners.append(dns_token.changed)
+                self._spawn(dns_token.run(), "dns-acl-token")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a background task that ``stop`` cancels and waits for."""
@@ -737,37 +752,96 @@ class Agent:
                 log.debug("heartbeat failed", error=str(exc))
 
     def _register_rpc(self) -> None:
-        """The agent's methods on the server port: client agents' liveness, session renewals, node state."""
-        self.rpc.register("heartbeat", self._rpc_heartbeat)
-        self.rpc.register("session_renew", self._rpc_session_renew)
-        self.rpc.register("node_state", self._rpc_node_state)
+        """The agent's methods on the server port: client agents' liveness, session renewals, node state,
+        and the catalog writes of their anti-entropy. Each is checked against the token the call carries
+        when the caller is not a server (``registry.agent.rpc_acl``; Consul's Catalog and Session endpoints
+        vet every request's token the same way)."""
+        self.rpc.register("heartbeat", self._rpc_heartbeat, with_caller=True)
+        self.rpc.register("session_renew", self._rpc_session_renew, with_caller=True)
+        self.rpc.register("node_state", self._rpc_node_state, with_caller=True)
+        self.rpc.register(RPC_CLIENT_APPLY, self._rpc_client_apply, with_caller=True)
 
-    async def _rpc_heartbeat(self, args: Any) -> Any:
+    async def _caller_authz(self, caller: Caller) -> Authorizer | None:
+        """The authorizer of a client agent's call (None: nothing to check -- ACLs are off, or the caller is
+        a server, trusted by its role). An unknown token is refused with Consul's 403 text."""
+        if caller.server or not self.acl.enabled:
+            return None
+        try:
+            return await self.acl.resolve(caller.token)
+        except ACLError as exc:
+            raise RPCError(str(exc), 403) from None
+
+    @staticmethod
+    def _refuse(exc: ACLError) -> RPCError:
+        return RPCError(str(exc), 403)
+
+    async def _rpc_heartbeat(self, args: Any, caller: Caller) -> Any:
         if not self.consensus.is_leader():
             raise RPCError("not the leader", 503)
         if not isinstance(args, str) or not args:
             raise RPCError("heartbeat needs a node name", 400)
+        authz = await self._caller_authz(caller)
+        if authz is not None and not authz.node_write(args):
+            # Consul: a node's liveness and its updates need node:write on it.
+            raise self._refuse(PermissionDenied(authz.accessor_id, "node", "write", args))
         self.last_seen[args] = time.monotonic()
         return True
 
-    async def _rpc_session_renew(self, args: Any) -> Any:
+    async def _rpc_session_renew(self, args: Any, caller: Caller) -> Any:
         if not self.consensus.is_leader():
             raise RPCError("not the leader", 503)
         if not isinstance(args, str):
             raise RPCError("session_renew needs a session ID", 400)
+        authz = await self._caller_authz(caller)
+        session = self.store.sessions.get(args)
+        if authz is not None and session is not None and not authz.session_write(session.node):
+            # Consul's Session.Renew: session:write on the session's node.
+            raise self._refuse(PermissionDenied(authz.accessor_id, "session", "write", session.node))
         return self._renew_here(args)
 
-    async def _rpc_node_state(self, args: Any) -> Any:
+    async def _rpc_node_state(self, args: Any, caller: Caller) -> Any:
         from registry.state import codec
 
         if not isinstance(args, str):
             raise RPCError("node_state needs a node name", 400)
+        authz = await self._caller_authz(caller)
+        if authz is not None and not authz.node_read(args):
+            # Consul's Catalog.NodeServices answers no node to a token that may not read it.
+            raise self._refuse(PermissionDenied(authz.accessor_id, "node", "read", args))
         store = self.store
+        services = list(store.services.get(args, {}).values())
+        checks = list(store.checks.get(args, {}).values())
+        if authz is not None:
+            services = [s for s in services if authz.service_read(s.service)]
+            names = {s.id: s.service for s in store.services.get(args, {}).values()}
+            checks = [c for c in checks if not c.service_id or authz.service_read(names.get(c.service_id, ""))]
         return {
             "known": args in store.nodes,
-            "services": [codec._service(s) for s in store.services.get(args, {}).values()],
-            "checks": [codec._check(c) for c in store.checks.get(args, {}).values()],
+            "services": [codec._service(s) for s in services],
+            "checks": [codec._check(c) for c in checks],
         }
+
+    async def _rpc_client_apply(self, args: Any, caller: Caller) -> Any:
+        """A client agent's catalog write (its anti-entropy: registrations, check updates,
+        deregistrations), vetted against the token it carries before it enters the log; a server's own
+        writes go through ``apply``, which only servers may call."""
+        if not self.consensus.is_leader():
+            raise RPCError("not the leader", 503)
+        if not isinstance(args, dict):
+            raise RPCError("client_apply needs a command", 400)
+        try:
+            cmd = command_from_wire(args)
+        except CommandError as exc:
+            return CommandResults().encode_result(exc)
+        if not isinstance(cmd, CLIENT_COMMANDS):
+            raise self._refuse(PermissionDenied(cause=f"a client agent may not propose {cmd.TYPE!r}"))
+        authz = await self._caller_authz(caller)
+        if authz is not None:
+            try:
+                vet_client_command(cmd, authz, self.store)
+            except ACLError as exc:
+                raise self._refuse(exc) from None
+        return CommandResults().encode_result(await self.consensus.propose(args))
 
     # ------------------------------------------------------------------ sessions
 

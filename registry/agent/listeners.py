@@ -26,6 +26,8 @@ from aiohttp.web_protocol import RequestHandler
 from dns.config import from_agent_config
 from dns.engine import Engine
 from dns.server import DNSListener, DNSServer
+from registry.acl.resolver import TokenResolver
+from registry.agent.dns_acl import DNSToken
 from registry.api.http import Api
 from registry.config import Config, ConfigError
 from registry.state.store import StateStore
@@ -217,18 +219,26 @@ def https_context(cfg: Config) -> ssl.SSLContext:
         raise OSError(errno.EINVAL, f"Error starting HTTPS listener: {exc}") from exc
 
 
-async def start_dns(cfg: Config, store: Callable[[], StateStore]) -> tuple[DNSListener, tuple[str, int]]:
+async def start_dns(cfg: Config, store: Callable[[], StateStore],
+                    acl: TokenResolver | None = None) -> tuple[DNSListener, tuple[str, int], DNSToken | None]:  # fmt: skip
     """The DNS interface on ``client_addr`` and the DNS port, answering from ``store()`` (read at each
-    query: a snapshot restore replaces the store); the listener and its first bound address."""
+    query: a snapshot restore replaces the store); the listener, its first bound address, and with ACLs on
+    the follower of the default token the answers are filtered by (resolved once before the port opens,
+    so no query is ever answered unfiltered; the caller runs it and tells it of changes)."""
     try:
         dns_cfg = from_agent_config(cfg)
     except ValueError as exc:
         dns_log.error("invalid DNS configuration", error=str(exc))
         raise
     engine = Engine(dns_cfg, store, random.Random(os.urandom(16)))
+    token: DNSToken | None = None
+    if acl is not None and acl.enabled:
+        engine.set_acl(None)
+        token = DNSToken(acl, engine.set_acl)
+        await token.refresh()
     server = DNSServer(engine, dns_cfg)
     hosts = cfg.client_addr.split() or ["127.0.0.1"]
     addr = await server.start(hosts, cfg.ports.dns)
     dns_log.info("dns listening", addresses=[f"{h}:{p}" for h, p in server.addresses], domain=dns_cfg.domain,
              recursors=[str(r) for r in dns_cfg.recursors])  # fmt: skip
-    return DNSListener(server), addr
+    return DNSListener(server), addr, token

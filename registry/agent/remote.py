@@ -23,12 +23,18 @@ from registry.raft.transport import RPCClient
 
 log = structlog.get_logger("proconsul.client")
 
+# A client agent's writes (its anti-entropy): a server vets each against the token the call carries
+# before proposing it (``Agent._rpc_client_apply``); ``apply`` itself is served to servers only.
+RPC_CLIENT_APPLY = "client_apply"
+
 
 class RemoteServers:
     """The ``Consensus`` of a client agent: it is never the leader and holds no Raft configuration."""
 
-    def __init__(self, join: list[str], fsm: FSM, ssl_ctx: Any = None, server_hostname: str | None = None) -> None:
-        self.fsm = fsm  # an empty local store: a client agent keeps no catalog
+    def __init__(self, join: list[str], fsm: FSM, ssl_ctx: Any = None, server_hostname: str | None = None,
+                 token: Callable[[], str] = lambda: "") -> None:  # fmt: skip
+        self.fsm = fsm
+        self.token = token  # carried by every call to the servers, which check it (Consul's agent token)  # an empty local store: a client agent keeps no catalog
         self._results = CommandResults()
         self.join = list(join)
         self._ssl = ssl_ctx
@@ -90,7 +96,8 @@ class RemoteServers:
         for _ in range(3):
             leader = await self._leader()
             try:
-                result = await self._client(leader["address"]).call(method, args, timeout=timeout)
+                result = await self._client(leader["address"]).call(method, args, timeout=timeout,
+                                                                    token=self.token())  # fmt: skip
                 self._last_contact = time.monotonic()
                 return result
             except RPCError as exc:
@@ -101,8 +108,7 @@ class RemoteServers:
         raise NotLeaderError(None)
 
     async def propose(self, cmd: dict[str, Any]) -> Any:
-        results = self._results
-        return results.decode_result(await self.call_leader("apply", results.encode_command(cmd)))
+        return self._results.decode_result(await self.call_leader(RPC_CLIENT_APPLY, cmd))
 
     async def barrier_read(self, consistency: str) -> None:
         return None  # reads are forwarded to a server, which applies the barrier

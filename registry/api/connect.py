@@ -21,7 +21,7 @@ from ca import provider
 from registry import filtering
 from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
-from registry.api.enforce import filter_list, request_authz
+from registry.api.enforce import filter_list, request_authz, request_token
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -168,7 +168,9 @@ async def agent_authorize(api: Api, request: web.Request, _: str) -> web.StreamR
     body = await _json_body(request)
     if not isinstance(body, Mapping):
         raise HTTPError(400, "Request decode failed: body must be a JSON object")
-    status, out = await connect.authorize(_ci(body, "Target", ""), _ci(body, "ClientCertURI", ""))
+    # The caller's token rides with a client agent's ConnectCA.Authorize: the server checks it too.
+    token = (request_token(request) or api.acl.default_secret()) if api.acl_on else ""
+    status, out = await connect.authorize(_ci(body, "Target", ""), _ci(body, "ClientCertURI", ""), token)
     if status != 200:
         raise HTTPError(status, str(out))
     return api.json(request, out)

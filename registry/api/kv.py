@@ -43,6 +43,14 @@ def _flag(request: web.Request, name: str) -> bool:
     return name in request.query
 
 
+def _check_read(request: web.Request, key: str) -> None:
+    """key:read on one key, asked again each time a blocking read runs: a woken query re-resolves its
+    token (``Api._reauthorize``), and a narrowed policy must refuse it then, not answer the key."""
+    authz = request_authz(request)
+    if authz is not None:
+        authz.check("key_read", key)
+
+
 async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     recurse = _flag(request, "recurse")
     keys_only = _flag(request, "keys")
@@ -50,9 +58,7 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     if not key and not (recurse or keys_only):
         raise HTTPError(400, "Missing key name")
     if not (recurse or keys_only):
-        authz = request_authz(request)
-        if authz is not None:
-            authz.check("key_read", key)  # one key: refused (Consul's KVS.Get); lists are filtered
+        _check_read(request, key)  # one key: refused (Consul's KVS.Get); lists are filtered
     if keys_only:
         sep = request.query.get("separator", request.query.get("seperator", ""))
 
@@ -78,6 +84,7 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     if raw:
 
         def run_probe(store: StateStore, ws: WatchSet) -> ReadResult:
+            _check_read(request, key)
             _, entry = store.kv_get(key, ws)
             return ReadResult(lambda: None, 404 if entry is None else 200)
 
@@ -93,6 +100,7 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
         return web.Response(status=200, body=value, headers=headers)
 
     def run_json(store: StateStore, ws: WatchSet) -> ReadResult:
+        _check_read(request, key)
         _, entry = store.kv_get(key, ws)
         if entry is None:
             return ReadResult(lambda: None, 404)

@@ -99,12 +99,16 @@ class RemoteCA:
             raise SignError(500, str(exc)) from None
         return leaf_from_wire(reply)
 
-    async def authorize(self, target: str, uri: str) -> tuple[int, Any]:
-        """(HTTP status, body) of the authorize decision made by a server."""
+    async def authorize(self, target: str, uri: str, token: str = "") -> tuple[int, Any]:
+        """(HTTP status, body) of the authorize decision made by a server, which checks ``token`` (the
+        HTTP caller's) for service:write on the target."""
         from registry.consensus import NotLeaderError, RPCError
 
+        args = {"Target": target, "ClientCertURI": uri}
+        if token:
+            args["Token"] = token
         try:
-            reply = await self._call(RPC_AUTHORIZE, {"Target": target, "ClientCertURI": uri}, timeout=10)
+            reply = await self._call(RPC_AUTHORIZE, args, timeout=10)
         except RPCError as exc:
             return (exc.status if exc.status in (400, 403) else 500), exc.message
         except NotLeaderError as exc:

@@ -34,7 +34,7 @@ from registry.intentions import (
     IntentionIndex,
     decide,
 )
-from registry.raft.rpc import RPCRouter
+from registry.raft.rpc import Caller, RPCRouter
 
 if TYPE_CHECKING:
     from registry.acl.resolver import TokenResolver
@@ -178,7 +178,7 @@ class Connect:
             return await self.remote.sign(csr_pem, service)
         return await self.ca_server.sign(csr_pem, service)
 
-    async def authorize(self, target: Any, uri: Any) -> tuple[int, Any]:
+    async def authorize(self, target: Any, uri: Any, token: str = "") -> tuple[int, Any]:
         """POST /v1/agent/connect/authorize as (HTTP status, body): a JSON decision, or error text.
 
         The certificate URI is parsed strictly: anything that is not the canonical SPIFFE ID of a
@@ -196,7 +196,7 @@ class Connect:
         if not isinstance(identity, ServiceIdentity):
             return 400, "ClientCertURI not a valid Service identifier"
         if self.remote is not None:
-            return await self.remote.authorize(target, uri)
+            return await self.remote.authorize(target, uri, token)
         state = self.ca_state()
         if state is None:
             return 200, {"Authorized": False, "Reason": "CA has not finished initializing"}
@@ -239,7 +239,7 @@ class Connect:
         endpoint), for client agents, which hold no replica of the CA. Only the leader answers."""
         router.register(RPC_SIGN, self._rpc_sign)
         router.register(RPC_ROOTS, self._rpc_roots)
-        router.register(RPC_AUTHORIZE, self._rpc_authorize)
+        router.register(RPC_AUTHORIZE, self._rpc_authorize, with_caller=True)
 
     def _require_leader(self) -> None:
         if not self.consensus.is_leader():
@@ -269,6 +269,22 @@ class Connect:
         except ACLError as exc:
             raise RPCError(str(exc), 403) from None
 
+    async def _check_authorize_token(self, args: dict[str, Any], caller: Caller) -> None:
+        """Consul's /v1/agent/connect/authorize needs service:write on the target: a client agent's call
+        carries its HTTP caller's token (``Token``), checked here as well as on the agent. A server's call
+        is trusted by its role."""
+        acl = self.acl
+        if acl is None or not acl.enabled or caller.server:
+            return
+        token = args.get("Token", caller.token)
+        target = args.get("Target")
+        if not isinstance(token, str) or not isinstance(target, str):
+            raise RPCError("ConnectCA.Authorize needs a string Token and Target", 400)
+        try:
+            (await acl.resolve(token)).check("service_write", target)
+        except ACLError as exc:
+            raise RPCError(str(exc), 403) from None
+
     async def _rpc_roots(self, args: Any) -> Any:
         self._require_leader()
         args = args if isinstance(args, dict) else {}
@@ -278,9 +294,10 @@ class Connect:
         roots, index = await self.roots_at(min_index, float(wait))
         return {"Roots": roots, "Index": index}
 
-    async def _rpc_authorize(self, args: Any) -> Any:
+    async def _rpc_authorize(self, args: Any, caller: Caller) -> Any:
         self._require_leader()
         args = args if isinstance(args, dict) else {}
+        await self._check_authorize_token(args, caller)
         status, body = await self.authorize(args.get("Target"), args.get("ClientCertURI"))
         if status != 200:
             raise RPCError(str(body), status)

@@ -4,6 +4,10 @@
 default-mode read), ``raft_configuration``, ``transfer_leader`` and ``remove_server`` (the operator's
 calls, made on any server and served by the leader). The application registers its own methods on the
 same router.
+
+Everything but ``hello`` is served to servers only (``server_only``: the router refuses a caller whose
+connection is not a server's). ``hello`` answers anyone -- client agents find the leader with it -- but
+learns server addresses only from servers: a client agent must not plant a server in the membership.
 """
 
 from __future__ import annotations
@@ -15,19 +19,20 @@ from registry.raft.base import SM
 from registry.raft.errors import RPCError
 from registry.raft.membership import Membership
 from registry.raft.reads import Reads
+from registry.raft.rpc import Caller
 
 
 class RPCHandlers(Membership[SM], Reads[SM]):
     def _register_rpc(self) -> None:
         """Serve the server-to-server methods on the port's router (the application adds its own)."""
         register = self._transport.router.register
-        register("apply", self._rpc_apply)
-        register("hello", self._rpc_hello)
-        register("join", self._rpc_join)
-        register("read_index", self._rpc_read_index)
-        register("raft_configuration", self._rpc_configuration)
-        register("transfer_leader", self._rpc_transfer_leader)
-        register("remove_server", self._rpc_remove_server)
+        register("apply", self._rpc_apply, server_only=True)
+        register("hello", self._rpc_hello, with_caller=True)
+        register("join", self._rpc_join, server_only=True)
+        register("read_index", self._rpc_read_index, server_only=True)
+        register("raft_configuration", self._rpc_configuration, server_only=True)
+        register("transfer_leader", self._rpc_transfer_leader, server_only=True)
+        register("remove_server", self._rpc_remove_server, server_only=True)
 
     def _require_leader(self) -> raftnode.RaftNode:
         node = self.node
@@ -42,8 +47,8 @@ class RPCHandlers(Membership[SM], Reads[SM]):
         self._require_leader()
         return self.codec.encode_result(await self._propose_bytes(args))
 
-    async def _rpc_hello(self, args: Any) -> Any:
-        if isinstance(args, dict):
+    async def _rpc_hello(self, args: Any, caller: Caller) -> Any:
+        if isinstance(args, dict) and caller.server:
             self._learn(args)
             for info in (args.get("known") or {}).values():
                 if isinstance(info, dict):

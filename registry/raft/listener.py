@@ -2,7 +2,11 @@
 
 A connection's first byte says what it carries (``registry.raft.transport``). Raft frames are decoded and
 validated (``decode_message``) and handed to ``on_raft``; RPC frames must be a msgpack array of
-[id, method, args] with plain types, and go to ``on_rpc`` (an ``RPCRouter``'s ``dispatch``). Only the
+[id, method, args] or [id, method, args, {"Token": secret}] with plain types, and go to ``on_rpc`` (an
+``RPCRouter``'s ``dispatch``) with the ``Caller``: that token and whether the connection is a server's
+(``server_auth`` of its TLS session, decided once per connection; without it every connection counts as a
+server's, which is what holds on a port with no TLS or without ``verify_incoming``: nothing there proves
+who is calling, and Consul lets every caller through the same way). Only the
 composition root builds this listener; the Raft server receives it through a ``ServerTransport``.
 """
 
@@ -19,7 +23,7 @@ import structlog
 
 from registry.raft.errors import RPCError
 from registry.raft.messages import MAX_FRAME_BYTES, Message, MessageDecodeError, decode_message
-from registry.raft.rpc import RPCRouter
+from registry.raft.rpc import Caller, RPCRouter
 from registry.raft.transport import (
     KIND_RAFT,
     KIND_RPC,
@@ -38,11 +42,13 @@ class ServerListener:
     """Accepts the server port: Raft streams go to ``on_raft``, RPCs to ``on_rpc``."""
 
     def __init__(self, on_raft: Callable[[Message], None], on_rpc: RPCHandler,
-                 ssl_ctx: ssl.SSLContext | None, peer_check: Callable[[ssl.SSLObject | None, bytes], bool] | None = None) -> None:  # fmt: skip
+                 ssl_ctx: ssl.SSLContext | None, peer_check: Callable[[ssl.SSLObject | None, bytes], bool] | None = None,
+                 server_auth: Callable[[ssl.SSLObject | None], bool] | None = None) -> None:  # fmt: skip
         self.on_raft = on_raft
         self.on_rpc = on_rpc
         self.ssl_ctx = ssl_ctx
         self.peer_check = peer_check
+        self.server_auth = server_auth
         self.server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -81,7 +87,8 @@ class ServerListener:
                         return
                     self.on_raft(msg)
             elif kind == KIND_RPC:
-                await self._serve_rpc(reader, writer)
+                is_server = True if self.server_auth is None else self.server_auth(writer.get_extra_info("ssl_object"))
+                await self._serve_rpc(reader, writer, is_server)
             else:
                 log.warning("unknown connection type on server port", kind=kind)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ValueError, ssl.SSLError):
@@ -94,13 +101,14 @@ class ServerListener:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, is_server: bool) -> None:
         lock = asyncio.Lock()
         pending: set[asyncio.Task[None]] = set()
+        anonymous = Caller("", is_server)
 
-        async def run(call_id: int, method: str, args: Any) -> None:
+        async def run(call_id: int, method: str, args: Any, caller: Caller) -> None:
             try:
-                result = await self.on_rpc(method, args)
+                result = await self.on_rpc(method, args, caller)
                 reply = [call_id, None, result]
             except RPCError as exc:
                 reply = [call_id, [exc.message, exc.status], None]
@@ -116,13 +124,21 @@ class ServerListener:
                 data = await read_frame(reader, RPC_MAX_FRAME)
                 try:
                     req = msgpack.unpackb(data, raw=False, strict_map_key=True)
-                    call_id, method, args = req
+                    if not isinstance(req, list) or len(req) not in (3, 4):
+                        raise ValueError("bad rpc frame")
+                    call_id, method, args = req[:3]
                     if not isinstance(call_id, int) or not isinstance(method, str):
                         raise ValueError("bad rpc header")
+                    caller = anonymous
+                    if len(req) == 4:
+                        token = req[3].get("Token", "") if isinstance(req[3], dict) else None
+                        if not isinstance(token, str):
+                            raise ValueError("bad rpc token")
+                        caller = Caller(token, is_server)
                 except (ValueError, TypeError, msgpack.UnpackException):
                     log.warning("dropping malformed rpc frame")
                     return
-                t = asyncio.get_running_loop().create_task(run(call_id, method, args))
+                t = asyncio.get_running_loop().create_task(run(call_id, method, args, caller))
                 pending.add(t)
                 t.add_done_callback(pending.discard)
         finally:
@@ -131,8 +147,10 @@ class ServerListener:
 
 
 def server_transport(router: RPCRouter, ssl_ctx: ssl.SSLContext | None = None,
-                     peer_check: Callable[[ssl.SSLObject | None, bytes], bool] | None = None) -> ServerTransport:  # fmt: skip
+                     peer_check: Callable[[ssl.SSLObject | None, bytes], bool] | None = None,
+                     server_auth: Callable[[ssl.SSLObject | None], bool] | None = None) -> ServerTransport:  # fmt: skip
     """A server port (not yet listening) that serves ``router`` and delivers Raft messages to an inbox,
     bundled for ``RaftServer``."""
     inbox = Inbox()
-    return ServerTransport(ServerListener(inbox.deliver, router.dispatch, ssl_ctx, peer_check), inbox, router)
+    listener = ServerListener(inbox.deliver, router.dispatch, ssl_ctx, peer_check, server_auth)
+    return ServerTransport(listener, inbox, router)

@@ -32,7 +32,7 @@ import structlog
 
 from registry.raft.errors import RPCError
 from registry.raft.messages import Message, encode_message
-from registry.raft.rpc import RPCRouter
+from registry.raft.rpc import Caller, RPCRouter
 
 log = structlog.get_logger("proconsul.transport")
 
@@ -145,7 +145,7 @@ class PeerSender:
 
 
 RaftHandler = Callable[[Message], None]
-RPCHandler = Callable[[str, Any], Awaitable[Any]]
+RPCHandler = Callable[[str, Any, Caller], Awaitable[Any]]
 
 
 class ServerPort(Protocol):
@@ -244,13 +244,16 @@ class RPCClient:
             if not fut.done():
                 fut.set_exception(exc)
 
-    async def call(self, method: str, args: Any = None, timeout: float = 30.0) -> Any:
+    async def call(self, method: str, args: Any = None, timeout: float = 30.0, token: str = "") -> Any:
+        """One call; ``token`` (when not empty) rides with it for the server to check, as Consul's RPC
+        requests carry ``Token``."""
         writer = await self._connect()
         call_id = next(self._ids)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._waiting[call_id] = fut
+        req = [call_id, method, args, {"Token": token}] if token else [call_id, method, args]
         try:
-            writer.write(frame(msgpack.packb([call_id, method, args], use_bin_type=True)))
+            writer.write(frame(msgpack.packb(req, use_bin_type=True)))
             await writer.drain()
             return await asyncio.wait_for(fut, timeout)
         except (OSError, ConnectionError, RuntimeError) as exc:  # RuntimeError: uvloop, transport closed

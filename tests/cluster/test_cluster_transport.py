@@ -32,7 +32,7 @@ async def _scenario(relay: FaultRelay) -> None:
     """Server 1 sends to server 2 through the relay, which resets the link while both sides are idle."""
     received: list[Heartbeat] = []
 
-    async def on_rpc(method: str, args: object) -> object:
+    async def on_rpc(method: str, args: object, caller: object = None) -> object:
         return args
 
     listener = ServerListener(lambda m: received.append(m), on_rpc, None)  # type: ignore[arg-type,misc]

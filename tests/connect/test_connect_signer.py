@@ -187,7 +187,7 @@ async def test_sign_rpc_over_the_server_port(server: CAServer, log: Log) -> None
     from registry.raft.listener import ServerListener
     from registry.raft.transport import RPCClient
 
-    async def on_rpc(method: str, args: object) -> object:
+    async def on_rpc(method: str, args: object, caller: object = None) -> object:
         try:
             return await server.handle_rpc(method, args)
         except SignError as exc:
