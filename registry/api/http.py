@@ -170,7 +170,7 @@ class Api:
         self.max_wait = config.max_query_time
         self.pretty_default = config.dev
         self.acl_policy = config.acl_default_policy
-        # /v1/acl/login and /logout over the ACL tables; set by the composition root when ACLs are on.
+        # /v1/acl/login and /logout over the ACL tables: built at the first login when ACLs are on.
         self.acl_login: LoginService | None = None
 
     @property
