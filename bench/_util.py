@@ -242,10 +242,19 @@ def spawn_server(
     raise SystemExit(f"{name} did not answer on port {port} within {timeout}s; see {log.name}")
 
 
-def spawn_agent(cpu: int | None, nofile: int | None = None) -> Proc:
-    """The agent exactly as a user starts it: ``proconsul agent -dev`` (on uvloop, as the CLI runs)."""
+def spawn_agent(cpu: int | None, nofile: int | None = None, max_conns_per_client: int | None = None) -> Proc:
+    """The agent exactly as a user starts it: ``proconsul agent -dev`` (on uvloop, as the CLI runs).
+    ``max_conns_per_client`` sets Consul's ``limits.http_max_conns_per_client`` (0: no limit) for loads
+    that hold more than its default 200 connections from one IP."""
     port = free_port()
     argv = [str(BIN / "proconsul"), "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"]
+    if max_conns_per_client is not None:
+        import json
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="proconsul-limits-", delete=False) as f:
+            json.dump({"limits": {"http_max_conns_per_client": max_conns_per_client}}, f)
+        argv += ["-config-file", f.name]
     return spawn_server("proconsul", argv, port, cpu, "/v1/status/leader", nofile=nofile)
 
 

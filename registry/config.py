@@ -33,7 +33,7 @@ KNOWN_TOP_KEYS = {
     "primary_datacenter", "performance", "raft_protocol", "rejoin_after_leave", "leave_on_terminate",
     "disable_update_check", "encrypt", "telemetry", "services", "checks", "service", "check",
     "default_intention_policy", "http_config", "raft_snapshot_threshold", "raft_trailing_logs",
-    "retry_interval", "recursor_timeout", "servers", "nodes", "session_ttl_min",
+    "retry_interval", "recursor_timeout", "servers", "nodes", "session_ttl_min", "insecure",
 }  # fmt: skip
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
@@ -46,6 +46,29 @@ class Ports:
     server: int = 8300
     serf_lan: int = 8301
     grpc: int = -1
+
+
+RATE_LIMIT_MODES = ("disabled", "permissive", "enforcing")
+
+
+@dataclass
+class Limits:
+    """Consul's ``limits`` block, the parts the HTTP API enforces (agent/config/runtime.go).
+
+    ``http_max_conns_per_client`` is Consul's (default 200): connections from one client IP beyond it are
+    answered 429 and closed at accept. ``http_read_timeout`` is Proconsul's addition (Consul's Go HTTP
+    server sets none, and ``https_handshake_timeout`` only bounds the TLS handshake): the time a client
+    has to send a request's headers once it connects or its previous response is written, and the
+    longest pause while it sends a body. The default, 2 minutes, is longer than the idle time of the
+    usual clients' connection pools (Go's 90 s, aiohttp's 15 s), so the server never closes a pooled
+    connection a client is about to reuse. ``request_limits`` is Consul's global read/write rate limit
+    (``mode`` disabled | permissive | enforcing; rates in requests per second, -1 for no limit)."""
+
+    http_max_conns_per_client: int = 200
+    http_read_timeout: float = 120.0
+    request_mode: str = "disabled"
+    read_rate: float = -1.0
+    write_rate: float = -1.0
 
 
 @dataclass
@@ -80,6 +103,10 @@ class Config:
     ae_interval: float = 60.0
     check_reap_interval: float = 30.0
     session_ttl_min: float = 10.0  # Consul's session_ttl_min: the shortest session TTL the servers accept
+    # Proconsul's addition: start a server outside -dev without ACLs (default deny) or mutual TLS, and
+    # say so (registry/posture.py).
+    insecure: bool = False
+    limits: Limits = field(default_factory=Limits)
     tls: dict[str, Any] = field(default_factory=dict)
     connect: dict[str, Any] = field(default_factory=dict)
     default_intention_policy: str = ""
@@ -147,6 +174,20 @@ def apply_mapping(cfg: Config, data: dict[str, Any], source: str = "config") -> 
             raise ConfigError(f"{source}: invalid value for {key!r}: {value!r} ({exc})") from exc
 
 
+def _merge(into: dict[str, Any], value: dict[str, Any]) -> None:
+    """Merge a block into what earlier files set, key by key and down into nested blocks, as Consul merges
+    config files: a later ``tls { internal_rpc { verify_incoming } }`` keeps the earlier ``tls { defaults
+    { ca_file } }`` and a node section can add its own ``cert_file`` to the shared ``tls.defaults``."""
+    for k, v in value.items():
+        old = into.get(k)
+        if isinstance(old, dict) and isinstance(v, dict):
+            merged = dict(old)
+            _merge(merged, v)
+            into[k] = merged
+        else:
+            into[k] = v
+
+
 def _apply_key(cfg: Config, key: str, value: Any) -> None:
     if key == "ports":
         if not isinstance(value, dict):
@@ -161,6 +202,10 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
     elif key == "addresses":
         if isinstance(value, dict) and isinstance(value.get("http"), str):
             cfg.client_addr = value["http"]
+    elif key == "limits":
+        _apply_limits(cfg.limits, value)
+        if "kv_max_value_size" in value:  # where Consul keeps it; the top-level key is read too
+            _apply_key(cfg, "kv_max_value_size", value["kv_max_value_size"])
     elif key == "nodes":
         pass  # per-node sections are applied once the node name is known (apply_node_section)
     elif key in ("retry_join", "start_join", "recursors"):
@@ -172,12 +217,13 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
     elif key in ("dns_config", "acl", "tls", "connect", "node_meta"):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a map")
-        getattr(cfg, key).update(value)
+        _merge(getattr(cfg, key), value)
     elif key in ("services", "checks"):
         getattr(cfg, key).extend(value if isinstance(value, list) else [value])
     elif key in ("service", "check"):
         getattr(cfg, key + "s").append(value)
-    elif key in ("server", "bootstrap", "enable_script_checks", "enable_local_script_checks", "log_json", "dev"):
+    elif key in ("server", "bootstrap", "enable_script_checks", "enable_local_script_checks", "log_json", "dev",
+                 "insecure"):  # fmt: skip
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         setattr(cfg, key, value)
@@ -200,6 +246,42 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         setattr(cfg, key, value)
     else:
         cfg.extra[key] = value
+
+
+def _rate(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (value < 0 and value != -1):
+        raise ConfigError(f"limits.request_limits.{key} must be a number of requests per second (or -1 for no "
+                          f"limit), got {value!r}")  # fmt: skip
+    return float(value)
+
+
+def _apply_limits(limits: Limits, value: Any) -> None:
+    """The ``limits`` block; keys of Consul's block that Proconsul does not enforce are accepted and ignored
+    (as unknown top-level keys are), malformed values of the ones it enforces are refused."""
+    if not isinstance(value, dict):
+        raise ConfigError("limits must be a map, e.g. {http_max_conns_per_client: 200}")
+    for key, v in value.items():
+        if key == "http_max_conns_per_client":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"limits.http_max_conns_per_client must be a non-negative integer (0 for no "
+                                  f"limit), got {v!r}")  # fmt: skip
+            limits.http_max_conns_per_client = v
+        elif key == "http_read_timeout":
+            limits.http_read_timeout = _dur(v, "limits.http_read_timeout")
+            if limits.http_read_timeout <= 0:
+                raise ConfigError("limits.http_read_timeout must be positive")
+        elif key == "request_limits":
+            if not isinstance(v, dict):
+                raise ConfigError("limits.request_limits must be a map of mode, read_rate and write_rate")
+            mode = v.get("mode", limits.request_mode)
+            if mode not in RATE_LIMIT_MODES:
+                raise ConfigError(f"limits.request_limits.mode must be one of disabled, permissive, enforcing; "
+                                  f"got {mode!r}")  # fmt: skip
+            limits.request_mode = mode
+            if "read_rate" in v:
+                limits.read_rate = _rate(v["read_rate"], "read_rate")
+            if "write_rate" in v:
+                limits.write_rate = _rate(v["write_rate"], "write_rate")
 
 
 def apply_node_section(cfg: Config, data: dict[str, Any], source: str) -> None:

@@ -67,8 +67,10 @@ class Http:
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[RunningAgent]:
-    async with async_dev_agent() as running:
+async def agent(request: pytest.FixtureRequest) -> AsyncIterator[RunningAgent]:
+    """A dev agent; ``@pytest.mark.agent_config(**keys)`` passes it Consul config keys."""
+    marker = request.node.get_closest_marker("agent_config")
+    async with async_dev_agent(**(marker.kwargs if marker else {})) as running:
         yield running
 
 

@@ -97,6 +97,8 @@ async def test_blocking_on_missing_key_wakes_on_create(http: Http) -> None:
     assert status == 200 and body[0]["Key"] == "later"
 
 
+# 201 connections from one IP (200 watchers and the test's own): over Consul's default per-client limit.
+@pytest.mark.agent_config(limits={"http_max_conns_per_client": 0})
 async def test_many_watchers_one_render(http: Http, agent: RunningAgent) -> None:
     await _reg(http, "web1", "web")
     _, _, headers = await http.get("/v1/health/service/web")

@@ -31,8 +31,11 @@ from registry.agent.checks import (
     TCPMonitor,
     TTLMonitor,
 )
+from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.session_timers import SessionTimers
+from registry.api.http import Api
+from registry.api.routes import ROUTES
 from registry.commands import (
     CheckUpdate,
     Command,
@@ -46,6 +49,13 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.posture import (
+    INSECURE_CHECK_ID,
+    INSECURE_CHECK_NAME,
+    check_output,
+    insecure_reasons,
+    require_secure,
+)
 from registry.raft.rpc import RPCRouter
 from registry.registration import (
     CheckSpec,
@@ -58,6 +68,7 @@ from registry.structs import (
     CONSUL_SERVICE,
     HEALTH_CRITICAL,
     HEALTH_PASSING,
+    HEALTH_WARNING,
     NODE_MAINT_CHECK_ID,
     SERF_CHECK_ID,
     SERF_CHECK_NAME,
@@ -73,7 +84,6 @@ if TYPE_CHECKING:
     from dns.server import DNSListener
     from registry.acl.resolver import TokenResolver
     from registry.agent.listeners import Listener
-    from registry.api.http import Api
 
 log = structlog.get_logger("proconsul.agent")
 
@@ -88,7 +98,8 @@ def _validate_tls(cfg: Config) -> None:
 
 # What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
 # passes these when it builds the agent's Config.
-CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls)
+# ``require_secure`` comes last: a malformed tls block gets its own message first.
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, require_secure)
 
 
 class Agent:
@@ -142,6 +153,7 @@ class Agent:
         self._dirty_event: asyncio.Event | None = None
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
+        self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,6 +230,7 @@ class Agent:
             await self.add_service(service, specs, replace_checks=False)
         for chk in self.config.checks:
             await self.add_check(build_check_registration(rules, chk))
+        await self._warn_if_insecure()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
@@ -253,16 +266,11 @@ class Agent:
 
     async def _start_listeners(self) -> None:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
-        # Imported here: the API's handler modules import this module.
-        from registry.agent.listeners import APIServer, https_context, start_dns
-        from registry.api.http import Api
-        from registry.api.routes import ROUTES
-
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
         self.api = api
-        server = APIServer(api)
+        server = APIServer(api, exempt=self._is_member_address)
         try:
             self.http_addr = await server.listen_http(cfg.client_addr, cfg.ports.http)
         except OSError:
@@ -454,6 +462,25 @@ class Agent:
         self.set_check_status(cid, status, output)
         await self.sync_check(cid)
 
+    async def _warn_if_insecure(self) -> None:
+        """An agent started without ACLs or mutual TLS (``-insecure``, or a client agent without verified
+        TLS to the servers) says so at start (``registry.posture``). A server, which was started insecure
+        on purpose, also keeps saying so with a warning check on its node; a client agent does not get one,
+        because a warning node check keeps every service of the node out of ``?passing`` answers and a
+        client agent's services are the applications being discovered."""
+        reasons = insecure_reasons(self.config)
+        if not reasons:
+            return
+        log.warning("agent running with an insecure configuration", reasons=reasons,
+                    insecure_flag=self.config.insecure)  # fmt: skip
+        if not self.config.server:
+            return
+        spec = CheckSpec(check_id=INSECURE_CHECK_ID, name=INSECURE_CHECK_NAME, type="", status=HEALTH_WARNING,
+                         notes="Proconsul's warning: this agent's configuration is not secure")  # fmt: skip
+        await self._install_check(spec)
+        self.checks[INSECURE_CHECK_ID].output = check_output(self.config, reasons)
+        await self.sync_check(INSECURE_CHECK_ID)
+
     # ------------------------------------------------------------------ maintenance
 
     async def set_node_maintenance(self, enable: bool, reason: str) -> None:
@@ -633,6 +660,21 @@ class Agent:
                 await self.remove_service(sid)
 
     # ------------------------------------------------------------------ membership and liveness
+
+    def _is_member_address(self, ip: str) -> bool:
+        """Whether ``ip`` is the address of another member agent (a catalog node with serfHealth), whose
+        forwarded requests are exempt from ``limits.http_max_conns_per_client``; this agent's own address is
+        not (local clients may use it). Remade only when the node or check table moves: it is asked on
+        every connection over the limit."""
+        if ip == self.config.advertise:
+            return False
+        store = self.store
+        key = (id(store), store.table_index["nodes"], store.table_index["checks"])
+        if key != self._member_ips[0]:
+            ips = frozenset(node.address for name, node in store.nodes.items()
+                            if SERF_CHECK_ID in store.checks.get(name, {}))  # fmt: skip
+            self._member_ips = (key, ips)
+        return ip in self._member_ips[1]
 
     def members(self) -> list[dict[str, Any]]:
         """Members as Consul's /v1/agent/members shows them, derived from the catalog: every node the

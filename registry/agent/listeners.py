@@ -9,6 +9,7 @@ came in on.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import random
@@ -19,6 +20,8 @@ from typing import Protocol
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from dns.config import from_agent_config
 from dns.engine import Engine
@@ -39,15 +42,118 @@ class Listener(Protocol):
     async def close(self) -> None: ...
 
 
+# What go-connlimit writes before closing a connection over the per-client limit (Consul loads it with
+# HTTPConnStateFuncWithDefault429Handler): a bare 429 the client can read, then the close.
+TOO_MANY_CONNECTIONS = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server with the limits Consul puts around its HTTP server (CVE-2020-7219: a flood
+    of connections must not exhaust the agent):
+
+    - ``max_conns_per_client`` (``limits.http_max_conns_per_client``, 0 for none): a connection from an IP
+      that already holds that many is answered 429 and closed at accept, before any request is read. The
+      addresses of member agents are exempt (``exempt``): a client agent forwards each of its callers'
+      blocking queries to a server over its own connection, where Consul's agents use RPC, which this
+      limit does not cover either;
+    - ``read_timeout`` (``limits.http_read_timeout``): a client must finish sending a request's headers
+      within it of connecting or of its previous response (aiohttp's keep-alive timer, which closes a
+      connection whose handler still waits for a request: a client trickling headers byte by byte is cut
+      off), and may pause no longer than it while sending a body (``registry.api.http.read_body``);
+    - requests the HTTP parser rejects (a line or header too long, bad framing) are answered with Go's
+      bare texts and logged without their bytes: the rejected line may carry ``?token=``.
+    """
+
+    def __init__(self, handler: Callable[..., object], *, max_conns_per_client: int, read_timeout: float,
+                 exempt: Callable[[str], bool] = lambda ip: False) -> None:  # fmt: skip
+        # After an early answer (413, 408) aiohttp reads and drops the rest of the body for lingering_time
+        # (10 s) before closing: never longer than a client may pause.
+        super().__init__(handler, access_log=None, keepalive_timeout=read_timeout,  # type: ignore[arg-type]
+                         lingering_time=min(read_timeout, 10.0))  # fmt: skip
+        self.max_conns_per_client = max_conns_per_client
+        self.exempt = exempt
+        self.read_timeout = read_timeout
+        self.per_client: dict[str, int] = {}
+        self.refused = 0
+
+    def __call__(self) -> RequestHandler:
+        return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GuardedHandler(RequestHandler):
+    """One connection of a ``GuardedServer``."""
+
+    # The longest pause while a body is read (registry.api.http.read_body reads this).
+    body_read_timeout: float | None = None
+
+    def __init__(self, manager: GuardedServer, **kwargs: object) -> None:
+        super().__init__(manager, **kwargs)  # type: ignore[arg-type]
+        self._guard = manager
+        self._client: str | None = None
+        self.body_read_timeout = manager.read_timeout
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        peer = transport.get_extra_info("peername")
+        ip = str(peer[0]) if peer else ""
+        held = guard.per_client.get(ip, 0)
+        if guard.max_conns_per_client and held >= guard.max_conns_per_client and not guard.exempt(ip):
+            guard.refused += 1
+            if guard.refused == 1 or guard.refused % 1000 == 0:
+                log.warning("refusing HTTP connections over limits.http_max_conns_per_client", client=ip,
+                            limit=guard.max_conns_per_client, refused_total=guard.refused)  # fmt: skip
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(TOO_MANY_CONNECTIONS)
+            transport.close()
+            return
+        guard.per_client[ip] = held + 1
+        self._client = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        ip = self._client
+        if ip is None:
+            return  # refused at accept: aiohttp never saw it
+        self._client = None
+        left = self._guard.per_client.get(ip, 1) - 1
+        if left > 0:
+            self._guard.per_client[ip] = left
+        else:
+            self._guard.per_client.pop(ip, None)
+        super().connection_lost(exc)
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:  # fmt: skip
+        """aiohttp answers a request its parser rejects with the parser's message, which quotes the
+        offending bytes (a request line with ``?token=...``), and logs it with them; answer and log as Go's
+        server does instead, with the status only."""
+        if isinstance(exc, LineTooLong) or status == 431:
+            status, text = 431, "431 Request Header Fields Too Large"
+        elif status == 500:
+            text = "500 Internal Server Error"
+        else:
+            text = f"{status} Bad Request" if status == 400 else f"{status} Error"
+        log.info("rejected a malformed HTTP request", client=request.remote, status=status,
+                 error=type(exc).__name__ if exc is not None else None)  # fmt: skip
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        resp = web.Response(status=status, text=text)
+        resp.force_close()
+        return resp
+
+
 class APIServer:
     """One ``Api`` behind aiohttp's low-level server, and the sockets (HTTP, HTTPS) it is served on.
 
     ``Api.dispatch`` does its own routing, so the Application's router and middleware chain would only add
     cost to every request (about a fifth of a cached discovery answer's time)."""
 
-    def __init__(self, api: Api, shutdown_timeout: float = HTTP_SHUTDOWN_TIMEOUT) -> None:
+    def __init__(self, api: Api, shutdown_timeout: float = HTTP_SHUTDOWN_TIMEOUT,
+                 exempt: Callable[[str], bool] = lambda ip: False) -> None:  # fmt: skip
         self.api = api
-        server = web.Server(api.dispatch, access_log=None)  # type: ignore[arg-type]
+        limits = api.config.limits
+        server = GuardedServer(api.dispatch, max_conns_per_client=limits.http_max_conns_per_client,
+                               read_timeout=limits.http_read_timeout, exempt=exempt)  # fmt: skip
         self.runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
         self._set_up = False
 

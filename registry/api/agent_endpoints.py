@@ -15,6 +15,7 @@ from registry.api.decode import parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
+from registry.posture import insecure_reasons
 from registry.registration import (
     DecodeError,
     build_check_registration,
@@ -235,6 +236,7 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
 
     # This agent's own entry: the first member is only "us" on a single-node dev agent, and a client
     # agent keeps no catalog at all, so it describes itself from its configuration.
+    insecure = insecure_reasons(cfg)
     member = next((m for m in agent.members() if m["Name"] == cfg.node_name), None) or {
         "Name": cfg.node_name, "Addr": cfg.advertise, "Port": cfg.ports.serf_lan, "Status": 1,
         "Tags": {"role": "consul" if cfg.server else "node", "dc": cfg.datacenter, "id": cfg.node_id,
@@ -262,6 +264,10 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
                 "DNSDomain": cfg.domain,
                 "EnableScriptChecks": cfg.enable_script_checks,
                 "ProconsulVersion": __version__,
+                # Proconsul's: an agent running without ACLs (default deny) or mutual TLS, and why
+                # (registry/posture.py); -dev is open by design and reports false.
+                "Insecure": bool(insecure),
+                "InsecureReasons": insecure,
             },
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": member,

@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from registry.api.errors import HTTPError
+from registry.api.ratelimit import RequestLimiter
 from registry.api.routing import ALL_METHODS, Route, Router
 from registry.commands import Command, CommandError
 from registry.config import Config
@@ -170,6 +171,9 @@ class Api:
         self.max_wait = config.max_query_time
         self.pretty_default = config.dev
         self.acl_policy = config.acl_default_policy
+        # Consul limits the requests each server handles; a client agent forwards to the servers, which
+        # count what it forwards.
+        self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
         # /v1/acl/login and /logout over the ACL tables: built at the first login when ACLs are on.
         self.acl_login: LoginService | None = None
 
@@ -180,6 +184,12 @@ class Api:
     # ------------------------------------------------------------------ dispatch
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.limiter is not None:
+            refused = self.limiter.check(request.method, asyncio.get_running_loop().time())
+            if refused is not None:
+                resp = self.text(429, refused.message)
+                resp.headers["Retry-After"] = refused.retry_after_header
+                return resp
         if self.hot.entries and request.method == "GET":
             key = request.raw_path
             if "gzip" in request.headers.get("Accept-Encoding", ""):
@@ -216,6 +226,8 @@ class Api:
         except HTTPError as exc:
             resp = self.text(exc.status, exc.message)
             resp.headers.update(exc.headers)
+            if exc.status == 408:
+                resp.force_close()  # the rest of a stalled body is not waited for
             return resp
         except CommandError as exc:  # a write refused (by the FSM, the agent or a definition's validation)
             return self.text(exc.status, exc.message)
@@ -398,7 +410,10 @@ class Api:
 
 
 async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str | None = None) -> bytes:
-    """Read a request body, refusing more than ``limit`` bytes whether or not Content-Length says so."""
+    """Read a request body, refusing more than ``limit`` bytes whether or not Content-Length says so (the
+    lesson of CVE-2025-11374/11375: a body is counted as it arrives, never trusted to be what its header
+    claims), and refusing a client that pauses longer than the listener's read timeout while sending it
+    (408), so a slow sender cannot hold a handler forever."""
     def refuse(size: int | None) -> HTTPError:
         if too_large is not None:
             return HTTPError(413, too_large.format(size=size if size is not None else f"> {limit}"))
@@ -407,10 +422,15 @@ async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str 
     length = request.content_length
     if length is not None and length > limit:
         raise refuse(length)
+    pause = getattr(request.protocol, "body_read_timeout", None)  # set by the agent's listener
     chunks = []
     total = 0
     while True:
-        chunk = await request.content.read(65536)
+        try:
+            async with asyncio.timeout(pause):
+                chunk = await request.content.read(65536)
+        except TimeoutError:
+            raise HTTPError(408, f"Request body read timed out: no data for {pause:g}s") from None
         if not chunk:
             break
         total += len(chunk)
@@ -418,4 +438,3 @@ async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str 
             raise refuse(None)
         chunks.append(chunk)
     return b"".join(chunks)
-

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from registry import txn
+from registry.api.decode import depth_error
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
@@ -141,6 +142,9 @@ def parse_ops(body: bytes) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]
     """The request body -> (KV operations, unsupported operations as (index, kind)); raises ParseError."""
     if not body.strip():
         raise ParseError("EOF")
+    too_deep = depth_error(body)
+    if too_deep is not None:
+        raise ParseError(too_deep)
     try:
         doc = json.loads(body, parse_float=_Num, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

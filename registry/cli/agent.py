@@ -44,6 +44,8 @@ def agent_parser() -> argparse.ArgumentParser:
     opt(p, "enable-script-checks", action="store_true")
     opt(p, "node-meta", action="append", default=[])
     opt(p, "ui", action="store_true")
+    opt(p, "insecure", action="store_true",
+        help="start a server without ACLs (default deny) or mutual TLS anyway, and say so (Proconsul's flag)")
     return p
 
 
@@ -82,7 +84,7 @@ def build_config(argv: list[str]) -> Config:
         value = getattr(args, flag)
         if value is not None:
             flags[key] = value
-    for flag in ("server", "bootstrap", "log_json", "enable_script_checks"):
+    for flag in ("server", "bootstrap", "log_json", "enable_script_checks", "insecure"):
         if getattr(args, flag):
             flags[flag] = True
     ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))

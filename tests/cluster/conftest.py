@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,13 +28,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
-def _clusters(request: pytest.FixtureRequest, build: Callable[[int, int], C]) -> Iterator[Callable[..., C]]:
-    """Hand the test a ``make(n)`` that builds clusters with ``build(n, i)``; afterwards close them all, and
+def _clusters(request: pytest.FixtureRequest, build: Callable[..., C]) -> Iterator[Callable[..., C]]:
+    """Hand the test a ``make(n, **options)`` that builds clusters with ``build(n, i, **options)``; afterwards
+    close them all, and
     print each one's diagnostics when the test failed (or never reported)."""
     clusters: list[C] = []
 
-    def make(n: int = 3) -> C:
-        cluster = build(n, len(clusters))
+    def make(n: int = 3, **options: Any) -> C:
+        cluster = build(n, len(clusters), **options)
         clusters.append(cluster)
         return cluster
 
@@ -50,8 +51,9 @@ def _clusters(request: pytest.FixtureRequest, build: Callable[[int, int], C]) ->
 
 @pytest.fixture
 def make_cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Cluster]]:
-    """``make_cluster(n)``: n servers (not started yet) in their own temp dirs; killed after the test."""
-    yield from _clusters(request, lambda n, i: Cluster(n, tmp_path / f"cluster{i}"))
+    """``make_cluster(n, tls=False)``: n servers (not started yet) in their own temp dirs, with mutual TLS on
+    the server port if ``tls``; killed after the test."""
+    yield from _clusters(request, lambda n, i, tls=False: Cluster(n, tmp_path / f"cluster{i}", tls=tls))
 
 
 @pytest.fixture

@@ -160,7 +160,7 @@ class Server:
         argv = [BIN, "agent", "-node", self.name, "-data-dir", str(self.data_dir), "-http-port", str(self.http_port),
                 "-dns-port", "-1"]  # fmt: skip
         if self.server:
-            argv += ["-server", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", bind_ip(self.k),
+            argv += ["-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", bind_ip(self.k),
                      "-advertise", advertise_ip(self.k), "-client", advertise_ip(self.k),
                      "-server-port", str(self.server_port)]  # fmt: skip
         else:
@@ -223,14 +223,37 @@ class Server:
             return "(no log)"
 
 
-class Cluster:
-    """n servers, a relay in front of each; the test drives faults through ``relay``."""
+def make_pki(workdir: Path) -> dict[str, Path]:
+    """A CA, a server and a client certificate made with ``proconsul tls``, as the README tells a user to,
+    and the agent config files (Consul's ``tls`` block) for each role: mutual TLS on the server port and
+    servers checked for ``server.dc1.consul``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for args in (("ca", "create"), ("cert", "create", "-server"), ("cert", "create", "-client")):
+        out = subprocess.run([BIN, "tls", *args], cwd=workdir, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise ClusterError(f"proconsul tls {' '.join(args)}: {out.stderr}")
+    configs = {}
+    for role, cert in (("server", "dc1-server-consul-0"), ("client", "dc1-client-consul-0")):
+        path = workdir / f"tls-{role}.json"
+        path.write_text(json.dumps({"tls": {
+            "defaults": {"ca_file": str(workdir / "consul-agent-ca.pem"), "cert_file": str(workdir / f"{cert}.pem"),
+                         "key_file": str(workdir / f"{cert}-key.pem"), "verify_incoming": True,
+                         "verify_outgoing": True},
+            "internal_rpc": {"verify_server_hostname": True}}}))  # fmt: skip
+        configs[role] = path
+    return configs
 
-    def __init__(self, n: int, workdir: Path, relay: FaultRelay | None = None) -> None:
+
+class Cluster:
+    """n servers, a relay in front of each; the test drives faults through ``relay``. With ``tls``, every
+    agent (servers and the clients added later) talks mutual TLS on the server port (``make_pki``)."""
+
+    def __init__(self, n: int, workdir: Path, relay: FaultRelay | None = None, tls: bool = False) -> None:
         self.workdir = workdir
         self.relay = relay or FaultRelay()
         self.servers: list[Server] = []
         self.clients: list[Server] = []
+        self.tls_configs = make_pki(workdir / "pki") if tls else {}
         ports = [free_port(advertise_ip(k), bind_ip(k)) for k in range(1, n + 1)]
         addresses = [f"{advertise_ip(k)}:{p}" for k, p in zip(range(1, n + 1), ports, strict=True)]
         for k, port in zip(range(1, n + 1), ports, strict=True):
@@ -240,6 +263,8 @@ class Cluster:
                 bootstrap_expect=n, log_path=workdir / f"s{k}.log",
             ))  # fmt: skip
             self.relay.add_server(k, port)
+            if tls:
+                self.servers[-1].extra_args += ["-config-file", str(self.tls_configs["server"])]
 
     def __enter__(self) -> Cluster:
         return self
@@ -260,6 +285,8 @@ class Cluster:
         agent = Server(k=0, name=name, data_dir=self.workdir / name, server_port=0, http_port=free_port("127.0.0.1"),
                        join=[s.address for s in self.servers], bootstrap_expect=0, log_path=self.workdir / f"{name}.log",
                        server=False)  # fmt: skip
+        if self.tls_configs:
+            agent.extra_args += ["-config-file", str(self.tls_configs["client"])]
         self.clients.append(agent)
         return agent
 

@@ -353,7 +353,7 @@ class NetnsServer(Server):
     def argv(self) -> list[str]:
         assert self.net is not None
         argv = [BIN, "agent", "-node", self.name, "-data-dir", str(self.data_dir), "-http-port", str(self.http_port),
-                "-dns-port", "-1", "-server", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", self.host,
+                "-dns-port", "-1", "-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", self.host,
                 "-advertise", self.host, "-client", self.host, "-server-port", str(self.server_port)]  # fmt: skip
         for addr in self.join:
             argv += ["-retry-join", addr]

@@ -35,7 +35,8 @@ def catalog_nodes(server: Server) -> set[str]:
 
 
 def test_client_agents_fail_and_leave(make_cluster: MakeCluster) -> None:
-    cluster = make_cluster(3)
+    # Mutual TLS on the server port, as a production cluster runs.
+    cluster = make_cluster(3, tls=True)
     cluster.start()
     servers = list(cluster.servers)
     c1 = cluster.add_client("client-1")

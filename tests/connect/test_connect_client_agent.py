@@ -52,7 +52,7 @@ def wait_for(what: str, check: Callable[[], object], procs: list[subprocess.Pope
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("connect-client")
     server_port, server_http, client_http = free_port(), free_port(), free_port()
-    server = subprocess.Popen([BIN, "agent", "-server", "-bootstrap-expect", "1", "-node", "s1", "-bind", "127.0.0.1",
+    server = subprocess.Popen([BIN, "agent", "-server", "-insecure", "-bootstrap-expect", "1", "-node", "s1", "-bind", "127.0.0.1",
                                "-data-dir", str(tmp / "s1"), "-server-port", str(server_port),
                                "-http-port", str(server_http), "-dns-port", "-1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip

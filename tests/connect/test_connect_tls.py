@@ -294,7 +294,7 @@ async def test_server_port_over_mtls_in_a_real_cluster(pki: Pki, tmp_path: Path)
         return path
 
     server_port, http_port, client_http = free_port(), free_port(), free_port()
-    server = _start(["-server", "-bootstrap-expect", "1", "-node", "s1", "-data-dir", str(tmp_path / "s1"),
+    server = _start(["-server", "-insecure", "-bootstrap-expect", "1", "-node", "s1", "-data-dir", str(tmp_path / "s1"),
                      "-bind", "127.0.0.1", "-server-port", str(server_port), "-http-port", str(http_port),
                      "-dns-port", "-1", "-config-file", str(config("dc1-server-consul-0"))], tmp_path)  # fmt: skip
     client = None
