@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -242,20 +243,20 @@ def spawn_server(
     raise SystemExit(f"{name} did not answer on port {port} within {timeout}s; see {log.name}")
 
 
-def spawn_agent(cpu: int | None, nofile: int | None = None, max_conns_per_client: int | None = None) -> Proc:
-    """The agent exactly as a user starts it: ``proconsul agent -dev`` (on uvloop, as the CLI runs).
-    ``max_conns_per_client`` sets Consul's ``limits.http_max_conns_per_client`` (0: no limit) for loads
-    that hold more than its default 200 connections from one IP."""
+def spawn_agent(cpu: int | None, nofile: int | None = None, config_files: Sequence[str] = (),
+                name: str = "proconsul", max_conns_per_client: int | None = None) -> Proc:  # fmt: skip
+    """The agent exactly as a user starts it: ``proconsul agent -dev`` (on uvloop, as the CLI runs), with
+    ``config_files``. ``max_conns_per_client`` sets Consul's ``limits.http_max_conns_per_client`` (0: no
+    limit) for loads that hold more than its default 200 connections from one IP."""
     port = free_port()
     argv = [str(BIN / "proconsul"), "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"]
+    for path in config_files:
+        argv += ["-config-file", path]
     if max_conns_per_client is not None:
-        import json
-        import tempfile
-
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="proconsul-limits-", delete=False) as f:
             json.dump({"limits": {"http_max_conns_per_client": max_conns_per_client}}, f)
         argv += ["-config-file", f.name]
-    return spawn_server("proconsul", argv, port, cpu, "/v1/status/leader", nofile=nofile)
+    return spawn_server(name, argv, port, cpu, "/v1/status/leader", nofile=nofile)
 
 
 def accept_queue(port: int) -> int:
@@ -298,10 +299,11 @@ def wait_idle(proc: Proc, quiet: float = 0.5, timeout: float = 60.0) -> bool:
 # ---------------------------------------------------------------------- HTTP
 
 
-def http(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def http(method: str, url: str, body: Any = None, timeout: float = 10.0,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:  # fmt: skip
     """One request with the standard library (no Accept-Encoding, like wrk): (status, headers, body)."""
     data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, dict(resp.headers.items()), resp.read()
@@ -331,7 +333,7 @@ def wait_until(what: str, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
 
 
 def register_instance(
-    base: str, service: str, i: int, tags: Sequence[str] = (), node: str | None = None
+    base: str, service: str, i: int, tags: Sequence[str] = (), node: str | None = None, token: str = ""
 ) -> None:
     """Register instance ``i`` of ``service`` on its own node with a passing check, through /v1/catalog/register."""
     node = node or f"{service}-node-{i}"
@@ -347,7 +349,8 @@ def register_instance(
             "ServiceID": sid,
         },
     }
-    status, _, out = http("PUT", base + "/v1/catalog/register", payload)
+    status, _, out = http("PUT", base + "/v1/catalog/register", payload,
+                          headers={"X-Consul-Token": token} if token else None)  # fmt: skip
     if status != 200:
         raise SystemExit(f"register {sid} failed: {status} {out[:200]!r}")
 

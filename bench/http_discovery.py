@@ -13,6 +13,7 @@ verdicts rest on requests per CPU-second of the server instead, and the table sa
 Targets: >= 8,000 requests/s on one core, p99 < 20 ms, and >= 0.8x the bare handler.
 
     python -m bench.http_discovery [--duration 10] [--warmup 3] [--rounds 2] [--docs] [--strict]
+    python -m bench.http_discovery --acl [--duration 10] ...     (ACLs on, default deny, a read token / ACLs off)
     python -m bench.http_discovery --serve-bare PORT BODYFILE     (the peer; started by the benchmark)
 """
 
@@ -118,9 +119,11 @@ def parse_wrk(out: str) -> WrkResult:
                      int(reqs.group(1)), "; ".join(errors))  # fmt: skip
 
 
-def run_wrk(wrk: str, server: _util.Proc, url: str, seconds: float) -> WrkResult:
+def run_wrk(wrk: str, server: _util.Proc, url: str, seconds: float, token: str = "") -> WrkResult:
     """One wrk run; also records how much of its core the server got and what else ran meanwhile."""
     cmd = [*_util.taskset(LOAD_CPU), wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds:g}s", "--latency", url]
+    if token:
+        cmd[-1:-1] = ["-H", f"X-Consul-Token: {token}"]
     skip = {server.pid}
     cpu0, others0, t0 = server.cpu_seconds(), _util.cpu_snapshot(skip), time.monotonic()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -131,13 +134,13 @@ def run_wrk(wrk: str, server: _util.Proc, url: str, seconds: float) -> WrkResult
     return res
 
 
-def measure(wrk: str, server: _util.Proc, warmup: float, seconds: float) -> WrkResult:
+def measure(wrk: str, server: _util.Proc, warmup: float, seconds: float, token: str = "") -> WrkResult:
     """Warm up, then one measured run; a run that other work competed with is repeated (a few times)."""
     url = server.url + PATH + QUERY
     for attempt in range(1, MAX_ATTEMPTS + 1):
         if warmup > 0:
-            run_wrk(wrk, server, url, warmup)
-        res = run_wrk(wrk, server, url, seconds)
+            run_wrk(wrk, server, url, warmup, token)
+        res = run_wrk(wrk, server, url, seconds, token)
         if res.errors:
             raise SystemExit(f"{server.name} had errors under load: {res.errors}")
         if res.others <= MAX_OTHERS and res.server_share >= MIN_SHARE:
@@ -163,10 +166,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", action="store_true", help="write the result into docs/benchmarks.md")
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--serve-bare", nargs=2, metavar=("PORT", "BODYFILE"), help=argparse.SUPPRESS)
+    ap.add_argument("--acl", action="store_true",
+                    help="the same load on an agent with ACLs on (default deny) and a read token, against the "
+                         "same agent with ACLs off, in this run; prints the ratio")  # fmt: skip
     args = ap.parse_args(argv)
     if args.serve_bare:
         serve_bare(int(args.serve_bare[0]), args.serve_bare[1])
         return 0
+    if args.acl:
+        return main_acl(args)
 
     wrk = _util.ensure_tool("wrk", "wrk")
     _util.wait_for_quiet_machine()
@@ -264,6 +272,93 @@ def main(argv: list[str] | None = None) -> int:
         _util.update_docs_section("HTTP discovery", doc)
         print(f"# wrote the HTTP discovery section of {_util.DOCS}")
     return 1 if args.strict and not (ok_rps and ok_p99 and ok_ratio) else 0
+
+
+# ---------------------------------------------------------------------- ACLs on against ACLs off
+
+MANAGEMENT = "b1a7e3c0-0000-4000-8000-00000000beef"
+READ_TOKEN = "b1a7e3c0-0000-4000-8000-0000000000ad"
+READ_RULES = 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }'
+TARGET_ACL_RATIO = 0.9
+
+
+def _read_token(agent: _util.Proc) -> tuple[str, str]:
+    """A token that may read services and nodes, and how it was made: created through /v1/acl/policy and
+    /v1/acl/token when the agent has the ACL API, else the agent token of its config (service_prefix read,
+    node_prefix write), which reads the same."""
+    mgmt = {"X-Consul-Token": MANAGEMENT}
+    status, _, out = _util.http("PUT", agent.url + "/v1/acl/policy", {"Name": "bench-read", "Rules": READ_RULES},
+                                headers=mgmt)  # fmt: skip
+    if status == 200:
+        import json
+
+        policy = json.loads(out)["ID"]
+        status, _, out = _util.http("PUT", agent.url + "/v1/acl/token", {"Policies": [{"ID": policy}]}, headers=mgmt)
+        if status != 200:
+            raise SystemExit(f"creating the read token failed: {status} {out[:200]!r}")
+        return str(json.loads(out)["SecretID"]), "a token with the policy " + READ_RULES.replace("\n", " ")
+    return READ_TOKEN, "the agent's configured `acl.tokens.agent` (service_prefix read, node_prefix write)"
+
+
+def main_acl(args: argparse.Namespace) -> int:
+    """The discovery load on a -dev agent with ``acl { enabled = true, default_policy = "deny" }`` and a
+    read token, and on a plain -dev agent, alternating on the same core; the ratio ACLs on / ACLs off."""
+    import json
+
+    wrk = _util.ensure_tool("wrk", "wrk")
+    _util.wait_for_quiet_machine()
+    mach = _util.machine()
+    print(f"# {_util.machine_line(mach)}", flush=True)
+    acl = {"acl": {"enabled": True, "default_policy": "deny",
+                   "tokens": {"initial_management": MANAGEMENT, "agent": READ_TOKEN}}}  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", prefix="bench-acl-", suffix=".json", delete=False) as f:
+        json.dump(acl, f)
+    procs: list[_util.Proc] = []
+    try:
+        off = _util.spawn_agent(SERVER_CPU)
+        procs.append(off)
+        on = _util.spawn_agent(SERVER_CPU, config_files=[f.name], name="proconsul-acl")
+        procs.append(on)
+        for i in range(INSTANCES):
+            _util.register_instance(off.url, "web", i)
+            _util.register_instance(on.url, "web", i, token=MANAGEMENT)
+        token, how = _read_token(on)
+        refused = _util.http("GET", on.url + PATH + QUERY)
+        if refused[0] != 200 or refused[2].strip() != b"[]":
+            raise SystemExit(f"the anonymous token should see nothing: {refused[0]} {refused[2][:200]!r}")
+        body_off = _util.http("GET", off.url + PATH + QUERY)[2]
+        body_on = _util.http("GET", on.url + PATH + QUERY, headers={"X-Consul-Token": token})[2]
+        if body_on.count(b'"Service": "web"') != INSTANCES or len(body_on) != len(body_off):
+            raise SystemExit(f"the read token does not see the same answer: {body_on[:300]!r}")
+        results: dict[str, list[WrkResult]] = {"acl-off": [], "acl-on": []}
+        for r in range(args.rounds):
+            for name, proc, tok in (("acl-off", off, ""), ("acl-on", on, token)):
+                res = measure(wrk, proc, args.warmup, args.duration, tok)
+                results[name].append(res)
+                print(f"  round {r + 1} {name:<8} {res.rps:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  "
+                      f"p99 {res.p99_ms:6.2f} ms  server got {res.server_share:.0%} of its core "
+                      f"({res.per_cpu_second:,.0f} per CPU-s)", flush=True)  # fmt: skip
+    finally:
+        for p in procs:
+            p.stop()
+        os.unlink(f.name)
+
+    def med(name: str, attr: str) -> float:
+        return statistics.median(getattr(x, attr) for x in results[name])
+
+    ratio = med("acl-on", "rps") / med("acl-off", "rps")
+    cpu_ratio = med("acl-on", "per_cpu_second") / med("acl-off", "per_cpu_second")
+    contended = any(x.contended for rs in results.values() for x in rs)
+    basis = cpu_ratio if contended else ratio
+    row = (f"| ACLs on (default deny, read token: {how}) / ACLs off, same load | "
+           f"{med('acl-on', 'rps'):,.0f} / {med('acl-off', 'rps'):,.0f} req/s = {ratio:.2f}x "
+           f"(per CPU-second {cpu_ratio:.2f}x); p99 {med('acl-on', 'p99_ms'):.2f} / {med('acl-off', 'p99_ms'):.2f} ms"
+           f" | >= {TARGET_ACL_RATIO}x | {_util.verdict(basis >= TARGET_ACL_RATIO)} |")  # fmt: skip
+    print()
+    print(row)
+    print(f"\nratio ACLs on / ACLs off: {ratio:.2f}x (per CPU-second {cpu_ratio:.2f}x; target {TARGET_ACL_RATIO}x)"
+          f"{'; contended: the per-CPU-second figure is the verdict' if contended else ''}")  # fmt: skip
+    return 1 if args.strict and basis < TARGET_ACL_RATIO else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ async def test_put_get_raw_flags(http: Http) -> None:
 async def test_missing_key_is_404_with_index(http: Http) -> None:
     status, body, headers = await http.get("/v1/kv/nothing")
     assert status == 404 and body == b"" and int(headers["X-Consul-Index"]) >= 1
+    # An empty body is not JSON: like Consul, no Content-Type claims it is (found by the schemathesis run).
+    assert "application/json" not in headers.get("Content-Type", "")
+    assert headers["X-Consul-Default-ACL-Policy"] == "allow"
+    status, body, headers = await http.get("/v1/kv/nothing/?recurse")
+    assert status == 404 and body == b"" and "application/json" not in headers.get("Content-Type", "")
 
 
 async def test_recurse_keys_separator(http: Http) -> None:

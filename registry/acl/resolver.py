@@ -95,3 +95,7 @@ class StaticResolver:
 
 def _rules(rules: str | PolicyRules) -> PolicyRules:
     return parse_rules(rules) if isinstance(rules, str) else rules
+
+
+# What an agent's own token may do until the ACL tables say otherwise: register itself and read the
+# catalog (the rules Consul's documentation gives an agent token).

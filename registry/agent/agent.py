@@ -22,6 +22,7 @@ import aiohttp
 import structlog
 
 from registry import CONSUL_VERSION
+from registry.acl.resolver import TokenResolver
 from registry.agent.acl import ACLLeader, AgentTokens, ClientResolver, ServerResolver, acl_enabled
 from registry.agent.checks import (
     HTTPMonitor,
@@ -103,7 +104,7 @@ CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _vali
 
 
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, acl: TokenResolver | None = None) -> None:
         self.config = config
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
@@ -116,24 +117,28 @@ class Agent:
         self.wall_clock_ns = time.time_ns
         # The one way this agent writes: every command gets this agent's time and goes to the consensus.
         self.propose = Proposer(lambda wire: self.consensus.propose(wire), lambda: self.wall_clock_ns()).propose
-        # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
-        self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
-                               consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
-                               is_client=self.is_client)  # fmt: skip
-        # ACL state: this agent's tokens, the resolver enforcement asks (a server resolves from its replica, a
-        # client agent asks the servers), and on servers the leader's ACL duties.
+        # ACL state: this agent's tokens, the resolver every enforcement point asks (HTTP, DNS, server RPC: a
+        # server resolves from its replica, a client agent asks the servers; tests may hand one in), and on
+        # servers the leader's ACL duties.
         self.acl_tokens = AgentTokens(config)
-        self.acl: TokenResolver
         self.acl_leader: ACLLeader | None = None
-        if self.is_client:
+        self.acl: TokenResolver
+        if acl is not None:
+            self.acl = acl
+        elif self.is_client:
             self.acl = ClientResolver(config=config, tokens=self.acl_tokens, call_leader=self.consensus.call_leader)
         else:
             server_acl = ServerResolver(config=config, tokens=self.acl_tokens, store=lambda: self.store, hub=self.hub)
             server_acl.register_rpc(self.rpc)
             self.acl = server_acl
+        if not self.is_client:
             self.acl_leader = ACLLeader(is_leader=self.consensus.is_leader, store=lambda: self.store,
                                         propose=self.propose, tokens=self.acl_tokens,
                                         new_uuid=lambda: str(uuid.uuid4()))  # fmt: skip
+        # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
+        self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
+                               consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
+                               is_client=self.is_client, acl=self.acl, agent_token=self.agent_token)  # fmt: skip
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
@@ -154,6 +159,10 @@ class Agent:
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
         self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
+
+    def agent_token(self) -> str:
+        """The token this agent's own calls to the servers carry: ``acl.tokens.agent``, else the default."""
+        return self.acl_tokens.get("agent") or self.acl_tokens.get("default")
 
     # ------------------------------------------------------------------ lifecycle
 

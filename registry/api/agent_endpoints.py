@@ -12,6 +12,7 @@ from registry import CONSUL_VERSION, filtering
 from registry.api import views
 from registry.api.catalog import query_filter
 from registry.api.decode import parse_json
+from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
@@ -53,6 +54,17 @@ async def service_register(api: Api, request: web.Request, _: str) -> web.Stream
         if sc is not None:
             ports = {sid: s.service.port for sid, s in agent.services.items()}
             sidecar = sidecar_registration(rules, service, sc, ports)
+    authz = request_authz(request)
+    if authz is not None:
+        # Consul's vetServiceRegisterWithAuthorizer: service:write on the service, and a proxy (or the
+        # sidecar registered with it) also on the service it fronts.
+        for svc in (service, sidecar[0] if sidecar is not None else None):
+            if svc is None:
+                continue
+            authz.check("service_write", svc.service)
+            destination = (svc.proxy or {}).get("DestinationServiceName")
+            if svc.kind == "connect-proxy" and destination:
+                authz.check("service_write", destination)
     replace = request.query.get("replace-existing-checks", None)
     replace_checks = replace is not None and replace.lower() in ("", "true", "1")
     await agent.add_service(service, specs, replace_checks)
@@ -79,7 +91,11 @@ def _local_service_json(api: Api, sid: str) -> dict[str, Any]:
 async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     flt = query_filter(None, request, filtering.AGENT_SERVICE)
     agent = api.agent
-    out = {sid: _local_service_json(api, sid) for sid in sorted(agent.services)}
+    sids = sorted(agent.services)
+    authz = request_authz(request)
+    if authz is not None:
+        sids = filter_list(request, sids, lambda sid: authz.service_read(agent.services[sid].name))
+    out = {sid: _local_service_json(api, sid) for sid in sids}
     return api.json(request, flt.select_values(out) if flt is not None else out)
 
 
@@ -122,7 +138,17 @@ def _local_check_json(agent: LocalAgent, cid: str) -> dict[str, Any]:
 async def checks(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     flt = query_filter(None, request, filtering.HEALTH_CHECK)
     agent = api.agent
-    out = {cid: _local_check_json(agent, cid) for cid in sorted(agent.checks)}
+    cids = sorted(agent.checks)
+    authz = request_authz(request)
+    if authz is not None:
+
+        def allowed(cid: str) -> bool:
+            sid = agent.checks[cid].spec.service_id
+            svc = agent.services.get(sid) if sid else None
+            return authz.service_read(svc.name) if svc is not None else authz.node_read(agent.node_name)
+
+        cids = filter_list(request, cids, allowed)
+    out = {cid: _local_check_json(agent, cid) for cid in cids}
     return api.json(request, flt.select_values(out) if flt is not None else out)
 
 
@@ -130,7 +156,19 @@ async def check_register(api: Api, request: web.Request, _: str) -> web.StreamRe
     raw = await _json_body(request)
     if raw is None:
         raise HTTPError(400, "Request decode failed: EOF")
-    await api.agent.add_check(build_check_registration(api.agent.registration_rules(), raw))
+    spec = build_check_registration(api.agent.registration_rules(), raw)
+    authz = request_authz(request)
+    if authz is not None:
+        # Consul's vetCheckRegisterWithAuthorizer: a service's check needs service:write on that service,
+        # a node check node:write on this node.
+        svc = api.agent.services.get(spec.service_id) if spec.service_id else None
+        if svc is not None:
+            authz.check("service_write", svc.name)
+        elif spec.service_id:
+            authz.check("service_write", spec.service_id)
+        else:
+            authz.check("node_write", api.agent.node_name)
+    await api.agent.add_check(spec)
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
@@ -279,7 +317,11 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
 
 
 async def members(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    return api.json(request, api.agent.members())
+    out = api.agent.members()
+    authz = request_authz(request)
+    if authz is not None:
+        out = filter_list(request, out, lambda m: authz.node_read(m["Name"]))
+    return api.json(request, out)
 
 
 async def version(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -326,8 +368,8 @@ ROUTES: tuple[Route, ...] = (
           "Put a local service in or out of maintenance"),
     route("PUT", "/v1/agent/maintenance", node_maintenance, "write", "node", "local-node",
           "Put this node in or out of maintenance"),
-    route("PUT", "/v1/agent/check/register", check_register, "write", "node", "local-node",
-          "Register a local check (service:write instead when it names a ServiceID)"),
+    route("PUT", "/v1/agent/check/register", check_register, "write", "node", "each",
+          "Register a local check (node:write on this node, or service:write when it names a ServiceID)"),
     route("PUT", "/v1/agent/check/deregister/", check_deregister, "write", "node", "path-id",
           "Deregister a local check"),
     route("PUT", "/v1/agent/check/pass/", _ttl_handler(HEALTH_PASSING), "write", "node", "path-id",

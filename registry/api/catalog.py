@@ -9,6 +9,7 @@ from aiohttp import web
 from registry import filtering
 from registry.api import views
 from registry.api.decode import parse_json
+from registry.api.enforce import filter_list, mark_filtered, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -145,6 +146,18 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
             output=c.get("Output") or "", service_id=c.get("ServiceID") or "", type=c.get("Type") or "",
             definition=definition,
         ))  # fmt: skip
+    authz = request_authz(request)
+    if authz is not None:
+        # Consul's vetRegisterWithACL: service:write on the service, and for each check service:write on
+        # its service (when it names one) or node:write on the node (checked by the route already).
+        if service is not None:
+            authz.check("service_write", service.service)
+        for chk in checks:
+            if chk.service_id:
+                target = service if service is not None and service.id == chk.service_id else None
+                existing = api.store.services.get(node.node, {}).get(chk.service_id)
+                svc_name = target.service if target is not None else existing.service if existing else chk.service_id
+                authz.check("service_write", svc_name)
     await api.propose(Register(node, service, tuple(checks), skip_node_update))
     return api.json(request, True)
 
@@ -174,7 +187,10 @@ async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
         nodes = store.node_table(ws)
 
         def build() -> Any:
-            rows = (nodes[k] for k in sorted(nodes))
+            rows = [nodes[k] for k in sorted(nodes)]
+            authz = request_authz(request)
+            if authz is not None:
+                rows = filter_list(request, rows, lambda n: authz.node_read(n.node))
             out = [views.node_json(n) for n in rows if node_matches(n, meta)]
             return flt.select(out) if flt is not None else out
 
@@ -197,12 +213,22 @@ async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse
         nodes = store.node_table(ws) if meta or flt is not None else {}
 
         def build() -> Any:
+            authz = request_authz(request)
             if not meta and flt is None:
-                return store.service_names()
+                names = store.service_names()
+                if authz is not None:
+                    return {k: names[k] for k in filter_list(request, list(names), authz.service_read)}
+                return names
             out: dict[str, set[str]] = {}
             for name, keys in instances.items():
+                if authz is not None and not authz.service_read(name):
+                    mark_filtered(request)
+                    continue
                 for node, sid in keys:
                     n = nodes[node]
+                    if authz is not None and not authz.node_read(node):
+                        mark_filtered(request)
+                        continue
                     if not node_matches(n, meta):
                         continue
                     svc = store.services[node][sid]
@@ -214,6 +240,19 @@ async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse
         return ReadResult(build)
 
     return await api.read(request, run)
+
+
+def visible_instances(request: web.Request, name: str, instances: list[tuple[Node, Service]]) -> list[tuple[Node, Service]]:
+    """The instances of service ``name`` the request's token may see: none without ``service:read`` on the
+    name, and of the rest those on nodes it may ``node:read`` (Consul filters, it does not refuse)."""
+    authz = request_authz(request)
+    if authz is None:
+        return instances
+    if not authz.service_read(name):
+        if instances:
+            mark_filtered(request)
+        return []
+    return filter_list(request, list(instances), lambda ns: authz.node_read(ns[0].node))
 
 
 def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> Any:
@@ -228,11 +267,8 @@ def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> 
         instances = store.service_instances(name, connect, ws)
 
         def build() -> Any:
-            out = [
-                views.catalog_service_json(n, s)
-                for n, s in instances
-                if tags_match(s, tags) and node_matches(n, meta)
-            ]
+            rows = visible_instances(request, name, instances)
+            out = [views.catalog_service_json(n, s) for n, s in rows if tags_match(s, tags) and node_matches(n, meta)]
             return flt.select(out) if flt is not None else out
 
         return ReadResult(build)
@@ -248,6 +284,23 @@ async def connect(api: Api, request: web.Request, name: str) -> web.StreamRespon
     return await _service_nodes(api, request, name, connect=True)
 
 
+def _node_visible(request: web.Request, name: str) -> bool:
+    authz = request_authz(request)
+    if authz is None or authz.node_read(name):
+        return True
+    mark_filtered(request)
+    return False
+
+
+def _visible_services(request: web.Request, svcs: Any) -> list[str]:
+    """The node's service IDs, sorted, that the token may ``service:read``."""
+    ids = sorted(svcs)
+    authz = request_authz(request)
+    if authz is None:
+        return ids
+    return filter_list(request, ids, lambda sid: authz.service_read(svcs[sid].service))
+
+
 async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
     _datacenter(api, request)
     if not name:
@@ -258,9 +311,9 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
         n, svcs = store.node_services(name, ws)
 
         def build() -> Any:
-            if n is None:
+            if n is None or not _node_visible(request, name):
                 return None
-            services = {sid: views.service_json(svcs[sid]) for sid in sorted(svcs)}
+            services = {sid: views.service_json(svcs[sid]) for sid in _visible_services(request, svcs)}
             return {"Node": views.node_json(n), "Services": flt.select_values(services) if flt else services}
 
         return ReadResult(build)
@@ -278,9 +331,9 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
         n, svcs = store.node_services(name, ws)
 
         def build() -> Any:
-            if n is None:
+            if n is None or not _node_visible(request, name):
                 return {"Node": None, "Services": []}
-            services = [views.service_json(svcs[sid]) for sid in sorted(svcs)]
+            services = [views.service_json(svcs[sid]) for sid in _visible_services(request, svcs)]
             return {"Node": views.node_json(n), "Services": flt.select(services) if flt else services}
 
         return ReadResult(build)
@@ -296,10 +349,12 @@ ROUTES: tuple[Route, ...] = (
     route("GET", "/v1/catalog/datacenters", datacenters, "read", "none", "none", "Known datacenters"),
     route("GET", "/v1/catalog/nodes", nodes, "read", "node", "each", "All nodes"),
     route("GET", "/v1/catalog/services", services, "read", "service", "each", "All services and their tags"),
-    route("GET", "/v1/catalog/service/", service, "read", "service", "path", "The instances of a service"),
-    route("GET", "/v1/catalog/connect/", connect, "read", "service", "path",
-          "The Connect-capable instances of a service"),
-    route("GET", "/v1/catalog/node/", node, "read", "node", "path", "A node and its services"),
-    route("GET", "/v1/catalog/node-services/", node_services, "read", "node", "path",
-          "A node and its services, as a list"),
+    route("GET", "/v1/catalog/service/", service, "read", "service", "each",
+          "The instances of a service (filtered: service:read on it, node:read on each node)"),
+    route("GET", "/v1/catalog/connect/", connect, "read", "service", "each",
+          "The Connect-capable instances of a service (filtered as /v1/catalog/service)"),
+    route("GET", "/v1/catalog/node/", node, "read", "node", "each",
+          "A node and its services (null without node:read; services filtered by service:read)"),
+    route("GET", "/v1/catalog/node-services/", node_services, "read", "node", "each",
+          "A node and its services, as a list (filtered as /v1/catalog/node)"),
 )

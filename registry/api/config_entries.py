@@ -15,6 +15,7 @@ from aiohttp import web
 from registry import filtering
 from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
+from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -39,6 +40,31 @@ KNOWN_KINDS = frozenset({
     "jwt-provider", "sameness-group", "control-plane-request-limit", "bound-api-gateway",
     "registration",
 })  # fmt: skip
+
+
+def allowed(request: web.Request, kind: str, name: str, write: bool) -> bool:
+    """A config entry's ACL rule, by kind (Consul's ``CanRead``/``CanWrite`` of each entry type):
+    service-intentions need intentions read/write on the destination; proxy-defaults and mesh are
+    readable by anyone and need mesh:write; the other kinds service read/write on the entry's name."""
+    authz = request_authz(request)
+    if authz is None:
+        return True
+    if kind == KIND_SERVICE_INTENTIONS:
+        return authz.intention_write(name) if write else authz.intention_read(name)
+    if kind in ("proxy-defaults", "mesh"):
+        return authz.mesh_write() if write else True
+    return authz.service_write(name) if write else authz.service_read(name)
+
+
+def _check(request: web.Request, kind: str, name: str, write: bool) -> None:
+    authz = request_authz(request)
+    if authz is not None and not allowed(request, kind, name, write):
+        if kind == KIND_SERVICE_INTENTIONS:
+            authz.check("intention_write" if write else "intention_read", name)
+        elif kind in ("proxy-defaults", "mesh"):
+            authz.check("mesh_write")
+        else:
+            authz.check("service_write" if write else "service_read", name)
 
 
 def _cas(request: web.Request) -> int | None:
@@ -71,6 +97,7 @@ async def put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
         entry = normalize_entry(raw)
     except ConfigEntryError as exc:
         raise HTTPError(400, str(exc)) from None
+    _check(request, str(entry.get("Kind", "")), str(entry.get("Name", "")), write=True)
     cas = _cas(request)
     result = await api.propose(ConfigEntryUpsert(entry, cas is not None, cas or 0))
     return api.json(request, bool(result))
@@ -82,6 +109,7 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
         if len(parts) != 2:
             raise HTTPError(404, "Must provide both a kind and name to delete")
         kind = _kind(parts[0])
+        _check(request, kind, parts[1], write=True)
         cas = _cas(request)
         result = await api.propose(ConfigEntryDelete(kind, parts[1], cas=cas is not None, index=cas or 0))
         return api.json(request, bool(result) if cas is not None else {})
@@ -99,10 +127,13 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
 
         def run_list(store: StateStore, ws: WatchSet) -> ReadResult:
             entries = list_entries(store, kind, ws)  # kinds this agent does not store have none
+            if request_authz(request) is not None:
+                entries = filter_list(request, entries, lambda e: allowed(request, kind, str(e.get("Name")), False))
             return ReadResult(lambda: flt.select(entries) if flt is not None else entries)
 
         return await api.read(request, run_list)
     name = parts[1]
+    _check(request, kind, name, write=False)
 
     def run_one(store: StateStore, ws: WatchSet) -> ReadResult:
         entry = get_entry(store, kind, name, ws=ws)
@@ -119,8 +150,10 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
 
 
 ROUTES: tuple[Route, ...] = (
-    route("PUT", "/v1/config", put, "write", "intention", "body:Name", "Create or update a config entry"),
-    route("GET", "/v1/config/", get_or_delete, "read", "intention", "path",
-          "Read one config entry (<kind>/<name>) or list a kind"),
-    route("DELETE", "/v1/config/", get_or_delete, "write", "intention", "path", "Delete a config entry"),
+    route("PUT", "/v1/config", put, "write", "intention", "each",
+          "Create or update a config entry (the kind's write rule on its Name)"),
+    route("GET", "/v1/config/", get_or_delete, "read", "intention", "each",
+          "Read one config entry (<kind>/<name>: refused without the kind's read rule) or list a kind (filtered)"),
+    route("DELETE", "/v1/config/", get_or_delete, "write", "intention", "each",
+          "Delete a config entry (the kind's write rule on its name)"),
 )

@@ -21,6 +21,7 @@ from ca import provider
 from registry import filtering
 from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
+from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -229,6 +230,9 @@ async def intentions_list(api: Api, request: web.Request, _: str) -> web.StreamR
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         ixns = connect.views.intention_list(store, ws)
+        authz = request_authz(request)
+        if authz is not None:
+            ixns = filter_list(request, list(ixns), lambda i: authz.intention_read(i.destination_name))
 
         def build() -> Any:
             out = [i.to_api_dict() for i in ixns]
@@ -383,14 +387,18 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
     if isinstance(body, Mapping):
         body = {k: v for k, v in body.items() if str(k).lower() != "id"}  # the path names the intention
     ixn = _intention_from_body(body)
+    authz = request_authz(request)
+    if authz is not None:
+        # The route checked the destination it has now; moving it needs write on the new one too.
+        authz.check("intention_write", ixn.destination_name)
     await api.propose(IntentionWrite("update", ixn, _now(), ixn_id))
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
 ROUTES: tuple[Route, ...] = (
     route("GET", "/v1/connect/ca/roots", ca_roots, "read", "none", "none", "The Connect CA's trusted roots"),
-    route("GET", "/v1/connect/ca/configuration", ca_configuration_get, "read", "operator", "unnamed",
-          "The Connect CA's configuration"),
+    route("GET", "/v1/connect/ca/configuration", ca_configuration_get, "write", "operator", "unnamed",
+          "The Connect CA's configuration (operator:write, as Consul since 1.8.6)"),
     route("PUT", "/v1/connect/ca/configuration", ca_configuration_put, "write", "operator", "unnamed",
           "Change the Connect CA's configuration (may rotate the root)"),
     route("GET", "/v1/agent/connect/ca/roots", agent_roots, "read", "none", "none",
@@ -399,7 +407,8 @@ ROUTES: tuple[Route, ...] = (
           "A leaf certificate for a service, from this agent's cache"),
     route("POST", "/v1/agent/connect/authorize", agent_authorize, "write", "service", "body:Target",
           "Whether a client certificate may connect to a target service"),
-    route("GET", "/v1/connect/intentions", intentions_list, "read", "intention", "each", "All intentions"),
+    route("GET", "/v1/connect/intentions", intentions_list, "read", "intention", "each",
+          "All intentions (filtered by intentions read on each destination)"),
     route("POST", "/v1/connect/intentions", intentions_create, "write", "intention", "body:DestinationName",
           "Create an intention (legacy, by ID)"),
     route("GET", "/v1/connect/intentions/exact", intention_exact_get, "read", "intention", "query:destination",
@@ -410,8 +419,8 @@ ROUTES: tuple[Route, ...] = (
           "query:destination", "Delete an intention, by source and destination"),
     route("GET", "/v1/connect/intentions/match", intention_match, "read", "intention", "query:name",
           "The intentions that match a source or destination, by precedence"),
-    route("GET", "/v1/connect/intentions/check", intention_check, "read", "intention", "query:destination",
-          "Whether a source may connect to a destination"),
+    route("GET", "/v1/connect/intentions/check", intention_check, "read", "service", "query:destination",
+          "Whether a source may connect to a destination (service:read on it, as Consul's Intention.Check)"),
     route("GET", "/v1/connect/intentions/", intention_by_id, "read", "intention", "path-id",
           "One intention, by ID (legacy)"),
     route("PUT", "/v1/connect/intentions/", intention_by_id, "write", "intention", "path-id",

@@ -8,12 +8,20 @@ from aiohttp import web
 
 from registry import filtering
 from registry.api import views
-from registry.api.catalog import _datacenter, node_matches, node_meta_filter, query_filter, tags_match
+from registry.api.catalog import (
+    _datacenter,
+    node_matches,
+    node_meta_filter,
+    query_filter,
+    tags_match,
+    visible_instances,
+)
+from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.state.store import StateStore, WatchSet
-from registry.structs import HEALTH_PASSING
+from registry.structs import HEALTH_PASSING, Check
 
 if TYPE_CHECKING:
     from registry.api.http import Api
@@ -48,7 +56,7 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
 
         def build() -> Any:
             out = []
-            for n, s in instances:
+            for n, s in visible_instances(request, name, instances):
                 if not tags_match(s, tags) or not node_matches(n, meta):
                     continue
                 checks = store.checks_for_instance(n.node, s.id)
@@ -66,6 +74,22 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
         return ReadResult(build)
 
     return api.read(request, run)
+
+
+def visible_checks(request: web.Request, store: StateStore, checks: list[Check]) -> list[Check]:
+    """The checks the token may see (Consul's filterACL on HealthChecks): a service check needs
+    ``service:read`` on its service, a node check ``node:read`` on its node."""
+    authz = request_authz(request)
+    if authz is None:
+        return checks
+
+    def allowed(c: Check) -> bool:
+        if c.service_id:
+            svc = store.services.get(c.node, {}).get(c.service_id)
+            return authz.service_read(svc.service if svc is not None else c.service_name or c.service_id)
+        return authz.node_read(c.node)
+
+    return filter_list(request, list(checks), allowed)
 
 
 async def service(api: Api, request: web.Request, name: str) -> web.StreamResponse:
@@ -88,7 +112,7 @@ async def checks(api: Api, request: web.Request, name: str) -> web.StreamRespons
 
         def build() -> Any:
             out = []
-            for n, s in instances:
+            for n, s in visible_instances(request, name, instances):
                 if not node_matches(n, meta):
                     continue
                 out.extend(views.check_json(c) for c in store.checks_for_instance(n.node, s.id) if c.service_id)
@@ -109,7 +133,7 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
         checks = store.node_checks(name, ws)
 
         def build() -> Any:
-            out = [views.check_json(c) for c in checks]
+            out = [views.check_json(c) for c in visible_checks(request, store, checks)]
             return flt.select(out) if flt is not None else out
 
         return ReadResult(build)
@@ -133,7 +157,7 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
         def build() -> Any:
             out = [
                 views.check_json(c)
-                for c in store.checks_in_state(state_name)
+                for c in visible_checks(request, store, store.checks_in_state(state_name))
                 if not meta or (c.node in nodes and node_matches(nodes[c.node], meta))
             ]
             return flt.select(out) if flt is not None else out
@@ -144,11 +168,13 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
 
 
 ROUTES: tuple[Route, ...] = (
-    route("GET", "/v1/health/service/", service, "read", "service", "path",
-          "The instances of a service with their node and checks"),
-    route("GET", "/v1/health/connect/", connect, "read", "service", "path",
-          "The Connect-capable instances of a service with their checks"),
-    route("GET", "/v1/health/checks/", checks, "read", "service", "path", "The checks of a service"),
-    route("GET", "/v1/health/node/", node, "read", "node", "path", "The checks of a node"),
+    route("GET", "/v1/health/service/", service, "read", "service", "each",
+          "The instances of a service with their node and checks (filtered: service:read, node:read)"),
+    route("GET", "/v1/health/connect/", connect, "read", "service", "each",
+          "The Connect-capable instances of a service with their checks (filtered as /v1/health/service)"),
+    route("GET", "/v1/health/checks/", checks, "read", "service", "each",
+          "The checks of a service (filtered: service:read, node:read)"),
+    route("GET", "/v1/health/node/", node, "read", "node", "each",
+          "The checks of a node (filtered: node:read for node checks, service:read for service checks)"),
     route("GET", "/v1/health/state/", state, "read", "node", "each", "The checks in a given state"),
 )

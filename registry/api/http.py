@@ -22,6 +22,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 from aiohttp import web
 
+from registry.acl.authorizer import Authorizer
+from registry.acl.errors import ACLError
+from registry.acl.resolver import TOPIC_ACL, StaticResolver, TokenResolver
+from registry.api.enforce import (
+    AUTHZ,
+    BODY,
+    FILTERED,
+    FILTERED_HEADER,
+    PRESENTED,
+    ROUTE,
+    authorize,
+    request_token,
+)
 from registry.api.errors import HTTPError
 from registry.api.ratelimit import RequestLimiter
 from registry.api.routing import ALL_METHODS, Route, Router
@@ -71,14 +84,16 @@ class HotCache:
     most discovery traffic is the same few queries asked again and again between changes."""
 
     def __init__(self, limit: int = CACHE_MAX) -> None:
-        self.entries: dict[str, tuple[int, bytes, dict[str, str]]] = {}
+        # key -> (status, body, headers, the authorizer it was rendered for: None with ACLs off)
+        self.entries: dict[str, tuple[int, bytes, dict[str, str], Authorizer | None]] = {}
         self._by_topic: TopicMap[str] = TopicMap()
         self._limit = limit
 
-    def put(self, key: str, topics: Iterable[Topic], status: int, body: bytes, headers: dict[str, str]) -> None:
+    def put(self, key: str, topics: Iterable[Topic], status: int, body: bytes, headers: dict[str, str],
+            owner: Authorizer | None = None) -> None:  # fmt: skip
         if len(self.entries) >= self._limit:
             self.invalidate(None, None)
-        self.entries[key] = (status, body, headers)
+        self.entries[key] = (status, body, headers, owner)
         self._by_topic.add(topics, key)
 
     def invalidate(self, topics: Iterable[Topic] | None, kv_keys: Iterable[str] | None) -> None:
@@ -155,7 +170,6 @@ class Api:
         acl_tokens: AgentTokenSetter | None = None,
     ) -> None:
         self.agent = local
-        self.acl = acl  # the agent's TokenResolver (None: no ACL state at all, as in some unit tests)
         self.acl_tokens = acl_tokens
         self.config = config
         self._store = store
@@ -164,13 +178,18 @@ class Api:
         self.connect = connect
         self.is_client = not config.server and not config.dev
         self.router = Router(routes)
-        self.cache: dict[str, tuple[int, int, int, bytes, bytes | None]] = {}
+        # key -> (store id, index, status, body, gzipped body, authorizer rendered for, filtered by ACLs)
+        self.cache: dict[str, tuple[int, int, int, bytes, bytes | None, Authorizer | None, bool]] = {}
         self.hot = HotCache()
         hub.listeners.append(self.hot.invalidate)
         self.default_wait = config.default_query_time
         self.max_wait = config.max_query_time
         self.pretty_default = config.dev
-        self.acl_policy = config.acl_default_policy
+        # The TokenResolver every request's token goes through; with ACLs off nothing is resolved or
+        # checked (``acl_on`` is the one attribute the hot path looks at).
+        self.acl: TokenResolver = acl if acl is not None else StaticResolver({}, enabled=False)
+        self.acl_on = self.acl.enabled
+        self.acl_policy = self.acl.default_policy if acl is not None else config.acl_default_policy
         # Consul limits the requests each server handles; a client agent forwards to the servers, which
         # count what it forwards.
         self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
@@ -190,12 +209,25 @@ class Api:
                 resp = self.text(429, refused.message)
                 resp.headers["Retry-After"] = refused.retry_after_header
                 return resp
+        authz: Authorizer | None = None
+        path = request.path
+        if self.acl_on:
+            if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
+                    and path not in CLIENT_LOCAL_PATHS:
+                return await self.forward(request)  # the server resolves the token the request carries
+            try:
+                authz = await self._resolve(request)
+            except ACLError as exc:
+                return self.text(403, str(exc))
         if self.hot.entries and request.method == "GET":
             key = request.raw_path
             if "gzip" in request.headers.get("Accept-Encoding", ""):
                 key += "\x00gzip"
+            if authz is not None:
+                key += "\x00" + authz.accessor_id
             hit = self.hot.entries.get(key)
-            if hit is not None and self.consensus.fast_read_ok():
+            # An answer is served again only to the very authorizer it was rendered for.
+            if hit is not None and hit[3] is authz and self.consensus.fast_read_ok():
                 return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
         if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
@@ -211,10 +243,10 @@ class Api:
             return self.text(404, "Invalid URL path: if attempting to use the HTTP API, ensure the path starts "
                                   "with '/v1/'\n")  # fmt: skip
         method = request.method
-        handler = routes.get(method)
-        if handler is None and method == "HEAD":
-            handler = routes.get("GET")
-        if handler is None:
+        route = routes.get(method)
+        if route is None and method == "HEAD":
+            route = routes.get("GET")
+        if route is None:
             allow = "OPTIONS," + ",".join(m for m in ALL_METHODS if m in routes)
             if method == "OPTIONS":
                 return web.Response(status=200, headers={"Allow": allow})
@@ -222,7 +254,12 @@ class Api:
             resp.headers["Allow"] = allow
             return resp
         try:
-            return await handler(self, request, suffix)
+            if authz is not None:
+                request[ROUTE] = (route, suffix)
+                await authorize(self, request, route, suffix, authz)
+            return await route.handler(self, request, suffix)
+        except ACLError as exc:
+            return self.text(403, str(exc))
         except HTTPError as exc:
             resp = self.text(exc.status, exc.message)
             resp.headers.update(exc.headers)
@@ -241,6 +278,50 @@ class Api:
             log.exception("handler failed", path=path, method=method)
             return self.text(500, f"Internal error: {exc}")
 
+    async def _resolve(self, request: web.Request) -> Authorizer:
+        """The request's authorizer (also left in ``request["authz"]`` for the handler): its token, else the
+        agent's default token, else the anonymous token. Raises ``ACLNotFound`` for an unknown token."""
+        secret = request_token(request) or self.acl.default_secret()
+        authz = await self.acl.resolve(secret)
+        request[AUTHZ] = authz
+        request[PRESENTED] = secret != ""
+        return authz
+
+    async def request_body(self, request: web.Request) -> bytes:
+        """The body, read once (within ``MAX_BODY``) and kept for the handler's own ``read_body``."""
+        body = await read_body(request)
+        request[BODY] = body
+        return body
+
+    def id_owner(self, route: Route, ident: str) -> tuple[str, str] | None:
+        """The ACL operation and name that guard the object an ID in the path names (None when no such
+        object exists: the handler answers its 404). A local service by its name; a local check by its
+        service's name, or this node when it is a node check (Consul's vetCheckUpdateWithAuthorizer); a
+        session by its node; an intention by its destination."""
+        path = route.path
+        access = route.access
+        if path.startswith("/v1/agent/check/"):
+            chk = self.agent.checks.get(ident)
+            if chk is None:
+                return None
+            svc = self.agent.services.get(chk.spec.service_id) if chk.spec.service_id else None
+            if svc is not None:
+                return f"service_{access}", svc.name
+            return f"node_{access}", self.agent.node_name
+        if path.startswith("/v1/agent/"):
+            svc = self.agent.services.get(ident)
+            return (f"service_{access}", svc.name) if svc is not None else None
+        if path.startswith("/v1/session/"):
+            session = self.store.sessions.get(ident)
+            return (f"session_{access}", session.node) if session is not None else None
+        if path.startswith("/v1/connect/intentions/") and self.connect is not None:
+            from registry.connect.state import find_legacy
+
+            found = find_legacy(self.store, ident)
+            return (f"intention_{access}", str(found[0]["Name"])) if found is not None else None
+        # A route declared path-id that nothing here resolves is refused, never let through.
+        raise ACLError(f"Permission denied: no ACL rule resolves the ID in {route.path}")
+
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A client agent keeps no catalog: catalog, health, KV and status requests go to a server."""
         consensus = self.consensus
@@ -258,6 +339,10 @@ class Api:
             body = rewrite(body, self.agent.node_name)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("x-consul-token", "authorization", "content-type", "accept")}  # fmt: skip
+        if self.acl_on and not request_token(request):
+            default = self.acl.default_secret()  # Consul's client agent sends its default token
+            if default:
+                headers["X-Consul-Token"] = default
         try:
             async with session.request(request.method, f"http://{target}{request.path_qs}", data=body or None,
                                        headers=headers, allow_redirects=False) as resp:  # fmt: skip
@@ -299,6 +384,8 @@ class Api:
     ) -> web.Response:
         headers["Content-Type"] = content_type
         headers["X-Consul-Default-ACL-Policy"] = self.acl_policy
+        if self.acl_on and request.get(FILTERED) and request.get(PRESENTED):
+            headers[FILTERED_HEADER] = "true"
         if body and gz is None and len(body) > 1024 and "gzip" in request.headers.get("Accept-Encoding", ""):
             gz = gzip.compress(body, compresslevel=5)
         if gz is not None and "gzip" in request.headers.get("Accept-Encoding", ""):
@@ -345,6 +432,9 @@ class Api:
         min_index, wait, mode = self.query_options(request)
         consensus = self.consensus
         await consensus.barrier_read(mode)
+        acl_on = self.acl_on
+        if acl_on:
+            run = self._acl_watching(run)
         ws = WatchSet()
         result = run(self.store, ws)
         if min_index and ws.index <= min_index:
@@ -362,6 +452,8 @@ class Api:
                     pass
                 finally:
                     hub.unwatch(ws, fut)
+                if acl_on:
+                    await self._reauthorize(request)
                 ws = WatchSet()
                 result = run(self.store, ws)
         index = ws.index if ws.index > 0 else 1
@@ -372,27 +464,62 @@ class Api:
             "X-Consul-Effective-Consistency": mode,
         }
         if result.status == 404:
-            resp = self._respond(request, 404, b"", None, headers)
+            # Consul writes the status of a read of nothing with no body and so no Content-Type (Go sets
+            # one only when a body is written); claiming JSON for an empty body breaks JSON clients.
+            headers["X-Consul-Default-ACL-Policy"] = self.acl_policy
+            resp = web.Response(status=404, headers=headers)
         elif not cacheable:
             return self._respond(request, result.status, self.render(request, result.build()), None, headers)
         else:
             key = self._cache_key(request)
+            authz = request.get(AUTHZ) if acl_on else None
+            if authz is not None:
+                key += "\x00" + authz.accessor_id
             store_id = id(self.store)
             hit = self.cache.get(key)
-            if hit is not None and hit[0] == store_id and hit[1] == index:
+            # A body rendered for one authorizer is never served to another (its list may be filtered).
+            if hit is not None and hit[0] == store_id and hit[1] == index and hit[5] is authz:
+                if hit[6]:
+                    request[FILTERED] = True
                 resp = self._respond(request, hit[2], hit[3], hit[4], headers)
             else:
                 body = self.render(request, result.build())
                 gz = gzip.compress(body, compresslevel=5) if len(body) > 1024 else None
                 if len(self.cache) >= CACHE_MAX:
                     self.cache.clear()
-                self.cache[key] = (store_id, index, result.status, body, gz)
+                filtered = bool(acl_on and request.get(FILTERED))
+                self.cache[key] = (store_id, index, result.status, body, gz, authz, filtered)
                 resp = self._respond(request, result.status, body, gz, headers)
         # Only 200s: some handlers rewrite a 404 from read() into their own error text.
         if resp.status == 200 and not min_index and mode == "leader" and cacheable and consensus.fast_read_ok():
             hot_key = request.raw_path + ("\x00gzip" if "gzip" in request.headers.get("Accept-Encoding", "") else "")
-            self.hot.put(hot_key, ws, resp.status, resp.body, dict(resp.headers))  # type: ignore[arg-type]
+            owner = request.get(AUTHZ) if acl_on else None
+            if owner is not None:
+                hot_key += "\x00" + owner.accessor_id
+            self.hot.put(hot_key, ws, resp.status, resp.body, dict(resp.headers), owner)  # type: ignore[arg-type]
         return resp
+
+    @staticmethod
+    def _acl_watching(run: Read) -> Read:
+        """With ACLs on, an answer depends on the caller's permissions: the read also watches the ACL
+        tables, so a blocking query wakes (and the hot cache drops the answer) when a token or policy
+        changes, and reports their index."""
+
+        def watching(store: StateStore, ws: WatchSet) -> ReadResult:
+            result = run(store, ws)
+            ws.saw(TOPIC_ACL, store.table_index.get(TOPIC_ACL[0], 0))
+            return result
+
+        return watching
+
+    async def _reauthorize(self, request: web.Request) -> None:
+        """A blocking query woke: resolve its token again and check its route again, so a revoked token or
+        a narrowed policy takes effect on a waiting query too (raises ``ACLError``: a 403)."""
+        authz = await self._resolve(request)
+        found = request.get(ROUTE)
+        if found is not None:
+            route, suffix = found
+            await authorize(self, request, route, suffix, authz)
 
     @staticmethod
     def _cache_key(request: web.Request) -> str:
@@ -419,6 +546,11 @@ async def read_body(request: web.Request, limit: int = MAX_BODY, too_large: str 
             return HTTPError(413, too_large.format(size=size if size is not None else f"> {limit}"))
         return HTTPError(413, f"Request body too large, max size: {limit} bytes")
 
+    cached = request.get(BODY)
+    if cached is not None:  # read already, to find the name an ACL rule is checked against
+        if len(cached) > limit:
+            raise refuse(len(cached))
+        return cached
     length = request.content_length
     if length is not None and length > limit:
         raise refuse(length)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from registry.api import views
+from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -48,11 +49,18 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     raw = _flag(request, "raw")
     if not key and not (recurse or keys_only):
         raise HTTPError(400, "Missing key name")
+    if not (recurse or keys_only):
+        authz = request_authz(request)
+        if authz is not None:
+            authz.check("key_read", key)  # one key: refused (Consul's KVS.Get); lists are filtered
     if keys_only:
         sep = request.query.get("separator", request.query.get("seperator", ""))
 
         def run_keys(store: StateStore, ws: WatchSet) -> ReadResult:
             _, keys = store.kv_keys(key, sep, ws)
+            authz = request_authz(request)
+            if authz is not None:
+                keys = filter_list(request, keys, authz.key_read)
             return ReadResult(lambda: keys, 404 if not keys and key else 200)
 
         return await api.read(request, run_keys)
@@ -60,6 +68,9 @@ async def get(api: Api, request: web.Request, key: str) -> web.StreamResponse:
 
         def run_list(store: StateStore, ws: WatchSet) -> ReadResult:
             _, entries = store.kv_list(key, ws)
+            authz = request_authz(request)
+            if authz is not None:
+                entries = filter_list(request, entries, lambda e: authz.key_read(e.key))
             return ReadResult(lambda: [views.kv_json(e) for e in entries], 404 if not entries else 200)
 
         return await api.read(request, run_list)
@@ -125,6 +136,11 @@ async def delete(api: Api, request: web.Request, key: str) -> web.StreamResponse
     if not key and not recurse:
         raise HTTPError(400, "Missing key name")
     if recurse:
+        authz = request_authz(request)
+        if authz is not None:
+            # Every key under the prefix, not just the prefix: one deny below refuses the whole delete
+            # (Consul's KeyWritePrefix, CVE-2019-12291).
+            authz.check("key_write_prefix", key)
         op = KVOp("delete-tree", key)
     elif cas is not None:
         op = KVOp("delete-cas", key, index=cas)
@@ -135,7 +151,9 @@ async def delete(api: Api, request: web.Request, key: str) -> web.StreamResponse
 
 
 ROUTES: tuple[Route, ...] = (
-    route("GET", "/v1/kv/", get, "read", "key", "path", "Read a key, a prefix, or the keys under a prefix"),
+    route("GET", "/v1/kv/", get, "read", "key", "each",
+          "Read a key (key:read), or a prefix or the keys under it (filtered by key:read)"),
     route("PUT", "/v1/kv/", put, "write", "key", "path", "Write a key (CAS, lock acquire and release)"),
-    route("DELETE", "/v1/kv/", delete, "write", "key", "path", "Delete a key or a prefix"),
+    route("DELETE", "/v1/kv/", delete, "write", "key", "path",
+          "Delete a key, or a prefix (?recurse: key:write on every key under it)"),
 )

@@ -78,6 +78,8 @@ def render_markdown(routes: tuple[Route, ...] = ROUTES) -> str:
         "edit by hand. A path ending in `/` takes a suffix (`/v1/kv/<key>`). *ACL rule* is the Consul ACL",
         "resource and access level the route needs; *name from* says where the name the rule is checked",
         "against comes from (*each item*: a list filtered, or a batch checked, item by item).",
+        "The same table, with parameters, bodies and answers, is described as OpenAPI 3.0 in",
+        "[`openapi.yaml`](openapi.yaml) (`python -m registry.api.openapi`).",
         "",
         "| Method | Path | ACL rule | Name from | What it does |",
         "|---|---|---|---|---|",

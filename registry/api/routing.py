@@ -105,12 +105,13 @@ def route(methods: str, path: str, handler: Handler, access: Access, resource: R
 
 
 class Router:
-    """Path -> {method: handler}, built once from the route table. An exact path is one dict lookup; a
-    prefix route ("/v1/kv/") takes the longest matching prefix and hands the handler the suffix."""
+    """Path -> {method: route}, built once from the route table. An exact path is one dict lookup; a
+    prefix route ("/v1/kv/") takes the longest matching prefix and hands the handler the suffix. The
+    dispatcher gets the whole declaration, so the ACL rule it checks is the one the table declares."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
-        self.exact: dict[str, dict[str, Handler]] = {}
-        self.prefix: dict[str, dict[str, Handler]] = {}
+        self.exact: dict[str, dict[str, Route]] = {}
+        self.prefix: dict[str, dict[str, Route]] = {}
         self.forward_body: dict[tuple[str, str], Callable[[bytes, str], bytes]] = {}  # (method, exact path)
         for r in routes:
             bad = r.problems()
@@ -121,12 +122,12 @@ class Router:
             for m in r.methods:
                 if m in handlers:
                     raise RouteError(f"{m} {r.path} is declared twice")
-                handlers[m] = r.handler
+                handlers[m] = r
                 if r.forward_body is not None:
                     self.forward_body[(m, r.path)] = r.forward_body
         self._prefixes = sorted(self.prefix, key=len, reverse=True)
 
-    def resolve(self, path: str) -> tuple[dict[str, Handler] | None, str]:
+    def resolve(self, path: str) -> tuple[dict[str, Route] | None, str]:
         routes = self.exact.get(path)
         if routes is not None:
             return routes, ""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from registry.api.decode import DecodeError, parse_json
+from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -69,7 +70,8 @@ async def info(api: Api, request: web.Request, sid: str) -> web.StreamResponse:
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         _, s = store.session_get(sid, ws)
-        return ReadResult(lambda: [s.to_json()] if s is not None else [])
+        rows = _visible(request, [s] if s is not None else [])
+        return ReadResult(lambda: [r.to_json() for r in rows])
 
     return await api.read(request, run)
 
@@ -87,9 +89,18 @@ async def list_all(api: Api, request: web.Request, _: str) -> web.StreamResponse
 async def _list(api: Api, request: web.Request, node_name: str | None) -> web.StreamResponse:
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         _, rows = store.session_list(node_name, ws)
-        return ReadResult(lambda: [s.to_json() for s in rows])
+        visible = _visible(request, rows)
+        return ReadResult(lambda: [s.to_json() for s in visible])
 
     return await api.read(request, run)
+
+
+def _visible(request: web.Request, rows: list[Any]) -> list[Any]:
+    """The sessions the token may ``session:read`` (on each session's node); Consul filters them."""
+    authz = request_authz(request)
+    if authz is None:
+        return rows
+    return filter_list(request, rows, lambda s: authz.session_read(s.node))
 
 
 def default_node_for_forwarding(body: bytes, node_name: str) -> bytes:
@@ -117,7 +128,8 @@ ROUTES: tuple[Route, ...] = (
           forward_body=default_node_for_forwarding),
     route("PUT", "/v1/session/destroy/", destroy, "write", "session", "path-id", "Destroy a session"),
     route("PUT", "/v1/session/renew/", renew, "write", "session", "path-id", "Renew a session's TTL"),
-    route("GET", "/v1/session/info/", info, "read", "session", "path-id", "One session"),
-    route("GET", "/v1/session/node/", node, "read", "session", "path", "The sessions of a node"),
+    route("GET", "/v1/session/info/", info, "read", "session", "each", "One session (filtered by session:read)"),
+    route("GET", "/v1/session/node/", node, "read", "session", "each",
+          "The sessions of a node (filtered by session:read)"),
     route("GET", "/v1/session/list", list_all, "read", "session", "each", "All sessions"),
 )

@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from registry import txn
+from registry.acl.authorizer import Authorizer
+from registry.acl.errors import PermissionDenied
 from registry.api.decode import depth_error
+from registry.api.enforce import mark_filtered, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
@@ -201,6 +204,11 @@ async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamRespons
                 413, f"Value for key {go_quote(op['Key'])} is too large ({len(op['Value'])} > {value_limit} bytes)"
             )
     kv_ops = [KVOp(op["Verb"], op["Key"], op["Value"], op["Flags"], op["Index"], op["Session"]) for op in ops]
+    authz = request_authz(request)
+    if authz is not None:
+        denied = acl_precheck(authz, kv_ops)
+        if denied:
+            return api.json(request, {"Results": None, "Errors": denied}, status=409)
     writes = sum(1 for op in kv_ops if txn.is_write(op.verb))
     if writes == 0:
         return await _read(api, request, kv_ops)
@@ -208,8 +216,42 @@ async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamRespons
     if errors:
         return api.json(request, {"Results": None, "Errors": errors}, status=409)
     result = await api.propose(Txn(tuple(kv_ops)))
-    reply = {"Results": render_results(result.get("Results")), "Errors": result.get("Errors")}
+    results = result.get("Results")
+    if authz is not None and results:
+        results = _readable(request, authz, results)
+    reply = {"Results": render_results(results), "Errors": result.get("Errors")}
     return api.json(request, reply, status=409 if reply["Errors"] else 200)
+
+
+def acl_precheck(authz: Authorizer, ops: list[KVOp]) -> list[dict[str, Any]]:
+    """Every operation checked on its own key before anything is applied (Consul's kvsPreApply per
+    operation, CVE-2021-38698): a tree delete needs write on every key under its prefix, index and session
+    checks need key:read, gets are filtered on the way out, everything else needs key:write. A denial is
+    the operation's error, as Consul reports it (409 with ``OpIndex`` and ``What``)."""
+    errors = []
+    for i, op in enumerate(ops):
+        verb = op.verb
+        if verb in ("get", "get-tree"):
+            continue
+        if verb == "delete-tree":
+            operation = "key_write_prefix"
+        elif verb in ("check-index", "check-session", "get-or-empty"):
+            operation = "key_read"
+        else:
+            operation = "key_write"
+        try:
+            authz.check(operation, op.key)
+        except PermissionDenied as exc:
+            errors.append({"OpIndex": i, "What": str(exc)})
+    return errors
+
+
+def _readable(request: web.Request, authz: Authorizer, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results of keys the token may not read are left out (Consul's FilterTxnResults)."""
+    kept = [r for r in results if authz.key_read(r["Key"])]
+    if len(kept) != len(results):
+        mark_filtered(request)
+    return kept
 
 
 def render_entry(data: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +276,9 @@ async def _read(api: Api, request: web.Request, ops: list[KVOp]) -> web.StreamRe
     results: list[dict[str, Any]] | None = None
     if not errors:
         results, errors = txn.run(api.store, ops)
+        authz = request_authz(request)
+        if authz is not None and results:
+            results = _readable(request, authz, results)
         results = render_results(results)
     known_leader = consensus.known_leader()
     last_contact_ms = consensus.last_contact_ms()
@@ -256,5 +301,6 @@ async def _read(api: Api, request: web.Request, ops: list[KVOp]) -> web.StreamRe
 
 
 ROUTES: tuple[Route, ...] = (
-    route("PUT", "/v1/txn", put, "write", "key", "each", "Apply KV operations as one transaction"),
+    route("PUT", "/v1/txn", put, "write", "key", "each",
+          "Apply KV operations as one transaction (each operation checked on its key; reads filtered)"),
 )

@@ -33,8 +33,10 @@ CallLeader = Callable[..., Awaitable[Any]]
 
 
 class RemoteCA:
-    def __init__(self, call_leader: CallLeader, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, call_leader: CallLeader, on_change: Callable[[], None] | None = None,
+                 token: Callable[[], str] = lambda: "") -> None:  # fmt: skip
         self._call = call_leader
+        self._token = token  # the agent's token, which the server checks before it signs
         self._on_change = on_change
         self.roots: dict[str, Any] = {"ActiveRootID": "", "TrustDomain": "", "Roots": []}
         self.index = 0
@@ -82,10 +84,16 @@ class RemoteCA:
         from registry.consensus import NotLeaderError, RPCError
 
         try:
-            reply = await self._call(RPC_SIGN, {"CSR": csr_pem, "Service": service}, timeout=30)
+            args = {"CSR": csr_pem, "Service": service}
+            token = self._token()
+            if token:
+                args["Token"] = token
+            reply = await self._call(RPC_SIGN, args, timeout=30)
         except RPCError as exc:
             if exc.status == 429:
                 raise RateLimited(1.0) from None
+            if exc.status == 403:
+                raise SignError(403, exc.message) from None
             raise SignError(400 if exc.status == 400 else 500, exc.message) from None
         except NotLeaderError as exc:
             raise SignError(500, str(exc)) from None

@@ -20,6 +20,7 @@ import structlog
 from ca import provider
 from ca.provider import CAConfig, CAState, LeafResult
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
+from registry.acl.errors import ACLError
 from registry.config import Config, ConfigError
 from registry.connect.leaf import LeafCache, TrustInfo
 from registry.connect.manager import CAExpiryCheck, CAManager
@@ -36,6 +37,7 @@ from registry.intentions import (
 from registry.raft.rpc import RPCRouter
 
 if TYPE_CHECKING:
+    from registry.acl.resolver import TokenResolver
     from registry.commands import Command
     from registry.consensus import Consensus
     from registry.fsm import FSM
@@ -97,8 +99,12 @@ class Connect:
         is_client: bool,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        acl: TokenResolver | None = None,
+        agent_token: Callable[[], str] = lambda: "",
     ) -> None:
         self.config = config
+        # The server checks the token a ConnectCA.Sign call carries; a client agent sends its agent token.
+        self.acl = acl
         self._store = store
         self.consensus = consensus
         self.hub = hub
@@ -115,7 +121,7 @@ class Connect:
         # from the servers over RPC.
         self.remote: RemoteCA | None = None
         if is_client:
-            self.remote = RemoteCA(consensus.call_leader, on_change=lambda: self.leaf.roots_changed())
+            self.remote = RemoteCA(consensus.call_leader, on_change=lambda: self.leaf.roots_changed(), token=agent_token)
         self.leaf = LeafCache(
             sign=self.sign,
             trust=self.remote.trust if self.remote is not None else self._local_trust,
@@ -241,10 +247,27 @@ class Connect:
 
     async def _rpc_sign(self, args: Any) -> Any:
         self._require_leader()
+        await self._check_sign_token(args)
         try:
             return await self.ca_server.handle_rpc(RPC_SIGN, args)
         except SignError as exc:
             raise RPCError(exc.message, exc.status) from None
+
+    async def _check_sign_token(self, args: Any) -> None:
+        """Consul's ConnectCA.Sign: the caller's token needs service:write on the service the CSR is for
+        (the CSR's one SPIFFE URI must name that same service, which the signer checks: CVE-2022-40716)."""
+        acl = self.acl
+        if acl is None or not acl.enabled:
+            return
+        token = args.get("Token", "") if isinstance(args, dict) else ""
+        service = args.get("Service") if isinstance(args, dict) else None
+        if not isinstance(token, str) or not isinstance(service, str):
+            raise RPCError("ConnectCA.Sign needs a string Token and Service", 400)
+        try:
+            authz = await acl.resolve(token or acl.default_secret())
+            authz.check("service_write", service)
+        except ACLError as exc:
+            raise RPCError(str(exc), 403) from None
 
     async def _rpc_roots(self, args: Any) -> Any:
         self._require_leader()

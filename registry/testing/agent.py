@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from registry.acl.resolver import TokenResolver
 from registry.agent.agent import Agent
 from registry.config import Config, apply_mapping, dev_defaults
 
@@ -75,9 +76,10 @@ def make_config(**overrides: Any) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def async_dev_agent(**config: Any) -> AsyncIterator[RunningAgent]:
-    """Start a dev agent on the running event loop; config keys are Consul's (e.g. enable_script_checks=True)."""
-    agent = Agent(make_config(**config))
+async def async_dev_agent(*, acl_resolver: TokenResolver | None = None, **config: Any) -> AsyncIterator[RunningAgent]:
+    """Start a dev agent on the running event loop; config keys are Consul's (e.g. enable_script_checks=True).
+    ``acl_resolver`` replaces the ACL resolver the agent would build from its ``acl`` config block."""
+    agent = Agent(make_config(**config), acl=acl_resolver)
     await agent.start()
     try:
         yield RunningAgent(agent, asyncio.get_running_loop())

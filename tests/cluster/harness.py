@@ -75,9 +75,10 @@ class Reply:
         return int(self.headers.get("X-Consul-Index", "0"))
 
 
-def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0) -> Reply:
-    """One request; HTTP errors are returned, connection failures raise OSError."""
-    req = urllib.request.Request(url, data=body, method=method)
+def http(method: str, url: str, body: bytes | None = None, timeout: float = 10.0, token: str = "") -> Reply:
+    """One request (with ``token`` as X-Consul-Token when given); HTTP errors are returned, connection
+    failures raise OSError."""
+    req = urllib.request.Request(url, data=body, method=method, headers={"X-Consul-Token": token} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return Reply(resp.status, resp.read(), dict(resp.headers.items()))
@@ -131,6 +132,7 @@ class Server:
     log_path: Path
     server: bool = True
     extra_args: list[str] = field(default_factory=list)
+    token: str = ""  # what the harness's own requests present, on a cluster with ACLs on
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -206,10 +208,11 @@ class Server:
             raise ClusterError(f"{self.name} did not stop within {timeout:g}s of SIGTERM") from None
 
     def get(self, path: str, timeout: float = 10.0) -> Reply:
-        return http("GET", self.url + path, timeout=timeout)
+        return http("GET", self.url + path, timeout=timeout, token=self.token)
 
     def put(self, path: str, body: bytes | str = b"", timeout: float = 10.0) -> Reply:
-        return http("PUT", self.url + path, body.encode() if isinstance(body, str) else body, timeout=timeout)
+        return http("PUT", self.url + path, body.encode() if isinstance(body, str) else body, timeout=timeout,
+                    token=self.token)  # fmt: skip
 
     def leader_address(self) -> str:
         """What this server believes: the leader's Raft address, or "" (raises OSError when down)."""

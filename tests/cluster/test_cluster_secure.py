@@ -219,3 +219,29 @@ def _parse_bootstrap_output(text: str) -> dict[str, str]:
         fields[key.strip()] = value.strip()
     return fields
 
+
+
+def test_a_client_agent_refuses_a_request_without_a_token_and_serves_one_with(secure: SecureCluster) -> None:
+    """The README's step 4: client1 joins over mutual TLS; under default deny a request through it without
+    a token is refused with Consul's text, and the same request with the bootstrap token works."""
+    if not secure.token:
+        pytest.skip("needs the management token from test_acl_bootstrap_gives_the_management_token")
+    node = "client1"
+    secure.procs[node] = start(secure.workdir, secure.config, node)
+    url = secure.url(node)
+
+    def up() -> bool:
+        assert secure.procs[node].poll() is None, f"{node} exited:\n{secure.log(node)}"
+        return http_with(url + "/v1/status/leader", {}).status == 200
+
+    wait_for("client1 to answer", up, 60, interval=0.2)
+    anonymous = http("PUT", url + "/v1/kv/hello", b"world", timeout=10)
+    assert anonymous.status == 403, anonymous.text
+    assert anonymous.text.startswith("Permission denied: anonymous token lacks permission 'key:write' on \"hello\"")
+    import urllib.request
+
+    req = urllib.request.Request(url + "/v1/kv/hello", data=b"world", method="PUT",
+                                 headers={"X-Consul-Token": secure.token})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200 and resp.read() == b"true"
+    assert http_with(url + "/v1/kv/hello?raw", {"X-Consul-Token": secure.token}).body == b"world"
