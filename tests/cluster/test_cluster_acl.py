@@ -79,6 +79,7 @@ def test_login_and_logout_through_a_client_agent(make_cluster: MakeCluster, tmp_
     cluster = make_cluster(1)
     args = acl_config(tmp_path / "acl.json")
     cluster.servers[0].extra_args += args
+    cluster.servers[0].token = MGMT  # the harness's own probes (a leader that takes writes) need it under deny
     cluster.start()
     client = cluster.add_client("client-1")
     client.extra_args += args
