@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+from registry.acl.binding import BindingRule
+from registry.acl.errors import ACLObjectError
 from registry.acl.objects import (
-    ACLObjectError,
     AuthMethod,
-    BindingRule,
     PolicyRow,
     RoleRow,
     TokenRow,
@@ -817,6 +817,8 @@ def _acl_role_from_wire(cmd: Wire) -> ACLRoleSet | ACLRoleDelete:
 
 @dataclass(frozen=True, slots=True)
 class ACLAuthMethodSet:
+    """Consul's ACLAuthMethodSetRequest; the method was checked (its ``jwt`` Config parsed) when built."""
+
     TYPE: ClassVar[str] = "acl.auth-method"
     method: AuthMethod
 
@@ -846,6 +848,8 @@ def _acl_auth_method_from_wire(cmd: Wire) -> ACLAuthMethodSet | ACLAuthMethodDel
 
 @dataclass(frozen=True, slots=True)
 class ACLBindingRuleSet:
+    """Consul's ACLBindingRuleSetRequest; the rule was checked against its auth method when built."""
+
     TYPE: ClassVar[str] = "acl.binding-rule"
     rule: BindingRule
     create: bool = True
@@ -870,7 +874,9 @@ class ACLBindingRuleDelete:
 def _acl_binding_rule_from_wire(cmd: Wire) -> ACLBindingRuleSet | ACLBindingRuleDelete:
     op = cmd.get("Op")
     if op == "set":
-        return ACLBindingRuleSet(_acl_obj(BindingRule.from_wire, cmd.get("BindingRule")), bool(cmd.get("Create")))
+        # Checked against its auth method where it was built; the log carries it as it was checked.
+        rule = _acl_obj(lambda raw: BindingRule.from_wire(raw, None), cmd.get("BindingRule"))
+        return ACLBindingRuleSet(rule, bool(cmd.get("Create")))
     if op == "delete":
         return ACLBindingRuleDelete(_str(cmd, "ID"))
     raise CommandError(f"invalid ACL binding rule operation {op!r}")

@@ -14,16 +14,21 @@ claim value is data and can never change the shape of what it lands in: a name t
 refuses the login.
 
 ``Selector`` is a go-bexpr expression over ``value.<name>`` (strings) and ``list.<name>`` (string lists),
-compiled with ``registry.filtering`` against that schema once, when the rule is written.
+compiled with ``registry.filtering`` against that schema once, when the rule is built.
+
+``BindingRule`` is also the row the ACL tables store: a write checks it against its auth method's blank
+identity (``from_wire(body, method.blank_identity())``, Consul's ``BindingRuleSet``); a rule read back from
+the log or a snapshot was checked when it was written and is only decoded (``from_wire(raw, None)``).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from registry.acl.errors import ACLObjectError
 from registry.acl.identities import (
     TEMPLATES,
     IdentityError,
@@ -34,6 +39,7 @@ from registry.acl.identities import (
     is_valid_service_identity_name,
 )
 from registry.acl.jwt import Identity
+from registry.acl.objects import is_valid_policy_name, is_valid_role_name
 from registry.acl.rules import go_quote
 from registry.filtering import Filter, FilterError, Map, Prim, Slice, Struct, compile_filter
 
@@ -45,8 +51,6 @@ __all__ = [
     "Bindings",
     "bind",
     "interpolate",
-    "is_valid_policy_name",
-    "is_valid_role_name",
 ]
 
 BIND_TYPES = ("service", "node", "role", "policy", "templated-policy")
@@ -54,24 +58,12 @@ BIND_TYPES = ("service", "node", "role", "policy", "templated-policy")
 #: Consul's ``fieldDetails``: ``Values map[string]string `bexpr:"value"```, ``Lists map[string][]string `bexpr:"list"```.
 IDENTITY_SCHEMA = Struct({"value": Map(Prim("string")), "list": Map(Slice(Prim("string")))}, False, "fieldDetails")
 
-_POLICY_NAME = re.compile(r"[A-Za-z0-9\-_]{1,128}")
-_ROLE_NAME = re.compile(r"[A-Za-z0-9\-_]{1,256}")
 # What may stand inside ${...}: one HIL variable. Functions, arithmetic and nesting are refused.
 _VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_\-.]*")
 
 
-class BindingRuleError(ValueError):
+class BindingRuleError(ACLObjectError):
     """A binding rule Consul refuses to store, or a login a rule cannot bind; ``str()`` is Consul's text."""
-
-
-def is_valid_policy_name(name: str) -> bool:
-    """Consul's ``acl.IsValidPolicyName``."""
-    return _POLICY_NAME.fullmatch(name) is not None
-
-
-def is_valid_role_name(name: str) -> bool:
-    """Consul's ``acl.IsValidRoleName``."""
-    return _ROLE_NAME.fullmatch(name) is not None
 
 
 def interpolate(template: str, variables: Mapping[str, str], *, lowercase: bool = True) -> str:
@@ -148,6 +140,16 @@ def _templated(bind_name: str, bind_vars_name: str, variables: Mapping[str, str]
         raise BindingRuleError(f"templated policy failed validation: {exc}") from None
 
 
+def _compile(selector: str) -> Filter | None:
+    """The selector compiled against the identity schema; None for the empty selector (matches all)."""
+    if not selector:
+        return None
+    try:
+        return compile_filter(selector, IDENTITY_SCHEMA)
+    except FilterError as exc:
+        raise BindingRuleError(f"invalid Binding Rule: Selector is invalid: {exc}") from None
+
+
 _VALIDATORS = {
     "service": is_valid_service_identity_name,
     "node": is_valid_node_identity_name,
@@ -158,8 +160,9 @@ _VALIDATORS = {
 
 @dataclass(frozen=True, slots=True)
 class BindingRule:
-    """An ``ACLBindingRule``, checked when built (``from_wire`` / ``checked``) against the auth method's
-    blank identity, so a stored rule always compiles and always names something valid for valid input."""
+    """An ``ACLBindingRule``, checked when written (``from_wire`` with a blank identity, or ``checked``)
+    against its auth method's blank identity, so a stored rule always compiles and always names something
+    valid for valid input. ``create_index``/``modify_index`` are the tables' (0 until stored)."""
 
     id: str
     auth_method: str
@@ -168,6 +171,8 @@ class BindingRule:
     selector: str = ""
     description: str = ""
     bind_vars_name: str = ""
+    create_index: int = 0
+    modify_index: int = 0
     matcher: Filter | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -176,12 +181,7 @@ class BindingRule:
         """Consul's ``BindingRuleSet`` checks, in its order and with its texts."""
         if auth_method == "":
             raise BindingRuleError("Invalid Binding Rule: no AuthMethod is set")
-        matcher = None
-        if selector:
-            try:
-                matcher = compile_filter(selector, IDENTITY_SCHEMA)
-            except FilterError as exc:
-                raise BindingRuleError(f"invalid Binding Rule: Selector is invalid: {exc}") from None
+        matcher = _compile(selector)
         if bind_type == "":
             raise BindingRuleError("Invalid Binding Rule: no BindType is set")
         if bind_name == "":
@@ -199,22 +199,49 @@ class BindingRule:
             raise BindingRuleError(
                 f"Invalid Binding Rule: invalid BindName: failed to validate bindType {go_quote(bind_type)}: {exc}"
             ) from None
-        return cls(id, auth_method, bind_type, bind_name, selector, description, bind_vars_name, matcher)
+        return cls(id=id, auth_method=auth_method, bind_type=bind_type, bind_name=bind_name, selector=selector,
+                   description=description, bind_vars_name=bind_vars_name, matcher=matcher)  # fmt: skip
 
     @classmethod
-    def from_wire(cls, obj: Mapping[str, Any], blank: Identity) -> BindingRule:
+    def from_wire(cls, obj: Any, blank: Identity | None) -> BindingRule:
         """An ``ACLBindingRule`` JSON object (``ID``, ``AuthMethod``, ``Selector``, ``BindType``,
-        ``BindName``, ``BindVars``, ``Description``)."""
+        ``BindName``, ``BindVars``, ``Description``, and the stored ``CreateIndex``/``ModifyIndex``).
+
+        With ``blank`` (the auth method's ``blank_identity()``) it is a write, checked as ``checked``
+        checks it. With None it is a rule read back from the log or a snapshot, checked when it was written
+        against the method as it was then: decoded, its selector compiled, nothing refused that was stored
+        (a method's claim mappings may have changed since; a login then fails to bind, as in Consul)."""
+        if not isinstance(obj, Mapping):
+            raise BindingRuleError("Invalid Binding Rule: the binding rule must be an object")
         bind_vars = obj.get("BindVars") or {}
         if not isinstance(bind_vars, Mapping):
             raise BindingRuleError("Invalid Binding Rule: BindVars must be an object")
         fields = {k: obj.get(k) or "" for k in ("ID", "AuthMethod", "BindType", "BindName", "Selector", "Description")}
         if not all(isinstance(v, str) for v in fields.values()) or not isinstance(bind_vars.get("Name", ""), str):
             raise BindingRuleError("Invalid Binding Rule: fields must be strings")
-        return cls.checked(id=fields["ID"], auth_method=fields["AuthMethod"], bind_type=fields["BindType"],
-                           bind_name=fields["BindName"], selector=fields["Selector"],
-                           description=fields["Description"], bind_vars_name=bind_vars.get("Name") or "",
-                           blank=blank)  # fmt: skip
+        indexes = [obj.get(k) or 0 for k in ("CreateIndex", "ModifyIndex")]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indexes):
+            raise BindingRuleError("Invalid Binding Rule: CreateIndex and ModifyIndex must be non-negative integers")
+        if blank is None:
+            rule = cls(id=fields["ID"], auth_method=fields["AuthMethod"], bind_type=fields["BindType"],
+                       bind_name=fields["BindName"], selector=fields["Selector"], description=fields["Description"],
+                       bind_vars_name=bind_vars.get("Name") or "", matcher=_compile(fields["Selector"]))  # fmt: skip
+        else:
+            rule = cls.checked(id=fields["ID"], auth_method=fields["AuthMethod"], bind_type=fields["BindType"],
+                               bind_name=fields["BindName"], selector=fields["Selector"],
+                               description=fields["Description"], bind_vars_name=bind_vars.get("Name") or "",
+                               blank=blank)  # fmt: skip
+        return replace(rule, create_index=indexes[0], modify_index=indexes[1])
+
+    def to_wire(self) -> dict[str, Any]:
+        """Consul's ``ACLBindingRule`` JSON (``BindVars`` only when set), the stored form too."""
+        out: dict[str, Any] = {"ID": self.id, "Description": self.description, "AuthMethod": self.auth_method,
+                               "Selector": self.selector, "BindType": self.bind_type, "BindName": self.bind_name}  # fmt: skip
+        if self.bind_vars_name:
+            out["BindVars"] = {"Name": self.bind_vars_name}
+        out["CreateIndex"] = self.create_index
+        out["ModifyIndex"] = self.modify_index
+        return out
 
     def matches(self, identity: Identity) -> bool:
         """Consul's ``doesSelectorMatch``: the empty selector matches every login."""

@@ -13,6 +13,7 @@ __all__ = [
     "ANONYMOUS_TOKEN_ID",
     "ACLError",
     "ACLNotFound",
+    "ACLObjectError",
     "PermissionDenied",
 ]
 
@@ -75,3 +76,8 @@ class PermissionDenied(ACLError):
         if self.accessor_id == ANONYMOUS_TOKEN_ID:
             text += _ANONYMOUS_HINT
         return text
+
+
+class ACLObjectError(ValueError):
+    """An ACL object (token, policy, role, auth method, binding rule) Consul would refuse to store, with
+    Consul's message: an HTTP 400 where a request built it, a refused command where the log carried it."""

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from registry.acl.errors import ACLObjectError
 from registry.gocompat import parse_duration_ns
 
 __all__ = [
@@ -85,7 +86,7 @@ _MAX_TOKEN_BYTES = 64 * 1024
 _JWKS_URL = re.compile(r"(https?://[^/?#\s]+(?:[/?#]\S*)?|file:///\S+)")
 
 
-class AuthMethodError(ValueError):
+class AuthMethodError(ACLObjectError):
     """An auth method Consul would refuse to store; ``str()`` is Consul's whole answer (HTTP 400)."""
 
 

@@ -1,11 +1,9 @@
-"""Auth methods and logins, the pure part: an auth method checked as Consul checks it, and the token a
-login creates, computed from the method, its binding rules and the verified identity.
+"""Logins, the pure part: the token a login creates, computed from the auth method (the stored
+``registry.acl.objects.AuthMethod``, checked when it was written), its binding rules and the verified
+identity.
 
-Consul's ``ACL.AuthMethodSet`` and ``ACL.Login`` / ``tokenSetFromAuthMethod`` (agent/consul/acl_endpoint.go):
+Consul's ``ACL.Login`` / ``tokenSetFromAuthMethod`` (agent/consul/acl_endpoint.go):
 
-* an auth method has a ``Name`` (``[A-Za-z0-9-_]{1,128}``), a ``Type`` (only ``jwt`` here), an optional
-  ``MaxTokenTTL`` within the server's token TTL bounds (1m..24h by default), a ``TokenLocality`` (``local``
-  or ``global``) and a type-specific ``Config`` (``registry.acl.jwt.JWTConfig``);
 * a login token is ``Local`` unless the method says ``global``, expires after ``MaxTokenTTL`` when set, is
   described ``token created via login`` (with ``: <Meta as JSON>`` when the login carried ``Meta``), and is
   linked to what the binding rules granted; roles and policies named by a rule but missing from the tables
@@ -18,7 +16,6 @@ reads a store or a clock.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,88 +23,15 @@ from typing import Any
 from registry.acl.binding import BindingRule, Bindings, bind
 from registry.acl.errors import PermissionDenied
 from registry.acl.identities import NodeIdentity, ServiceIdentity, TemplatedPolicy
-from registry.acl.jwt import AuthMethodError, Identity, JWTConfig, JWTValidator
-from registry.gocompat import format_duration_ns, parse_duration_ns
+from registry.acl.jwt import Identity
+from registry.acl.objects import AuthMethod
+from registry.gocompat import format_duration_ns
 
 __all__ = [
-    "AUTH_METHOD_TYPES",
-    "AuthMethod",
     "LoginToken",
     "login_description",
     "plan_login",
 ]
-
-AUTH_METHOD_TYPES = ("jwt",)
-_NAME = re.compile(r"[A-Za-z0-9\-_]{1,128}")
-# Consul's acl.token_min_expiration_ttl / token_max_expiration_ttl defaults.
-MIN_TOKEN_TTL_S = 60.0
-MAX_TOKEN_TTL_S = 24 * 3600.0
-
-
-def _ttl_seconds(value: Any) -> float:
-    if value in (None, "", 0):
-        return 0.0
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value) / 1e9
-    if isinstance(value, str):
-        try:
-            return parse_duration_ns(value) / 1e9
-        except ValueError as exc:
-            raise AuthMethodError(f"Request decode failed: {exc}") from None
-    raise AuthMethodError("Request decode failed: MaxTokenTTL must be a duration")
-
-
-@dataclass(frozen=True, slots=True)
-class AuthMethod:
-    """A checked ``ACLAuthMethod``; ``validator`` is built once, when the method is."""
-
-    name: str
-    type: str
-    config: JWTConfig
-    display_name: str = ""
-    description: str = ""
-    max_token_ttl_s: float = 0.0
-    token_locality: str = ""
-
-    @classmethod
-    def from_wire(cls, obj: Mapping[str, Any], *, min_ttl_s: float = MIN_TOKEN_TTL_S,
-                  max_ttl_s: float = MAX_TOKEN_TTL_S, primary: bool = True) -> AuthMethod:  # fmt: skip
-        """Consul's ``AuthMethodSet`` checks on an ``ACLAuthMethod`` JSON object, with its texts."""
-        name = obj.get("Name") or ""
-        if not isinstance(name, str) or name == "":
-            raise AuthMethodError("Invalid Auth Method: no Name is set")
-        if _NAME.fullmatch(name) is None:
-            raise AuthMethodError(
-                "Invalid Auth Method: invalid Name. Only alphanumeric characters, '-' and '_' are allowed"
-            )
-        kind = obj.get("Type") or ""
-        if kind not in AUTH_METHOD_TYPES:
-            raise AuthMethodError(f"Invalid Auth Method: Type should be one of: [{' '.join(AUTH_METHOD_TYPES)}]")
-        ttl = _ttl_seconds(obj.get("MaxTokenTTL"))
-        if ttl:
-            if ttl > max_ttl_s:
-                raise AuthMethodError(f"MaxTokenTTL {format_duration_ns(int(ttl * 1e9))} cannot be more than "
-                                      f"{format_duration_ns(int(max_ttl_s * 1e9))}")  # fmt: skip
-            if ttl < min_ttl_s:
-                raise AuthMethodError(f"MaxTokenTTL {format_duration_ns(int(ttl * 1e9))} cannot be less than "
-                                      f"{format_duration_ns(int(min_ttl_s * 1e9))}")  # fmt: skip
-        locality = obj.get("TokenLocality") or ""
-        if locality == "global" and not primary:
-            raise AuthMethodError("Invalid Auth Method: TokenLocality 'global' can only be used in the primary "
-                                  "datacenter")  # fmt: skip
-        if locality not in ("", "local", "global"):
-            raise AuthMethodError("Invalid Auth Method: TokenLocality should be one of 'local' or 'global'")
-        display = obj.get("DisplayName") or ""
-        description = obj.get("Description") or ""
-        if not isinstance(display, str) or not isinstance(description, str):
-            raise AuthMethodError("Request decode failed: DisplayName and Description must be strings")
-        return cls(name, kind, JWTConfig.from_wire(obj.get("Config")), display, description, ttl, locality)
-
-    def validator(self) -> JWTValidator:
-        return JWTValidator(self.config)
-
-    def blank_identity(self) -> Identity:
-        return self.validator().blank_identity()
 
 
 def login_description(meta: Mapping[str, str] | None) -> str:
@@ -130,7 +54,7 @@ class LoginToken:
     auth_method: str
     description: str
     local: bool
-    expiration_ttl_s: float = 0.0
+    expiration_ttl_ns: int = 0
     service_identities: tuple[ServiceIdentity, ...] = ()
     node_identities: tuple[NodeIdentity, ...] = ()
     templated_policies: tuple[TemplatedPolicy, ...] = ()
@@ -157,8 +81,8 @@ class LoginToken:
                 {"TemplateName": t.template_name, **({"TemplateVariables": {"Name": t.name}} if t.name else {})}
                 for t in self.templated_policies
             ]
-        if self.expiration_ttl_s:
-            out["ExpirationTTL"] = format_duration_ns(int(self.expiration_ttl_s * 1e9))
+        if self.expiration_ttl_ns:
+            out["ExpirationTTL"] = format_duration_ns(self.expiration_ttl_ns)
         return out
 
 
@@ -179,7 +103,7 @@ def plan_login(method: AuthMethod, rules: Iterable[BindingRule], identity: Ident
         auth_method=method.name,
         description=login_description(meta),
         local=method.token_locality != "global",
-        expiration_ttl_s=method.max_token_ttl_s,
+        expiration_ttl_ns=method.max_token_ttl_ns,
         service_identities=bindings.service_identities,
         node_identities=bindings.node_identities,
         templated_policies=bindings.templated_policies,

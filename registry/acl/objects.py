@@ -1,9 +1,9 @@
-"""The ACL objects as the state store holds them: tokens, policies, roles, auth methods, binding rules.
+"""The ACL objects as the state store holds them: tokens, policies, roles and auth methods (binding rules,
+which are checked against their auth method, are ``registry.acl.binding.BindingRule``).
 
 Each is a frozen value with Consul's JSON field names on the wire (``to_wire``/``from_wire``: the msgpack
 form of commands and snapshots), validated once where it is built with Consul's texts
-(agent/consul/acl_endpoint.go ``tokenSetInternal``, ``PolicySet``, ``RoleSet``, ``AuthMethodSet``,
-``BindingRuleSet``). What depends on the other rows (a name already taken, a linked policy that does not
+(agent/consul/acl_endpoint.go ``tokenSetInternal``, ``PolicySet``, ``RoleSet``, ``AuthMethodSet``). What depends on the other rows (a name already taken, a linked policy that does not
 exist) is checked where the rows are, in the store (``registry.state.acl_table``).
 
 Times are integers of nanoseconds since the epoch: this package reads no clock and formats no dates; the
@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from registry.acl.errors import ACLObjectError
 from registry.acl.identities import (
     BUILTIN_POLICIES,
     IdentityError,
@@ -32,28 +33,34 @@ from registry.acl.identities import (
     ServiceIdentity,
     TemplatedPolicy,
 )
+from registry.acl.jwt import AuthMethodError, Identity, JWTConfig, JWTValidator
 from registry.acl.rules import PolicyRules, RulesError, parse_rules
+from registry.gocompat import format_duration_ns, parse_duration_ns
 
 __all__ = [
     "ANONYMOUS_SECRET",
     "AUTH_METHOD_TYPES",
-    "BIND_TYPES",
+    "MAX_TOKEN_TTL_NS",
+    "MIN_TOKEN_TTL_NS",
     "RESERVED_PREFIX",
-    "ACLObjectError",
     "AuthMethod",
-    "BindingRule",
     "Link",
     "PolicyRow",
     "RoleRow",
     "TokenRow",
     "is_uuid",
+    "is_valid_policy_name",
+    "is_valid_role_name",
     "reserved",
 ]
 
 RESERVED_PREFIX = "00000000-0000-0000-0000-0000000000"  # Consul's ACLReservedPrefix (structs.ACLIDReserved)
 ANONYMOUS_SECRET = "anonymous"
 AUTH_METHOD_TYPES = ("jwt",)  # the auth method types this build has a validator for
-BIND_TYPES = ("service", "node", "role", "policy", "templated-policy")
+# Consul's acl.token_min_expiration_ttl / token_max_expiration_ttl defaults: the bounds of a token's
+# lifetime and of an auth method's MaxTokenTTL.
+MIN_TOKEN_TTL_NS = 60 * 10**9
+MAX_TOKEN_TTL_NS = 24 * 3600 * 10**9
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _POLICY_NAME = re.compile(r"[A-Za-z0-9\-_]{1,128}")
 _ROLE_NAME = re.compile(r"[A-Za-z0-9\-_]{1,256}")
@@ -62,13 +69,19 @@ _AUTH_METHOD_NAME = re.compile(r"[A-Za-z0-9\-_]{1,128}")
 Link = tuple[str, str]  # (ID, Name): one of them may be empty in a request; stored with the ID only
 
 
-class ACLObjectError(ValueError):
-    """An ACL object Consul would refuse, with Consul's message."""
-
-
 def is_uuid(s: str) -> bool:
     """Consul's ``uuid.ParseUUID`` shape: 8-4-4-4-12 hex digits."""
     return isinstance(s, str) and _UUID.fullmatch(s) is not None
+
+
+def is_valid_policy_name(name: str) -> bool:
+    """Consul's ``acl.IsValidPolicyName``."""
+    return _POLICY_NAME.fullmatch(name) is not None
+
+
+def is_valid_role_name(name: str) -> bool:
+    """Consul's ``acl.IsValidRoleName``."""
+    return _ROLE_NAME.fullmatch(name) is not None
 
 
 def reserved(s: str) -> bool:
@@ -311,7 +324,7 @@ class PolicyRow:
             raise ACLObjectError("Invalid Policy: no Name is set")
         pid = _s(d, "ID", what)
         builtin = BUILTIN_POLICIES.get(pid)
-        if not _POLICY_NAME.fullmatch(name) and (builtin is None or builtin.name != name):
+        if not is_valid_policy_name(name) and (builtin is None or builtin.name != name):
             raise ACLObjectError("Invalid Policy: invalid Name. Only alphanumeric characters, '-' and '_' are allowed")
         if pid and not is_uuid(pid):
             raise ACLObjectError("Policy ID invalid UUID")
@@ -365,7 +378,7 @@ class RoleRow:
         name = _s(d, "Name", what)
         if name == "":
             raise ACLObjectError("Invalid Role: no Name is set")
-        if not _ROLE_NAME.fullmatch(name):
+        if not is_valid_role_name(name):
             raise ACLObjectError("Invalid Role: invalid Name. Only alphanumeric characters, '-' and '_' are allowed")
         rid = _s(d, "ID", what)
         if rid and not is_uuid(rid):
@@ -378,93 +391,89 @@ class RoleRow:
 # ------------------------------------------------------------------------------------- auth methods
 
 
+def _ttl_ns(value: Any) -> int:
+    """``MaxTokenTTL`` as Consul's HTTP decoder takes a duration: a string ("10m") or nanoseconds."""
+    if value in (None, "", 0):
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value == value and abs(value) != float("inf"):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return parse_duration_ns(value)
+        except ValueError as exc:
+            raise AuthMethodError(f"Request decode failed: {exc}") from None
+    raise AuthMethodError("Request decode failed: MaxTokenTTL must be a duration")
+
+
 @dataclass(frozen=True, slots=True)
 class AuthMethod:
-    """An auth method (storage and shape only; logging in with it is the login endpoint's business).
-    ``config`` is the type-specific ``Config`` object, kept as JSON-ready data."""
+    """An auth method as the tables hold it and as a login uses it: checked once, when it is built
+    (``from_wire``), so its ``config`` is the ``jwt`` method's parsed ``JWTConfig`` (keys already loaded)
+    and a stored method always builds a validator."""
 
     name: str
     type: str
+    config: JWTConfig
     display_name: str = ""
     description: str = ""
     max_token_ttl_ns: int = 0
     token_locality: str = ""
-    config: Mapping[str, Any] = field(default_factory=dict, compare=False)
     create_index: int = 0
     modify_index: int = 0
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"Name": self.name, "Type": self.type, "DisplayName": self.display_name,
-                "Description": self.description, "MaxTokenTTL": self.max_token_ttl_ns,
-                "TokenLocality": self.token_locality, "Config": dict(self.config),
-                "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}  # fmt: skip
-
     @classmethod
-    def from_wire(cls, d: Any, what: str = "AuthMethod") -> AuthMethod:
-        if not isinstance(d, Mapping):
-            raise ACLObjectError(f"{what} decoding failed: the auth method must be an object")
-        name = _s(d, "Name", what)
-        if name == "":
-            raise ACLObjectError("Invalid Auth Method: no Name is set")
-        if not _AUTH_METHOD_NAME.fullmatch(name):
-            raise ACLObjectError(
+    def from_wire(cls, obj: Any, *, primary: bool = True) -> AuthMethod:
+        """Consul's ``AuthMethodSet`` checks on an ``ACLAuthMethod`` JSON object, in its order and with its
+        texts (agent/consul/acl_endpoint.go), then the type's config check (``JWTConfig.from_wire``).
+
+        Whether the method exists already (an update may leave ``Type`` out, and may not change it) is the
+        tables' question: ``ACLTable.acl_auth_method_type`` answers it before this is called."""
+        if not isinstance(obj, Mapping):
+            raise AuthMethodError("Request decode failed: the auth method must be an object")
+        name = obj.get("Name") or ""
+        if not isinstance(name, str) or name == "":
+            raise AuthMethodError("Invalid Auth Method: no Name is set")
+        if _AUTH_METHOD_NAME.fullmatch(name) is None:
+            raise AuthMethodError(
                 "Invalid Auth Method: invalid Name. Only alphanumeric characters, '-' and '_' are allowed"
             )
-        locality = _s(d, "TokenLocality", what)
+        kind = obj.get("Type") or ""
+        if kind not in AUTH_METHOD_TYPES:
+            raise AuthMethodError(f"Invalid Auth Method: Type should be one of: [{' '.join(AUTH_METHOD_TYPES)}]")
+        ttl = _ttl_ns(obj.get("MaxTokenTTL"))
+        if ttl:
+            if ttl > MAX_TOKEN_TTL_NS:
+                raise AuthMethodError(f"MaxTokenTTL {format_duration_ns(ttl)} cannot be more than "
+                                      f"{format_duration_ns(MAX_TOKEN_TTL_NS)}")  # fmt: skip
+            if ttl < MIN_TOKEN_TTL_NS:
+                raise AuthMethodError(f"MaxTokenTTL {format_duration_ns(ttl)} cannot be less than "
+                                      f"{format_duration_ns(MIN_TOKEN_TTL_NS)}")  # fmt: skip
+        locality = obj.get("TokenLocality") or ""
+        if locality == "global" and not primary:
+            raise AuthMethodError("Invalid Auth Method: TokenLocality 'global' can only be used in the primary "
+                                  "datacenter")  # fmt: skip
         if locality not in ("", "local", "global"):
-            raise ACLObjectError("Invalid Auth Method: TokenLocality should be one of 'local' or 'global'")
-        config = d.get("Config") or {}
-        if not isinstance(config, Mapping):
-            raise ACLObjectError(f"{what} decoding failed: Config must be an object")
-        return cls(name, _s(d, "Type", what), _s(d, "DisplayName", what), _s(d, "Description", what),
-                   _int(d, "MaxTokenTTL", what), locality, dict(config), _int(d, "CreateIndex", what),
-                   _int(d, "ModifyIndex", what))  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------ binding rules
-
-
-@dataclass(frozen=True, slots=True)
-class BindingRule:
-    """A binding rule: which identities, roles or policies a login through ``auth_method`` gets."""
-
-    id: str
-    auth_method: str
-    description: str = ""
-    selector: str = ""
-    bind_type: str = ""
-    bind_name: str = ""
-    bind_vars: Mapping[str, str] = field(default_factory=dict, compare=False)
-    create_index: int = 0
-    modify_index: int = 0
+            raise AuthMethodError("Invalid Auth Method: TokenLocality should be one of 'local' or 'global'")
+        display = obj.get("DisplayName") or ""
+        description = obj.get("Description") or ""
+        if not isinstance(display, str) or not isinstance(description, str):
+            raise AuthMethodError("Request decode failed: DisplayName and Description must be strings")
+        config = JWTConfig.from_wire(obj.get("Config"))
+        return cls(name, kind, config, display, description, ttl, locality,
+                   _int(obj, "CreateIndex", "AuthMethod"), _int(obj, "ModifyIndex", "AuthMethod"))  # fmt: skip
 
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ID": self.id, "Description": self.description, "AuthMethod": self.auth_method,
-                               "Selector": self.selector, "BindType": self.bind_type, "BindName": self.bind_name,
-                               "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}  # fmt: skip
-        if self.bind_vars:
-            out["BindVars"] = {"Name": self.bind_vars.get("Name", "")}
-        return out
+        """The stored form (commands, snapshots): ``Config`` exactly as it was written."""
+        return {"Name": self.name, "Type": self.type, "DisplayName": self.display_name,
+                "Description": self.description, "MaxTokenTTL": self.max_token_ttl_ns,
+                "TokenLocality": self.token_locality, "Config": dict(self.config.wire),
+                "CreateIndex": self.create_index, "ModifyIndex": self.modify_index}  # fmt: skip
 
-    @classmethod
-    def from_wire(cls, d: Any, what: str = "BindingRule") -> BindingRule:
-        """The shape only; whether the auth method exists is the store's question. An empty AuthMethod
-        is allowed here (an update keeps the stored one)."""
-        if not isinstance(d, Mapping):
-            raise ACLObjectError(f"{what} decoding failed: the binding rule must be an object")
-        rid = _s(d, "ID", what)
-        if rid and not is_uuid(rid):
-            raise ACLObjectError("Binding Rule ID invalid UUID")
-        bind_type, bind_name = _s(d, "BindType", what), _s(d, "BindName", what)
-        if bind_type == "":
-            raise ACLObjectError("Invalid Binding Rule: no BindType is set")
-        if bind_name == "":
-            raise ACLObjectError("Invalid Binding Rule: no BindName is set")
-        if bind_type not in BIND_TYPES:
-            raise ACLObjectError(f'Invalid Binding Rule: unknown BindType "{bind_type}"')
-        raw_vars = d.get("BindVars") or {}
-        if not isinstance(raw_vars, Mapping) or not all(isinstance(v, str) for v in raw_vars.values()):
-            raise ACLObjectError(f"{what} decoding failed: BindVars must be an object of strings")
-        return cls(rid, _s(d, "AuthMethod", what), _s(d, "Description", what), _s(d, "Selector", what),
-                   bind_type, bind_name, dict(raw_vars), _int(d, "CreateIndex", what),
-                   _int(d, "ModifyIndex", what))  # fmt: skip
+    def validator(self) -> JWTValidator:
+        return JWTValidator(self.config)
+
+    def blank_identity(self) -> Identity:
+        """What binding rules of this method are checked against when written (Consul's ``NewIdentity``)."""
+        return self.validator().blank_identity()

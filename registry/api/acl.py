@@ -36,12 +36,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from registry.acl.authorizer import OPERATIONS, Authorizer
-from registry.acl.errors import ACLNotFound
+from registry.acl.binding import BindingRule
+from registry.acl.errors import ACLNotFound, ACLObjectError
 from registry.acl.identities import TEMPLATES, template_rules
 from registry.acl.objects import (
-    ACLObjectError,
     AuthMethod,
-    BindingRule,
     PolicyRow,
     RoleRow,
     TokenRow,
@@ -67,6 +66,7 @@ from registry.commands import (
 )
 from registry.gocompat import format_duration_ns, format_go_time, parse_duration_ns, parse_go_time
 from registry.state.acl_table import BOOTSTRAP_DESCRIPTION
+from registry.state.base import StoreError
 
 if TYPE_CHECKING:
     from registry.api.http import Api
@@ -281,13 +281,13 @@ def auth_method_json(m: AuthMethod, *, stub: bool = False) -> dict[str, Any]:
     if m.token_locality:
         out["TokenLocality"] = m.token_locality
     if not stub:
-        out["Config"] = dict(m.config)
+        out["Config"] = dict(m.config.wire)
     out.update({"CreateIndex": m.create_index, "ModifyIndex": m.modify_index})
     return out
 
 
 def binding_rule_json(b: BindingRule) -> dict[str, Any]:
-    return {k: v for k, v in b.to_wire().items()}
+    return b.to_wire()
 
 
 def _may_see_secrets(authz: Authorizer) -> bool:
@@ -594,16 +594,29 @@ async def role_list(api: Api, request: web.Request, _: str) -> web.StreamRespons
 # -------------------------------------------------------------------------------------- auth methods
 
 
-def _auth_method_input(data: dict[str, Any]) -> dict[str, Any]:
-    data["MaxTokenTTL"] = _duration_ns(data.get("MaxTokenTTL"), "MaxTokenTTL", "AuthMethod")
-    return data
+def _rows_first(check: Callable[[], Any]) -> Any:
+    """A check that needs the stored rows before the object can be built (Consul's endpoints read the
+    state first too); the tables check it again when the write applies."""
+    try:
+        return check()
+    except StoreError as exc:
+        raise HTTPError(exc.status, str(exc)) from None
+
+
+async def _auth_method_write(api: Api, request: web.Request, data: dict[str, Any]) -> web.StreamResponse:
+    """Consul's AuthMethodSet: an update may leave Type out (the stored one stays) but not change it; then
+    the method is checked, its ``jwt`` Config parsed, once, here."""
+    name, mtype = data.get("Name"), data.get("Type")
+    if isinstance(name, str) and isinstance(mtype, str | None):
+        data["Type"] = _rows_first(lambda: api.store.acl_auth_method_type(name, mtype or ""))
+    row = _obj(AuthMethod.from_wire, data)
+    result = await api.propose(ACLAuthMethodSet(row))
+    return api.json(request, auth_method_json(AuthMethod.from_wire(result)))
 
 
 async def auth_method_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
-    row = _obj(AuthMethod.from_wire, _auth_method_input(await _body(request, "AuthMethod")))
-    result = await api.propose(ACLAuthMethodSet(row))
-    return api.json(request, auth_method_json(AuthMethod.from_wire(result)))
+    return await _auth_method_write(api, request, await _body(request, "AuthMethod"))
 
 
 async def auth_method_item(api: Api, request: web.Request, name: str) -> web.StreamResponse:
@@ -622,13 +635,11 @@ async def auth_method_item(api: Api, request: web.Request, name: str) -> web.Str
     if method == "DELETE":
         await api.propose(ACLAuthMethodDelete(name))
         return api.json(request, True)
-    data = _auth_method_input(await _body(request, "AuthMethod"))
+    data = await _body(request, "AuthMethod")
     if data.get("Name") and data["Name"] != name:
         raise HTTPError(400, "AuthMethod Name in URL and payload do not match")
     data["Name"] = name
-    row = _obj(AuthMethod.from_wire, data)
-    result = await api.propose(ACLAuthMethodSet(row))
-    return api.json(request, auth_method_json(AuthMethod.from_wire(result)))
+    return await _auth_method_write(api, request, data)
 
 
 async def auth_method_list(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -644,15 +655,28 @@ async def auth_method_list(api: Api, request: web.Request, _: str) -> web.Stream
 # ------------------------------------------------------------------------------------- binding rules
 
 
+async def _binding_rule_write(api: Api, request: web.Request, data: dict[str, Any], *,
+                              create: bool) -> web.StreamResponse:  # fmt: skip
+    """Consul's BindingRuleSet: the rule's auth method is found first (an update keeps its rule's), then
+    the Selector, BindType and BindName are checked against that method's blank identity, here, once."""
+    auth_method = data.get("AuthMethod") or ""
+    if not isinstance(auth_method, str):
+        raise HTTPError(400, "Invalid Binding Rule: fields must be strings")
+    method = _rows_first(lambda: api.store.acl_binding_rule_method(data["ID"], auth_method, create=create))
+    data["AuthMethod"] = method.name
+    blank = method.blank_identity()
+    row = _obj(lambda d: BindingRule.from_wire(d, blank), data)
+    result = await api.propose(ACLBindingRuleSet(row, create=create))
+    return api.json(request, binding_rule_json(BindingRule.from_wire(result, None)))
+
+
 async def binding_rule_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
     data = await _body(request, "BindingRule")
     if data.get("ID"):
         raise HTTPError(400, "Cannot specify the ID when creating a new binding rule")
     data["ID"] = _new_id()
-    row = _obj(BindingRule.from_wire, data)
-    result = await api.propose(ACLBindingRuleSet(row, create=True))
-    return api.json(request, binding_rule_json(BindingRule.from_wire(result)))
+    return await _binding_rule_write(api, request, data, create=True)
 
 
 async def binding_rule_item(api: Api, request: web.Request, rid: str) -> web.StreamResponse:
@@ -674,10 +698,10 @@ async def binding_rule_item(api: Api, request: web.Request, rid: str) -> web.Str
     data = await _body(request, "BindingRule")
     if data.get("ID") and data["ID"] != rid:
         raise HTTPError(400, "BindingRule ID in URL and payload do not match")
+    if not is_uuid(rid):
+        raise HTTPError(400, "Binding Rule ID invalid UUID")
     data["ID"] = rid
-    row = _obj(BindingRule.from_wire, data)
-    result = await api.propose(ACLBindingRuleSet(row, create=False))
-    return api.json(request, binding_rule_json(BindingRule.from_wire(result)))
+    return await _binding_rule_write(api, request, data, create=False)
 
 
 async def binding_rule_list(api: Api, request: web.Request, _: str) -> web.StreamResponse:

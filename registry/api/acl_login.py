@@ -12,15 +12,19 @@ agent/consul/acl_endpoint.go):
   Bearer`` or ``?token=``), only if a login created it: ``ACL not found`` for an unknown or missing token,
   ``Permission denied`` for any other token; ``true`` once deleted.
 
-The ACL tables are reached through ``LoginBackend``, which the composition root builds over the ACL state
-and sets as ``Api.acl_login``; with none set (ACLs disabled) both answer Consul's 401 ``ACL support
-disabled``. Verification is the pure ``registry.acl.jwt``; JWKS keys come through ``registry.api.jwks``.
+The ACL tables are reached through ``LoginBackend``. ``StoreBackend`` is the one over this agent's state
+store and its one proposer, the two things every /v1/acl handler uses; with ACLs on, the first login or
+logout builds the ``LoginService`` over it and keeps it as ``Api.acl_login`` (a test may set another one
+first). With ACLs off both answer Consul's 401 ``ACL support disabled``; a client agent never gets here:
+it forwards both to a server, as it forwards every /v1/acl call but ``token/self``. Verification is the
+pure ``registry.acl.jwt``; JWKS keys come through ``registry.api.jwks``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,31 +32,35 @@ from aiohttp import web
 
 from registry.acl.binding import BindingRule, BindingRuleError
 from registry.acl.errors import ACLNotFound, PermissionDenied
-from registry.acl.jwt import AuthMethodError, LoginError
-from registry.acl.login import AuthMethod, LoginToken, plan_login
+from registry.acl.jwt import LoginError
+from registry.acl.login import LoginToken, plan_login
+from registry.acl.objects import AuthMethod, TokenRow
+from registry.api.acl import token_json
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.jwks import JWKSCache, JWKSError
 from registry.api.routing import Route, route
+from registry.commands import ACLTokenDelete, ACLTokenSet, Command
 
 if TYPE_CHECKING:
     from registry.api.http import Api
+    from registry.state.store import StateStore
 
-__all__ = ["ROUTES", "LoginBackend", "LoginService", "request_token"]
+__all__ = ["ROUTES", "LoginBackend", "LoginService", "StoreBackend", "request_token"]
 
 ACL_DISABLED = "ACL support disabled"
 MAX_LOGIN_BODY = 256 * 1024
 
 
 class LoginBackend(Protocol):
-    """What login and logout need of the ACL state (built over the tables by the ACL state's owner)."""
+    """What login and logout need of the ACL state (``StoreBackend`` over the tables; tests may use dicts)."""
 
-    def auth_method(self, name: str) -> tuple[int, Mapping[str, Any]] | None:
-        """The auth method ``name`` as its ``ACLAuthMethod`` JSON, with its ModifyIndex; None if absent."""
+    def auth_method(self, name: str) -> AuthMethod | None:
+        """The auth method ``name`` as stored (checked, its Config parsed, when written); None if absent."""
 
-    def binding_rules(self, method: str) -> Sequence[Mapping[str, Any]]:
-        """The ``ACLBindingRule`` JSON objects of auth method ``method``."""
+    def binding_rules(self, method: str) -> Sequence[BindingRule]:
+        """The binding rules of auth method ``method`` as stored (checked and compiled when written)."""
 
     def role_by_name(self, name: str) -> tuple[str, str] | None:
         """``(ID, Name)`` of the role called ``name``; None if there is none."""
@@ -69,29 +77,64 @@ class LoginBackend(Protocol):
 
 
 @dataclass
+class StoreBackend:
+    """``LoginBackend`` over this server's ACL tables and the one proposer (Consul's ``TokenWriter`` as
+    ``ACL.Login``/``ACL.Logout`` use it): reads from the replica, writes through the log."""
+
+    store: Callable[[], StateStore]
+    propose: Callable[[Command], Awaitable[Any]]
+
+    def auth_method(self, name: str) -> AuthMethod | None:
+        return self.store().acl_auth_method_get(name)
+
+    def binding_rules(self, method: str) -> Sequence[BindingRule]:
+        return self.store().acl_binding_rule_list(None, method)
+
+    def role_by_name(self, name: str) -> tuple[str, str] | None:
+        row = self.store().acl_role_by_name(name)
+        return (row.id, row.name) if row is not None else None
+
+    def policy_by_name(self, name: str) -> tuple[str, str] | None:
+        row = self.store().acl_policy_by_name(name)
+        return (row.id, row.name) if row is not None else None
+
+    async def create_token(self, token: LoginToken) -> Mapping[str, Any]:
+        """``ACLTokenSet(create, from_login)``: the tables drop links to roles gone since the plan and
+        refuse a token left with nothing (403), as Consul's ``TokenWriter.Create`` with ``fromLogin``."""
+        row = TokenRow(accessor_id=str(uuid.uuid4()), secret_id=str(uuid.uuid4()), description=token.description,
+                       policies=token.policies, roles=token.roles, service_identities=token.service_identities,
+                       node_identities=token.node_identities, templated_policies=token.templated_policies,
+                       local=token.local, auth_method=token.auth_method, expiration_ttl_ns=token.expiration_ttl_ns,
+                       create_time_ns=time.time_ns())  # fmt: skip
+        result = await self.propose(ACLTokenSet(row, create=True, from_login=True))
+        store = self.store()
+        return token_json(store, TokenRow.from_wire(result))
+
+    async def delete_login_token(self, secret: str) -> None:
+        """Consul's ``TokenWriter.Delete(secret, fromLogout=true)``: an expired login token may still be
+        logged out (it is being deleted anyway); a token no login created is refused."""
+        row = self.store().acl_token_by_secret(secret)
+        if row is None:
+            raise ACLNotFound()
+        if not row.auth_method:
+            raise PermissionDenied(cause="token wasn't created via login")
+        await self.propose(ACLTokenDelete((row.accessor_id,)))
+
+
+@dataclass
 class LoginService:
-    """The backend plus what login keeps between calls: each method's validator, rebuilt only when the
-    method's ModifyIndex moves (Consul's authmethod cache), and the JWKS cache."""
+    """The backend plus what login keeps between calls: the JWKS cache (the methods themselves are stored
+    parsed, so nothing is rebuilt per login)."""
 
     backend: LoginBackend
     datacenter: str
     jwks: JWKSCache = field(default_factory=JWKSCache)
-    _methods: dict[str, tuple[int, AuthMethod]] = field(default_factory=dict)
 
     def method(self, name: str) -> AuthMethod:
         found = self.backend.auth_method(name)
         if found is None:
             raise HTTPError(403, f'ACL not found: auth method "{name}" not found')
-        index, wire = found
-        cached = self._methods.get(name)
-        if cached is not None and cached[0] == index:
-            return cached[1]
-        try:
-            method = AuthMethod.from_wire(wire)
-        except AuthMethodError as exc:  # stored before its config was checked: refuse, never crash
-            raise HTTPError(400, str(exc)) from None
-        self._methods[name] = (index, method)
-        return method
+        return found
 
     async def login(self, method_name: str, bearer: str, meta: Mapping[str, str] | None, *,
                     now: float) -> Mapping[str, Any]:  # fmt: skip
@@ -108,10 +151,8 @@ class LoginService:
                     identity = validator.validate_login(bearer, now=now, jwks=keys)
             else:
                 identity = validator.validate_login(bearer, now=now)
-            blank = method.blank_identity()
-            rules = [BindingRule.from_wire(r, blank) for r in self.backend.binding_rules(method.name)]
-            planned = plan_login(method, rules, identity, datacenter=self.datacenter, meta=meta,
-                                 role_by_name=self.backend.role_by_name,
+            planned = plan_login(method, self.backend.binding_rules(method.name), identity,
+                                 datacenter=self.datacenter, meta=meta, role_by_name=self.backend.role_by_name,
                                  policy_by_name=self.backend.policy_by_name)  # fmt: skip
         except (LoginError, BindingRuleError, PermissionDenied) as exc:
             raise HTTPError(403, str(exc)) from None
@@ -136,9 +177,12 @@ def request_token(request: web.Request) -> str:
 
 
 def _service(api: Api) -> LoginService:
+    """This agent's login service: 401 while ACLs are off; else built once, over the ACL tables."""
     service = api.acl_login
     if service is None:
-        raise HTTPError(401, ACL_DISABLED)
+        if not api.config.acl.get("enabled"):
+            raise HTTPError(401, ACL_DISABLED)
+        service = api.acl_login = LoginService(StoreBackend(lambda: api.store, api.propose), api.config.datacenter)
     return service
 
 

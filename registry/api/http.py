@@ -193,7 +193,7 @@ class Api:
         # Consul limits the requests each server handles; a client agent forwards to the servers, which
         # count what it forwards.
         self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
-        # /v1/acl/login and /logout over the ACL tables; set by the composition root when ACLs are on.
+        # /v1/acl/login and /logout over the ACL tables: built at the first login when ACLs are on.
         self.acl_login: LoginService | None = None
 
     @property

@@ -10,9 +10,13 @@ as dicts journaled through the one ``Transaction``, so that a refused command le
   largest of them): blocking reads of ACL objects and every cache of decisions (the resolvers, the
   client agents following the servers) wake on that one topic.
 * What depends on other rows is checked here, with Consul's texts (tokenSetInternal, PolicySet, RoleSet,
-  BindingRuleSet in agent/consul/acl_endpoint.go and the state store's own checks): a name already
-  taken, links to policies or roles that do not exist (resolved from names to IDs; only IDs are
-  stored), updates of a token that cannot change its secret, locality, auth method or expiry.
+  AuthMethodSet, BindingRuleSet in agent/consul/acl_endpoint.go and the state store's own checks): a name
+  already taken, links to policies or roles that do not exist (resolved from names to IDs; only IDs are
+  stored), updates of a token that cannot change its secret, locality, auth method or expiry, an auth
+  method's Type and a binding rule's AuthMethod that never change. What a request builds is checked where
+  it is built (``registry.acl.objects``, ``registry.acl.binding``); an auth method's and a binding rule's
+  checks need rows first (the stored Type, the rule's method), which ``acl_auth_method_type`` and
+  ``acl_binding_rule_method`` answer for the API before it builds them, and again when the write applies.
 * Times come from the command (the proposer's clock), never from a local one.
 
 Consul answers these refusals with 500 (they are RPC errors there); we answer 400, with Consul's text:
@@ -26,13 +30,14 @@ from dataclasses import replace
 from typing import Any
 
 from registry import commands as c
+from registry.acl.binding import BindingRule
 from registry.acl.errors import ANONYMOUS_TOKEN_ID
 from registry.acl.identities import BUILTIN_POLICIES, GLOBAL_MANAGEMENT_ID
 from registry.acl.objects import (
     ANONYMOUS_SECRET,
-    AUTH_METHOD_TYPES,
+    MAX_TOKEN_TTL_NS,
+    MIN_TOKEN_TTL_NS,
     AuthMethod,
-    BindingRule,
     Link,
     PolicyRow,
     RoleRow,
@@ -43,10 +48,6 @@ from registry.acl.rules import go_quote
 from registry.gocompat import format_duration_ns
 from registry.state.base import StoreBase, StoreError
 from registry.state.topics import WatchSet
-
-# Consul's ACLTokenMinExpirationTTL / ACLTokenMaxExpirationTTL defaults.
-MIN_EXPIRATION_TTL_NS = 60 * 10**9
-MAX_EXPIRATION_TTL_NS = 24 * 3600 * 10**9
 
 ACL_TABLES = ("acl-tokens", "acl-policies", "acl-roles", "acl-auth-methods", "acl-binding-rules", "acl-bootstrap")
 ACL_INDEX = "acl"  # the largest index of the ACL tables: what a client agent follows
@@ -216,11 +217,11 @@ class ACLTable(StoreBase):
                 if exp < token.create_time_ns:
                     raise StoreError("ExpirationTime cannot be before CreateTime")
                 expires_in = exp - token.create_time_ns
-                if expires_in > MAX_EXPIRATION_TTL_NS:
-                    raise StoreError(f"ExpirationTime cannot be more than {format_duration_ns(MAX_EXPIRATION_TTL_NS)} "
+                if expires_in > MAX_TOKEN_TTL_NS:
+                    raise StoreError(f"ExpirationTime cannot be more than {format_duration_ns(MAX_TOKEN_TTL_NS)} "
                                      f"in the future (was {format_duration_ns(expires_in)})")  # fmt: skip
-                if expires_in < MIN_EXPIRATION_TTL_NS:
-                    raise StoreError(f"ExpirationTime cannot be less than {format_duration_ns(MIN_EXPIRATION_TTL_NS)} "
+                if expires_in < MIN_TOKEN_TTL_NS:
+                    raise StoreError(f"ExpirationTime cannot be less than {format_duration_ns(MIN_TOKEN_TTL_NS)} "
                                      f"in the future (was {format_duration_ns(expires_in)})")  # fmt: skip
             row = replace(token, expiration_time_ns=exp, expiration_ttl_ns=0, create_index=tx.index)
         else:
@@ -405,26 +406,25 @@ class ACLTable(StoreBase):
 
     # ------------------------------------------------------------------ auth methods and binding rules
 
+    def acl_auth_method_type(self, name: str, mtype: str) -> str:
+        """The Type a write of auth method ``name`` ends up with (Consul's AuthMethodSet): an update may
+        leave it out and keeps the stored one; it may never change it."""
+        existing = self.acl_auth_methods.get(name)
+        if existing is None:
+            return mtype
+        if not mtype:
+            return existing.type
+        if mtype != existing.type:
+            raise StoreError("the Type field of an Auth Method is immutable")
+        return mtype
+
     def acl_auth_method_set(self, method: AuthMethod) -> AuthMethod:
+        """Store a method checked where it was built (its Type is set and registered, its Config parsed)."""
         tx = self._write()
+        self.acl_auth_method_type(method.name, method.type)
         existing = self.acl_auth_methods.get(method.name)
-        mtype = method.type
-        if existing is not None:
-            if not mtype:
-                mtype = existing.type
-            elif mtype != existing.type:
-                raise StoreError("the Type field of an Auth Method is immutable")
-        if mtype not in AUTH_METHOD_TYPES:
-            raise StoreError(f"Invalid Auth Method: Type should be one of: [{' '.join(AUTH_METHOD_TYPES)}]")
-        ttl = method.max_token_ttl_ns
-        if ttl and ttl > MAX_EXPIRATION_TTL_NS:
-            raise StoreError(f"MaxTokenTTL {format_duration_ns(ttl)} cannot be more than "
-                             f"{format_duration_ns(MAX_EXPIRATION_TTL_NS)}")  # fmt: skip
-        if ttl and ttl < MIN_EXPIRATION_TTL_NS:
-            raise StoreError(f"MaxTokenTTL {format_duration_ns(ttl)} cannot be less than "
-                             f"{format_duration_ns(MIN_EXPIRATION_TTL_NS)}")  # fmt: skip
         created = existing.create_index if existing is not None else tx.index
-        row = replace(method, type=mtype, create_index=created, modify_index=tx.index)
+        row = replace(method, create_index=created, modify_index=tx.index)
         tx.put(self.acl_auth_methods, row.name, row)
         self._acl_bump("acl-auth-methods")
         return row
@@ -442,27 +442,34 @@ class ACLTable(StoreBase):
         self._acl_bump("acl-auth-methods")
         return True
 
-    def acl_binding_rule_set(self, rule: BindingRule, *, create: bool) -> BindingRule:
-        tx = self._write()
-        existing = self.acl_binding_rules.get(rule.id)
-        auth_method = rule.auth_method
-        if create:
-            if existing is not None:
-                raise StoreError(f"Invalid Binding Rule: a binding rule with ID {go_quote(rule.id)} already exists")
-            created = tx.index
-        else:
+    def acl_binding_rule_method(self, rule_id: str, auth_method: str, *, create: bool) -> AuthMethod:
+        """The auth method a binding rule write is checked against, in Consul's BindingRuleSet order: an
+        update names a rule that exists and keeps its AuthMethod (which it may leave out, never change);
+        the method must exist."""
+        if not create:
+            existing = self.acl_binding_rules.get(rule_id)
             if existing is None:
-                raise StoreError(f"cannot find binding rule {rule.id}")
+                raise StoreError(f"cannot find binding rule {rule_id}")
             if not auth_method:
                 auth_method = existing.auth_method
             elif auth_method != existing.auth_method:
                 raise StoreError("the AuthMethod field of an Binding Rule is immutable")
-            created = existing.create_index
         if not auth_method:
             raise StoreError("Invalid Binding Rule: no AuthMethod is set")
-        if auth_method not in self.acl_auth_methods:
+        method = self.acl_auth_methods.get(auth_method)
+        if method is None:
             raise StoreError(f"cannot find auth method with name {go_quote(auth_method)}")
-        row = replace(rule, auth_method=auth_method, create_index=created, modify_index=tx.index)
+        return method
+
+    def acl_binding_rule_set(self, rule: BindingRule, *, create: bool) -> BindingRule:
+        """Store a rule checked where it was built against its method's blank identity."""
+        tx = self._write()
+        existing = self.acl_binding_rules.get(rule.id)
+        if create and existing is not None:
+            raise StoreError(f"Invalid Binding Rule: a binding rule with ID {go_quote(rule.id)} already exists")
+        method = self.acl_binding_rule_method(rule.id, rule.auth_method, create=create)
+        created = existing.create_index if existing is not None else tx.index
+        row = replace(rule, auth_method=method.name, create_index=created, modify_index=tx.index)
         tx.put(self.acl_binding_rules, row.id, row)
         self._acl_bump("acl-binding-rules")
         return row
@@ -504,7 +511,7 @@ class ACLTable(StoreBase):
             m = AuthMethod.from_wire(raw)
             self.acl_auth_methods[m.name] = m
         for raw in data.get("binding_rules") or []:
-            b = BindingRule.from_wire(raw)
+            b = BindingRule.from_wire(raw, None)  # checked against its method when it was written
             self.acl_binding_rules[b.id] = b
         bootstrap = int(data.get("bootstrap") or 0)
         if bootstrap:

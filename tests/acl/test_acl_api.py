@@ -219,9 +219,14 @@ async def test_roles_auth_methods_binding_rules_templated(h: Http) -> None:
     assert (status, text) == (400, 'cannot find auth method with name "m1"')
     status, text, _ = await h.put("/v1/acl/auth-method", {"Name": "m1", "Type": "kubernetes"}, **t)
     assert (status, text) == (400, "Invalid Auth Method: Type should be one of: [jwt]")
+    status, text, _ = await h.put("/v1/acl/auth-method", {"Name": "m1", "Type": "jwt", "Config": {"BoundIssuer": "ci"}},
+                                  **t)  # fmt: skip
+    assert (status, text) == (400, "Invalid Auth Method: exactly one of 'JWTValidationPubKeys', 'JWKSURL', or "
+                                   "'OIDCDiscoveryURL' must be set for type \"jwt\"")  # fmt: skip
+    config = {"BoundIssuer": "ci", "JWKSURL": "https://idp.example/jwks"}
     status, m, _ = await h.put("/v1/acl/auth-method", {"Name": "m1", "Type": "jwt", "MaxTokenTTL": "10m",
-                                                        "Config": {"BoundIssuer": "ci"}}, **t)  # fmt: skip
-    assert status == 200 and m["MaxTokenTTL"] == "10m0s" and m["Config"] == {"BoundIssuer": "ci"}
+                                                        "Config": config}, **t)  # fmt: skip
+    assert status == 200 and m["MaxTokenTTL"] == "10m0s" and m["Config"] == config
     status, b, _ = await h.put("/v1/acl/binding-rule", {"AuthMethod": "m1", "BindType": "service",
                                                          "BindName": "web"}, **t)  # fmt: skip
     assert status == 200 and b["AuthMethod"] == "m1"

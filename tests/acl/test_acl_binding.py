@@ -11,7 +11,8 @@ from registry.acl.binding import BindingRule, BindingRuleError, Bindings, bind, 
 from registry.acl.errors import PermissionDenied
 from registry.acl.identities import NodeIdentity, ServiceIdentity, TemplatedPolicy
 from registry.acl.jwt import AuthMethodError, Identity
-from registry.acl.login import AuthMethod, login_description, plan_login
+from registry.acl.login import login_description, plan_login
+from registry.acl.objects import AuthMethod
 from tests.acl.jwtkit import new_key, public_pem, sign
 
 NOW = 1_800_000_000.0

@@ -1,5 +1,6 @@
 """/v1/acl/login and /v1/acl/logout over HTTP on a real dev agent, with an in-memory ``LoginBackend`` standing
-in for the ACL tables; JWKS served by a real aiohttp server on 127.0.0.1 and from a file."""
+in for the ACL tables (the real tables: test_acl_login_store.py); JWKS served by a real aiohttp server on
+127.0.0.1 and from a file."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from registry.acl.binding import BindingRule
 from registry.acl.errors import ACLNotFound, PermissionDenied
 from registry.acl.login import LoginToken
+from registry.acl.objects import AuthMethod
 from registry.api.acl_login import LoginService
 from registry.testing import RunningAgent, async_dev_agent
 from tests.acl.jwtkit import jwk, new_key, public_pem, sign
@@ -24,21 +27,27 @@ KEY = new_key("RS256")
 
 
 class MemoryBackend:
-    """The ACL tables as dicts: what the ACL state's owner implements over the real store."""
+    """The ACL tables as dicts of checked rows: what ``StoreBackend`` reads from the real store."""
 
     def __init__(self) -> None:
-        self.methods: dict[str, tuple[int, dict[str, Any]]] = {}
-        self.rules: list[dict[str, Any]] = []
+        self.methods: dict[str, AuthMethod] = {}
+        self.rules: list[BindingRule] = []
         self.roles = {"deployer": ("11111111-1111-1111-1111-111111111111", "deployer")}
         self.policies: dict[str, tuple[str, str]] = {}
         self.tokens: dict[str, dict[str, Any]] = {}  # secret -> token JSON
         self._ids = itertools.count(1)
 
-    def auth_method(self, name: str) -> tuple[int, Mapping[str, Any]] | None:
+    def add_method(self, wire: dict[str, Any]) -> None:
+        self.methods[wire["Name"]] = AuthMethod.from_wire(wire)
+
+    def add_rule(self, wire: dict[str, Any]) -> None:
+        self.rules.append(BindingRule.from_wire(wire, self.methods[wire["AuthMethod"]].blank_identity()))
+
+    def auth_method(self, name: str) -> AuthMethod | None:
         return self.methods.get(name)
 
-    def binding_rules(self, method: str) -> Sequence[Mapping[str, Any]]:
-        return [r for r in self.rules if r["AuthMethod"] == method]
+    def binding_rules(self, method: str) -> Sequence[BindingRule]:
+        return [r for r in self.rules if r.auth_method == method]
 
     def role_by_name(self, name: str) -> tuple[str, str] | None:
         return self.roles.get(name)
@@ -66,13 +75,13 @@ class MemoryBackend:
 async def running() -> AsyncIterator[tuple[RunningAgent, MemoryBackend, aiohttp.ClientSession]]:
     async with async_dev_agent() as agent, aiohttp.ClientSession() as session:
         backend = MemoryBackend()
-        backend.methods["ci"] = (5, {"Name": "ci", "Type": "jwt", "MaxTokenTTL": "1h", "Config": {
+        backend.add_method({"Name": "ci", "Type": "jwt", "MaxTokenTTL": "1h", "Config": {
             "JWTValidationPubKeys": [public_pem(KEY)], "BoundAudiences": ["consul"],
             "ClaimMappings": {"service": "service"}}})  # fmt: skip
-        backend.rules.append({"ID": "r1", "AuthMethod": "ci", "BindType": "service", "BindName": "${value.service}",
-                              "Selector": 'value.service != ""'})  # fmt: skip
-        backend.rules.append({"ID": "r2", "AuthMethod": "ci", "BindType": "role", "BindName": "deployer",
-                              "Selector": 'value.service == "deploy"'})  # fmt: skip
+        backend.add_rule({"ID": "r1", "AuthMethod": "ci", "BindType": "service", "BindName": "${value.service}",
+                          "Selector": 'value.service != ""'})  # fmt: skip
+        backend.add_rule({"ID": "r2", "AuthMethod": "ci", "BindType": "role", "BindName": "deployer",
+                          "Selector": 'value.service == "deploy"'})  # fmt: skip
         agent.agent.api.acl_login = LoginService(backend, "dc1")
         yield agent, backend, session
 
@@ -179,9 +188,9 @@ async def test_jwks_from_a_url_and_from_a_file(running, tmp_path: Path) -> None:
     await site.start()
     port = runner.addresses[0][1]
     try:
-        backend.methods["idp"] = (1, {"Name": "idp", "Type": "jwt", "Config": {
+        backend.add_method({"Name": "idp", "Type": "jwt", "Config": {
             "JWKSURL": f"http://127.0.0.1:{port}/jwks", "ClaimMappings": {"service": "service"}}})  # fmt: skip
-        backend.rules.append({"ID": "r3", "AuthMethod": "idp", "BindType": "service", "BindName": "${value.service}"})
+        backend.add_rule({"ID": "r3", "AuthMethod": "idp", "BindType": "service", "BindName": "${value.service}"})
         now = time.time()
         bearer = sign(ec, "ES256", {"service": "api", "iat": now, "exp": now + 60}, header={"kid": "k1"})
         for _ in range(2):
@@ -198,12 +207,12 @@ async def test_jwks_from_a_url_and_from_a_file(running, tmp_path: Path) -> None:
         await runner.cleanup()
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": [jwk(ec, "k1")]}))
-    backend.methods["file"] = (1, {"Name": "file", "Type": "jwt", "Config": {"JWKSURL": f"file://{path}"}})
-    backend.rules.append({"ID": "r4", "AuthMethod": "file", "BindType": "node", "BindName": "n1"})
+    backend.add_method({"Name": "file", "Type": "jwt", "Config": {"JWKSURL": f"file://{path}"}})
+    backend.add_rule({"ID": "r4", "AuthMethod": "file", "BindType": "node", "BindName": "n1"})
     status, token = await post(session, f"{agent.url}/v1/acl/login", {"AuthMethod": "file", "BearerToken": bearer})
     assert status == 200 and token["NodeIdentities"] == [{"NodeName": "n1", "Datacenter": "dc1"}]
     bad = tmp_path / "bad.json"
     bad.write_text("secret-looking garbage")
-    backend.methods["file2"] = (1, {"Name": "file2", "Type": "jwt", "Config": {"JWKSURL": f"file://{bad}"}})
+    backend.add_method({"Name": "file2", "Type": "jwt", "Config": {"JWKSURL": f"file://{bad}"}})
     status, text = await post(session, f"{agent.url}/v1/acl/login", {"AuthMethod": "file2", "BearerToken": bearer})
     assert status == 500 and "garbage" not in text and "error fetching JWKS" in text

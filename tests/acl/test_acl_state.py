@@ -3,14 +3,16 @@ carry the tables, and the server resolver's cache dropping exactly when the ACL 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import msgpack
 import pytest
 
 from registry import commands as c
+from registry.acl.binding import BindingRule
 from registry.acl.errors import ANONYMOUS_TOKEN_ID, ACLNotFound
-from registry.acl.objects import PolicyRow, RoleRow, TokenRow
+from registry.acl.objects import AuthMethod, PolicyRow, RoleRow, TokenRow
 from registry.acl.resolver import TOPIC_ACL
 from registry.acl.wire import rules_from_wire, rules_to_wire
 from registry.agent.acl import AgentTokens, ServerResolver
@@ -19,6 +21,7 @@ from registry.config import Config
 from registry.fsm import FSM
 from registry.state.store import StateStore
 from registry.watch import WatchHub
+from tests.acl.jwtkit import new_key, public_pem, sign
 
 NOW = 1_800_000_000 * 10**9
 P1 = "11111111-0000-4000-8000-000000000001"
@@ -115,6 +118,35 @@ def test_snapshots_carry_the_acl_tables(fsm: FSM) -> None:
     assert s.acl_role_by_name("r") == fsm.store.acl_role_by_name("r")
     assert s.acl_can_bootstrap() == (False, 5) and s.acl_index() == 5
     assert s.acl_token_by_secret("anonymous").accessor_id == ANONYMOUS_TOKEN_ID
+
+
+def test_auth_methods_and_binding_rules_through_the_log_and_snapshots(fsm: FSM) -> None:
+    """One model: the rows the commands carry are the checked auth method (its jwt Config parsed) and the
+    binding rule (its selector compiled); the log and a snapshot bring them back usable for a login, and
+    the tables refuse at apply what changed since the rows were checked."""
+    key = new_key("ES256")
+    method = AuthMethod.from_wire({"Name": "ci", "Type": "jwt", "MaxTokenTTL": "5m", "Config": {
+        "JWTValidationPubKeys": [public_pem(key)], "ClaimMappings": {"team": "team"}}})  # fmt: skip
+    rule = BindingRule.from_wire({"ID": R1, "AuthMethod": "ci", "BindType": "service", "BindName": "${value.team}-api",
+                                  "Selector": 'value.team == "shop"'}, method.blank_identity())  # fmt: skip
+    for cmd in (c.ACLAuthMethodSet(method), c.ACLBindingRuleSet(rule, create=True)):
+        assert c.from_wire(msgpack.unpackb(msgpack.packb(cmd.to_wire()), raw=False)) == cmd
+    assert apply(fsm, 2, c.ACLAuthMethodSet(method))["MaxTokenTTL"] == 300 * 10**9
+    assert apply(fsm, 3, c.ACLBindingRuleSet(rule, create=True))["AuthMethod"] == "ci"
+    restored = FSM()
+    restored.restore(fsm.snapshot())
+    m, (r,) = restored.store.acl_auth_methods["ci"], restored.store.acl_binding_rule_list(None, "ci")
+    now = NOW / 1e9
+    identity = m.validator().validate_login(sign(key, "ES256", {"iat": now, "exp": now + 60, "team": "shop"}), now=now)
+    assert r.matches(identity) and not r.matches(m.blank_identity())
+    assert (r.create_index, r.modify_index) == (3, 3)
+    # A method is checked wherever it is decoded: a type with no validator never reaches the tables.
+    other = replace(method, type="kubernetes")
+    assert apply(fsm, 4, c.ACLAuthMethodSet(other)) == CommandError("Invalid Auth Method: Type should be one of: [jwt]")
+    assert apply(fsm, 5, c.ACLAuthMethodDelete("ci")) is True
+    assert apply(fsm, 6, c.ACLBindingRuleSet(replace(rule, id=A1), create=True)) == CommandError(
+        'cannot find auth method with name "ci"', 400)
+    assert apply(fsm, 7, c.ACLBindingRuleSet(rule, create=False)) == CommandError(f"cannot find binding rule {R1}", 400)
 
 
 def test_expired_tokens_are_reaped_through_the_log(fsm: FSM) -> None:

@@ -1,6 +1,6 @@
-"""ACLs on a 3-server cluster of real processes with a client agent: the initial management token works on
-every agent, tokens created through one server resolve everywhere, and a deleted token is refused by the
-client agent's own resolver within a second of the DELETE."""
+"""ACLs on clusters of real processes with a client agent: the initial management token works on every
+agent, tokens created through one server resolve everywhere, a deleted token is refused by the client
+agent's own resolver within a second of the DELETE, and login/logout work through a client agent."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.acl.jwtkit import new_key, public_pem, sign
 from tests.cluster.harness import Cluster, Reply, Server, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -70,3 +71,41 @@ def test_a_deleted_token_is_refused_by_a_client_agent_within_a_second(make_clust
     # A second bootstrap is refused: initial_management bootstrapped the cluster.
     reply = call(s1, "PUT", "/v1/acl/bootstrap", "")
     assert reply.status == 403 and reply.text.startswith("Permission denied: ACL bootstrap no longer allowed")
+
+
+def test_login_and_logout_through_a_client_agent(make_cluster: MakeCluster, tmp_path: Path) -> None:
+    """A client agent keeps no ACL tables: /v1/acl/login and /logout go to a server, as every /v1/acl call
+    but token/self does, and the token a login made through it resolves on it and on the server."""
+    cluster = make_cluster(1)
+    args = acl_config(tmp_path / "acl.json")
+    cluster.servers[0].extra_args += args
+    cluster.servers[0].token = MGMT  # the harness's own probes (a leader that takes writes) need it under deny
+    cluster.start()
+    client = cluster.add_client("client-1")
+    client.extra_args += args
+    client.start()
+    server = cluster.servers[0]
+    wait_for("the initial management token on the client",
+             lambda: call(client, "GET", "/v1/acl/token/self", MGMT).status == 200, 60)  # fmt: skip
+    key = new_key("ES256")
+    method = {"Name": "ci", "Type": "jwt", "Config": {"JWTValidationPubKeys": [public_pem(key)],
+                                                      "ClaimMappings": {"service": "service"}}}  # fmt: skip
+    assert call(client, "PUT", "/v1/acl/auth-method", MGMT, method).status == 200
+    rule = {"AuthMethod": "ci", "BindType": "service", "BindName": "${value.service}"}
+    assert call(client, "PUT", "/v1/acl/binding-rule", MGMT, rule).status == 200
+    now = time.time()
+    bearer = sign(key, "ES256", {"iat": now, "exp": now + 60, "service": "web"})
+    reply = call(client, "POST", "/v1/acl/login", "", {"AuthMethod": "ci", "BearerToken": bearer})
+    assert reply.status == 200, reply.text
+    token = reply.json()
+    assert token["AuthMethod"] == "ci" and token["ServiceIdentities"] == [{"ServiceName": "web"}]
+    for agent in (server, client):
+        wait_for("the login token to resolve",
+                 lambda a=agent: call(a, "GET", "/v1/acl/token/self", token["SecretID"]).status == 200, 30)  # fmt: skip
+    refused = call(client, "POST", "/v1/acl/logout", MGMT)
+    assert (refused.status, refused.text) == (403, "Permission denied: token wasn't created via login")
+    out = call(client, "POST", "/v1/acl/logout", token["SecretID"])
+    assert (out.status, out.json()) == (200, True)
+    wait_for("the logged-out token to be refused everywhere",
+             lambda: all(call(a, "GET", "/v1/acl/token/self", token["SecretID"]).status == 403
+                         for a in (server, client)), 5)  # fmt: skip
