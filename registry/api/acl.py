@@ -47,6 +47,7 @@ from registry.acl.objects import (
     is_uuid,
 )
 from registry.acl.rules import render_hcl
+from registry.api.enforce import request_secret
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -87,26 +88,8 @@ class AgentTokenSetter(Protocol):
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def request_secret(api: Api, request: web.Request) -> str:
-    """The caller's secret as Consul's ``parseToken`` finds it: ``?token=`` wins, then ``X-Consul-Token``,
-    then ``Authorization: Bearer``; else the agent's default token ("" is the anonymous token)."""
-    token = request.query.get("token", "")
-    if not token:
-        token = request.headers.get("X-Consul-Token", "").strip()
-    if not token:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer":
-            token = value.strip()
-    if not token and api.acl is not None:
-        token = api.acl.default_secret()
-    return token
-
-
 async def caller(api: Api, request: web.Request) -> Authorizer:
     """The caller's authorizer; 403 ``ACL not found`` for an unknown or expired token."""
-    if api.acl is None:
-        return Authorizer.management()
     try:
         return await api.acl.resolve(request_secret(api, request))
     except ACLNotFound as exc:
@@ -382,11 +365,10 @@ async def token_self(api: Api, request: web.Request, _: str) -> web.StreamRespon
     if api.is_client:
         # This agent's resolver says first whether the token is alive (a revoked token is refused here
         # the moment this agent learns of the change); a server then answers with the token itself.
-        if api.acl is not None:
-            try:
-                await api.acl.resolve(secret)
-            except ACLNotFound:
-                return api.text(403, "ACL not found")
+        try:
+            await api.acl.resolve(secret)
+        except ACLNotFound:
+            return api.text(403, "ACL not found")
         return await api.forward(request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
@@ -422,7 +404,7 @@ async def token_item(api: Api, request: web.Request, suffix: str) -> web.StreamR
             raise HTTPError(400, "Accessor ID is missing or an invalid UUID")
         store = api.store
         row = store.acl_token_get(suffix)
-        if row is not None and api.acl is not None and row.secret_id == request_secret(api, request):
+        if row is not None and row.secret_id == request_secret(api, request):
             raise HTTPError(400, "Deletion of the request's authorization token is not permitted")
         if row is not None or suffix == "00000000-0000-0000-0000-000000000002":
             await api.propose(ACLTokenDelete((suffix,)))

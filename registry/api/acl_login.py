@@ -37,6 +37,7 @@ from registry.acl.login import LoginToken, plan_login
 from registry.acl.objects import AuthMethod, TokenRow
 from registry.api.acl import token_json
 from registry.api.decode import DecodeError, parse_json
+from registry.api.enforce import request_secret
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.jwks import JWKSCache, JWKSError
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from registry.api.http import Api
     from registry.state.store import StateStore
 
-__all__ = ["ROUTES", "LoginBackend", "LoginService", "StoreBackend", "request_token"]
+__all__ = ["ROUTES", "LoginBackend", "LoginService", "StoreBackend"]
 
 ACL_DISABLED = "ACL support disabled"
 MAX_LOGIN_BODY = 256 * 1024
@@ -161,21 +162,6 @@ class LoginService:
         return await self.backend.create_token(planned)
 
 
-def request_token(request: web.Request) -> str:
-    """The token a request presents, with Consul's precedence: ``?token=``, then ``X-Consul-Token``, then
-    ``Authorization: Bearer`` (agent/http.go ``parseTokenInternal``)."""
-    token = request.query.get("token", "")
-    if token:
-        return token
-    token = request.headers.get("X-Consul-Token", "")
-    if token:
-        return token
-    scheme, _, value = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    return ""
-
-
 def _service(api: Api) -> LoginService:
     """This agent's login service: 401 while ACLs are off; else built once, over the ACL tables."""
     service = api.acl_login
@@ -216,7 +202,7 @@ async def login(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 
 async def logout(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     service = _service(api)
-    secret = request_token(request)
+    secret = request_secret(api, request)
     if not secret:
         raise HTTPError(403, str(ACLNotFound()))
     try:

@@ -69,6 +69,12 @@ def request_token(request: web.Request) -> str:
     return ""
 
 
+def request_secret(api: Api, request: web.Request) -> str:
+    """The secret a request acts with, as Consul's ``parseToken`` finds it: the one it presents, else the
+    agent's default token ("" is the anonymous token)."""
+    return request_token(request) or api.acl.default_secret()
+
+
 def request_authz(request: web.Request) -> Authorizer | None:
     """The request's authorizer, set by dispatch; None when ACLs are off (everything allowed)."""
     return request.get(AUTHZ)
