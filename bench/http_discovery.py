@@ -300,6 +300,21 @@ def _read_token(agent: _util.Proc) -> tuple[str, str]:
     return READ_TOKEN, "the agent's configured `acl.tokens.agent` (service_prefix read, node_prefix write)"
 
 
+def _without_indexes(body: bytes) -> object:
+    """An answer with its Raft indexes left out: the ACL agent's log holds its ACL entries too, so the same
+    catalog stands at other indexes there."""
+    import json
+
+    def strip(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in ("CreateIndex", "ModifyIndex")}
+        if isinstance(v, list):
+            return [strip(x) for x in v]
+        return v
+
+    return strip(json.loads(body))
+
+
 def main_acl(args: argparse.Namespace) -> int:
     """The discovery load on a -dev agent with ``acl { enabled = true, default_policy = "deny" }`` and a
     read token, and on a plain -dev agent, alternating on the same core; the ratio ACLs on / ACLs off."""
@@ -328,7 +343,7 @@ def main_acl(args: argparse.Namespace) -> int:
             raise SystemExit(f"the anonymous token should see nothing: {refused[0]} {refused[2][:200]!r}")
         body_off = _util.http("GET", off.url + PATH + QUERY)[2]
         body_on = _util.http("GET", on.url + PATH + QUERY, headers={"X-Consul-Token": token})[2]
-        if body_on.count(b'"Service": "web"') != INSTANCES or len(body_on) != len(body_off):
+        if _without_indexes(body_on) != _without_indexes(body_off):
             raise SystemExit(f"the read token does not see the same answer: {body_on[:300]!r}")
         results: dict[str, list[WrkResult]] = {"acl-off": [], "acl-on": []}
         for r in range(args.rounds):
