@@ -112,6 +112,7 @@ class RaftServer(RPCHandlers[SM]):
                 self.node.tick()
                 self._tick_due = next_at
                 self._wake.set()
+                self._check_links()
 
     async def _loop(self) -> None:
         while True:
@@ -247,6 +248,25 @@ class RaftServer(RPCHandlers[SM]):
                 self.opts.ssl_client, self.opts.server_hostname, self.opts.source_ip,
             )  # fmt: skip
         sender.send(msg)
+
+    def _check_links(self) -> None:
+        """Once a tick: reset the stream to any peer that has gone silent while bytes wait on it
+        (``registry.raft.links``), so that after a heal nothing fresh queues behind a stale backlog."""
+        node = self.node
+        if node is None or not self._senders:
+            return
+        policy = self._links
+        status = node.status()
+        self._last_leader = policy.followed(status, self._last_leader)
+        for peer in policy.silent_peers(status, self._last_leader):
+            sender = self._senders.get(peer)
+            if sender is None:
+                continue
+            age = sender.connected_for()
+            if age is not None and policy.should_reset(sender.outstanding(), age / self.opts.tick):
+                silent = status.peers[peer].ticks_since_heard if peer in status.peers \
+                    else status.ticks_since_leader_contact  # fmt: skip
+                sender.reset(f"nothing heard from it for {silent * self.opts.tick:.2f}s while bytes waited")
 
     def _on_message(self, msg: Message) -> None:
         if self.node is None:

@@ -29,6 +29,7 @@ from registry.raft.transport import (
     ServerTransport,
     frame,
     read_frame,
+    tune_socket,
 )
 
 log = structlog.get_logger("proconsul.transport")
@@ -65,6 +66,11 @@ class ServerListener:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # Keepalive and the user timeout on our side too: a stream whose sender vanished behind a
+            # silent path (its reset never arrived) is closed, not kept open forever.
+            tune_socket(sock)
         try:
             kind = await asyncio.wait_for(reader.readexactly(1), 10)
             if self.peer_check is not None and not self.peer_check(writer.get_extra_info("ssl_object"), kind):
