@@ -104,6 +104,7 @@ class ServerBase(Generic[SM]):
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._deferred: list[tuple[bytes, asyncio.Future[Any]]] = []  # proposals refused during a leadership transfer
         self._proposals: dict[int, Proposal] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []

@@ -129,16 +129,27 @@ class RaftServer(RPCHandlers[SM]):
         node = self.node
         if node is None:
             return
-        if self._pending:
+        if self._pending or self._deferred:
             pending, self._pending = self._pending, []
+            if self._deferred:
+                # Refused during a leadership transfer: try again, ahead of the newer ones. A transfer ends
+                # within an election timeout; the proposer's own timeout bounds the wait in any case.
+                pending = [p for p in self._deferred if not p[1].done()] + pending
+                self._deferred = []
             if node.role is raftnode.Role.LEADER:
                 try:
                     indexes = node.propose_batch(d for d, _ in pending)
+                except raftnode.ProposalDroppedError as exc:
+                    if node.status().lead_transferee is not None:
+                        # Leadership is being handed over. Nothing was appended, so each proposal is tried
+                        # again once the transfer ends: here if it failed, else forwarded to the new leader,
+                        # and the client sees a write, not the hand-over.
+                        self._deferred = pending
+                    else:
+                        self._refuse(pending, exc)
                 except raftnode.RaftError as exc:
-                    for _, fut in pending:
-                        if not fut.done():
-                            fut.set_exception(NotLeaderError(self.leader_address() or None) if isinstance(
-                                exc, raftnode.NotLeaderError) else exc)  # fmt: skip
+                    self._refuse(pending, NotLeaderError(self.leader_address() or None) if isinstance(
+                        exc, raftnode.NotLeaderError) else exc)  # fmt: skip
                 else:
                     for i, (_, fut) in zip(indexes, pending, strict=True):
                         self._proposals[i] = Proposal(node.term, fut)
@@ -190,6 +201,12 @@ class RaftServer(RPCHandlers[SM]):
                 cb(is_leader)
         self._maybe_snapshot()
 
+    @staticmethod
+    def _refuse(pending: list[tuple[bytes, asyncio.Future[Any]]], exc: Exception) -> None:
+        for _, fut in pending:
+            if not fut.done():
+                fut.set_exception(exc)
+
     def _apply(self, e: Entry) -> None:
         if e.kind == EntryKind.NORMAL:
             result = self.fsm.apply(e.index, e.data)
@@ -232,10 +249,10 @@ class RaftServer(RPCHandlers[SM]):
             if not p.future.done():
                 p.future.set_exception(exc)
         self._proposals.clear()
-        for _, fut in self._pending:
-            if not fut.done():
-                fut.set_exception(exc)
+        self._refuse(self._pending, exc)
         self._pending.clear()
+        self._refuse(self._deferred, exc)
+        self._deferred.clear()
 
     # ------------------------------------------------------------------ network
 
