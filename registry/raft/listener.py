@@ -17,8 +17,9 @@ from typing import Any
 import msgpack
 import structlog
 
-from registry.raft.errors import RPCError
+from registry.raft.errors import NotLeaderError, RPCError
 from registry.raft.messages import MAX_FRAME_BYTES, Message, MessageDecodeError, decode_message
+from registry.raft.node import RaftError
 from registry.raft.rpc import RPCRouter
 from registry.raft.transport import (
     KIND_RAFT,
@@ -110,6 +111,11 @@ class ServerListener:
                 reply = [call_id, None, result]
             except RPCError as exc:
                 reply = [call_id, [exc.message, exc.status], None]
+            except (NotLeaderError, RaftError) as exc:
+                # Leadership moved under the call, or the core refused it for now: normal operation, answered
+                # as ever (the caller decides whether to retry) and not worth an operator's attention.
+                log.info("rpc refused", method=method, error=str(exc))
+                reply = [call_id, [f"rpc {method} failed: {exc}", 500], None]
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal here
                 log.exception("rpc handler failed", method=method)
                 reply = [call_id, [f"rpc {method} failed: {exc}", 500], None]
