@@ -274,7 +274,7 @@ class RaftServer(RPCHandlers[SM]):
             return
         policy = self._links
         status = node.status()
-        self._last_leader = policy.followed(status, self._last_leader)
+        self._last_leader = policy.followed(status.leader_id, self.id, self._last_leader)
         for peer in policy.silent_peers(status, self._last_leader):
             sender = self._senders.get(peer)
             if sender is None:

@@ -60,11 +60,11 @@ class LinkPolicy:
         return LinkPolicy(stall_ticks=election_tick, user_timeout_ticks=2 * election_tick)
 
     @staticmethod
-    def followed(status: Status, last: str | None) -> str | None:
-        """The last leader this server followed, given the one remembered from earlier ticks: the core
-        forgets its leader when it starts to campaign, but the link to it may be what is stalled."""
-        leader = status.leader_id
-        return leader if leader is not None and leader != status.id else last
+    def followed(leader_id: str | None, own_id: str, last: str | None) -> str | None:
+        """The last leader this server followed, from the leader it knows now (``Status.leader_id``) and the
+        one remembered from earlier ticks: the core forgets its leader when it starts to campaign, but the
+        link to it may be what is stalled."""
+        return leader_id if leader_id is not None and leader_id != own_id else last
 
     def silent_peers(self, status: Status, last_leader: str | None) -> tuple[str, ...]:
         """The peers this server expects to hear from and has not, for ``stall_ticks``."""

@@ -26,7 +26,7 @@ def test_a_healthy_cluster_has_no_silent_peer() -> None:
         c.tick()
         for i in c.ids:
             status = c.node(i).status()
-            assert POLICY.silent_peers(status, POLICY.followed(status, None)) == (), i
+            assert POLICY.silent_peers(status, POLICY.followed(status.leader_id, i, None)) == (), i
 
 
 def test_the_leader_finds_a_cut_off_follower_silent_after_stall_ticks() -> None:
@@ -47,12 +47,12 @@ def test_a_follower_keeps_its_silent_leader_while_it_campaigns() -> None:
     to it (holding the campaign's requests) can be reset."""
     c, leader, (cut, _) = cluster()
     node = c.node(cut)
-    last = POLICY.followed(node.status(), None)
+    last = POLICY.followed(node.leader_id, cut, None)
     assert last == leader
     c.isolate(cut)
     for _ in range(3 * E):
         c.tick(ids=[cut])
-        last = POLICY.followed(node.status(), last)
+        last = POLICY.followed(node.leader_id, cut, last)
     status = node.status()
     assert status.role is Role.PRE_CANDIDATE and status.leader_id is None
     assert last == leader
@@ -67,6 +67,12 @@ def test_a_follower_is_silent_towards_its_leader_only_after_stall_ticks() -> Non
     assert POLICY.silent_peers(node.status(), leader) == ()
     c.tick(1, ids=[cut])
     assert POLICY.silent_peers(node.status(), leader) == (leader,)
+
+
+def test_a_leader_follows_nobody() -> None:
+    assert LinkPolicy.followed("n1", "n1", "n2") == "n2"  # our own leadership is not a link to watch
+    assert LinkPolicy.followed(None, "n1", "n2") == "n2"
+    assert LinkPolicy.followed("n3", "n1", "n2") == "n3"
 
 
 def test_a_new_leader_gives_every_follower_a_window() -> None:
