@@ -26,8 +26,8 @@ from typing import Any
 import uvloop
 
 from registry.raft.listener import ServerListener
-from registry.raft.messages import Heartbeat
-from registry.raft.transport import PeerSender, RPCClient
+from registry.raft.messages import AppendEntries, Entry, EntryKind, Heartbeat
+from registry.raft.transport import PEER_QUEUE_BYTES, PeerSender, RPCClient
 from tests.cluster.harness import free_port
 from tests.cluster.netns import Netns
 from tests.cluster.relay import FaultRelay, advertise_ip, bind_ip
@@ -121,3 +121,22 @@ def test_the_kernel_user_timeout_aborts_a_stalled_stream(make_netns: Callable[..
     assert result["resets"] == 0, result
     assert result["aborted_at"] is not None and result["aborted_at"] < 2.0, result
     _assert_recovered(result)
+
+
+def test_the_send_queue_is_bounded_in_bytes() -> None:
+    """While a peer cannot be reached, what waits for it is capped in bytes as well as in messages (the
+    oldest go first: Raft resends), so a long outage costs bounded memory even with large appends."""
+
+    async def scenario() -> None:
+        sender = PeerSender("b", lambda: None, None, None)  # no address yet: nothing is sent, all queues
+        try:
+            big = Entry(1, 1, EntryKind.NORMAL, b"x" * (512 * 1024))
+            for n in range(100):
+                sender.send(AppendEntries(1, "a", "b", n, 1, (big,), 0))
+            assert sender._queued_bytes <= PEER_QUEUE_BYTES
+            assert sender.dropped >= 100 - PEER_QUEUE_BYTES // (512 * 1024)
+            assert sender.outstanding()
+        finally:
+            await sender.close()
+
+    uvloop.run(scenario())
