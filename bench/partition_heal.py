@@ -323,7 +323,7 @@ def table(runs: list[Run], scenarios: list[str], lengths: list[float]) -> str:
             if len(cell) < 2:
                 continue
             (e_heal, e_ch), (p_heal, p_ch) = cell["etcd"], cell["proconsul"]
-            lines.append(f"| {_label(scenario, seconds)} | {e_heal:.2f} s | {p_heal:.2f} s | {p_heal / e_heal:.1f}x"
+            lines.append(f"| {_label(scenario, seconds)} | {e_heal:.2f} s | {p_heal:.2f} s | {p_heal / e_heal:.2f}x"
                          f" | {', '.join(map(str, e_ch))} | {', '.join(map(str, p_ch))} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             "so single runs are noisy.",
             "A peer stream that stops being acknowledged is reset within about a second "
             "(`registry/raft/links.py`, `registry/raft/transport.py`: Raft silence for an election timeout with "
-            "bytes unacknowledged, TCP_USER_TIMEOUT 1 s, keepalive, dials of 0.25 s retried every 0.1 s), so "
+            "bytes unacknowledged, TCP_USER_TIMEOUT 1 s, keepalive, a failed dial of 0.25 s followed by the next within 0.1 s), so "
             "nothing fresh waits behind a stale backlog and the heal no longer grows with the partition.",
             body,
             summary,
