@@ -22,6 +22,7 @@ import structlog
 from registry.raft import node as raftnode
 from registry.raft.errors import NotLeaderError
 from registry.raft.fsm import BytesCommands, CommandCodec, StateMachine
+from registry.raft.links import LinkPolicy
 from registry.raft.messages import (
     Configuration,
     Entry,
@@ -103,6 +104,7 @@ class ServerBase(Generic[SM]):
         self._tasks: list[asyncio.Task[Any]] = []
         self._wake = asyncio.Event()
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
+        self._deferred: list[tuple[bytes, asyncio.Future[Any]]] = []  # proposals refused during a leadership transfer
         self._proposals: dict[int, Proposal] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -115,6 +117,8 @@ class ServerBase(Generic[SM]):
         self._rng = random.Random()
         self._tick_due = 0.0  # loop time the node's latest tick stands for (catch-up ticks come late)
         self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
+        self._links = LinkPolicy.for_election(ELECTION_TICKS)  # when a silent peer's stream is reset
+        self._last_leader: str | None = None  # the leader last followed (the core forgets it when campaigning)
 
 
     def _save_servers(self) -> None:

@@ -112,6 +112,7 @@ class RaftServer(RPCHandlers[SM]):
                 self.node.tick()
                 self._tick_due = next_at
                 self._wake.set()
+                self._check_links()
 
     async def _loop(self) -> None:
         while True:
@@ -128,16 +129,27 @@ class RaftServer(RPCHandlers[SM]):
         node = self.node
         if node is None:
             return
-        if self._pending:
+        if self._pending or self._deferred:
             pending, self._pending = self._pending, []
+            if self._deferred:
+                # Refused during a leadership transfer: try again, ahead of the newer ones. A transfer ends
+                # within an election timeout; the proposer's own timeout bounds the wait in any case.
+                pending = [p for p in self._deferred if not p[1].done()] + pending
+                self._deferred = []
             if node.role is raftnode.Role.LEADER:
                 try:
                     indexes = node.propose_batch(d for d, _ in pending)
+                except raftnode.ProposalDroppedError as exc:
+                    if node.status().lead_transferee is not None:
+                        # Leadership is being handed over. Nothing was appended, so each proposal is tried
+                        # again once the transfer ends: here if it failed, else forwarded to the new leader,
+                        # and the client sees a write, not the hand-over.
+                        self._deferred = pending
+                    else:
+                        self._refuse(pending, exc)
                 except raftnode.RaftError as exc:
-                    for _, fut in pending:
-                        if not fut.done():
-                            fut.set_exception(NotLeaderError(self.leader_address() or None) if isinstance(
-                                exc, raftnode.NotLeaderError) else exc)  # fmt: skip
+                    self._refuse(pending, NotLeaderError(self.leader_address() or None) if isinstance(
+                        exc, raftnode.NotLeaderError) else exc)  # fmt: skip
                 else:
                     for i, (_, fut) in zip(indexes, pending, strict=True):
                         self._proposals[i] = Proposal(node.term, fut)
@@ -189,6 +201,12 @@ class RaftServer(RPCHandlers[SM]):
                 cb(is_leader)
         self._maybe_snapshot()
 
+    @staticmethod
+    def _refuse(pending: list[tuple[bytes, asyncio.Future[Any]]], exc: Exception) -> None:
+        for _, fut in pending:
+            if not fut.done():
+                fut.set_exception(exc)
+
     def _apply(self, e: Entry) -> None:
         if e.kind == EntryKind.NORMAL:
             result = self.fsm.apply(e.index, e.data)
@@ -231,10 +249,10 @@ class RaftServer(RPCHandlers[SM]):
             if not p.future.done():
                 p.future.set_exception(exc)
         self._proposals.clear()
-        for _, fut in self._pending:
-            if not fut.done():
-                fut.set_exception(exc)
+        self._refuse(self._pending, exc)
         self._pending.clear()
+        self._refuse(self._deferred, exc)
+        self._deferred.clear()
 
     # ------------------------------------------------------------------ network
 
@@ -247,6 +265,25 @@ class RaftServer(RPCHandlers[SM]):
                 self.opts.ssl_client, self.opts.server_hostname, self.opts.source_ip,
             )  # fmt: skip
         sender.send(msg)
+
+    def _check_links(self) -> None:
+        """Once a tick: reset the stream to any peer that has gone silent while bytes wait on it
+        (``registry.raft.links``), so that after a heal nothing fresh queues behind a stale backlog."""
+        node = self.node
+        if node is None or not self._senders:
+            return
+        policy = self._links
+        status = node.status()
+        self._last_leader = policy.followed(status.leader_id, self.id, self._last_leader)
+        for peer in policy.silent_peers(status, self._last_leader):
+            sender = self._senders.get(peer)
+            if sender is None:
+                continue
+            age = sender.connected_for()
+            if age is not None and policy.should_reset(sender.outstanding(), age / self.opts.tick):
+                silent = status.peers[peer].ticks_since_heard if peer in status.peers \
+                    else status.ticks_since_leader_contact  # fmt: skip
+                sender.reset(f"nothing heard from it for {silent * self.opts.tick:.2f}s while bytes waited")
 
     def _on_message(self, msg: Message) -> None:
         if self.node is None:

@@ -21,8 +21,9 @@ from typing import Any
 import msgpack
 import structlog
 
-from registry.raft.errors import RPCError
+from registry.raft.errors import NotLeaderError, RPCError
 from registry.raft.messages import MAX_FRAME_BYTES, Message, MessageDecodeError, decode_message
+from registry.raft.node import RaftError
 from registry.raft.rpc import Caller, RPCRouter
 from registry.raft.transport import (
     KIND_RAFT,
@@ -33,6 +34,7 @@ from registry.raft.transport import (
     ServerTransport,
     frame,
     read_frame,
+    tune_socket,
 )
 
 log = structlog.get_logger("proconsul.transport")
@@ -71,6 +73,11 @@ class ServerListener:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            # Keepalive and the user timeout on our side too: a stream whose sender vanished behind a
+            # silent path (its reset never arrived) is closed, not kept open forever.
+            tune_socket(sock)
         try:
             kind = await asyncio.wait_for(reader.readexactly(1), 10)
             if self.peer_check is not None and not self.peer_check(writer.get_extra_info("ssl_object"), kind):
@@ -112,6 +119,11 @@ class ServerListener:
                 reply = [call_id, None, result]
             except RPCError as exc:
                 reply = [call_id, [exc.message, exc.status], None]
+            except (NotLeaderError, RaftError) as exc:
+                # Leadership moved under the call, or the core refused it for now: normal operation, answered
+                # as ever (the caller decides whether to retry) and not worth an operator's attention.
+                log.info("rpc refused", method=method, error=str(exc))
+                reply = [call_id, [f"rpc {method} failed: {exc}", 500], None]
             except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal here
                 log.exception("rpc handler failed", method=method)
                 reply = [call_id, [f"rpc {method} failed: {exc}", 500], None]

@@ -7,6 +7,16 @@ writes), restarts from exactly what was persisted, client writes, ReadIndex and 
 changes, leadership transfers and log compaction.  Every message goes through encode_message /
 decode_message, so the codec is exercised by real traffic.
 
+A partition either drops messages (as a path that resets connections does) or is *silent*: each server's
+outbound stream to a peer across it (``Stream``) keeps what it sends as unacknowledged bytes and delivers
+them late, all at once and in order, at TCP's next retransmission after the path comes back (200 ms,
+doubling for as long as the path is down), with everything sent after them queued behind.  The
+transport's policy runs against that model as the driver runs it: ``registry.raft.links.LinkPolicy``
+resets the stream to a silent peer that holds unacknowledged bytes, the kernel's user timeout aborts a
+stream whose bytes have waited ``user_timeout_ticks``, and a reset stream drops its backlog and redials
+every ``REDIAL_TICKS`` until the path works (``links=None`` models the transport without either: the
+stream just waits for the retransmission).
+
 After every tick the simulator checks election safety, log matching, leader completeness, state-machine
 safety, that every commit rests on a durable quorum of the committing leader's configuration, that each
 server's active configuration is the one its log says (config changes take effect on append), and that
@@ -29,6 +39,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.raft.links import LinkPolicy
 from registry.raft.messages import (
     ConfChange,
     ConfChangeKind,
@@ -55,6 +66,11 @@ from registry.raft.node import (
 
 HEAL_BOUND_TICKS = 400
 _NO_CONFIG = Configuration(frozenset())
+# The transport, in ticks of the driver's 50 ms (registry.raft.transport.LinkTimeouts):
+RTO_TICKS = 4  # TCP's first retransmission timeout, 200 ms; it doubles on every retransmission...
+RTO_MAX_TICKS = 2400  # ...up to 120 s
+REDIAL_TICKS = 7  # a dial that has not connected in 0.25 s is abandoned, the next begins within 0.1 s
+DEFAULT_LINKS = "default"  # Simulator(links=...): the policy for the cluster's election timeout
 
 
 class SimFailure(AssertionError):
@@ -79,6 +95,7 @@ class Faults:
     compact: float
     compact_threshold: int
     pre_vote: bool
+    silent: float = 0.0  # share of partitions that stall streams silently instead of dropping messages
 
     @staticmethod
     def draw(rng: random.Random) -> Faults:
@@ -97,7 +114,35 @@ class Faults:
             compact=rng.choice([0.0, 0.05, 0.3]),
             compact_threshold=rng.choice([3, 10, 40]),
             pre_vote=rng.random() < 0.8,
+            silent=rng.choice([0.0, 0.5, 1.0]),
         )
+
+    @staticmethod
+    def none() -> Faults:
+        """No faults at all (scripted scenarios inject their own): a steady trickle of writes only."""
+        return Faults(drop=0.0, duplicate=0.0, max_delay=1, long_delay=0.0, crash=0.0, crash_in_ready=0.0,
+                      partition=0.0, propose=0.0, read=0.0, config_change=0.0, transfer=0.0, compact=0.0,
+                      compact_threshold=40, pre_vote=True)  # fmt: skip
+
+
+@dataclass
+class Stream:
+    """One server's outbound connection to a peer, as the transport keeps it."""
+
+    connected_at: int = 0
+    dialing: bool = False
+    next_dial: int = 0  # while dialing: when the current attempt ends
+    backlog: list[bytes] = field(default_factory=list)  # sent and not acknowledged (the path drops them)
+    unacked_since: int = 0  # when the oldest of them was sent
+    queued: list[bytes] = field(default_factory=list)  # sent while dialing: they go out once connected
+
+    def retransmits_at(self, now: int) -> bool:
+        """Does TCP retransmit the backlog at ``now`` (RTO_TICKS after the first send, doubling)?"""
+        due, rto = self.unacked_since + RTO_TICKS, RTO_TICKS
+        while due < now:
+            rto = min(2 * rto, RTO_MAX_TICKS)
+            due += rto
+        return due == now
 
 
 @dataclass
@@ -204,11 +249,18 @@ class SimServer:
 
 class Simulator:
     def __init__(self, seed: int, nodes: int = 3, fault_ticks: int = 250, heal_bound: int = HEAL_BOUND_TICKS,
-                 trace: bool = False) -> None:  # fmt: skip
+                 trace: bool = False, faults: Faults | None = None, raft_config: RaftConfig | None = None,
+                 links: LinkPolicy | str | None = DEFAULT_LINKS, write_rate: float = 0.2) -> None:  # fmt: skip
+        """A cluster drawn from ``seed``; ``faults`` and ``raft_config`` replace the drawn ones (scripted
+        scenarios), ``links`` is the transport's policy (None: no resets, no user timeout) and
+        ``write_rate`` the chance of a client write per tick once faults have healed."""
         self.seed = seed
         self.n = nodes
         self.rng = random.Random(seed)
         self.faults = Faults.draw(self.rng)
+        if faults is not None:
+            self.faults = faults
+        self.write_rate = write_rate
         self.fault_ticks = fault_ticks
         self.heal_bound = heal_bound
         self.trace_enabled = trace
@@ -227,6 +279,11 @@ class Simulator:
             check_quorum=True,
             lease_margin_ticks=2,
         )
+        if raft_config is not None:
+            self.raft_config = raft_config
+            self.election_tick = raft_config.election_tick
+        self.links = LinkPolicy.for_election(self.election_tick) if links == DEFAULT_LINKS else links
+        assert self.links is None or isinstance(self.links, LinkPolicy)
         self.now = 0
         ids = [f"n{i}" for i in range(1, nodes + 1)]
         self.next_id = nodes + 1
@@ -237,7 +294,10 @@ class Simulator:
         self.network: list[tuple[int, float, int, str, str, bytes]] = []
         self.seq = 0
         self.link_last: dict[tuple[str, str], int] = {}
-        self.blocked: set[tuple[str, str]] = set()
+        self.blocked: set[tuple[str, str]] = set()  # links whose messages are dropped
+        self.stalled: set[tuple[str, str]] = set()  # links whose packets vanish silently (streams stall)
+        self.streams: dict[tuple[str, str], Stream] = {}
+        self.last_leader: dict[str, str | None] = {}
         self.partition_until = 0
         self.trace: deque[str] = deque(maxlen=400)
         self.digest = hashlib.blake2b(digest_size=16)
@@ -258,7 +318,8 @@ class Simulator:
         self.awaiting_apply: list[tuple[str, bytes, int, int]] = []  # (server, context, index, required)
         self.read_counter = 0
         self.stats = {"writes": 0, "reads": 0, "lease_reads": 0, "crashes": 0, "snapshots_sent": 0,
-                      "config_changes": 0, "transfers": 0}  # fmt: skip
+                      "config_changes": 0, "transfers": 0, "stalls": 0, "late_deliveries": 0,
+                      "link_resets": 0}  # fmt: skip
 
     # ============================================================================ diagnostics
 
@@ -278,6 +339,8 @@ class Simulator:
     # ============================================================================ network
 
     def send(self, src: str, data: bytes, dst: str) -> None:
+        if self.hold(src, dst, data):
+            return
         f = self.faults
         healing = self.now >= self.fault_ticks
         if not healing and self.rng.random() < f.drop:
@@ -302,6 +365,9 @@ class Simulator:
             _, _, _, src, dst, data = heapq.heappop(net)
             if (src, dst) in self.blocked:
                 continue
+            if (src, dst) in self.stalled:
+                self.hold(src, dst, data, stalled=True)  # in flight when the path died: now unacknowledged
+                continue
             server = self.servers.get(dst)
             if server is None or not server.up:
                 continue
@@ -310,6 +376,101 @@ class Simulator:
             assert server.node is not None
             server.node.step(msg)
             self.check_leader(server)
+
+    # ============================================================================ streams
+
+    def stream(self, src: str, dst: str) -> Stream:
+        st = self.streams.get((src, dst))
+        if st is None:
+            st = self.streams[(src, dst)] = Stream(connected_at=self.now)
+        return st
+
+    def path_works(self, src: str, dst: str) -> bool:
+        """A TCP stream needs both directions: data one way, acknowledgements the other."""
+        return (src, dst) not in self.stalled and (dst, src) not in self.stalled
+
+    def hold(self, src: str, dst: str, data: bytes, stalled: bool = False) -> bool:
+        """Keep a message on its stream instead of the network, if the stream cannot carry it now: it is
+        redialling (the message waits for the connection), its path drops packets, or earlier bytes
+        still wait for their retransmission (TCP delivers in order)."""
+        st = self.streams.get((src, dst))
+        if st is None and not stalled and (src, dst) not in self.stalled:
+            return False
+        st = st or self.stream(src, dst)
+        if st.dialing:
+            if not stalled:  # (a message in flight on the connection that was reset is gone with it)
+                st.queued.append(data)
+            return True
+        if stalled or (src, dst) in self.stalled or st.backlog:
+            if not st.backlog:
+                st.unacked_since = self.now
+            st.backlog.append(data)
+            return True
+        return False
+
+    def reset_stream(self, src: str, dst: str, why: str) -> None:
+        """Drop the connection with everything unacknowledged on it (also what is still in flight), and
+        redial at once."""
+        st = self.stream(src, dst)
+        st.backlog.clear()
+        st.queued.clear()
+        st.dialing, st.next_dial = True, self.now + 1
+        before = len(self.network)
+        self.network = [m for m in self.network if (m[3], m[4]) != (src, dst)]
+        if len(self.network) != before:
+            heapq.heapify(self.network)
+        self.stats["link_resets"] += 1
+        self.log(f"{src}->{dst} stream reset: {why}")
+
+    def links_step(self) -> None:
+        """Once a tick, after the servers ticked: dials, retransmissions, the kernel's user timeout and the
+        link policy, in that order per stream."""
+        now = self.now
+        policy = self.links
+        for (src, dst), st in sorted(self.streams.items()):
+            if st.dialing:
+                if now >= st.next_dial:
+                    if self.path_works(src, dst):
+                        st.dialing, st.connected_at = False, now
+                        queued, st.queued = st.queued, []
+                        for data in queued:
+                            self.send(src, data, dst)
+                    else:
+                        st.queued.clear()  # a failed dial drops what waited for it
+                        st.next_dial = now + REDIAL_TICKS
+                continue
+            if not st.backlog:
+                continue
+            if policy is not None and now - st.unacked_since >= policy.user_timeout_ticks:
+                self.reset_stream(src, dst, "user timeout")
+            elif self.path_works(src, dst) and st.retransmits_at(now):
+                backlog, st.backlog = st.backlog, []
+                self.stats["late_deliveries"] += len(backlog)
+                self.log(f"{src}->{dst} backlog of {len(backlog)} delivered {now - st.unacked_since} ticks late")
+                for data in backlog:
+                    self.seq += 1
+                    at = max(now + 1, self.link_last.get((src, dst), 0))
+                    self.link_last[(src, dst)] = at
+                    heapq.heappush(self.network, (at, 0.0, self.seq, src, dst, data))
+        if policy is None:
+            return
+        for s in sorted(self.live(), key=lambda s: s.id):
+            node = s.node
+            assert node is not None
+            last = self.last_leader[s.id] = policy.followed(node.leader_id, s.id, self.last_leader.get(s.id))
+            if not any(st.backlog for (src, _), st in self.streams.items() if src == s.id):
+                continue  # nothing unacknowledged: no reset is due whatever the silence (spares status())
+            status = node.status()
+            for peer in policy.silent_peers(status, last):
+                st = self.streams.get((s.id, peer))
+                if st is not None and not st.dialing and policy.should_reset(bool(st.backlog), now - st.connected_at):
+                    self.reset_stream(s.id, peer, "silent peer")
+
+    def stall(self, links: set[tuple[str, str]]) -> None:
+        """Make these links drop packets silently (streams across them stall)."""
+        self.stalled = set(links)
+        self.stats["stalls"] += 1
+        self.log(f"silent partition: {sorted(links)}")
 
     # ============================================================================ ready processing
 
@@ -464,6 +625,10 @@ class Simulator:
 
     def crash(self, server: SimServer, why: str) -> None:
         server.node = None
+        # Its connections die with it (the peers' streams to it are reset when it comes back, or sooner).
+        for key in [k for k in self.streams if server.id in k]:
+            del self.streams[key]
+        self.last_leader.pop(server.id, None)
         server.down_until = self.now + self.rng.randint(1, 5 * self.election_tick)
         self.stats["crashes"] += 1
         for key in [k for k in self.pending_writes if k[0] == server.id]:
@@ -493,13 +658,14 @@ class Simulator:
                     self.crash(rng.choice(victims), "at random")
             if rng.random() < f.partition:
                 self.partition()
-            if self.blocked and self.now >= self.partition_until:
+            if (self.blocked or self.stalled) and self.now >= self.partition_until:
                 self.blocked.clear()
+                self.stalled.clear()
                 self.log("partition healed")
         for s in self.servers.values():
             if s.node is None and not s.retired and (healing or self.now >= s.down_until):
                 self.restart(s)
-        if rng.random() < (0.2 if healing else f.propose):
+        if rng.random() < (self.write_rate if healing else f.propose):
             self.client_write()
         if rng.random() < f.read:
             self.client_read()
@@ -535,7 +701,11 @@ class Simulator:
                 a, b = rng.sample(ids, 2)
                 self.blocked.add((a, b))
         self.partition_until = self.now + rng.randint(self.election_tick, 6 * self.election_tick)
-        self.log(f"partition {kind}: {sorted(self.blocked)}")
+        self.stalled.clear()
+        if rng.random() < self.faults.silent:
+            self.stall(self.blocked)
+            self.blocked = set()
+        self.log(f"partition {kind}: {sorted(self.blocked or self.stalled)}")
 
     def client_write(self) -> None:
         live = self.live()
@@ -762,6 +932,7 @@ class Simulator:
                 assert s.node is not None
                 s.node.tick()
                 self.check_leader(s)
+        self.links_step()
         self.random_events(healing)
         for _ in range(4):
             busy = False
@@ -795,6 +966,7 @@ class Simulator:
             self.step(healing=False)
             self.now += 1
         self.blocked.clear()
+        self.stalled.clear()
         self.log("=== faults healed")
         heal_start = self.now
         marker: tuple[str, int, int] | None = None

@@ -1,4 +1,4 @@
-"""The Raft core is pure: no IO, no clock, no threads, no ambient randomness."""
+"""The Raft core, and the link policy beside it, are pure: no IO, no clock, no threads, no ambient randomness."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CORE = ("registry.raft.node", "registry.raft.log", "registry.raft.messages")
+CORE = ("registry.raft.node", "registry.raft.log", "registry.raft.messages", "registry.raft.links")
 FORBIDDEN = {"asyncio", "socket", "time", "threading", "os", "selectors", "subprocess", "signal", "datetime"}
 ROOT = Path(__file__).resolve().parents[2]
 

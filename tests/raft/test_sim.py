@@ -46,7 +46,8 @@ def test_the_sweep_exercises_the_features() -> None:
     for seed in range(12):
         for key, value in run_seed(seed, 5).stats.items():
             totals[key] = totals.get(key, 0) + value
-    for key in ("writes", "reads", "lease_reads", "crashes", "snapshots_sent", "config_changes", "transfers"):
+    for key in ("writes", "reads", "lease_reads", "crashes", "snapshots_sent", "config_changes", "transfers",
+                "stalls", "late_deliveries", "link_resets"):  # fmt: skip
         assert totals[key] > 0, (key, totals)
 
 

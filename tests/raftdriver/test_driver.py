@@ -176,6 +176,23 @@ async def test_transfer_leadership(cluster: Cluster) -> None:
     assert await new.propose(kv("x", b"1")) is True
 
 
+async def test_writes_during_a_leadership_transfer_go_through(cluster: Cluster) -> None:
+    """A transfer makes the core refuse proposals until it ends; the driver holds them (nothing was
+    appended) and places them once the transfer is over, on whichever server leads then, so writes made
+    through the old leader and through a follower right as leadership moves all succeed."""
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    target, other = [s for s in cluster.servers.values() if s is not leader]
+    assert leader.node is not None
+    leader.node.transfer_leadership(target.id)  # what transfer_leadership() starts, without waiting on it
+    writes = [leader.propose(kv(f"old-leader/{n}", b"1")) for n in range(20)]
+    writes += [other.propose(kv(f"follower/{n}", b"1")) for n in range(20)]
+    assert await asyncio.gather(*writes) == [True] * 40
+    assert await cluster.leader() is target
+    await until(lambda: all(len(s.fsm.store.kv) == 40 for s in cluster.servers.values()))
+
+
 async def test_minority_cannot_write_or_read_consistently(cluster: Cluster) -> None:
     for i in range(3):
         await cluster.start(i)
