@@ -105,7 +105,9 @@ class ServerListener:
         finally:
             self._conns.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
+            # Cancelled here too when the port closes: the handler ends either way, and a handler task that
+            # ends cancelled makes asyncio's streams (3.11) log "Exception in callback" at error level.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
     async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, is_server: bool) -> None:
