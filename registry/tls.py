@@ -189,13 +189,7 @@ def make_peer_check(settings: TLSSettings) -> PeerCheck:
     def peer_check(ssl_object: Any, kind: bytes) -> bool:
         if kind != KIND_RAFT or not s.verify_server_hostname:
             return True
-        if ssl_object is None:
-            return False
-        try:
-            der = ssl_object.getpeercert(binary_form=True)
-        except (ValueError, ssl.SSLError):
-            return False
-        return peer_is_server(der, server_name)
+        return _presents_server_cert(ssl_object, server_name)
 
     return peer_check
 
@@ -217,15 +211,20 @@ def server_authorizer(cfg: Config | TLSSettings) -> Callable[[Any], bool] | None
     server_name = settings.server_name
 
     def is_server(ssl_object: Any) -> bool:
-        if ssl_object is None:
-            return False
-        try:
-            der = ssl_object.getpeercert(binary_form=True)
-        except (ValueError, ssl.SSLError):
-            return False
-        return peer_is_server(der, server_name)
+        return _presents_server_cert(ssl_object, server_name)
 
     return is_server
+
+
+def _presents_server_cert(ssl_object: Any, server_name: str) -> bool:
+    """Whether a TLS connection's peer presented a certificate naming ``server_name``."""
+    if ssl_object is None:
+        return False
+    try:
+        der = ssl_object.getpeercert(binary_form=True)
+    except (ValueError, ssl.SSLError):
+        return False
+    return peer_is_server(der, server_name)
 
 
 def rpc_contexts(cfg: Config | TLSSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None, str | None,

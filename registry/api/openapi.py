@@ -19,9 +19,7 @@ datacenter") or a ``?filter`` that does not compile (Consul answers both with 50
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import yaml
 
 from registry import CONSUL_VERSION
-from registry.api.routes import ROUTES
+from registry.api.routes import ROUTES, generated_doc_main
 from registry.api.routing import Route
 from registry.connect.state import SUPPORTED_KINDS
 from registry.filtering.errors import ERROR_PREFIX
@@ -728,18 +726,7 @@ def render_yaml(doc: dict[str, Any] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m registry.api.openapi", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if docs/openapi.yaml is not up to date")
-    args = parser.parse_args(argv)
-    text = render_yaml()
-    if args.check:
-        current = DOC_PATH.read_text() if DOC_PATH.exists() else ""
-        if current != text:
-            print(f"{DOC_PATH} is stale: run python -m registry.api.openapi", file=sys.stderr)
-            return 1
-        return 0
-    DOC_PATH.write_text(text)
-    return 0
+    return generated_doc_main("registry.api.openapi", DOC_PATH, render_yaml, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from registry.api import (
@@ -90,19 +91,25 @@ def render_markdown(routes: tuple[Route, ...] = ROUTES) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m registry.api.routes", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if docs/http-api.md is not up to date")
+def generated_doc_main(module: str, path: Path, render: Callable[[], str], argv: list[str] | None) -> int:
+    """``python -m <module> [--check]``: write the document rendered from the route table to ``path``, or with
+    ``--check`` fail (exit 1) when the file is not what the table renders."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    parser.add_argument("--check", action="store_true", help=f"fail if {path.name} is not up to date")
     args = parser.parse_args(argv)
-    text = render_markdown()
+    text = render()
     if args.check:
-        current = DOC_PATH.read_text() if DOC_PATH.exists() else ""
+        current = path.read_text() if path.exists() else ""
         if current != text:
-            print(f"{DOC_PATH} is stale: run python -m registry.api.routes", file=sys.stderr)
+            print(f"{path} is stale: run python -m {module}", file=sys.stderr)
             return 1
         return 0
-    DOC_PATH.write_text(text)
+    path.write_text(text)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generated_doc_main("registry.api.routes", DOC_PATH, render_markdown, argv)
 
 
 if __name__ == "__main__":
