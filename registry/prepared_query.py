@@ -118,8 +118,8 @@ class ServiceQuery:
             "Tags": _list(self.tags),
             "NodeMeta": None if self.node_meta is None else dict(self.node_meta),
             "ServiceMeta": None if self.service_meta is None else dict(self.service_meta),
-            "Peer": self.peer,
             "Connect": self.connect,
+            "Peer": self.peer,
         }
 
 
