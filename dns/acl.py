@@ -20,8 +20,11 @@ answer it computes around its recording view, and drops every cached answer when
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dns.resolver import CatalogReader
 from registry.acl.authorizer import Authorizer
+from registry.prepared_query import PreparedQuery
 from registry.structs import Check, Node, Service
 
 __all__ = ["ACLUnavailable", "ACLView"]
@@ -33,11 +36,15 @@ class ACLUnavailable(Exception):
 
 class ACLView:
     """A ``CatalogReader`` that shows only what ``authz`` may read; with ``authz`` None, nothing at all
-    (every read raises ``ACLUnavailable``)."""
+    (every read raises ``ACLUnavailable``). ``token_authz`` resolves a prepared query's own token (None
+    when the token is unknown, or when this agent cannot resolve a token synchronously: such a query
+    answers SERVFAIL, never as another token would)."""
 
-    def __init__(self, inner: CatalogReader, authz: Authorizer | None) -> None:
+    def __init__(self, inner: CatalogReader, authz: Authorizer | None,
+                 token_authz: Callable[[str], Authorizer | None] | None = None) -> None:  # fmt: skip
         self._inner = inner
         self._authz = authz
+        self._token_authz = token_authz
 
     def _authorizer(self) -> Authorizer:
         if self._authz is None:
@@ -53,6 +60,23 @@ class ACLView:
         if connect and not authz.service_read(name):
             return []
         return [(node, svc) for node, svc in self._inner.instances(name, connect)
+                if authz.service_read(svc.service) and authz.node_read(node.node)]  # fmt: skip
+
+    def prepared_query(self, id_or_name: str) -> PreparedQuery | None:
+        """Executing a query needs no rule on the query itself (Consul's PreparedQuery.Execute)."""
+        self._authorizer()
+        return self._inner.prepared_query(id_or_name)
+
+    def query_instances(self, query: PreparedQuery, name: str, connect: bool) -> list[tuple[Node, Service]]:
+        """A query's instances as its own token may read them (else as the DNS token), as Consul's Execute
+        filters its answer with the query's token when it has one."""
+        authz = self._authorizer()
+        if query.token:
+            found = self._token_authz(query.token) if self._token_authz is not None else None
+            if found is None:
+                raise ACLUnavailable()
+            authz = found
+        return [(node, svc) for node, svc in self._inner.query_instances(query, name, connect)
                 if authz.service_read(svc.service) and authz.node_read(node.node)]  # fmt: skip
 
     def checks_for_instance(self, node: str, service_id: str) -> list[Check]:

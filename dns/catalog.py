@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from registry.prepared_query import PreparedQuery
 from registry.state.store import StateStore
 from registry.structs import Check, Node, Service
 
@@ -79,6 +80,14 @@ class RecordingView:
     def instances(self, name: str, connect: bool = False) -> list[tuple[Node, Service]]:
         self.deps.append(("s", name, self._store.svc_index(name)))
         return self._store.service_instances(name, connect)
+
+    def prepared_query(self, id_or_name: str) -> PreparedQuery | None:
+        """The query a name resolves to (rendered, for a template); depends on the whole query table."""
+        self.deps.append(("t", "prepared_queries", self._store.table_index.get("prepared_queries", 0)))
+        return self._store.pq_resolve(id_or_name)
+
+    def query_instances(self, query: PreparedQuery, name: str, connect: bool) -> list[tuple[Node, Service]]:
+        return self.instances(name, connect)
 
     def checks_for_instance(self, node: str, service_id: str) -> list[Check]:
         # Covered by the service's index: every check write touches the services it affects.

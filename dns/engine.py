@@ -149,6 +149,7 @@ class Engine:
         # the token could not be resolved, and catalog questions answer SERVFAIL).
         self._acl_on = False
         self._authz: Authorizer | None = None
+        self._token_authz: Callable[[str], Authorizer | None] | None = None
         self.stats = {"hits": 0, "misses": 0, "malformed": 0, "forwarded": 0}
 
     # ------------------------------------------------------------------ ACLs
@@ -158,6 +159,13 @@ class Engine:
         every answer built for the previous one."""
         self._acl_on = True
         self._authz = authz
+        self.drop_answers()
+
+    def set_token_resolver(self, resolve: Callable[[str], Authorizer | None]) -> None:
+        """How a prepared query's own token becomes an authorizer (None: unknown), synchronously: the
+        query's instances are filtered as that token may read them. Without one, such a query answers
+        SERVFAIL under ACLs."""
+        self._token_authz = resolve
         self.drop_answers()
 
     def drop_answers(self) -> None:
@@ -269,7 +277,7 @@ class Engine:
             return entry
         self.stats["misses"] += 1
         view = RecordingView(store, self._folds)
-        reader: CatalogReader = ACLView(view, self._authz) if self._acl_on else view
+        reader: CatalogReader = ACLView(view, self._authz, self._token_authz) if self._acl_on else view
         try:
             res = resolve(Question(q.labels, q.qtype, q.qclass), reader, self.cfg, now, self._rng)
         except ACLUnavailable:

@@ -32,6 +32,7 @@ from dns.wire import (
     NOTIMP,
     NXDOMAIN,
     REFUSED,
+    SERVFAIL,
     T_A,
     T_AAAA,
     T_ANY,
@@ -44,6 +45,7 @@ from dns.wire import (
     T_SRV,
     T_TXT,
 )
+from registry.prepared_query import Instance, PreparedQuery, QueryError, select
 from registry.structs import (
     HEALTH_CRITICAL,
     HEALTH_PASSING,
@@ -81,6 +83,8 @@ class Rng(Protocol):
 class CatalogReader(Protocol):
     def service_names(self, folded: str, connect: bool = False) -> tuple[str, ...]: ...
     def instances(self, name: str, connect: bool = False) -> list[tuple[Node, Service]]: ...
+    def prepared_query(self, id_or_name: str) -> PreparedQuery | None: ...
+    def query_instances(self, query: PreparedQuery, name: str, connect: bool) -> list[tuple[Node, Service]]: ...
     def checks_for_instance(self, node: str, service_id: str) -> list[Check]: ...
     def node_names(self, folded: str) -> tuple[str, ...]: ...
     def node(self, name: str) -> Node | None: ...
@@ -413,7 +417,9 @@ class _Lookup:
             return self.addr(parts)
         if kind == "virtual":
             return self.virtual(parts[-1])
-        # Prepared queries and ingress gateways do not exist in Proconsul's catalog: nothing by that name.
+        if kind == "query":
+            return self.prepared(parts)
+        # Ingress gateways do not exist in Proconsul's catalog: nothing by that name.
         return self.nx()
 
     def locality(self, suffix: list[str]) -> str | None:
@@ -586,6 +592,45 @@ class _Lookup:
         if not units:
             return self.nodata()
         return Resolution(NOERROR, units=tuple(units), order=WEIGHTED)
+
+    def prepared(self, parts: list[str]) -> Resolution:
+        """``<query>.query`` and, RFC 2782 style, ``_<query>._<proto>.query`` (the last label ignored): the
+        prepared query by ID or name, executed as Consul's DNS does (agent/dns.go preparedQueryLookup):
+        its own filters, its instances as its token (else the DNS token) may read them, no instance
+        NXDOMAIN, the TTL its ``DNS.TTL`` else the agent's service_ttl for the service it asked for. There
+        is no other datacenter or peer to fail over to. Consul moves the instance on ``Near``'s node to
+        the front; here the order is shuffled per answer, as with no coordinates."""
+        if len(parts) >= 2 and parts[0].startswith("_") and parts[-1].startswith("_"):
+            name = ".".join(parts[:-1])[1:]
+        else:
+            name = ".".join(parts)
+        try:
+            query = self.view.prepared_query(name)
+        except QueryError:
+            return Resolution(SERVFAIL)  # Consul: the execute RPC failed (a template asked for by ID)
+        if query is None:
+            return self.nx()
+        svc = query.service
+        found: list[tuple[Node, Service]] = []
+        if not svc.peer:
+            for exact in self.view.service_names(svc.service.lower(), svc.connect):
+                found.extend(self.view.query_instances(query, exact, svc.connect))
+        chosen = select(svc, [Instance(n, s, tuple(self.view.checks_for_instance(n.node, s.id))) for n, s in found])
+        if not chosen:
+            return self.nx()
+        ttl = query.dns_ttl_seconds()
+        if ttl is None:
+            ttl = self.cfg.service_ttl(svc.service)
+        healthy = []
+        for i in chosen:
+            status = aggregate_status([c.status for c in i.checks])
+            weight = i.service.weights[1] if status == HEALTH_WARNING else i.service.weights[0]
+            healthy.append((i.node, i.service, max(0, min(65535, weight))))
+        if self.qtype == T_SRV:
+            return self.service_srv(healthy, self.cfg.datacenter, ttl)
+        if self.qtype not in (T_A, T_AAAA, T_ANY):
+            return self.nodata()
+        return self.service_addresses(healthy, ttl)
 
     def virtual(self, name: str) -> Resolution:
         """The virtual IP Consul assigns for transparent proxying, from the "consul-virtual" tagged address."""

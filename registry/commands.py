@@ -33,6 +33,7 @@ from registry.acl.objects import (
     reserved,
 )
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
+from registry.prepared_query import PreparedQuery, QueryError
 from registry.sessions import Session, SessionError, session_from_command
 from registry.structs import Check, Node, Service
 
@@ -882,6 +883,51 @@ def _acl_binding_rule_from_wire(cmd: Wire) -> ACLBindingRuleSet | ACLBindingRule
     raise CommandError(f"invalid ACL binding rule operation {op!r}")
 
 
+# ---------------------------------------------------------------------- prepared queries
+
+PreparedQueryOp = Literal["create", "update"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQuerySet:
+    """Consul's PreparedQueryRequest with PreparedQueryCreate or PreparedQueryUpdate: the query, checked
+    (``PreparedQuery.validate``) where it was built, its ID chosen by the proposer (create)."""
+
+    TYPE: ClassVar[str] = "prepared-query"
+    op: PreparedQueryOp
+    query: PreparedQuery
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": self.op, "Query": self.query.to_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedQueryDelete:
+    """Consul's PreparedQueryRequest with PreparedQueryDelete (only the ID counts)."""
+
+    TYPE: ClassVar[str] = "prepared-query"
+    id: str
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Op": "delete", "ID": self.id}
+
+
+def _prepared_query_from_wire(cmd: Wire) -> PreparedQuerySet | PreparedQueryDelete:
+    op = cmd.get("Op")
+    if op == "delete":
+        return PreparedQueryDelete(_str(cmd, "ID"))
+    if op in ("create", "update"):
+        try:
+            query = PreparedQuery.from_json(cmd.get("Query"))
+            query.validate()
+        except QueryError as exc:
+            raise CommandError(exc.message, exc.status) from None
+        if not query.id:
+            raise CommandError("Missing Query ID")
+        return PreparedQuerySet("create" if op == "create" else "update", query)
+    raise CommandError(f"Unknown prepared query operation: {op}")
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
@@ -889,7 +935,7 @@ Command = (
     | SnapshotRestore | CASet | ConfigEntryUpsert | ConfigEntryDelete | IntentionWrite | IntentionDelete
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
-    | ACLBindingRuleDelete
+    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -914,6 +960,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     ACLRoleSet.TYPE: _acl_role_from_wire,
     ACLAuthMethodSet.TYPE: _acl_auth_method_from_wire,
     ACLBindingRuleSet.TYPE: _acl_binding_rule_from_wire,
+    PreparedQuerySet.TYPE: _prepared_query_from_wire,
 }
 
 

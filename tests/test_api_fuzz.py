@@ -285,6 +285,12 @@ NO_RULE_REACHED = {
     # A config entry is decoded and validated before its kind's ACL rule is asked (Consul's
     # ConfigEntry.Apply: Normalize, Validate, then CanWrite); random entries never validate.
     ("PUT", "/v1/config"): None,
+    # A prepared query's rule is its Name's: an ID that names no query answers 404 (Consul's "Query not
+    # found", "Cannot modify non-existent prepared query") before any rule can be chosen.
+    ("GET", "/v1/query/{uuid}"): None,
+    ("GET", "/v1/query/{uuid}/execute"): None,
+    ("GET", "/v1/query/{uuid}/explain"): None,
+    ("DELETE", "/v1/query/{uuid}"): None,
 }
 
 

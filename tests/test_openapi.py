@@ -43,8 +43,9 @@ def test_every_route_is_described_with_its_acl_rule() -> None:
                 # check can refuse (token/self with an unknown token, a login refused).
                 assert ("403" in op["responses"]) == (r.resource != "none" or 403 in OPERATIONS[(m, r.path)].errors)
     # Every operation comes from a route: /v1/config/ GET serves {kind} and {kind}/{name}, PUT /v1/acl/token/
-    # serves {AccessorID} and {AccessorID}/clone, and each agent token has its own path, as Consul documents.
-    assert len(ops) == sum(len(r.methods) for r in ROUTES) + 1 + 1 + 4
+    # serves {AccessorID} and {AccessorID}/clone, each agent token has its own path, and GET /v1/query/ serves
+    # {uuid}, {uuid}/execute and {uuid}/explain, as Consul documents.
+    assert len(ops) == sum(len(r.methods) for r in ROUTES) + 1 + 1 + 4 + 2
     assert ("PUT", "/v1/acl/token/{AccessorID}/clone") in ops and ("PUT", "/v1/agent/token/agent_recovery") in ops
 
 

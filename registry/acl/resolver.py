@@ -84,13 +84,17 @@ class StaticResolver:
     def default_secret(self) -> str:
         return self._default_token
 
-    async def resolve(self, secret: str) -> Authorizer:
+    def resolve_now(self, secret: str) -> Authorizer:
+        """``resolve`` without waiting: the table is in memory."""
         if not self._enabled:
             return self._open
         found = self._authz.get(secret)
         if found is None:
             raise ACLNotFound()
         return found
+
+    async def resolve(self, secret: str) -> Authorizer:
+        return self.resolve_now(secret)
 
 
 def _rules(rules: str | PolicyRules) -> PolicyRules:

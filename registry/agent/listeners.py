@@ -26,7 +26,10 @@ from aiohttp.web_protocol import RequestHandler
 from dns.config import from_agent_config
 from dns.engine import Engine
 from dns.server import DNSListener, DNSServer
-from registry.acl.resolver import TokenResolver
+from registry.acl.authorizer import Authorizer
+from registry.acl.errors import ACLNotFound
+from registry.acl.resolver import StaticResolver, TokenResolver
+from registry.agent.acl import ServerResolver
 from registry.agent.dns_acl import DNSToken
 from registry.api.http import Api
 from registry.config import Config, ConfigError
@@ -219,6 +222,16 @@ def https_context(cfg: Config) -> ssl.SSLContext:
         raise OSError(errno.EINVAL, f"Error starting HTTPS listener: {exc}") from exc
 
 
+def _sync_resolver(resolve: Callable[[str], Authorizer]) -> Callable[[str], Authorizer | None]:
+    def resolve_or_none(secret: str) -> Authorizer | None:
+        try:
+            return resolve(secret)
+        except ACLNotFound:
+            return None
+
+    return resolve_or_none
+
+
 async def start_dns(cfg: Config, store: Callable[[], StateStore],
                     acl: TokenResolver | None = None) -> tuple[DNSListener, tuple[str, int], DNSToken | None]:  # fmt: skip
     """The DNS interface on ``client_addr`` and the DNS port, answering from ``store()`` (read at each
@@ -234,6 +247,9 @@ async def start_dns(cfg: Config, store: Callable[[], StateStore],
     token: DNSToken | None = None
     if acl is not None and acl.enabled:
         engine.set_acl(None)
+        if isinstance(acl, ServerResolver | StaticResolver):
+            # A prepared query's own token, resolved from this agent's replica of the ACL tables.
+            engine.set_token_resolver(_sync_resolver(acl.resolve_now))
         token = DNSToken(acl, engine.set_acl)
         await token.refresh()
     server = DNSServer(engine, dns_cfg)

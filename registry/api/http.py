@@ -424,12 +424,16 @@ class Api:
         mode = "stale" if stale else "consistent" if consistent else "leader"
         return min_index, wait, mode
 
-    async def read(self, request: web.Request, run: Read, *, cacheable: bool = True) -> web.Response:
+    async def read(self, request: web.Request, run: Read, *, cacheable: bool = True,
+                   blocking: bool = True) -> web.Response:  # fmt: skip
         """Consul's blocking query (agent/consul/rpc.go blockingQuery): run the read, which fills a watch
         set with what it looked at and the index of it; while that index is not past the caller's
         ``?index``, sleep on the watch set until something in it changes or the wait (plus up to 1/16
-        jitter) runs out, then run it again."""
+        jitter) runs out, then run it again. ``blocking=False``: an endpoint Consul never blocks (prepared
+        query execute and explain) answers at once whatever ``?index`` says."""
         min_index, wait, mode = self.query_options(request)
+        if not blocking:
+            min_index = 0
         consensus = self.consensus
         await consensus.barrier_read(mode)
         acl_on = self.acl_on

@@ -161,6 +161,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "ACLAuthorizations": _array(_obj(("Resource", "Access"), Resource=_STR, Segment=_STR, Access=_STR)),
     "AgentToken": _obj(("Token",), Token=_STR),
     "ACLBootstrap": _obj(BootstrapSecret=_STR),
+    "PreparedQuery": _obj(
+        ("Service",), Name=_STR, Session=_STR, Token=_STR,
+        Template=_obj(Type={"type": "string", "enum": ["name_prefix_match"]}, Regexp=_STR, RemoveEmptyTags=_BOOL),
+        Service=_obj(("Service",), Service=_STR, Failover=_obj(
+            NearestN=_UINT, Datacenters=_array(_STR), Targets=_array(_obj(Peer=_STR, Datacenter=_STR))),
+            OnlyPassing=_BOOL, IgnoreCheckIDs=_array(_STR), Near=_STR, Tags=_array(_STR), NodeMeta=STRING_MAP,
+            ServiceMeta=STRING_MAP, Connect=_BOOL, Peer=_STR),
+        DNS=_obj(TTL=DURATION),
+    ),
     # ---- answers
     "KVPair": _obj(("Key", "Flags", "LockIndex", "CreateIndex", "ModifyIndex"), Key=_STR, Flags=_UINT,
                    LockIndex=_UINT, Session=_STR, CreateIndex=_UINT, ModifyIndex=_UINT,
@@ -191,6 +200,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                          Action=_STR, Precedence=_INT),
     "ACLTokenOut": _obj(("AccessorID", "SecretID"), AccessorID=_STR, SecretID=_STR, Description=_STR,
                         Local=_BOOL, CreateIndex=_UINT, ModifyIndex=_UINT),
+    "PreparedQueryOut": _obj(("ID", "Service"), ID=_STR, Name=_STR, Session=_STR, Token=_STR,
+                             Template={"type": "object"}, Service={"type": "object"}, DNS=_obj(TTL=_STR),
+                             CreateIndex=_UINT, ModifyIndex=_UINT),
+    "PreparedQueryResult": _obj(("Service", "Nodes", "Datacenter", "Failovers"), Service=_STR,
+                                Nodes=_array(_ref("ServiceEntry")), DNS=_obj(TTL=_STR), Datacenter=_STR,
+                                PeerName=_STR, Failovers=_INT, Index=_UINT),
     "TxnResult": _obj(("Results", "Errors"),
                       Results={"type": "array", "nullable": True, "items": _obj(KV=_ref("KVPair"))},
                       Errors={"type": "array", "nullable": True, "items": _obj(OpIndex=_INT, What=_STR)}),
@@ -257,6 +272,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "authmethod": {"description": "Only what this auth method made (tokens) or owns (binding rules).",
                    "schema": _STR},
     "servicename": {"description": "Only the tokens with this service identity.", "schema": _STR},
+    "limit": {"description": "At most this many instances, after sorting or shuffling.", "schema": _INT},
+    "connect": {"description": "Only Connect-capable instances (proxies and native services).",
+                "schema": _BOOL_FLAG},
     "pretty": {"description": "Indent the JSON answer (presence enables).", "schema": _BOOL_FLAG,
                "allowEmptyValue": True},
 }  # fmt: skip
@@ -306,6 +324,8 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/health/state/": ("/v1/health/state/{state}",),
     "/v1/kv/": ("/v1/kv/{key}",),
     "/v1/session/destroy/": ("/v1/session/destroy/{uuid}",),
+    # Execute and explain take an ID or a name; reading one takes the ID.
+    "/v1/query/": ("/v1/query/{uuid}", "/v1/query/{uuid}/execute", "/v1/query/{uuid}/explain"),
     "/v1/session/info/": ("/v1/session/info/{uuid}",),
     "/v1/session/node/": ("/v1/session/node/{node}",),
     "/v1/session/renew/": ("/v1/session/renew/{uuid}",),
@@ -326,6 +346,8 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
 METHOD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
     ("DELETE", "/v1/config/"): ("/v1/config/{kind}/{name}",),
     ("PUT", "/v1/acl/token/"): ("/v1/acl/token/{AccessorID}", "/v1/acl/token/{AccessorID}/clone"),
+    ("PUT", "/v1/query/"): ("/v1/query/{uuid}",),
+    ("DELETE", "/v1/query/"): ("/v1/query/{uuid}",),
 }
 
 # ---------------------------------------------------------------------- operations
@@ -475,6 +497,17 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                            errors=(404,)),
     ("PUT", "/v1/connect/intentions/"): Op(query=("dc",), body="Intention", ok=_EMPTY, errors=(404,)),
     ("DELETE", "/v1/connect/intentions/"): Op(query=("dc",), ok={200: _TRUE}, errors=(404,)),
+    # ---- prepared queries
+    ("POST", "/v1/query"): Op(query=("dc",), body="PreparedQuery", ok=_json(_obj(("ID",), ID=_STR)),
+                              server_errors=(NO_DC,)),
+    ("GET", "/v1/query"): Op(query=BLOCKING, blocking=True, ok=_json(_array(_ref("PreparedQueryOut"))),
+                             server_errors=(NO_DC,)),
+    ("GET", "/v1/query/"): Op(query=(*BLOCKING, "near", "limit", "connect"), blocking=True, ok=_json({"oneOf": [
+        _array(_ref("PreparedQueryOut")), _ref("PreparedQueryResult"),
+        _obj(("Query",), Query=_ref("PreparedQueryOut"))]}), errors=(404,), server_errors=(NO_DC,)),
+    ("PUT", "/v1/query/"): Op(query=("dc",), body="PreparedQuery", ok=_EMPTY, errors=(404, 405),
+                              server_errors=(NO_DC,)),
+    ("DELETE", "/v1/query/"): Op(query=("dc",), ok=_EMPTY, errors=(404, 405), server_errors=(NO_DC,)),
     # ---- config entries
     ("PUT", "/v1/config"): Op(query=("dc", "cas"), body="ConfigEntry", ok={200: _TRUE}),
     ("GET", "/v1/config/"): Op(query=(*BLOCKING, "filter"), blocking=True, ok=_json({}), errors=(404,)),

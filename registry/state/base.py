@@ -128,3 +128,6 @@ class StoreBase:
 
     def _kv_touch(self, key: str) -> None:
         raise NotImplementedError  # kvs.KVTable
+
+    def _pq_delete_session_queries(self, sid: str) -> None:
+        raise NotImplementedError  # query_table.PreparedQueryTable

@@ -83,6 +83,8 @@ def dump_store(store: Any) -> dict[str, Any]:
         "clock_ns": store.clock_ns,
         # Added with ACLs; absent from older snapshots (loaded as empty).
         "acl": store.acl_dump(),
+        # Added with prepared queries; absent from older snapshots (loaded as empty).
+        "prepared_queries": store.pq_dump(),
     }
 
 
@@ -120,6 +122,10 @@ def load_store(store: Any, data: dict[str, Any]) -> Any:
         if not isinstance(acl, dict):
             raise SnapshotFormatError("acl must be a map")
         store.acl_load(acl)
+        queries = data.get("prepared_queries") or []
+        if not isinstance(queries, list):
+            raise SnapshotFormatError("prepared_queries must be a list")
+        store.pq_load(queries)
     except (KeyError, IndexError, TypeError, ValueError) as exc:  # ACLObjectError is a ValueError
         if isinstance(exc, SnapshotFormatError):
             raise

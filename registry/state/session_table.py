@@ -54,6 +54,7 @@ class SessionTable(StoreBase):
         if s is None:
             return False
         self._bump("sessions", T_SESSIONS)
+        self._pq_delete_session_queries(sid)  # Consul deletes the prepared queries bound to the session
         self._index_discard(self._sessions_by_node, s.node, sid)
         for cid in s.check_ids():
             self._index_discard(self._sessions_by_check, (s.node, cid), sid)

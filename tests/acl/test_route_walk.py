@@ -53,6 +53,7 @@ def ixn(name: str, level: str) -> str:
 
 
 UUID = "8f246b77-f3e1-ff88-5b48-8ec93abf3e05"
+PROBE_IDS: dict[str, Any] = {"session": "s", "legacy": "l", "trust_domain": "t", "ca_config": {}, "q1": "q", "q2": "q"}
 NODE_READ = f'node "{NODE}" {{ policy = "read" }}'
 NODE_WRITE = f'node "{NODE}" {{ policy = "write" }}'
 SESSION_WRITE = f'session "{NODE}" {{ policy = "write" }}'
@@ -164,6 +165,14 @@ def cases(ids: dict[str, str]) -> list[Case]:
              "intention:write", body={"SourceName": "web", "DestinationName": "db2", "Action": "deny"}),
         Case("DELETE", "/v1/connect/intentions/", f"/v1/connect/intentions/{ids['legacy']}", ixn("db2", "write"),
              "intention:write"),
+        # prepared queries
+        Case("GET", "/v1/query", "/v1/query", 'query "q1" { policy = "read" }', None),
+        Case("GET", "/v1/query/", f"/v1/query/{ids['q1']}", 'query "q1" { policy = "read" }', "query:read"),
+        Case("POST", "/v1/query", "/v1/query", 'query "qw" { policy = "write" }', "query:write",
+             body={"Name": "qw", "Service": {"Service": "web"}}),
+        Case("PUT", "/v1/query/", f"/v1/query/{ids['q1']}", 'query "q1" { policy = "write" }', "query:write",
+             body={"Name": "q1", "Service": {"Service": "web", "OnlyPassing": True}}),
+        Case("DELETE", "/v1/query/", f"/v1/query/{ids['q2']}", 'query "q2" { policy = "write" }', "query:write"),
         # config entries
         Case("PUT", "/v1/config", "/v1/config", ixn("cfg", "write"), "intention:write",
              body={"Kind": "service-intentions", "Name": "cfg", "Sources": [{"Name": "web", "Action": "allow"}]}),
@@ -220,7 +229,7 @@ def cases(ids: dict[str, str]) -> list[Case]:
 def test_every_route_has_a_case() -> None:
     """A new route without a case here (and so without a proof that its declaration is enforced) fails."""
     declared = {(m, r.path) for r in ROUTES for m in r.methods}
-    covered = {c.key for c in cases({"session": "s", "legacy": "l", "trust_domain": "t", "ca_config": {}})}
+    covered = {c.key for c in cases(PROBE_IDS)}
     assert declared - covered == set(), "routes without a walk case"
     assert covered - declared == set(), "walk cases for routes that do not exist"
 
@@ -262,7 +271,7 @@ class Walker:
 
 @pytest.fixture
 async def walk_agent() -> AsyncIterator[tuple[Walker, dict[str, str], list[Case]]]:
-    probe = cases({"session": "s", "legacy": "l", "trust_domain": "t", "ca_config": {}})
+    probe = cases(PROBE_IDS)
     tokens = {f"have-{i}": c.have for i, c in enumerate(probe)}
     tokens.update({f"lack-{i}": "" for i in range(len(probe))})
     resolver = StaticResolver(tokens, default_policy="deny", management=(ROOT,))
@@ -288,9 +297,11 @@ async def setup(w: Walker) -> dict[str, str]:
     await ok("PUT", "/v1/connect/intentions/exact?source=web&destination=db", {"Action": "allow"})
     legacy = (await ok("POST", "/v1/connect/intentions",
                        {"SourceName": "web", "DestinationName": "db2", "Action": "allow"}))["ID"]
+    q1 = (await ok("POST", "/v1/query", {"Name": "q1", "Service": {"Service": "web"}}))["ID"]
+    q2 = (await ok("POST", "/v1/query", {"Name": "q2", "Service": {"Service": "web"}}))["ID"]
     roots = await ok("GET", "/v1/connect/ca/roots")
     ca_config = await ok("GET", "/v1/connect/ca/configuration")
-    return {"session": session, "legacy": legacy, "trust_domain": roots["TrustDomain"],
+    return {"session": session, "legacy": legacy, "trust_domain": roots["TrustDomain"], "q1": q1, "q2": q2,
             "ca_config": {"Provider": ca_config["Provider"], "Config": ca_config["Config"]}}  # type: ignore[dict-item]
 
 
