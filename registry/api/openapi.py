@@ -39,6 +39,7 @@ from registry.registration import (
 )
 from registry.txn import MAX_OPS, READ_VERBS, WRITE_VERBS
 
+CATALOG_VERBS = ["cas", "delete", "delete-cas", "get", "set"]  # Node, Service and Check operations
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 JSON = "application/json"
@@ -124,7 +125,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "TxnOps": {"type": "array", "maxItems": MAX_OPS, "items": _obj(KV=_obj(
         ("Verb",), Verb={"type": "string", "enum": sorted(WRITE_VERBS | READ_VERBS)}, Key=_STR,
         Value={"type": "string", "format": "byte"}, Flags=_UINT, Index=_UINT, Session=_STR,
-    ))},
+    ), Node=_obj(("Verb", "Node"), Verb={"type": "string", "enum": CATALOG_VERBS}, Node={"type": "object"}),
+        Service=_obj(("Verb", "Node", "Service"), Verb={"type": "string", "enum": CATALOG_VERBS}, Node=_STR,
+                     Service={"type": "object"}),
+        Check=_obj(("Verb", "Check"), Verb={"type": "string", "enum": CATALOG_VERBS}, Check={"type": "object"}),
+    )},
     "Intention": _obj(
         SourceName=_STR, SourceNS=_STR, DestinationName=_STR, DestinationNS=_STR,
         SourceType={"type": "string", "enum": ["consul"]}, Action={"type": "string", "enum": ["allow", "deny"]},
