@@ -19,7 +19,7 @@ Consul answers with and Consul's text, and the HTTP layer turns it into a respon
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from registry.acl.binding import BindingRule
@@ -151,18 +151,34 @@ def service_from(node: str, d: Any) -> Service:
             enable_tag_override=bool(d.get("EnableTagOverride", False)),
             proxy=proxy,
             connect=connect,
+            locality=_locality(d.get("Locality")),
         )
     except (AttributeError, TypeError, ValueError) as exc:  # a malformed Weights or tagged address
         raise CommandError(f"malformed service: {exc}") from None
 
 
+def _locality(v: Any) -> dict[str, str] | None:
+    """Consul's Locality of a service: Region and Zone, the empty ones left out; None when neither is set."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise CommandError("Locality must be an object")
+    out = {k: v[k] for k in ("Region", "Zone") if v.get(k)}
+    if not all(isinstance(x, str) for x in out.values()):
+        raise CommandError("Locality's Region and Zone must be strings")
+    return out or None
+
+
 def service_wire(s: Service) -> Wire:
-    return {
+    out: Wire = {
         "ID": s.id, "Service": s.service, "Kind": s.kind, "Tags": list(s.tags), "Address": s.address,
         "TaggedAddresses": s.tagged_addresses, "Meta": s.meta, "Port": s.port,
         "Weights": {"Passing": s.weights[0], "Warning": s.weights[1]}, "EnableTagOverride": s.enable_tag_override,
         "Proxy": s.proxy, "Connect": s.connect,
     }  # fmt: skip
+    if s.locality:
+        out["Locality"] = s.locality  # only when set: the entries logs already hold decode the same
+    return out
 
 
 def check_from(node: str, d: Any) -> Check:
@@ -348,12 +364,107 @@ class KV:
         return cls(KVOp(verb, key, value, flags, index, _str(cmd, "Session")))
 
 
+def _txn_node_from(d: Any) -> Node:
+    """A transaction's node (Consul's TxnNodeOp.Node): unlike a registration, its name may be empty here (a
+    get of "" fails when it runs, with Consul's text), and its ModifyIndex is the CAS index."""
+    if not isinstance(d, dict):
+        raise CommandError("Node must be an object")
+    return Node(_str(d, "ID"), _str(d, "Node"), _str(d, "Address"), _str(d, "Datacenter"),
+                _strmap(d, "TaggedAddresses"), _strmap(d, "NodeMeta"), modify_index=_u64(d, "ModifyIndex"))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOp:
+    """One Node operation of a transaction (Consul's TxnNodeOp): ``node.modify_index`` is the CAS index."""
+
+    verb: str
+    node: Node
+
+    def op_wire(self) -> Wire:
+        n = self.node
+        return {"Op": "node", "Verb": self.verb, "Node": {
+            "ID": n.id, "Node": n.node, "Address": n.address, "Datacenter": n.datacenter,
+            "TaggedAddresses": n.tagged_addresses, "NodeMeta": n.meta, "ModifyIndex": n.modify_index}}  # fmt: skip
+
+    @classmethod
+    def from_op(cls, op: Wire) -> NodeOp:
+        return cls(_str(op, "Verb"), _txn_node_from(op.get("Node")))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceOp:
+    """One Service operation (Consul's TxnServiceOp): a service instance on ``node``;
+    ``service.modify_index`` is the CAS index."""
+
+    verb: str
+    node: str
+    service: Service
+
+    def op_wire(self) -> Wire:
+        return {"Op": "service", "Verb": self.verb, "Node": self.node,
+                "Service": {**service_wire(self.service), "ModifyIndex": self.service.modify_index}}  # fmt: skip
+
+    @classmethod
+    def from_op(cls, op: Wire) -> ServiceOp:
+        node = _str(op, "Node")
+        raw = op.get("Service")
+        if not isinstance(raw, dict):
+            raise CommandError("Service must be an object")
+        # A delete or get names the instance by ID alone: the name is only required where it is used.
+        svc = service_from(node, {**raw, "Service": raw.get("Service") or " "})
+        return cls(_str(op, "Verb"), node, replace(svc, service=_str(raw, "Service"), id=_str(raw, "ID"),
+                                                     modify_index=_u64(raw, "ModifyIndex")))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOp:
+    """One Check operation (Consul's TxnCheckOp): the check's whole definition, as consul-esm sends it;
+    ``check.modify_index`` is the CAS index."""
+
+    verb: str
+    check: Check
+
+    def op_wire(self) -> Wire:
+        return {"Op": "check", "Verb": self.verb,
+                "Check": {**check_wire(self.check), "ModifyIndex": self.check.modify_index}}  # fmt: skip
+
+    @classmethod
+    def from_op(cls, op: Wire) -> CheckOp:
+        raw = op.get("Check")
+        if not isinstance(raw, dict):
+            raise CommandError("Check must be an object")
+        chk = check_from(_str(raw, "Node"), {**raw, "CheckID": _str(raw, "CheckID") or _str(raw, "Name") or " "})
+        return cls(_str(op, "Verb"), replace(chk, check_id=_str(raw, "CheckID") or _str(raw, "Name"),
+                                             status=_str(raw, "Status"), modify_index=_u64(raw, "ModifyIndex")))  # fmt: skip
+
+
+TxnOp = KVOp | NodeOp | ServiceOp | CheckOp
+_TXN_OPS: Mapping[str, Callable[[Wire], NodeOp | ServiceOp | CheckOp]] = {
+    "node": NodeOp.from_op, "service": ServiceOp.from_op, "check": CheckOp.from_op,
+}
+
+
+def txn_op_from(op: Any) -> TxnOp:
+    """One operation of a logged transaction: a KV operation is the flat map older logs hold; the catalog
+    operations carry their kind in ``Op``."""
+    if not isinstance(op, dict):
+        raise CommandError("each operation must be a map")
+    kind = op.get("Op")
+    if kind is None:
+        return KVOp.from_op(op)
+    decode = _TXN_OPS.get(kind) if isinstance(kind, str) else None
+    if decode is None:
+        raise CommandError(f"unknown transaction operation {kind!r}")
+    return decode(op)
+
+
 @dataclass(frozen=True, slots=True)
 class Txn:
-    """Consul's TxnRequest, KV operations only: all of them apply, or none."""
+    """Consul's TxnRequest: KV, Node, Service and Check operations in one log entry; all of them apply, or
+    none."""
 
     TYPE: ClassVar[str] = "txn"
-    ops: tuple[KVOp, ...]
+    ops: tuple[TxnOp, ...]
 
     def to_wire(self) -> Wire:
         return {"Type": self.TYPE, "Ops": [o.op_wire() for o in self.ops]}
@@ -363,7 +474,7 @@ class Txn:
         raw = cmd.get("Ops")
         if not isinstance(raw, list) or not raw:
             raise CommandError("Ops must be a non-empty list")
-        return cls(tuple(KVOp.from_op(op) for op in raw))
+        return cls(tuple(txn_op_from(op) for op in raw))
 
 
 @dataclass(frozen=True, slots=True)

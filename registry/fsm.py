@@ -117,7 +117,7 @@ DISPATCH: dict[type, ApplyFn] = {
     c.KV: _kv,
     c.SessionCreate: _session_create,
     c.SessionDestroy: _session_destroy,
-    c.Txn: apply_txn,  # KV operations, all or none (registry.txn)
+    c.Txn: apply_txn,  # KV, Node, Service and Check operations, all or none (registry.txn)
     c.TombstoneReap: _tombstone_reap,
     c.Noop: _noop,
     **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)

@@ -165,6 +165,7 @@ SERVICE_SCHEMA: dict[str, Any] = {
     "Namespace": "str",
     "Partition": "str",
     "Datacenter": "str",
+    "Locality": {"Region": "str", "Zone": "str"},
     "CreateIndex": "any",
     "ModifyIndex": "any",
     "ContentHash": "any",
@@ -492,6 +493,7 @@ def build_service_registration(rules: RegistrationRules, raw: Any) -> tuple[Serv
         "EnableTagOverride": bool(d.get("EnableTagOverride")),
         "Proxy": proxy,
         "Connect": {k: v for k, v in connect.items() if k != "SidecarService"} if connect else None,
+        "Locality": d.get("Locality"),
     }
     raw_checks: list[dict[str, Any]] = []
     if d.get("Check"):
@@ -534,6 +536,8 @@ def sidecar_registration(
     proxy.setdefault("LocalServiceAddress", "127.0.0.1")
     proxy.setdefault("LocalServicePort", parent.port)
     raw["Proxy"] = proxy
+    if parent.locality and not raw.get("Locality"):
+        raw["Locality"] = parent.locality  # a sidecar is where its service is (Consul copies it)
     if not raw.get("Check") and not raw.get("Checks"):
         addr = raw.get("Address") or parent.address or "127.0.0.1"
         raw["Checks"] = [{"Name": "Connect Sidecar Listening", "TCP": f"{addr}:{raw['Port']}", "Interval": "10s"}]

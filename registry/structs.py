@@ -76,6 +76,7 @@ class Service:
     connect: dict[str, Any] | None = None
     create_index: int = 0
     modify_index: int = 0
+    locality: dict[str, str] | None = None  # Consul's Locality: {"Region": ..., "Zone": ...}, None when unset
 
     def same_as(self, other: Service) -> bool:
         return (
@@ -90,6 +91,7 @@ class Service:
             and self.enable_tag_override == other.enable_tag_override
             and self.proxy == other.proxy
             and self.connect == other.connect
+            and self.locality == other.locality
         )
 
     @property

@@ -209,3 +209,83 @@ def test_survives_snapshot_round_trip(fsm) -> None:
     restored = FSM()
     restored.restore(f.snapshot())
     assert {k: e.value for k, e in restored.store.kv.items()} == {"a": b"1", "b": b"2"}
+
+
+def catalog_state(store: StateStore) -> tuple:
+    """Everything catalog-related a refused transaction must leave exactly as it was."""
+    return (
+        dict(store.nodes), copy.deepcopy(store.services), copy.deepcopy(store.checks),
+        copy.deepcopy(store.by_service_name), dict(store.service_index), dict(store.node_index),
+        dict(store.table_index), copy.deepcopy(store._sessions_by_node),
+    )  # fmt: skip
+
+
+def catalog_txn(f: FSM, *ops: object) -> dict:
+    """A transaction of any operations, built as the HTTP layer builds them and sent through the log."""
+    from registry.commands import Txn
+
+    out = apply(f, Txn(tuple(ops)).to_wire())  # type: ignore[arg-type]
+    assert isinstance(out, dict), out
+    return {"Results": render_results(out["Results"]), "Errors": out["Errors"]}
+
+
+def test_mixed_transaction_rolls_back_every_table(fsm) -> None:
+    from registry.commands import CheckOp, NodeOp, ServiceOp
+    from registry.structs import Check, Node, Service
+
+    f, rec = fsm
+    with_session(f)  # node n1, with a session: deleting the node would destroy it
+    apply(f, {"Type": "txn", "Ops": [op("set", "k", b"1")]})
+    out = catalog_txn(f, NodeOp("set", Node("", "n2", "10.0.0.2", "dc1")),
+                      ServiceOp("set", "n2", Service("n2", "db", "db", port=1)),
+                      CheckOp("set", Check("n2", "c", "c", status="passing", service_id="db")))  # fmt: skip
+    assert out["Errors"] is None and [list(r) for r in out["Results"]] == [["Node"], ["Service"], ["Check"]]
+    assert out["Results"][2]["Check"]["ServiceName"] == "db"
+    c_index = f.store.checks["n2"]["c"].modify_index
+    before, kv_before, notified = catalog_state(f.store), kv_state(f.store), len(rec.topics)
+    out = catalog_txn(f, OpKV("set", "k", b"2"), NodeOp("delete", Node("", "n1", "", "")),
+                      ServiceOp("set", "n2", Service("n2", "db2", "db", port=2)),
+                      NodeOp("set", Node("", "n3", "10.0.0.3", "dc1")),
+                      CheckOp("cas", Check("n2", "c", "c", status="critical", service_id="db",
+                                           modify_index=c_index + 1)))  # fmt: skip
+    assert out == {"Results": None, "Errors": [{"OpIndex": 4, "What": 'failed to set check "c" on node "n2", '
+                                                                     "index is stale"}]}  # fmt: skip
+    assert catalog_state(f.store) == before and kv_state(f.store) == kv_before
+    assert "s1" in f.store.sessions and len(rec.topics) == notified
+    # The same with the right index applies, and the check's index moves.
+    out = catalog_txn(f, CheckOp("cas", Check("n2", "c", "c", status="critical", service_id="db",
+                                              modify_index=c_index)))  # fmt: skip
+    assert out["Errors"] is None and f.store.checks["n2"]["c"].status == "critical"
+
+
+def OpKV(verb: str, key: str, value: bytes | None = None) -> KVOp:  # noqa: N802 - reads like the op it builds
+    return KVOp(verb, key, value)
+
+
+def test_txn_wire_keeps_old_kv_entries_and_round_trips_catalog_ops() -> None:
+    from registry.commands import CheckOp, NodeOp, ServiceOp, Txn, from_wire
+    from registry.structs import Check, Node, Service
+
+    # An entry written before catalog operations existed: flat KV operations.
+    old = from_wire({"Type": "txn", "Ops": [op("set", "a", b"1")]})
+    assert old == Txn((KVOp("set", "a", b"1"),))
+    cmd = Txn((KVOp("set", "a", b"1"), NodeOp("cas", Node("id", "n", "1.2.3.4", "dc1", {"lan": "x"}, {"m": "v"},
+                                                        modify_index=7)),
+               ServiceOp("delete-cas", "n", Service("n", "s", "svc", tags=("t",), port=5, modify_index=8,
+                                                     locality={"Region": "r"})),
+               CheckOp("set", Check("n", "c", "c", status="", definition={"HTTP": "http://x", "Interval": "10s"},
+                                    modify_index=9))))  # fmt: skip
+    assert from_wire(cmd.to_wire()) == cmd
+
+
+def test_service_locality_survives_a_snapshot() -> None:
+    from registry.structs import Node, Service
+
+    f = FSM()
+    f.store.begin(1)
+    f.store.ensure_registration(Node("", "n", "1.1.1.1", "dc1"),
+                                Service("n", "s", "s", locality={"Region": "r", "Zone": "z"}), [])  # fmt: skip
+    f.store.commit()
+    restored = FSM()
+    restored.restore(f.snapshot())
+    assert restored.store.services["n"]["s"].locality == {"Region": "r", "Zone": "z"}

@@ -47,6 +47,7 @@ from registry.acl.objects import (
     is_uuid,
 )
 from registry.acl.rules import render_hcl
+from registry.api.decode import depth_error
 from registry.api.enforce import request_secret
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
@@ -127,6 +128,9 @@ async def _body(request: web.Request, what: str) -> dict[str, Any]:
     raw = await read_body(request)
     if not raw.strip():
         return {}
+    too_deep = depth_error(raw)
+    if too_deep is not None:
+        raise HTTPError(400, f"{what} decoding failed: {too_deep}")
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -737,6 +741,9 @@ async def internal_authorize(api: Api, request: web.Request, _: str) -> web.Stre
     with ``Allow`` for the caller's token, by this agent's resolver."""
     _require_enabled(api)
     raw = await read_body(request)
+    too_deep = depth_error(raw)
+    if too_deep is not None:
+        raise HTTPError(400, f"Failed to decode request body: {too_deep}")
     try:
         batch = json.loads(raw) if raw.strip() else []
     except (ValueError, RecursionError) as exc:

@@ -267,6 +267,9 @@ async def health_by_id(api: Api, request: web.Request, sid: str) -> web.StreamRe
     return _health_response(api, request, entry, entry["AggregatedStatus"])
 
 
+SERF_WAN_PORT = 8302  # Consul's default ports.serf_wan: the WAN pool's port on a server
+
+
 async def self_info(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     agent = api.agent
     cfg = api.config
@@ -306,18 +309,98 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
                 # (registry/posture.py); -dev is open by design and reports false.
                 "Insecure": bool(insecure),
                 "InsecureReasons": insecure,
+                **_debug_config(api),
             },
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": member,
-            "Stats": {"consul": {"server": str(cfg.server).lower(), "leader": str(api.consensus.is_leader()).lower()}},
+            "Stats": _stats(api),
             "Meta": {"consul-network-segment": "", **cfg.node_meta},
-            "xDS": None,
+            # No "xDS": Consul leaves it out when the agent runs no xDS server (Self.XDS is omitempty).
         },
     )
 
 
+def _addrs(scheme: str, host: str, port: int) -> list[str]:
+    """A listener as RuntimeConfig's sanitized addresses print it ("tcp://127.0.0.1:8500"); none when off."""
+    return [f"{scheme}://{host}:{port}"] if port > 0 else []
+
+
+def _debug_config(api: Api) -> dict[str, Any]:
+    """The DebugConfig fields tools read (Consul's sanitized RuntimeConfig): the listeners as they are bound,
+    a port that is off as -1 (GRPCPort: Proconsul serves no gRPC/xDS), the server and Connect settings."""
+    cfg = api.config
+    agent = api.agent
+    http_port = agent.http_addr[1] if agent.http_addr else cfg.ports.http
+    dns_port = agent.dns_addr[1] if agent.dns_addr else cfg.ports.dns
+    host = cfg.client_addr
+    return {
+        "Datacenter": cfg.datacenter,
+        "PrimaryDatacenter": cfg.datacenter,
+        "NodeName": cfg.node_name,
+        "NodeID": cfg.node_id,
+        "ServerMode": cfg.server or cfg.dev,
+        "Bootstrap": cfg.bootstrap,
+        "BootstrapExpect": cfg.bootstrap_expect,
+        "ACLsEnabled": api.acl_on,
+        "ConnectEnabled": bool(cfg.connect.get("enabled", False)),
+        "GRPCPort": cfg.ports.grpc if cfg.ports.grpc > 0 else -1,
+        "GRPCTLSPort": -1,
+        "HTTPSPort": cfg.ports.https if cfg.ports.https > 0 else -1,
+        "ServerPort": cfg.ports.server,
+        "SerfPortLAN": cfg.ports.serf_lan,
+        "SerfPortWAN": SERF_WAN_PORT if cfg.server or cfg.dev else -1,
+        "DNSAddrs": _addrs("tcp", host, dns_port) + _addrs("udp", host, dns_port),
+        "HTTPAddrs": _addrs("tcp", host, http_port),
+        "HTTPSAddrs": _addrs("tcp", host, cfg.ports.https),
+        "GRPCAddrs": _addrs("tcp", host, cfg.ports.grpc),
+    }
+
+
+def _stats(api: Api) -> dict[str, dict[str, str]]:
+    """Consul's agent Stats: the ``consul`` block a server reports (agent/consul/server.go Stats: server,
+    leader, leader_addr, bootstrap, known_datacenters, acl) or a client (client.go: server, known_servers,
+    acl), the ``agent`` block (local checks and services) and ``build``; every value a string."""
+    cfg = api.config
+    consensus = api.consensus
+    acl = "enabled" if api.acl_on else "disabled"
+    if api.is_client:
+        consul = {"server": "false", "known_servers": str(len(consensus.peers())), "acl": acl}
+    else:
+        consul = {
+            "server": "true",
+            "leader": str(consensus.is_leader()).lower(),
+            "leader_addr": consensus.leader_address(),
+            "bootstrap": str(cfg.bootstrap).lower(),
+            "known_datacenters": "1",
+            "acl": acl,
+        }
+    checks = api.agent.checks.values()
+    return {
+        "consul": consul,
+        "agent": {
+            "check_monitors": str(sum(1 for c in checks if c.spec.type == "script")),
+            "check_ttls": str(sum(1 for c in checks if c.spec.type == "ttl")),
+            "checks": str(len(api.agent.checks)),
+            "services": str(len(api.agent.services)),
+        },
+        "build": {"prerelease": "", "revision": "proconsul", "version": CONSUL_VERSION, "version_metadata": ""},
+    }
+
+
 async def members(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    out = api.agent.members()
+    """The LAN members, or with ``?wan=<anything>`` the WAN pool as Consul's agent shows it: only servers
+    are in it, named ``<node>.<datacenter>`` on the WAN Serf port; a client agent is in no WAN pool and
+    answers null (its WANMembers is nil), and a segment does not apply to the WAN (400)."""
+    out: list[dict[str, Any]] | None = api.agent.members()
+    if request.query.get("wan"):
+        segment = request.query.get("segment", "")
+        if segment not in ("", "_all"):
+            raise HTTPError(400, "Cannot provide a segment with wan=true")
+        if api.is_client:
+            return api.json(request, None)
+        out = [{**m, "Name": f"{m['Name']}.{m['Tags']['dc']}", "Port": SERF_WAN_PORT}
+               for m in out or [] if m["Tags"].get("role") == "consul"]  # fmt: skip
+    assert out is not None
     authz = request_authz(request)
     if authz is not None:
         out = filter_list(request, out, lambda m: authz.node_read(m["Name"]))

@@ -14,6 +14,7 @@ from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
 from registry.commands import Deregister, Register
+from registry.connect.state import get_entry
 from registry.registration import (
     CATALOG_DEREGISTER_SCHEMA,
     CATALOG_REGISTER_SCHEMA,
@@ -22,7 +23,7 @@ from registry.registration import (
     validate_meta,
 )
 from registry.state.store import StateStore, WatchSet
-from registry.structs import CHECK_STATUSES, Check, Node, Service
+from registry.structs import CHECK_STATUSES, CONSUL_SERVICE, Check, Node, Service
 
 if TYPE_CHECKING:
     from registry.api.http import Api
@@ -67,12 +68,6 @@ def tags_match(svc: Service, tags: list[str]) -> bool:
         return True
     have = {t.lower() for t in svc.tags}
     return all(t.lower() in have for t in tags)
-
-
-def _datacenter(api: Api, request: web.Request) -> None:
-    dc = request.query.get("dc")
-    if dc and dc != api.config.datacenter:
-        raise HTTPError(500, "No path to datacenter")
 
 
 async def register_handler(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -127,6 +122,7 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
             enable_tag_override=bool(svc.get("EnableTagOverride")),
             proxy=proxy,
             connect=connect,
+            locality={k: v for k, v in (svc.get("Locality") or {}).items() if v} or None,
         )
     checks: list[Check] = []
     for c in ([d["Check"]] if d.get("Check") else []) + [c for c in (d.get("Checks") or []) if c]:
@@ -179,7 +175,6 @@ async def datacenters(api: Api, request: web.Request, _: str) -> web.StreamRespo
 
 
 async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    _datacenter(api, request)
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.NODE)
 
@@ -200,7 +195,6 @@ async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 
 
 async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    _datacenter(api, request)
     meta = node_meta_filter(request)
     # Consul runs the filter on each instance (structs.ServiceNode) and lists the names and tags of those
     # that match. Its state store leaves the node fields of those instances empty; Proconsul fills them
@@ -256,7 +250,6 @@ def visible_instances(request: web.Request, name: str, instances: list[tuple[Nod
 
 
 def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> Any:
-    _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing service name")
     tags = request.query.getall("tag", [])
@@ -302,7 +295,6 @@ def _visible_services(request: web.Request, svcs: Any) -> list[str]:
 
 
 async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
-    _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each value of "Services"
@@ -322,7 +314,6 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
 
 
 async def node_services(api: Api, request: web.Request, name: str) -> web.StreamResponse:
-    _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.NODE_SERVICE)  # run on each item of "Services"
@@ -341,6 +332,71 @@ async def node_services(api: Api, request: web.Request, name: str) -> web.Stream
     return await api.read(request, run)
 
 
+def _wildcard_services(store: StateStore, ws: WatchSet) -> list[str]:
+    """What a gateway's "*" stands for: every service of the catalog but Consul's own and the proxies and
+    gateways (Consul's wildcard gateway-service entries cover the datacenter's services)."""
+    names = store.service_table(ws)
+    out = []
+    for name in sorted(names):
+        if name == CONSUL_SERVICE:
+            continue
+        kinds = {store.services[n][sid].kind for n, sid in names[name]}
+        if "" in kinds:
+            out.append(name)
+    return out
+
+
+def gateway_services(store: StateStore, gateway: str, ws: WatchSet) -> list[dict[str, Any]]:
+    """Consul's GatewayServices: the services an ingress or terminating gateway's config entry links to it,
+    as GatewayService values (a listener's port and protocol for ingress; the TLS files and SNI for
+    terminating; a "*" expanded to the catalog's services, each with ``FromWildcard``). Watched as the
+    config entries (and, for a wildcard, the service table)."""
+    out: list[dict[str, Any]] = []
+    for kind in ("ingress-gateway", "terminating-gateway"):
+        entry = get_entry(store, kind, gateway, ws=ws)
+        if entry is None:
+            continue
+        raft = {"CreateIndex": entry.get("CreateIndex", 0), "ModifyIndex": entry.get("ModifyIndex", 0)}
+        if kind == "ingress-gateway":
+            links = [({"Port": lst.get("Port", 0), "Protocol": lst.get("Protocol") or "tcp"}, svc)
+                     for lst in entry.get("Listeners") or [] for svc in lst.get("Services") or []]  # fmt: skip
+        else:
+            links = [({k: svc[k] for k in ("CAFile", "CertFile", "KeyFile", "SNI") if svc.get(k)}, svc)
+                     for svc in entry.get("Services") or []]  # fmt: skip
+        for extra, svc in links:
+            name = str(svc.get("Name", ""))
+            if kind == "ingress-gateway" and svc.get("Hosts"):
+                extra = {**extra, "Hosts": list(svc["Hosts"])}
+            targets = [(n, True) for n in _wildcard_services(store, ws)] if name == "*" else [(name, False)]
+            for target, wildcard in targets:
+                item: dict[str, Any] = {"Gateway": {"Name": gateway}, "Service": {"Name": target}, "GatewayKind": kind,
+                                        **extra}  # fmt: skip
+                if wildcard:
+                    item["FromWildcard"] = True
+                out.append({**item, **raft})
+    return out
+
+
+async def gateway_services_handler(api: Api, request: web.Request, gateway: str) -> web.StreamResponse:
+    """GET /v1/catalog/gateway-services/:gateway: ``[]`` when no config entry links anything to it, as
+    Consul answers; the services the token may not ``service:read`` are left out."""
+    if not gateway:
+        raise HTTPError(400, "Missing gateway name")
+
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        found = gateway_services(store, gateway, ws)
+
+        def build() -> Any:
+            authz = request_authz(request)
+            if authz is None:
+                return found
+            return filter_list(request, found, lambda g: authz.service_read(g["Service"]["Name"]))
+
+        return ReadResult(build)
+
+    return await api.read(request, run)
+
+
 ROUTES: tuple[Route, ...] = (
     route("PUT", "/v1/catalog/register", register_handler, "write", "node", "body:Node",
           "Register a node, service or check (service:write on the service too)"),
@@ -351,6 +407,9 @@ ROUTES: tuple[Route, ...] = (
     route("GET", "/v1/catalog/services", services, "read", "service", "each", "All services and their tags"),
     route("GET", "/v1/catalog/service/", service, "read", "service", "each",
           "The instances of a service (filtered: service:read on it, node:read on each node)"),
+    route("GET", "/v1/catalog/gateway-services/", gateway_services_handler, "read", "service", "path",
+          "The services linked to an ingress or terminating gateway by its config entry (each filtered by "
+          "service:read)"),
     route("GET", "/v1/catalog/connect/", connect, "read", "service", "each",
           "The Connect-capable instances of a service (filtered as /v1/catalog/service)"),
     route("GET", "/v1/catalog/node/", node, "read", "node", "each",

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from registry.acl.authorizer import Authorizer
 from registry.acl.errors import PermissionDenied
+from registry.api.decode import depth_error
 from registry.api.routing import Route
 
 if TYPE_CHECKING:
@@ -98,9 +99,11 @@ def body_names(body: bytes, field: str) -> list[str] | None:
     """Every value the JSON body gives the (dotted, case-insensitive) field: Go's decoder matches field
     names without regard to case, so all spellings present are checked, never just one of them. None
     when the body does not decode to an object (the handler answers the decode error)."""
+    if depth_error(body) is not None:
+        return None  # nested past the limit: the handler's decoder answers its 400
     try:
         doc: Any = json.loads(body) if body.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     values: list[Any] = [doc]
     for part in field.split("."):

@@ -9,17 +9,18 @@ from aiohttp import web
 from registry import filtering
 from registry.api import views
 from registry.api.catalog import (
-    _datacenter,
+    gateway_services,
     node_matches,
     node_meta_filter,
     query_filter,
     tags_match,
     visible_instances,
 )
-from registry.api.enforce import filter_list, request_authz
+from registry.api.enforce import filter_list, mark_filtered, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
 from registry.api.routing import Route, route
+from registry.connect.state import list_entries
 from registry.state.store import StateStore, WatchSet
 from registry.structs import HEALTH_PASSING, Check
 
@@ -42,7 +43,6 @@ def _passing_param(request: web.Request) -> bool:
 
 
 def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -> Any:
-    _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing service name")
     passing = _passing_param(request)
@@ -100,8 +100,41 @@ async def connect(api: Api, request: web.Request, name: str) -> web.StreamRespon
     return await _service_entries(api, request, name, connect=True)
 
 
+async def ingress(api: Api, request: web.Request, name: str) -> web.StreamResponse:
+    """GET /v1/health/ingress/:service: the ingress gateways that expose ``name`` (by their config entries,
+    as /v1/catalog/gateway-services lists them), as health entries of the gateways' instances; ``[]`` when
+    none does, as Consul answers. ``?passing`` keeps the instances whose checks all pass."""
+    if not name:
+        raise HTTPError(400, "Missing service name")
+    passing = _passing_param(request)
+
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        gateways = sorted({str(e.get("Name")) for e in list_entries(store, "ingress-gateway", ws)
+                           if any(g["Service"]["Name"] == name for g in gateway_services(store, str(e.get("Name")), ws))})  # fmt: skip
+        instances = [(gw, ns) for gw in gateways for ns in store.service_instances(gw, False, ws)]
+
+        def build() -> Any:
+            authz = request_authz(request)
+            if authz is not None and not authz.service_read(name):
+                if instances:
+                    mark_filtered(request)
+                return []
+            out = []
+            for gw in gateways:
+                for n, s in visible_instances(request, gw, [ns for g, ns in instances if g == gw]):
+                    checks = store.checks_for_instance(n.node, s.id)
+                    if passing and any(c.status != HEALTH_PASSING for c in checks):
+                        continue
+                    out.append({"Node": views.node_json(n), "Service": views.service_json(s),
+                                "Checks": [views.check_json(c) for c in checks]})  # fmt: skip
+            return out
+
+        return ReadResult(build)
+
+    return await api.read(request, run)
+
+
 async def checks(api: Api, request: web.Request, name: str) -> web.StreamResponse:
-    _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing service name")
     meta = node_meta_filter(request)
@@ -124,7 +157,6 @@ async def checks(api: Api, request: web.Request, name: str) -> web.StreamRespons
 
 
 async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
-    _datacenter(api, request)
     if not name:
         raise HTTPError(400, "Missing node name")
     flt = query_filter(api, request, filtering.HEALTH_CHECK)
@@ -142,7 +174,6 @@ async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
 
 
 async def state(api: Api, request: web.Request, state_name: str) -> web.StreamResponse:
-    _datacenter(api, request)
     if not state_name:
         raise HTTPError(400, "Missing check state")
     if state_name not in ("any", "passing", "warning", "critical"):
@@ -172,6 +203,8 @@ ROUTES: tuple[Route, ...] = (
           "The instances of a service with their node and checks (filtered: service:read, node:read)"),
     route("GET", "/v1/health/connect/", connect, "read", "service", "each",
           "The Connect-capable instances of a service with their checks (filtered as /v1/health/service)"),
+    route("GET", "/v1/health/ingress/", ingress, "read", "service", "each",
+          "The ingress gateways exposing a service, with their health (filtered: service:read on it)"),
     route("GET", "/v1/health/checks/", checks, "read", "service", "each",
           "The checks of a service (filtered: service:read, node:read)"),
     route("GET", "/v1/health/node/", node, "read", "node", "each",

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("proconsul.http")
 
+NO_DC_PATH = "No path to datacenter"
 MAX_BODY = 8 * 1024 * 1024  # non-KV bodies; KV has its own, smaller, configurable limit
 CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
@@ -212,8 +213,7 @@ class Api:
         authz: Authorizer | None = None
         path = request.path
         if self.acl_on:
-            if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
-                    and path not in CLIENT_LOCAL_PATHS:
+            if self.is_client and self._client_forwards(request):
                 return await self.forward(request)  # the server resolves the token the request carries
             try:
                 authz = await self._resolve(request)
@@ -230,8 +230,7 @@ class Api:
             if hit is not None and hit[3] is authz and self.consensus.fast_read_ok():
                 return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
-        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
-                and path not in CLIENT_LOCAL_PATHS:
+        if self.is_client and self._client_forwards(request):
             return await self.forward(request)
         routes, suffix = self.router.resolve(path)
         if routes is None:
@@ -253,6 +252,13 @@ class Api:
             resp = self.text(405, f"method {method} not allowed")
             resp.headers["Allow"] = allow
             return resp
+        if "dc=" in request.query_string and route.takes_dc:
+            dc = request.query.get("dc")
+            if dc and dc != self.config.datacenter:
+                # Consul forwards such a request to the named datacenter's servers; Proconsul has no WAN
+                # federation, so it answers what Consul answers for a datacenter it has no path to, never
+                # this datacenter's data (agent/consul/rpc.go forwardDC: structs.ErrNoDCPath).
+                return self.text(500, NO_DC_PATH)
         try:
             if authz is not None:
                 request[ROUTE] = (route, suffix)
@@ -277,6 +283,18 @@ class Api:
         except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, it never kills the server
             log.exception("handler failed", path=path, method=method)
             return self.text(500, f"Internal error: {exc}")
+
+    @staticmethod
+    def _client_forwards(request: web.Request) -> bool:
+        """Whether a client agent sends this request to a server: everything but its own /v1/agent/
+        endpoints, except the LAN member list (derived from the servers' catalog). A client is in no WAN
+        pool, so it answers ``members?wan`` itself, as Consul's client does (null)."""
+        path = request.path
+        if path in CLIENT_LOCAL_PATHS:
+            return False
+        if path == "/v1/agent/members":
+            return not request.query.get("wan")
+        return not path.startswith("/v1/agent/")
 
     async def _resolve(self, request: web.Request) -> Authorizer:
         """The request's authorizer (also left in ``request["authz"]`` for the handler): its token, else the

@@ -39,6 +39,7 @@ from registry.registration import (
 )
 from registry.txn import MAX_OPS, READ_VERBS, WRITE_VERBS
 
+CATALOG_VERBS = ["cas", "delete", "delete-cas", "get", "set"]  # Node, Service and Check operations
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 JSON = "application/json"
@@ -124,7 +125,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "TxnOps": {"type": "array", "maxItems": MAX_OPS, "items": _obj(KV=_obj(
         ("Verb",), Verb={"type": "string", "enum": sorted(WRITE_VERBS | READ_VERBS)}, Key=_STR,
         Value={"type": "string", "format": "byte"}, Flags=_UINT, Index=_UINT, Session=_STR,
-    ))},
+    ), Node=_obj(("Verb", "Node"), Verb={"type": "string", "enum": CATALOG_VERBS}, Node={"type": "object"}),
+        Service=_obj(("Verb", "Node", "Service"), Verb={"type": "string", "enum": CATALOG_VERBS}, Node=_STR,
+                     Service={"type": "object"}),
+        Check=_obj(("Verb", "Check"), Verb={"type": "string", "enum": CATALOG_VERBS}, Check={"type": "object"}),
+    )},
     "Intention": _obj(
         SourceName=_STR, SourceNS=_STR, DestinationName=_STR, DestinationNS=_STR,
         SourceType={"type": "string", "enum": ["consul"]}, Action={"type": "string", "enum": ["allow", "deny"]},
@@ -285,6 +290,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "key": {"description": "The key (slashes included).", "schema": {"type": "string", "minLength": 1}},
     "service": {"description": "The service's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "node": {"description": "The node's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
+    "gateway": {"description": "The gateway service's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "state": {"description": "The check state.",
               "schema": {"type": "string", "enum": ["any", "passing", "warning", "critical"]}},
     "uuid": {"description": "The ID.", "schema": {"type": "string", "format": "uuid"}},
@@ -312,6 +318,7 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/agent/service/deregister/": ("/v1/agent/service/deregister/{service_id}",),
     "/v1/agent/service/maintenance/": ("/v1/agent/service/maintenance/{service_id}",),
     "/v1/catalog/connect/": ("/v1/catalog/connect/{service}",),
+    "/v1/catalog/gateway-services/": ("/v1/catalog/gateway-services/{gateway}",),
     "/v1/catalog/node-services/": ("/v1/catalog/node-services/{node}",),
     "/v1/catalog/node/": ("/v1/catalog/node/{node}",),
     "/v1/catalog/service/": ("/v1/catalog/service/{service}",),
@@ -319,6 +326,7 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/connect/intentions/": ("/v1/connect/intentions/{uuid}",),
     "/v1/health/checks/": ("/v1/health/checks/{service}",),
     "/v1/health/connect/": ("/v1/health/connect/{service}",),
+    "/v1/health/ingress/": ("/v1/health/ingress/{service}",),
     "/v1/health/node/": ("/v1/health/node/{node}",),
     "/v1/health/service/": ("/v1/health/service/{service}",),
     "/v1/health/state/": ("/v1/health/state/{state}",),
@@ -416,8 +424,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", "/v1/agent/reload"): Op(ok=_EMPTY),
     ("PUT", "/v1/agent/leave"): Op(ok=_EMPTY),
     # ---- catalog
-    ("PUT", "/v1/catalog/register"): Op(query=("dc",), body="CatalogRegistration", ok={200: _TRUE},
-                                        server_errors=(NO_DC,)),
+    ("PUT", "/v1/catalog/register"): Op(query=("dc",), body="CatalogRegistration", ok={200: _TRUE}),
     ("PUT", "/v1/catalog/deregister"): Op(query=("dc",), body="CatalogDeregistration", ok={200: _TRUE}),
     ("GET", "/v1/catalog/datacenters"): Op(ok=_json(_array(_STR))),
     ("GET", "/v1/catalog/nodes"): Op(query=(*BLOCKING, "near", "node-meta", "filter"), blocking=True,
@@ -428,6 +435,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                         ok=_json(_array(_ref("CatalogService")))),
     ("GET", "/v1/catalog/connect/"): Op(query=(*BLOCKING, "tag", "near", "node-meta", "filter"), blocking=True,
                                         ok=_json(_array(_ref("CatalogService")))),
+    ("GET", "/v1/catalog/gateway-services/"): Op(query=BLOCKING, blocking=True, ok=_json(_array(_obj(
+        ("Gateway", "Service", "GatewayKind"), Gateway={"type": "object"}, Service={"type": "object"},
+        GatewayKind=_STR)))),
     ("GET", "/v1/catalog/node/"): Op(query=(*BLOCKING, "filter"), blocking=True, ok=_json({
         "nullable": True, **_obj(Node=_ref("Node"), Services={"type": "object"})})),
     ("GET", "/v1/catalog/node-services/"): Op(query=(*BLOCKING, "filter"), blocking=True, ok=_json(_obj(
@@ -437,6 +447,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                        blocking=True, ok=_json(_array(_ref("ServiceEntry")))),
     ("GET", "/v1/health/connect/"): Op(query=(*BLOCKING, "passing", "tag", "near", "node-meta", "filter"),
                                        blocking=True, ok=_json(_array(_ref("ServiceEntry")))),
+    ("GET", "/v1/health/ingress/"): Op(query=(*BLOCKING, "passing"), blocking=True,
+                                       ok=_json(_array(_ref("ServiceEntry")))),
     ("GET", "/v1/health/checks/"): Op(query=(*BLOCKING, "near", "node-meta", "filter"), blocking=True,
                                       ok=_json(_array(_ref("HealthCheck")))),
     ("GET", "/v1/health/node/"): Op(query=(*BLOCKING, "filter"), blocking=True,
@@ -641,7 +653,7 @@ def server_error_texts(r: Route, op: Op) -> tuple[str, ...]:
     """How each 500 this operation may answer starts, as Consul words it; listed in the description as
     ``x-consul-errors`` of its 500 response ("" stands for any text: an RPC error passed through)."""
     out = list(op.server_errors)
-    if "dc" in op.query and r.path.startswith(("/v1/catalog/", "/v1/health/")):
+    if "dc" in op.query and r.takes_dc:
         out.append(NO_DC)
     if "filter" in op.query:
         out.append(BAD_FILTER)

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from registry.api import views
-from registry.api.catalog import _datacenter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import mark_filtered, request_authz
 from registry.api.errors import HTTPError
@@ -103,7 +102,6 @@ def _validate(q: PreparedQuery) -> None:
 
 
 async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    _datacenter(api, request)
     q = _decode(await read_body(request))
     if q.id:
         raise HTTPError(400, "ID must be empty when creating a new prepared query")
@@ -119,7 +117,6 @@ async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 
 
 async def list_queries(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    _datacenter(api, request)
     authz = request_authz(request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
@@ -161,7 +158,6 @@ async def get(api: Api, request: web.Request, suffix: str) -> web.StreamResponse
         return await _execute(api, request, ident)
     if action == "explain":
         return await _explain(api, request, ident)
-    _datacenter(api, request)
     authz = request_authz(request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
@@ -185,7 +181,6 @@ async def update(api: Api, request: web.Request, suffix: str) -> web.StreamRespo
     ident, action = _split(suffix)
     if action:
         return _method_not_allowed(api, request.method)
-    _datacenter(api, request)
     body = await read_body(request)
     q = _decode(body) if body.strip() else PreparedQuery()
     q = replace(q, id=ident, create_index=0, modify_index=0)  # the ID is the path's, never the body's
@@ -204,7 +199,6 @@ async def delete(api: Api, request: web.Request, suffix: str) -> web.StreamRespo
     ident, action = _split(suffix)
     if action:
         return _method_not_allowed(api, request.method)
-    _datacenter(api, request)
     existing = api.store.prepared_queries.get(ident)
     if existing is None:
         raise HTTPError(404, f"Cannot modify non-existent prepared query: '{ident}'")
@@ -235,7 +229,6 @@ def _meta(api: Api, mode: str) -> dict[str, Any]:
 
 
 async def _explain(api: Api, request: web.Request, ident: str) -> web.StreamResponse:
-    _datacenter(api, request)
     _limit(request)
     _, _, mode = api.query_options(request)
     await api.consensus.barrier_read(mode)
@@ -276,7 +269,6 @@ def _source_ip(request: web.Request) -> str:
 
 
 async def _execute(api: Api, request: web.Request, ident: str) -> web.StreamResponse:
-    _datacenter(api, request)
     limit = _limit(request)
     force_connect = False
     raw = request.query.get("connect", "")

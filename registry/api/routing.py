@@ -71,6 +71,13 @@ class Route:
     def is_prefix(self) -> bool:
         return self.path.endswith("/")
 
+    @property
+    def takes_dc(self) -> bool:
+        """Whether the route answers for a datacenter named by ``?dc`` (Consul's parseDC): every route but
+        the agent's own endpoints, which describe the agent serving them whatever ``?dc`` says, and the list
+        of datacenters."""
+        return not self.path.startswith("/v1/agent/") and self.path != "/v1/catalog/datacenters"
+
     def problems(self) -> list[str]:
         """What is missing or inconsistent in this declaration (empty when it is complete)."""
         where = f"{','.join(self.methods)} {self.path}"

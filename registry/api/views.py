@@ -43,9 +43,10 @@ def service_json(s: Service) -> dict[str, Any]:
         EnableTagOverride=s.enable_tag_override,
         Proxy=_proxy(s),
         Connect=s.connect if s.connect is not None else {},
-        CreateIndex=s.create_index,
-        ModifyIndex=s.modify_index,
     )
+    if s.locality:
+        out["Locality"] = dict(s.locality)
+    out.update(CreateIndex=s.create_index, ModifyIndex=s.modify_index)
     return out
 
 
@@ -63,6 +64,8 @@ def agent_service_json(s: Service, datacenter: str) -> dict[str, Any]:
     if s.connect:
         out["Connect"] = s.connect
     out["Datacenter"] = datacenter
+    if s.locality:
+        out["Locality"] = dict(s.locality)
     return out
 
 
@@ -86,9 +89,10 @@ def catalog_service_json(n: Node, s: Service) -> dict[str, Any]:
         "ServiceEnableTagOverride": s.enable_tag_override,
         "ServiceProxy": _proxy(s),
         "ServiceConnect": s.connect if s.connect is not None else {},
-        "CreateIndex": s.create_index,
-        "ModifyIndex": s.modify_index,
     }
+    if s.locality:
+        out["ServiceLocality"] = dict(s.locality)
+    out.update(CreateIndex=s.create_index, ModifyIndex=s.modify_index)
     if s.tagged_addresses:
         out["ServiceTaggedAddresses"] = s.tagged_addresses
     return out

@@ -14,7 +14,7 @@ from dataclasses import replace
 from registry import sessions as sess_rules
 from registry.state.base import StoreBase, StoreError
 from registry.state.topics import T_CHECKS, T_NODES, T_SERVICES, WatchSet
-from registry.structs import CHECK_STATUSES, Check, Node, Service
+from registry.structs import CHECK_STATUSES, HEALTH_CRITICAL, Check, Node, Service
 
 
 class CatalogTable(StoreBase):
@@ -70,6 +70,28 @@ class CatalogTable(StoreBase):
             self._put_service(service)
         for chk in checks:
             self._put_check(chk)
+
+    def ensure_service(self, node: str, svc: Service) -> None:
+        """One service instance on an existing node (Consul's ensureServiceTxn, as a transaction's Service
+        ``set`` uses it): refused with Consul's "Missing node registration" when the node is unknown."""
+        if node not in self.nodes:
+            raise StoreError("Missing node registration")
+        if svc.node != node:
+            raise StoreError("Service node does not match registration node")
+        self._put_service(svc)
+
+    def ensure_check(self, chk: Check) -> None:
+        """One check on an existing node (Consul's ensureCheckTxn, as a transaction's Check ``set`` uses it):
+        an empty status is critical; the node, and the service when the check names one, must exist."""
+        if not chk.status:
+            chk = replace(chk, status=HEALTH_CRITICAL)
+        if chk.node not in self.nodes:
+            raise StoreError("Missing node registration")
+        if chk.service_id and chk.service_id not in self.services.get(chk.node, {}):
+            raise StoreError("Missing service registration")
+        if chk.status not in CHECK_STATUSES:
+            raise StoreError(f"Invalid check status: '{chk.status}'")
+        self._put_check(chk)
 
     def _put_node(self, node: Node, existing: Node | None) -> None:
         tx = self._write()

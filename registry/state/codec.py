@@ -14,18 +14,18 @@ class SnapshotFormatError(ValueError):
     pass
 
 
-def _node(n: Node) -> list[Any]:
+def node_values(n: Node) -> list[Any]:
     return [n.id, n.node, n.address, n.datacenter, n.tagged_addresses, n.meta, n.create_index, n.modify_index]
 
 
-def _service(s: Service) -> list[Any]:
+def service_values(s: Service) -> list[Any]:
     return [
         s.node, s.id, s.service, s.kind, list(s.tags), s.address, s.tagged_addresses, s.meta, s.port,
-        list(s.weights), s.enable_tag_override, s.proxy, s.connect, s.create_index, s.modify_index,
+        list(s.weights), s.enable_tag_override, s.proxy, s.connect, s.create_index, s.modify_index, s.locality,
     ]  # fmt: skip
 
 
-def _check(c: Check) -> list[Any]:
+def check_values(c: Check) -> list[Any]:
     return [
         c.node, c.check_id, c.name, c.status, c.notes, c.output, c.service_id, c.service_name,
         list(c.service_tags), c.type, c.interval, c.timeout, c.definition, c.create_index, c.modify_index,
@@ -50,10 +50,15 @@ def session_row(r: list[Any]) -> Session:
     return replace(row, create_index=int(r[1]), modify_index=int(r[2]))
 
 
+def node_row(r: list[Any]) -> Node:
+    return Node(str(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(r[4]), dict(r[5]), int(r[6]), int(r[7]))
+
+
 def service_row(r: list[Any]) -> Service:
     return Service(
         str(r[0]), str(r[1]), str(r[2]), str(r[3]), tuple(r[4]), str(r[5]), dict(r[6]), dict(r[7]),
         int(r[8]), (int(r[9][0]), int(r[9][1])), bool(r[10]), r[11], r[12], int(r[13]), int(r[14]),
+        dict(r[15]) if len(r) > 15 and r[15] else None,  # snapshots written before Locality have 15 fields
     )  # fmt: skip
 
 
@@ -71,9 +76,9 @@ def dump_store(store: Any) -> dict[str, Any]:
         "table_index": dict(store.table_index),
         "service_index": dict(store.service_index),
         "node_index": dict(store.node_index),
-        "nodes": [_node(n) for n in store.nodes.values()],
-        "services": [_service(s) for ss in store.services.values() for s in ss.values()],
-        "checks": [_check(c) for cs in store.checks.values() for c in cs.values()],
+        "nodes": [node_values(n) for n in store.nodes.values()],
+        "services": [service_values(s) for ss in store.services.values() for s in ss.values()],
+        "checks": [check_values(c) for cs in store.checks.values() for c in cs.values()],
         "kv": [_kv(e) for e in store.kv.values()],
         "tombstones": dict(store._tombstones),
         "tables": store.tables,
@@ -97,7 +102,7 @@ def load_store(store: Any, data: dict[str, Any]) -> Any:
         store.service_index = {str(k): int(v) for k, v in data["service_index"].items()}
         store.node_index = {str(k): int(v) for k, v in data["node_index"].items()}
         for r in data["nodes"]:
-            n = Node(str(r[0]), str(r[1]), str(r[2]), str(r[3]), dict(r[4]), dict(r[5]), int(r[6]), int(r[7]))
+            n = node_row(r)
             store.nodes[n.node] = n
         for r in data["services"]:
             s = service_row(r)

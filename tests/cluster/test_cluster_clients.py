@@ -52,6 +52,16 @@ def test_client_agents_fail_and_leave(make_cluster: MakeCluster) -> None:
     for agent in [*servers, c1]:
         me = http("GET", agent.url + "/v1/agent/self").json()
         assert (me["Member"]["Name"], me["Config"]["Server"]) == (agent.name, agent.server), me["Member"]
+        assert me["Stats"]["consul"]["server"] == ("true" if agent.server else "false")
+    wait_for("client-1 to know the 3 servers", lambda: http("GET", c1.url + "/v1/agent/self").json()["Stats"]["consul"]
+             ["known_servers"] == "3", 30)  # fmt: skip
+    # The WAN pool: the servers, as <node>.<dc>; a client agent is in none and answers null, as Consul's.
+    wan = http("GET", servers[0].url + "/v1/agent/members?wan=1").json()
+    assert sorted(m["Name"] for m in wan) == sorted(f"{s.name}.dc1" for s in servers)
+    assert http("GET", c1.url + "/v1/agent/members?wan=1").json() is None
+    # Another datacenter through a client agent: Consul's error, not this datacenter's data.
+    reply = http("GET", c1.url + "/v1/catalog/nodes?dc=dc9")
+    assert (reply.status, reply.text) == (500, "No path to datacenter")
     # Register a service with a TTL check through client-1's own HTTP API, and pass the check.
     definition = {"Name": "x", "ID": "x1", "Port": 8080, "Check": {"TTL": "60s"}}
     reply = http("PUT", c1.url + "/v1/agent/service/register", json.dumps(definition).encode())
