@@ -1,8 +1,10 @@
-"""Agent configuration with Consul's keys, from YAML or JSON files plus command-line flags.
+"""Agent configuration with Consul's keys, from config files (HCL, JSON, or YAML: ``registry.config_files``
+reads and checks them) plus command-line flags.
 
-Precedence, as in Consul: defaults < config files (in order) < flags. A Consul JSON config file is valid
-YAML, so it loads as is. Keys Proconsul does not know are reported once as a warning, not an error, so that
-a Consul config with knobs we do not have still starts; malformed values of known keys are errors.
+Precedence, as in Consul: defaults < config files (in order) < flags. ``apply_mapping`` merges one
+file's keys into the Config: later scalars win, blocks merge key by key, lists append. Keys of Consul's
+that Proconsul does not implement are reported once as a warning, not an error, so that a Consul config
+with knobs we do not have still starts; malformed values of known keys are errors.
 """
 
 from __future__ import annotations
@@ -24,16 +26,17 @@ class ConfigError(ValueError):
     pass
 
 
+# The keys Proconsul implements. A key of Consul's outside this set is accepted (so a Consul config starts),
+# kept in ``extra`` and named in ``unknown_keys``, which the agent logs as not implemented; keys Consul does
+# not know are refused before this (registry.config_files). ``telemetry`` is carried for the metrics.
 KNOWN_TOP_KEYS = {
     "node_name", "node_id", "datacenter", "data_dir", "server", "bootstrap", "bootstrap_expect", "bind_addr",
     "advertise_addr", "client_addr", "ports", "addresses", "retry_join", "start_join", "enable_script_checks",
     "enable_local_script_checks", "domain", "alt_domain", "recursors", "dns_config", "acl", "log_level",
     "log_json", "node_meta", "check_output_max_size", "kv_max_value_size", "limits", "default_query_time",
-    "max_query_time", "ae_interval", "check_reap_interval", "tls", "connect", "ui", "ui_config", "dev",
-    "primary_datacenter", "performance", "raft_protocol", "rejoin_after_leave", "leave_on_terminate",
-    "disable_update_check", "encrypt", "telemetry", "services", "checks", "service", "check",
-    "default_intention_policy", "http_config", "raft_snapshot_threshold", "raft_trailing_logs",
-    "retry_interval", "recursor_timeout", "servers", "nodes", "session_ttl_min", "insecure",
+    "max_query_time", "ae_interval", "check_reap_interval", "tls", "connect", "dev", "telemetry", "services",
+    "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
+    "insecure",
 }  # fmt: skip
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 

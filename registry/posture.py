@@ -71,7 +71,7 @@ def refusal(cfg: Config, reasons: list[str]) -> str:
     lines = [
         "Refusing to start a server that is not secure:",
         *(f"  - {r}" for r in reasons),
-        "Set these keys in a config file (YAML or JSON, -config-file):",
+        "Set these keys in a config file (HCL, JSON or YAML; -config-file or -config-dir):",
         "  acl:",
         "    enabled: true",
         "    default_policy: deny",

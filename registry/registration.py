@@ -290,6 +290,42 @@ def _field(value: Any, kind: Any, path: str) -> Any:
     raise AssertionError(f"unknown schema kind {kind!r}")
 
 
+# ---------------------------------------------------------------------- definitions from config files
+
+# Words Consul's API spells in capitals, and the names that are not simply the snake_case words joined.
+_API_WORDS = {"id": "ID", "http": "HTTP", "tcp": "TCP", "udp": "UDP", "ttl": "TTL", "grpc": "GRPC", "tls": "TLS",
+              "h2ping": "H2PING", "dns": "DNS"}  # fmt: skip
+_API_NAMES = {"h2ping_use_tls": "H2PingUseTLS", "os_service": "OSService"}
+# Maps whose keys are the user's: their keys are kept as written.
+_USER_MAPS = frozenset({"meta", "config", "header", "tagged_addresses", "ca_config"})
+
+
+def _api_name(key: str) -> str:
+    if key in _API_NAMES:
+        return _API_NAMES[key]
+    return "".join(_API_WORDS.get(part, part[:1].upper() + part[1:]) for part in key.split("_"))
+
+
+def api_definition(value: Any) -> Any:
+    """A service or check definition from a config file (Consul's snake_case keys: ``enable_tag_override``,
+    ``proxy { destination_service_name }``, ``connect { sidecar_service { ... } }``) in the API's
+    spelling (``EnableTagOverride``, ``Proxy.DestinationServiceName``), as Consul's config builder turns
+    a file's definitions into the same structs the HTTP API decodes. Keys already in the API's spelling
+    stay; the keys of user maps (``meta``, ``config``, ``header``) are kept as written."""
+    if isinstance(value, list):
+        return [api_definition(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        name = _api_name(key)
+        if key.lower() in _USER_MAPS and isinstance(v, dict):
+            out[name] = v if key.lower() != "tagged_addresses" else {k: api_definition(a) for k, a in v.items()}
+        else:
+            out[name] = api_definition(v)
+    return out
+
+
 # ---------------------------------------------------------------------- validation shared by endpoints
 
 _META_KEY = re.compile(r"^[a-zA-Z0-9_-]+$")

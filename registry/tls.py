@@ -255,3 +255,39 @@ def rpc_contexts(cfg: Config | TLSSettings) -> tuple[ssl.SSLContext | None, ssl.
         client.check_hostname = False
         client.verify_mode = ssl.CERT_NONE
     return server, client, settings.server_name, make_peer_check(settings)
+
+
+class ReplaceableServerContext:
+    """A server-side context handed once to a listener (the HTTPS port, the server RPC port) whose
+    certificates a config reload replaces for the connections that come after, as Consul's reload updates
+    its TLS configurator (certificate, key and CAs; whether TLS is on, and the verify_* settings, take a
+    restart, as in Consul). The listener's context selects the newest one during each handshake
+    (``sni_callback``, which OpenSSL calls for every ClientHello, with or without SNI)."""
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.front = ctx
+        self.current = ctx
+        ctx.sni_callback = self._select
+
+    def _select(self, ssl_object: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
+        current = self.current
+        if current is not self.front:
+            ssl_object.context = current
+
+    def replace(self, ctx: ssl.SSLContext) -> None:
+        self.current = ctx
+
+
+def reload_client_context(ctx: ssl.SSLContext, settings: TLSSettings) -> None:
+    """Load a reloaded config's certificate, key and CAs into the context outgoing RPC connections are
+    dialled with (shared by every link, read at each dial): new connections present the new certificate
+    and trust the new CAs. OpenSSL has no way to forget a CA already loaded: a CA dropped from the config
+    stays trusted for outgoing connections until the agent restarts."""
+    s = settings.internal_rpc
+    try:
+        if s.has_cert:
+            ctx.load_cert_chain(s.cert_file, s.key_file)
+        if s.has_ca:
+            ctx.load_verify_locations(cafile=s.ca_file or None, capath=s.ca_path or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"tls: cannot load certificates: {exc}") from exc

@@ -172,7 +172,7 @@ def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
 
     assert sorted(COMMANDS) == ["acl", "agent", "catalog", "connect", "intention", "kv", "leave", "lock", "login",
                                 "logout", "members", "operator", "reload", "services", "snapshot", "tls",
-                                "version"]  # fmt: skip
+                                "validate", "version"]  # fmt: skip
     p: argparse.ArgumentParser = parser("proconsul test", "test")
     http_options(p)
     opt(p, "node-meta", action="append", default=[])
@@ -204,7 +204,7 @@ def test_config_file_and_bad_config(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.json"
     cfg.write_text(json.dumps({"node_name": "from-file", "ports": {"http": port, "dns": -1},
                                "enable_script_checks": True, "acl": {"enabled": False},
-                               "unknown_consul_knob": 1}))  # fmt: skip
+                               "performance": {"raft_multiplier": 1}}))  # fmt: skip
     proc = subprocess.Popen([BIN, "agent", "-dev", "-config-file", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
     try:
@@ -218,7 +218,12 @@ def test_config_file_and_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("ports: [1, 2]\n")
     out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(bad)], capture_output=True, timeout=20)
-    assert out.returncode == 1 and "ports must be a map" in out.stderr.decode()
+    assert out.returncode == 1 and "'ports' expected a map, got 'slice'" in out.stderr.decode()
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"unknown_consul_knob": 1}))  # a key Consul does not have: refused, as Consul does
+    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(unknown)], capture_output=True, timeout=20)
+    assert out.returncode == 1
+    assert out.stderr.decode() == f"==> failed to parse {unknown}: 1 error occurred:\n\t* invalid config key unknown_consul_knob\n"
     bad_dns = tmp_path / "dns.yaml"
     bad_dns.write_text("dns_config:\n  udp_answer_limit: -4\n")
     out = subprocess.run([BIN, "agent", "-dev", "-http-port", str(free_port()), "-dns-port", str(free_port()),

@@ -82,10 +82,20 @@ class AgentTokens:
     """This agent's tokens (Consul's token store, agent/token/store.go)."""
 
     def __init__(self, config: Config) -> None:
+        self._values: dict[str, str] = {}
+        self.initial_management = ""
+        self._path: Path | None = None
+        # Called after any token changes (the DNS interface answers with the default token).
+        self.listeners: list[Callable[[], None]] = []
+        if config.acl.get("enable_token_persistence") and config.data_dir:
+            self._path = Path(config.data_dir) / TOKENS_FILE
+        self._from_config(config)
+
+    def _from_config(self, config: Config) -> None:
         tokens = config.acl.get("tokens") or {}
         if not isinstance(tokens, dict):
             tokens = {}
-        self._values: dict[str, str] = {}
+        self._values = {}
         for key in ("default", "agent", "agent_recovery", "replication", "config_file_service_registration"):
             value = tokens.get(key)
             if key == "agent_recovery" and not value:
@@ -93,13 +103,19 @@ class AgentTokens:
             if isinstance(value, str) and value:
                 self._values[key] = value
         im = tokens.get("initial_management") or tokens.get("master")
-        self.initial_management: str = im if isinstance(im, str) else ""
-        self._path: Path | None = None
-        # Called after any token changes (the DNS interface answers with the default token).
-        self.listeners: list[Callable[[], None]] = []
-        if config.acl.get("enable_token_persistence") and config.data_dir:
-            self._path = Path(config.data_dir) / TOKENS_FILE
+        self.initial_management = im if isinstance(im, str) else ""
+        if self._path is not None:
             self._load()
+
+    def load_config(self, config: Config) -> None:
+        """A config reload's tokens (Consul's ``tokens.Load`` on reload): the config's values, under the
+        ones set through the API and persisted, which still win; listeners hear of it."""
+        before = dict(self._values)
+        self._from_config(config)
+        if self._values != before:
+            log.info("Updated agent's ACL tokens from config", tokens=sorted(self._values))
+            for listener in list(self.listeners):
+                listener()
 
     def _load(self) -> None:
         assert self._path is not None

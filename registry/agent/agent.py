@@ -12,16 +12,17 @@ sessions.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
-from registry import CONSUL_VERSION
+from registry import CONSUL_VERSION, logs
 from registry.acl.authorizer import Authorizer
 from registry.acl.errors import ACLError, PermissionDenied
 from registry.acl.resolver import TokenResolver
@@ -50,7 +51,7 @@ from registry.commands import (
     Register,
 )
 from registry.commands import from_wire as command_from_wire
-from registry.config import Config, ConfigValidator, join_address
+from registry.config import Config, ConfigError, ConfigValidator, join_address
 from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
@@ -66,6 +67,7 @@ from registry.raft.rpc import Caller, RPCRouter
 from registry.registration import (
     CheckSpec,
     RegistrationRules,
+    api_definition,
     build_check_registration,
     build_service_registration,
 )
@@ -83,7 +85,14 @@ from registry.structs import (
     Node,
     Service,
 )
-from registry.tls import rpc_contexts, server_authorizer
+from registry.tls import (
+    ReplaceableServerContext,
+    https_server_context,
+    load_tls_settings,
+    reload_client_context,
+    rpc_contexts,
+    server_authorizer,
+)
 from registry.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -109,8 +118,23 @@ CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _vali
 
 
 class Agent:
-    def __init__(self, config: Config, acl: TokenResolver | None = None) -> None:
+    def __init__(self, config: Config, acl: TokenResolver | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:  # fmt: skip
         self.config = config
+        # Builds the configuration again from the sources the agent started with (the CLI's files and
+        # flags), for a reload; None: the agent has no sources to re-read (tests' in-process agents).
+        self._reload_config = reload_config
+        # TLS contexts a reload replaces (registry.tls): the server RPC port's, the one outgoing RPC
+        # connections dial with, the HTTPS port's.
+        self._rpc_tls: ReplaceableServerContext | None = None
+        self._rpc_client_tls: ssl.SSLContext | None = None
+        self._https_tls: ReplaceableServerContext | None = None
+        self._api_server: APIServer | None = None
+        # The IDs of the services and checks defined in config files: a reload replaces these and leaves
+        # the ones registered over the API alone, as Consul's reload does.
+        self._config_services: set[str] = set()
+        self._config_checks: set[str] = set()
+        self._reloading = asyncio.Lock()
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         # The server port's RPC methods: the Raft server, this agent and Connect each register theirs.
@@ -206,13 +230,18 @@ class Agent:
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
             ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
+            self._rpc_client_tls = opts.ssl_client
+            if ssl_server is not None:
+                self._rpc_tls = ReplaceableServerContext(ssl_server)
             port = server_transport(self.rpc, ssl_server, peer_check, server_authorizer(cfg))
             return RaftServer(opts, self.fsm, port, CommandResults())
         from registry.agent.remote import RemoteServers
 
         # Every call a client agent makes to the servers carries its agent token (read at each call: it
         # may be replaced through /v1/agent/token/agent).
-        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, *rpc_contexts(cfg)[1:3],
+        client_ctx, hostname = rpc_contexts(cfg)[1:3]
+        self._rpc_client_tls = client_ctx
+        return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, client_ctx, hostname,
                              token=lambda: self.agent_token())  # fmt: skip
 
     @property
@@ -242,12 +271,13 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - no leader yet: anti-entropy registers us once there is one
             log.info("catalog registration deferred", reason=str(exc))
             self._mark_dirty(("node", ""))
-        rules = self.registration_rules()
-        for svc in self.config.services:
-            service, specs = build_service_registration(rules, svc)
+        services, checks = self._config_definitions(self.config)
+        for service, specs in services:
             await self.add_service(service, specs, replace_checks=False)
-        for chk in self.config.checks:
-            await self.add_check(build_check_registration(rules, chk))
+            self._config_services.add(service.id)
+        for spec in checks:
+            await self.add_check(spec)
+            self._config_checks.add(spec.check_id)
         await self._warn_if_insecure()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
@@ -289,6 +319,7 @@ class Agent:
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
+        self._api_server = server
         try:
             self.http_addr = await server.listen_http(cfg.client_addr, cfg.ports.http)
         except OSError:
@@ -297,7 +328,8 @@ class Agent:
         self._listeners.append(server)
         await self.connect.start()
         if cfg.ports.https >= 0:
-            self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, https_context(cfg))
+            self._https_tls = ReplaceableServerContext(https_context(cfg))
+            self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, self._https_tls.front)
             log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")
         if cfg.ports.dns != -1:
             self.dns_listener, self.dns_addr, dns_token = await start_dns(cfg, lambda: self.store, self.acl)
@@ -337,6 +369,110 @@ class Agent:
     def request_shutdown(self) -> None:
         if self.shutdown_requested is not None:
             self.shutdown_requested.set()
+
+    # ------------------------------------------------------------------ reload
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload in the background; a failure is logged and the running config stays."""
+
+        async def run() -> None:
+            log.info("Caught signal: hangup; reloading configuration")
+            try:
+                await self.reload()
+            except ConfigError as exc:
+                log.error("Reload config failed", error=str(exc).rstrip())
+
+        self._spawn(run(), "reload")
+
+    def _config_definitions(self, cfg: Config) -> tuple[list[tuple[Service, list[CheckSpec]]], list[CheckSpec]]:
+        """The services (with their checks) and the checks a config defines, validated; ConfigError
+        naming the definition that is wrong."""
+        rules = RegistrationRules(cfg.node_name, cfg.enable_script_checks or cfg.enable_local_script_checks,
+                                  cfg.check_output_max_size)  # fmt: skip
+        services = []
+        for i, svc in enumerate(cfg.services):
+            try:
+                services.append(build_service_registration(rules, api_definition(svc)))
+            except CommandError as exc:
+                raise ConfigError(f"services[{i}]: {exc}") from exc
+        checks = []
+        for i, chk in enumerate(cfg.checks):
+            try:
+                checks.append(build_check_registration(rules, api_definition(chk)))
+            except CommandError as exc:
+                raise ConfigError(f"checks[{i}]: {exc}") from exc
+        return services, checks
+
+    async def reload(self) -> None:
+        """Consul's agent reload (``reloadConfigInternal``): build the configuration again from the sources
+        the agent started with and apply what can change while running -- the log level, this agent's ACL
+        tokens from config, TLS certificates and CAs for new connections, ``limits.http_max_conns_per_client``
+        and ``limits.request_limits``, node metadata, and the services and checks defined in config
+        (added, changed, removed; those registered over the API stay). Everything is checked before
+        anything changes: a config that does not load or validate raises ConfigError (Consul's text) and
+        the running config stays. Other keys take a restart, as in Consul."""
+        if self._reload_config is None:
+            raise ConfigError("this agent was not started from config files; nothing to reload")
+        async with self._reloading:
+            new = self._reload_config()
+            services, checks = self._config_definitions(new)
+            known = {svc.id for svc, _ in services} | (set(self.services) - self._config_services)
+            for spec in checks:
+                if spec.service_id and spec.service_id not in known:
+                    raise ConfigError(f'check "{spec.check_id}": ServiceID "{spec.service_id}" does not exist')
+            settings = load_tls_settings(new)
+            https_ctx = None
+            if self._https_tls is not None and new.ports.https >= 0 and settings.https.has_cert:
+                https_ctx = https_server_context(settings)
+            rpc_server_ctx = rpc_contexts(settings)[0] if self._rpc_tls is not None else None
+            if self._rpc_client_tls is not None and settings.internal_rpc.has_cert:
+                reload_client_context(self._rpc_client_tls, settings)
+            # From here on nothing fails: apply.
+            cfg = self.config
+            if new.log_level.lower() != cfg.log_level.lower():
+                cfg.log_level = new.log_level
+                logs.configure(new.log_level, cfg.log_json)
+                log.debug("log level changed", level=new.log_level)
+            if https_ctx is not None and self._https_tls is not None:
+                self._https_tls.replace(https_ctx)
+            if rpc_server_ctx is not None and self._rpc_tls is not None:
+                self._rpc_tls.replace(rpc_server_ctx)
+            cfg.tls, cfg.extra = new.tls, new.extra
+            cfg.acl["tokens"] = new.acl.get("tokens") or {}
+            self.acl_tokens.load_config(new)
+            cfg.limits = new.limits
+            if self._api_server is not None:
+                self._api_server.set_limits(new.limits)
+            if cfg.node_meta != new.node_meta:
+                cfg.node_meta = new.node_meta
+                self._mark_dirty(("node", ""))
+            await self._reload_definitions(services, checks)
+            cfg.services, cfg.checks = new.services, new.checks
+            log.info("configuration reloaded", services=len(services), checks=len(checks), log_level=cfg.log_level)
+
+    async def _reload_definitions(self, services: list[tuple[Service, list[CheckSpec]]],
+                                  checks: list[CheckSpec]) -> None:  # fmt: skip
+        """Replace the services and checks defined in config: drop the ones no longer defined, register the
+        new and changed ones (an unchanged one keeps its running checks and their status)."""
+        new_sids = {svc.id for svc, _ in services}
+        new_cids = {spec.check_id for spec in checks}
+        for cid in sorted(self._config_checks - new_cids):
+            if cid in self.checks:
+                await self.remove_check(cid)
+        for sid in sorted(self._config_services - new_sids):
+            if sid in self.services:
+                await self.remove_service(sid)
+        for service, specs in services:
+            local = self.services.get(service.id)
+            running = [c.spec for c in self.checks.values() if c.spec.service_id == service.id
+                       and not c.spec.check_id.startswith(SERVICE_MAINT_PREFIX)]  # fmt: skip
+            if local is None or local.service != service or running != specs:
+                await self.add_service(service, specs, replace_checks=True)
+        for spec in checks:
+            running_check = self.checks.get(spec.check_id)
+            if running_check is None or running_check.spec != spec:
+                await self.add_check(spec)
+        self._config_services, self._config_checks = new_sids, new_cids
 
     # ------------------------------------------------------------------ node identity
 

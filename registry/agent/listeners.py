@@ -32,7 +32,7 @@ from registry.acl.resolver import StaticResolver, TokenResolver
 from registry.agent.acl import ServerResolver
 from registry.agent.dns_acl import DNSToken
 from registry.api.http import Api
-from registry.config import Config, ConfigError
+from registry.config import Config, ConfigError, Limits
 from registry.state.store import StateStore
 from registry.tls import https_server_context, load_tls_settings
 
@@ -159,8 +159,16 @@ class APIServer:
         limits = api.config.limits
         server = GuardedServer(api.dispatch, max_conns_per_client=limits.http_max_conns_per_client,
                                read_timeout=limits.http_read_timeout, exempt=exempt)  # fmt: skip
+        self.guard = server
         self.runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=shutdown_timeout)
         self._set_up = False
+
+    def set_limits(self, limits: Limits) -> None:
+        """A config reload's limits, as Consul's reload sets its connection limiter and rate limiter:
+        ``http_max_conns_per_client`` for connections accepted from now on, ``request_limits`` for the
+        requests that follow."""
+        self.guard.max_conns_per_client = limits.http_max_conns_per_client
+        self.api.set_request_limits(limits)
 
     async def _setup(self) -> None:
         if not self._set_up:

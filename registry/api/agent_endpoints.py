@@ -16,6 +16,7 @@ from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
+from registry.config import ConfigError
 from registry.posture import insecure_reasons
 from registry.registration import (
     DecodeError,
@@ -415,18 +416,13 @@ async def version(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 
 
 async def reload(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    if api.config.config_files:
-        from registry.config import ConfigError, apply_mapping, load_file
-
-        try:
-            for path in api.config.config_files:
-                data = load_file(path)
-                # Reload applies what can change at run time: services, checks and log level.
-                fresh = type(api.config)()
-                apply_mapping(fresh, data, path)
-                api.config.log_level = fresh.log_level or api.config.log_level
-        except ConfigError as exc:
-            raise HTTPError(500, f"Failed reloading config: {exc}") from exc
+    """Consul's ``PUT /v1/agent/reload``: the agent re-reads its config sources and applies what can change
+    while it runs; an error (the config does not load or validate) is a 500 with its text, and the running
+    config stays."""
+    try:
+        await api.agent.reload()
+    except ConfigError as exc:
+        raise HTTPError(500, str(exc).rstrip()) from exc
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 

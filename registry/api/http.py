@@ -39,7 +39,7 @@ from registry.api.errors import HTTPError
 from registry.api.ratelimit import RequestLimiter
 from registry.api.routing import ALL_METHODS, Route, Router
 from registry.commands import Command, CommandError
-from registry.config import Config
+from registry.config import Config, Limits
 from registry.consensus import Consensus, NotLeaderError, RPCError
 from registry.gocompat import DurationError, parse_duration
 from registry.state.store import StateStore
@@ -147,6 +147,8 @@ class LocalAgent(Protocol):
 
     async def leave(self) -> None: ...
 
+    async def reload(self) -> None: ...
+
 
 class Api:
     """The HTTP API: one router built from the route table, and what the handlers read and write through.
@@ -196,6 +198,11 @@ class Api:
         self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
         # /v1/acl/login and /logout over the ACL tables: built at the first login when ACLs are on.
         self.acl_login: LoginService | None = None
+
+    def set_request_limits(self, limits: Limits) -> None:
+        """A config reload's ``limits.request_limits`` (the buckets start full again, as Consul's do when
+        its rate limiter is reconfigured)."""
+        self.limiter = None if self.is_client else RequestLimiter.from_limits(limits)
 
     @property
     def store(self) -> StateStore:

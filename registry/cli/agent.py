@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from registry.cli.common import opt, parser
@@ -37,8 +37,10 @@ def agent_parser() -> argparse.ArgumentParser:
     opt(p, "recursor", action="append", default=[])
     opt(p, "retry-join", action="append", default=[])
     opt(p, "join", action="append", default=[])
-    opt(p, "config-file", action="append", default=[])
-    opt(p, "config-dir", action="append", default=[])
+    # Both append to one list, so files and directories load in the order given (Consul's ConfigFiles).
+    p.add_argument("-config-file", "--config-file", action="append", dest="config_paths", default=[])
+    p.add_argument("-config-dir", "--config-dir", action="append", dest="config_paths", default=[])
+    opt(p, "config-format", default="", help="hcl or json: read every config file in this format")
     opt(p, "log-level", default=None)
     opt(p, "log-json", action="store_true")
     opt(p, "enable-script-checks", action="store_true")
@@ -49,33 +51,34 @@ def agent_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_config(argv: list[str]) -> Config:
+def build_config(argv: list[str], warnings: list[str] | None = None) -> Config:
+    """The agent's Config from its command line: ``-dev`` defaults, then each config file in order
+    (``registry.config_files``: HCL, JSON or YAML, checked against Consul's keys), then flags; validated
+    as the agent will use it. Raises ConfigError with Consul's text. The loader's warnings (deprecated
+    keys, skipped files) are appended to ``warnings``. The agent's reload builds its new Config the same
+    way from the same arguments."""
     from registry.config import (
         Config,
         ConfigError,
         apply_mapping,
         apply_node_section,
         dev_defaults,
-        load_file,
         validate,
     )
+    from registry.config_files import load_paths
 
     args = agent_parser().parse_args(argv)
     cfg = Config()
     if args.dev:
         dev_defaults(cfg)
-    files: list[str] = list(args.config_file)
-    for d in args.config_dir:
-        dpath = Path(d)
-        if not dpath.is_dir():
-            raise ConfigError(f"config-dir {d} is not a directory")
-        files.extend(str(f) for f in sorted(dpath.iterdir()) if f.suffix in (".json", ".yaml", ".yml"))
+    loaded_files = load_paths(args.config_paths, args.config_format)
+    if warnings is not None:
+        warnings.extend(loaded_files.warnings)
     loaded = []
-    for f in files:
-        data = load_file(f)
-        apply_mapping(cfg, data, f)
-        cfg.config_files.append(f)
-        loaded.append((f, data))
+    for source in loaded_files.sources:
+        apply_mapping(cfg, source.data, source.name)
+        cfg.config_files.append(source.name)
+        loaded.append((source.name, source.data))
     flags: dict[str, Any] = {}
     for flag, key in (("node", "node_name"), ("node_id", "node_id"), ("datacenter", "datacenter"),
                       ("data_dir", "data_dir"), ("bind", "bind_addr"), ("advertise", "advertise_addr"),
@@ -118,28 +121,32 @@ def build_config(argv: list[str]) -> Config:
 def cmd_agent(argv: list[str]) -> int:
     from registry.config import ConfigError
 
+    warnings: list[str] = []
     try:
-        cfg = build_config(argv)
+        cfg = build_config(argv, warnings)
     except ConfigError as exc:
-        print(f"==> {exc}", file=sys.stderr)
+        print(f"==> {str(exc).rstrip()}", file=sys.stderr)
         return 1
     from registry import logs
 
     logs.configure(cfg.log_level, cfg.log_json)
     from registry import eventloop
 
-    return eventloop.run(_run_agent(cfg))
+    return eventloop.run(_run_agent(cfg, warnings, lambda: build_config(argv)))
 
 
-async def _run_agent(cfg: Config) -> int:
+async def _run_agent(cfg: Config, warnings: list[str], rebuild: Callable[[], Config]) -> int:
     import structlog
 
     from registry.agent.agent import Agent
 
     log = structlog.get_logger("proconsul")
+    for warning in warnings:
+        log.warning(warning)
     for key in cfg.unknown_keys:
-        log.warning("ignoring unknown config key", key=key)
-    agent = Agent(cfg)
+        # A key of Consul's that Proconsul does not implement: accepted, so a Consul config starts.
+        log.warning("config key not implemented by Proconsul; it has no effect", key=key)
+    agent = Agent(cfg, reload_config=rebuild)
     from registry.config import ConfigError
 
     try:
@@ -155,6 +162,8 @@ async def _run_agent(cfg: Config) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.request_shutdown)
+    # SIGHUP reloads the configuration, as Consul's agent command does.
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     print("==> Proconsul agent running!", flush=True)
     assert agent.shutdown_requested is not None
     await agent.shutdown_requested.wait()

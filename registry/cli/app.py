@@ -9,6 +9,7 @@ import sys
 
 from registry import __version__
 from registry.cli import acl, agent, catalog, connect, intention, kv, lock, members, operator, snapshot, tls
+from registry.cli import validate as validate_cmd
 from registry.cli.common import CLIError, Command
 
 __all__ = ["COMMANDS", "cmd_version", "main", "usage"]
@@ -32,6 +33,7 @@ COMMANDS: dict[str, Command] = {
     "leave": members.cmd_leave,
     "reload": members.cmd_reload,
     "version": cmd_version,
+    "validate": validate_cmd.cmd_validate,
     "operator": operator.cmd_operator,
     "snapshot": snapshot.cmd_snapshot,
     "intention": intention.cmd_intention,

@@ -1,0 +1,4 @@
+telemetry {
+  prometheus_retention_time = "60s"
+  disable_hostname          = true
+}
