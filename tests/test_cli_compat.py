@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -242,15 +243,6 @@ def test_tls_client_options_against_verify_incoming(agent: Agent) -> None:
            "CONSUL_CLIENT_KEY": agent["dc1-client-consul-0-key.pem"]}  # fmt: skip
     assert run("kv", "put", "tls/key", "over-https", env=env).returncode == 0
     assert run("kv", "get", "tls/key", env=env).stdout == b"over-https\n"
-    # CONSUL_CAPATH: a directory of CA certificates (hashed names, as OpenSSL looks them up).
-    capath = agent.pki / "capath"
-    capath.mkdir(exist_ok=True)
-    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", agent["consul-agent-ca.pem"]],
-                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-    (capath / f"{digest}.0").write_bytes(Path(agent["consul-agent-ca.pem"]).read_bytes())
-    env_path = {**env, "CONSUL_CAPATH": str(capath)}
-    del env_path["CONSUL_CACERT"]
-    assert run("catalog", "datacenters", env=env_path).stdout.decode().split() == ["dc1"]
     # -tls-server-name: the name verified (and sent as SNI) instead of the address's host.
     out = run("catalog", "datacenters", *https, *agent.client_tls, "-tls-server-name", "server.dc1.consul")
     assert out.returncode == 0, out.stderr
@@ -259,6 +251,26 @@ def test_tls_client_options_against_verify_incoming(agent: Agent) -> None:
     # A file that cannot be used is named.
     out = run("members", *https, "-ca-file", str(agent.pki / "nope.pem"))
     assert out.returncode == 1 and out.stderr.decode().startswith(f"Error loading CA {agent.pki / 'nope.pem'}: ")
+
+
+def test_tls_ca_path_directory(agent: Agent) -> None:
+    """CONSUL_CAPATH / -ca-path: a directory of CA certificates under their hashed names, as OpenSSL looks
+    them up (the name is made by the openssl command)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command (Debian package openssl) to name the CA file by its hash")
+    capath = agent.pki / "capath"
+    capath.mkdir(exist_ok=True)
+    digest = subprocess.run(["openssl", "x509", "-hash", "-noout", "-in", agent["consul-agent-ca.pem"]],
+                            capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    (capath / f"{digest}.0").write_bytes(Path(agent["consul-agent-ca.pem"]).read_bytes())
+    env = {"CONSUL_HTTP_ADDR": agent.https, "CONSUL_CAPATH": str(capath),
+           "CONSUL_CLIENT_CERT": agent["dc1-client-consul-0.pem"],
+           "CONSUL_CLIENT_KEY": agent["dc1-client-consul-0-key.pem"]}  # fmt: skip
+    assert run("catalog", "datacenters", env=env).stdout.decode().split() == ["dc1"]
+    out = run("catalog", "datacenters", "-ca-path", str(agent.pki / "empty-dir"), *(
+        ["-http-addr", agent.https, "-client-cert", agent["dc1-client-consul-0.pem"],
+         "-client-key", agent["dc1-client-consul-0-key.pem"]]))  # fmt: skip
+    assert out.returncode == 1
 
 
 def test_tls_options_reach_lock_and_the_connect_proxy(agent: Agent) -> None:
