@@ -33,8 +33,10 @@ class AgentUnavailable(Exception):
 
 
 class AgentClient:
-    def __init__(self, base: str, token: str = "", *, wait: str = "5m") -> None:
-        self.http = AgentHTTP(HTTPConfig(address=base, token=token), total=None, connect=CONNECT_TIMEOUT_S)
+    def __init__(self, base: str, token: str = "", *, wait: str = "5m", config: HTTPConfig | None = None) -> None:
+        """``config``, when given, is the whole client configuration (TLS included); else ``base`` and ``token``."""
+        config = config or HTTPConfig(address=base, token=token)
+        self.http = AgentHTTP(config, total=None, connect=CONNECT_TIMEOUT_S)
         self.base = self.http.base
         self.wait = wait
 

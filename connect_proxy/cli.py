@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from typing import Any, NoReturn
 
 import structlog
 
-from connect_proxy.agent import AgentClient, AgentError, AgentUnavailable, agent_address
+from connect_proxy.agent import AgentClient, AgentError, AgentUnavailable
 from connect_proxy.config import (
     ConfigError,
     ProxyConfig,
@@ -23,6 +22,7 @@ from connect_proxy.config import (
     config_from_registration,
     find_sidecar,
 )
+from registry.client.http import HTTPConfig, TLSConfigError, TLSFlags
 
 USAGE = """Usage: proconsul connect proxy [options]
 
@@ -62,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     _opt(p, "register-id", default="", help="suffix for the registered proxy's ID (<service>-proxy-<id>)")
     _opt(p, "http-addr", default=None, help="agent HTTP address (env CONSUL_HTTP_ADDR / PROCONSUL_HTTP_ADDR)")
     _opt(p, "token", default=None, help="ACL token (env CONSUL_HTTP_TOKEN)")
+    # Consul's TLS client flags, for an agent served over HTTPS (each also read from its environment variable).
+    _opt(p, "ca-file", default=None, help="CA file to verify the agent's certificate (env CONSUL_CACERT)")
+    _opt(p, "ca-path", default=None, help="directory of CA certificates (env CONSUL_CAPATH)")
+    _opt(p, "client-cert", default=None, help="client certificate for an agent with verify_incoming (env CONSUL_CLIENT_CERT)")
+    _opt(p, "client-key", default=None, help="the client certificate's key (env CONSUL_CLIENT_KEY)")
+    _opt(p, "tls-server-name", default=None, help="server name to verify and send as SNI (env CONSUL_TLS_SERVER_NAME)")
     _opt(p, "log-level", default="info", help="trace, debug, info, warn or err")
     _opt(p, "log-json", action="store_true", help="log as JSON lines")
     return p
@@ -136,8 +142,15 @@ async def _main(args: argparse.Namespace) -> int:
     from connect_proxy.proxy import Proxy
 
     log = structlog.get_logger("connect-proxy")
-    token = args.token or os.environ.get("CONSUL_HTTP_TOKEN") or ""
-    agent = AgentClient(agent_address(args.http_addr), token)
+    tls = TLSFlags(ca_file=args.ca_file, ca_path=args.ca_path, client_cert=args.client_cert,
+                   client_key=args.client_key, tls_server_name=args.tls_server_name)  # fmt: skip
+    config = HTTPConfig.from_flags(args.http_addr, args.token, tls=tls)
+    try:
+        config.ssl_context()
+    except TLSConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    agent = AgentClient(config.address, config=config)
     try:
         cfg = await load_config(args, agent)
     except ConfigError as exc:

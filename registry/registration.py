@@ -49,7 +49,7 @@ class CheckSpec:
 
     check_id: str
     name: str
-    type: str  # ttl | http | tcp | script
+    type: str  # ttl | http | tcp | script | grpc | h2ping | udp | os_service | alias
     service_id: str = ""
     notes: str = ""
     status: str = HEALTH_CRITICAL
@@ -65,18 +65,42 @@ class CheckSpec:
     disable_redirects: bool = True
     tcp: str = ""
     args: list[str] = field(default_factory=list)
+    grpc: str = ""  # host:port[/service]
+    grpc_use_tls: bool = False
+    h2ping: str = ""  # host:port
+    h2ping_use_tls: bool = True  # Consul's default once H2PING is set
+    udp: str = ""  # host:port
+    os_service: str = ""  # a systemd unit (a Windows service in Consul)
+    alias_node: str = ""
+    alias_service: str = ""  # a service ID
     deregister_after: float = 0.0
     output_max_size: int = 4096
     success_before_passing: int = 0
     failures_before_critical: int = 0
+    failures_before_warning: int = 0
 
     def definition(self) -> dict[str, Any]:
+        """The check's ``Definition`` as Consul's HealthCheckDefinition renders it (empty fields left out)."""
         d: dict[str, Any] = {}
         if self.http:
             d.update(HTTP=self.http, Method=self.method, Header=self.header, Body=self.body,
                      TLSSkipVerify=self.tls_skip_verify, TLSServerName=self.tls_server_name)  # fmt: skip
         if self.tcp:
             d["TCP"] = self.tcp
+        if self.udp:
+            d["UDP"] = self.udp
+        if self.grpc:
+            d.update(GRPC=self.grpc, GRPCUseTLS=self.grpc_use_tls)
+        if self.h2ping:
+            d.update(H2PING=self.h2ping, H2PingUseTLS=self.h2ping_use_tls)
+        if self.grpc or self.h2ping:
+            d.update(TLSSkipVerify=self.tls_skip_verify, TLSServerName=self.tls_server_name)
+        if self.os_service:
+            d["OSService"] = self.os_service
+        if self.alias_node:
+            d["AliasNode"] = self.alias_node
+        if self.alias_service:
+            d["AliasService"] = self.alias_service
         if self.args:
             d["ScriptArgs"] = list(self.args)
         if self.interval:
@@ -359,37 +383,64 @@ def dur_str(seconds: float | None) -> str:
 
 
 def _check_type(d: dict[str, Any]) -> str:
-    if d.get("Args") or d.get("ScriptArgs"):
-        return "script"
-    if d.get("HTTP"):
-        return "http"
-    if d.get("TCP"):
-        return "tcp"
+    """The kind of check a definition describes, in the order Consul's agent tries them (addCheck)."""
     if d.get("TTL"):
         return "ttl"
-    for key, kind in (("GRPC", "grpc"), ("H2PING", "h2ping"), ("UDP", "udp"), ("DockerContainerID", "docker"),
-                      ("AliasService", "alias"), ("AliasNode", "alias"), ("OSService", "os_service")):  # fmt: skip
+    if d.get("Args") or d.get("ScriptArgs"):
+        return "docker" if d.get("DockerContainerID") else "script"
+    for key, kind in (("HTTP", "http"), ("TCP", "tcp"), ("UDP", "udp"), ("GRPC", "grpc"),
+                      ("OSService", "os_service"), ("H2PING", "h2ping"), ("AliasNode", "alias"),
+                      ("AliasService", "alias")):  # fmt: skip
         if d.get(key):
             return kind
     return ""
+
+
+# The kinds that run on an interval (Consul's CheckType.Validate: intervalCheck).
+INTERVAL_KINDS = frozenset({"script", "docker", "http", "tcp", "udp", "grpc", "h2ping", "os_service"})
+SUPPORTED_KINDS = frozenset({"ttl", "script", "http", "tcp", "udp", "grpc", "h2ping", "os_service", "alias"})
+
+
+def _validate_check_type(d: dict[str, Any]) -> str:
+    """Consul's CheckType.Validate, in its order and words; returns the kind."""
+    interval = d.get("Interval") or 0.0
+    ttl = d.get("TTL") or 0.0
+    interval_check = any(d.get(k) for k in ("Args", "ScriptArgs", "HTTP", "TCP", "UDP", "GRPC", "H2PING", "OSService"))
+    alias = bool(d.get("AliasNode") or d.get("AliasService"))
+    if interval > 0 and ttl > 0:
+        raise CommandError("Invalid check: Interval and TTL cannot both be specified")
+    if interval_check and interval <= 0:
+        raise CommandError("Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks")
+    if interval_check and alias:
+        raise CommandError("Invalid check: Interval cannot be set for Alias checks")
+    if alias and ttl > 0:
+        raise CommandError("Invalid check: TTL must be not be set for Alias checks")
+    if not interval_check and not alias and ttl <= 0:
+        raise CommandError("Invalid check: TTL must be > 0 for TTL checks")
+    if (d.get("OutputMaxSize") or 0) < 0:
+        raise CommandError("Invalid check: MaxOutputMaxSize must be positive")
+    if (d.get("FailuresBeforeWarning") or 0) > (d.get("FailuresBeforeCritical") or 0):
+        raise CommandError("Invalid check: FailuresBeforeWarning can't be higher than FailuresBeforeCritical")
+    return _check_type(d)
+
+
+def _host_port(field_name: str, addr: str) -> str:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise CommandError(f"Invalid check: {field_name} must be host:port, got {addr!r}")
+    return addr
 
 
 def build_check_spec(
     rules: RegistrationRules, d: dict[str, Any], *, check_id: str, name: str, service_id: str, status_error: str
 ) -> CheckSpec:
     """Validate a decoded check definition as Consul's CheckType.Validate does, and resolve defaults."""
-    kind = _check_type(d)
+    kind = _validate_check_type(d)
     interval = d.get("Interval") or 0.0
     ttl = d.get("TTL") or 0.0
-    interval_check = kind in ("script", "http", "tcp", "grpc", "h2ping", "udp", "os_service", "docker")
-    if interval and ttl:
-        raise CommandError("Invalid check: Interval and TTL cannot both be specified")
-    if interval_check and interval <= 0:
-        raise CommandError("Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or gRPC checks")
-    if not kind:
-        raise CommandError("Invalid check: TTL must be > 0 for TTL checks")
-    if kind not in ("script", "http", "tcp", "ttl"):
-        raise CommandError(f"Invalid check: {kind} checks are not supported by Proconsul (supported: HTTP, TCP, TTL, script)")
+    if kind not in SUPPORTED_KINDS:
+        raise CommandError(f"Invalid check: {kind} checks are not supported by Proconsul (supported: HTTP, TCP, "
+                           "UDP, gRPC, H2PING, OSService, TTL, alias, script)")  # fmt: skip
     if kind == "script" and not rules.scripts_enabled:
         raise CommandError(
             "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or "
@@ -401,8 +452,6 @@ def build_check_spec(
     output_max = d.get("OutputMaxSize")
     if output_max is None or output_max == 0:
         output_max = rules.output_max_size
-    if output_max < 0:
-        raise CommandError("Invalid check: MaxOutputMaxSize must be positive")
     spec = CheckSpec(
         check_id=check_id,
         name=name,
@@ -416,6 +465,8 @@ def build_check_spec(
         output_max_size=output_max,
         success_before_passing=d.get("SuccessBeforePassing") or 0,
         failures_before_critical=d.get("FailuresBeforeCritical") or 0,
+        # Consul: FailuresBeforeWarning defaults to FailuresBeforeCritical.
+        failures_before_warning=d.get("FailuresBeforeWarning") or d.get("FailuresBeforeCritical") or 0,
     )
     if dereg := d.get("DeregisterCriticalServiceAfter"):
         spec.deregister_after = max(dereg, MIN_DEREGISTER_AFTER)
@@ -432,13 +483,26 @@ def build_check_spec(
         spec.tls_server_name = d.get("TLSServerName") or ""
         spec.disable_redirects = d.get("DisableRedirects", True) is not False
     elif kind == "tcp":
-        addr = d["TCP"]
-        host, sep, port = addr.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise CommandError(f"Invalid check: TCP must be host:port, got {addr!r}")
-        spec.tcp = addr
+        spec.tcp = _host_port("TCP", d["TCP"])
+    elif kind == "udp":
+        spec.udp = _host_port("UDP", d["UDP"])
+    elif kind == "grpc":
+        spec.grpc = d["GRPC"]
+        _host_port("GRPC", spec.grpc.split("/", 1)[0])
+        spec.grpc_use_tls = bool(d.get("GRPCUseTLS"))
+    elif kind == "h2ping":
+        spec.h2ping = _host_port("H2PING", d["H2PING"])
+        spec.h2ping_use_tls = d.get("H2PingUseTLS") is not False  # Consul: true unless set false
+    elif kind == "os_service":
+        spec.os_service = d["OSService"]
+    elif kind == "alias":
+        spec.alias_node = d.get("AliasNode") or ""
+        spec.alias_service = d.get("AliasService") or ""
     elif kind == "script":
         spec.args = list(d.get("Args") or d.get("ScriptArgs") or [])
+    if kind in ("grpc", "h2ping"):
+        spec.tls_skip_verify = bool(d.get("TLSSkipVerify"))
+        spec.tls_server_name = d.get("TLSServerName") or ""
     return spec
 
 
@@ -575,8 +639,14 @@ def sidecar_registration(
     if parent.locality and not raw.get("Locality"):
         raw["Locality"] = parent.locality  # a sidecar is where its service is (Consul copies it)
     if not raw.get("Check") and not raw.get("Checks"):
-        addr = raw.get("Address") or parent.address or "127.0.0.1"
-        raw["Checks"] = [{"Name": "Connect Sidecar Listening", "TCP": f"{addr}:{raw['Port']}", "Interval": "10s"}]
+        # Consul's sidecarDefaultChecks: the proxy's port is listening, and the proxy is no healthier than
+        # the service it fronts (an alias of the parent instance).
+        addr = raw.get("Address") or parent.address or proxy["LocalServiceAddress"]
+        raw["Checks"] = [
+            {"Name": "Connect Sidecar Listening", "TCP": f"[{addr}]:{raw['Port']}" if ":" in addr else f"{addr}:{raw['Port']}",
+             "Interval": "10s"},
+            {"Name": f"Connect Sidecar Aliasing {parent.id}", "AliasService": parent.id},
+        ]
     service, specs = build_service_registration(rules, raw)
     for i, spec in enumerate(specs, start=1):
         if spec.check_id.startswith("service:"):

@@ -90,7 +90,7 @@ async def test_deregister(http: Http) -> None:
         ({"Name": "x", "Weights": {"Passing": 0, "Warning": 1}}, "Invalid Weights: Passing must be greater than 0"),
         ({"Name": "x", "Meta": {"consul-x": "1"}}, "Invalid Service Meta: Key prefix 'consul-' is reserved for internal use"),
         ({"Name": "x", "Check": {"TTL": "-5s"}}, "duration must not be negative"),
-        ({"Name": "x", "Check": {"HTTP": "http://x"}}, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or gRPC checks"),
+        ({"Name": "x", "Check": {"HTTP": "http://x"}}, "Invalid check: Interval must be > 0 for Script, HTTP, H2PING, TCP, UDP or OSService checks"),
         ({"Name": "x", "Check": {"TTL": "10s", "Interval": "10s"}}, "Invalid check: Interval and TTL cannot both be specified"),
         ({"Name": "x", "Check": {"TTL": "10s", "Status": "bogus"}}, "Status for checks must 'passing', 'warning', 'critical'"),
         ({"Name": "x", "Check": {"Args": ["/bin/true"], "Interval": "10s"}}, "Scripts are disabled on this agent"),

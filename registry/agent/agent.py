@@ -27,13 +27,18 @@ from registry.acl.authorizer import Authorizer
 from registry.acl.errors import ACLError, PermissionDenied
 from registry.acl.resolver import TokenResolver
 from registry.agent.acl import ACLLeader, AgentTokens, ClientResolver, ServerResolver, acl_enabled
+from registry.agent.alias import AliasMonitor, AliasNotifier, NodeSource, ServerHTTPNodes, StoreNodes
 from registry.agent.checks import (
+    GRPCMonitor,
+    H2PingMonitor,
     HTTPMonitor,
     Monitor,
+    OSServiceMonitor,
     ScriptMonitor,
     StatusHandler,
     TCPMonitor,
     TTLMonitor,
+    UDPMonitor,
 )
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
@@ -103,6 +108,11 @@ if TYPE_CHECKING:
 log = structlog.get_logger("proconsul.agent")
 
 CHECK_UPDATE_INTERVAL = 300.0  # output-only changes reach the catalog at most this often (Consul's default)
+# The checks that probe something on an interval, by type (HTTP needs the agent's session, so is apart).
+INTERVAL_MONITORS: dict[str, type[Monitor]] = {
+    "tcp": TCPMonitor, "udp": UDPMonitor, "grpc": GRPCMonitor, "h2ping": H2PingMonitor,
+    "os_service": OSServiceMonitor, "script": ScriptMonitor,
+}  # fmt: skip
 
 
 def _validate_tls(cfg: Config) -> None:
@@ -175,6 +185,14 @@ class Agent:
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
         self.http_session: aiohttp.ClientSession | None = None
+        # Alias checks: woken by changes to the local checks they follow; an alias of another node reads the
+        # catalog (a server its replica, a client agent a server's HTTP API).
+        self.alias_notifier = AliasNotifier()
+        self.alias_nodes: NodeSource = (
+            ServerHTTPNodes(lambda: self.http_session, self.consensus.http_target,
+                            lambda: self.acl_tokens.get("default")) if self.is_client  # fmt: skip
+            else StoreNodes(lambda: self.store, self.hub)
+        )
         self.started_at = time.time()
         self.api: Api | None = None  # served on the HTTP port, and on the HTTPS port when there is one
         self.http_addr: tuple[str, int] | None = None
@@ -519,6 +537,7 @@ class Agent:
             for chk in old_checks:
                 if chk.spec.check_id not in keep_ids and not chk.spec.check_id.startswith(SERVICE_MAINT_PREFIX):
                     await self._remove_check_local(chk.spec.check_id)
+        self.alias_notifier.notify(sid)
         await self.sync_service(sid)
 
     async def remove_service(self, sid: str) -> None:
@@ -529,6 +548,7 @@ class Agent:
         for cid in [cid for cid, c in self.checks.items() if c.spec.service_id == sid]:
             await self._remove_check_local(cid)
         del self.services[sid]
+        self.alias_notifier.notify(sid)
         await self._sync_or_defer(("service-delete", sid))
 
     async def add_check(self, spec: CheckSpec) -> None:
@@ -557,6 +577,7 @@ class Agent:
             chk.critical_since = time.monotonic()
         self.checks[spec.check_id] = chk
         self._start_monitor(chk)
+        self.alias_notifier.notify(spec.service_id)
 
     def _start_monitor(self, chk: LocalCheck) -> None:
         spec = chk.spec
@@ -564,16 +585,16 @@ class Agent:
         def report(status: str, output: str, cid: str = spec.check_id) -> None:
             self.set_check_status(cid, status, output)
 
-        monitor: Monitor | TTLMonitor | None
+        monitor: Monitor | TTLMonitor | AliasMonitor | None
         if spec.type == "ttl":
             monitor = TTLMonitor(spec, report)
         elif spec.type == "http":
             assert self.http_session is not None
             monitor = HTTPMonitor(spec, StatusHandler(spec, report), self.http_session)
-        elif spec.type == "tcp":
-            monitor = TCPMonitor(spec, StatusHandler(spec, report))
-        elif spec.type == "script":
-            monitor = ScriptMonitor(spec, StatusHandler(spec, report))
+        elif spec.type in INTERVAL_MONITORS:
+            monitor = INTERVAL_MONITORS[spec.type](spec, StatusHandler(spec, report))
+        elif spec.type == "alias":
+            monitor = AliasMonitor(spec, report, self, self.alias_notifier, self.alias_nodes)
         else:
             monitor = None  # maintenance and other passive checks
         chk.monitor = monitor
@@ -589,6 +610,7 @@ class Agent:
         chk = self.checks.pop(cid, None)
         if chk is not None:
             await self._stop_monitor(chk)
+            self.alias_notifier.notify(chk.spec.service_id)
 
     def set_check_status(self, cid: str, status: str, output: str) -> None:
         """A result from a monitor (or a TTL update): update local state, sync if it matters."""
@@ -603,11 +625,21 @@ class Agent:
                 chk.critical_since = time.monotonic()
         else:
             chk.critical_since = None
+        if previous != status or changed_output:
+            self.alias_notifier.notify(chk.spec.service_id)
         if previous != status:
             log.info("check status changed", check=cid, status=status, previous=previous)
             self._mark_dirty(("check", cid))
         elif changed_output and time.monotonic() - chk.last_synced >= CHECK_UPDATE_INTERVAL:
             self._mark_dirty(("check", cid))
+
+    def local_check_rows(self) -> list[Check]:
+        """Every local check as its catalog row (what a local alias check aggregates)."""
+        node = self.node_name
+        return [c.row(node) for c in self.checks.values()]
+
+    def has_local_service(self, service_id: str) -> bool:
+        return service_id in self.services
 
     async def update_ttl(self, cid: str, status: str, output: str) -> None:
         chk = self.checks.get(cid)

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from registry.agent.alias import AliasMonitor
 from registry.agent.checks import Monitor, TTLMonitor
 from registry.registration import CheckSpec, dur_str
 from registry.structs import HEALTH_CRITICAL, Check, Service
+
+# The check types whose Timeout Consul's HealthCheck carries.
+TIMEOUT_TYPES = frozenset({"http", "tcp", "udp", "grpc", "h2ping", "os_service", "script"})
 
 
 @dataclass
@@ -35,7 +39,7 @@ class LocalCheck:
     output: str = ""
     critical_since: float | None = None
     last_synced: float = 0.0
-    monitor: Monitor | TTLMonitor | None = None
+    monitor: Monitor | TTLMonitor | AliasMonitor | None = None
 
     def row(self, node: str) -> Check:
         """The catalog row this check should have (as Consul's agent builds its HealthCheck)."""
@@ -50,6 +54,6 @@ class LocalCheck:
             service_id=s.service_id,
             type=s.type,
             interval=dur_str(s.interval),
-            timeout=dur_str(s.timeout) if s.type in ("http", "tcp", "script") else "",
+            timeout=dur_str(s.timeout) if s.type in TIMEOUT_TYPES else "",
             definition=s.definition(),
         )

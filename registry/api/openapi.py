@@ -386,6 +386,8 @@ BAD_FILTER = ERROR_PREFIX.rstrip(": ")
 # Consul's session create refuses these in its RPC, so its HTTP API answers them with 500.
 SESSION_500 = ("Session TTL", "Invalid Session TTL", "Invalid Behavior setting", "Invalid session behavior", "Must provide Node",
                "Missing node registration", "Missing check", "Check '")  # fmt: skip
+# Consul's agent answers a TTL update of a check that is not a TTL check (an alias, a gRPC check...) with 500.
+NOT_TTL = ('CheckID "',)
 _TRUE = (JSON, _BOOL)
 _EMPTY: dict[int, tuple[str, dict[str, Any]] | None] = {200: None}
 
@@ -410,10 +412,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", "/v1/agent/maintenance"): Op(query=("enable", "reason"), ok=_EMPTY),
     ("PUT", "/v1/agent/check/register"): Op(body="CheckDefinition", ok=_EMPTY),
     ("PUT", "/v1/agent/check/deregister/"): Op(ok=_EMPTY, errors=(404,)),
-    ("PUT", "/v1/agent/check/pass/"): Op(query=("note",), ok=_EMPTY, errors=(404,)),
-    ("PUT", "/v1/agent/check/warn/"): Op(query=("note",), ok=_EMPTY, errors=(404,)),
-    ("PUT", "/v1/agent/check/fail/"): Op(query=("note",), ok=_EMPTY, errors=(404,)),
-    ("PUT", "/v1/agent/check/update/"): Op(body="CheckUpdate", ok=_EMPTY, errors=(404,)),
+    ("PUT", "/v1/agent/check/pass/"): Op(query=("note",), ok=_EMPTY, errors=(404,), server_errors=NOT_TTL),
+    ("PUT", "/v1/agent/check/warn/"): Op(query=("note",), ok=_EMPTY, errors=(404,), server_errors=NOT_TTL),
+    ("PUT", "/v1/agent/check/fail/"): Op(query=("note",), ok=_EMPTY, errors=(404,), server_errors=NOT_TTL),
+    ("PUT", "/v1/agent/check/update/"): Op(body="CheckUpdate", ok=_EMPTY, errors=(404,), server_errors=NOT_TTL),
     # 200 passing, 429 warning, 503 critical: Consul's status codes for the aggregated health.
     ("GET", "/v1/agent/health/service/name/"): Op(query=("format",), ok={
         200: (JSON, _array(_ref("AgentServiceHealth"))), 429: (JSON, _array(_ref("AgentServiceHealth"))),

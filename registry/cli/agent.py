@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -130,6 +131,9 @@ def cmd_agent(argv: list[str]) -> int:
     from registry import logs
 
     logs.configure(cfg.log_level, cfg.log_json)
+    # gRPC's C core (gRPC health checks) writes its own log lines to stderr, one per failed TLS handshake
+    # at its default verbosity; the check's output already says what failed. An operator's setting wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from registry import eventloop
 
     return eventloop.run(_run_agent(cfg, warnings, lambda: build_config(argv)))

@@ -1,6 +1,7 @@
 """What every ``proconsul`` command shares: Consul's flag forms (``-flag`` and ``--flag``), the HTTP API options
-(``-http-addr``, ``-token``, ``-token-file``, ``-datacenter``, ``-stale``), the agent client with the CLI's error texts, the
-error that ends a command with its exit code, and the table output of Consul's ``columnize``."""
+(``-http-addr``, ``-token``, ``-token-file``, ``-datacenter``, ``-stale``, and the TLS client options ``-ca-file``,
+``-ca-path``, ``-client-cert``, ``-client-key``, ``-tls-server-name``), the agent client with the CLI's error texts,
+the error that ends a command with its exit code, and the table output of Consul's ``columnize``."""
 
 from __future__ import annotations
 
@@ -9,14 +10,23 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from registry.client.http import AgentHTTP, AgentUnavailable, HTTPConfig, Response, TokenFileError
+from registry.client.http import (
+    AgentHTTP,
+    AgentUnavailable,
+    HTTPConfig,
+    Response,
+    TLSConfigError,
+    TLSFlags,
+    TokenFileError,
+)
 
 __all__ = [
     "CLIError", "Client", "Command", "http_config", "http_options", "opt", "parser", "run_client", "subcommand",
-    "table",
+    "table", "tls_flags", "tls_options",
 ]  # fmt: skip
 
 Command = Callable[[list[str]], int]
@@ -48,14 +58,33 @@ def http_options(p: argparse.ArgumentParser) -> None:
     opt(p, "token-file", default=None, help="file holding the ACL token; wins over -token (env CONSUL_HTTP_TOKEN_FILE)")
     opt(p, "datacenter", default=None)
     opt(p, "stale", action="store_true")
+    tls_options(p)
+
+
+def tls_options(p: argparse.ArgumentParser) -> None:
+    """Consul's TLS client flags (each also read from its environment variable)."""
+    opt(p, "ca-file", default=None, help="CA file to verify the agent's HTTPS certificate (env CONSUL_CACERT)")
+    opt(p, "ca-path", default=None, help="directory of CA certificates (env CONSUL_CAPATH)")
+    opt(p, "client-cert", default=None, help="client certificate, for an agent with verify_incoming (env CONSUL_CLIENT_CERT)")
+    opt(p, "client-key", default=None, help="the client certificate's key (env CONSUL_CLIENT_KEY)")
+    opt(p, "tls-server-name", default=None, help="server name to verify and send as SNI (env CONSUL_TLS_SERVER_NAME)")
+
+
+def tls_flags(args: argparse.Namespace) -> TLSFlags:
+    return TLSFlags(ca_file=args.ca_file, ca_path=args.ca_path, client_cert=args.client_cert,
+                    client_key=args.client_key, tls_server_name=args.tls_server_name)  # fmt: skip
 
 
 def http_config(args: argparse.Namespace) -> HTTPConfig:
+    """The agent a command talks to, from ``http_options``' flags and the environment; a token file or TLS
+    file that cannot be used ends the command with what is wrong."""
     try:
-        return HTTPConfig.from_flags(args.http_addr, args.token, args.datacenter, args.stale,
-                                     token_file=getattr(args, "token_file", None))  # fmt: skip
-    except TokenFileError as exc:
+        config = HTTPConfig.from_flags(args.http_addr, args.token, args.datacenter, args.stale,
+                                       token_file=args.token_file, tls=tls_flags(args))  # fmt: skip
+        config.ssl_context()  # a missing or unreadable CA or client certificate fails here, named
+    except (TokenFileError, TLSConfigError) as exc:
         raise CLIError(str(exc)) from None
+    return config
 
 
 def _reason(cause: BaseException) -> str:
@@ -64,13 +93,33 @@ def _reason(cause: BaseException) -> str:
     import aiohttp
 
     err: BaseException = cause
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+        cert_err = cause.certificate_error
+        if isinstance(cert_err, ssl.SSLCertVerificationError):
+            return f"x509: {cert_err.verify_message}"
+        return f"tls: {cert_err}"
     if isinstance(cause, aiohttp.ClientConnectorError):
         err = cause.os_error
+    if isinstance(err, ssl.SSLError):
+        return f"tls: {err.reason or err}"
     if isinstance(err, TimeoutError | aiohttp.ServerTimeoutError):
         return "timed out"
     if isinstance(err, OSError) and not isinstance(err, socket.gaierror) and err.errno:
         return f"[Errno {err.errno}] {os.strerror(err.errno)}"
     return str(err) or type(err).__name__
+
+
+def _tls_failure(cause: BaseException, https: bool) -> bool:
+    """Whether the agent answered but TLS failed: a certificate refused either way. Over TLS 1.3 an agent
+    with verify_incoming refuses a client without a certificate after the handshake, which the client sees
+    as the server disconnecting."""
+    import aiohttp
+
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return True
+    if https and isinstance(cause, aiohttp.ServerDisconnectedError):
+        return True
+    return isinstance(cause, aiohttp.ClientConnectorError) and isinstance(cause.os_error, ssl.SSLError)
 
 
 class Client:
@@ -87,10 +136,10 @@ class Client:
         try:
             return await self.http.request(method, path, params, body)
         except AgentUnavailable as exc:
-            raise CLIError(
-                f"Error connecting to Proconsul agent at {self.base}: {_reason(exc.cause)}\n"
-                "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it."
-            ) from exc
+            hint = ("Check the TLS options: -ca-file/-ca-path (CONSUL_CACERT/CONSUL_CAPATH), -client-cert and "
+                    "-client-key (CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY), -tls-server-name." if _tls_failure(exc.cause, self.base.startswith("https://"))
+                    else "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it.")  # fmt: skip
+            raise CLIError(f"Error connecting to Proconsul agent at {self.base}: {_reason(exc.cause)}\n{hint}") from exc
 
     async def json(self, method: str, path: str, params: Mapping[str, Any] | None = None, body: Any = None) -> Any:
         """A JSON call; an error status is Consul's ``Unexpected response code: <status> (<text>)``."""

@@ -1,4 +1,8 @@
-"""``proconsul kv get|put|delete``: Consul's command/kv/* verbs, flags, messages and exit codes."""
+"""``proconsul kv get|put|delete|export|import``: Consul's command/kv/* verbs, flags, messages and exit codes.
+
+``export`` and ``import`` use Consul's JSON (command/kv/impexp): an array of ``{"key", "flags", "value"}``
+objects, the value base64, written by ``export`` with tab indentation as Go's json.MarshalIndent writes it,
+so files move between Consul and Proconsul either way."""
 
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ from registry.client.http import kv_path
 
 
 def cmd_kv(argv: list[str]) -> int:
-    sub, rest = subcommand(argv, "kv", ("get", "put", "delete"), "[options] KEY [DATA]")
+    sub, rest = subcommand(argv, "kv", ("get", "put", "delete", "export", "import"), "[options] KEY [DATA]")
+    if sub == "export":
+        return _cmd_export(rest)
+    if sub == "import":
+        return _cmd_import(rest)
     p = parser(f"proconsul kv {sub}", f"KV {sub}")
     http_options(p)
     if sub == "get":
@@ -160,3 +168,86 @@ def _value_text(entry: dict[str, Any], b64: bool) -> str:
     if b64:
         return str(entry["Value"])
     return base64.b64decode(entry["Value"]).decode("utf-8", "replace")
+
+
+def _go_json(obj: Any) -> str:
+    """JSON as Go's json.MarshalIndent(v, "", "\t") writes it (``<``, ``>`` and ``&`` escaped)."""
+    text = json.dumps(obj, indent="\t", ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _cmd_export(argv: list[str]) -> int:
+    p = parser("proconsul kv export", "Exports a tree from the KV store as JSON")
+    http_options(p)
+    p.add_argument("prefix", nargs="*", default=[])
+    args = p.parse_args(argv)
+    if len(args.prefix) > 1:
+        raise CLIError(f"Too many arguments (expected 1, got {len(args.prefix)})")
+    prefix = args.prefix[0] if args.prefix else ""
+    if prefix.startswith("/"):
+        prefix = prefix[1:]  # keys never start with "/"; Consul strips it for the user
+
+    async def export(client: Client) -> int:
+        status, raw, _ = await client.request("GET", kv_path(prefix), {"recurse": ""})
+        if status == 404:
+            entries: list[dict[str, Any]] = []
+        elif status >= 400:
+            raise CLIError(f"Error querying Consul agent: Unexpected response code: {status} "
+                           f"({raw.decode(errors='replace').strip()})")  # fmt: skip
+        else:
+            entries = json.loads(raw)
+        out = [{"key": e["Key"], "flags": e.get("Flags") or 0, "value": e.get("Value") or ""} for e in entries]
+        print(_go_json(out))
+        return 0
+
+    return run_client(args, export)
+
+
+def _cmd_import(argv: list[str]) -> int:
+    p = parser("proconsul kv import", "Imports a tree stored as JSON to the KV store")
+    http_options(p)
+    opt(p, "prefix", default="", help="key prefix for the imported data (default: the root)")
+    p.add_argument("data", nargs="*", default=[])
+    args = p.parse_args(argv)
+    if not args.data:
+        raise CLIError("Error! Missing DATA argument")
+    if len(args.data) > 1:
+        raise CLIError(f"Error! Too many arguments (expected 1, got {len(args.data)})")
+    data = args.data[0]
+    if not data:
+        raise CLIError("Error! Empty DATA argument")
+    if data.startswith("@"):
+        try:
+            text = Path(data[1:]).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise CLIError(f"Error! Failed to read file: open {data[1:]}: {reason.lower()}") from exc
+    elif data == "-":
+        text = sys.stdin.read()
+    else:
+        text = data
+    try:
+        entries = json.loads(text)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ValueError("expected an array of {key, flags, value} objects")
+        pairs = [(str(e.get("key") or ""), int(e.get("flags") or 0), str(e.get("value") or "")) for e in entries]
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"Cannot unmarshal data: {exc}") from exc
+    prefix = args.prefix
+
+    async def import_(client: Client) -> int:
+        for key, flags, encoded in pairs:
+            try:
+                value = base64.b64decode(encoded, validate=True)
+            except ValueError as exc:
+                raise CLIError(f"Error base 64 decoding value for key {key}: {exc}") from exc
+            if prefix:
+                key = prefix.rstrip("/") + "/" + key.lstrip("/")
+            status, raw, _ = await client.request("PUT", kv_path(key), {"flags": flags or None}, value)
+            if status >= 400 or raw.strip() != b"true":
+                raise CLIError(f"Error! Failed writing data for key {key}: Unexpected response code: {status} "
+                               f"({raw.decode(errors='replace').strip()})")  # fmt: skip
+            print(f"Imported: {key}")
+        return 0
+
+    return run_client(args, import_)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from registry.client.http import AgentHTTP, APIError, HTTPConfig, TokenFileError
+from registry.client.http import AgentHTTP, APIError, HTTPConfig, TLSConfigError, TLSFlags, TokenFileError
 from registry.client.lock import MONITOR_RETRY, LockAPI, LockFailed, LockOptions, Mutex, Semaphore, lock_key
 from registry.gocompat import DurationError, parse_duration
 
@@ -97,6 +97,11 @@ class Options:
     token_file: str | None = None
     datacenter: str | None = None
     stale: bool = False
+    ca_file: str | None = None
+    ca_path: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    tls_server_name: str | None = None
 
     @property
     def key(self) -> str:
@@ -113,14 +118,18 @@ class Options:
 
     def http_config(self) -> HTTPConfig:
         """The agent to talk to. ``-stale`` is accepted but not used: the lock always reads consistently."""
-        return HTTPConfig.from_flags(self.http_addr, self.token, self.datacenter, token_file=self.token_file)
+        tls = TLSFlags(ca_file=self.ca_file, ca_path=self.ca_path, client_cert=self.client_cert,
+                       client_key=self.client_key, tls_server_name=self.tls_server_name)  # fmt: skip
+        return HTTPConfig.from_flags(self.http_addr, self.token, self.datacenter, token_file=self.token_file, tls=tls)
 
 
 _BOOL_FLAGS = {"pass-stdin": "pass_stdin", "shell": "shell", "child-exit-code": "child_exit_code",
                "verbose": "verbose", "stale": "stale"}  # fmt: skip
 _VALUE_FLAGS = {"n": "limit", "name": "name", "timeout": "timeout", "try": "timeout",
                 "monitor-retry": "monitor_retry", "http-addr": "http_addr", "token": "token",
-                "token-file": "token_file", "datacenter": "datacenter"}  # fmt: skip
+                "token-file": "token_file", "datacenter": "datacenter", "ca-file": "ca_file", "ca-path": "ca_path",
+                "client-cert": "client_cert", "client-key": "client_key",
+                "tls-server-name": "tls_server_name"}  # fmt: skip
 _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
@@ -407,7 +416,8 @@ def cmd_lock(argv: list[str]) -> int:
     log = structlog.get_logger("proconsul.lock").bind(prefix=opts.prefix)
     try:
         config = opts.http_config()
-    except TokenFileError as exc:
+        config.ssl_context()  # a TLS file that cannot be used fails here, named
+    except (TokenFileError, TLSConfigError) as exc:
         print(str(exc), file=sys.stderr)
         return 1
     return eventloop.run(run_lock(opts, config, log))

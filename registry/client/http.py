@@ -5,7 +5,10 @@ What it owns, following Consul's ``api.Config`` and ``api.QueryOptions``:
 
 * the address: ``-http-addr``, else ``PROCONSUL_HTTP_ADDR``, else ``CONSUL_HTTP_ADDR``, else
   ``http://127.0.0.1:8500``; an address without a scheme is ``https`` when ``CONSUL_HTTP_SSL`` is true;
-* TLS towards an HTTPS agent (a CA file, a client certificate and key, or no verification);
+* TLS towards an HTTPS agent (Consul's ``api.TLSConfig``): a CA file or directory (``-ca-file``/CONSUL_CACERT,
+  ``-ca-path``/CONSUL_CAPATH), a client certificate and key for an agent with ``verify_incoming``
+  (``-client-cert``/CONSUL_CLIENT_CERT, ``-client-key``/CONSUL_CLIENT_KEY), the name to verify and send as
+  SNI (``-tls-server-name``/CONSUL_TLS_SERVER_NAME), or no verification (CONSUL_HTTP_SSL_VERIFY=false);
 * the token (``X-Consul-Token``; from ``-token``/CONSUL_HTTP_TOKEN or a token file), the datacenter (``?dc=``) and ``?stale`` on reads;
 * blocking queries: ``?index=`` and ``?wait=`` in, ``X-Consul-Index`` out (``Response.index``);
 * errors that carry the HTTP status and Consul's text (``StatusError``), or say no answer came
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_HTTP_ADDR", "APIError", "AgentHTTP", "AgentUnavailable", "HTTPConfig", "Response", "StatusError",
-    "TokenFileError", "agent_address", "escape", "kv_path", "read_token_file",
+    "TLSConfigError", "TLSFlags", "TokenFileError", "agent_address", "escape", "kv_path", "read_token_file",
 ]  # fmt: skip
 
 DEFAULT_HTTP_ADDR = "http://127.0.0.1:8500"
@@ -76,34 +79,82 @@ class HTTPConfig:
     cert_file: str | None = None
     key_file: str | None = None
     insecure_skip_verify: bool = False
+    ca_path: str | None = None
+    tls_server_name: str | None = None
 
     @classmethod
     def from_flags(cls, http_addr: str | None, token: str | None, datacenter: str | None = None,
                    stale: bool = False, env: Mapping[str, str] | None = None,
-                   token_file: str | None = None) -> HTTPConfig:  # fmt: skip
+                   token_file: str | None = None, tls: TLSFlags | None = None) -> HTTPConfig:  # fmt: skip
         """The flags a command was given, completed from the environment as Consul's commands do.
 
         The token follows Consul's ``api.NewClient``: a token file (``-token-file``, else
         CONSUL_HTTP_TOKEN_FILE) wins when it holds a token, then ``-token``, then CONSUL_HTTP_TOKEN.
-        An unreadable token file is a TokenFileError ("Error loading token file: ...")."""
+        An unreadable token file is a TokenFileError ("Error loading token file: ...").
+        TLS: each flag wins over its environment variable (Consul's ``api.DefaultConfig`` reads the
+        environment, the command's flags then replace what they set)."""
         env = os.environ if env is None else env
         chosen = token or env.get("CONSUL_HTTP_TOKEN") or ""
         path = token_file or env.get("CONSUL_HTTP_TOKEN_FILE") or ""
         if path:
             chosen = read_token_file(path) or chosen
-        return cls(address=agent_address(http_addr, env), token=chosen, datacenter=datacenter, stale=stale)
+        tls = tls or TLSFlags()
+        verify = env.get("CONSUL_HTTP_SSL_VERIFY", "")
+        return cls(address=agent_address(http_addr, env), token=chosen, datacenter=datacenter, stale=stale,
+                   ca_file=tls.ca_file or env.get("CONSUL_CACERT") or None,
+                   ca_path=tls.ca_path or env.get("CONSUL_CAPATH") or None,
+                   cert_file=tls.client_cert or env.get("CONSUL_CLIENT_CERT") or None,
+                   key_file=tls.client_key or env.get("CONSUL_CLIENT_KEY") or None,
+                   tls_server_name=tls.tls_server_name or env.get("CONSUL_TLS_SERVER_NAME") or None,
+                   insecure_skip_verify=verify.lower() in _FALSE)  # fmt: skip
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """A TLS context for the options given; None leaves the default (the system's CAs, verified)."""
-        if not (self.ca_file or self.cert_file or self.insecure_skip_verify):
+        """A TLS context for the options given; None leaves the default (the system's CAs, verified).
+        A file that cannot be loaded is a TLSConfigError naming it."""
+        if not (self.ca_file or self.ca_path or self.cert_file or self.insecure_skip_verify):
             return None
-        ctx = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file, capath=self.ca_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise TLSConfigError(f"Error loading CA {self.ca_file or self.ca_path}: {_why(exc)}") from None
         if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            if not self.key_file:
+                raise TLSConfigError("Error loading client certificate: -client-key (CONSUL_CLIENT_KEY) is "
+                                     "required with -client-cert (CONSUL_CLIENT_CERT)")  # fmt: skip
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise TLSConfigError(f"Error loading client certificate {self.cert_file}: {_why(exc)}") from None
         if self.insecure_skip_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class TLSFlags:
+    """Consul's TLS client flags as a command was given them (None: not given; the environment decides)."""
+
+    ca_file: str | None = None
+    ca_path: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    tls_server_name: str | None = None
+
+
+_FALSE = ("0", "f", "false")
+
+
+class TLSConfigError(ValueError):
+    """A TLS client option that cannot be used (a file missing or not a certificate); says which."""
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc)
 
 
 class TokenFileError(ValueError):
@@ -222,7 +273,8 @@ class AgentHTTP:
             wait: str | None = None, consistent: bool = False) -> yarl.URL:  # fmt: skip
         """The URL of a call: ``path`` (escaped) and the query, with the config's ``dc`` and ``stale``.
 
-        Parameters whose value is None are left out; ``""`` is a flag (``?recurse=``)."""
+        Parameters whose value is None are left out; ``""`` is a flag (``?recurse=``); a list repeats the
+        parameter once per item, as Consul's client sends ``?node-meta=`` pairs."""
         query = {k: v for k, v in (params or {}).items() if v is not None}
         if index:
             query["index"] = index
@@ -234,7 +286,7 @@ class AgentHTTP:
             query.setdefault("dc", self.config.datacenter)
         if self.config.stale and method == "GET":
             query.setdefault("stale", "")
-        qs = urllib.parse.urlencode(query)
+        qs = urllib.parse.urlencode(query, doseq=True)  # a list value repeats the parameter (?node-meta=a&node-meta=b)
         import yarl
 
         return yarl.URL(f"{self.base}{path}" + (f"?{qs}" if qs else ""), encoded=True)
@@ -250,6 +302,8 @@ class AgentHTTP:
 
         url = self.url(path, params, method=method, index=index, wait=wait, consistent=consistent)
         kwargs: dict[str, Any] = {}
+        if self.config.tls_server_name and self.base.startswith("https://"):
+            kwargs["server_hostname"] = self.config.tls_server_name
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
         if content_type is not None:
