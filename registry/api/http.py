@@ -251,7 +251,7 @@ class Api:
         if self.acl_on:
             if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
                     and path not in CLIENT_LOCAL_PATHS:
-                return await self.forward(request)  # the server resolves the token the request carries
+                return await self._forward_timed(request, started)  # the server resolves the token it carries
             try:
                 authz = await self._resolve(request)
             except ACLError as exc:
@@ -272,7 +272,7 @@ class Api:
         path = request.path
         if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
                 and path not in CLIENT_LOCAL_PATHS:
-            return await self.forward(request)
+            return await self._forward_timed(request, started)
         routes, suffix = self.router.resolve(path)
         if routes is None:
             if path.startswith("/v1/"):
@@ -371,6 +371,18 @@ class Api:
             return (f"intention_{access}", str(found[0]["Name"])) if found is not None else None
         # A route declared path-id that nothing here resolves is refused, never let through.
         raise ACLError(f"Permission denied: no ACL rule resolves the ID in {route.path}")
+
+    async def _forward_timed(self, request: web.Request, started: float) -> web.StreamResponse:
+        """``forward``, timed under the route it is for (Consul's client agent times the request whose
+        RPC it makes)."""
+        if not started:
+            return await self.forward(request)
+        routes, _ = self.router.resolve(request.path)
+        try:
+            return await self.forward(request)
+        finally:
+            if routes is not None:
+                self._observe(self.route_timers(routes, request.method), started)
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A client agent keeps no catalog: catalog, health, KV and status requests go to a server."""

@@ -4,7 +4,8 @@ The short form of ``make prometheus-demo``: three servers started as a user star
 ``telemetry { prometheus_retention_time = "60s", disable_hostname = true }``, and Debian's ``prometheus``
 scraping each one every second. Through Prometheus' HTTP API: every target is up, exactly one server
 reports ``consul_server_isLeader`` 1 and it is the one the cluster names, ``consul_raft_state_leader`` adds
-up to the one election, and the request timers Prometheus stored carry Consul's labels."""
+up to the one election, and the request timers Prometheus stored carry Consul's labels. A client agent
+counts its calls to the servers and times the requests it forwards."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.harness import Cluster, free_port
+from tests.cluster.harness import Cluster, free_port, http, wait_for
 from tests.cluster.prometheus import TELEMETRY, prometheus_binary, start_prometheus, wait_value
 
 
@@ -44,3 +45,13 @@ def test_prometheus_scrapes_three_servers_and_sees_one_leader(make_cluster: Call
         assert len(timers) == 3  # each server timed Prometheus' own scrapes
     finally:
         prom.stop()
+    client = cluster.add_client("client-1")
+    client.extra_args += ["-config-file", str(telemetry)]
+    client.start()
+    wait_for("the client agent to answer", lambda: http("GET", client.url + "/v1/agent/self", timeout=2).status == 200,
+             30)  # fmt: skip
+    assert http("GET", client.url + "/v1/catalog/services").status == 200  # forwarded to a server
+    text = http("GET", client.url + "/v1/agent/metrics?format=prometheus").text
+    assert 'consul_api_http_count{method="GET",path="v1_catalog_services"} 1' in text.splitlines()
+    rpc = [ln for ln in text.splitlines() if ln.startswith("consul_client_rpc ")]
+    assert rpc and float(rpc[0].split()[1]) >= 1, text
