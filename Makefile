@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test soak bench lint clean
+.PHONY: run test soak bench lint clean prometheus-demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check registry ca dns connect_proxy tests bench
 
+# Three servers and Debian's prometheus scraping their /v1/agent/metrics every second, until Ctrl-C
+# (docs/operations.md, "Monitoring").
+prometheus-demo: $(STAMP)
+	$(BIN)/python -m tests.cluster.prometheus
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.http_discovery
 	$(BIN)/python -m bench.watch_fanout
@@ -34,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.dns_perf
 	$(BIN)/python -m bench.raft
 	$(BIN)/python -m bench.proxy
+	$(BIN)/python -m bench.metrics
 
 clean:
 	rm -rf $(VENV)

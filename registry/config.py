@@ -75,6 +75,24 @@ class Limits:
 
 
 @dataclass
+class Telemetry:
+    """Consul's ``telemetry`` block, the keys Proconsul honours (agent/config/runtime.go's Telemetry):
+    ``prometheus_retention_time`` (0: no Prometheus output, Consul's default), ``disable_hostname`` (gauges
+    carry the host name unless set), ``metrics_prefix``, ``prefix_filter`` ("+name" allows, "-name"
+    blocks, the longest matching rule wins) with ``filter_default`` for names no rule matches, and
+    ``disable_compat_1.9`` (false: also emit Consul 1.9's ``consul.http.<METHOD>.<path>`` timers; true
+    since Consul 1.12). Consul's sink keys (statsd, dogstatsd, circonus...) are reported as unknown keys:
+    Proconsul serves its metrics over HTTP only."""
+
+    prometheus_retention_time: float = 0.0
+    disable_hostname: bool = False
+    metrics_prefix: str = "consul"
+    prefix_filter: list[str] = field(default_factory=list)
+    filter_default: bool = True
+    disable_compat_1_9: bool = True
+
+
+@dataclass
 class Config:
     node_name: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "node")
     node_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -110,6 +128,7 @@ class Config:
     # say so (registry/posture.py).
     insecure: bool = False
     limits: Limits = field(default_factory=Limits)
+    telemetry: Telemetry = field(default_factory=Telemetry)
     tls: dict[str, Any] = field(default_factory=dict)
     connect: dict[str, Any] = field(default_factory=dict)
     default_intention_policy: str = ""
@@ -209,6 +228,8 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         _apply_limits(cfg.limits, value)
         if "kv_max_value_size" in value:  # where Consul keeps it; the top-level key is read too
             _apply_key(cfg, "kv_max_value_size", value["kv_max_value_size"])
+    elif key == "telemetry":
+        _apply_telemetry(cfg, value)
     elif key == "nodes":
         pass  # per-node sections are applied once the node name is known (apply_node_section)
     elif key in ("retry_join", "start_join", "recursors"):
@@ -249,6 +270,31 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         setattr(cfg, key, value)
     else:
         cfg.extra[key] = value
+
+
+def _apply_telemetry(cfg: Config, value: Any) -> None:
+    """The ``telemetry`` block: its keys merge into what earlier files set, as Consul merges blocks."""
+    if not isinstance(value, dict):
+        raise ConfigError("telemetry must be a map, e.g. {prometheus_retention_time: \"60s\"}")
+    t = cfg.telemetry
+    for key, v in value.items():
+        where = f"telemetry.{key}"
+        if key == "prometheus_retention_time":
+            t.prometheus_retention_time = _dur(v, where)
+        elif key in ("disable_hostname", "filter_default", "disable_compat_1.9"):
+            if not isinstance(v, bool):
+                raise ConfigError(f"{where} must be true or false, got {v!r}")
+            setattr(t, key.replace(".", "_"), v)
+        elif key == "metrics_prefix":
+            if not isinstance(v, str):
+                raise ConfigError(f"{where} must be a string, got {v!r}")
+            t.metrics_prefix = v
+        elif key == "prefix_filter":
+            if not isinstance(v, list) or not all(isinstance(r, str) for r in v):
+                raise ConfigError(f"{where} must be a list of rules such as [\"+consul.raft\", \"-consul.http\"]")
+            t.prefix_filter = list(v)
+        else:
+            cfg.unknown_keys.append(where)
 
 
 def _rate(value: Any, key: str) -> float:

@@ -12,11 +12,13 @@ The Raft library's errors are the application's too: ``NotLeaderError`` answers 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from registry.fsm import FSM, CommandError, encode_command
 from registry.raft.errors import NotLeaderError, RPCError
+from registry.raft.observe import NO_OBSERVER, Observer
 from registry.raft.rpc import RPCRouter
 
 __all__ = ["CommandResults", "Consensus", "LocalLog", "NotLeaderError", "RPCError"]
@@ -112,19 +114,24 @@ class LocalLog:
 
     It keeps the same discipline as the replicated log (entries are bytes, applied through the FSM in index
     order) but holds no entries after applying them: in ``-dev`` the store is the whole state. This server
-    is always the leader; calls to the leader are served by the agent's own RPC router.
+    is always the leader; calls to the leader are served by the agent's own RPC router. It reports to the
+    Raft observer what a single-server Raft would: one election won at start, and each entry appended,
+    committed and applied at once (Consul's -dev agent runs a one-server Raft and reports the same).
     """
 
-    def __init__(self, fsm: FSM, server_address: str, node_id: str, node_name: str, router: RPCRouter) -> None:
+    def __init__(self, fsm: FSM, server_address: str, node_id: str, node_name: str, router: RPCRouter,
+                 observer: Observer = NO_OBSERVER) -> None:  # fmt: skip
         self.fsm = fsm
         self._address = server_address
         self._node_id = node_id
         self._node_name = node_name
         self._router = router
+        self._observer = observer
         self.last_index = fsm.store.index
 
     async def start(self) -> None:
-        return None
+        self._observer.role_changed("candidate")
+        self._observer.role_changed("leader")
 
     async def stop(self) -> None:
         return None
@@ -132,7 +139,14 @@ class LocalLog:
     async def propose(self, cmd: dict[str, Any]) -> Any:
         data = encode_command(cmd)
         self.last_index += 1
-        return self.fsm.apply(self.last_index, data)
+        observer = self._observer
+        observer.proposed(1)
+        started = time.perf_counter()
+        result = self.fsm.apply(self.last_index, data)
+        took = time.perf_counter() - started
+        observer.fsm_applied(took)
+        observer.committed(took)
+        return result
 
     async def barrier_read(self, consistency: str) -> None:
         return None

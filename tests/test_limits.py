@@ -24,6 +24,8 @@ from registry.testing import RunningAgent, dev_agent
 from registry.testing.agent import make_config
 
 OTHER_IP = "127.0.0.2"  # another client, on Linux's loopback /8
+# Routes that answer 200 with a stream until the client goes away, whatever the query: no error to read.
+STREAMS = frozenset({"/v1/agent/metrics/stream"})
 
 
 def call(agent: RunningAgent, method: str, path: str, body: bytes | None = None,
@@ -286,6 +288,8 @@ def test_error_responses_and_logs_never_echo_a_token(
     seen: list[bytes] = []
     with dev_agent(limits={"request_limits": {"mode": "enforcing", "write_rate": 1000}}) as agent:
         for r in ROUTES:
+            if r.path in STREAMS:
+                continue
             path = r.path + ("x" if r.path.endswith("/") else "")
             for method in r.methods:
                 for body in bad_bodies if method in ("PUT", "POST") else [None]:

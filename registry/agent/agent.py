@@ -12,10 +12,11 @@ sessions.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,16 @@ from registry.agent.local import LocalCheck, LocalService
 from registry.agent.remote import RPC_CLIENT_APPLY
 from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
 from registry.agent.session_timers import SessionTimers
+from registry.agent.telemetry import (
+    HELP,
+    CommandTimers,
+    RaftMetrics,
+    Telemetry,
+    build_metrics,
+    cert_not_after,
+    raft_health,
+    seconds_until,
+)
 from registry.api.http import Api
 from registry.api.routes import ROUTES
 from registry.commands import (
@@ -147,15 +158,21 @@ class Agent:
         self._reloading = asyncio.Lock()
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
+        # The one metrics registry (the telemetry block), its clock, and the Raft and RPC observer over it.
+        self.metrics = build_metrics(config, time.time())
+        self.telemetry = Telemetry(self.metrics)
+        self.raft_metrics = RaftMetrics(self.metrics)
         # The server port's RPC methods: the Raft server, this agent and Connect each register theirs.
-        self.rpc = RPCRouter()
+        self.rpc = RPCRouter(self.raft_metrics)
         self._register_rpc()
         self.consensus: Consensus = self._make_consensus()
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
         # FSM); tests may replace it.
         self.wall_clock_ns = time.time_ns
         # The one way this agent writes: every command gets this agent's time and goes to the consensus.
-        self.propose = Proposer(lambda wire: self.consensus.propose(wire), lambda: self.wall_clock_ns()).propose
+        # A server times its catalog, KV, txn and session writes under Consul's names for them.
+        self._command_timers = CommandTimers(self.metrics if not self.is_client else None)
+        self.propose = self._timed(Proposer(lambda wire: self.consensus.propose(wire), lambda: self.wall_clock_ns()).propose)
         # ACL state: this agent's tokens, the resolver every enforcement point asks (HTTP, DNS, server RPC: a
         # server resolves from its replica, a client agent asks the servers; tests may hand one in), and on
         # servers the leader's ACL duties.
@@ -207,6 +224,21 @@ class Agent:
         self.shutdown_requested: asyncio.Event | None = None
         self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
 
+    def _timed(self, propose: Callable[[Command], Awaitable[Any]]) -> Callable[[Command], Awaitable[Any]]:
+        timers = self._command_timers
+
+        async def timed(command: Command) -> Any:
+            timer = timers.timer(command.TYPE)
+            if timer is None:
+                return await propose(command)
+            started = time.perf_counter()
+            try:
+                return await propose(command)
+            finally:
+                timer.observe((time.perf_counter() - started) * 1000.0)
+
+        return timed
+
     def agent_token(self) -> str:
         """The token this agent's own calls to the servers carry: ``acl.tokens.agent``, else the default."""
         return self.acl_tokens.get("agent") or self.acl_tokens.get("default")
@@ -225,7 +257,7 @@ class Agent:
     def _make_consensus(self) -> Consensus:
         cfg = self.config
         if cfg.dev:
-            return LocalLog(self.fsm, cfg.server_address, cfg.node_id, cfg.node_name, self.rpc)
+            return LocalLog(self.fsm, cfg.server_address, cfg.node_id, cfg.node_name, self.rpc, self.raft_metrics)
         if cfg.server:
             from pathlib import Path
 
@@ -252,7 +284,7 @@ class Agent:
             if ssl_server is not None:
                 self._rpc_tls = ReplaceableServerContext(ssl_server)
             port = server_transport(self.rpc, ssl_server, peer_check, server_authorizer(cfg))
-            return RaftServer(opts, self.fsm, port, CommandResults())
+            return RaftServer(opts, self.fsm, port, CommandResults(), observer=self.raft_metrics)
         from registry.agent.remote import RemoteServers
 
         # Every call a client agent makes to the servers carries its agent token (read at each call: it
@@ -260,7 +292,7 @@ class Agent:
         client_ctx, hostname = rpc_contexts(cfg)[1:3]
         self._rpc_client_tls = client_ctx
         return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, client_ctx, hostname,
-                             token=lambda: self.agent_token())  # fmt: skip
+                             token=lambda: self.agent_token(), metrics=self.metrics)  # fmt: skip
 
     @property
     def is_client(self) -> bool:
@@ -305,6 +337,7 @@ class Agent:
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
         await self._start_acl()
+        self._start_telemetry()
         await self._start_listeners()
         if self.http_addr is not None and self.config.server:
             self.consensus.advertise_http(f"{self.config.advertise}:{self.http_addr[1]}")
@@ -334,7 +367,7 @@ class Agent:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
-                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
+                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         self._api_server = server
@@ -350,7 +383,8 @@ class Agent:
             self.https_addr = await server.listen_https(cfg.client_addr, cfg.ports.https, self._https_tls.front)
             log.info("HTTPS listener started", address=f"{self.https_addr[0]}:{self.https_addr[1]}")
         if cfg.ports.dns != -1:
-            self.dns_listener, self.dns_addr, dns_token = await start_dns(cfg, lambda: self.store, self.acl)
+            self.dns_listener, self.dns_addr, dns_token = await start_dns(cfg, lambda: self.store, self.acl,
+                                                                          self.metrics)  # fmt: skip
             self._listeners.append(self.dns_listener)
             if dns_token is not None:
                 # DNS answers with the default token: resolved again when ACL state or the token changes.
@@ -358,6 +392,82 @@ class Agent:
                 if isinstance(self.acl, ServerResolver | ClientResolver):
                     self.acl.listeners.append(dns_token.changed)
                 self._spawn(dns_token.run(), "dns-acl-token")
+
+    def _start_telemetry(self) -> None:
+        """The metrics clock and the gauges it reads: the runtime's on every agent; on a server the Raft
+        and autopilot state each second, the members, the CA root's expiry (leader) each interval; this
+        agent's TLS certificate expiry when it has one (Consul's agent.tls.cert.expiry)."""
+        if not self.metrics.enabled:
+            return
+        t = self.telemetry
+        t.add_collector(t.runtime_collector())
+        if not self.is_client:
+            t.add_collector(self._server_collector())
+            t.add_collector(self._collect_members, every_second=False)
+            t.add_collector(self._collect_ca_expiry, every_second=False)
+        cert = self._tls_cert_file()
+        if cert:
+            not_after = cert_not_after(cert)
+            gauge = self.metrics.gauge("agent.tls.cert.expiry", (), HELP["agent.tls.cert.expiry"])
+            if not_after is not None:
+                t.add_collector(lambda: gauge.set(seconds_until(not_after, t.clock())), every_second=False)
+        self._spawn(t.run(), "telemetry")
+
+    def _tls_cert_file(self) -> str:
+        from registry.tls import load_tls_settings
+
+        settings = load_tls_settings(self.config)
+        return settings.internal_rpc.cert_file or settings.https.cert_file
+
+    def _server_collector(self) -> Callable[[], None]:
+        """Consul's server.isLeader, and autopilot's view on the leader: every server healthy (NaN on the
+        others, as Consul reports it) and the failure tolerance."""
+        from registry.raft.driver import RaftServer
+
+        m = self.metrics
+        is_leader = m.gauge("server.isLeader", (), HELP["server.isLeader"])
+        healthy = m.gauge("autopilot.healthy", (), HELP["autopilot.healthy"])
+        tolerance = m.gauge("autopilot.failure_tolerance", (), HELP["autopilot.failure_tolerance"])
+
+        def collect() -> None:
+            consensus = self.consensus
+            leading = consensus.is_leader()
+            is_leader.set(1.0 if leading else 0.0)
+            if not leading:
+                healthy.set(math.nan)
+                return
+            if isinstance(consensus, RaftServer) and consensus.node is not None:
+                node = consensus.node
+                ok, spare = raft_health(node.status(), node.configuration.voters, consensus.id, node.last_index,
+                                        consensus.opts.tick)  # fmt: skip
+            else:
+                ok, spare = True, 0  # the single-server dev log
+            healthy.set(1.0 if ok else 0.0)
+            tolerance.set(float(spare))
+
+        return collect
+
+    def _collect_members(self) -> None:
+        servers = clients = 0
+        store = self.store
+        for name in store.nodes:
+            if SERF_CHECK_ID not in store.checks.get(name, {}):
+                continue
+            if CONSUL_SERVICE in store.services.get(name, {}):
+                servers += 1
+            else:
+                clients += 1
+        self.metrics.gauge("members.servers", (), HELP["members.servers"]).set(float(servers))
+        self.metrics.gauge("members.clients", (), HELP["members.clients"]).set(float(clients))
+
+    def _collect_ca_expiry(self) -> None:
+        """The active root's remaining life, from the leader (Consul's mesh.active-root-ca.expiry)."""
+        if not self.consensus.is_leader():
+            return
+        state = self.connect.ca_state() if self.connect.enabled else None
+        if state is not None:
+            self.metrics.gauge("mesh.active-root-ca.expiry", (), HELP["mesh.active-root-ca.expiry"]).set(
+                seconds_until(state.active_root.not_after, self.telemetry.clock()))
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run a background task that ``stop`` cancels and waits for."""
@@ -1009,7 +1119,12 @@ class Agent:
                 vet_client_command(cmd, authz, self.store)
             except ACLError as exc:
                 raise self._refuse(exc) from None
-        return CommandResults().encode_result(await self.consensus.propose(args))
+        timer = self._command_timers.timer(cmd.TYPE)
+        started = time.perf_counter()
+        result = await self.consensus.propose(args)
+        if timer is not None:
+            timer.observe((time.perf_counter() - started) * 1000.0)
+        return CommandResults().encode_result(result)
 
     # ------------------------------------------------------------------ sessions
 

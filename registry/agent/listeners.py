@@ -33,6 +33,7 @@ from registry.agent.acl import ServerResolver
 from registry.agent.dns_acl import DNSToken
 from registry.api.http import Api
 from registry.config import Config, ConfigError, Limits
+from registry.metrics import Metrics
 from registry.state.store import StateStore
 from registry.tls import https_server_context, load_tls_settings
 
@@ -240,8 +241,8 @@ def _sync_resolver(resolve: Callable[[str], Authorizer]) -> Callable[[str], Auth
     return resolve_or_none
 
 
-async def start_dns(cfg: Config, store: Callable[[], StateStore],
-                    acl: TokenResolver | None = None) -> tuple[DNSListener, tuple[str, int], DNSToken | None]:  # fmt: skip
+async def start_dns(cfg: Config, store: Callable[[], StateStore], acl: TokenResolver | None = None,
+                    metrics: Metrics | None = None) -> tuple[DNSListener, tuple[str, int], DNSToken | None]:  # fmt: skip
     """The DNS interface on ``client_addr`` and the DNS port, answering from ``store()`` (read at each
     query: a snapshot restore replaces the store); the listener, its first bound address, and with ACLs on
     the follower of the default token the answers are filtered by (resolved once before the port opens,
@@ -260,7 +261,15 @@ async def start_dns(cfg: Config, store: Callable[[], StateStore],
             engine.set_token_resolver(_sync_resolver(acl.resolve_now))
         token = DNSToken(acl, engine.set_acl)
         await token.refresh()
-    server = DNSServer(engine, dns_cfg)
+    observe = None
+    if metrics is not None and metrics.enabled:
+        # Consul's dns.domain_query timer, labelled with this agent's node name.
+        timer = metrics.sample("dns.domain_query", (("node", cfg.node_name),), "Time to answer a DNS query, in ms.")
+
+        def observe(queries: int, seconds: float) -> None:
+            timer.observe_many(seconds * 1000.0 / queries, queries)
+
+    server = DNSServer(engine, dns_cfg, observe=observe)
     hosts = cfg.client_addr.split() or ["127.0.0.1"]
     addr = await server.start(hosts, cfg.ports.dns)
     dns_log.info("dns listening", addresses=[f"{h}:{p}" for h, p in server.addresses], domain=dns_cfg.domain,

@@ -18,6 +18,7 @@ import structlog
 
 from registry.consensus import CommandResults, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.metrics import NO_COUNTER, Metrics
 from registry.raft.driver import LEADER_WAIT, PROPOSAL_TIMEOUT
 from registry.raft.transport import RPCClient
 
@@ -32,8 +33,11 @@ class RemoteServers:
     """The ``Consensus`` of a client agent: it is never the leader and holds no Raft configuration."""
 
     def __init__(self, join: list[str], fsm: FSM, ssl_ctx: Any = None, server_hostname: str | None = None,
-                 token: Callable[[], str] = lambda: "") -> None:  # fmt: skip
+                 token: Callable[[], str] = lambda: "", metrics: Metrics | None = None) -> None:  # fmt: skip
         self.fsm = fsm
+        # Consul's consul.client.rpc and .failed: every call this client agent makes to the servers.
+        self._rpc = metrics.counter("client.rpc") if metrics is not None else NO_COUNTER
+        self._rpc_failed = metrics.counter("client.rpc.failed") if metrics is not None else NO_COUNTER
         self.token = token  # carried by every call to the servers, which check it (Consul's agent token)  # an empty local store: a client agent keeps no catalog
         self._results = CommandResults()
         self.join = list(join)
@@ -95,12 +99,14 @@ class RemoteServers:
     async def call_leader(self, method: str, args: Any, timeout: float = PROPOSAL_TIMEOUT) -> Any:
         for _ in range(3):
             leader = await self._leader()
+            self._rpc.inc()
             try:
                 result = await self._client(leader["address"]).call(method, args, timeout=timeout,
                                                                     token=self.token())  # fmt: skip
                 self._last_contact = time.monotonic()
                 return result
             except RPCError as exc:
+                self._rpc_failed.inc()
                 if exc.status not in (503, 500) or "not the leader" not in exc.message and "cannot reach" not in exc.message \
                         and "lost" not in exc.message:  # fmt: skip
                     raise

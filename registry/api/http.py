@@ -17,6 +17,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -36,12 +37,14 @@ from registry.api.enforce import (
     request_token,
 )
 from registry.api.errors import HTTPError
+from registry.api.metrics import MetricsSource, http_timers
 from registry.api.ratelimit import RequestLimiter
 from registry.api.routing import ALL_METHODS, Route, Router
 from registry.commands import Command, CommandError
 from registry.config import Config, Limits
 from registry.consensus import Consensus, NotLeaderError, RPCError
 from registry.gocompat import DurationError, parse_duration
+from registry.metrics import NO_COUNTER, Sample
 from registry.state.store import StateStore
 from registry.state.topics import Topic, WatchSet
 from registry.watch import TopicMap, WatchHub
@@ -65,6 +68,7 @@ CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 # Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
 CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize"})
+HTTP_TIMERS = web.RequestKey("http_timers", tuple)  # the timers of the route serving a request
 
 
 @dataclass(slots=True)
@@ -85,16 +89,17 @@ class HotCache:
     most discovery traffic is the same few queries asked again and again between changes."""
 
     def __init__(self, limit: int = CACHE_MAX) -> None:
-        # key -> (status, body, headers, the authorizer it was rendered for: None with ACLs off)
-        self.entries: dict[str, tuple[int, bytes, dict[str, str], Authorizer | None]] = {}
+        # key -> (status, body, headers, the authorizer it was rendered for: None with ACLs off, the timers
+        # of the route that rendered it: a hit is timed as the route's requests are)
+        self.entries: dict[str, tuple[int, bytes, dict[str, str], Authorizer | None, tuple[Sample, ...]]] = {}
         self._by_topic: TopicMap[str] = TopicMap()
         self._limit = limit
 
     def put(self, key: str, topics: Iterable[Topic], status: int, body: bytes, headers: dict[str, str],
-            owner: Authorizer | None = None) -> None:  # fmt: skip
+            owner: Authorizer | None = None, timers: tuple[Sample, ...] = ()) -> None:  # fmt: skip
         if len(self.entries) >= self._limit:
             self.invalidate(None, None)
-        self.entries[key] = (status, body, headers, owner)
+        self.entries[key] = (status, body, headers, owner, timers)
         self._by_topic.add(topics, key)
 
     def invalidate(self, topics: Iterable[Topic] | None, kv_keys: Iterable[str] | None) -> None:
@@ -171,6 +176,7 @@ class Api:
         connect: Connect | None = None,
         acl: TokenResolver | None = None,
         acl_tokens: AgentTokenSetter | None = None,
+        telemetry: MetricsSource | None = None,
     ) -> None:
         self.agent = local
         self.acl_tokens = acl_tokens
@@ -198,6 +204,17 @@ class Api:
         self.limiter = None if self.is_client else RequestLimiter.from_limits(config.limits)
         # /v1/acl/login and /logout over the ACL tables: built at the first login when ACLs are on.
         self.acl_login: LoginService | None = None
+        # Telemetry: every routed request is timed under its route (Consul's consul.api.http), unless
+        # recording is off; a client agent counts what it forwards to the servers (consul.client.rpc).
+        self.telemetry = telemetry
+        registry = telemetry.metrics if telemetry is not None else None
+        self.timing = registry is not None and registry.enabled
+        self._timers: dict[str, dict[str, tuple[Sample, ...]]] = {}
+        self._make_timers = http_timers(registry, legacy=not config.telemetry.disable_compat_1_9) \
+            if registry is not None and self.timing else None  # fmt: skip
+        self._client_rpc = registry.counter("client.rpc") if registry is not None and self.is_client else NO_COUNTER
+        self._client_rpc_failed = registry.counter("client.rpc.failed") if registry is not None and self.is_client \
+            else NO_COUNTER  # fmt: skip
 
     def set_request_limits(self, limits: Limits) -> None:
         """A config reload's ``limits.request_limits`` (the buckets start full again, as Consul's do when
@@ -210,7 +227,27 @@ class Api:
 
     # ------------------------------------------------------------------ dispatch
 
+    def route_timers(self, routes: dict[str, Route], method: str) -> tuple[Sample, ...]:
+        """The timers of a route (any of the path's routes for a method it does not serve: Consul's mux
+        times whatever reaches a registered pattern)."""
+        pattern = next(iter(routes.values())).path
+        by_method = self._timers.get(pattern)
+        if by_method is None:
+            by_method = self._timers[pattern] = {}
+        timers = by_method.get(method)
+        if timers is None:
+            assert self._make_timers is not None
+            timers = by_method[method] = self._make_timers(method, pattern)
+        return timers
+
+    @staticmethod
+    def _observe(timers: tuple[Sample, ...], started: float) -> None:
+        ms = (perf_counter() - started) * 1000.0
+        for t in timers:
+            t.observe(ms)
+
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        started = perf_counter() if self.timing else 0.0
         if self.limiter is not None:
             refused = self.limiter.check(request.method, asyncio.get_running_loop().time())
             if refused is not None:
@@ -221,7 +258,7 @@ class Api:
         path = request.path
         if self.acl_on:
             if self.is_client and self._client_forwards(request):
-                return await self.forward(request)  # the server resolves the token the request carries
+                return await self._forward_timed(request, started)  # the server resolves the token the request carries
             try:
                 authz = await self._resolve(request)
             except ACLError as exc:
@@ -235,10 +272,13 @@ class Api:
             hit = self.hot.entries.get(key)
             # An answer is served again only to the very authorizer it was rendered for.
             if hit is not None and hit[3] is authz and self.consensus.fast_read_ok():
-                return web.Response(status=hit[0], body=hit[1], headers=hit[2])
+                resp = web.Response(status=hit[0], body=hit[1], headers=hit[2])
+                if started:
+                    self._observe(hit[4], started)
+                return resp
         path = request.path
         if self.is_client and self._client_forwards(request):
-            return await self.forward(request)
+            return await self._forward_timed(request, started)
         routes, suffix = self.router.resolve(path)
         if routes is None:
             if path.startswith("/v1/"):
@@ -249,15 +289,22 @@ class Api:
             return self.text(404, "Invalid URL path: if attempting to use the HTTP API, ensure the path starts "
                                   "with '/v1/'\n")  # fmt: skip
         method = request.method
+        timers: tuple[Sample, ...] = ()
+        if started:
+            timers = self.route_timers(routes, method)
+            request[HTTP_TIMERS] = timers  # kept with the answer if it goes to the hot cache
         route = routes.get(method)
         if route is None and method == "HEAD":
             route = routes.get("GET")
         if route is None:
             allow = "OPTIONS," + ",".join(m for m in ALL_METHODS if m in routes)
             if method == "OPTIONS":
-                return web.Response(status=200, headers={"Allow": allow})
-            resp = self.text(405, f"method {method} not allowed")
-            resp.headers["Allow"] = allow
+                resp = web.Response(status=200, headers={"Allow": allow})
+            else:
+                resp = self.text(405, f"method {method} not allowed")
+                resp.headers["Allow"] = allow
+            if started:
+                self._observe(timers, started)
             return resp
         if "dc=" in request.query_string and route.takes_dc:
             dc = request.query.get("dc")
@@ -290,6 +337,9 @@ class Api:
         except Exception as exc:  # noqa: BLE001 - a handler bug answers 500, it never kills the server
             log.exception("handler failed", path=path, method=method)
             return self.text(500, f"Internal error: {exc}")
+        finally:
+            if started:
+                self._observe(timers, started)
 
     @staticmethod
     def _client_forwards(request: web.Request) -> bool:
@@ -347,6 +397,18 @@ class Api:
         # A route declared path-id that nothing here resolves is refused, never let through.
         raise ACLError(f"Permission denied: no ACL rule resolves the ID in {route.path}")
 
+    async def _forward_timed(self, request: web.Request, started: float) -> web.StreamResponse:
+        """``forward``, timed under the route it is for (Consul's client agent times the request whose
+        RPC it makes)."""
+        if not started:
+            return await self.forward(request)
+        routes, _ = self.router.resolve(request.path)
+        try:
+            return await self.forward(request)
+        finally:
+            if routes is not None:
+                self._observe(self.route_timers(routes, request.method), started)
+
     async def forward(self, request: web.Request) -> web.StreamResponse:
         """A client agent keeps no catalog: catalog, health, KV and status requests go to a server."""
         consensus = self.consensus
@@ -368,6 +430,7 @@ class Api:
             default = self.acl.default_secret()  # Consul's client agent sends its default token
             if default:
                 headers["X-Consul-Token"] = default
+        self._client_rpc.inc()
         try:
             async with session.request(request.method, f"http://{target}{request.path_qs}", data=body or None,
                                        headers=headers, allow_redirects=False) as resp:  # fmt: skip
@@ -377,6 +440,7 @@ class Api:
                                                            "Content-Security-Policy")}  # fmt: skip
                 return web.Response(status=resp.status, body=data, headers=out)
         except (TimeoutError, OSError) as exc:
+            self._client_rpc_failed.inc()
             consensus.forget_leader()
             return self.text(500, f"rpc error: cannot reach server {target}: {exc}")
 
@@ -525,7 +589,8 @@ class Api:
             owner = request.get(AUTHZ) if acl_on else None
             if owner is not None:
                 hot_key += "\x00" + owner.accessor_id
-            self.hot.put(hot_key, ws, resp.status, resp.body, dict(resp.headers), owner)  # type: ignore[arg-type]
+            self.hot.put(hot_key, ws, resp.status, resp.body, dict(resp.headers), owner,  # type: ignore[arg-type]
+                         request.get(HTTP_TIMERS, ()) if self.timing else ())  # fmt: skip
         return resp
 
     @staticmethod

@@ -21,6 +21,7 @@ from registry.api import (
     connect,
     health,
     kv,
+    metrics,
     operator,
     query,
     session,
@@ -31,6 +32,7 @@ from registry.api.routing import Route
 
 ROUTES: tuple[Route, ...] = (
     *agent_endpoints.ROUTES,
+    *metrics.ROUTES,
     *catalog.ROUTES,
     *health.ROUTES,
     *kv.ROUTES,

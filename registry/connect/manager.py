@@ -128,6 +128,7 @@ class CAManager:
 CHECK_ID = "connect-ca-expiry"
 CHECK_NAME = "Connect CA certificate expiry"
 WARN_BEFORE = timedelta(days=30)
+WARN_LOG_EVERY = timedelta(hours=1)  # while in the warning window, the log warning is repeated this often
 
 
 def ca_expiry_status(state: CAState | None, now: datetime, warn_before: timedelta = WARN_BEFORE) -> tuple[str, str]:
@@ -175,7 +176,12 @@ def ca_expiry_status(state: CAState | None, now: datetime, warn_before: timedelt
 
 
 class CAExpiryCheck:
-    """Keeps the node-level check ``connect-ca-expiry`` up to date on a server agent."""
+    """Warns of the Connect CA root (or a needed intermediate) nearing its end, on a server agent: a log
+    warning, and the node-level check ``connect-ca-expiry`` -- registered only while there is something to
+    warn about, and deregistered once there is not. Consul itself reports the root's remaining life as the
+    ``consul.mesh.active-root-ca.expiry`` metric and a log warning, and an agent with no checks of its own
+    lists none (clients and libraries count on it), so a healthy CA adds nothing to /v1/agent/checks or the
+    catalog. The metric is the agent's (``registry.agent.telemetry``)."""
 
     def __init__(self, agent: Any, ca_state: Callable[[], CAState | None], clock: Callable[[], datetime],
                  interval: float = 60.0) -> None:  # fmt: skip
@@ -183,30 +189,47 @@ class CAExpiryCheck:
         self._ca_state = ca_state
         self.clock = clock
         self.interval = interval
+        self._warned: tuple[str, str, datetime] | None = None  # what was last logged, and when
 
     async def register(self) -> None:
-        from registry.registration import CheckSpec
+        await self.refresh()
 
-        status, output = ca_expiry_status(self._ca_state(), self.clock())
-        # A passive check (no monitor): this object reports its status, anti-entropy syncs it.
-        spec = CheckSpec(check_id=CHECK_ID, name=CHECK_NAME, type="", status=status,
-                         notes="Warns 30 days before the Connect CA root or an intermediate expires")  # fmt: skip
-        await self.agent.add_check(spec)
-        self.agent.set_check_status(CHECK_ID, status, output)
-        # The first output must reach the catalog now: later output-only changes are batched by the
-        # agent (CHECK_UPDATE_INTERVAL), status changes go at once.
-        await self.agent.sync_check(CHECK_ID)
+    async def refresh(self) -> tuple[str, str]:
+        state = self._ca_state()
+        now = self.clock()
+        status, output = ca_expiry_status(state, now)
+        present = CHECK_ID in self.agent.checks
+        if state is None or status == "passing":
+            # Nothing to warn about (or no CA yet: its leader duties bootstrap it): no check.
+            if present:
+                await self.agent.remove_check(CHECK_ID)
+            self._warned = None
+            return status, output
+        warned = self._warned
+        if warned is None or warned[:2] != (status, output) or now - warned[2] >= WARN_LOG_EVERY:
+            log.warning("Connect CA certificate expires soon", status=status, detail=output)
+            self._warned = (status, output, now)
+        if not present:
+            from registry.registration import CheckSpec
 
-    def refresh(self) -> tuple[str, str]:
-        status, output = ca_expiry_status(self._ca_state(), self.clock())
+            # A passive check (no monitor): this object reports its status, anti-entropy syncs it.
+            spec = CheckSpec(check_id=CHECK_ID, name=CHECK_NAME, type="", status=status,
+                             notes="Warns 30 days before the Connect CA root or an intermediate expires")  # fmt: skip
+            await self.agent.add_check(spec)
         self.agent.set_check_status(CHECK_ID, status, output)
+        if not present:
+            # The first output must reach the catalog now: later output-only changes are batched by the
+            # agent (CHECK_UPDATE_INTERVAL), status changes go at once.
+            await self.agent.sync_check(CHECK_ID)
         return status, output
 
     async def run(self, changed: Callable[[], Awaitable[None]] | None = None) -> None:
         """Refresh every ``interval`` and whenever ``changed()`` (a CA state change) fires."""
         while True:
             try:
-                self.refresh()
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 log.warning("CA expiry check failed", error=str(exc))
             if changed is None:

@@ -27,6 +27,7 @@ from registry.raft.messages import (
     Configuration,
     Entry,
 )
+from registry.raft.observe import NO_OBSERVER, Observer
 from registry.raft.snapshots import SnapshotStore
 from registry.raft.stable import StableStore
 from registry.raft.transport import PeerSender, RPCClient, ServerTransport
@@ -46,6 +47,7 @@ ELECTION_TICKS = 10
 class Proposal:
     term: int
     future: asyncio.Future[Any]
+    appended: float = 0.0  # perf_counter() when the leader appended it (for the observer's commit time)
 
 
 @dataclass
@@ -87,8 +89,9 @@ class ServerBase(Generic[SM]):
     """The server's state, and the helpers every part uses (peer RPC clients, the leader, proposals)."""
 
     def __init__(self, opts: RaftOptions, fsm: SM, transport: ServerTransport,
-                 codec: CommandCodec | None = None) -> None:  # fmt: skip
+                 codec: CommandCodec | None = None, observer: Observer = NO_OBSERVER) -> None:  # fmt: skip
         self.opts = opts
+        self.observer = observer
         self.fsm = fsm
         self.codec: CommandCodec = codec if codec is not None else BytesCommands()
         self._transport = transport
@@ -119,6 +122,9 @@ class ServerBase(Generic[SM]):
         self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
         self._links = LinkPolicy.for_election(ELECTION_TICKS)  # when a silent peer's stream is reset
         self._last_leader: str | None = None  # the leader last followed (the core forgets it when campaigning)
+        self._role: raftnode.Role | None = None  # the role last reported to the observer
+        # peer -> (perf_counter() of the oldest AppendEntries with entries not yet acknowledged, entries since)
+        self._unacked: dict[str, tuple[float, int]] = {}
 
 
     def _save_servers(self) -> None:

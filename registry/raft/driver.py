@@ -40,6 +40,7 @@ from registry.raft.fsm import CommandCodec
 from registry.raft.handlers import RPCHandlers
 from registry.raft.messages import (
     AppendEntries,
+    AppendEntriesResponse,
     ConfChangeKind,
     Entry,
     EntryKind,
@@ -47,6 +48,7 @@ from registry.raft.messages import (
     Message,
     decode_config_entry,
 )
+from registry.raft.observe import NO_OBSERVER, Observer
 from registry.raft.transport import PeerSender, ServerTransport
 
 __all__ = ["LEADER_WAIT", "PROPOSAL_TIMEOUT", "RaftOptions", "RaftServer", "ServerInfo"]
@@ -57,8 +59,8 @@ class RaftServer(RPCHandlers[SM]):
     as hashicorp/raft's ``NewRaft(conf, fsm, logs, stable, snaps, trans)`` is."""
 
     def __init__(self, opts: RaftOptions, fsm: SM, transport: ServerTransport,
-                 codec: CommandCodec | None = None) -> None:  # fmt: skip
-        super().__init__(opts, fsm, transport, codec)
+                 codec: CommandCodec | None = None, observer: Observer = NO_OBSERVER) -> None:  # fmt: skip
+        super().__init__(opts, fsm, transport, codec, observer)
         self._register_rpc()
 
     # ------------------------------------------------------------------ lifecycle
@@ -100,6 +102,7 @@ class RaftServer(RPCHandlers[SM]):
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        ticks = 0
         while True:
             next_at += self.opts.tick
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -113,6 +116,20 @@ class RaftServer(RPCHandlers[SM]):
                 self._tick_due = next_at
                 self._wake.set()
                 self._check_links()
+                ticks += 1
+                if ticks % ELECTION_TICKS == 0:
+                    self._observe_contact()
+
+    def _observe_contact(self) -> None:
+        """Once per election timeout on the leader, as hashicorp/raft's lease check does: how long ago each
+        follower was last heard from."""
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER:
+            return
+        tick = self.opts.tick
+        for peer, st in node.status().peers.items():
+            if peer != self.id:
+                self.observer.leader_contact(peer, st.ticks_since_heard * tick)
 
     async def _loop(self) -> None:
         while True:
@@ -151,8 +168,10 @@ class RaftServer(RPCHandlers[SM]):
                     self._refuse(pending, NotLeaderError(self.leader_address() or None) if isinstance(
                         exc, raftnode.NotLeaderError) else exc)  # fmt: skip
                 else:
+                    appended = time.perf_counter()
                     for i, (_, fut) in zip(indexes, pending, strict=True):
-                        self._proposals[i] = Proposal(node.term, fut)
+                        self._proposals[i] = Proposal(node.term, fut, appended)
+                    self.observer.proposed(len(pending))
             else:
                 for data, fut in pending:
                     asyncio.get_running_loop().create_task(self._forward(data, fut))
@@ -185,6 +204,8 @@ class RaftServer(RPCHandlers[SM]):
                     fut.set_exception(NotLeaderError(None))
             node.advance(rd)
         self._wake_appliers(node.applied_index)
+        if node.role is not self._role:
+            self._report_role(node.role)
         is_leader = node.role is raftnode.Role.LEADER
         if is_leader != self._was_leader:
             self._was_leader = is_leader
@@ -201,6 +222,18 @@ class RaftServer(RPCHandlers[SM]):
                 cb(is_leader)
         self._maybe_snapshot()
 
+    def _report_role(self, role: raftnode.Role) -> None:
+        """Tell the observer the role changed. A leader is always elected as a candidate first, even when
+        the election finished before the loop saw the candidate (a single server wins its own vote)."""
+        previous, self._role = self._role, role
+        if role is raftnode.Role.PRE_CANDIDATE:
+            return  # hashicorp/raft has no pre-vote state to count
+        if role is raftnode.Role.LEADER and previous is not raftnode.Role.CANDIDATE:
+            self.observer.role_changed(raftnode.Role.CANDIDATE.value)
+        self.observer.role_changed(role.value)
+        if role is not raftnode.Role.LEADER:
+            self._unacked.clear()
+
     @staticmethod
     def _refuse(pending: list[tuple[bytes, asyncio.Future[Any]]], exc: Exception) -> None:
         for _, fut in pending:
@@ -209,7 +242,9 @@ class RaftServer(RPCHandlers[SM]):
 
     def _apply(self, e: Entry) -> None:
         if e.kind == EntryKind.NORMAL:
+            started = time.perf_counter()
             result = self.fsm.apply(e.index, e.data)
+            self.observer.fsm_applied(time.perf_counter() - started)
         else:
             self.fsm.advance(e.index)
             result = None
@@ -226,6 +261,8 @@ class RaftServer(RPCHandlers[SM]):
                     if sender is not None:
                         asyncio.get_running_loop().create_task(sender.close())
         prop = self._proposals.pop(e.index, None)
+        if prop is not None and prop.appended:
+            self.observer.committed(time.perf_counter() - prop.appended)
         if prop is not None and not prop.future.done():
             if prop.term == e.term:
                 prop.future.set_result(result)
@@ -257,6 +294,10 @@ class RaftServer(RPCHandlers[SM]):
     # ------------------------------------------------------------------ network
 
     def _send(self, msg: Message) -> None:
+        if type(msg) is AppendEntries and msg.entries:
+            unacked = self._unacked.get(msg.dst)
+            self._unacked[msg.dst] = (time.perf_counter(), len(msg.entries)) if unacked is None \
+                else (unacked[0], unacked[1] + len(msg.entries))  # fmt: skip
         sender = self._senders.get(msg.dst)
         if sender is None:
             dst = msg.dst
@@ -295,6 +336,10 @@ class RaftServer(RPCHandlers[SM]):
         assert self.node is not None
         if msg.dst != self.id:
             return
+        if type(msg) is AppendEntriesResponse and self._unacked:
+            unacked = self._unacked.pop(msg.src, None)
+            if unacked is not None and not msg.reject:
+                self.observer.replicated(msg.src, unacked[1], time.perf_counter() - unacked[0])
         try:
             self.node.step(msg)
         except raftnode.RaftError as exc:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from registry.raft.errors import RPCError
+from registry.raft.observe import NO_OBSERVER, RPCObserver
 
 __all__ = ["LOCAL", "Caller", "RPCHandler", "RPCRouter", "CallerHandler"]
 
@@ -44,8 +45,9 @@ LOCAL = Caller()  # a call made inside this process (the dev agent's own log, te
 
 
 class RPCRouter:
-    def __init__(self) -> None:
+    def __init__(self, observer: RPCObserver = NO_OBSERVER) -> None:
         self._handlers: dict[str, tuple[Callable[..., Awaitable[Any]], bool, bool]] = {}
+        self.observer = observer  # told of every call and every error answered (Consul's rpc.request*)
 
     def register(self, name: str, handler: Callable[..., Awaitable[Any]], *, server_only: bool = False,
                  with_caller: bool = False) -> None:  # fmt: skip
@@ -61,12 +63,18 @@ class RPCRouter:
         return sorted(name for name, (_, only, _) in self._handlers.items() if only)
 
     async def dispatch(self, method: str, args: Any, caller: Caller = LOCAL) -> Any:
-        entry = self._handlers.get(method)
-        if entry is None:
-            raise RPCError(f"unknown rpc method {method!r}", 400)
-        handler, server_only, with_caller = entry
-        if server_only and not caller.server:
-            raise RPCError(f"Permission denied: rpc method {method!r} is served to servers only", 403)
-        if with_caller:
-            return await handler(args, caller)
-        return await handler(args)
+        observer = self.observer
+        observer.request(method)
+        try:
+            entry = self._handlers.get(method)
+            if entry is None:
+                raise RPCError(f"unknown rpc method {method!r}", 400)
+            handler, server_only, with_caller = entry
+            if server_only and not caller.server:
+                raise RPCError(f"Permission denied: rpc method {method!r} is served to servers only", 403)
+            if with_caller:
+                return await handler(args, caller)
+            return await handler(args)
+        except Exception:
+            observer.request_error(method)
+            raise

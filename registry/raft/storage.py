@@ -217,6 +217,7 @@ class Storage(ServerBase[SM]):
             node.compact(keep_from)
             self._wal.compact(keep_from)
         log.info("snapshot taken", index=meta.index, seconds=round(seconds, 3))
+        self.observer.snapshot_taken(seconds)
 
     def _build_node(self, state: raftnode.PersistentState) -> None:
         cfg = raftnode.RaftConfig(election_tick=ELECTION_TICKS, heartbeat_tick=1, check_quorum=True, pre_vote=True)

@@ -38,6 +38,8 @@ class Case:
     # Consul requires no rule: the handler authenticates by itself (bootstrap once, the token's own secret,
     # a login's bearer JWT), so the walk only checks that enforcement never refuses it for a permission.
     free: bool = False
+    streams: bool = False  # answers a stream that never ends: only its status is read
+
 
     @property
     def key(self) -> tuple[str, str]:
@@ -66,6 +68,9 @@ def cases(ids: dict[str, str]) -> list[Case]:
     return [
         # agent
         Case("GET", "/v1/agent/self", "/v1/agent/self", f'agent "{NODE}" {{ policy = "read" }}', "agent:read"),
+        Case("GET", "/v1/agent/metrics", "/v1/agent/metrics", f'agent "{NODE}" {{ policy = "read" }}', "agent:read"),
+        Case("GET", "/v1/agent/metrics/stream", "/v1/agent/metrics/stream", f'agent "{NODE}" {{ policy = "read" }}',
+             "agent:read", streams=True),
         Case("GET", "/v1/agent/members", "/v1/agent/members", NODE_READ, None),
         Case("GET", "/v1/agent/version", "/v1/agent/version", "", None, empty=lambda b: True),
         Case("GET", "/v1/agent/services", "/v1/agent/services", svc("web", "read"), None),
@@ -242,10 +247,13 @@ class Walker:
         self.running = running
         self.session = session
 
-    async def call(self, method: str, url: str, token: str, body: Any = None) -> tuple[int, Any, Any]:
+    async def call(self, method: str, url: str, token: str, body: Any = None,
+                   streams: bool = False) -> tuple[int, Any, Any]:  # fmt: skip
         data = body.encode() if isinstance(body, str) else None if body is None else json.dumps(body).encode()
         async with self.session.request(method, self.running.url + url, data=data,
                                         headers={"X-Consul-Token": token}) as resp:  # fmt: skip
+            if streams and resp.status == 200:
+                return resp.status, None, resp.headers  # the stream never ends: its status is the answer
             raw = await resp.read()
             ctype = resp.headers.get("Content-Type", "")
             parsed: Any = raw
@@ -316,7 +324,7 @@ async def test_walk_every_route_lacking_and_having_its_permission(
     for i, case in enumerate(all_cases):
         where = f"{case.method} {case.url}"
         before = await w.settled()
-        status, body, headers = await w.call(case.method, case.url, f"lack-{i}", case.body)
+        status, body, headers = await w.call(case.method, case.url, f"lack-{i}", case.body, case.streams)
         if case.free:
             if status == 403 and isinstance(body, str) and body.startswith("Permission denied"):
                 failures.append(f"{where} needs no rule but was refused: {body!r}")
@@ -337,7 +345,7 @@ async def test_walk_every_route_lacking_and_having_its_permission(
             failures.append(f"{where} without permission should answer a filtered, empty list: {status} {body!r}")
         elif case.have and body not in ([], {}, None) and headers.get(FILTERED) != "true":
             failures.append(f"{where}: filtered answer without {FILTERED}")
-        status, body, _ = await w.call(case.method, case.url, f"have-{i}", case.body)
+        status, body, _ = await w.call(case.method, case.url, f"have-{i}", case.body, case.streams)
         if status == 403 or (status == 409 and case.route == "/v1/txn"):
             failures.append(f"{where} with {case.have!r}: {status} {body!r}")
         elif case.denied is None and case.have and status == 200 and case.empty(body) and case.route not in (

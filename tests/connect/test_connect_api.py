@@ -285,16 +285,18 @@ async def test_config_entries_endpoint(http) -> None:  # noqa: ANN001
     assert status == 404
 
 
-async def test_ca_health_check_is_visible_on_the_node(http, agent: RunningAgent) -> None:  # noqa: ANN001
+async def test_a_healthy_ca_adds_no_check_and_reports_its_expiry_as_a_metric(http, agent: RunningAgent) -> None:  # noqa: ANN001
+    """Consul reports the root's remaining life as consul.mesh.active-root-ca.expiry, not as a check: an
+    agent with no checks of its own lists none, locally and in the catalog."""
     node = agent.agent.node_name
-
-    for _ in range(200):  # anti-entropy syncs the local check to the catalog; poll with a deadline
-        _, checks, _ = await http.get(f"/v1/health/node/{node}")
-        if any(c["CheckID"] == "connect-ca-expiry" for c in checks):
-            break
-        await asyncio.sleep(0.05)
-    check = next(c for c in checks if c["CheckID"] == "connect-ca-expiry")
-    assert check["Status"] == "passing" and check["ServiceID"] == "" and "valid until" in check["Output"]
+    status, checks, _ = await http.get("/v1/agent/checks")
+    assert (status, checks) == (200, {})
+    _, node_checks, _ = await http.get(f"/v1/health/node/{node}")
+    assert [c["CheckID"] for c in node_checks] == ["serfHealth"]
+    agent.agent.telemetry.advance(agent.agent.telemetry.clock() + 10)  # close the interval now
+    _, summary, _ = await http.get("/v1/agent/metrics")
+    expiry = [g for g in summary["Gauges"] if g["Name"].endswith(".mesh.active-root-ca.expiry")]
+    assert len(expiry) == 1 and 9 * 365 * 86400 < expiry[0]["Value"] <= 10 * 365 * 86400 + 60
 
 
 @pytest.mark.parametrize("path", ["/v1/connect/ca/roots", "/v1/connect/intentions"])

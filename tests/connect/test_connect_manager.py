@@ -124,3 +124,51 @@ def test_intermediate_needed_past_its_expiry_warns(clock: FakeClock) -> None:
     status, output = ca_expiry_status(late, START + timedelta(hours=99, minutes=30), five_hours)
     assert status == "warning" and "intermediate" in output and late.active_root.id not in output
     assert ca_expiry_status(late, START + timedelta(hours=100, minutes=1), five_hours)[0] == "critical"
+
+
+class _Agent:
+    """The agent as the expiry check sees it: its local checks, added, updated, synced and removed."""
+
+    def __init__(self) -> None:
+        self.checks: dict[str, tuple[str, str]] = {}
+        self.synced: list[str] = []
+
+    async def add_check(self, spec) -> None:  # noqa: ANN001
+        self.checks[spec.check_id] = (spec.status, "")
+
+    def set_check_status(self, cid: str, status: str, output: str) -> None:
+        self.checks[cid] = (status, output)
+
+    async def sync_check(self, cid: str) -> None:
+        self.synced.append(cid)
+
+    async def remove_check(self, cid: str) -> None:
+        del self.checks[cid]
+
+
+async def test_expiry_check_exists_only_inside_the_warning_window(clock: FakeClock) -> None:
+    """A healthy CA adds no check (an agent with no checks of its own lists none); inside the window the
+    check appears, warns and reaches the catalog at once; a rotated root takes it away again."""
+    from registry.connect.manager import CHECK_ID, CAExpiryCheck
+
+    config = CAConfig(root_cert_ttl="2400h")  # 100 days
+    holder = {"state": provider.initialize(CLUSTER_ID, config, START, os.urandom)}
+    agent = _Agent()
+    check = CAExpiryCheck(agent, lambda: holder["state"], clock)
+    await check.register()
+    assert agent.checks == {} and agent.synced == []
+    clock.now = START + timedelta(days=71)
+    assert (await check.refresh())[0] == "warning"
+    assert agent.checks[CHECK_ID][0] == "warning" and "expires in" in agent.checks[CHECK_ID][1]
+    assert agent.synced == [CHECK_ID]
+    holder["state"] = provider.rotate(holder["state"], config, clock.now, os.urandom)
+    assert (await check.refresh())[0] == "passing"
+    assert agent.checks == {}
+
+
+async def test_expiry_check_adds_nothing_before_the_ca_exists(clock: FakeClock) -> None:
+    from registry.connect.manager import CAExpiryCheck
+
+    agent = _Agent()
+    await CAExpiryCheck(agent, lambda: None, clock).register()
+    assert agent.checks == {}
