@@ -20,7 +20,9 @@ A chain for service ``S`` is a graph of nodes keyed ``"<type>:<name>"``:
 to find and dial its instances: the subset's bexpr ``Filter`` and ``OnlyPassing``, the connect timeout,
 the SNI it presents (``[subset.]service.namespace.datacenter.internal.<trust domain>``).
 
-Walk a chain from ``start_node``; ``CompiledChain.to_api()`` is Consul's JSON (``GET /v1/discovery-chain``).
+Walk a chain from ``start_node``; ``CompiledChain.to_api()`` is Consul's JSON (``GET /v1/discovery-chain``),
+and ``chain_from_api`` reads that JSON back into the same values (for a sidecar that follows the chain over
+HTTP).
 
 ``read_entries`` gathers the entries one chain needs through a lookup function (Consul's
 ``readDiscoveryChainConfigEntriesTxn``), and ``validate_write`` re-compiles every chain a proposed write
@@ -62,6 +64,7 @@ __all__ = [
     "Route",
     "Split",
     "Target",
+    "chain_from_api",
     "compile_chain",
     "read_entries",
     "validate_write",
@@ -792,6 +795,55 @@ def compile_chain(service: str, entries: ChainEntries, *, datacenter: str, trust
     if overrides.mesh_gateway_mode not in MESH_GATEWAY_MODES:
         raise ChainError("Invalid OverrideMeshGateway.Mode parameter")
     return _Compiler(service, datacenter, trust_domain, entries, overrides).compile()
+
+
+def chain_from_api(data: Mapping[str, Any]) -> CompiledChain:
+    """The inverse of ``CompiledChain.to_api``: a chain from ``GET /v1/discovery-chain``'s ``Chain`` (what a
+    sidecar following the chain over HTTP gets). Raises ChainError when the document is not one."""
+    try:
+        nodes: dict[str, Node] = {}
+        for key, n in (data.get("Nodes") or {}).items():
+            res = n.get("Resolver")
+            resolver = None
+            if res is not None:
+                fo = res.get("Failover")
+                failover = None if fo is None else Failover(tuple(fo.get("Targets") or ()), _freeze(fo.get("Policy")))
+                resolver = Resolver(res["Target"], _dur(res.get("ConnectTimeout")), _dur(res.get("RequestTimeout")),
+                                    bool(res.get("Default", False)), failover)  # fmt: skip
+            node = Node(
+                n["Type"], n["Name"],
+                routes=tuple(Route(_freeze(r.get("Definition") or {}), r["NextNode"]) for r in n.get("Routes") or ()),
+                splits=tuple(Split(_freeze(s.get("Definition") or {}), s["Weight"], s["NextNode"])
+                             for s in n.get("Splits") or ()),
+                resolver=resolver,
+                load_balancer=_freeze(n["LoadBalancer"]) if n.get("LoadBalancer") is not None else None,
+            )  # fmt: skip
+            if node.key != key:
+                raise ChainError(f"node {key!r} is named {node.key!r}")
+            nodes[key] = node
+        targets: dict[str, Target] = {}
+        for tid, t in (data.get("Targets") or {}).items():
+            sub = t.get("Subset") or {}
+            targets[tid] = Target(t["ID"], t["Service"], t.get("ServiceSubset", ""), t["Namespace"],
+                                  t.get("Partition", DEFAULT_PARTITION), t["Datacenter"],
+                                  Subset(sub.get("Filter", ""), bool(sub.get("OnlyPassing", False))),
+                                  _dur(t.get("ConnectTimeout")), t.get("SNI", ""), t.get("Name", ""),
+                                  (t.get("MeshGateway") or {}).get("Mode", ""))  # fmt: skip
+        chain = CompiledChain(
+            service_name=data["ServiceName"], namespace=data["Namespace"],
+            partition=data.get("Partition", DEFAULT_PARTITION), datacenter=data["Datacenter"],
+            protocol=data["Protocol"], start_node=data["StartNode"], nodes=MappingProxyType(nodes),
+            targets=MappingProxyType(targets), default=bool(data.get("Default", False)),
+            customization_hash=data.get("CustomizationHash", ""),
+            service_meta=MappingProxyType(dict(data.get("ServiceMeta") or {})),
+        )  # fmt: skip
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, ChainError):
+            raise
+        raise ChainError(f"not a compiled discovery chain: {type(exc).__name__}: {exc}") from None
+    if chain.start_node not in chain.nodes:
+        raise ChainError(f"StartNode {chain.start_node!r} is not among the nodes")
+    return chain
 
 
 # ================================================================================= write-time validation

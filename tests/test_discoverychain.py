@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from registry.configentry import parse_entry
-from registry.discoverychain import ChainError, CompiledChain, Overrides, compile_chain, read_entries
+from registry.discoverychain import (
+    ChainError,
+    CompiledChain,
+    Overrides,
+    chain_from_api,
+    compile_chain,
+    read_entries,
+)
 
 TD = "47e25151-6212-ba25-8b7e-81adbbbab461.consul"
 
@@ -187,3 +194,23 @@ def test_the_compiler_is_pure() -> None:
         imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         imported |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         assert not imported & {"asyncio", "socket", "time", "os", "aiohttp", "random"}, module
+
+
+def test_the_api_form_reads_back_into_the_same_chain() -> None:
+    """A sidecar that gets the chain over HTTP holds exactly the values the compiler made."""
+    built = compiled("web",
+                     {"Kind": "service-defaults", "Name": "web", "Protocol": "http", "Meta": {"team": "a"}},
+                     {"Kind": "service-resolver", "Name": "web", "ConnectTimeout": "3s", "RequestTimeout": "9s",
+                      "Subsets": {"v1": {"Filter": "Service.Meta.version == v1", "OnlyPassing": True}, "v2": {}},
+                      "Failover": {"v1": {"Datacenters": ["dc2"], "Policy": {"Mode": "default"}}},
+                      "LoadBalancer": {"Policy": "maglev", "HashPolicies": [{"SourceIP": True}]}},
+                     {"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 90, "ServiceSubset": "v1"},
+                                                                            {"Weight": 10, "ServiceSubset": "v2"}]},
+                     {"Kind": "service-router", "Name": "web", "Routes": [
+                         {"Match": {"HTTP": {"PathExact": "/x"}}, "Destination": {"ServiceSubset": "v2"}}]},
+                     overrides=Overrides(mesh_gateway_mode="local"))  # fmt: skip
+    assert chain_from_api(built.to_api()) == built
+    with pytest.raises(ChainError, match="StartNode"):
+        chain_from_api(built.to_api() | {"StartNode": "router:nope"})
+    with pytest.raises(ChainError, match="not a compiled discovery chain"):
+        chain_from_api({"Nodes": {}})
