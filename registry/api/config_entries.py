@@ -1,18 +1,24 @@
-"""/v1/config: centralized config entries (this agent stores the ``service-intentions`` kind).
+"""/v1/config: centralized config entries.
+
+This agent stores ``service-intentions`` and the service mesh kinds of ``registry.configentry``
+(``service-defaults``, ``proxy-defaults``, ``service-resolver``, ``service-splitter``, ``service-router``).
 
 Consul's routes and words (agent/config_endpoint.go): PUT /v1/config (?cas) answers ``true``/``false``;
 GET /v1/config/<kind>[/<name>] is a blocking read; DELETE /v1/config/<kind>/<name> answers ``{}``, or
 ``true``/``false`` with ?cas. Kinds Consul knows but this agent does not store list as empty and are
-refused on write with a message naming the supported kinds; unknown kinds are a 400.
+refused on write with a message naming the supported kinds; unknown kinds are a 400. Validation errors
+(an entry's own, and a discovery chain the write would break) are 400s with Consul's text, where Consul
+answers them with a 500.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from registry import filtering
+from registry import configentry, filtering
 from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import filter_list, request_authz
@@ -42,29 +48,45 @@ KNOWN_KINDS = frozenset({
 })  # fmt: skip
 
 
-def allowed(request: web.Request, kind: str, name: str, write: bool) -> bool:
+def allowed(request: web.Request, kind: str, name: str, write: bool, entry: Mapping[str, Any] | None = None) -> bool:
     """A config entry's ACL rule, by kind (Consul's ``CanRead``/``CanWrite`` of each entry type):
     service-intentions need intentions read/write on the destination; proxy-defaults and mesh are
-    readable by anyone and need mesh:write; the other kinds service read/write on the entry's name."""
+    readable by anyone and need mesh:write; the other kinds service read/write on the entry's name, and
+    writing a router, splitter or resolver also service:read on every service it sends traffic to
+    (``canWriteDiscoveryChain``: you may only redirect your own service's traffic to what you can read)."""
+    return _denied(request, kind, name, write, entry) is None
+
+
+def _denied(request: web.Request, kind: str, name: str, write: bool,
+            entry: Mapping[str, Any] | None) -> tuple[str, str | None] | None:  # fmt: skip
+    """The (authorizer operation, name) that refuses the request, or None when it is allowed."""
     authz = request_authz(request)
     if authz is None:
-        return True
+        return None
     if kind == KIND_SERVICE_INTENTIONS:
-        return authz.intention_write(name) if write else authz.intention_read(name)
+        if write:
+            return None if authz.intention_write(name) else ("intention_write", name)
+        return None if authz.intention_read(name) else ("intention_read", name)
     if kind in ("proxy-defaults", "mesh"):
-        return authz.mesh_write() if write else True
-    return authz.service_write(name) if write else authz.service_read(name)
+        if not write:
+            return None
+        return None if authz.mesh_write() else ("mesh_write", None)
+    if not write:
+        return None if authz.service_read(name) else ("service_read", name)
+    if not authz.service_write(name):
+        return ("service_write", name)
+    if entry is not None and kind in configentry.CHAIN_KINDS:
+        for other in configentry.related_services(entry):
+            if not authz.service_read(other):
+                return ("service_read", other)
+    return None
 
 
-def _check(request: web.Request, kind: str, name: str, write: bool) -> None:
+def _check(request: web.Request, kind: str, name: str, write: bool, entry: Mapping[str, Any] | None = None) -> None:
+    denied = _denied(request, kind, name, write, entry)
     authz = request_authz(request)
-    if authz is not None and not allowed(request, kind, name, write):
-        if kind == KIND_SERVICE_INTENTIONS:
-            authz.check("intention_write" if write else "intention_read", name)
-        elif kind in ("proxy-defaults", "mesh"):
-            authz.check("mesh_write")
-        else:
-            authz.check("service_write" if write else "service_read", name)
+    if denied is not None and authz is not None:
+        authz.check(denied[0], denied[1])
 
 
 def _cas(request: web.Request) -> int | None:
@@ -97,7 +119,7 @@ async def put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
         entry = normalize_entry(raw)
     except ConfigEntryError as exc:
         raise HTTPError(400, str(exc)) from None
-    _check(request, str(entry.get("Kind", "")), str(entry.get("Name", "")), write=True)
+    _check(request, str(entry.get("Kind", "")), str(entry.get("Name", "")), write=True, entry=entry)
     cas = _cas(request)
     result = await api.propose(ConfigEntryUpsert(entry, cas is not None, cas or 0))
     return api.json(request, bool(result))
@@ -150,10 +172,11 @@ async def get_or_delete(api: Api, request: web.Request, suffix: str) -> web.Stre
 
 
 ROUTES: tuple[Route, ...] = (
-    route("PUT", "/v1/config", put, "write", "intention", "each",
-          "Create or update a config entry (the kind's write rule on its Name)"),
-    route("GET", "/v1/config/", get_or_delete, "read", "intention", "each",
+    route("PUT", "/v1/config", put, "write", "service", "each",
+          "Create or update a config entry (the kind's write rule on its Name: service:write, plus service:read "
+          "on the services a router/splitter/resolver sends to; intentions:write; mesh:write for proxy-defaults)"),
+    route("GET", "/v1/config/", get_or_delete, "read", "service", "each",
           "Read one config entry (<kind>/<name>: refused without the kind's read rule) or list a kind (filtered)"),
-    route("DELETE", "/v1/config/", get_or_delete, "write", "intention", "each",
+    route("DELETE", "/v1/config/", get_or_delete, "write", "service", "each",
           "Delete a config entry (the kind's write rule on its name)"),
 )

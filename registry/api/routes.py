@@ -19,6 +19,7 @@ from registry.api import (
     catalog,
     config_entries,
     connect,
+    discovery_chain,
     health,
     kv,
     metrics,
@@ -43,6 +44,7 @@ ROUTES: tuple[Route, ...] = (
     *txn.ROUTES,
     *connect.ROUTES,
     *config_entries.ROUTES,
+    *discovery_chain.ROUTES,
     *acl.ROUTES,
     *acl_login.ROUTES,
 )

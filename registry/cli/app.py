@@ -8,7 +8,20 @@ from __future__ import annotations
 import sys
 
 from registry import __version__
-from registry.cli import acl, agent, catalog, connect, intention, kv, lock, members, operator, snapshot, tls
+from registry.cli import (
+    acl,
+    agent,
+    catalog,
+    config,
+    connect,
+    intention,
+    kv,
+    lock,
+    members,
+    operator,
+    snapshot,
+    tls,
+)
 from registry.cli import validate as validate_cmd
 from registry.cli.common import CLIError, Command
 
@@ -37,6 +50,7 @@ COMMANDS: dict[str, Command] = {
     "operator": operator.cmd_operator,
     "snapshot": snapshot.cmd_snapshot,
     "intention": intention.cmd_intention,
+    "config": config.cmd_config,
     "connect": connect.cmd_connect,
     "tls": tls.cmd_tls,
     "lock": lock.cmd_lock,

@@ -1,4 +1,4 @@
-"""Replicated Connect state: the CA, config entries (``service-intentions``) and intention operations.
+"""Replicated Connect state: the CA, config entries (service mesh kinds) and intention operations.
 
 Everything here runs inside ``FSM.apply``: it must be deterministic (no clock, no randomness: the
 proposer puts generated keys, IDs and timestamps into the command) and it validates the whole command
@@ -10,14 +10,19 @@ Tables (generic store tables, watch topic ``(table,)``):
                       the active root's private key, exactly as Consul's replicated CA state does; no
                       API output is built from this dict, only from the decoded ``CAState``.
 - ``config-entries``  key ``<kind>/<namespace>/<name>``: the entry in Consul's JSON shape, with
-                      ``CreateIndex`` / ``ModifyIndex`` stamped from the log.
+                      ``CreateIndex`` / ``ModifyIndex`` stamped from the log: ``service-intentions``
+                      (``registry.intentions``) and the kinds of ``registry.configentry``
+                      (service-defaults, proxy-defaults, service-resolver, -splitter, -router).
 
 Commands (``registry.commands``; ``register_commands`` adds their apply functions to the FSM):
 
 - ``CASet``              replaces the CA state if the table's index is still ``prev`` (0 = only if there
                          is no state yet), so two leaders' (or two operators') concurrent rotations
                          cannot both land.
-- ``ConfigEntryUpsert``, ``ConfigEntryDelete``: Consul's config entry writes, with or without CAS.
+- ``ConfigEntryUpsert``, ``ConfigEntryDelete``: Consul's config entry writes, with or without CAS. A
+                         write (or delete) of a kind that takes part in discovery chains is refused when
+                         any chain it touches would no longer compile (``discoverychain.validate_write``),
+                         as Consul's state store refuses it (validateProposedConfigEntryInGraph).
 - ``IntentionWrite``, ``IntentionDelete``, ``IntentionDeleteExact``: the legacy and exact intention
                          endpoints, applied to the destination's ``service-intentions`` entry as Consul
                          does since 1.9.
@@ -35,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from ca import provider
 from ca.provider import CAState
 from registry import commands as c
+from registry import configentry, discoverychain
 from registry.intentions import (
     DEFAULT_NAMESPACE,
     Intention,
@@ -62,8 +68,8 @@ CMD_INTENTION = c.IntentionWrite.TYPE
 
 KIND_SERVICE_INTENTIONS = "service-intentions"
 # Config entry kinds this agent stores. Others are refused with a clear message instead of being
-# stored unvalidated (a traffic-splitting entry nobody checks is worse than none).
-SUPPORTED_KINDS = (KIND_SERVICE_INTENTIONS,)
+# stored unvalidated (a gateway entry nobody acts on is worse than none).
+SUPPORTED_KINDS = (KIND_SERVICE_INTENTIONS, *configentry.KINDS)
 
 # Canonical spellings of service-intentions keys; JSON decoding is case-insensitive, as Go's is.
 _ENTRY_KEYS = {k.lower(): k for k in ("Kind", "Name", "Namespace", "Partition", "Meta", "Sources")}
@@ -202,6 +208,11 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
     if not isinstance(kind_value, str) or not kind_value:
         raise ConfigEntryError("Request decoding failed: Payload does not contain a Kind key")
     kind = kind_value.lower()
+    if kind in configentry.KINDS:
+        try:
+            return configentry.parse_entry(raw)
+        except configentry.ConfigEntryError as exc:
+            raise ConfigEntryError(str(exc)) from None
     if kind not in SUPPORTED_KINDS:
         raise ConfigEntryError(
             f"config entry kind {kind_value!r} is not supported by this agent: "
@@ -308,9 +319,27 @@ def apply_config_entry_upsert(store: StateStore, cmd: c.ConfigEntryUpsert) -> bo
         current = existing["ModifyIndex"] if existing else 0
         if current != cmd.index:
             return False
-    _check_unique_legacy_ids(store, entry)
+    if entry["Kind"] == KIND_SERVICE_INTENTIONS:
+        _check_unique_legacy_ids(store, entry)
+    else:
+        _validate_graph(store, entry["Kind"], entry["Name"], entry)
     _put_entry(store, entry)
     return True
+
+
+def _validate_graph(store: StateStore, kind: str, name: str, proposed: dict[str, Any] | None) -> None:
+    """Refuse a write that leaves a discovery chain uncompilable (Consul's
+    validateProposedConfigEntryInGraph), with the compiler's text."""
+    rows = store.tables.get(TABLE_CONFIG, {})
+
+    def lookup(k: str, n: str) -> dict[str, Any] | None:
+        return rows.get(entry_key(k, n))
+
+    chain_entries = [rows[key] for key in rows if key.split("/", 1)[0] in configentry.CHAIN_KINDS]
+    try:
+        discoverychain.validate_write(lookup, chain_entries, kind, name, proposed)
+    except discoverychain.ChainError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def apply_config_entry_delete(store: StateStore, cmd: c.ConfigEntryDelete) -> bool:
@@ -319,6 +348,8 @@ def apply_config_entry_delete(store: StateStore, cmd: c.ConfigEntryDelete) -> bo
         # Consul: a CAS delete with index 0 never deletes; a missing entry cannot match.
         if existing is None or cmd.index == 0 or existing["ModifyIndex"] != cmd.index:
             return False
+    if existing is not None and cmd.kind in configentry.KINDS:
+        _validate_graph(store, cmd.kind, cmd.name, None)
     _delete_entry(store, cmd.kind, cmd.name, cmd.namespace)
     return True
 

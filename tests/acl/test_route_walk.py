@@ -186,6 +186,10 @@ def cases(ids: dict[str, str]) -> list[Case]:
              body={"Kind": "service-intentions", "Name": "cfg", "Sources": [{"Name": "web", "Action": "allow"}]}),
         Case("GET", "/v1/config/", "/v1/config/service-intentions/cfg", ixn("cfg", "read"), "intention:read"),
         Case("DELETE", "/v1/config/", "/v1/config/service-intentions/cfg", ixn("cfg", "write"), "intention:write"),
+        # discovery chain
+        Case("GET", "/v1/discovery-chain/", "/v1/discovery-chain/web", svc("web", "read"), "service:read"),
+        Case("POST", "/v1/discovery-chain/", "/v1/discovery-chain/web", svc("web", "read"), "service:read",
+             body={"OverrideProtocol": "http", "OverrideConnectTimeout": "2s"}),
         # ACL system (the ACL tables answer "ACL support disabled" on this walk's agent, whose ACLs come from
         # a static resolver: what is walked is that enforcement refuses before the handler)
         Case("PUT", "/v1/acl/bootstrap", "/v1/acl/bootstrap", "", None, free=True),

@@ -273,7 +273,7 @@ async def test_config_entries_endpoint(http) -> None:  # noqa: ANN001
     assert status == 400 and "?filter is not supported" in text
     status, listed, _ = await http.get("/v1/config/service-defaults")
     assert (status, listed) == (200, [])
-    status, text, _ = await http.put("/v1/config", {"Kind": "service-defaults", "Name": "web", "Protocol": "http"})
+    status, text, _ = await http.put("/v1/config", {"Kind": "ingress-gateway", "Name": "web", "Listeners": []})
     assert status == 400 and "not supported" in text
     status, text, _ = await http.put("/v1/config", {"Kind": "service-intentions", "Name": "db", "Sources": []})
     assert status == 400 and "At least one source" in text

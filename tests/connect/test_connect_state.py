@@ -131,7 +131,11 @@ def test_config_entry_upsert_cas_delete(log: Log) -> None:
         (entry("db", ("web", "maybe")), "Action must be set to 'allow' or 'deny'"),
         (entry("db", ("web", "allow"), ("WEB", "deny")), "more than once"),
         (entry("d*b", ("web", "allow")), "wildcard"),
-        ({"Kind": "service-defaults", "Name": "db"}, "not supported"),
+        ({"Kind": "ingress-gateway", "Name": "db"}, "not supported"),
+        # The FSM checks what the API checks, so a command that skipped the API is refused the same way.
+        ({"Kind": "service-splitter", "Name": "db", "Splits": [{"Weight": 100}]},
+         'discovery chain "db" uses a protocol "tcp" that does not permit advanced routing or splitting behavior'),
+        ({"Kind": "service-defaults", "Name": "db", "Protocl": "http"}, 'invalid config key "Protocl"'),
         ({"Name": "db"}, "Kind"),
         ("not a map", "JSON object"),
         ({"Kind": "service-intentions", "Name": 5, "Sources": [{"Name": "web", "Action": "allow"}]},
