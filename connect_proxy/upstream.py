@@ -239,8 +239,8 @@ class UpstreamPool:
     def _expire(self, now: float) -> None:
         for h in self._health.values():
             if h.ejected_until is not None and now >= h.ejected_until:
+                h.healthy_since = h.ejected_until  # when it ended, however late we notice
                 h.ejected_until = None
-                h.healthy_since = now
                 h.consecutive = 0
 
     def ejected(self, now: float) -> list[Instance]:
