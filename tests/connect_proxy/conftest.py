@@ -66,9 +66,12 @@ class EchoApp:
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every async test here runs on both loops: the CLI runs the proxy on uvloop, whose transports
-    differ from asyncio's."""
+    differ from asyncio's. Tests marked slow run the proxies as processes (on uvloop, as the CLI
+    does): the test's own loop only drives clients, once is enough."""
     import uvloop
 
+    if item.get_closest_marker("slow") is not None:
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
