@@ -132,6 +132,7 @@ class Proxy:
         self.ready = asyncio.Event()
         self._certs_ready = asyncio.Event()
         self._authz_ready = asyncio.Event()
+        self._policy_ready = asyncio.Event()
         self._leaf: dict[str, Any] | None = None
         self._roots: dict[str, Any] | None = None
         self.upstreams: dict[str, UpstreamState] = {u.destination: UpstreamState(u) for u in cfg.upstreams}
@@ -168,6 +169,7 @@ class Proxy:
             spawn(asyncio.create_task(self._follow_policy()))
         else:
             self._authz_ready.set()
+            self._policy_ready.set()
         for state in self.upstreams.values():
             up = state.upstream
             params = {"compile-dc": up.datacenter} if up.datacenter else {}
@@ -177,6 +179,7 @@ class Proxy:
         self.log.info("waiting for the first leaf certificate and CA roots from the agent", agent=self.agent.base)
         await self._certs_ready.wait()
         await self._authz_ready.wait()
+        await self._policy_ready.wait()  # no connection is decided on a default that is about to change
         self.ready.set()
         assert self.contexts is not None
         loop = asyncio.get_running_loop()
@@ -208,7 +211,8 @@ class Proxy:
 
     async def drain(self, timeout: float | None = None) -> int:
         """Graceful shutdown, first half: close the listeners (no new connections) and give open ones
-        up to ``timeout`` seconds (``drain_timeout``) to finish. Returns how many were still open."""
+        up to ``timeout`` seconds (``drain_timeout``) to finish. Returns how many sockets (each proxied
+        connection holds two: its downstream and its upstream side) were still open."""
         timeout = self.cfg.drain_timeout if timeout is None else timeout
         for server in self._servers:
             server.close()
@@ -336,6 +340,7 @@ class Proxy:
             except AgentError as exc:
                 self.log.debug("cannot read the agent's default_intention_policy; the ACL default decides",
                                error=str(exc))  # fmt: skip
+                self._policy_ready.set()
                 return
             except AgentUnavailable:
                 body = None
@@ -346,7 +351,8 @@ class Proxy:
                     self._set_authz(replace(self.authz, intention_policy=policy))
                 elif self.authz is None:
                     self._pending_policy = policy
-            await asyncio.sleep(self.policy_refresh)
+                self._policy_ready.set()
+            await asyncio.sleep(self.retry_first if not self._policy_ready.is_set() else self.policy_refresh)
 
     def _set_authz(self, authz: Authorizer) -> None:
         if self.authz is None and self._pending_policy:
@@ -574,9 +580,10 @@ class Proxy:
             self.access.info("connection", listener="public", downstream=peer, result="refused", reason=reason, **kw)
         ep.abort()
 
-    def _finished(self, listener: str, downstream: Endpoint, upstream: Endpoint, started: float, **kw: Any) -> None:
-        """Bytes and the access log line once a proxied connection has ended."""
-        sent, received = downstream.bytes_in, upstream.bytes_in
+    def _finished(self, listener: str, near: Endpoint, far: Endpoint, started: float, **kw: Any) -> None:
+        """Bytes and the access log line once a proxied connection (``near``: the side that connected to
+        us, ``far``: the side we dialed) has ended."""
+        sent, received = near.bytes_in, far.bytes_in
         self.metrics.inc("proconsul_proxy_bytes_total", (listener, "to_upstream"), sent)
         self.metrics.inc("proconsul_proxy_bytes_total", (listener, "to_downstream"), received)
         if self.access is not None:
