@@ -7,8 +7,9 @@ server side -> a local sink app. Proconsul: ``proconsul connect proxy -service w
 ``proconsul connect proxy -service db -service-addr <sink> -listen <P2>``, certificates and intentions
 from a real ``proconsul agent -dev``. stunnel: ``client = yes`` on one side, ``verifyChain``+
 ``requireCert`` on both, with the same EC P-256 leaves (web and db) and the same roots from the agent.
-stunnel cannot check a SPIFFE URI SAN nor call an authorize endpoint, so it does less per connection
-than the sidecars do (Proconsul's server side makes one HTTP call to the agent per connection).
+stunnel cannot check a SPIFFE URI SAN nor evaluate intentions, so it does less per connection than the
+sidecars do (Proconsul's server side decides each connection against the intentions it follows, in
+process, and the client side checks the server's URI SAN).
 
 Both proxy processes of a pair are pinned to CPU 0; the load generator, the sink and the agent to
 CPU 1. Figures: throughput (MB/s of payload, ``--streams`` connections each sending its share of
@@ -319,8 +320,8 @@ stunnel calls SSL_read/SSL_write on the sockets. Two changes brought the sidecar
 of stunnel's throughput: glibc malloc thresholds fixed at start-up (freed buffers of hundreds of KiB were
 trimmed and faulted back in, over a third of the CPU), and no TLS 1.3 session tickets on the public
 listener (never used, since the sidecars do not resume). Per connection, the sidecar does more than
-stunnel can: it parses the client's SPIFFE URI strictly, the server side asks the agent (one HTTP call to
-`/v1/agent/connect/authorize`, the agent's CPU is not in the proxy CPU column), and the client side checks
+stunnel can: it parses the client's SPIFFE URI strictly, the server side decides it against the
+intentions it follows (in process: no call to the agent per connection), and the client side checks
 the server's URI SAN; stunnel only verifies the chain. Most of the per-connection cost is the handshake
 itself in OpenSSL 3 (certificate decoding and verification), the same library stunnel uses. Runs on this
 shared 2-core machine vary by about +-10%.

@@ -1,4 +1,4 @@
-"""The local agent's HTTP API, as the proxy uses it: plain and blocking reads, writes, and authorize.
+"""The local agent's HTTP API, as the proxy uses it: plain and blocking reads, and writes.
 
 The HTTP itself (address, token, blocking-query parameters, the session) is the shared client,
 ``registry.client.http``; this module gives the proxy its view of it: two errors, so a follower can tell an
@@ -23,9 +23,10 @@ CONNECT_TIMEOUT_S = 10.0
 class AgentError(Exception):
     """The agent answered, but not with what we asked for (status and its text)."""
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, response: Response | None = None) -> None:
         super().__init__(f"agent answered {status}: {text.strip()[:300]}")
         self.status = status
+        self.response = response
 
 
 class AgentUnavailable(Exception):
@@ -54,7 +55,7 @@ class AgentClient:
         except _Unreachable as exc:
             raise AgentUnavailable(f"{type(exc.cause).__name__}: {exc.cause}") from exc
         if resp.status != 200:
-            raise AgentError(resp.status, resp.body.decode(errors="replace"))
+            raise AgentError(resp.status, resp.body.decode(errors="replace"), resp)
         return resp
 
     async def get(self, path: str, params: dict[str, str] | None = None, *, index: int = 0) -> tuple[Any, int]:
@@ -67,13 +68,18 @@ class AgentClient:
         """PUT ``path`` (with a JSON body if given); the parsed answer, AgentError on non-200."""
         return _json(await self._call("PUT", path, body=body))
 
-    async def authorize(self, target: str, uri: str, serial: str) -> tuple[bool, str]:
-        body = {"Target": target, "ClientCertURI": uri, "ClientCertSerial": serial}
-        resp = await self._call("POST", "/v1/agent/connect/authorize", body=body)
-        out = _json(resp)
-        if not isinstance(out, dict) or not isinstance(out.get("Authorized"), bool):
-            raise AgentError(200, f"malformed authorize answer: {resp.body[:200]!r}")
-        return out["Authorized"], str(out.get("Reason", ""))
+    async def get_full(self, path: str, params: dict[str, str] | None = None, *, index: int = 0,
+                       missing_ok: bool = False) -> tuple[Any, int, Mapping[str, str]]:  # fmt: skip
+        """GET ``path`` as ``get`` does, also returning the headers. With ``missing_ok`` a 404 is an
+        answer (body None) rather than an error: a config entry that does not exist yet, whose index
+        a blocking query still waits past."""
+        try:
+            resp = await self._call("GET", path, params, index=index)
+        except AgentError as exc:
+            if missing_ok and exc.response is not None and exc.status == 404:
+                return None, exc.response.index, exc.response.headers
+            raise
+        return _json(resp), resp.index, resp.headers
 
 
 def _json(resp: Response) -> Any:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import structlog
@@ -21,6 +22,7 @@ from connect_proxy.config import (
     config_from_flags,
     config_from_registration,
     find_sidecar,
+    parse_metrics_addr,
 )
 from registry.client.http import HTTPConfig, TLSConfigError, TLSFlags
 
@@ -68,6 +70,11 @@ def parser() -> argparse.ArgumentParser:
     _opt(p, "client-cert", default=None, help="client certificate for an agent with verify_incoming (env CONSUL_CLIENT_CERT)")
     _opt(p, "client-key", default=None, help="the client certificate's key (env CONSUL_CLIENT_KEY)")
     _opt(p, "tls-server-name", default=None, help="server name to verify and send as SNI (env CONSUL_TLS_SERVER_NAME)")
+    _opt(p, "metrics-addr", default=None, metavar="HOST:PORT",
+         help="serve Prometheus metrics at http://HOST:PORT/metrics (Proxy.Config envoy_prometheus_bind_addr)")  # fmt: skip
+    _opt(p, "access-log", action="store_true", help="log one structured line per connection")
+    _opt(p, "drain-timeout", default=None, metavar="DURATION",
+         help="on SIGTERM, how long open connections may finish after the listeners close (default 5s)")  # fmt: skip
     _opt(p, "log-level", default="info", help="trace, debug, info, warn or err")
     _opt(p, "log-json", action="store_true", help="log as JSON lines")
     return p
@@ -86,6 +93,30 @@ def _resolve_flags(args: argparse.Namespace) -> None:
         raise ConfigError("one of -sidecar-for, -proxy-id or -service must be given")
     if args.register and not (args.service and args.listen):
         raise ConfigError("-register may only be specified with -service and -listen")
+    args.metrics = parse_metrics_addr(args.metrics_addr) if args.metrics_addr else None
+    args.drain = None
+    if args.drain_timeout is not None:
+        from registry.gocompat import parse_duration_ns
+
+        try:
+            args.drain = parse_duration_ns(args.drain_timeout) / 1e9
+        except ValueError:
+            raise ConfigError(f"-drain-timeout {args.drain_timeout!r} is not a duration such as 5s") from None
+        if args.drain < 0:
+            raise ConfigError(f"-drain-timeout {args.drain_timeout!r} must not be negative")
+
+
+def with_flags(cfg: ProxyConfig, args: argparse.Namespace) -> ProxyConfig:
+    """The flags that apply to every form (-metrics-addr, -access-log, -drain-timeout) over the
+    configuration read from the registration or built from the other flags."""
+    changes: dict[str, Any] = {}
+    if args.metrics is not None:
+        changes["metrics_addr"] = args.metrics
+    if args.access_log:
+        changes["access_log"] = True
+    if args.drain is not None:
+        changes["drain_timeout"] = args.drain
+    return replace(cfg, **changes) if changes else cfg
 
 
 async def load_config(args: argparse.Namespace, agent: AgentClient) -> ProxyConfig:
@@ -162,7 +193,7 @@ async def _main(args: argparse.Namespace) -> int:
         print(f"Error reading the proxy's registration from the agent at {agent.base}: {exc}\n"
               "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it.", file=sys.stderr)  # fmt: skip
         return 1
-    proxy = Proxy(cfg, agent)
+    proxy = Proxy(with_flags(cfg, args), agent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -192,5 +223,6 @@ async def _main(args: argparse.Namespace) -> int:
     log.info("caught signal, stopping the proxy")
     if monitor is not None:
         await monitor.stop()
+    await proxy.drain()  # listeners close; open connections get drain_timeout to finish
     await proxy.stop()
     return 0

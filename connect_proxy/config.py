@@ -3,7 +3,8 @@
 Pure module: no IO, no clock. The keys and defaults are those of Consul's built-in proxy
 (``Proxy.Config``: ``bind_address``, ``bind_port``, ``local_service_address``, ``handshake_timeout_ms``,
 ``local_connect_timeout_ms``; ``Proxy.Upstreams``: ``DestinationName``, ``LocalBindAddress``,
-``LocalBindPort``, ``Datacenter``).
+``LocalBindPort``, ``Datacenter``). The metrics listener is Consul's ``envoy_prometheus_bind_addr``
+(``prometheus_bind_addr`` is accepted too): Prometheus text at ``/metrics`` on that address.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ DEFAULT_BIND_ADDRESS = "0.0.0.0"  # Consul's default: the public listener is mTL
 DEFAULT_UPSTREAM_ADDRESS = "127.0.0.1"  # upstream listeners are plaintext: loopback only by default
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_LOCAL_CONNECT_TIMEOUT = 1.0
+DEFAULT_DRAIN_TIMEOUT = 5.0  # SIGTERM: how long open connections may finish after the listeners close
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,9 @@ class ProxyConfig:
     upstreams: tuple[Upstream, ...] = field(default_factory=tuple)
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     local_connect_timeout: float = DEFAULT_LOCAL_CONNECT_TIMEOUT
+    metrics_addr: tuple[str, int] | None = None  # Prometheus text on GET /metrics, when set
+    access_log: bool = False  # one structured log line per connection
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
 
 
 def parse_host_port(value: str, what: str) -> tuple[str, int]:
@@ -199,7 +204,20 @@ def config_from_registration(svc: Mapping[str, Any]) -> ProxyConfig:
         upstreams=tuple(ups),
         handshake_timeout=_ms(_ci(opts, "handshake_timeout_ms"), DEFAULT_HANDSHAKE_TIMEOUT, what=sid),
         local_connect_timeout=_ms(_ci(opts, "local_connect_timeout_ms"), DEFAULT_LOCAL_CONNECT_TIMEOUT, what=sid),
+        metrics_addr=_metrics_addr(opts, sid),
     )
+
+
+def _metrics_addr(opts: Mapping[str, Any], sid: str) -> tuple[str, int] | None:
+    value = _ci(opts, "envoy_prometheus_bind_addr") or _ci(opts, "prometheus_bind_addr")
+    if not value:
+        return None
+    return parse_host_port(str(value), f"{sid}: envoy_prometheus_bind_addr")
+
+
+def parse_metrics_addr(value: str) -> tuple[str, int]:
+    """``-metrics-addr host:port`` (``:port`` for loopback: metrics are not for the network by default)."""
+    return parse_host_port("127.0.0.1" + value if value.startswith(":") else value, "-metrics-addr")
 
 
 def _ms(value: Any, default: float, *, what: str) -> float:

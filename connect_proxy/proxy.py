@@ -1,9 +1,22 @@
 """The sidecar: a public mTLS listener in front of the local service, and plaintext upstream listeners
-on loopback that dial other services' proxies over mTLS. The decisions live in ``config`` and
-``identity``, the bytes in ``splice``; this module is the asyncio shell that ties them to the agent.
+on loopback that dial other services' proxies over mTLS. The decisions live in pure modules
+(``config``, ``identity``, ``authz``, ``routing``, ``upstream``, ``metrics``), the bytes in ``splice``;
+this module is the asyncio shell that ties them to the agent.
 
-Certificates: the leaf and the roots are followed with blocking queries; every change builds new
-SSLContexts, which only new connections use. Connections already open keep theirs.
+What it follows from the agent, each with a blocking query (``_follow``), and where it keeps it:
+
+- the leaf and the roots -> ``contexts`` (new SSLContexts; connections already open keep theirs);
+- the intentions naming this service as destination, and the default policy -> ``authz`` (an immutable
+  ``authz.Authorizer``; each inbound connection is decided in process, and an open connection whose
+  source a new intention denies is closed: beyond Consul, whose proxies only check new connections);
+- this service's ``service-defaults`` -> ``service_defaults`` (``MaxInboundConnections``,
+  ``LocalConnectTimeoutMs`` and ``UpstreamConfig`` for the upstreams' pools);
+- per upstream, its compiled discovery chain -> ``upstreams[name].chain``, and the health of every
+  service the chain targets -> one ``upstream.UpstreamPool`` per target, ``upstreams[name].pools``.
+
+The seams the HTTP data plane uses: ``authz`` (and ``Authorizer.index`` for L7 permissions),
+``upstreams[name]`` (``UpstreamState``: ``chain``, ``pools``, ``wait_ready``), ``pool_config``, ``metrics``
+and ``access`` (the access logger, or None).
 """
 
 from __future__ import annotations
@@ -12,19 +25,34 @@ import asyncio
 import contextlib
 import random
 import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
-from connect_proxy import identity, tls
+from connect_proxy import identity, routing, tls
 from connect_proxy.agent import AgentClient, AgentError, AgentUnavailable
+from connect_proxy.authz import Authorizer, intentions_from_match
 from connect_proxy.config import ProxyConfig, Upstream
+from connect_proxy.metrics import CONTENT_TYPE, Registry
 from connect_proxy.splice import Endpoint, link
+from connect_proxy.upstream import (
+    Instance,
+    PoolConfig,
+    UpstreamPool,
+    lb_config,
+    limits_config,
+    outlier_config,
+)
+from registry.discoverychain import ChainError, CompiledChain, chain_from_api
+from registry.filtering import FilterError
+from registry.intentions import IntentionError, IntentionIndex
 
 MAX_DIAL_ATTEMPTS = 3  # instances tried per upstream connection before giving up
+POLICY_REFRESH_S = 30.0  # how often the agent's default_intention_policy is read again
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +65,46 @@ class Contexts:
     root_ids: tuple[str, ...]
 
 
+@dataclass(slots=True)
+class UpstreamState:
+    """One upstream listener's view of the mesh: its compiled chain and a pool per chain target."""
+
+    upstream: Upstream
+    chain: CompiledChain | None = None
+    pools: dict[str, UpstreamPool] = field(default_factory=dict)  # by target ID
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` s) until the chain and the health of each of its targets are known."""
+        if not self.ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.ready.wait()
+        return self.ready.is_set()
+
+
+def _new_metrics() -> Registry:
+    m = Registry()
+    m.counter("proconsul_proxy_inbound_connections_total",
+              "Connections accepted on the public listener, by outcome", ("result",))  # fmt: skip
+    m.counter("proconsul_proxy_authz_total", "Inbound authorization decisions (intentions)", ("result",))
+    m.counter("proconsul_proxy_intention_closed_total",
+              "Open inbound connections closed because an intention now denies their source")  # fmt: skip
+    m.counter("proconsul_proxy_upstream_connections_total",
+              "Upstream connections by outcome (ok, failed, overflow, no_instance)", ("upstream", "result"))  # fmt: skip
+    m.counter("proconsul_proxy_upstream_connect_retries_total",
+              "Dial attempts beyond the first for one upstream connection", ("upstream",))  # fmt: skip
+    m.counter("proconsul_proxy_upstream_ejections_total",
+              "Instances ejected by passive health checking", ("upstream", "target"))  # fmt: skip
+    m.counter("proconsul_proxy_circuit_breaker_overflows_total",
+              "Connections or requests refused at once because a limit was reached", ("listener", "limit"))  # fmt: skip
+    m.counter("proconsul_proxy_bytes_total", "Payload bytes carried, by listener and direction",
+              ("listener", "direction"))  # fmt: skip
+    m.histogram("proconsul_proxy_upstream_connect_seconds",
+                "Time to connect and finish the mTLS handshake with an upstream instance", ("upstream",))  # fmt: skip
+    return m
+
+
 class Proxy:
     def __init__(
         self,
@@ -46,78 +114,134 @@ class Proxy:
         retry_first: float = 0.25,
         retry_cap: float = 10.0,
         rng: random.Random | None = None,
+        policy_refresh: float = POLICY_REFRESH_S,
     ) -> None:
         self.cfg = cfg
         self.agent = agent
         self.retry_first = retry_first
         self.retry_cap = retry_cap
+        self.policy_refresh = policy_refresh
         self.rng = rng or random.Random()
         self.log = structlog.get_logger("connect-proxy").bind(service=cfg.service)
+        self.access = structlog.get_logger("connect-proxy.access") if cfg.access_log else None
+        self.metrics = _new_metrics()
         self.contexts: Contexts | None = None
+        self.authz: Authorizer | None = None
+        self._pending_policy = ""  # default_intention_policy read before the first intentions
+        self.service_defaults: Mapping[str, Any] | None = None
         self.ready = asyncio.Event()
+        self._certs_ready = asyncio.Event()
+        self._authz_ready = asyncio.Event()
+        self._policy_ready = asyncio.Event()
         self._leaf: dict[str, Any] | None = None
         self._roots: dict[str, Any] | None = None
-        self._instances: dict[Upstream, list[tuple[str, int]]] = {}
-        self._instances_ready: dict[Upstream, asyncio.Event] = {u: asyncio.Event() for u in cfg.upstreams}
+        self.upstreams: dict[str, UpstreamState] = {u.destination: UpstreamState(u) for u in cfg.upstreams}
+        self._health: dict[tuple[str, str], Any] = {}  # (service, dc) -> last health answer
+        self._health_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._conn_tasks: set[asyncio.Task[None]] = set()
         self._servers: list[asyncio.AbstractServer] = []
+        self._metrics_server: asyncio.AbstractServer | None = None
         self._endpoints: set[Endpoint] = set()
+        self._inbound: dict[Endpoint, ServiceIdentity] = {}  # authorized, linked inbound connections
+        self._inbound_open = 0
         self.public_addr: tuple[str, int] | None = None
+        self.metrics_addr: tuple[str, int] | None = None
         self.upstream_addrs: dict[str, tuple[str, int]] = {}
         self.stats = {"inbound_accepted": 0, "inbound_refused": 0, "outbound_ok": 0, "outbound_failed": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Follow the leaf and roots, wait for the first of each, then open the listeners."""
+        """Follow the agent, wait for the leaf, the roots and (with a public listener) the intentions,
+        then open the listeners."""
         svc = self.cfg.service
-        self._tasks.append(asyncio.create_task(self._follow("CA roots", "/v1/agent/connect/ca/roots", {},
-                                                            self._on_roots)))  # fmt: skip
-        self._tasks.append(asyncio.create_task(self._follow(f"leaf certificate for {svc}",
-                                                            f"/v1/agent/connect/ca/leaf/{svc}", {}, self._on_leaf)))  # fmt: skip
-        for up in self.cfg.upstreams:
-            params = {"passing": "1"}
-            if up.datacenter:
-                params["dc"] = up.datacenter
-            self._tasks.append(asyncio.create_task(self._follow(
-                f"instances of {up.destination}", f"/v1/health/connect/{up.destination}", params,
-                lambda body, up=up: self._on_instances(up, body))))  # fmt: skip
+        spawn = self._tasks.append
+        spawn(asyncio.create_task(self._follow("CA roots", "/v1/agent/connect/ca/roots", {}, self._on_roots)))
+        spawn(asyncio.create_task(self._follow(f"leaf certificate for {svc}", f"/v1/agent/connect/ca/leaf/{svc}", {},
+                                               self._on_leaf)))  # fmt: skip
+        spawn(asyncio.create_task(self._follow(f"service-defaults for {svc}", f"/v1/config/service-defaults/{svc}", {},
+                                               self._on_service_defaults, missing_ok=True)))  # fmt: skip
+        if self.cfg.public is not None:
+            spawn(asyncio.create_task(self._follow(
+                f"intentions for {svc}", "/v1/connect/intentions/match", {"by": "destination", "name": svc},
+                self._on_intentions)))  # fmt: skip
+            spawn(asyncio.create_task(self._follow_policy()))
+        else:
+            self._authz_ready.set()
+            self._policy_ready.set()
+        for state in self.upstreams.values():
+            up = state.upstream
+            params = {"compile-dc": up.datacenter} if up.datacenter else {}
+            spawn(asyncio.create_task(self._follow(
+                f"discovery chain of {up.destination}", f"/v1/discovery-chain/{up.destination}", params,
+                lambda body, headers, state=state: self._on_chain(state, body))))  # fmt: skip
         self.log.info("waiting for the first leaf certificate and CA roots from the agent", agent=self.agent.base)
-        await self.ready.wait()
+        await self._certs_ready.wait()
+        await self._authz_ready.wait()
+        await self._policy_ready.wait()  # no connection is decided on a default that is about to change
+        self.ready.set()
         assert self.contexts is not None
         loop = asyncio.get_running_loop()
         try:
             if self.cfg.public is not None:
                 host, port = self.cfg.public
-                server = await loop.create_server(lambda: Endpoint(self._inbound_made), host, port, reuse_address=True)
+                server = await loop.create_server(lambda: Endpoint(self._inbound_made), host, port, reuse_address=True,
+                                                  backlog=1024)  # fmt: skip
                 self._servers.append(server)
                 self.public_addr = server.sockets[0].getsockname()[:2]
                 self.log.info("public listener ready", addr=_fmt(self.public_addr), local_service=_fmt(self.cfg.local_service))
-            for up in self.cfg.upstreams:
-                server = await loop.create_server(lambda up=up: Endpoint(lambda ep: self._outbound_made(ep, up)),
-                                                  up.bind_address, up.bind_port, reuse_address=True)  # fmt: skip
+            for state in self.upstreams.values():
+                up = state.upstream
+                server = await loop.create_server(lambda st=state: Endpoint(lambda ep: self._outbound_made(ep, st)),
+                                                  up.bind_address, up.bind_port, reuse_address=True, backlog=1024)  # fmt: skip
                 self._servers.append(server)
                 self.upstream_addrs[up.destination] = server.sockets[0].getsockname()[:2]
                 self.log.info("upstream listener ready", upstream=up.destination,
                               addr=_fmt(self.upstream_addrs[up.destination]))  # fmt: skip
+            if self.cfg.metrics_addr is not None:
+                self._metrics_server = await asyncio.start_server(self._serve_metrics, *self.cfg.metrics_addr,
+                                                                  reuse_address=True)  # fmt: skip
+                self.metrics_addr = self._metrics_server.sockets[0].getsockname()[:2]
+                self.log.info("metrics listener ready", addr=_fmt(self.metrics_addr), path="/metrics")
         except OSError:
             await self.stop()
             raise
         self.log.info("proxy running", trust_domain=self.contexts.trust_domain, datacenter=self.contexts.datacenter)
 
+    async def drain(self, timeout: float | None = None) -> int:
+        """Graceful shutdown, first half: close the listeners (no new connections) and give open ones
+        up to ``timeout`` seconds (``drain_timeout``) to finish. Returns how many sockets (each proxied
+        connection holds two: its downstream and its upstream side) were still open."""
+        timeout = self.cfg.drain_timeout if timeout is None else timeout
+        for server in self._servers:
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.open_connections:
+            self.log.info("draining", open_connections=self.open_connections, deadline_s=timeout)
+        while self.open_connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.open_connections
+        if left:
+            self.log.warning("drain deadline passed; resetting the connections still open", open_connections=left)
+        return left
+
     async def stop(self) -> None:
         """Stop accepting, stop following the agent, reset open connections, close the HTTP session."""
         for server in self._servers:
             server.close()
-        for task in self._tasks + list(self._conn_tasks):
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        tasks = self._tasks + list(self._health_tasks.values()) + list(self._conn_tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks + list(self._conn_tasks):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for ep in list(self._endpoints):
             ep.abort()
-        for server in self._servers:
+        for server in [*self._servers, *([self._metrics_server] if self._metrics_server else [])]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
         self._servers.clear()
@@ -129,13 +253,15 @@ class Proxy:
 
     # ------------------------------------------------------------------ following the agent
 
-    async def _follow(self, what: str, path: str, params: dict[str, str], apply: Callable[[Any], None]) -> None:
-        """A blocking-query loop: apply each new answer; on errors retry with backoff and say so."""
+    async def _follow(self, what: str, path: str, params: dict[str, str],
+                      apply: Callable[[Any, Mapping[str, str]], None], *, missing_ok: bool = False) -> None:  # fmt: skip
+        """A blocking-query loop: apply each new answer (body, headers); on errors retry with backoff
+        and say so. With ``missing_ok`` a 404 is the answer None (an entry that does not exist yet)."""
         index = 0
         failures = 0
         while True:
             try:
-                body, new_index = await self.agent.get(path, params, index=index)
+                body, new_index, headers = await self.agent.get_full(path, params, index=index, missing_ok=missing_ok)
             except (AgentUnavailable, AgentError) as exc:
                 delay = identity.backoff(failures, self.retry_first, self.retry_cap)
                 failures += 1
@@ -150,18 +276,18 @@ class Proxy:
                 index = 0  # the agent restarted or the index went backwards: start over
             if new_index != index or index == 0:
                 try:
-                    apply(body)
+                    apply(body, headers)
                 except Exception as exc:  # noqa: BLE001 - a bad answer must not kill the follower
                     self.log.error("ignoring an answer from the agent", what=what, error=str(exc))
             index = max(new_index, 1)
 
-    def _on_roots(self, body: Any) -> None:
+    def _on_roots(self, body: Any, _headers: Mapping[str, str]) -> None:
         if not isinstance(body, dict) or not body.get("Roots"):
             raise ValueError("no CA roots yet")
         self._roots = body
         self._rebuild("roots")
 
-    def _on_leaf(self, body: Any) -> None:
+    def _on_leaf(self, body: Any, _headers: Mapping[str, str]) -> None:
         if not isinstance(body, dict) or not body.get("CertPEM") or not body.get("PrivateKeyPEM"):
             raise ValueError("leaf answer without CertPEM/PrivateKeyPEM")
         self._leaf = body
@@ -183,17 +309,186 @@ class Proxy:
         client = tls.client_context(leaf["CertPEM"], leaf["PrivateKeyPEM"], pems)
         ids = tuple(str(r.get("ID", "")) for r in roots["Roots"])
         self.contexts = Contexts(server, client, td, me.datacenter, str(leaf.get("SerialNumber", "")), ids)
-        self.log.info("certificates loaded" if not self.ready.is_set() else f"certificates updated ({why})",
+        self.log.info("certificates loaded" if not self._certs_ready.is_set() else f"certificates updated ({why})",
                       leaf_serial=self.contexts.leaf_serial, roots=len(pems),
                       active_root=roots.get("ActiveRootID"), valid_before=leaf.get("ValidBefore"))  # fmt: skip
-        self.ready.set()
+        self._certs_ready.set()
 
-    def _on_instances(self, up: Upstream, body: Any) -> None:
-        found = identity.instances(body)
-        if found != self._instances.get(up):
-            self.log.info("upstream instances", upstream=up.destination, instances=[_fmt(a) for a in found])
-        self._instances[up] = found
-        self._instances_ready[up].set()
+    # ---------------------------------------------------------------- intentions
+
+    def _on_intentions(self, body: Any, headers: Mapping[str, str]) -> None:
+        try:
+            index = IntentionIndex(intentions_from_match(body, self.cfg.service))
+        except IntentionError as exc:
+            raise ValueError(f"invalid intention in the answer: {exc}") from None
+        acl_allow = headers.get("X-Consul-Default-ACL-Policy", "allow").lower() != "deny"
+        current = self.authz
+        if current is None:
+            self._set_authz(Authorizer(self.cfg.service, index, acl_allow))
+        else:
+            self._set_authz(replace(current, index=index, acl_default_allow=acl_allow))
+        self.log.info("intentions loaded", intentions=len(index), default_allow=self.authz.default[0])  # type: ignore[union-attr]
+        self._authz_ready.set()
+
+    async def _follow_policy(self) -> None:
+        """The agent's ``default_intention_policy`` (``DebugConfig.DefaultIntentionPolicy`` of
+        ``/v1/agent/self``), read now and every ``policy_refresh`` seconds; it has no blocking query.
+        A token without ``agent:read`` cannot read it: the ACL default policy then decides."""
+        while True:
+            try:
+                body, _ = await self.agent.get("/v1/agent/self")
+            except AgentError as exc:
+                self.log.debug("cannot read the agent's default_intention_policy; the ACL default decides",
+                               error=str(exc))  # fmt: skip
+                self._policy_ready.set()
+                return
+            except AgentUnavailable:
+                body = None
+            if isinstance(body, Mapping):
+                policy = str((body.get("DebugConfig") or {}).get("DefaultIntentionPolicy") or "").lower()
+                policy = policy if policy in ("allow", "deny") else ""
+                if self.authz is not None and self.authz.intention_policy != policy:
+                    self._set_authz(replace(self.authz, intention_policy=policy))
+                elif self.authz is None:
+                    self._pending_policy = policy
+                self._policy_ready.set()
+            await asyncio.sleep(self.retry_first if not self._policy_ready.is_set() else self.policy_refresh)
+
+    def _set_authz(self, authz: Authorizer) -> None:
+        if self.authz is None and self._pending_policy:
+            authz = replace(authz, intention_policy=self._pending_policy)
+        self.authz = authz
+        closed = 0
+        for ep, source in list(self._inbound.items()):
+            if not ep.closed and not authz.decide(source).allowed:
+                ep.abort()  # the local side is reset with it (splice: an abort resets the peer)
+                closed += 1
+        if closed:
+            self.metrics.inc("proconsul_proxy_intention_closed_total", (), closed)
+            self.log.info("closed connections an intention now denies", closed=closed)
+
+    # ---------------------------------------------------------------- service-defaults
+
+    def _on_service_defaults(self, body: Any, _headers: Mapping[str, str]) -> None:
+        if body is not None and not isinstance(body, Mapping):
+            raise ValueError("service-defaults answer is not an object")
+        self.service_defaults = body
+        for state in self.upstreams.values():
+            self._configure_pools(state)
+
+    def _upstream_config(self, name: str) -> Mapping[str, Any]:
+        """This service's ``UpstreamConfig`` for upstream ``name``: ``Defaults`` overlaid with the
+        ``Overrides`` entry of that name (Consul's merge: an override's set fields win)."""
+        uc = (self.service_defaults or {}).get("UpstreamConfig") or {}
+        merged = dict(uc.get("Defaults") or {})
+        for o in uc.get("Overrides") or ():
+            if isinstance(o, Mapping) and o.get("Name") == name:
+                merged.update({k: v for k, v in o.items() if k != "Name" and v not in (None, "", 0, {})})
+        return merged
+
+    def pool_config(self, state: UpstreamState, target_id: str) -> PoolConfig:
+        """Balancing from the chain's resolver node for ``target_id``; outlier detection and limits
+        from this service's ``UpstreamConfig`` for the upstream."""
+        uc = self._upstream_config(state.upstream.destination)
+        lb: Mapping[str, Any] | None = None
+        if state.chain is not None:
+            target = state.chain.targets.get(target_id)
+            for node in state.chain.nodes.values():
+                if node.resolver is None:
+                    continue
+                if node.resolver.target == target_id:
+                    lb = node.load_balancer
+                    break
+                t = state.chain.targets.get(node.resolver.target)
+                if lb is None and target is not None and t is not None and t.service == target.service:
+                    lb = node.load_balancer
+        return PoolConfig(**lb_config(lb), outlier=outlier_config(uc.get("PassiveHealthCheck")),
+                          limits=limits_config(uc.get("Limits")))  # fmt: skip
+
+    def connect_timeout(self, state: UpstreamState, target_id: str) -> float:
+        """The resolver's ``ConnectTimeout`` when it sets one, else ``UpstreamConfig.ConnectTimeoutMs``,
+        else the chain's default (5 s), as Consul configures the upstream cluster."""
+        chain = state.chain
+        target = chain.targets.get(target_id) if chain is not None else None
+        timeout = target.connect_timeout_ns / 1e9 if target is not None and target.connect_timeout_ns else 5.0
+        ms = self._upstream_config(state.upstream.destination).get("ConnectTimeoutMs")
+        if ms and timeout == 5.0:
+            timeout = float(ms) / 1000.0
+        return timeout
+
+    # ---------------------------------------------------------------- chains and instances
+
+    def _on_chain(self, state: UpstreamState, body: Any) -> None:
+        if not isinstance(body, Mapping) or not isinstance(body.get("Chain"), Mapping):
+            raise ValueError("discovery chain answer without a Chain")
+        try:
+            chain = chain_from_api(body["Chain"])
+        except ChainError as exc:
+            raise ValueError(str(exc)) from None
+        if chain == state.chain:
+            return
+        state.chain = chain
+        self.log.info("discovery chain", upstream=state.upstream.destination, protocol=chain.protocol,
+                      start=chain.start_node, targets=sorted(chain.targets))  # fmt: skip
+        for tid in list(state.pools):
+            if tid not in chain.targets:
+                del state.pools[tid]
+        self._configure_pools(state)
+        self._sync_health_followers()
+
+    def _health_key(self, chain: CompiledChain, service: str, datacenter: str) -> tuple[str, str]:
+        return service, "" if datacenter == chain.datacenter else datacenter
+
+    def _sync_health_followers(self) -> None:
+        wanted: set[tuple[str, str]] = set()
+        for state in self.upstreams.values():
+            if state.chain is not None:
+                wanted.update(self._health_key(state.chain, t.service, t.datacenter) for t in state.chain.targets.values())
+        for key in list(self._health_tasks):
+            if key not in wanted:
+                self._health_tasks.pop(key).cancel()
+                self._health.pop(key, None)
+        for key in wanted - set(self._health_tasks):
+            service, dc = key
+            params = {"dc": dc} if dc else {}
+            self._health_tasks[key] = asyncio.create_task(self._follow(
+                f"instances of {service}" + (f" in {dc}" if dc else ""), f"/v1/health/connect/{service}", params,
+                lambda body, headers, key=key: self._on_health(key, body)))  # fmt: skip
+
+    def _on_health(self, key: tuple[str, str], body: Any) -> None:
+        if not isinstance(body, list):
+            raise ValueError("health answer is not a list")
+        self._health[key] = body
+        for state in self.upstreams.values():
+            self._configure_pools(state)
+
+    def _configure_pools(self, state: UpstreamState) -> None:
+        """Bring every target's pool in line with the chain, the health answers and the config."""
+        chain = state.chain
+        if chain is None:
+            return
+        complete = True
+        for tid, target in chain.targets.items():
+            pool = state.pools.get(tid)
+            if pool is None:
+                pool = state.pools[tid] = UpstreamPool(tid, rng=self.rng)
+            pool.configure(self.pool_config(state, tid))
+            body = self._health.get(self._health_key(chain, target.service, target.datacenter))
+            if body is None:
+                complete = False
+                continue
+            try:
+                found = routing.target_instances(body, target.subset)
+            except FilterError as exc:
+                self.log.error("subset filter does not compile; the target has no instances", target=tid,
+                               error=str(exc))  # fmt: skip
+                found = []
+            if tuple(found) != pool.instances:
+                self.log.info("upstream instances", upstream=state.upstream.destination, target=tid,
+                              instances=[str(i) for i in found])  # fmt: skip
+            pool.update(found)
+        if complete:
+            state.ready.set()
 
     # ------------------------------------------------------------------ inbound: public listener
 
@@ -206,14 +501,34 @@ class Proxy:
         self._conn_tasks.add(task)
         task.add_done_callback(self._conn_tasks.discard)
 
+    def _max_inbound(self) -> int:
+        value = (self.service_defaults or {}).get("MaxInboundConnections") or 0
+        return int(value) if isinstance(value, int) and value > 0 else 0
+
     def _inbound_made(self, ep: Endpoint) -> None:
+        limit = self._max_inbound()
+        if limit and self._inbound_open >= limit:
+            # Envoy's listener connection limit: refused at once, never queued.
+            self.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", ("public", "max_inbound_connections"))
+            self.metrics.inc("proconsul_proxy_inbound_connections_total", ("overflow",))
+            ep.abort()
+            return
+        self._inbound_open += 1
         self._track(ep)
+        ep.done.add_done_callback(self._inbound_closed)
         contexts = self.contexts
         assert contexts is not None
         ep.start_tls(contexts.server, server_side=True)
-        self._spawn(self._inbound(ep, contexts))
+        self._spawn(self._inbound_conn(ep, contexts, time.time()))
 
-    async def _inbound(self, ep: Endpoint, contexts: Contexts) -> None:
+    def _inbound_closed(self, _: Any) -> None:
+        self._inbound_open -= 1
+
+    def _local_connect_timeout(self) -> float:
+        ms = (self.service_defaults or {}).get("LocalConnectTimeoutMs")
+        return float(ms) / 1000.0 if isinstance(ms, int) and ms > 0 else self.cfg.local_connect_timeout
+
+    async def _inbound_conn(self, ep: Endpoint, contexts: Contexts, started: float) -> None:
         assert ep.transport is not None and ep.handshake is not None
         peer = _fmt(ep.transport.get_extra_info("peername"))
         try:
@@ -224,92 +539,181 @@ class Proxy:
             return
         if ep.closed:
             return
-        ep.transport.pause_reading()  # nothing goes anywhere until the agent says yes
-        cert = ep.peercert()
+        ep.transport.pause_reading()  # nothing goes anywhere until the intentions say yes
         try:
-            client = identity.client_identity(identity.uri_sans(cert), contexts.trust_domain)
+            client = identity.client_identity(identity.uri_sans(ep.peercert()), contexts.trust_domain)
         except identity.IdentityError as exc:
             self._refuse(ep, peer, str(exc))
             return
+        authz = self.authz
+        assert authz is not None
+        decision = authz.decide(client)
         uri = client.uri()
-        try:
-            allowed, reason = await self.agent.authorize(self.cfg.service, uri,
-                                                         identity.serial_colon(str((cert or {}).get("serialNumber", ""))))  # fmt: skip
-        except (AgentUnavailable, AgentError) as exc:
-            self._refuse(ep, peer, f"authorize call failed: {exc}", client=uri)  # fail closed
+        if not decision.allowed:
+            self.metrics.inc("proconsul_proxy_authz_total", ("deny",))
+            self._refuse(ep, peer, f"not authorized: {decision.reason}", client=uri)
             return
-        if not allowed:
-            self._refuse(ep, peer, f"not authorized: {reason}", client=uri)
-            return
+        self.metrics.inc("proconsul_proxy_authz_total", ("allow",))
         assert self.cfg.local_service is not None
         host, port = self.cfg.local_service
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.cfg.local_connect_timeout):
+            async with asyncio.timeout(self._local_connect_timeout()):
                 _, local = await loop.create_connection(Endpoint, host, port)
         except (OSError, TimeoutError) as exc:
             self._refuse(ep, peer, f"cannot reach the local service at {host}:{port}: {_why(exc)}", client=uri)
             return
         self._track(local)
         self.stats["inbound_accepted"] += 1
-        self.log.debug("inbound connection", peer=peer, client=uri)
+        self.metrics.inc("proconsul_proxy_inbound_connections_total", ("accepted",))
+        self._inbound[ep] = client
+        ep.done.add_done_callback(lambda _: self._inbound.pop(ep, None))
         link(ep, local)
+        local.done.add_done_callback(lambda _: self._finished("public", ep, local, started, peer=peer, source=uri,
+                                                              destination=_fmt((host, port))))  # fmt: skip
 
     def _refuse(self, ep: Endpoint, peer: str, reason: str, **kw: str) -> None:
         self.stats["inbound_refused"] += 1
+        self.metrics.inc("proconsul_proxy_inbound_connections_total", ("refused",))
         self.log.warning("inbound connection refused", peer=peer, reason=reason, **kw)
+        if self.access is not None:
+            self.access.info("connection", listener="public", downstream=peer, result="refused", reason=reason, **kw)
         ep.abort()
+
+    def _finished(self, listener: str, near: Endpoint, far: Endpoint, started: float, **kw: Any) -> None:
+        """Bytes and the access log line once a proxied connection (``near``: the side that connected to
+        us, ``far``: the side we dialed) has ended."""
+        sent, received = near.bytes_in, far.bytes_in
+        self.metrics.inc("proconsul_proxy_bytes_total", (listener, "to_upstream"), sent)
+        self.metrics.inc("proconsul_proxy_bytes_total", (listener, "to_downstream"), received)
+        if self.access is not None:
+            self.access.info("connection", listener=listener, result="ok", start_time=round(started, 6),
+                             duration_ms=round((time.time() - started) * 1000, 3), bytes_sent=received,
+                             bytes_received=sent, **kw)  # fmt: skip
 
     # ------------------------------------------------------------------ outbound: upstream listeners
 
-    def _outbound_made(self, ep: Endpoint, up: Upstream) -> None:
+    def _outbound_made(self, ep: Endpoint, state: UpstreamState) -> None:
         self._track(ep)
         assert ep.transport is not None
         ep.transport.pause_reading()  # until the upstream is connected
-        self._spawn(self._outbound(ep, up))
+        self._spawn(self._outbound(ep, state, time.time()))
 
-    async def _outbound(self, client: Endpoint, up: Upstream) -> None:
+    async def _outbound(self, client: Endpoint, state: UpstreamState, started: float) -> None:
+        """Pick a target (split, then failover when a target has no healthy instance), then an instance
+        by the pool's policy; a failed dial is reported to the pool and retried on another instance."""
         contexts = self.contexts
-        assert contexts is not None
-        ready = self._instances_ready[up]
-        if not ready.is_set():
-            try:
-                async with asyncio.timeout(self.cfg.handshake_timeout):
-                    await ready.wait()
-            except TimeoutError:
-                pass
-        candidates = self._instances.get(up, [])
-        expected = identity.service_uri(contexts.trust_domain, up.datacenter or contexts.datacenter, up.destination)
-        tried: set[tuple[str, int]] = set()
+        up = state.upstream.destination
+        assert contexts is not None and client.transport is not None
+        await state.wait_ready(self.cfg.handshake_timeout)
+        chain = state.chain
+        peer = client.transport.get_extra_info("peername")
+        key = str(peer[0]).encode() if peer else None  # ring_hash/maglev at L4: the source IP
         loop = asyncio.get_running_loop()
-        errors = []
-        while len(tried) < MAX_DIAL_ATTEMPTS and not client.closed:
-            addr = identity.choose(candidates, tried, self.rng)
-            if addr is None:
+        errors: list[str] = []
+        attempts = 0
+        targets = routing.l4_targets(chain, self.rng.random() * 100.0) if chain is not None else []
+        for tid in targets:
+            pool = state.pools.get(tid)
+            target = chain.targets.get(tid) if chain is not None else None
+            if pool is None or target is None or not len(pool):
+                continue  # no healthy instance: fail over to the next target
+            if not pool.acquire("connections"):
+                self.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", (up, "max_connections"))
+                self.metrics.inc("proconsul_proxy_upstream_connections_total", (up, "overflow"))
+                self.log.warning("upstream connection refused: MaxConnections reached", upstream=up, target=tid,
+                                 limit=pool.config.limits.max_connections)  # fmt: skip
+                client.abort()
+                return
+            expected = identity.service_uri(contexts.trust_domain, target.datacenter, target.service)
+            timeout = self.connect_timeout(state, tid)
+            tried: set[Instance] = set()
+            while attempts < MAX_DIAL_ATTEMPTS and not client.closed:
+                inst = pool.pick(key, loop.time(), tried)
+                if inst is None:
+                    break
+                tried.add(inst)
+                attempts += 1
+                if attempts > 1:
+                    self.metrics.inc("proconsul_proxy_upstream_connect_retries_total", (up,))
+                t0 = loop.time()
+                remote = await self._dial(inst, contexts, expected, timeout, errors, up)
+                if remote is None:
+                    if pool.report(inst, False, loop.time()):
+                        self.metrics.inc("proconsul_proxy_upstream_ejections_total", (up, tid))
+                        self.log.warning("instance ejected after consecutive failures", upstream=up, target=tid,
+                                         instance=str(inst))  # fmt: skip
+                    continue
+                pool.report(inst, True, loop.time())
+                self.metrics.observe("proconsul_proxy_upstream_connect_seconds", loop.time() - t0, (up,))
+                self.stats["outbound_ok"] += 1
+                self.metrics.inc("proconsul_proxy_upstream_connections_total", (up, "ok"))
+                pool.begin(inst)
+                link(client, remote)
+
+                def done(_: Any, pool: UpstreamPool = pool, inst: Instance = inst, remote: Endpoint = remote,
+                         tid: str = tid) -> None:  # fmt: skip
+                    pool.end(inst)
+                    pool.release("connections")
+                    self._finished(up, client, remote, started, downstream=_fmt(peer), target=tid, instance=str(inst))
+
+                remote.done.add_done_callback(done)
+                return
+            pool.release("connections")
+            if attempts >= MAX_DIAL_ATTEMPTS or client.closed:
                 break
-            tried.add(addr)
-            remote: Endpoint | None = None
-            try:
-                async with asyncio.timeout(self.cfg.local_connect_timeout):
-                    _, remote = await loop.create_connection(Endpoint, addr[0], addr[1])
-                self._track(remote)
-                handshake = remote.start_tls(contexts.client, server_side=False)
-                async with asyncio.timeout(self.cfg.handshake_timeout):
-                    await handshake
-                identity.check_server(identity.uri_sans(remote.peercert()), expected)
-            except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
-                if remote is not None:
-                    remote.abort()
-                errors.append(f"{_fmt(addr)}: {_why(exc)}")
-                self.log.warning("upstream dial failed", upstream=up.destination, instance=_fmt(addr), error=_why(exc))
-                continue
-            self.stats["outbound_ok"] += 1
-            link(client, remote)
-            return
         self.stats["outbound_failed"] += 1
-        self.log.warning("upstream connection closed: no instance reachable", upstream=up.destination,
-                         instances=len(candidates), errors=errors)  # fmt: skip
+        self.metrics.inc("proconsul_proxy_upstream_connections_total", (up, "failed" if attempts else "no_instance"))
+        self.log.warning("upstream connection closed: no instance reachable", upstream=up, targets=targets,
+                         errors=errors)  # fmt: skip
+        if self.access is not None:
+            self.access.info("connection", listener=up, downstream=_fmt(peer), result="failed", errors=errors)
         client.close()
+
+    async def _dial(self, inst: Instance, contexts: Contexts, expected: str, timeout: float, errors: list[str],
+                    up: str) -> Endpoint | None:  # fmt: skip
+        """TCP connect and mTLS handshake with one instance, checking it is ``expected``; None on failure."""
+        loop = asyncio.get_running_loop()
+        remote: Endpoint | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                _, remote = await loop.create_connection(Endpoint, inst.host, inst.port)
+            self._track(remote)
+            handshake = remote.start_tls(contexts.client, server_side=False)
+            async with asyncio.timeout(self.cfg.handshake_timeout):
+                await handshake
+            identity.check_server(identity.uri_sans(remote.peercert()), expected)
+        except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
+            if remote is not None:
+                remote.abort()
+            errors.append(f"{inst}: {_why(exc)}")
+            self.log.warning("upstream dial failed", upstream=up, instance=str(inst), error=_why(exc))
+            return None
+        return remote
+
+    # ------------------------------------------------------------------ metrics listener
+
+    async def _serve_metrics(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A minimal HTTP/1.1 endpoint: ``GET /metrics`` (and Envoy's ``/stats/prometheus``) answer the
+        Prometheus text; anything else 404. One request per connection."""
+        try:
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+            line = head.split(b"\r\n", 1)[0].split()
+            path = line[1].split(b"?", 1)[0] if len(line) >= 2 else b""
+            if len(line) >= 2 and line[0] in (b"GET", b"HEAD") and path in (b"/metrics", b"/stats/prometheus"):
+                body = self.metrics.render().encode()
+                status, ctype = b"200 OK", CONTENT_TYPE.encode()
+            else:
+                body, status, ctype = b"404 page not found\n", b"404 Not Found", b"text/plain; charset=utf-8"
+            writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype + b"\r\nContent-Length: " +
+                         str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" +
+                         (body if line[0] != b"HEAD" else b""))  # fmt: skip
+            await writer.drain()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, IndexError):
+            pass
+        finally:
+            writer.close()
 
 
 def _fmt(addr: Any) -> str:
@@ -325,3 +729,6 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason)
     return str(exc) or type(exc).__name__
+
+
+__all__ = ["Contexts", "Proxy", "UpstreamState"]

@@ -305,6 +305,9 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
                 "DNSPort": agent.dns_addr[1] if agent.dns_addr else cfg.ports.dns,
                 "DNSDomain": cfg.domain,
                 "EnableScriptChecks": cfg.enable_script_checks,
+                # Consul's runtime config field: what decides a connection no intention matches (with
+                # the ACL default policy when empty); sidecars decide in process and read it here.
+                "DefaultIntentionPolicy": cfg.default_intention_policy,
                 "ProconsulVersion": __version__,
                 # Proconsul's: an agent running without ACLs (default deny) or mutual TLS, and why
                 # (registry/posture.py); -dev is open by design and reports false.

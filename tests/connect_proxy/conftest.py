@@ -66,15 +66,20 @@ class EchoApp:
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """Every async test here runs on both loops: the CLI runs the proxy on uvloop, whose transports
-    differ from asyncio's."""
+    differ from asyncio's. Tests marked slow run the proxies as processes (on uvloop, as the CLI
+    does): the test's own loop only drives clients, once is enough."""
     import uvloop
 
+    if item.get_closest_marker("slow") is not None:
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
-async def agent() -> AsyncIterator[RunningAgent]:
-    async with async_dev_agent() as running:
+async def agent(request: pytest.FixtureRequest) -> AsyncIterator[RunningAgent]:
+    """A dev agent; ``@pytest.mark.agent_config(**keys)`` passes it Consul config keys."""
+    marker = request.node.get_closest_marker("agent_config")
+    async with async_dev_agent(**(marker.kwargs if marker else {})) as running:
         running.agent.connect.leaf.root_change_jitter = 0.2  # Consul's 30 s window, shortened for tests
         yield running
 
@@ -108,13 +113,14 @@ async def start_proxy(agent: RunningAgent) -> AsyncIterator[Callable[..., Awaita
     proxies: list[Proxy] = []
 
     async def start(service: str, *, local_port: int | None = None, upstreams: dict[str, int] | None = None,
-                    public: bool = True, base: str | None = None) -> Proxy:  # fmt: skip
+                    public: bool = True, base: str | None = None, **extra: Any) -> Proxy:  # fmt: skip
         cfg = ProxyConfig(
             service=service,
             public=("127.0.0.1", 0) if public else None,
             local_service=("127.0.0.1", local_port) if local_port else None,
             upstreams=tuple(Upstream(d, "127.0.0.1", p) for d, p in (upstreams or {}).items()),
             handshake_timeout=5.0,
+            **extra,
         )
         proxy = Proxy(cfg, AgentClient(base or agent.url, wait="10s"), retry_first=0.05, retry_cap=0.2)
         proxies.append(proxy)
