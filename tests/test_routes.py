@@ -49,6 +49,26 @@ def test_the_longest_prefix_wins_and_exact_paths_come_first() -> None:
     assert router.resolve("/v1/nothing/here") == (None, "")
 
 
+def test_resolve_is_the_longest_matching_prefix_for_any_path() -> None:
+    """The router looks up the prefixes ending at the path's own slashes; that must choose exactly what
+    trying every prefix of the table, longest first, chooses."""
+    router = Router(ROUTES)
+    prefixes = sorted(router.prefix, key=len, reverse=True)
+
+    def naive(path: str) -> tuple[dict[str, Route] | None, str]:
+        if path in router.exact:
+            return router.exact[path], ""
+        for p in prefixes:
+            if path.startswith(p):
+                return router.prefix[p], path[len(p) :]
+        return None, ""
+
+    tails = ["", "x", "a/b", "a/b/", "/", "//", "web/", "a" * 50 + "/b", "/".join("k" * 2000)]
+    paths = [p + t for p in [*prefixes, *router.exact, "/v1/", "/v1", "/", "", "/v2/kv/", "/v1/kvx/"] for t in tails]
+    for path in paths:
+        assert router.resolve(path) == naive(path), path
+
+
 @pytest.mark.parametrize(
     ("bad", "words"),
     [

@@ -65,7 +65,8 @@ class GuardedServer(web.Server):
     - ``read_timeout`` (``limits.http_read_timeout``): a client must finish sending a request's headers
       within it of connecting or of its previous response (aiohttp's keep-alive timer, which closes a
       connection whose handler still waits for a request: a client trickling headers byte by byte is cut
-      off), and may pause no longer than it while sending a body (``registry.api.http.read_body``);
+      off), and may pause no longer than it while sending a body (``Api.read_body``, which reads the same
+      limit from the config);
     - requests the HTTP parser rejects (a line or header too long, bad framing) are answered with Go's
       bare texts and logged without their bytes: the rejected line may carry ``?token=``.
     """
@@ -89,14 +90,10 @@ class GuardedServer(web.Server):
 class GuardedHandler(RequestHandler):
     """One connection of a ``GuardedServer``."""
 
-    # The longest pause while a body is read (registry.api.http.read_body reads this).
-    body_read_timeout: float | None = None
-
     def __init__(self, manager: GuardedServer, **kwargs: object) -> None:
         super().__init__(manager, **kwargs)  # type: ignore[arg-type]
         self._guard = manager
         self._client: str | None = None
-        self.body_read_timeout = manager.read_timeout
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         guard = self._guard

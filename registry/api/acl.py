@@ -50,7 +50,7 @@ from registry.acl.rules import render_hcl
 from registry.api.decode import depth_error
 from registry.api.enforce import request_secret
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import (
     ACLAuthMethodDelete,
@@ -124,8 +124,8 @@ def _canonical(value: Any) -> Any:
     return out
 
 
-async def _body(request: web.Request, what: str) -> dict[str, Any]:
-    raw = await read_body(request)
+async def _body(api: Api, request: web.Request, what: str) -> dict[str, Any]:
+    raw = await api.read_body(request)
     if not raw.strip():
         return {}
     too_deep = depth_error(raw)
@@ -354,7 +354,7 @@ async def _not_found_as_403(api: Api, request: web.Request, run: Callable[[State
 
 async def token_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
-    data = _token_input(await _body(request, "Token"))
+    data = _token_input(await _body(api, request, "Token"))
     data["AccessorID"] = data.get("AccessorID") or _new_id()
     data["SecretID"] = data.get("SecretID") or _new_id()
     data["CreateTime"] = _now_ns()
@@ -414,7 +414,7 @@ async def token_item(api: Api, request: web.Request, suffix: str) -> web.StreamR
             await api.propose(ACLTokenDelete((suffix,)))
         return api.json(request, True)
     # PUT: update
-    data = _token_input(await _body(request, "Token"))
+    data = _token_input(await _body(api, request, "Token"))
     if data.get("AccessorID") and data["AccessorID"] != suffix:
         raise HTTPError(400, "Token Accessor ID in URL and payload do not match")
     data["AccessorID"] = suffix
@@ -424,7 +424,7 @@ async def token_item(api: Api, request: web.Request, suffix: str) -> web.StreamR
 
 
 async def _token_clone(api: Api, request: web.Request, accessor: str) -> web.StreamResponse:
-    data = await _body(request, "Token")
+    data = await _body(api, request, "Token")
     description = data.get("Description") or ""
     if not isinstance(description, str):
         raise HTTPError(400, "Token decoding failed: Description must be a string")
@@ -459,7 +459,7 @@ async def token_list(api: Api, request: web.Request, _: str) -> web.StreamRespon
 
 async def policy_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
-    data = await _body(request, "Policy")
+    data = await _body(api, request, "Policy")
     if data.get("ID"):
         raise HTTPError(400, "Cannot specify the ID when creating a new policy")
     data["ID"] = _new_id()
@@ -478,7 +478,7 @@ async def policy_item(api: Api, request: web.Request, suffix: str) -> web.Stream
     if method == "DELETE":
         await api.propose(ACLPolicyDelete(suffix))
         return api.json(request, True)
-    data = await _body(request, "Policy")
+    data = await _body(api, request, "Policy")
     if data.get("ID") and data["ID"] != suffix:
         raise HTTPError(400, "Policy ID in URL and payload do not match")
     data["ID"] = suffix
@@ -520,7 +520,7 @@ async def policy_list(api: Api, request: web.Request, _: str) -> web.StreamRespo
 
 async def role_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
-    data = await _body(request, "Role")
+    data = await _body(api, request, "Role")
     if data.get("ID"):
         raise HTTPError(400, "Cannot specify the ID when creating a new role")
     data["ID"] = _new_id()
@@ -539,7 +539,7 @@ async def role_item(api: Api, request: web.Request, suffix: str) -> web.StreamRe
     if method == "DELETE":
         await api.propose(ACLRoleDelete(suffix))
         return api.json(request, True)
-    data = await _body(request, "Role")
+    data = await _body(api, request, "Role")
     if data.get("ID") and data["ID"] != suffix:
         raise HTTPError(400, "Role ID in URL and payload do not match")
     data["ID"] = suffix
@@ -602,7 +602,7 @@ async def _auth_method_write(api: Api, request: web.Request, data: dict[str, Any
 
 async def auth_method_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
-    return await _auth_method_write(api, request, await _body(request, "AuthMethod"))
+    return await _auth_method_write(api, request, await _body(api, request, "AuthMethod"))
 
 
 async def auth_method_item(api: Api, request: web.Request, name: str) -> web.StreamResponse:
@@ -621,7 +621,7 @@ async def auth_method_item(api: Api, request: web.Request, name: str) -> web.Str
     if method == "DELETE":
         await api.propose(ACLAuthMethodDelete(name))
         return api.json(request, True)
-    data = await _body(request, "AuthMethod")
+    data = await _body(api, request, "AuthMethod")
     if data.get("Name") and data["Name"] != name:
         raise HTTPError(400, "AuthMethod Name in URL and payload do not match")
     data["Name"] = name
@@ -658,7 +658,7 @@ async def _binding_rule_write(api: Api, request: web.Request, data: dict[str, An
 
 async def binding_rule_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _require_enabled(api)
-    data = await _body(request, "BindingRule")
+    data = await _body(api, request, "BindingRule")
     if data.get("ID"):
         raise HTTPError(400, "Cannot specify the ID when creating a new binding rule")
     data["ID"] = _new_id()
@@ -681,7 +681,7 @@ async def binding_rule_item(api: Api, request: web.Request, rid: str) -> web.Str
     if method == "DELETE":
         await api.propose(ACLBindingRuleDelete(rid))
         return api.json(request, True)
-    data = await _body(request, "BindingRule")
+    data = await _body(api, request, "BindingRule")
     if data.get("ID") and data["ID"] != rid:
         raise HTTPError(400, "BindingRule ID in URL and payload do not match")
     if not is_uuid(rid):
@@ -740,7 +740,7 @@ async def internal_authorize(api: Api, request: web.Request, _: str) -> web.Stre
     """Consul's ``/v1/internal/acl/authorize`` (used by the UI): each {Resource, Segment, Access} answered
     with ``Allow`` for the caller's token, by this agent's resolver."""
     _require_enabled(api)
-    raw = await read_body(request)
+    raw = await api.read_body(request)
     too_deep = depth_error(raw)
     if too_deep is not None:
         raise HTTPError(400, f"Failed to decode request body: {too_deep}")
@@ -776,7 +776,7 @@ async def internal_authorize(api: Api, request: web.Request, _: str) -> web.Stre
 async def agent_token(api: Api, request: web.Request, kind: str) -> web.StreamResponse:
     """PUT /v1/agent/token/<kind> (Consul's AgentToken): set one of this agent's tokens."""
     _require_enabled(api)
-    data = await _body(request, "Request")
+    data = await _body(api, request, "Request")
     secret = data.get("Token", "")
     if not isinstance(secret, str):
         raise HTTPError(400, "Request decode failed: Token must be a string")

@@ -39,7 +39,6 @@ from registry.api.acl import token_json
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import request_secret
 from registry.api.errors import HTTPError
-from registry.api.http import read_body
 from registry.api.jwks import JWKSCache, JWKSError
 from registry.api.routing import Route, route
 from registry.commands import ACLTokenDelete, ACLTokenSet, Command
@@ -195,7 +194,7 @@ def _login_body(raw: bytes) -> tuple[str, str, dict[str, str] | None]:
 
 async def login(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     service = _service(api)
-    method, bearer, meta = _login_body(await read_body(request, MAX_LOGIN_BODY))
+    method, bearer, meta = _login_body(await api.read_body(request, MAX_LOGIN_BODY))
     token = await service.login(method, bearer, meta, now=time.time())
     return api.json(request, dict(token))
 

@@ -14,7 +14,6 @@ from registry.api.catalog import query_filter
 from registry.api.decode import parse_json
 from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import read_body
 from registry.api.routing import Route, route
 from registry.config import ConfigError
 from registry.posture import insecure_reasons
@@ -33,8 +32,8 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------- handlers
 
 
-async def _json_body(request: web.Request) -> Any:
-    body = await read_body(request)
+async def _json_body(api: Api, request: web.Request) -> Any:
+    body = await api.read_body(request)
     try:
         return parse_json(body)
     except DecodeError as exc:
@@ -43,7 +42,7 @@ async def _json_body(request: web.Request) -> Any:
 
 async def service_register(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     agent = api.agent
-    raw = await _json_body(request)
+    raw = await _json_body(api, request)
     if raw is None:
         raise HTTPError(400, "Request decode failed: EOF")
     rules = agent.registration_rules()
@@ -154,7 +153,7 @@ async def checks(api: Api, request: web.Request, _: str) -> web.StreamResponse:
 
 
 async def check_register(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    raw = await _json_body(request)
+    raw = await _json_body(api, request)
     if raw is None:
         raise HTTPError(400, "Request decode failed: EOF")
     spec = build_check_registration(api.agent.registration_rules(), raw)
@@ -188,7 +187,7 @@ def _ttl_handler(status: str):  # noqa: ANN202
 
 
 async def check_update(api: Api, request: web.Request, cid: str) -> web.StreamResponse:
-    raw = await _json_body(request)
+    raw = await _json_body(api, request)
     try:
         d = decode(raw if raw is not None else {}, {"Status": "str", "Output": "str"})
     except DecodeError as exc:

@@ -11,7 +11,7 @@ from registry.api import views
 from registry.api.decode import parse_json
 from registry.api.enforce import filter_list, mark_filtered, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import Deregister, Register
 from registry.connect.state import get_entry
@@ -71,7 +71,7 @@ def tags_match(svc: Service, tags: list[str]) -> bool:
 
 
 async def register_handler(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    body = await read_body(request)
+    body = await api.read_body(request)
     try:
         d = decode(parse_json(body), CATALOG_REGISTER_SCHEMA)
     except DecodeError as exc:
@@ -159,7 +159,7 @@ async def register_handler(api: Api, request: web.Request, _: str) -> web.Stream
 
 
 async def deregister(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    body = await read_body(request)
+    body = await api.read_body(request)
     try:
         d = decode(parse_json(body), CATALOG_DEREGISTER_SCHEMA)
     except DecodeError as exc:

@@ -23,7 +23,7 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import ConfigEntryDelete, ConfigEntryUpsert
 from registry.connect.state import (
@@ -110,7 +110,7 @@ def _kind(kind: str) -> str:
 
 
 async def put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    body = await read_body(request)
+    body = await api.read_body(request)
     try:
         raw = parse_json(body)
     except DecodeError as exc:

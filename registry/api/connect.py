@@ -23,7 +23,7 @@ from registry.api.catalog import query_filter
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import filter_list, request_authz, request_token
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import IntentionDelete, IntentionDeleteExact, IntentionWrite
 from registry.connect.signer import RateLimited, SignError
@@ -47,8 +47,8 @@ def _connect(api: Api) -> Connect:
     return connect
 
 
-async def _json_body(request: web.Request) -> Any:
-    body = await read_body(request)
+async def _json_body(api: Api, request: web.Request) -> Any:
+    body = await api.read_body(request)
     try:
         return parse_json(body)
     except DecodeError as exc:
@@ -119,7 +119,7 @@ async def ca_configuration_get(api: Api, request: web.Request, _: str) -> web.St
 
 async def ca_configuration_put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     connect = _connect(api)
-    body = await _json_body(request)
+    body = await _json_body(api, request)
     if body is None:
         raise HTTPError(400, "Request decode failed: EOF")
     try:
@@ -165,7 +165,7 @@ def render_flat(api: Api, request: web.Request, obj: dict[str, Any]) -> bytes:
 
 async def agent_authorize(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     connect = _connect(api)
-    body = await _json_body(request)
+    body = await _json_body(api, request)
     if not isinstance(body, Mapping):
         raise HTTPError(400, "Request decode failed: body must be a JSON object")
     # The caller's token rides with a client agent's ConnectCA.Authorize: the server checks it too.
@@ -256,7 +256,7 @@ def _intention_from_body(body: Any) -> Intention:
 
 async def intentions_create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _connect(api)
-    body = await _json_body(request)
+    body = await _json_body(api, request)
     ixn = _intention_from_body(body)
     if ixn.id:
         raise HTTPError(400, "ID must be empty when creating a new intention")
@@ -294,7 +294,7 @@ async def intention_exact_get(api: Api, request: web.Request, _: str) -> web.Str
 async def intention_exact_put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     _connect(api)
     src, dst = _exact_pair(request)
-    body = await _json_body(request)
+    body = await _json_body(api, request)
     if not isinstance(body, Mapping):
         raise HTTPError(400, "Request decode failed: body must be a JSON object")
     fields = {str(k).lower(): v for k, v in body.items()}
@@ -385,7 +385,7 @@ async def intention_by_id(api: Api, request: web.Request, ixn_id: str) -> web.St
     if request.method == "DELETE":
         await api.propose(IntentionDelete(ixn_id, _now()))
         return api.json(request, True)
-    body = await _json_body(request)
+    body = await _json_body(api, request)
     if isinstance(body, Mapping):
         body = {k: v for k, v in body.items() if str(k).lower() != "id"}  # the path names the intention
     ixn = _intention_from_body(body)

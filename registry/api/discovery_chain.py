@@ -15,7 +15,7 @@ from aiohttp import web
 
 from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.connect.state import TABLE_CONFIG, entry_key
 from registry.discoverychain import ChainError, Overrides, compile_chain, read_entries
@@ -84,7 +84,7 @@ async def read_chain(api: Api, request: web.Request, suffix: str) -> web.StreamR
     if not name:
         raise HTTPError(400, "Missing chain name")
     datacenter = request.query.get("compile-dc") or api.config.datacenter
-    overrides = parse_overrides(await read_body(request)) if request.method == "POST" else Overrides()
+    overrides = parse_overrides(await api.read_body(request)) if request.method == "POST" else Overrides()
     connect = api.connect
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:

@@ -15,7 +15,7 @@ from aiohttp import web
 from registry.api import views
 from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import KV, KVOp
 from registry.state.store import StateStore, WatchSet
@@ -119,7 +119,7 @@ async def put(api: Api, request: web.Request, key: str) -> web.StreamResponse:
     flags = _uint(request, "flags") or 0
     cas = _uint(request, "cas")
     limit = api.config.kv_max_value_size
-    value = await read_body(
+    value = await api.read_body(
         request,
         limit,
         too_large=f"Request body({{size}} bytes) too large, max size: {limit} bytes. See "

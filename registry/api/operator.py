@@ -13,7 +13,6 @@ import msgpack
 from aiohttp import web
 
 from registry.api.errors import HTTPError
-from registry.api.http import read_body
 from registry.api.routing import Route, route
 from registry.commands import SnapshotRestore
 from registry.consensus import RPCError
@@ -108,7 +107,7 @@ async def snapshot_get(api: Api, request: web.Request, _: str) -> web.StreamResp
 
 
 async def snapshot_put(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    blob = await read_body(request, MAX_RESTORE)
+    blob = await api.read_body(request, MAX_RESTORE)
     try:
         data = decode_snapshot(blob)
         from registry.state.store import StateStore

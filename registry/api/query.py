@@ -32,7 +32,7 @@ from registry.api import views
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import mark_filtered, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import PreparedQueryDelete, PreparedQuerySet
 from registry.gocompat import go_parse_bool
@@ -102,7 +102,7 @@ def _validate(q: PreparedQuery) -> None:
 
 
 async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    q = _decode(await read_body(request))
+    q = _decode(await api.read_body(request))
     if q.id:
         raise HTTPError(400, "ID must be empty when creating a new prepared query")
     store = api.store
@@ -181,7 +181,7 @@ async def update(api: Api, request: web.Request, suffix: str) -> web.StreamRespo
     ident, action = _split(suffix)
     if action:
         return _method_not_allowed(api, request.method)
-    body = await read_body(request)
+    body = await api.read_body(request)
     q = _decode(body) if body.strip() else PreparedQuery()
     q = replace(q, id=ident, create_index=0, modify_index=0)  # the ID is the path's, never the body's
     authz = request_authz(request)

@@ -15,7 +15,7 @@ from aiohttp import web
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult, read_body
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
 from registry.commands import SessionCreate, SessionDestroy
 from registry.sessions import SessionError, build_session
@@ -33,7 +33,7 @@ def _new_id(store: StateStore) -> str:
 
 
 async def create(api: Api, request: web.Request, _: str) -> web.StreamResponse:
-    raw = await read_body(request)
+    raw = await api.read_body(request)
     try:
         body = parse_json(raw)
     except DecodeError as exc:

@@ -42,7 +42,6 @@ from registry.acl.errors import PermissionDenied
 from registry.api.decode import depth_error
 from registry.api.enforce import FILTERED, PRESENTED, mark_filtered, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import read_body
 from registry.api.routing import Route, route
 from registry.api.views import check_json, kv_json, node_json, service_json
 from registry.commands import CheckOp, KVOp, NodeOp, ServiceOp, Txn, TxnOp
@@ -521,7 +520,7 @@ async def put(api: Api, request: web.Request, _suffix: str) -> web.StreamRespons
         too_large = f"Request body({{size}} bytes) too large, max size: {limit} bytes. See {_LIMIT_DOC}."
     else:
         too_large = f"Request body too large, max size: {limit} bytes. See {_LIMIT_DOC}."
-    body = await read_body(request, limit, too_large=too_large)
+    body = await api.read_body(request, limit, too_large=too_large)
     try:
         ops = parse_ops(body, cfg.datacenter)
     except ParseError as exc:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
 TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
 LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
 PROPOSAL_TIMEOUT = 30.0
+# A proposal's deadline sits in a queue until it is answered; a proposal stuck at the head keeps answered
+# ones behind it, and past this many the queue is compacted.
+EXPIRY_COMPACT = 4096
 ELECTION_TICKS = 10
 
 
@@ -109,6 +113,9 @@ class ServerBase(Generic[SM]):
         self._pending: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._deferred: list[tuple[bytes, asyncio.Future[Any]]] = []  # proposals refused during a leadership transfer
         self._proposals: dict[int, Proposal] = {}
+        # (deadline, future) of every local proposal, in the order made: all share one timeout, so the
+        # deadlines are in order too, and one sweep a tick fails the expired ones (``_expire_proposals``).
+        self._expiry: deque[tuple[float, asyncio.Future[Any]]] = deque()
         self._reads: dict[bytes, asyncio.Future[int]] = {}
         self._apply_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._read_ids = itertools.count(1)
@@ -156,13 +163,28 @@ class ServerBase(Generic[SM]):
             await asyncio.sleep(0.02)
 
     async def _propose_bytes(self, data: bytes) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        """Submit one proposal and wait for its result; NotLeaderError after ``PROPOSAL_TIMEOUT``.
+
+        The timeout is the ticker's sweep (``_expire_proposals``), not an ``asyncio.wait_for`` per
+        proposal: that armed a timer, made a second future and added and removed a done-callback on every
+        write, a cost the leader paid thousands of times a second for a timeout that almost never fires."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._pending.append((data, fut))
+        self._expiry.append((loop.time() + PROPOSAL_TIMEOUT, fut))
         self._wake.set()
-        try:
-            return await asyncio.wait_for(fut, PROPOSAL_TIMEOUT)
-        except TimeoutError as exc:
-            raise NotLeaderError(None) from exc
+        return await fut
+
+    def _expire_proposals(self, now: float) -> None:
+        """Fail the proposals whose deadline has passed (the caller sees NotLeaderError, its outcome
+        unknown), and forget the answered ones at the head of the queue."""
+        expiry = self._expiry
+        while expiry and (expiry[0][1].done() or expiry[0][0] <= now):
+            _, fut = expiry.popleft()
+            if not fut.done():
+                fut.set_exception(NotLeaderError(None))
+        if len(expiry) > EXPIRY_COMPACT:
+            self._expiry = deque(e for e in expiry if not e[1].done())
 
 
 def log_task_failure(task: asyncio.Task[Any]) -> None:

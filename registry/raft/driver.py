@@ -111,6 +111,7 @@ class RaftServer(RPCHandlers[SM]):
                 # ...but then the node's clock lags real time, and a lease counted in its ticks could
                 # outlive the followers' election timeout: no lease reads for one election timeout.
                 self._lease_embargo_until = next_at + ELECTION_TICKS * self.opts.tick
+            self._expire_proposals(loop.time())
             if self.node is not None:
                 self.node.tick()
                 self._tick_due = next_at

@@ -250,3 +250,28 @@ async def test_restart_after_an_install_interrupted_before_the_log_was_discarded
         assert server.fsm.store.kv["after"].value == b"ok"
     finally:
         await c.close()
+
+
+async def test_a_proposal_nobody_answers_fails_at_its_deadline(tmp_path: Path) -> None:
+    """The proposal timeout is one sweep a tick over the deadlines in order, not a timer per proposal: an
+    expired proposal fails with NotLeaderError, answered ones leave the queue, and a proposal stuck at the
+    head does not keep thousands of answered ones behind it."""
+    from registry.consensus import NotLeaderError
+    from registry.raft.base import EXPIRY_COMPACT, PROPOSAL_TIMEOUT
+
+    server = RaftServer(Cluster(tmp_path, 1).options(0, expect=1), FSM(), server_transport(RPCRouter()),
+                        CommandResults())  # fmt: skip
+    loop = asyncio.get_running_loop()
+    stuck = loop.create_task(server._propose_bytes(b"never answered"))
+    await asyncio.sleep(0)
+    answered = [loop.create_task(server._propose_bytes(b"x")) for _ in range(EXPIRY_COMPACT + 10)]
+    await asyncio.sleep(0)
+    for _, fut in server._pending[1:]:
+        fut.set_result(True)
+    assert all(await asyncio.gather(*answered))
+    server._expire_proposals(loop.time())
+    assert not stuck.done() and len(server._expiry) == 1  # compacted down to the one still waiting
+    server._expire_proposals(loop.time() + PROPOSAL_TIMEOUT + 0.1)
+    with pytest.raises(NotLeaderError):
+        await stuck
+    assert not server._expiry
