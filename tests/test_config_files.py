@@ -77,7 +77,7 @@ def test_hcl_directory_loads_like_its_json_twin(role: str, pki: Path, tmp_path: 
                                        "default": "8f1e2d3c-0000-4000-8000-000000000002"}}  # fmt: skip
     assert from_hcl.tls["defaults"]["cert_file"] == f"{pki}/dc1-server-consul-0.pem"
     assert from_hcl.tls["internal_rpc"] == {"verify_server_hostname": True}
-    assert from_hcl.extra["telemetry"] == {"prometheus_retention_time": "60s", "disable_hostname": True}
+    assert (from_hcl.telemetry.prometheus_retention_time, from_hcl.telemetry.disable_hostname) == (60.0, True)
     assert [s["name"] for s in from_hcl.services] == ["db", "cache", "web"]
     # The services register as the HTTP API would register them.
     rules = RegistrationRules(from_hcl.node_name)
