@@ -32,6 +32,7 @@ from registry.acl.objects import (
     is_uuid,
     reserved,
 )
+from registry.autopilot import AutopilotConfig, AutopilotConfigError
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
 from registry.sessions import Session, SessionError, session_from_command
 from registry.structs import Check, Node, Service
@@ -882,6 +883,36 @@ def _acl_binding_rule_from_wire(cmd: Wire) -> ACLBindingRuleSet | ACLBindingRule
     raise CommandError(f"invalid ACL binding rule operation {op!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class AutopilotSetConfig:
+    """Consul's ``AutopilotSetConfigRequest`` (message type ``AutopilotRequestType``): replace the autopilot
+    configuration; with ``cas``, only if its ModifyIndex is still ``index``. ``init`` is the leader seeding
+    the agent config's ``autopilot`` block, applied only when no configuration is stored yet."""
+
+    TYPE: ClassVar[str] = "autopilot.set"
+    config: AutopilotConfig
+    cas: bool = False
+    index: int = 0
+    init: bool = False
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Config": self.config.to_wire(), "CAS": self.cas, "Index": self.index,
+                "Init": self.init}  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> AutopilotSetConfig:
+        raw, index = cmd.get("Config"), cmd.get("Index", 0)
+        if not isinstance(raw, dict):
+            raise CommandError("Config must be a map")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < U64:
+            raise CommandError("Index must be a non-negative integer")
+        try:
+            config = AutopilotConfig.from_wire(raw)
+        except AutopilotConfigError as exc:
+            raise CommandError(f"Error parsing autopilot config: {exc}") from None
+        return cls(config, bool(cmd.get("CAS")), index, bool(cmd.get("Init")))
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
@@ -889,7 +920,7 @@ Command = (
     | SnapshotRestore | CASet | ConfigEntryUpsert | ConfigEntryDelete | IntentionWrite | IntentionDelete
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
-    | ACLBindingRuleDelete
+    | ACLBindingRuleDelete | AutopilotSetConfig
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -914,6 +945,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     ACLRoleSet.TYPE: _acl_role_from_wire,
     ACLAuthMethodSet.TYPE: _acl_auth_method_from_wire,
     ACLBindingRuleSet.TYPE: _acl_binding_rule_from_wire,
+    AutopilotSetConfig.TYPE: AutopilotSetConfig.from_wire,
 }
 
 

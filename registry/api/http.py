@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from registry.acl.resolver import TokenResolver
+    from registry.agent.autopilot import Autopilot
     from registry.agent.local import LocalCheck, LocalService
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
@@ -168,6 +169,7 @@ class Api:
         connect: Connect | None = None,
         acl: TokenResolver | None = None,
         acl_tokens: AgentTokenSetter | None = None,
+        autopilot: Autopilot | None = None,
     ) -> None:
         self.agent = local
         self.acl_tokens = acl_tokens
@@ -176,6 +178,7 @@ class Api:
         self.consensus = consensus
         self.hub = hub
         self.connect = connect
+        self.autopilot = autopilot  # a server's autopilot (None on a client agent: it forwards to a server)
         self.is_client = not config.server and not config.dev
         self.router = Router(routes)
         # key -> (store id, index, status, body, gzipped body, authorizer rendered for, filtered by ACLs)
