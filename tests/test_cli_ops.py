@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -61,3 +62,98 @@ def test_autopilot_get_set_and_state(dev: str) -> None:
     state = json.loads(ok("operator", "autopilot", "state", "-format", "json", "-http-addr", dev))
     assert state["Healthy"] is True and state["Voters"] == [state["Leader"]]
     assert run("operator", "autopilot", "state", "-format", "yaml", "-http-addr", dev).returncode == 1
+
+
+def test_info_prints_the_stats_sections(dev: str) -> None:
+    out = ok("info", "-http-addr", dev)
+    sections = [line[:-1] for line in out.splitlines() if not line.startswith("\t")]
+    assert sections == ["agent", "build", "consul", "raft", "runtime", "serf_lan"]
+    assert "\tleader = true" in out.splitlines() and "\tserver = true" in out.splitlines()
+    assert any(line.startswith("\tversion = ") for line in out.splitlines())
+    stats = api(dev, "GET", "/v1/agent/self")["Stats"]
+    assert f"\tapplied_index = {stats['raft']['applied_index']}" in out or "applied_index" in out
+
+
+def test_maint_node_and_service(dev: str) -> None:
+    api(dev, "PUT", "/v1/agent/service/register", {"Name": "maint-web", "ID": "maint-web1", "Port": 80})
+    assert ok("maint", "-http-addr", dev) == ""
+    assert ok("maint", "-enable", "-reason", "disk swap", "-http-addr", dev).strip() == "Node maintenance is now enabled"
+    assert ok("maint", "-enable", "-service", "maint-web1", "-http-addr", dev).strip() == \
+        'Service maintenance is now enabled for "maint-web1"'  # fmt: skip
+    listed = ok("maint", "-http-addr", dev)
+    assert "Node:\n  Name:   ops-node\n  Reason: disk swap\n" in listed
+    assert "Service:\n  ID:     maint-web1\n  Reason: " in listed
+    checks = api(dev, "GET", "/v1/agent/checks")
+    assert checks["_node_maintenance"]["Status"] == "critical" and checks["_node_maintenance"]["Notes"] == "disk swap"
+    assert ok("maint", "-disable", "-http-addr", dev).strip() == "Node maintenance is now disabled"
+    assert ok("maint", "-disable", "-service", "maint-web1", "-http-addr", dev).strip() == \
+        'Service maintenance is now disabled for "maint-web1"'  # fmt: skip
+    assert ok("maint", "-http-addr", dev) == ""
+    for args, err in ((("-enable", "-disable"), "Only one of -enable or -disable may be provided"),
+                      (("-reason", "x"), "Reason may only be provided with -enable"),
+                      (("-service", "x"), "Service requires either -enable or -disable")):  # fmt: skip
+        out = run("maint", *args, "-http-addr", dev)
+        assert out.returncode == 1 and err in out.stderr.decode()
+    out = run("maint", "-enable", "-service", "nope", "-http-addr", dev)
+    assert out.returncode == 1 and "Error enabling service maintenance: Unexpected response code: 404" in \
+        out.stderr.decode()  # fmt: skip
+
+
+class Streamed:
+    """A ``proconsul monitor`` process whose output a thread collects."""
+
+    def __init__(self, dev: str, *flags: str) -> None:
+        import threading
+
+        self.proc = subprocess.Popen([BIN, "monitor", "-http-addr", dev, *flags], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)  # fmt: skip
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.append(raw.decode())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_monitor_streams_filtered_lines_text_and_json(dev: str) -> None:
+    import time
+
+    api(dev, "PUT", "/v1/agent/check/register", {"Name": "mon", "CheckID": "mon-ttl", "TTL": "300s"})
+    text, as_json, errors = Streamed(dev, "-log-level", "info"), Streamed(dev, "-log-json"), \
+        Streamed(dev, "-log-level", "ERROR")  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        flip = 0
+        while time.monotonic() < deadline:
+            flip += 1
+            api(dev, "PUT", f"/v1/agent/check/{'pass' if flip % 2 else 'fail'}/mon-ttl")
+            seen = [lines for lines in (text.lines, as_json.lines)
+                    if sum("check status changed" in line for line in lines) >= 2]  # fmt: skip
+            if len(seen) == 2:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"monitors saw: {text.lines[-5:]} {as_json.lines[-5:]}")
+        assert all("\x1b[" not in line for line in text.lines), "colour codes in a piped stream"
+        changed = [line for line in text.lines if "check status changed" in line]
+        assert "check=mon-ttl" in changed[0] and "[info" in changed[0]
+        events = [json.loads(line) for line in as_json.lines]
+        assert any(e["event"] == "check status changed" and e["check"] == "mon-ttl" and e["level"] == "info"
+                   for e in events)  # fmt: skip
+        assert not any("check status changed" in line for line in errors.lines)  # below the error level
+    finally:
+        for m in (text, as_json, errors):
+            m.close()
+    # The clients are gone; the agent carries on (and answers a bad level with Consul's 400).
+    try:
+        api(dev, "GET", "/v1/agent/monitor?loglevel=bogus")
+        raise AssertionError("a bad log level was accepted")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 400 and exc.read().decode() == "Unknown log level: bogus"
+    assert api(dev, "GET", "/v1/agent/self")["Config"]["NodeName"] == "ops-node"

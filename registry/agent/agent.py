@@ -57,6 +57,8 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.logs import LogConfigError
+from registry.logs import settings_from as log_settings
 from registry.posture import (
     INSECURE_CHECK_ID,
     INSECURE_CHECK_NAME,
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
     from dns.server import DNSListener
     from registry.acl.resolver import TokenResolver
     from registry.agent.listeners import Listener
+    from registry.logs import LogRouter
     from registry.raft.membership import ClusterView
 
 log = structlog.get_logger("proconsul.agent")
@@ -116,16 +119,25 @@ def autopilot_seed(cfg: Config) -> AutopilotConfig:
         raise ConfigError(f"autopilot: {exc}") from None
 
 
+def _validate_logs(cfg: Config) -> None:
+    """The logging keys (``log_file``, ``log_rotate_*``, ``enable_syslog``, ``syslog_facility``)."""
+    try:
+        log_settings(cfg.log_level, cfg.log_json, cfg.extra)
+    except LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
 # passes these when it builds the agent's Config.
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
-                                                  require_secure)  # fmt: skip
+                                                  _validate_logs, require_secure)  # fmt: skip
 
 
 class Agent:
-    def __init__(self, config: Config, acl: TokenResolver | None = None) -> None:
+    def __init__(self, config: Config, acl: TokenResolver | None = None, logs: LogRouter | None = None) -> None:
         self.config = config
+        self.log_router = logs  # where this process logs (registry.logs.configure); the monitor endpoint reads it
         self.hub = WatchHub()
         self.fsm = FSM(on_change=self.hub.notify, on_reset=self.hub.notify_all)
         # The server port's RPC methods: the Raft server, this agent and Connect each register theirs.
@@ -326,7 +338,7 @@ class Agent:
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens,
-                  autopilot=self.autopilot)  # fmt: skip
+                  autopilot=self.autopilot, logs=self.log_router)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         try:

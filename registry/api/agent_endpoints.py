@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import read_body
 from registry.api.routing import Route, route
+from registry.logs import Monitor, level_number
 from registry.posture import insecure_reasons
 from registry.registration import (
     DecodeError,
@@ -267,6 +269,41 @@ async def health_by_id(api: Api, request: web.Request, sid: str) -> web.StreamRe
     return _health_response(api, request, entry, entry["AggregatedStatus"])
 
 
+def agent_stats(api: Api) -> dict[str, dict[str, str]]:
+    """``Stats`` of /v1/agent/self, which ``proconsul info`` prints: Consul's sections (agent, build, consul,
+    raft, runtime, serf_lan) with the facts this agent has, every value a string as Consul's are."""
+    import os
+    import platform
+
+    from registry import __version__
+
+    agent, cfg, consensus = api.agent, api.config, api.consensus
+    checks = agent.checks.values()
+    kinds = [c.spec.type for c in checks]
+    leader = consensus.is_leader()
+    members = agent.members()
+    stats: dict[str, dict[str, str]] = {
+        "agent": {"check_monitors": str(sum(k in ("http", "tcp", "script") for k in kinds)),
+                  "check_ttls": str(kinds.count("ttl")), "checks": str(len(kinds)),
+                  "services": str(len(agent.services))},
+        "build": {"prerelease": "", "revision": "proconsul", "version": CONSUL_VERSION,
+                  "version_metadata": f"proconsul-{__version__}"},
+        "consul": {"acl": "enabled" if api.acl_on else "disabled", "bootstrap": str(cfg.bootstrap).lower(),
+                   "known_datacenters": "1", "leader": str(leader).lower(),
+                   "leader_addr": consensus.leader_address(), "server": str(cfg.server or cfg.dev).lower()},
+        "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count() or 1), "os": platform.system().lower(),
+                    "version": f"python{platform.python_version()}"},
+        "serf_lan": {"members": str(len(members)), "failed": str(sum(m["Status"] == 4 for m in members)),
+                     "left": str(sum(m["Status"] == 3 for m in members))},
+    }  # fmt: skip
+    if cfg.server or cfg.dev:
+        contact = consensus.last_contact_ms()
+        stats["raft"] = {"state": "Leader" if leader else "Follower", "applied_index": str(api.store.index),
+                         "num_peers": str(max(0, len(consensus.peers()) - 1)),
+                         "last_contact": "0" if leader else f"{contact}ms"}  # fmt: skip
+    return stats
+
+
 async def self_info(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     agent = api.agent
     cfg = api.config
@@ -309,7 +346,7 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
             },
             "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
             "Member": member,
-            "Stats": {"consul": {"server": str(cfg.server).lower(), "leader": str(api.consensus.is_leader()).lower()}},
+            "Stats": agent_stats(api),
             "Meta": {"consul-network-segment": "", **cfg.node_meta},
             "xDS": None,
         },
@@ -352,6 +389,39 @@ async def leave(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
+MONITOR_POLL = 1.0  # seconds between checks that the monitor's client is still there when no line comes
+
+
+async def monitor(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's AgentMonitor: stream this agent's log lines from now on, at ``?loglevel`` (default INFO) and
+    above, as text or (``?logjson``) JSON lines, until the client goes. A slow client never holds the agent
+    up: lines beyond the monitor's buffer are dropped and the stream says how many."""
+    level_name = request.query.get("loglevel", "") or "INFO"
+    level = level_number(level_name)
+    if level is None:
+        raise HTTPError(400, f"Unknown log level: {level_name}")
+    router = api.logs
+    if router is None:
+        raise HTTPError(500, "Streaming not supported")
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "text/plain; charset=utf-8",
+                                                   "X-Consul-Default-ACL-Policy": api.acl_policy})  # fmt: skip
+    await resp.prepare(request)
+    stream = Monitor(level, "logjson" in request.query)
+    router.attach(stream)
+    try:
+        while request.transport is not None and not request.transport.is_closing():
+            try:
+                lines = await asyncio.wait_for(stream.next_lines(), MONITOR_POLL)
+            except TimeoutError:
+                continue
+            await resp.write("".join(lines).encode())
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away mid-write
+    finally:
+        router.detach(stream)
+    return resp
+
+
 ROUTES: tuple[Route, ...] = (
     route("GET", "/v1/agent/self", self_info, "read", "agent", "local-node",
           "This agent's configuration, member record and build"),
@@ -384,6 +454,8 @@ ROUTES: tuple[Route, ...] = (
           "Aggregated local health of a service, by name"),
     route("GET", "/v1/agent/health/service/id/", health_by_id, "read", "service", "path-id",
           "Aggregated local health of a service instance, by ID"),
+    route("GET", "/v1/agent/monitor", monitor, "read", "agent", "local-node",
+          "Stream this agent's log lines (?loglevel, ?logjson)"),
     route("PUT", "/v1/agent/reload", reload, "write", "agent", "local-node", "Reload this agent's configuration"),
     route("PUT", "/v1/agent/leave", leave, "write", "agent", "local-node", "Leave the cluster gracefully and shut down"),
 )

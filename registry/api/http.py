@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
     from registry.connect.service import Connect
+    from registry.logs import LogRouter
     from registry.registration import CheckSpec, RegistrationRules
     from registry.structs import Service
 
@@ -170,6 +171,7 @@ class Api:
         acl: TokenResolver | None = None,
         acl_tokens: AgentTokenSetter | None = None,
         autopilot: Autopilot | None = None,
+        logs: LogRouter | None = None,
     ) -> None:
         self.agent = local
         self.acl_tokens = acl_tokens
@@ -179,6 +181,7 @@ class Api:
         self.hub = hub
         self.connect = connect
         self.autopilot = autopilot  # a server's autopilot (None on a client agent: it forwards to a server)
+        self.logs = logs  # the process's log output, which /v1/agent/monitor streams from (None: not wired)
         self.is_client = not config.server and not config.dev
         self.router = Router(routes)
         # key -> (store id, index, status, body, gzipped body, authorizer rendered for, filtered by ACLs)

@@ -248,6 +248,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
             "allowEmptyValue": True},
     "cas": {"description": "Check-and-set: write only when the entry's ModifyIndex is this (0: only if absent).",
             "schema": {"type": "integer", "minimum": 0}},
+    "loglevel": {"description": "The lowest level of the lines to stream: trace, debug, info (default), warn, "
+                              "error.", "schema": _STR},
+    "logjson": {"description": "Stream JSON lines (presence enables).", "schema": _BOOL_FLAG, "allowEmptyValue": True},
     "global": {"description": "Usage of every known datacenter, not only this one (presence enables).",
                "schema": _BOOL_FLAG, "allowEmptyValue": True},
     "flags": {"description": "An opaque unsigned 64-bit number stored with the key.",
@@ -412,6 +415,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/agent/health/service/id/"): Op(query=("format",), ok={
         200: (JSON, _ref("AgentServiceHealth")), 429: (JSON, _ref("AgentServiceHealth")),
         503: (JSON, _ref("AgentServiceHealth"))}, errors=(404,), not_found=(JSON, TEXT)),
+    ("GET", "/v1/agent/monitor"): Op(query=("loglevel", "logjson"), ok={200: (TEXT, {"type": "string"})},
+                                    errors=(400,), server_errors=("Streaming not supported",)),
     ("PUT", "/v1/agent/reload"): Op(ok=_EMPTY),
     ("PUT", "/v1/agent/leave"): Op(ok=_EMPTY),
     # ---- catalog

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import struct
 import time
 import zlib
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from aiohttp import web
 
+from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult, read_body
 from registry.api.routing import Route, route
@@ -94,12 +94,16 @@ async def autopilot_set_config(api: Api, request: web.Request, _: str) -> web.St
     check-and-set; the answer is ``true``, or with ``?cas`` whether the write applied."""
     body = await read_body(request)
     try:
-        decoded = json.loads(body) if body.strip() else {}
+        try:
+            decoded = parse_json(body)
+        except DecodeError as exc:
+            raise AutopilotConfigError(str(exc)) from None
+        decoded = {} if decoded is None else decoded
         if not isinstance(decoded, dict):
             raise AutopilotConfigError(f"json: cannot unmarshal {type(decoded).__name__} into Go value of type "
                                        f"api.AutopilotConfiguration")  # fmt: skip
         config = from_api(decoded)
-    except (ValueError, AutopilotConfigError) as exc:
+    except AutopilotConfigError as exc:
         raise HTTPError(400, f"Error parsing autopilot config: {exc}") from None
     cas = "cas" in request.query
     index = 0

@@ -14,6 +14,7 @@ from registry.cli.common import opt, parser
 
 if TYPE_CHECKING:
     from registry.config import Config
+    from registry.logs import LogRouter
 
 
 def agent_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,11 @@ def agent_parser() -> argparse.ArgumentParser:
     opt(p, "config-dir", action="append", default=[])
     opt(p, "log-level", default=None)
     opt(p, "log-json", action="store_true")
+    opt(p, "log-file", default=None, help="write logs to this file (or directory) too, rotated")
+    opt(p, "log-rotate-bytes", type=int, default=None)
+    opt(p, "log-rotate-duration", default=None)
+    opt(p, "log-rotate-max-files", type=int, default=None)
+    opt(p, "syslog", action="store_true", help="log to the local syslog too")
     opt(p, "enable-script-checks", action="store_true")
     opt(p, "node-meta", action="append", default=[])
     opt(p, "ui", action="store_true")
@@ -87,6 +93,11 @@ def build_config(argv: list[str]) -> Config:
     for flag in ("server", "bootstrap", "log_json", "enable_script_checks", "insecure"):
         if getattr(args, flag):
             flags[flag] = True
+    for flag in ("log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files"):
+        if getattr(args, flag) is not None:
+            flags[flag] = getattr(args, flag)
+    if args.syslog:
+        flags["enable_syslog"] = True
     ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))
              if v is not None}  # fmt: skip
     if ports:
@@ -125,13 +136,17 @@ def cmd_agent(argv: list[str]) -> int:
         return 1
     from registry import logs
 
-    logs.configure(cfg.log_level, cfg.log_json)
+    # Validated with the rest of the config (registry.agent.agent's validators).
+    router = logs.configure(settings=logs.settings_from(cfg.log_level, cfg.log_json, cfg.extra))
     from registry import eventloop
 
-    return eventloop.run(_run_agent(cfg))
+    try:
+        return eventloop.run(_run_agent(cfg, router))
+    finally:
+        router.close()
 
 
-async def _run_agent(cfg: Config) -> int:
+async def _run_agent(cfg: Config, router: LogRouter | None = None) -> int:
     import structlog
 
     from registry.agent.agent import Agent
@@ -139,7 +154,7 @@ async def _run_agent(cfg: Config) -> int:
     log = structlog.get_logger("proconsul")
     for key in cfg.unknown_keys:
         log.warning("ignoring unknown config key", key=key)
-    agent = Agent(cfg)
+    agent = Agent(cfg, logs=router)
     from registry.config import ConfigError
 
     try:

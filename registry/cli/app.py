@@ -8,7 +8,20 @@ from __future__ import annotations
 import sys
 
 from registry import __version__
-from registry.cli import acl, agent, catalog, connect, intention, kv, lock, members, operator, snapshot, tls
+from registry.cli import (
+    acl,
+    agent,
+    catalog,
+    connect,
+    intention,
+    kv,
+    lock,
+    members,
+    operator,
+    ops,
+    snapshot,
+    tls,
+)
 from registry.cli.common import CLIError, Command
 
 __all__ = ["COMMANDS", "cmd_version", "main", "usage"]
@@ -38,6 +51,9 @@ COMMANDS: dict[str, Command] = {
     "connect": connect.cmd_connect,
     "tls": tls.cmd_tls,
     "lock": lock.cmd_lock,
+    "monitor": ops.cmd_monitor,
+    "info": ops.cmd_info,
+    "maint": ops.cmd_maint,
     "acl": acl.cmd_acl,
     "login": acl.cmd_login,
     "logout": acl.cmd_logout,

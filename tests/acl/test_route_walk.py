@@ -89,6 +89,8 @@ def cases(ids: dict[str, str]) -> list[Case]:
              "service:read"),
         Case("GET", "/v1/agent/health/service/id/", "/v1/agent/health/service/id/web1", svc("web", "read"),
              "service:read"),
+        Case("GET", "/v1/agent/monitor", "/v1/agent/monitor?loglevel=bogus", f'agent "{NODE}" {{ policy = "read" }}',
+             "agent:read"),
         Case("PUT", "/v1/agent/reload", "/v1/agent/reload", f'agent "{NODE}" {{ policy = "write" }}', "agent:write"),
         # catalog
         Case("PUT", "/v1/catalog/register", "/v1/catalog/register", 'node "n2" { policy = "write" }', "node:write",
