@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from registry.gocompat import format_duration_ns, parse_duration_ns
 
 NS = 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 NODE_ALIVE = "alive"
 NODE_FAILED = "failed"
@@ -329,9 +331,7 @@ def removals(config: AutopilotConfig, state: State) -> list[str]:
 
 def _rfc3339(epoch: float) -> str:
     """Go's time.Time JSON form in UTC, to the second (``StableSince.Round(time.Second).UTC()``)."""
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(round(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (_EPOCH + timedelta(seconds=round(epoch))).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def health_reply(state: State, wall_offset: float) -> dict[str, Any]:

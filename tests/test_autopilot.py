@@ -115,3 +115,33 @@ def test_reply_shapes() -> None:
     full = state_reply(state, 0.0)
     assert full["Leader"] == "a" and full["Servers"]["a"]["Status"] == "leader"
     assert full["Servers"]["b"]["NodeType"] == "voter" and full["OptimisticFailureTolerance"] == 0
+
+
+def test_the_core_is_pure() -> None:
+    """No IO, no clock, no asyncio: ``now`` comes in as an argument (the checks of the other pure cores)."""
+    from tests.ca import test_ca_purity as purity
+
+    purity.test_pure_module_imports("registry/autopilot.py")
+    purity.test_pure_module_reads_no_clock("registry/autopilot.py")
+
+
+def test_the_stored_configuration_cas_init_and_snapshot() -> None:
+    """Through the FSM: Consul's CAS rules (a row must exist with that ModifyIndex), the leader's seed
+    applied only when nothing is stored, the indexes, and the row in a snapshot."""
+    from registry.commands import AutopilotSetConfig
+    from registry.fsm import FSM
+    from registry.state.autopilot_table import autopilot_config
+    from registry.state.store import StateStore
+
+    fsm = FSM()
+    assert fsm.apply_command(1, AutopilotSetConfig(AutopilotConfig(), cas=True, index=0).to_wire()) is False
+    assert fsm.apply_command(2, AutopilotSetConfig(AutopilotConfig(min_quorum=3), init=True).to_wire()) is True
+    assert fsm.apply_command(3, AutopilotSetConfig(AutopilotConfig(), init=True).to_wire()) is False
+    stored = autopilot_config(fsm.store)
+    assert stored is not None and (stored.min_quorum, stored.create_index, stored.modify_index) == (3, 2, 2)
+    assert fsm.apply_command(4, AutopilotSetConfig(AutopilotConfig(min_quorum=5), cas=True, index=1).to_wire()) is False
+    assert fsm.apply_command(5, AutopilotSetConfig(AutopilotConfig(min_quorum=5), cas=True, index=2).to_wire()) is True
+    restored = autopilot_config(StateStore.from_snapshot(fsm.store.to_snapshot()))
+    assert restored is not None and (restored.min_quorum, restored.create_index, restored.modify_index) == (5, 2, 5)
+    bad = AutopilotSetConfig(AutopilotConfig()).to_wire() | {"Config": {"MinQuorum": "x"}}
+    assert "Error parsing autopilot config" in fsm.apply_command(6, bad).message
