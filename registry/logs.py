@@ -255,6 +255,7 @@ class LogRouter:
                     logging.ERROR: syslog.LOG_ERR, logging.CRITICAL: syslog.LOG_CRIT}  # fmt: skip
             self._syslog_priority = lambda n: prio.get(n, syslog.LOG_INFO)
         self.monitors: list[Monitor] = []
+        self._write_lock = threading.Lock()  # events come from worker threads too: whole lines, never interleaved
         self._on_level_change: Callable[[int], None] | None = None
 
     @property
@@ -293,8 +294,9 @@ class LogRouter:
         if number >= self.level:
             own = "json" if self.settings.json else "console"
             try:
-                self.stream.write(line(own))
-                self.stream.flush()
+                with self._write_lock:
+                    self.stream.write(line(own))
+                    self.stream.flush()
             except (OSError, ValueError):
                 pass  # stdout gone (a closed pipe): the other sinks still get the line
             if self._file is not None:
