@@ -32,6 +32,7 @@ from registry.acl.objects import (
     is_uuid,
     reserved,
 )
+from registry.autopilot import AutopilotConfig, AutopilotConfigError
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
 from registry.prepared_query import PreparedQuery, QueryError
 from registry.sessions import Session, SessionError, session_from_command
@@ -1039,6 +1040,39 @@ def _prepared_query_from_wire(cmd: Wire) -> PreparedQuerySet | PreparedQueryDele
     raise CommandError(f"Unknown prepared query operation: {op}")
 
 
+# ---------------------------------------------------------------------- autopilot
+
+
+@dataclass(frozen=True, slots=True)
+class AutopilotSetConfig:
+    """Consul's ``AutopilotSetConfigRequest`` (message type ``AutopilotRequestType``): replace the autopilot
+    configuration; with ``cas``, only if its ModifyIndex is still ``index``. ``init`` is the leader seeding
+    the agent config's ``autopilot`` block, applied only when no configuration is stored yet."""
+
+    TYPE: ClassVar[str] = "autopilot.set"
+    config: AutopilotConfig
+    cas: bool = False
+    index: int = 0
+    init: bool = False
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Config": self.config.to_wire(), "CAS": self.cas, "Index": self.index,
+                "Init": self.init}  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> AutopilotSetConfig:
+        raw, index = cmd.get("Config"), cmd.get("Index", 0)
+        if not isinstance(raw, dict):
+            raise CommandError("Config must be a map")
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < U64:
+            raise CommandError("Index must be a non-negative integer")
+        try:
+            config = AutopilotConfig.from_wire(raw)
+        except AutopilotConfigError as exc:
+            raise CommandError(f"Error parsing autopilot config: {exc}") from None
+        return cls(config, bool(cmd.get("CAS")), index, bool(cmd.get("Init")))
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
@@ -1046,7 +1080,7 @@ Command = (
     | SnapshotRestore | CASet | ConfigEntryUpsert | ConfigEntryDelete | IntentionWrite | IntentionDelete
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
-    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete
+    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete | AutopilotSetConfig
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -1072,6 +1106,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     ACLAuthMethodSet.TYPE: _acl_auth_method_from_wire,
     ACLBindingRuleSet.TYPE: _acl_binding_rule_from_wire,
     PreparedQuerySet.TYPE: _prepared_query_from_wire,
+    AutopilotSetConfig.TYPE: AutopilotSetConfig.from_wire,
 }
 
 

@@ -20,6 +20,7 @@ import structlog
 from registry import commands as c
 from registry.commands import CommandError
 from registry.state.acl_table import ACL_DISPATCH
+from registry.state.autopilot_table import apply_autopilot_set
 from registry.state.query_table import PQ_DISPATCH
 from registry.state.store import StateStore, StoreError, Topic
 from registry.txn import apply_txn
@@ -120,6 +121,7 @@ DISPATCH: dict[type, ApplyFn] = {
     c.Txn: apply_txn,  # KV, Node, Service and Check operations, all or none (registry.txn)
     c.TombstoneReap: _tombstone_reap,
     c.Noop: _noop,
+    c.AutopilotSetConfig: apply_autopilot_set,  # Operator.AutopilotSetConfiguration (registry.state.autopilot_table)
     **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)
     **PQ_DISPATCH,  # prepared queries (registry.state.query_table)
 }

@@ -60,6 +60,7 @@ SOAK_EXAMPLES = 100  # `make soak`: about 8x the bounded run
 EXCLUDED = {
     ("PUT", "/v1/agent/leave"): "leaves the cluster and stops the agent under test",
     ("GET", "/v1/agent/metrics/stream"): "streams until the client goes away (tests/test_metrics.py reads it)",
+    ("GET", "/v1/agent/monitor"): "a log stream that ends only when the client goes (tests/test_cli_ops.py)",
 }
 
 SCHEMA = schemathesis.openapi.from_dict(build_document())

@@ -29,6 +29,7 @@ from registry.acl.errors import ACLError, PermissionDenied
 from registry.acl.resolver import TokenResolver
 from registry.agent.acl import ACLLeader, AgentTokens, ClientResolver, ServerResolver, acl_enabled
 from registry.agent.alias import AliasMonitor, AliasNotifier, NodeSource, ServerHTTPNodes, StoreNodes
+from registry.agent.autopilot import Autopilot, facts_from_view, single_server_view
 from registry.agent.checks import (
     GRPCMonitor,
     H2PingMonitor,
@@ -58,6 +59,7 @@ from registry.agent.telemetry import (
 )
 from registry.api.http import Api
 from registry.api.routes import ROUTES
+from registry.autopilot import AutopilotConfig, AutopilotConfigError, ClusterFacts, from_agent_config
 from registry.commands import (
     CheckUpdate,
     Command,
@@ -72,6 +74,8 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.logs import LogConfigError
+from registry.logs import settings_from as log_settings
 from registry.posture import (
     INSECURE_CHECK_ID,
     INSECURE_CHECK_NAME,
@@ -115,6 +119,8 @@ if TYPE_CHECKING:
     from dns.server import DNSListener
     from registry.acl.resolver import TokenResolver
     from registry.agent.listeners import Listener
+    from registry.logs import LogRouter
+    from registry.raft.membership import ClusterView
 
 log = structlog.get_logger("proconsul.agent")
 
@@ -132,16 +138,38 @@ def _validate_tls(cfg: Config) -> None:
     rpc_contexts(cfg)
 
 
+def autopilot_seed(cfg: Config) -> AutopilotConfig:
+    """The agent config's ``autopilot`` block (Consul's keys), which a leader stores when none is stored."""
+    block = cfg.extra.get("autopilot") or {}
+    if not isinstance(block, dict):
+        raise ConfigError("autopilot must be a map, e.g. {cleanup_dead_servers: true}")
+    try:
+        return from_agent_config(block)
+    except AutopilotConfigError as exc:
+        raise ConfigError(f"autopilot: {exc}") from None
+
+
+def _validate_logs(cfg: Config) -> None:
+    """The logging keys (``log_file``, ``log_rotate_*``, ``enable_syslog``, ``syslog_facility``)."""
+    try:
+        log_settings(cfg.log_level, cfg.log_json, cfg.extra)
+    except LogConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
 # passes these when it builds the agent's Config.
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
-CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, require_secure)
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
+                                                  _validate_logs, require_secure)  # fmt: skip
 
 
 class Agent:
     def __init__(self, config: Config, acl: TokenResolver | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:  # fmt: skip
+                 reload_config: Callable[[], Config] | None = None,
+                 logs: LogRouter | None = None) -> None:  # fmt: skip
         self.config = config
+        self.log_router = logs  # where this process logs (registry.logs.configure); the monitor endpoint reads it
         # Builds the configuration again from the sources the agent started with (the CLI's files and
         # flags), for a reload; None: the agent has no sources to re-read (tests' in-process agents).
         self._reload_config = reload_config
@@ -165,6 +193,7 @@ class Agent:
         # The server port's RPC methods: the Raft server, this agent and Connect each register theirs.
         self.rpc = RPCRouter(self.raft_metrics)
         self._register_rpc()
+        self._leader_view: Callable[[], ClusterView | None] = _no_view  # the Raft leader's view, for autopilot
         self.consensus: Consensus = self._make_consensus()
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
         # FSM); tests may replace it.
@@ -195,6 +224,13 @@ class Agent:
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
                                is_client=self.is_client, acl=self.acl, agent_token=self.agent_token)  # fmt: skip
+        # Autopilot: servers' health and dead-server cleanup, run by the leader.
+        self.autopilot: Autopilot | None = None
+        if not self.is_client:
+            self.autopilot = Autopilot(seed=autopilot_seed(config), store=lambda: self.store,
+                                       consensus=self.consensus, view=self._autopilot_view, propose=self.propose,
+                                       remove=lambda sid: self.consensus.remove_server(sid))  # fmt: skip
+            self.autopilot.register_rpc(self.rpc)
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
@@ -254,9 +290,18 @@ class Agent:
     def node_name(self) -> str:
         return self.config.node_name
 
+    def _autopilot_view(self) -> ClusterFacts | None:
+        view = self._leader_view()
+        if view is None:
+            return None
+        nodes = self.store.nodes
+        return facts_from_view(view, lambda name: dict(nodes[name].meta) if name in nodes else {})
+
     def _make_consensus(self) -> Consensus:
         cfg = self.config
         if cfg.dev:
+            self._leader_view = single_server_view(cfg.node_id, cfg.node_name, cfg.server_address,
+                                                   lambda: self.store.index)  # fmt: skip
             return LocalLog(self.fsm, cfg.server_address, cfg.node_id, cfg.node_name, self.rpc, self.raft_metrics)
         if cfg.server:
             from pathlib import Path
@@ -284,9 +329,12 @@ class Agent:
             if ssl_server is not None:
                 self._rpc_tls = ReplaceableServerContext(ssl_server)
             port = server_transport(self.rpc, ssl_server, peer_check, server_authorizer(cfg))
-            return RaftServer(opts, self.fsm, port, CommandResults(), observer=self.raft_metrics)
+            server = RaftServer(opts, self.fsm, port, CommandResults(), observer=self.raft_metrics)
+            self._leader_view = server.leader_view
+            return server
         from registry.agent.remote import RemoteServers
 
+        self._leader_view = _no_view
         # Every call a client agent makes to the servers carries its agent token (read at each call: it
         # may be replaced through /v1/agent/token/agent).
         client_ctx, hostname = rpc_contexts(cfg)[1:3]
@@ -336,6 +384,10 @@ class Agent:
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
+        if self.autopilot is not None:
+            if self.config.dev:
+                await self.autopilot.step()  # the dev log leads at once: its configuration is there at start
+            self._spawn(self.autopilot.run(), "autopilot")
         await self._start_acl()
         self._start_telemetry()
         await self._start_listeners()
@@ -367,7 +419,8 @@ class Agent:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
-                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry)  # fmt: skip
+                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry,
+                  autopilot=self.autopilot, logs=self.log_router)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         self._api_server = server
@@ -1210,6 +1263,10 @@ class Agent:
             except Exception as exc:  # noqa: BLE001
                 log.warning("leave: could not leave the Raft configuration", error=str(exc))
         self.request_shutdown()
+
+
+def _no_view() -> ClusterView | None:
+    return None  # a client agent runs no autopilot
 
 
 HEARTBEAT_INTERVAL = 1.0

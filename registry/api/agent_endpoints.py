@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.routing import Route, route
 from registry.config import ConfigError
+from registry.logs import Monitor, level_number
 from registry.posture import insecure_reasons
 from registry.registration import (
     DecodeError,
@@ -269,7 +271,6 @@ async def health_by_id(api: Api, request: web.Request, sid: str) -> web.StreamRe
 
 SERF_WAN_PORT = 8302  # Consul's default ports.serf_wan: the WAN pool's port on a server
 
-
 async def self_info(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     agent = api.agent
     cfg = api.config
@@ -360,25 +361,33 @@ def _debug_config(api: Api) -> dict[str, Any]:
 
 
 def _stats(api: Api) -> dict[str, dict[str, str]]:
-    """Consul's agent Stats: the ``consul`` block a server reports (agent/consul/server.go Stats: server,
-    leader, leader_addr, bootstrap, known_datacenters, acl) or a client (client.go: server, known_servers,
-    acl), the ``agent`` block (local checks and services) and ``build``; every value a string."""
+    """Consul's agent Stats, which ``proconsul info`` prints: the ``consul`` block a server reports
+    (agent/consul/server.go Stats: server, leader, leader_addr, bootstrap, known_datacenters, acl) or a client
+    (client.go: server, known_servers, acl), the ``agent`` block (local checks and services), ``build``,
+    ``runtime``, ``serf_lan`` and on a server ``raft``, with the facts this agent has; every value a string."""
+    import os
+    import platform
+
+    from registry import __version__
+
     cfg = api.config
     consensus = api.consensus
     acl = "enabled" if api.acl_on else "disabled"
+    leader = consensus.is_leader()
     if api.is_client:
         consul = {"server": "false", "known_servers": str(len(consensus.peers())), "acl": acl}
     else:
         consul = {
             "server": "true",
-            "leader": str(consensus.is_leader()).lower(),
+            "leader": str(leader).lower(),
             "leader_addr": consensus.leader_address(),
             "bootstrap": str(cfg.bootstrap).lower(),
             "known_datacenters": "1",
             "acl": acl,
         }
     checks = api.agent.checks.values()
-    return {
+    members = api.agent.members()
+    stats = {
         "consul": consul,
         "agent": {
             "check_monitors": str(sum(1 for c in checks if c.spec.type == "script")),
@@ -386,8 +395,19 @@ def _stats(api: Api) -> dict[str, dict[str, str]]:
             "checks": str(len(api.agent.checks)),
             "services": str(len(api.agent.services)),
         },
-        "build": {"prerelease": "", "revision": "proconsul", "version": CONSUL_VERSION, "version_metadata": ""},
-    }
+        "build": {"prerelease": "", "revision": "proconsul", "version": CONSUL_VERSION,
+                  "version_metadata": f"proconsul-{__version__}"},
+        "runtime": {"arch": platform.machine(), "cpu_count": str(os.cpu_count() or 1),
+                    "os": platform.system().lower(), "version": f"python{platform.python_version()}"},
+        "serf_lan": {"members": str(len(members)), "failed": str(sum(m["Status"] == 4 for m in members)),
+                     "left": str(sum(m["Status"] == 3 for m in members))},
+    }  # fmt: skip
+    if not api.is_client:
+        contact = consensus.last_contact_ms()
+        stats["raft"] = {"state": "Leader" if leader else "Follower", "applied_index": str(api.store.index),
+                         "num_peers": str(max(0, len(consensus.peers()) - 1)),
+                         "last_contact": "0" if leader else f"{contact}ms"}  # fmt: skip
+    return stats
 
 
 async def members(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -433,6 +453,39 @@ async def leave(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
+MONITOR_POLL = 1.0  # seconds between checks that the monitor's client is still there when no line comes
+
+
+async def monitor(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's AgentMonitor: stream this agent's log lines from now on, at ``?loglevel`` (default INFO) and
+    above, as text or (``?logjson``) JSON lines, until the client goes. A slow client never holds the agent
+    up: lines beyond the monitor's buffer are dropped and the stream says how many."""
+    level_name = request.query.get("loglevel", "") or "INFO"
+    level = level_number(level_name)
+    if level is None:
+        raise HTTPError(400, f"Unknown log level: {level_name}")
+    router = api.logs
+    if router is None:
+        raise HTTPError(500, "Streaming not supported")
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "text/plain; charset=utf-8",
+                                                   "X-Consul-Default-ACL-Policy": api.acl_policy})  # fmt: skip
+    await resp.prepare(request)
+    stream = Monitor(level, "logjson" in request.query)
+    router.attach(stream)
+    try:
+        while request.transport is not None and not request.transport.is_closing():
+            try:
+                lines = await asyncio.wait_for(stream.next_lines(), MONITOR_POLL)
+            except TimeoutError:
+                continue
+            await resp.write("".join(lines).encode())
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client went away mid-write
+    finally:
+        router.detach(stream)
+    return resp
+
+
 ROUTES: tuple[Route, ...] = (
     route("GET", "/v1/agent/self", self_info, "read", "agent", "local-node",
           "This agent's configuration, member record and build"),
@@ -465,6 +518,8 @@ ROUTES: tuple[Route, ...] = (
           "Aggregated local health of a service, by name"),
     route("GET", "/v1/agent/health/service/id/", health_by_id, "read", "service", "path-id",
           "Aggregated local health of a service instance, by ID"),
+    route("GET", "/v1/agent/monitor", monitor, "read", "agent", "local-node",
+          "Stream this agent's log lines (?loglevel, ?logjson)"),
     route("PUT", "/v1/agent/reload", reload, "write", "agent", "local-node", "Reload this agent's configuration"),
     route("PUT", "/v1/agent/leave", leave, "write", "agent", "local-node", "Leave the cluster gracefully and shut down"),
 )

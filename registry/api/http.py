@@ -53,10 +53,12 @@ if TYPE_CHECKING:
     import aiohttp
 
     from registry.acl.resolver import TokenResolver
+    from registry.agent.autopilot import Autopilot
     from registry.agent.local import LocalCheck, LocalService
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
     from registry.connect.service import Connect
+    from registry.logs import LogRouter
     from registry.registration import CheckSpec, RegistrationRules
     from registry.structs import Service
 
@@ -177,6 +179,8 @@ class Api:
         acl: TokenResolver | None = None,
         acl_tokens: AgentTokenSetter | None = None,
         telemetry: MetricsSource | None = None,
+        autopilot: Autopilot | None = None,
+        logs: LogRouter | None = None,
     ) -> None:
         self.agent = local
         self.acl_tokens = acl_tokens
@@ -185,6 +189,8 @@ class Api:
         self.consensus = consensus
         self.hub = hub
         self.connect = connect
+        self.autopilot = autopilot  # a server's autopilot (None on a client agent: it forwards to a server)
+        self.logs = logs  # the process's log output, which /v1/agent/monitor streams from (None: not wired)
         self.is_client = not config.server and not config.dev
         self.router = Router(routes)
         # key -> (store id, index, status, body, gzipped body, authorizer rendered for, filtered by ACLs)

@@ -179,6 +179,25 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         DNS=_obj(TTL=DURATION),
     ),
     # ---- answers
+    "AutopilotConfiguration": _obj(
+        (), CleanupDeadServers=_BOOL, LastContactThreshold=_STR, MaxTrailingLogs=_UINT, MinQuorum=_UINT,
+        ServerStabilizationTime=_STR, RedundancyZoneTag=_STR, DisableUpgradeMigration=_BOOL, UpgradeVersionTag=_STR,
+        CreateIndex=_UINT, ModifyIndex=_UINT),
+    "OperatorHealthReply": _obj(("Healthy", "FailureTolerance", "Servers"), Healthy=_BOOL, FailureTolerance=_INT,
+                                Servers=_array(_obj(
+                                    ("ID", "Name", "Address", "SerfStatus", "Leader", "LastContact", "LastTerm",
+                                     "LastIndex", "Healthy", "Voter", "StableSince"),
+                                    ID=_STR, Name=_STR, Address=_STR, SerfStatus=_STR, Version=_STR, Leader=_BOOL,
+                                    LastContact=_STR, LastTerm=_UINT, LastIndex=_UINT, Healthy=_BOOL, Voter=_BOOL,
+                                    StableSince=_STR))),
+    "AutopilotState": _obj(("Healthy", "FailureTolerance", "Servers", "Leader", "Voters"), Healthy=_BOOL,
+                           FailureTolerance=_INT, OptimisticFailureTolerance=_INT,
+                           Servers={"type": "object", "additionalProperties": {"type": "object"}}, Leader=_STR,
+                           Voters=_array(_STR)),
+    "ServiceUsage": _obj(("Services", "ServiceInstances", "ConnectServiceInstances", "BillableServiceInstances"),
+                         Services=_UINT, ServiceInstances=_UINT,
+                         ConnectServiceInstances={"type": "object", "additionalProperties": _UINT},
+                         BillableServiceInstances=_UINT),
     "KVPair": _obj(("Key", "Flags", "LockIndex", "CreateIndex", "ModifyIndex"), Key=_STR, Flags=_UINT,
                    LockIndex=_UINT, Session=_STR, CreateIndex=_UINT, ModifyIndex=_UINT,
                    Value={"type": "string", "format": "byte", "nullable": True}),
@@ -263,6 +282,11 @@ PARAMETERS: dict[str, dict[str, Any]] = {
                    "schema": _STR},
     "cas": {"description": "Check-and-set: write only when the entry's ModifyIndex is this (0: only if absent).",
             "schema": {"type": "integer", "minimum": 0}},
+    "loglevel": {"description": "The lowest level of the lines to stream: trace, debug, info (default), warn, "
+                              "error.", "schema": _STR},
+    "logjson": {"description": "Stream JSON lines (presence enables).", "schema": _BOOL_FLAG, "allowEmptyValue": True},
+    "global": {"description": "Usage of every known datacenter, not only this one (presence enables).",
+               "schema": _BOOL_FLAG, "allowEmptyValue": True},
     "flags": {"description": "An opaque unsigned 64-bit number stored with the key.",
               "schema": {"type": "integer", "minimum": 0}},
     "acquire": {"description": "Take the key's lock for this session.", "schema": _STR},
@@ -443,6 +467,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/agent/health/service/id/"): Op(query=("format",), ok={
         200: (JSON, _ref("AgentServiceHealth")), 429: (JSON, _ref("AgentServiceHealth")),
         503: (JSON, _ref("AgentServiceHealth"))}, errors=(404,), not_found=(JSON, TEXT)),
+    ("GET", "/v1/agent/monitor"): Op(query=("loglevel", "logjson"), ok={200: (TEXT, {"type": "string"})},
+                                    errors=(400,), server_errors=("Streaming not supported",)),
     ("PUT", "/v1/agent/reload"): Op(ok=_EMPTY),
     ("PUT", "/v1/agent/leave"): Op(ok=_EMPTY),
     # ---- catalog
@@ -492,6 +518,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("DELETE", "/v1/operator/raft/peer"): Op(query=("dc", "id", "address"), ok=_EMPTY, server_errors=("",)),
     ("POST", "/v1/operator/raft/transfer-leader"): Op(query=("id",), ok=_json(_obj(Success=_BOOL)),
                                                       server_errors=("Cannot transfer leadership",)),
+    ("GET", "/v1/operator/autopilot/configuration"): Op(query=("dc", "stale"), ok=_json(_ref("AutopilotConfiguration")),
+                                                         server_errors=("autopilot config not initialized yet",)),
+    ("PUT", "/v1/operator/autopilot/configuration"): Op(query=("dc", "cas"), body="AutopilotConfiguration",
+                                                         ok={200: _TRUE}),
+    ("GET", "/v1/operator/autopilot/health"): Op(query=("dc",), ok={
+        200: (JSON, _ref("OperatorHealthReply")), 429: (JSON, _ref("OperatorHealthReply"))}),
+    ("GET", "/v1/operator/autopilot/state"): Op(query=("dc",), ok=_json(_ref("AutopilotState"))),
+    ("GET", "/v1/operator/usage"): Op(query=(*BLOCKING, "global"), blocking=True, ok=_json(_obj(
+        ("Usage",), Usage={"type": "object", "additionalProperties": _ref("ServiceUsage")}, Index=_UINT,
+        KnownLeader=_BOOL, ConsistencyLevel=_STR))),
     ("GET", "/v1/snapshot"): Op(query=("dc", "stale"), ok={200: (OCTETS, {"type": "string", "format": "binary"})}),
     ("PUT", "/v1/snapshot"): Op(query=("dc",), body=OCTETS, ok=_EMPTY, errors=(413,)),
     # ---- session
@@ -643,7 +679,7 @@ def _operation_id(method: str, path: str) -> str:
 def _responses(method: str, r: Route, op: Op) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status, content in sorted(op.ok.items()):
-        resp: dict[str, Any] = {"description": "Success." if status == 200 else _ok_words(status)}
+        resp: dict[str, Any] = {"description": "Success." if status == 200 else _ok_words(status, r.path)}
         if content is not None:
             media, schema = content
             resp["content"] = {media: {"schema": schema}}
@@ -690,7 +726,9 @@ def server_error_texts(r: Route, op: Op) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _ok_words(status: int) -> str:
+def _ok_words(status: int, path: str = "") -> str:
+    if path == "/v1/operator/autopilot/health" and status == 429:
+        return "At least one server is unhealthy."
     return {409: "The transaction failed: Errors says which operation and why.",
             429: "Aggregated status warning.", 503: "Aggregated status critical."}.get(status, "Success.")  # fmt: skip
 

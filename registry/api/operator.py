@@ -1,4 +1,5 @@
-"""/v1/operator/raft/* and /v1/snapshot: Raft membership, leadership transfer, backup and restore."""
+"""/v1/operator/raft/*, /v1/operator/autopilot/*, /v1/operator/usage and /v1/snapshot: Raft membership,
+leadership transfer, the servers' health and autopilot's configuration, usage counts, backup and restore."""
 
 from __future__ import annotations
 
@@ -12,10 +13,17 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 from aiohttp import web
 
+from registry.api.decode import DecodeError, parse_json
 from registry.api.errors import HTTPError
+from registry.api.http import ReadResult
 from registry.api.routing import Route, route
-from registry.commands import SnapshotRestore
+from registry.autopilot import AutopilotConfigError, from_api
+from registry.commands import AutopilotSetConfig, SnapshotRestore
 from registry.consensus import RPCError
+from registry.gocompat import go_quote
+from registry.state.autopilot_table import autopilot_config
+from registry.state.store import StateStore
+from registry.state.topics import WatchSet
 
 if TYPE_CHECKING:
     from registry.api.http import Api
@@ -60,6 +68,112 @@ async def raft_transfer_leader(api: Api, request: web.Request, _: str) -> web.St
     except RPCError as exc:
         raise HTTPError(500, exc.message) from exc
     return api.json(request, {"Success": True})
+
+
+# ---------------------------------------------------------------------- autopilot
+
+
+def _autopilot(api: Api) -> Any:
+    if api.autopilot is None:  # a client agent forwards /v1/operator/* to a server before routing
+        raise HTTPError(500, "autopilot runs on the servers only")
+    return api.autopilot
+
+
+async def autopilot_get_config(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's Operator.AutopilotGetConfiguration: the stored configuration (read as a default-mode read,
+    or from this server's replica with ``?stale``); 500 before a leader has stored one."""
+    await api.consensus.barrier_read("stale" if "stale" in request.query else "default")
+    config = autopilot_config(api.store)
+    if config is None:
+        raise HTTPError(500, "autopilot config not initialized yet")
+    return api.json(request, config.to_api())
+
+
+async def autopilot_set_config(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's OperatorAutopilotConfiguration PUT: the body over the defaults, ``?cas`` for a
+    check-and-set; the answer is ``true``, or with ``?cas`` whether the write applied."""
+    body = await api.read_body(request)
+    try:
+        try:
+            decoded = parse_json(body)
+        except DecodeError as exc:
+            raise AutopilotConfigError(str(exc)) from None
+        decoded = {} if decoded is None else decoded
+        if not isinstance(decoded, dict):
+            raise AutopilotConfigError(f"json: cannot unmarshal {type(decoded).__name__} into Go value of type "
+                                       f"api.AutopilotConfiguration")  # fmt: skip
+        config = from_api(decoded)
+    except AutopilotConfigError as exc:
+        raise HTTPError(400, f"Error parsing autopilot config: {exc}") from None
+    cas = "cas" in request.query
+    index = 0
+    if cas:
+        raw = request.query.get("cas", "")
+        if not raw.isdigit() or int(raw) >= 2**64:
+            reason = "value out of range" if raw.isdigit() else "invalid syntax"
+            raise HTTPError(400, f"Error parsing cas value: strconv.ParseUint: parsing {go_quote(raw)}: {reason}")
+        index = int(raw)
+    applied = await api.propose(AutopilotSetConfig(config, cas=cas, index=index))
+    return api.json(request, bool(applied) if cas else True)
+
+
+async def autopilot_health(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's OperatorServerHealth: every server's health from the leader; 429 when any is unhealthy."""
+    reply = await _autopilot(api).health()
+    return api.json(request, reply, status=200 if reply.get("Healthy") else 429)
+
+
+async def autopilot_state(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's OperatorAutopilotState: the leader's autopilot state."""
+    return api.json(request, await _autopilot(api).state_body())
+
+
+# ---------------------------------------------------------------------- usage
+
+CONNECT_KINDS = ("connect-native", "connect-proxy", "ingress-gateway", "mesh-gateway", "terminating-gateway")
+_GATEWAYS_AND_PROXIES = frozenset(CONNECT_KINDS) - {"connect-native"}
+
+
+def usage_counts(store: StateStore, ws: WatchSet) -> dict[str, Any]:
+    """Consul's state usage (agent/consul/state/usage.go): unique service names, instances, Connect
+    instances by kind (sidecar proxies and gateways by their kind, natively integrated services as
+    ``connect-native``), and the billable instances: every instance but proxies, gateways and the servers'
+    own ``consul`` service."""
+    services = store.service_table(ws)
+    connect = dict.fromkeys(CONNECT_KINDS, 0)
+    instances = 0
+    billable = 0
+    for node_services in store.services.values():
+        for svc in node_services.values():
+            instances += 1
+            if svc.kind in _GATEWAYS_AND_PROXIES:
+                connect[svc.kind] += 1
+                continue
+            if svc.connect and svc.connect.get("Native"):
+                connect["connect-native"] += 1
+            if svc.service != "consul":
+                billable += 1
+    return {"Services": len(services), "ServiceInstances": instances, "ConnectServiceInstances": connect,
+            "BillableServiceInstances": billable}  # fmt: skip
+
+
+async def operator_usage(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's OperatorUsage: this datacenter's counts under ``Usage.<dc>``, with the query metadata in
+    the body as Consul's ``structs.Usage`` carries it (blocking, every consistency mode)."""
+    consensus = api.consensus
+    dc = api.config.datacenter
+    mode = "stale" if "stale" in request.query else "consistent" if "consistent" in request.query else "leader"
+
+    def run(store: StateStore, ws: WatchSet) -> ReadResult:
+        counts = usage_counts(store, ws)
+        index = max(ws.index, 1)
+        return ReadResult(lambda: {
+            "Usage": {dc: counts}, "Index": index, "LastContact": consensus.last_contact_ms() * 1_000_000,
+            "KnownLeader": consensus.known_leader(), "ConsistencyLevel": mode, "NotModified": False,
+            "Backend": 0, "ResultsFilteredByACLs": False,
+        })  # fmt: skip
+
+    return await api.read(request, run)
 
 
 def encode_snapshot(index: int, dump: dict[str, Any]) -> bytes:
@@ -126,6 +240,16 @@ ROUTES: tuple[Route, ...] = (
           "Remove a server from the Raft configuration"),
     route("POST", "/v1/operator/raft/transfer-leader", raft_transfer_leader, "write", "operator", "unnamed",
           "Hand leadership to another server"),
+    route("GET", "/v1/operator/autopilot/configuration", autopilot_get_config, "read", "operator", "unnamed",
+          "Autopilot's configuration"),
+    route("PUT", "/v1/operator/autopilot/configuration", autopilot_set_config, "write", "operator", "unnamed",
+          "Replace autopilot's configuration (?cas for a check-and-set)"),
+    route("GET", "/v1/operator/autopilot/health", autopilot_health, "read", "operator", "unnamed",
+          "Every server's health from the leader (429 when any is unhealthy)"),
+    route("GET", "/v1/operator/autopilot/state", autopilot_state, "read", "operator", "unnamed",
+          "The leader's autopilot state"),
+    route("GET", "/v1/operator/usage", operator_usage, "read", "operator", "unnamed",
+          "Counts of services and instances in this datacenter"),
     route("GET", "/v1/snapshot", snapshot_get, "write", "acl", "unnamed", "Save a snapshot of the state"),
     route("PUT", "/v1/snapshot", snapshot_put, "write", "acl", "unnamed", "Restore a snapshot"),
 )

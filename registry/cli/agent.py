@@ -15,6 +15,7 @@ from registry.cli.common import opt, parser
 
 if TYPE_CHECKING:
     from registry.config import Config
+    from registry.logs import LogRouter
 
 
 def agent_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,11 @@ def agent_parser() -> argparse.ArgumentParser:
     opt(p, "config-format", default="", help="hcl or json: read every config file in this format")
     opt(p, "log-level", default=None)
     opt(p, "log-json", action="store_true")
+    opt(p, "log-file", default=None, help="write logs to this file (or directory) too, rotated")
+    opt(p, "log-rotate-bytes", type=int, default=None)
+    opt(p, "log-rotate-duration", default=None)
+    opt(p, "log-rotate-max-files", type=int, default=None)
+    opt(p, "syslog", action="store_true", help="log to the local syslog too")
     opt(p, "enable-script-checks", action="store_true")
     opt(p, "node-meta", action="append", default=[])
     opt(p, "ui", action="store_true")
@@ -91,6 +97,11 @@ def build_config(argv: list[str], warnings: list[str] | None = None) -> Config:
     for flag in ("server", "bootstrap", "log_json", "enable_script_checks", "insecure"):
         if getattr(args, flag):
             flags[flag] = True
+    for flag in ("log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files"):
+        if getattr(args, flag) is not None:
+            flags[flag] = getattr(args, flag)
+    if args.syslog:
+        flags["enable_syslog"] = True
     ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))
              if v is not None}  # fmt: skip
     if ports:
@@ -130,16 +141,21 @@ def cmd_agent(argv: list[str]) -> int:
         return 1
     from registry import logs
 
-    logs.configure(cfg.log_level, cfg.log_json)
+    # Validated with the rest of the config (registry.agent.agent's validators).
+    router = logs.configure(settings=logs.settings_from(cfg.log_level, cfg.log_json, cfg.extra))
     # gRPC's C core (gRPC health checks) writes its own log lines to stderr, one per failed TLS handshake
     # at its default verbosity; the check's output already says what failed. An operator's setting wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from registry import eventloop
 
-    return eventloop.run(_run_agent(cfg, warnings, lambda: build_config(argv)))
+    try:
+        return eventloop.run(_run_agent(cfg, warnings, lambda: build_config(argv), router))
+    finally:
+        router.close()
 
 
-async def _run_agent(cfg: Config, warnings: list[str], rebuild: Callable[[], Config]) -> int:
+async def _run_agent(cfg: Config, warnings: list[str], rebuild: Callable[[], Config],
+                     router: LogRouter | None = None) -> int:  # fmt: skip
     import structlog
 
     from registry.agent.agent import Agent
@@ -150,7 +166,7 @@ async def _run_agent(cfg: Config, warnings: list[str], rebuild: Callable[[], Con
     for key in cfg.unknown_keys:
         # A key of Consul's that Proconsul does not implement: accepted, so a Consul config starts.
         log.warning("config key not implemented by Proconsul; it has no effect", key=key)
-    agent = Agent(cfg, reload_config=rebuild)
+    agent = Agent(cfg, reload_config=rebuild, logs=router)
     from registry.config import ConfigError
 
     try:

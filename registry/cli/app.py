@@ -19,6 +19,7 @@ from registry.cli import (
     lock,
     members,
     operator,
+    ops,
     snapshot,
     tls,
 )
@@ -54,6 +55,9 @@ COMMANDS: dict[str, Command] = {
     "connect": connect.cmd_connect,
     "tls": tls.cmd_tls,
     "lock": lock.cmd_lock,
+    "monitor": ops.cmd_monitor,
+    "info": ops.cmd_info,
+    "maint": ops.cmd_maint,
     "acl": acl.cmd_acl,
     "login": acl.cmd_login,
     "logout": acl.cmd_logout,

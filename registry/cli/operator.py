@@ -1,17 +1,23 @@
-"""``proconsul operator raft list-peers|remove-peer|transfer-leader`` (Consul's command/operator/raft/*)."""
+"""``proconsul operator raft list-peers|remove-peer|transfer-leader`` (Consul's command/operator/raft/*) and
+``proconsul operator autopilot ...`` (``registry.cli.autopilot``)."""
 
 from __future__ import annotations
 
 import sys
 
+from registry.cli.autopilot import cmd_autopilot
 from registry.cli.common import Client, CLIError, http_options, opt, parser, run_client, table
 
 _SUBCOMMANDS = ("list-peers", "remove-peer", "transfer-leader")
 
 
 def cmd_operator(argv: list[str]) -> int:
+    if argv and argv[0] == "autopilot":
+        return cmd_autopilot(argv[1:])
     if len(argv) < 2 or argv[0] != "raft" or argv[1] not in _SUBCOMMANDS:
-        print("Usage: proconsul operator raft <list-peers|remove-peer|transfer-leader> [options]", file=sys.stderr)
+        print("Usage: proconsul operator <raft|autopilot> <subcommand> [options]\n"
+              "  raft: list-peers|remove-peer|transfer-leader; autopilot: get-config|set-config|state",
+              file=sys.stderr)  # fmt: skip
         return 1
     sub, rest = argv[1], argv[2:]
     p = parser(f"proconsul operator raft {sub}", "Raft operator commands")

@@ -27,7 +27,7 @@ import json
 import os
 import ssl
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -311,6 +311,21 @@ class AgentHTTP:
         try:
             async with session.request(method, url, data=body, **kwargs) as resp:
                 return Response(resp.status, await resp.read(), resp.headers)
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise AgentUnavailable(exc) from exc
+
+    async def stream(self, path: str, params: Mapping[str, Any] | None, chunk: Callable[[bytes], None]) -> None:
+        """GET a streaming answer (``/v1/agent/monitor``), handing each piece to ``chunk`` as it arrives, until
+        the agent ends it. StatusError for an error status, AgentUnavailable when the agent cannot be reached."""
+        session = self._open()
+        import aiohttp
+
+        try:
+            async with session.get(self.url(path, params), timeout=aiohttp.ClientTimeout(total=None)) as resp:
+                if resp.status >= 400:
+                    raise StatusError(resp.status, (await resp.read()).decode(errors="replace"))
+                async for piece in resp.content.iter_any():
+                    chunk(piece)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise AgentUnavailable(exc) from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -22,6 +23,37 @@ from registry.raft.messages import (
     ConfChangeKind,
 )
 from registry.raft.storage import Storage
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """One server as the leader sees it: ``last_contact`` is seconds since the leader last heard from it (0
+    for the leader), ``last_index`` the highest index it is known to hold (its match index) and
+    ``last_term`` the term of that entry in the leader's log (0 when compacted away)."""
+
+    id: str
+    name: str
+    address: str
+    voter: bool
+    leader: bool
+    last_contact: float
+    last_index: int
+    last_term: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterView:
+    """The leader's view of the configuration at one moment (what hashicorp/raft-autopilot gathers as its
+    inputs: the leader's last index and term, and each server's stats)."""
+
+    leader_id: str
+    last_index: int
+    last_term: int
+    servers: tuple[ServerView, ...]
+
+
+REJOIN_AFTER_TICKS = 40  # silence from any leader (2 s at the default tick) before asking to be added again
+REJOIN_EVERY = 0.5  # seconds between two attempts: a healed server is back within one membership round
 
 
 class Membership(Storage[SM]):
@@ -42,6 +74,7 @@ class Membership(Storage[SM]):
             "known": {s.id: s.wire() for s in self.servers.values()},
             "configured": self.node is not None and bool(self.node.configuration.members()),
             "leader": leader.wire() if leader else None,
+            "members": sorted(self.node.configuration.members()) if self.node is not None else [],
         }
 
     async def _handle_join(self, info: dict[str, Any]) -> Any:
@@ -136,11 +169,19 @@ class Membership(Storage[SM]):
         return False
 
     async def _membership_loop(self) -> None:
-        """On the leader: promote caught-up learners (non-voters catch up before they vote)."""
+        """On the leader: promote caught-up learners (non-voters catch up before they vote). On any other
+        server that has heard from no leader for a while: ask to be added again (``_rejoin``)."""
+        last_rejoin = 0.0
         while True:
             await asyncio.sleep(0.5)
             node = self.node
-            if node is None or node.role is not raftnode.Role.LEADER:
+            if node is None:
+                continue
+            if node.role is not raftnode.Role.LEADER:
+                now = time.monotonic()
+                if now - last_rejoin >= REJOIN_EVERY and self._cut_off(node):
+                    last_rejoin = now
+                    await self._rejoin(node)
                 continue
             for learner in sorted(node.configuration.learners):
                 try:
@@ -150,6 +191,60 @@ class Membership(Storage[SM]):
                     break
                 except raftnode.RaftError:
                     continue
+
+    @staticmethod
+    def _cut_off(node: raftnode.RaftNode) -> bool:
+        """Removed from the configuration, or silent from every leader long enough that it may have been
+        (a server the leader removed while it was down or cut off never hears of its removal)."""
+        status = node.status()
+        return node.id not in status.configuration.members() or status.ticks_since_leader_contact > REJOIN_AFTER_TICKS
+
+    async def _rejoin(self, node: raftnode.RaftNode) -> None:
+        """Ask the servers we know whether a leader's configuration still holds us; if one does not, ask that
+        leader to add us again (as a learner, promoted once caught up), as a Consul server that Serf sees
+        come back is added again by the leader's reconciliation after autopilot removed it."""
+        for s in list(self.servers.values()):
+            if s.id == self.id:
+                continue
+            try:
+                reply = await self.rpc_client(s.address).call("hello", self._hello_payload(), timeout=1)
+            except RPCError:
+                continue
+            leader = reply.get("leader") if isinstance(reply, dict) else None
+            members = reply.get("members") if isinstance(reply, dict) else None
+            if not isinstance(leader, dict) or not isinstance(members, list) or leader.get("id") == self.id:
+                continue
+            if self.id in members:
+                return  # still a member: only a partition keeps us apart, and Raft heals that itself
+            try:
+                await self.rpc_client(str(leader["address"])).call("join", self.servers[self.id].wire(), timeout=5)
+                log.info("asked the leader to add this server again", leader=leader.get("address"))
+            except RPCError as exc:
+                log.info("rejoin not accepted yet", leader=leader.get("address"), error=exc.message)
+            return
+
+    def leader_view(self) -> ClusterView | None:
+        """On the leader, what it knows of every server of the configuration; None elsewhere."""
+        node = self.node
+        if node is None or node.role is not raftnode.Role.LEADER:
+            return None
+        status = node.status()
+        conf = status.configuration
+        tick = self.opts.tick
+        servers = []
+        for sid in conf.sorted_members():
+            info = self.servers.get(sid, ServerInfo(sid, ""))
+            if sid == self.id:
+                contact, index, term = 0.0, status.last_index, status.last_term
+            elif sid in status.peers:
+                peer = status.peers[sid]
+                contact, index = peer.ticks_since_heard * tick, peer.match_index
+                term = node.log.term(index) or 0
+            else:
+                contact, index, term = -1.0, 0, 0  # unknown: raft-autopilot counts a negative contact unhealthy
+            servers.append(ServerView(sid, info.name or sid, info.address, sid in conf.voters, sid == self.id,
+                                      contact, index, term))  # fmt: skip
+        return ClusterView(self.id, status.last_index, status.last_term, tuple(servers))
 
     def configuration(self) -> list[dict[str, Any]]:
         node = self.node
