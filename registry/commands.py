@@ -32,6 +32,7 @@ from registry.acl.objects import (
     is_uuid,
     reserved,
 )
+from registry.events import EventError, UserEvent
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
 from registry.prepared_query import PreparedQuery, QueryError
 from registry.sessions import Session, SessionError, session_from_command
@@ -928,6 +929,29 @@ def _prepared_query_from_wire(cmd: Wire) -> PreparedQuerySet | PreparedQueryDele
     raise CommandError(f"Unknown prepared query operation: {op}")
 
 
+# ---------------------------------------------------------------------- user events
+
+
+@dataclass(frozen=True, slots=True)
+class EventFire:
+    """A user event entering the replicated ring of recent events (Consul fires it into the LAN gossip pool
+    from ``Internal.EventFire``; here the ring is what every agent follows). Built, validated and
+    size-checked by the server that received the fire (``registry.events``)."""
+
+    TYPE: ClassVar[str] = "event.fire"
+    event: UserEvent
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Event": self.event.to_wire()}
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> EventFire:
+        try:
+            return cls(UserEvent.from_wire(cmd.get("Event")))
+        except EventError as exc:
+            raise CommandError(exc.message, exc.status) from None
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
@@ -935,7 +959,7 @@ Command = (
     | SnapshotRestore | CASet | ConfigEntryUpsert | ConfigEntryDelete | IntentionWrite | IntentionDelete
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
-    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete
+    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete | EventFire
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -961,6 +985,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     ACLAuthMethodSet.TYPE: _acl_auth_method_from_wire,
     ACLBindingRuleSet.TYPE: _acl_binding_rule_from_wire,
     PreparedQuerySet.TYPE: _prepared_query_from_wire,
+    EventFire.TYPE: EventFire.from_wire,
 }
 
 

@@ -20,6 +20,7 @@ import structlog
 from registry import commands as c
 from registry.commands import CommandError
 from registry.state.acl_table import ACL_DISPATCH
+from registry.state.event_table import EVENT_DISPATCH
 from registry.state.query_table import PQ_DISPATCH
 from registry.state.store import StateStore, StoreError, Topic
 from registry.txn import apply_txn
@@ -122,6 +123,7 @@ DISPATCH: dict[type, ApplyFn] = {
     c.Noop: _noop,
     **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)
     **PQ_DISPATCH,  # prepared queries (registry.state.query_table)
+    **EVENT_DISPATCH,  # the ring of recent user events (registry.state.event_table)
 }
 
 

@@ -170,7 +170,7 @@ def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
     from registry.cli.app import COMMANDS
     from registry.cli.common import http_config, http_options, opt, parser
 
-    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "connect", "intention", "kv", "leave", "lock", "login",
+    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "connect", "event", "intention", "kv", "leave", "lock", "login",
                                 "logout", "members", "operator", "reload", "services", "snapshot", "tls",
                                 "version"]  # fmt: skip
     p: argparse.ArgumentParser = parser("proconsul test", "test")

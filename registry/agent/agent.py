@@ -34,6 +34,7 @@ from registry.agent.checks import (
     TCPMonitor,
     TTLMonitor,
 )
+from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.remote import RPC_CLIENT_APPLY
@@ -140,6 +141,17 @@ class Agent:
             self.acl_leader = ACLLeader(is_leader=self.consensus.is_leader, store=lambda: self.store,
                                         propose=self.propose, tokens=self.acl_tokens,
                                         new_uuid=lambda: str(uuid.uuid4()))  # fmt: skip
+        # User events: a server commits fired events to the replicated ring and serves it to client agents;
+        # every agent follows the ring (its replica, or the leader's) and buffers the events meant for it.
+        ring = StoreRing(lambda: self.store, self.hub)
+        if not self.is_client:
+            EventServer(acl=self.acl, propose=self.propose, ring=ring).register_rpc(self.rpc)
+        self.events = AgentEvents(
+            node_name=lambda: self.node_name,
+            services=lambda: [(s.service.id, s.service.tags) for s in self.services.values()],
+            call_leader=self.consensus.call_leader,
+            source=LeaderRing(self.consensus.call_leader) if self.is_client else ring,
+        )
         # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
@@ -249,7 +261,9 @@ class Agent:
         for chk in self.config.checks:
             await self.add_check(build_check_registration(rules, chk))
         await self._warn_if_insecure()
+        await self.events.start(self.consensus.known_leader())
         loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.events.run(), name="user-events"))
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
         if not self.config.dev:
@@ -286,7 +300,7 @@ class Agent:
         """The HTTP API on the HTTP port, Connect, then the same API on the HTTPS port, then DNS."""
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
-                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens)  # fmt: skip
+                  connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, events=self.events)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         try:

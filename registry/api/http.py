@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from registry.acl.resolver import TokenResolver
+    from registry.agent.events import AgentEvents
     from registry.agent.local import LocalCheck, LocalService
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
@@ -64,6 +65,15 @@ CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 # Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
 CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize"})
+# User events are each agent's own (its buffer, its fire), as Consul's are.
+CLIENT_LOCAL_PREFIXES = ("/v1/event/",)
+
+
+def forwarded_by_client(path: str) -> bool:
+    """Whether a client agent sends a request for ``path`` to a server rather than answering it."""
+    if path.startswith("/v1/agent/"):
+        return path == "/v1/agent/members"
+    return path not in CLIENT_LOCAL_PATHS and not path.startswith(CLIENT_LOCAL_PREFIXES)
 
 
 @dataclass(slots=True)
@@ -168,8 +178,10 @@ class Api:
         connect: Connect | None = None,
         acl: TokenResolver | None = None,
         acl_tokens: AgentTokenSetter | None = None,
+        events: AgentEvents | None = None,
     ) -> None:
         self.agent = local
+        self.events = events  # this agent's user events (fire, buffer); None: /v1/event/* has nothing
         self.acl_tokens = acl_tokens
         self.config = config
         self._store = store
@@ -212,8 +224,7 @@ class Api:
         authz: Authorizer | None = None
         path = request.path
         if self.acl_on:
-            if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
-                    and path not in CLIENT_LOCAL_PATHS:
+            if self.is_client and forwarded_by_client(path):
                 return await self.forward(request)  # the server resolves the token the request carries
             try:
                 authz = await self._resolve(request)
@@ -230,8 +241,7 @@ class Api:
             if hit is not None and hit[3] is authz and self.consensus.fast_read_ok():
                 return web.Response(status=hit[0], body=hit[1], headers=hit[2])
         path = request.path
-        if self.is_client and (not path.startswith("/v1/agent/") or path == "/v1/agent/members") \
-                and path not in CLIENT_LOCAL_PATHS:
+        if self.is_client and forwarded_by_client(path):
             return await self.forward(request)
         routes, suffix = self.router.resolve(path)
         if routes is None:

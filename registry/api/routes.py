@@ -19,6 +19,7 @@ from registry.api import (
     catalog,
     config_entries,
     connect,
+    event,
     health,
     kv,
     operator,
@@ -43,6 +44,7 @@ ROUTES: tuple[Route, ...] = (
     *config_entries.ROUTES,
     *acl.ROUTES,
     *acl_login.ROUTES,
+    *event.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

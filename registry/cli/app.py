@@ -8,7 +8,20 @@ from __future__ import annotations
 import sys
 
 from registry import __version__
-from registry.cli import acl, agent, catalog, connect, intention, kv, lock, members, operator, snapshot, tls
+from registry.cli import (
+    acl,
+    agent,
+    catalog,
+    connect,
+    event,
+    intention,
+    kv,
+    lock,
+    members,
+    operator,
+    snapshot,
+    tls,
+)
 from registry.cli.common import CLIError, Command
 
 __all__ = ["COMMANDS", "cmd_version", "main", "usage"]
@@ -41,6 +54,7 @@ COMMANDS: dict[str, Command] = {
     "acl": acl.cmd_acl,
     "login": acl.cmd_login,
     "logout": acl.cmd_logout,
+    "event": event.cmd_event,
 }
 
 
