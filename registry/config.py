@@ -34,6 +34,7 @@ KNOWN_TOP_KEYS = {
     "disable_update_check", "encrypt", "telemetry", "services", "checks", "service", "check",
     "default_intention_policy", "http_config", "raft_snapshot_threshold", "raft_trailing_logs",
     "retry_interval", "recursor_timeout", "servers", "nodes", "session_ttl_min", "insecure",
+    "watches", "skip_leave_on_interrupt",
 }  # fmt: skip
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 

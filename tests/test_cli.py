@@ -172,7 +172,7 @@ def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
 
     assert sorted(COMMANDS) == ["acl", "agent", "catalog", "connect", "event", "intention", "kv", "leave", "lock", "login",
                                 "logout", "members", "operator", "reload", "services", "snapshot", "tls",
-                                "version"]  # fmt: skip
+                                "version", "watch"]  # fmt: skip
     p: argparse.ArgumentParser = parser("proconsul test", "test")
     http_options(p)
     opt(p, "node-meta", action="append", default=[])

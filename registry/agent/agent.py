@@ -40,6 +40,7 @@ from registry.agent.local import LocalCheck, LocalService
 from registry.agent.remote import RPC_CLIENT_APPLY
 from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
 from registry.agent.session_timers import SessionTimers
+from registry.agent.watches import AgentWatches, validate_watches
 from registry.api.http import Api
 from registry.api.routes import ROUTES
 from registry.commands import (
@@ -106,7 +107,7 @@ def _validate_tls(cfg: Config) -> None:
 # What ``config.validate`` checks beyond the keys themselves, from the parts that own each block; the CLI
 # passes these when it builds the agent's Config.
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
-CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, require_secure)
+CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, validate_watches, require_secure)
 
 
 class Agent:
@@ -152,6 +153,8 @@ class Agent:
             call_leader=self.consensus.call_leader,
             source=LeaderRing(self.consensus.call_leader) if self.is_client else ring,
         )
+        # The config's watch plans, run against this agent's own HTTP API once it listens.
+        self.watches = AgentWatches(config)
         # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
@@ -274,6 +277,9 @@ class Agent:
         await self._start_listeners()
         if self.http_addr is not None and self.config.server:
             self.consensus.advertise_http(f"{self.config.advertise}:{self.http_addr[1]}")
+        if self.http_addr is not None:
+            host = self.http_addr[0] if self.http_addr[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+            self.watches.start(f"http://{host}:{self.http_addr[1]}", self._spawn)
         log.info(
             "agent started",
             node=self.node_name,
@@ -334,6 +340,7 @@ class Agent:
         for chk in list(self.checks.values()):
             await self._stop_monitor(chk)
         self.session_timers.stop()
+        await self.watches.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -21,6 +21,7 @@ from registry.cli import (
     operator,
     snapshot,
     tls,
+    watch,
 )
 from registry.cli.common import CLIError, Command
 
@@ -55,6 +56,7 @@ COMMANDS: dict[str, Command] = {
     "login": acl.cmd_login,
     "logout": acl.cmd_logout,
     "event": event.cmd_event,
+    "watch": watch.cmd_watch,
 }
 
 

@@ -234,7 +234,7 @@ class AgentHTTP:
             query.setdefault("dc", self.config.datacenter)
         if self.config.stale and method == "GET":
             query.setdefault("stale", "")
-        qs = urllib.parse.urlencode(query)
+        qs = urllib.parse.urlencode(query, doseq=True)  # a list value repeats the parameter (?tag=a&tag=b)
         import yarl
 
         return yarl.URL(f"{self.base}{path}" + (f"?{qs}" if qs else ""), encoded=True)
