@@ -963,7 +963,9 @@ def _persistent_node_id(data_dir: Any, fallback: str) -> str:
             return existing
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Created readable by this agent's user only, as Consul creates its data directory (0700): it holds
+    # the Raft log, snapshots and the agent's tokens.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(fallback + "\n")
     return fallback
 
