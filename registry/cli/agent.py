@@ -182,7 +182,7 @@ def _leaves_on(cfg: Config, sig: signal.Signals) -> bool:
     """Whether a signal makes the agent leave the cluster before it stops, as Consul decides:
     ``leave_on_terminate`` for SIGTERM (default: clients yes, servers no), ``skip_leave_on_interrupt`` for
     SIGINT (default: servers skip, clients leave)."""
-    server = cfg.server and not cfg.dev
+    server = cfg.server  # -dev is a server too, as Consul's dev agent is
     if sig == signal.SIGTERM:
         return bool(cfg.extra.get("leave_on_terminate", not server))
     return not cfg.extra.get("skip_leave_on_interrupt", server)
