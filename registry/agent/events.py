@@ -36,7 +36,7 @@ from registry.events import EventBuffer, EventError, UserEvent, check_size, shou
 from registry.raft.rpc import RPCRouter
 from registry.state.event_table import TOPIC, ring_after
 from registry.state.store import StateStore
-from registry.state.topics import WatchSet
+from registry.state.topics import Topic, WatchSet
 from registry.watch import WatchHub
 
 log = structlog.get_logger("proconsul.events")
@@ -57,34 +57,40 @@ class EventSource(Protocol):
 
 
 class StoreRing:
-    """The ring in this server's own replica, woken by its watch topic."""
+    """The ring in this server's own replica. It learns of changes as a listener of the watch hub (as the
+    HTTP hot cache does) rather than as a parked blocking query, so the agent's own following never
+    counts among the hub's waiters."""
 
     def __init__(self, store: Callable[[], StateStore], hub: WatchHub) -> None:
         self._store = store
-        self._hub = hub
+        self._changed: asyncio.Event | None = None
+        hub.listeners.append(self._on_change)
+
+    def _on_change(self, topics: Iterable[Topic] | None, kv_keys: Iterable[str] | None) -> None:
+        # ``topics`` is the set a command touched (None: a restore replaced everything).
+        if self._changed is not None and (topics is None or TOPIC in topics):
+            self._changed.set()
 
     async def after(self, after: int | None, wait: float) -> tuple[list[UserEvent], int]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, wait)
+        if self._changed is None:
+            self._changed = asyncio.Event()
         while True:
-            fut = self._hub.watch((TOPIC,))
+            self._changed.clear()
+            events, last = ring_after(self._store(), after or 0, WatchSet())
+            if after is None:
+                return [], last
+            remaining = deadline - loop.time()
+            # Only a newer event ends the wait: a replica still catching up (``last`` behind) is waited
+            # for, not reported, so a restarting server never replays what it delivered before.
+            if last > after or remaining <= 0:
+                return events, last
             try:
-                ws = WatchSet()
-                events, last = ring_after(self._store(), after or 0, ws)
-                if after is None:
-                    return [], last
-                remaining = deadline - loop.time()
-                # Only a newer event ends the wait: a replica still catching up (``last`` behind) is waited
-                # for, not reported, so a restarting server never replays what it delivered before.
-                if last > after or remaining <= 0:
-                    return events, last
-                try:
-                    async with asyncio.timeout(remaining):
-                        await fut
-                except TimeoutError:
-                    pass
-            finally:
-                self._hub.unwatch((TOPIC,), fut)
+                async with asyncio.timeout(remaining):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
 
 
 class LeaderRing:
