@@ -92,7 +92,7 @@ class AgentWatches:
     def __init__(self, cfg: Config) -> None:
         self._defs = [compile_watch(p) for p in (cfg.extra.get("watches") or [])]
         self.plans: list[WatchPlan] = []
-        self._http: AgentHTTP | None = None
+        self._clients: list[AgentHTTP] = []
         self._session: aiohttp.ClientSession | None = None
 
     def _handler_session(self) -> aiohttp.ClientSession:
@@ -105,8 +105,10 @@ class AgentWatches:
         """Run every plan against ``address`` (this agent's HTTP API, ``http://host:port``)."""
         if not self._defs:
             return
-        self._http = AgentHTTP(HTTPConfig(address=address), total=None)
         for spec, script, args in self._defs:
+            # One client per plan: a watch's own token (``token``) goes in its client's header.
+            http = AgentHTTP(HTTPConfig(address=address, token=spec.token), total=None)
+            self._clients.append(http)
             handler: Handler
             if spec.handler_type == "http":
                 assert spec.http_handler is not None
@@ -125,7 +127,7 @@ class AgentWatches:
             def handler_failed(exc: Exception, wtype: str = spec.type) -> None:
                 log.error("Failed to run watch handler", type=wtype, error=str(exc))
 
-            plan = WatchPlan(spec, self._http, handler, retry_base=retry_base, on_error=errored,
+            plan = WatchPlan(spec, http, handler, retry_base=retry_base, on_error=errored,
                              on_handler_error=handler_failed)  # fmt: skip
             self.plans.append(plan)
             spawn(self._run(plan), f"watch-{spec.type}")
@@ -140,8 +142,8 @@ class AgentWatches:
     async def stop(self) -> None:
         for plan in self.plans:
             plan.stop()
-        if self._http is not None:
-            await self._http.close()
+        for http in self._clients:
+            await http.close()
         if self._session is not None:
             await self._session.close()
         await asyncio.sleep(0)

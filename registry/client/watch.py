@@ -378,7 +378,8 @@ class HTTPHandler:
 class WatchPlan:
     """Consul's ``Plan.Run``: query, decide (``PlanState``), hand changes to ``handler``, back off on
     failures, until ``stop``. ``wait`` is the blocking query's ``?wait`` (the agent's default when None);
-    ``retry_base`` the backoff's base."""
+    ``retry_base`` the backoff's base. The token is ``http``'s, sent as a header and never in the URL: the
+    caller builds ``http`` with the spec's ``token`` when it has one, as Consul's plan sets its client's."""
 
     def __init__(self, spec: WatchSpec, http: AgentHTTP, handler: Handler, *, wait: float | None = None,
                  retry_base: float = RETRY_INTERVAL, on_error: Callable[[str, float], None] | None = None,
@@ -412,8 +413,6 @@ class WatchPlan:
             params["stale"] = ""
         if self.spec.datacenter:
             params["dc"] = self.spec.datacenter
-        if self.spec.token:
-            params["token"] = self.spec.token
         index = self.state.wait_index()
         wait = self.wait
         wait_s = f"{wait:g}s" if wait is not None else None
