@@ -33,6 +33,7 @@ from registry.acl.objects import (
     reserved,
 )
 from registry.autopilot import AutopilotConfig, AutopilotConfigError
+from registry.events import EventError, UserEvent
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
 from registry.prepared_query import PreparedQuery, QueryError
 from registry.sessions import Session, SessionError, session_from_command
@@ -1073,6 +1074,29 @@ class AutopilotSetConfig:
         return cls(config, bool(cmd.get("CAS")), index, bool(cmd.get("Init")))
 
 
+# ---------------------------------------------------------------------- user events
+
+
+@dataclass(frozen=True, slots=True)
+class EventFire:
+    """A user event entering the replicated ring of recent events (Consul fires it into the LAN gossip pool
+    from ``Internal.EventFire``; here the ring is what every agent follows). Built, validated and
+    size-checked by the server that received the fire (``registry.events``)."""
+
+    TYPE: ClassVar[str] = "event.fire"
+    event: UserEvent
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Event": self.event.to_wire()}
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> EventFire:
+        try:
+            return cls(UserEvent.from_wire(cmd.get("Event")))
+        except EventError as exc:
+            raise CommandError(exc.message, exc.status) from None
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
@@ -1080,7 +1104,7 @@ Command = (
     | SnapshotRestore | CASet | ConfigEntryUpsert | ConfigEntryDelete | IntentionWrite | IntentionDelete
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
-    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete | AutopilotSetConfig
+    | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete | AutopilotSetConfig | EventFire
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -1107,6 +1131,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     ACLBindingRuleSet.TYPE: _acl_binding_rule_from_wire,
     PreparedQuerySet.TYPE: _prepared_query_from_wire,
     AutopilotSetConfig.TYPE: AutopilotSetConfig.from_wire,
+    EventFire.TYPE: EventFire.from_wire,
 }
 
 

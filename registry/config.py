@@ -36,7 +36,7 @@ KNOWN_TOP_KEYS = {
     "log_json", "node_meta", "check_output_max_size", "kv_max_value_size", "limits", "default_query_time",
     "max_query_time", "ae_interval", "check_reap_interval", "tls", "connect", "dev", "telemetry", "services",
     "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
-    "insecure",
+    "insecure", "watches", "leave_on_terminate", "skip_leave_on_interrupt",
 }  # fmt: skip
 # Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py).
 KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",

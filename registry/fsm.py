@@ -21,6 +21,7 @@ from registry import commands as c
 from registry.commands import CommandError
 from registry.state.acl_table import ACL_DISPATCH
 from registry.state.autopilot_table import apply_autopilot_set
+from registry.state.event_table import EVENT_DISPATCH
 from registry.state.query_table import PQ_DISPATCH
 from registry.state.store import StateStore, StoreError, Topic
 from registry.txn import apply_txn
@@ -124,6 +125,7 @@ DISPATCH: dict[type, ApplyFn] = {
     c.AutopilotSetConfig: apply_autopilot_set,  # Operator.AutopilotSetConfiguration (registry.state.autopilot_table)
     **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)
     **PQ_DISPATCH,  # prepared queries (registry.state.query_table)
+    **EVENT_DISPATCH,  # the ring of recent user events (registry.state.event_table)
 }
 
 

@@ -42,6 +42,7 @@ from registry.agent.checks import (
     TTLMonitor,
     UDPMonitor,
 )
+from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.remote import RPC_CLIENT_APPLY
@@ -57,6 +58,7 @@ from registry.agent.telemetry import (
     raft_health,
     seconds_until,
 )
+from registry.agent.watches import AgentWatches, validate_watches
 from registry.api.http import Api
 from registry.api.routes import ROUTES
 from registry.autopilot import AutopilotConfig, AutopilotConfigError, ClusterFacts, from_agent_config
@@ -161,7 +163,7 @@ def _validate_logs(cfg: Config) -> None:
 # passes these when it builds the agent's Config.
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
-                                                  _validate_logs, require_secure)  # fmt: skip
+                                                  _validate_logs, validate_watches, require_secure)  # fmt: skip
 
 
 class Agent:
@@ -220,6 +222,19 @@ class Agent:
             self.acl_leader = ACLLeader(is_leader=self.consensus.is_leader, store=lambda: self.store,
                                         propose=self.propose, tokens=self.acl_tokens,
                                         new_uuid=lambda: str(uuid.uuid4()))  # fmt: skip
+        # User events: a server commits fired events to the replicated ring and serves it to client agents;
+        # every agent follows the ring (its replica, or the leader's) and buffers the events meant for it.
+        ring = StoreRing(lambda: self.store, self.hub)
+        if not self.is_client:
+            EventServer(acl=self.acl, propose=self.propose, ring=ring).register_rpc(self.rpc)
+        self.events = AgentEvents(
+            node_name=lambda: self.node_name,
+            services=lambda: [(s.service.id, s.service.tags) for s in self.services.values()],
+            call_leader=self.consensus.call_leader,
+            source=LeaderRing(self.consensus.call_leader) if self.is_client else ring,
+        )
+        # The config's watch plans, run against this agent's own HTTP API once it listens.
+        self.watches = AgentWatches(config)
         # Connect CA, leaf certificates, intentions (registers its FSM commands before any entry is replayed).
         self.connect = Connect(config=config, propose=self.propose, fsm=self.fsm, store=lambda: self.store,
                                consensus=self.consensus, hub=self.hub, rpc=self.rpc, checks=self, spawn=self._spawn,
@@ -377,7 +392,9 @@ class Agent:
             await self.add_check(spec)
             self._config_checks.add(spec.check_id)
         await self._warn_if_insecure()
+        await self.events.start(self.consensus.known_leader())
         loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self.events.run(), name="user-events"))
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
         if not self.config.dev:
@@ -393,6 +410,9 @@ class Agent:
         await self._start_listeners()
         if self.http_addr is not None and self.config.server:
             self.consensus.advertise_http(f"{self.config.advertise}:{self.http_addr[1]}")
+        if self.http_addr is not None:
+            host = self.http_addr[0] if self.http_addr[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+            self.watches.start(f"http://{host}:{self.http_addr[1]}", self._spawn)
         log.info(
             "agent started",
             node=self.node_name,
@@ -420,7 +440,7 @@ class Agent:
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry,
-                  autopilot=self.autopilot, logs=self.log_router)  # fmt: skip
+                  autopilot=self.autopilot, logs=self.log_router, events=self.events)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         self._api_server = server
@@ -533,6 +553,7 @@ class Agent:
         for chk in list(self.checks.values()):
             await self._stop_monitor(chk)
         self.session_timers.stop()
+        await self.watches.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -1282,7 +1303,9 @@ def _persistent_node_id(data_dir: Any, fallback: str) -> str:
             return existing
     except FileNotFoundError:
         pass
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Created readable by this agent's user only, as Consul creates its data directory (0700): it holds
+    # the Raft log, snapshots and the agent's tokens.
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(fallback + "\n")
     return fallback
 

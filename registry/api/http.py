@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from registry.acl.resolver import TokenResolver
     from registry.agent.autopilot import Autopilot
+    from registry.agent.events import AgentEvents
     from registry.agent.local import LocalCheck, LocalService
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
@@ -71,6 +72,8 @@ _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 # Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
 CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize"})
 HTTP_TIMERS = web.RequestKey("http_timers", tuple)  # the timers of the route serving a request
+# User events are each agent's own (its buffer, its fire), as Consul's are.
+CLIENT_LOCAL_PREFIXES = ("/v1/event/",)
 
 
 @dataclass(slots=True)
@@ -181,8 +184,10 @@ class Api:
         telemetry: MetricsSource | None = None,
         autopilot: Autopilot | None = None,
         logs: LogRouter | None = None,
+        events: AgentEvents | None = None,
     ) -> None:
         self.agent = local
+        self.events = events  # this agent's user events (fire, buffer); None: /v1/event/* has nothing
         self.acl_tokens = acl_tokens
         self.config = config
         self._store = store
@@ -353,10 +358,11 @@ class Api:
     @staticmethod
     def _client_forwards(request: web.Request) -> bool:
         """Whether a client agent sends this request to a server: everything but its own /v1/agent/
-        endpoints, except the LAN member list (derived from the servers' catalog). A client is in no WAN
-        pool, so it answers ``members?wan`` itself, as Consul's client does (null)."""
+        endpoints, except the LAN member list (derived from the servers' catalog), and its user events (each
+        agent's own buffer and fire, as Consul's are). A client is in no WAN pool, so it answers
+        ``members?wan`` itself, as Consul's client does (null)."""
         path = request.path
-        if path in CLIENT_LOCAL_PATHS:
+        if path in CLIENT_LOCAL_PATHS or path.startswith(CLIENT_LOCAL_PREFIXES):
             return False
         if path == "/v1/agent/members":
             return not request.query.get("wan")

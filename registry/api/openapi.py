@@ -117,6 +117,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CatalogRegistration": schema_from_registration(CATALOG_REGISTER_SCHEMA, ("Node",)),
     "CatalogDeregistration": schema_from_registration(CATALOG_DEREGISTER_SCHEMA, ("Node",)),
     "CheckUpdate": _obj(Status={"type": "string", "enum": ["passing", "warning", "critical"]}, Output=_STR),
+    "UserEvent": _obj(("ID", "Name", "Version", "LTime"), ID=_STR, Name=_STR,
+                      Payload={"type": "string", "format": "byte", "nullable": True}, NodeFilter=_STR,
+                      ServiceFilter=_STR, TagFilter=_STR, Version=_INT, LTime=_INT),
     "SessionRequest": _obj(
         Name=_STR, Node=_STR, Behavior={"type": "string", "enum": ["release", "delete"]}, TTL=DURATION,
         LockDelay={"oneOf": [DURATION, {"type": "integer", "minimum": 0}]}, Checks=_array(_STR),
@@ -321,6 +324,14 @@ PARAMETERS: dict[str, dict[str, Any]] = {
                 "schema": _BOOL_FLAG},
     "pretty": {"description": "Indent the JSON answer (presence enables).", "schema": _BOOL_FLAG,
                "allowEmptyValue": True},
+    # Parameters that share a name with another of a different meaning: ``param`` is the name sent.
+    "event-node": {"param": "node", "description": "A regular expression (Go's syntax) on the node names that "
+                   "keep the event.", "schema": _STR},
+    "event-service": {"param": "service", "description": "A regular expression on the service IDs of the "
+                      "agents that keep the event.", "schema": _STR},
+    "event-tag": {"param": "tag", "description": "A regular expression on those services' tags (needs "
+                  "?service).", "schema": _STR},
+    "event-name": {"param": "name", "description": "Only the events of this name.", "schema": _STR},
 }  # fmt: skip
 
 # Path parameters: Consul's API reference names them. ID-like names never hold a "/" (one would reach
@@ -372,6 +383,7 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/health/state/": ("/v1/health/state/{state}",),
     "/v1/kv/": ("/v1/kv/{key}",),
     "/v1/session/destroy/": ("/v1/session/destroy/{uuid}",),
+    "/v1/event/fire/": ("/v1/event/fire/{name}",),
     # Execute and explain take an ID or a name; reading one takes the ID.
     "/v1/query/": ("/v1/query/{uuid}", "/v1/query/{uuid}/execute", "/v1/query/{uuid}/explain"),
     "/v1/session/info/": ("/v1/session/info/{uuid}",),
@@ -578,6 +590,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", "/v1/query/"): Op(query=("dc",), body="PreparedQuery", ok=_EMPTY, errors=(404, 405),
                               server_errors=(NO_DC,)),
     ("DELETE", "/v1/query/"): Op(query=("dc",), ok=_EMPTY, errors=(404, 405), server_errors=(NO_DC,)),
+    # ---- user events
+    ("PUT", "/v1/event/fire/"): Op(query=("dc", "event-node", "event-service", "event-tag"), body=OCTETS,
+                                   ok=_json(_ref("UserEvent"))),
+    ("GET", "/v1/event/list"): Op(query=("event-name", "index", "wait"), blocking=True,
+                                  ok=_json(_array(_ref("UserEvent")))),
     # ---- config entries
     ("PUT", "/v1/config"): Op(query=("dc", "cas"), body="ConfigEntry", ok={200: _TRUE}),
     ("GET", "/v1/config/"): Op(query=(*BLOCKING, "filter"), blocking=True, ok=_json({}), errors=(404,)),
@@ -800,7 +817,9 @@ def build_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
             "TokenQuery": {"type": "apiKey", "in": "query", "name": "token",
                            "description": "?token=<SecretID>, looked at first (it ends up in logs and shell history: prefer the header)."},
         },
-        "parameters": {name: {"name": name, "in": "query", **spec} for name, spec in PARAMETERS.items()},
+        "parameters": {key: {"name": spec.get("param", key), "in": "query",
+                             **{k: v for k, v in spec.items() if k != "param"}}
+                       for key, spec in PARAMETERS.items()},
         "schemas": SCHEMAS,
     }  # fmt: skip
     return {

@@ -20,6 +20,7 @@ from registry.api import (
     config_entries,
     connect,
     discovery_chain,
+    event,
     health,
     kv,
     metrics,
@@ -47,6 +48,7 @@ ROUTES: tuple[Route, ...] = (
     *discovery_chain.ROUTES,
     *acl.ROUTES,
     *acl_login.ROUTES,
+    *event.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

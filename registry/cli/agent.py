@@ -179,15 +179,50 @@ async def _run_agent(cfg: Config, warnings: list[str], rebuild: Callable[[], Con
         print(f"==> {exc}", file=sys.stderr)
         await agent.stop()
         return 1
+    from registry.agent import sdnotify
+
     loop = asyncio.get_running_loop()
+    caught: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        caught.append(sig)
+        agent.request_shutdown()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, agent.request_shutdown)
+        loop.add_signal_handler(sig, on_signal, sig)
     # SIGHUP reloads the configuration, as Consul's agent command does.
     loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
     print("==> Proconsul agent running!", flush=True)
+    ready = loop.create_task(_notify_ready(agent))
     assert agent.shutdown_requested is not None
     await agent.shutdown_requested.wait()
-    log.info("caught signal, shutting down")
+    ready.cancel()
+    sdnotify.notify(sdnotify.STOPPING)
+    if caught and _leaves_on(cfg, caught[0]) and not agent.leaving:
+        log.info("caught signal, gracefully leaving", signal=caught[0].name)
+        await agent.leave()
+    else:
+        log.info("caught signal, shutting down")
     await agent.stop()
     return 0
+
+
+def _leaves_on(cfg: Config, sig: signal.Signals) -> bool:
+    """Whether a signal makes the agent leave the cluster before it stops, as Consul decides:
+    ``leave_on_terminate`` for SIGTERM (default: clients yes, servers no), ``skip_leave_on_interrupt`` for
+    SIGINT (default: servers skip, clients leave)."""
+    server = cfg.server  # -dev is a server too, as Consul's dev agent is
+    if sig == signal.SIGTERM:
+        return bool(cfg.extra.get("leave_on_terminate", not server))
+    return not cfg.extra.get("skip_leave_on_interrupt", server)
+
+
+async def _notify_ready(agent: Any) -> None:
+    """Tell systemd the agent is ready (``READY=1``) once it serves HTTP and, on a server, once it has
+    joined a cluster that has a leader (Consul notifies after its first join)."""
+    from registry.agent import sdnotify
+
+    while agent.http_addr is None or (agent.config.server and not agent.consensus.known_leader()):
+        await asyncio.sleep(0.1)
+    sdnotify.notify(sdnotify.READY)
 

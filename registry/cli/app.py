@@ -14,6 +14,7 @@ from registry.cli import (
     catalog,
     config,
     connect,
+    event,
     intention,
     kv,
     lock,
@@ -22,6 +23,7 @@ from registry.cli import (
     ops,
     snapshot,
     tls,
+    watch,
 )
 from registry.cli import validate as validate_cmd
 from registry.cli.common import CLIError, Command
@@ -61,6 +63,8 @@ COMMANDS: dict[str, Command] = {
     "acl": acl.cmd_acl,
     "login": acl.cmd_login,
     "logout": acl.cmd_logout,
+    "event": event.cmd_event,
+    "watch": watch.cmd_watch,
 }
 
 

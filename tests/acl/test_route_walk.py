@@ -126,6 +126,10 @@ def cases(ids: dict[str, str]) -> list[Case]:
         Case("DELETE", "/v1/kv/", "/v1/kv/k/a", 'key "k/a" { policy = "write" }', "key:write"),
         Case("PUT", "/v1/txn", "/v1/txn", 'key "k/t" { policy = "write" }', "key:write",
              body=[{"KV": {"Verb": "set", "Key": "k/t", "Value": "dg=="}}]),
+        # user events: firing needs event:write on the name; the list shows the events the token may read
+        Case("PUT", "/v1/event/fire/", "/v1/event/fire/ev2", 'event "ev2" { policy = "write" }', "event:write",
+             body="payload"),
+        Case("GET", "/v1/event/list", "/v1/event/list", 'event "ev" { policy = "read" }', None),
         # status, operator, snapshot
         Case("GET", "/v1/status/leader", "/v1/status/leader", "", None, empty=lambda b: True),
         Case("GET", "/v1/status/peers", "/v1/status/peers", "", None, empty=lambda b: True),
@@ -319,6 +323,7 @@ async def setup(w: Walker) -> dict[str, str]:
     await ok("PUT", "/v1/agent/service/register", {"Name": "gone", "Port": 81})
     await ok("PUT", "/v1/agent/check/register", {"CheckID": "gone-check", "Name": "g", "TTL": "60s"})
     await ok("PUT", "/v1/kv/k/a", "v")
+    await ok("PUT", "/v1/event/fire/ev", "hello")
     session = (await ok("PUT", "/v1/session/create", {"Name": "s", "TTL": "60s"}))["ID"]
     await ok("PUT", "/v1/connect/intentions/exact?source=web&destination=db", {"Action": "allow"})
     legacy = (await ok("POST", "/v1/connect/intentions",
