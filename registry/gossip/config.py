@@ -39,8 +39,8 @@ class GossipConfig:
     # log10(n) by the *probe* interval, giving 16 s at 10,000 members, though a suspect learns of its
     # suspicion on the next probe (the buddy system) and a refutation spreads in log(n) *gossip* rounds of
     # 200 ms.  With the cap a confirmed failure is declared within ~8 s at any size; an unconfirmed one
-    # still waits up to suspicion_max_timeout_mult times longer.  None restores memberlist exactly.
-    suspicion_timeout_cap: float | None = 5.0
+    # still waits suspicion_max_timeout_mult times longer.  None restores memberlist exactly.
+    suspicion_timeout_cap: float | None = 4.0
     awareness_max_multiplier: int = 8  # AwarenessMaxMultiplier: Lifeguard's health score ranges 0..7
     gossip_interval: float = 0.2  # GossipInterval
     gossip_nodes: int = 3  # GossipNodes

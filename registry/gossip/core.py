@@ -279,6 +279,8 @@ class GossipNode:
         self._next_reconnect = 0.0
         self._next_reap = 0.0
         self._stall_mark = now
+        self._states: tuple[PushState, ...] | None = None  # _local_states(), until membership changes
+        self._push_pull_span = self.config.push_pull_interval
         self.stats: Counter[str] = Counter()
 
         self._incarnation = 1
@@ -400,6 +402,7 @@ class GossipNode:
         old = me.tags
         me.tags = tags
         me.incarnation = self._incarnation
+        self._states = None
         if old != tags:
             self._event(EventKind.UPDATE, me)
 
@@ -645,6 +648,7 @@ class GossipNode:
         self._live += is_live - was_live
         node.state = state
         node.state_change = now
+        self._states = None
 
     def _event(self, kind: EventKind, node: _Node) -> None:
         self._events.append(MemberEvent(kind, node.snapshot(), self._now))
@@ -660,10 +664,7 @@ class GossipNode:
         if node is None:
             node = _Node(a.node, a.addr, a.tags, 0, MemberState.DEAD, self._now, a.version)
             self._nodes[a.node] = node
-            # memberlist inserts a new node at a random place in the probe order.
-            self._order.append(a.node)
-            i = self._rng.randrange(len(self._order))
-            self._order[i], self._order[-1] = self._order[-1], self._order[i]
+            self._insert_in_order(a.node)
             is_new = True
         elif node.addr != a.addr:
             reclaim = self.config.dead_node_reclaim_time
@@ -687,6 +688,7 @@ class GossipNode:
             return
         if news or not is_new:
             self._broadcast(a.node, a)
+        self._states = None
         node.incarnation = a.incarnation
         node.tags = a.tags
         node.addr = a.addr
@@ -719,6 +721,7 @@ class GossipNode:
             return
         self._broadcast(s.node, s)
         node.incarnation = s.incarnation
+        self._states = None
         self._set_state(node, MemberState.SUSPECT, self._now)
         # memberlist: k = SuspicionMult - 2 confirmations expected, none in a pool too small to give them.
         k = self.config.suspicion_mult - 2
@@ -756,6 +759,7 @@ class GossipNode:
         else:
             self._broadcast(d.node, d)
         node.incarnation = d.incarnation
+        self._states = None
         left = d.left and d.source == d.node
         self._set_state(node, MemberState.LEFT if left else MemberState.DEAD, self._now)
         self._event(EventKind.LEFT if left else EventKind.FAILED, node)
@@ -770,6 +774,7 @@ class GossipNode:
             inc = accused + 1
         self._incarnation = inc
         me.incarnation = inc
+        self._states = None
         self._awareness(1)
         self._broadcast_self(me, me.tags)
 
@@ -785,6 +790,9 @@ class GossipNode:
                 node = self._nodes.get(st.name)
                 if node is not None and st.incarnation <= node.incarnation and st.name != self.name:
                     continue  # the common case, decided without building a message
+                if node is None and st.name != self.name and st.name != source:
+                    self._learn(st)  # what _on_alive does for a member it never heard of, without news
+                    continue
                 alive = Alive(st.incarnation, st.name, st.addr, st.tags)
                 self._on_alive(alive, news=st.name == source)
             elif st.state is MemberState.LEFT:
@@ -792,8 +800,26 @@ class GossipNode:
             else:
                 self._on_suspect(Suspect(st.incarnation, st.name, self.name))
 
+    def _learn(self, st: PushState) -> None:
+        node = _Node(st.name, st.addr, st.tags, st.incarnation, MemberState.ALIVE, self._now)
+        self._nodes[st.name] = node
+        self._insert_in_order(st.name)
+        self._live += 1
+        self._states = None
+        self._event(EventKind.JOIN, node)
+
+    def _insert_in_order(self, name: str) -> None:
+        """memberlist inserts a new node at a random place in the probe order."""
+        order = self._order
+        order.append(name)
+        i = int(self._rng.random() * len(order))
+        order[i], order[-1] = order[-1], order[i]
+
     def _local_states(self) -> tuple[PushState, ...]:
-        return tuple(PushState(n.name, n.addr, n.tags, n.incarnation, n.state) for n in self._nodes.values())
+        if self._states is None:
+            self._states = tuple(PushState(n.name, n.addr, n.tags, n.incarnation, n.state)
+                                 for n in self._nodes.values())  # fmt: skip
+        return self._states
 
     # -- dissemination -------------------------------------------------------------------------------
 
@@ -872,7 +898,17 @@ class GossipNode:
         return self._next_token
 
     def _push_pull_tick(self, now: float) -> None:
-        self._next_push_pull = now + push_pull_interval(self.config.push_pull_interval, self._live)
+        span = push_pull_interval(self.config.push_pull_interval, self._live)
+        if span > self._push_pull_span:
+            # The pool grew since this exchange was scheduled (a fresh member learns the pool on join):
+            # spread it over the longer interval too, or a pool started together would exchange its
+            # whole state all at once at the unscaled rate.
+            self._next_push_pull = now + self._rng.random() * (span - self._push_pull_span)
+            self._push_pull_span = span
+            self._push(self._next_push_pull, _Timer.PUSH_PULL, 0)
+            return
+        self._push_pull_span = span
+        self._next_push_pull = now + span
         self._push(self._next_push_pull, _Timer.PUSH_PULL, 0)
         # A driver that lost a stream without answering must not leak its call.
         stale = now - 2 * self.config.tcp_timeout
@@ -905,6 +941,7 @@ class GossipNode:
                 or (n.state is MemberState.LEFT and now - n.state_change > self.config.tombstone_timeout)]  # fmt: skip
         if not gone:
             return
+        self._states = None
         for n in gone:
             del self._nodes[n.name]
             self._event(EventKind.REAP, n)
