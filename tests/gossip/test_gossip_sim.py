@@ -83,7 +83,7 @@ def test_a_member_paused_for_3_s_is_suspected_refutes_and_is_never_failed() -> N
     assert suspected >= 3  # the pauses were long enough to be noticed: the refutations were real
 
 
-@pytest.mark.parametrize("size", [200, pytest.param(1000, marks=pytest.mark.soak)])
+@pytest.mark.parametrize("size", [200, pytest.param(1000, marks=[pytest.mark.soak, pytest.mark.timeout(3600)])])
 def test_a_tenth_of_the_pool_dying_at_once(size: int) -> None:
     sim = Simulator(seed=11, latency=LATENCY)
     names = sim.converged_pool(size)
@@ -219,6 +219,7 @@ def test_property_failures_are_real_and_found(seed: int, size: int, loss: float,
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(**POOLS)
 def test_soak_property_sweep(seed: int, size: int, loss: float, kills: int, pause: float) -> None:
@@ -226,6 +227,7 @@ def test_soak_property_sweep(seed: int, size: int, loss: float, kills: int, paus
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 def test_soak_no_false_failures_in_ten_minutes_at_a_thousand_members() -> None:
     sim = Simulator(seed=1000, loss=0.05, latency=LATENCY)
     sim.converged_pool(1000)
@@ -234,6 +236,7 @@ def test_soak_no_false_failures_in_ten_minutes_at_a_thousand_members() -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)
 @pytest.mark.parametrize("seed", range(20))
 def test_soak_kills_and_pauses_at_a_thousand_members(seed: int) -> None:
     sim = Simulator(seed=seed, loss=0.1, latency=LATENCY)
