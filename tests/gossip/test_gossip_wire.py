@@ -3,11 +3,14 @@ MessageDecodeError (hostile packets are dropped and counted by the driver, never
 
 from __future__ import annotations
 
+import random
+
 import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from registry.gossip.core import GossipNode
 from registry.gossip.messages import (
     MAX_TAGS_BYTES,
     Ack,
@@ -143,5 +146,11 @@ def test_mutated_packets_decode_to_valid_messages_or_are_refused(which: int, fli
         msgs = decode_packet(bytes(data))
     except MessageDecodeError:
         return
-    # Whatever survives is a valid message that re-encodes to something that decodes the same.
+    # Whatever survives is a valid message that re-encodes to something that decodes the same...
     assert decode_packet(_packet(msgs)) == msgs
+    # ...and a member handles it without raising, whatever it claims.
+    node = GossipNode("node-a", A, now=0.0, rng=random.Random(which))
+    node.receive(0.0, [Alive(1, "node-c", B, {}, 1)])
+    node.receive(0.1, msgs)
+    node.tick(node.next_deadline())
+    assert node.local_member.state is MemberState.ALIVE
