@@ -111,6 +111,14 @@ def test_raft_is_a_library() -> None:
     assert not {m: d for m, d in bad.items() if d}, "registry.raft imports the application"
 
 
+def test_gossip_is_a_library() -> None:
+    """Membership gossip, like Raft, knows nothing of the application (its coordinates module aside)."""
+    allowed = ("registry.gossip", "registry.coordinate")
+    bad = {m: sorted(d for d in deps if d.startswith("registry.") and not _within(d, allowed))
+           for m, deps in GRAPH.items() if _within(m, allowed)}  # fmt: skip
+    assert not {m: d for m, d in bad.items() if d}, "registry.gossip imports the application"
+
+
 def test_core_imports_no_outer_layer() -> None:
     bad = {m: sorted(d for d in deps if _within(d, OUTER_PREFIXES))
            for m, deps in GRAPH.items() if _within(m, CORE_PREFIXES)}  # fmt: skip

@@ -1,0 +1,454 @@
+"""The asyncio driver of a gossip member: sockets and a timer around the pure ``GossipNode``.
+
+One UDP socket and one TCP listener on the same port (Serf's LAN port, ``serf_lan``, 8301 by default), as
+memberlist's NetTransport binds them.  UDP carries probes, acks and piggybacked news; TCP carries
+push-pull state exchanges and the fallback ping.  Every packet and frame passes through the
+``PacketCodec`` the driver is given (the encryption seam) and the bounded decoder; garbage, truncated,
+oversized or rejected input is dropped and counted in ``stats``, never raised.
+
+A stream frame on TCP is a 4-byte big-endian length and that many bytes of sealed frame; one request and
+one reply per connection.
+
+Consumers read ``members()`` and subscribe to membership events with ``events()``.  Round-trip times of
+direct probes feed the member's Vivaldi coordinate (``registry.coordinate``), whose encoding rides in our
+acks as Serf's ping delegate does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import random
+import socket
+import struct
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import structlog
+
+from registry.coordinate import Client as CoordinateClient
+from registry.coordinate import decode_coordinate, encode_coordinate
+from registry.gossip.codec import PacketCodec, PacketRejected, PlainCodec
+from registry.gossip.config import GossipConfig
+from registry.gossip.core import GossipNode, Member, MemberEvent, Packet, StreamRequest
+from registry.gossip.messages import (
+    MAX_PACKET_BYTES,
+    MAX_STREAM_BYTES,
+    Address,
+    MessageDecodeError,
+    StreamMessage,
+    decode_packet,
+    decode_stream,
+    encode_message,
+    encode_packet,
+    encode_stream,
+)
+
+__all__ = ["GossipDriver", "EventStream", "DEFAULT_SERF_LAN_PORT", "UDP_RCVBUF"]
+
+log = structlog.get_logger("proconsul.gossip")
+
+DEFAULT_SERF_LAN_PORT = 8301
+UDP_RCVBUF = 2 * 1024 * 1024  # memberlist's setUDPRecvBuf asks for 2 MiB
+MAX_INBOUND_STREAMS = 128  # memberlist's maxPushPullRequests
+_FRAME_HEADER = struct.Struct(">I")
+
+
+class EventStream:
+    """One subscriber's membership events, in order.  A subscriber that falls more than ``maxsize`` behind
+    loses the oldest events (counted in ``dropped``) and should re-read ``members()``."""
+
+    def __init__(self, driver: GossipDriver, maxsize: int) -> None:
+        self._driver = driver
+        self._queue: asyncio.Queue[MemberEvent | None] = asyncio.Queue(maxsize)
+        self.dropped = 0
+
+    def _put(self, event: MemberEvent | None) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(event)
+                return
+            except asyncio.QueueFull:
+                self._queue.get_nowait()
+                self.dropped += 1
+
+    def __aiter__(self) -> AsyncIterator[MemberEvent]:
+        return self
+
+    async def __anext__(self) -> MemberEvent:
+        event = await self._queue.get()
+        if event is None:
+            raise StopAsyncIteration
+        return event
+
+    async def get(self, timeout: float | None = None) -> MemberEvent | None:
+        """The next event, or None at the end of the stream (or after ``timeout``)."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self._driver._subscribers.discard(self)  # noqa: SLF001 - the driver's own helper
+        self._put(None)
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, driver: GossipDriver) -> None:
+        self._driver = driver
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        self._driver._on_packet(data)  # noqa: SLF001
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like, reported by Linux on the next socket call.
+        self._driver.stats["udp_errors"] += 1
+
+
+class GossipDriver:
+    """A running gossip member.  ``await start()``, ``await join(...)``, ``members()``, ``events()``,
+    and ``await leave()`` (graceful) or ``await stop()`` (as a crash looks to others)."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        bind: Address,
+        advertise: Address | None = None,
+        tags: Mapping[str, str] | None = None,
+        config: GossipConfig | None = None,
+        codec: PacketCodec | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config or GossipConfig()
+        self.codec: PacketCodec = codec or PlainCodec()
+        self._bind = bind
+        self._advertise = advertise
+        self._tags = dict(tags or {})
+        self._rng = rng or random.Random()
+        self._core: GossipNode | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subscribers: set[EventStream] = set()
+        self._join_waiters: dict[int, asyncio.Future[bool]] = {}
+        self._inbound = 0
+        self._left = asyncio.Event()
+        self._stopped = False
+        self.coordinate = CoordinateClient(rng=random.Random(self._rng.getrandbits(64)))
+        self.stats: Counter[str] = Counter()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> Address:
+        """Bind UDP and TCP on the same port (a free one for port 0) and start the protocol.  Returns the
+        address advertised to others."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        host, port = self._bind
+        for attempt in range(10):
+            try:
+                await self._bind_sockets(loop, host, port)
+                break
+            except OSError:
+                if port != 0 or attempt == 9:
+                    raise
+        assert self._udp is not None
+        bound = self._udp.get_extra_info("sockname")
+        advertise = self._advertise or Address(host, bound[1])
+        if self._advertise is None and host in ("0.0.0.0", "::"):
+            raise ValueError("an advertise address is required when binding to all interfaces")
+        if advertise.port == 0:
+            advertise = Address(advertise.host, bound[1])
+        self._core = GossipNode(self.name, advertise, now=loop.time(), rng=self._rng, config=self.config,
+                                tags=self._tags, packet_overhead=self.codec.overhead)  # fmt: skip
+        self._core.set_ack_payload(encode_coordinate(self.coordinate.coordinate))
+        self._flush()
+        return advertise
+
+    async def _bind_sockets(self, loop: asyncio.AbstractEventLoop, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = await asyncio.start_server(self._on_stream, host, port, family=family, reuse_address=True)
+        chosen = server.sockets[0].getsockname()[1]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RCVBUF)
+            sock.bind((host, chosen))
+        except OSError:
+            sock.close()
+            server.close()
+            await server.wait_closed()
+            raise
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=sock)
+        self._tcp = server
+        self._udp = transport
+
+    async def stop(self) -> None:
+        """Close the sockets at once, without a word to anyone: to the pool this member has failed."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1.0)
+        for fut in self._join_waiters.values():
+            if not fut.done():
+                fut.set_result(False)
+        for sub in list(self._subscribers):
+            sub.close()
+
+    async def leave(self, timeout: float = 5.0) -> bool:
+        """Announce a graceful leave, wait (up to ``timeout``, Serf's BroadcastTimeout) until the
+        announcement was gossiped its full number of times, then stop.  True if it was."""
+        core = self._require()
+        core.leave(self._now())
+        self._flush()
+        done = True
+        if not core.leave_propagated:
+            try:
+                await asyncio.wait_for(self._left.wait(), timeout)
+            except TimeoutError:
+                done = False
+        await self.stop()
+        return done
+
+    async def join(self, addresses: Sequence[Address | str], timeout: float | None = None) -> int:
+        """Push-pull with each address (host, host:port, or an Address; port 8301 by default); returns how
+        many answered (memberlist Join).  Names are resolved here, off the protocol's hot path."""
+        core = self._require()
+        targets: list[Address] = []
+        for a in addresses:
+            addr = parse_address(a) if isinstance(a, str) else a
+            resolved = await self._resolve(addr)
+            if resolved is not None:
+                targets.append(resolved)
+        if not targets:
+            return 0
+        tokens = core.join(self._now(), targets)
+        loop = asyncio.get_running_loop()
+        futures = []
+        for token in tokens:
+            fut: asyncio.Future[bool] = loop.create_future()
+            self._join_waiters[token] = fut
+            futures.append(fut)
+        self._flush()
+        done = await asyncio.wait_for(asyncio.gather(*futures), timeout or self.config.tcp_timeout + 1)
+        return sum(done)
+
+    async def _resolve(self, addr: Address) -> Address | None:
+        if _is_ip(addr.host):
+            return addr
+        assert self._loop is not None
+        try:
+            infos = await self._loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_DGRAM)
+        except OSError:
+            self.stats["unresolved"] += 1
+            return None
+        return Address(str(infos[0][4][0]), addr.port)
+
+    # -- views ---------------------------------------------------------------------------------------
+
+    def members(self) -> list[Member]:
+        return self._require().members()
+
+    @property
+    def local_member(self) -> Member:
+        return self._require().local_member
+
+    @property
+    def core(self) -> GossipNode:
+        return self._require()
+
+    def events(self, maxsize: int = 10000) -> EventStream:
+        """Subscribe to membership events from now on."""
+        sub = EventStream(self, maxsize)
+        self._subscribers.add(sub)
+        return sub
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._require().set_tags(self._now(), tags)
+        self._flush()
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _require(self) -> GossipNode:
+        if self._core is None:
+            raise RuntimeError("the gossip driver is not started")
+        return self._core
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def _on_packet(self, data: bytes) -> None:
+        if self._stopped or self._core is None:
+            return
+        self.stats["packets_in"] += 1
+        self.stats["bytes_in"] += len(data)
+        try:
+            if len(data) > MAX_PACKET_BYTES:
+                raise MessageDecodeError("oversized")
+            messages = decode_packet(self.codec.open(data))
+        except (PacketRejected, MessageDecodeError):
+            self.stats["packets_dropped"] += 1
+            return
+        self._core.receive(self._now(), messages)
+        self._flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = float("inf")
+        if self._stopped or self._core is None:
+            return
+        self._core.tick(self._now())
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send what the core emitted, hand out its events and round trips, and re-arm the timer."""
+        core = self._core
+        if core is None or self._stopped:
+            return
+        for out in core.take_outbox():
+            if isinstance(out, Packet):
+                self._send_packet(out)
+            else:
+                self._spawn(self._stream_call(out))
+        for event in core.take_events():
+            for sub in self._subscribers:
+                sub._put(event)  # noqa: SLF001
+        pings = core.take_pings()
+        for ping in pings:
+            other = decode_coordinate(ping.payload)
+            if other is not None:
+                self.coordinate.update(ping.node, other, ping.rtt)
+        if pings:
+            core.set_ack_payload(encode_coordinate(self.coordinate.coordinate))
+        if core.leave_propagated:
+            self._left.set()
+        deadline = core.next_deadline()
+        if deadline != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._timer_at = deadline
+            if deadline != float("inf"):
+                assert self._loop is not None
+                self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _send_packet(self, packet: Packet) -> None:
+        if self._udp is None or not _is_ip(packet.to.host):
+            self.stats["packets_unsendable"] += 1
+            return
+        data = self.codec.seal(encode_packet([encode_message(m) for m in packet.messages]))
+        self.stats["packets_out"] += 1
+        self.stats["bytes_out"] += len(data)
+        try:
+            self._udp.sendto(data, (packet.to.host, packet.to.port))
+        except OSError:
+            self.stats["udp_errors"] += 1
+
+    def _spawn(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _stream_call(self, req: StreamRequest) -> None:
+        reply: StreamMessage | None = None
+        try:
+            reply = await asyncio.wait_for(self._exchange(req), self.config.tcp_timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, PacketRejected, MessageDecodeError):
+            self.stats["streams_failed"] += 1
+        if self._stopped or self._core is None:
+            return
+        ok = self._core.stream_response(self._now(), req.token, reply)
+        waiter = self._join_waiters.pop(req.token, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ok)
+        self._flush()
+
+    async def _exchange(self, req: StreamRequest) -> StreamMessage:
+        reader, writer = await asyncio.open_connection(req.to.host, req.to.port)
+        try:
+            await self._write_frame(writer, req.message)
+            return await self._read_frame(reader)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _write_frame(self, writer: asyncio.StreamWriter, msg: StreamMessage) -> None:
+        data = self.codec.seal(encode_stream(msg))
+        writer.write(_FRAME_HEADER.pack(len(data)) + data)
+        await writer.drain()
+        self.stats["stream_bytes_out"] += len(data) + 4
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> StreamMessage:
+        (size,) = _FRAME_HEADER.unpack(await reader.readexactly(4))
+        if size > MAX_STREAM_BYTES + self.codec.overhead:
+            raise MessageDecodeError("oversized frame")
+        data = await reader.readexactly(size)
+        self.stats["stream_bytes_in"] += size + 4
+        return decode_stream(self.codec.open(data))
+
+    async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopped or self._inbound >= MAX_INBOUND_STREAMS:
+            self.stats["streams_refused"] += 1
+            writer.close()
+            return
+        self._inbound += 1
+        try:
+            msg = await asyncio.wait_for(self._read_frame(reader), self.config.tcp_timeout)
+            if self._stopped or self._core is None:
+                return
+            reply = self._core.handle_stream(self._now(), msg)
+            self._flush()
+            if reply is not None:
+                await asyncio.wait_for(self._write_frame(writer, reply), self.config.tcp_timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, PacketRejected, MessageDecodeError):
+            self.stats["streams_dropped"] += 1
+        finally:
+            self._inbound -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_address(text: str, default_port: int = DEFAULT_SERF_LAN_PORT) -> Address:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` (Consul's -join forms), port 8301 by default."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    else:
+        host, port = text, default_port
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"not an address: {text!r}")
+    return Address(host, port)
