@@ -35,6 +35,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from registry.config import ConfigError
 from registry.config_schema import (
     ANY,
+    ANY_LIST,
     DEPRECATED,
     DEPRECATED_IGNORED,
     DEPRECATED_NESTED,
@@ -300,6 +301,12 @@ class _Check:
             return None if one is None else {k: _unslice(v) for k, v in one.items()}
         if kind == ANY:
             return _unslice(value)
+        if kind == ANY_LIST:
+            items = [value] if isinstance(value, dict) else value
+            if not isinstance(items, list):
+                self.problems.append(f"'{path}': source data must be an array or slice, got {_json_kind(items)}")
+                return None
+            return [_unslice(v) for v in items]
         assert kind == VALUE
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
             value = value[0]

@@ -16,7 +16,8 @@ from typing import Union
 
 VALUE = "value"  # a scalar, or a list of scalars
 MAP = "map"  # a map whose keys are the user's (node_meta, meta, ca_config); values kept as written
-ANY = "any"  # opaque data (a watch, a config entry): kept as written, single blocks unwrapped
+ANY = "any"  # opaque data (a config entry): kept as written, single blocks unwrapped
+ANY_LIST = "any-list"  # a list of opaque maps (``watches``): one block is a list of one, as Consul's slice of maps
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,7 @@ _TOP_FIELDS: dict[str, Kind] = {
         "dashboard_url_templates": MAP,
     }),
     "unix_sockets": Block(_values("group", "mode", "user")),
-    "watches": ANY,
+    "watches": ANY_LIST,
     "rpc": Block(_values("enable_streaming")),
     "raft_logstore": Block({**_values("backend", "disable_log_cache"),
                             "verification": Block(_values("enabled", "interval")),

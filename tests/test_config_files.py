@@ -224,3 +224,13 @@ def test_not_implemented_keys_are_accepted_and_named(tmp_path: Path) -> None:
     cfg = build_config(["-dev", "-config-file", str(path)])
     assert cfg.extra["encrypt"] == "abc"
     assert cfg.unknown_keys == [f"{path}: encrypt", f"{path}: performance"]
+
+
+def test_watches_stay_a_list_of_watches(tmp_path: Path) -> None:
+    """``watches`` is Consul's slice of maps: one watch in JSON or one HCL block is a list of one, not the map."""
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps({"watches": [{"type": "key", "key": "k", "args": ["true"]}]}))
+    two = tmp_path / "two.hcl"
+    two.write_text('watches = [{ type = "key" key = "a" args = ["true"] }, { type = "event" args = ["true"] }]\n')
+    assert load_paths([str(one)]).sources[0].data["watches"] == [{"type": "key", "key": "k", "args": ["true"]}]
+    assert [w["type"] for w in load_paths([str(two)]).sources[0].data["watches"]] == ["key", "event"]
