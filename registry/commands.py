@@ -33,6 +33,7 @@ from registry.acl.objects import (
     reserved,
 )
 from registry.autopilot import AutopilotConfig, AutopilotConfigError
+from registry.coordinate import Coordinate
 from registry.events import EventError, UserEvent
 from registry.intentions import DEFAULT_NAMESPACE, Intention, IntentionError
 from registry.prepared_query import PreparedQuery, QueryError
@@ -1097,6 +1098,57 @@ class EventFire:
             raise CommandError(exc.message, exc.status) from None
 
 
+# ---------------------------------------------------------------------- network coordinates
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinateUpdate:
+    """One node's coordinate in one network segment (Consul's ``structs.Coordinate``)."""
+
+    node: str
+    segment: str
+    coord: Coordinate
+
+    def to_wire(self) -> Wire:
+        return {"Node": self.node, "Segment": self.segment, "Coord": self.coord.to_json()}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> CoordinateUpdate:
+        if not isinstance(d, dict):
+            raise CommandError("coordinate update must be a map")
+        node = _str(d, "Node")
+        if not node:
+            raise CommandError("Must provide node")
+        raw = d.get("Coord")
+        if not isinstance(raw, dict):
+            raise CommandError("invalid coordinate")
+        try:
+            coord = Coordinate.from_json(raw)
+        except ValueError:
+            raise CommandError("invalid coordinate") from None
+        return cls(node, _str(d, "Segment"), coord)
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinateBatchUpdate:
+    """Consul's ``CoordinateBatchUpdateType``: the coordinates a server gathered from agents over one
+    ``coordinate_update_period``, applied as one entry (at most ``coordinate_update_batch_size`` of them),
+    never one entry per agent (``registry.agent.coordinates``)."""
+
+    TYPE: ClassVar[str] = "coordinate.batch-update"
+    updates: tuple[CoordinateUpdate, ...]
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Updates": [u.to_wire() for u in self.updates]}
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> CoordinateBatchUpdate:
+        raw = cmd.get("Updates")
+        if not isinstance(raw, list):
+            raise CommandError("Updates must be a list")
+        return cls(tuple(CoordinateUpdate.from_wire(u) for u in raw))
+
+
 # ---------------------------------------------------------------------- the codec
 
 Command = (
@@ -1105,6 +1157,7 @@ Command = (
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
     | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete | AutopilotSetConfig | EventFire
+    | CoordinateBatchUpdate
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -1132,6 +1185,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     PreparedQuerySet.TYPE: _prepared_query_from_wire,
     AutopilotSetConfig.TYPE: AutopilotSetConfig.from_wire,
     EventFire.TYPE: EventFire.from_wire,
+    CoordinateBatchUpdate.TYPE: CoordinateBatchUpdate.from_wire,
 }
 
 

@@ -41,6 +41,8 @@ KNOWN_TOP_KEYS = {
 # Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py).
 KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",
                    "enable_syslog", "syslog_facility"}  # fmt: skip
+# Read from ``Config.extra`` by registry/agent/coordinates.py (its ``consul`` block: ``coordinate`` only).
+KNOWN_TOP_KEYS |= {"disable_coordinates", "sync_coordinate_interval_min", "sync_coordinate_rate_target", "consul"}
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
 

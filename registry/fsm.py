@@ -21,6 +21,7 @@ from registry import commands as c
 from registry.commands import CommandError
 from registry.state.acl_table import ACL_DISPATCH
 from registry.state.autopilot_table import apply_autopilot_set
+from registry.state.coordinate_table import apply_coordinate_batch
 from registry.state.event_table import EVENT_DISPATCH
 from registry.state.query_table import PQ_DISPATCH
 from registry.state.store import StateStore, StoreError, Topic
@@ -126,6 +127,7 @@ DISPATCH: dict[type, ApplyFn] = {
     **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)
     **PQ_DISPATCH,  # prepared queries (registry.state.query_table)
     **EVENT_DISPATCH,  # the ring of recent user events (registry.state.event_table)
+    c.CoordinateBatchUpdate: apply_coordinate_batch,  # network coordinates (registry.state.coordinate_table)
 }
 
 

@@ -42,6 +42,14 @@ from registry.agent.checks import (
     TTLMonitor,
     UDPMonitor,
 )
+from registry.agent.coordinates import (
+    RPC_UPDATE,
+    CoordinateSender,
+    CoordinateSettings,
+    CoordinateSource,
+    CoordinateUpdates,
+    validate_coordinate_config,
+)
 from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
@@ -163,13 +171,14 @@ def _validate_logs(cfg: Config) -> None:
 # passes these when it builds the agent's Config.
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
-                                                  _validate_logs, validate_watches, require_secure)  # fmt: skip
+                                                  _validate_logs, validate_watches, validate_coordinate_config,
+                                                  require_secure)  # fmt: skip
 
 
 class Agent:
     def __init__(self, config: Config, acl: TokenResolver | None = None,
                  reload_config: Callable[[], Config] | None = None,
-                 logs: LogRouter | None = None) -> None:  # fmt: skip
+                 logs: LogRouter | None = None, coordinate_source: CoordinateSource | None = None) -> None:  # fmt: skip
         self.config = config
         self.log_router = logs  # where this process logs (registry.logs.configure); the monitor endpoint reads it
         # Builds the configuration again from the sources the agent started with (the CLI's files and
@@ -246,6 +255,21 @@ class Agent:
                                        consensus=self.consensus, view=self._autopilot_view, propose=self.propose,
                                        remove=lambda sid: self.consensus.remove_server(sid))  # fmt: skip
             self.autopilot.register_rpc(self.rpc)
+        # Network coordinates: this agent's own (``coordinate_source``: the gossip driver's Vivaldi client,
+        # wired here where the driver is built; None until then, and nothing is sent), sent to the servers
+        # on Consul's schedule; servers gather everyone's and the leader applies them in batches.
+        self.coordinate_settings = CoordinateSettings.from_config(config)
+        self.coordinate_source: CoordinateSource = coordinate_source or (lambda: None)
+        self.coordinate_updates: CoordinateUpdates | None = None
+        if not self.is_client:
+            self.coordinate_updates = CoordinateUpdates(
+                settings=self.coordinate_settings, consensus=self.consensus, acl=self.acl, propose=self.propose,
+                local=lambda: self.coordinate_source())  # fmt: skip
+            self.coordinate_updates.register_rpc(self.rpc)
+        self.coordinate_sender = CoordinateSender(
+            settings=self.coordinate_settings, node_name=lambda: self.node_name,
+            source=lambda: self.coordinate_source(), cluster_size=lambda: len(self.store.nodes),
+            send=self._send_coordinate, token=self.agent_token)  # fmt: skip
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
@@ -289,6 +313,14 @@ class Agent:
                 timer.observe((time.perf_counter() - started) * 1000.0)
 
         return timed
+
+    async def _send_coordinate(self, args: dict[str, Any]) -> None:
+        """``Coordinate.Update`` with this agent's coordinate: a server takes it itself (forwarding it to the
+        leader), a client agent calls the leader."""
+        if self.coordinate_updates is not None:
+            await self.coordinate_updates.submit(args["Node"], args["Segment"], args["Coord"], args["Token"])
+        else:
+            await self.consensus.call_leader(RPC_UPDATE, args, 10.0)
 
     def agent_token(self) -> str:
         """The token this agent's own calls to the servers carry: ``acl.tokens.agent``, else the default."""
@@ -401,6 +433,10 @@ class Agent:
             self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.config.server and not self.config.dev:
             self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
+        if not self.coordinate_settings.disabled:
+            self._spawn(self.coordinate_sender.run(), "coordinate-sync")
+            if self.coordinate_updates is not None:
+                self._spawn(self.coordinate_updates.run(), "coordinate-batches")
         if self.autopilot is not None:
             if self.config.dev:
                 await self.autopilot.step()  # the dev log leads at once: its configuration is there at start
@@ -440,7 +476,9 @@ class Agent:
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry,
-                  autopilot=self.autopilot, logs=self.log_router, events=self.events)  # fmt: skip
+                  autopilot=self.autopilot, logs=self.log_router, events=self.events,
+                  coordinates=self.coordinate_updates,
+                  coordinates_disabled=self.coordinate_settings.disabled)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         self._api_server = server

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from registry import filtering
 from registry.api import views
+from registry.api.coordinate import near_node, near_sort
 from registry.api.decode import parse_json
 from registry.api.enforce import filter_list, mark_filtered, request_authz
 from registry.api.errors import HTTPError
@@ -177,6 +178,7 @@ async def datacenters(api: Api, request: web.Request, _: str) -> web.StreamRespo
 async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.NODE)
+    near = near_node(api, request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         nodes = store.node_table(ws)
@@ -186,12 +188,23 @@ async def nodes(api: Api, request: web.Request, _: str) -> web.StreamResponse:
             authz = request_authz(request)
             if authz is not None:
                 rows = filter_list(request, rows, lambda n: authz.node_read(n.node))
+            rows = near_sort(store, rows, _node_name, near)
             out = [views.node_json(n) for n in rows if node_matches(n, meta)]
             return flt.select(out) if flt is not None else out
 
         return ReadResult(build)
 
-    return await api.read(request, run)
+    # A ?near answer's order follows the coordinates, which its index does not cover: rendered each time,
+    # as Consul sorts each answer after its blocking query (never cached by index).
+    return await api.read(request, run, cacheable=not near)
+
+
+def _node_name(n: Node) -> str:
+    return n.node
+
+
+def instance_node(ns: tuple[Node, Service]) -> str:
+    return ns[0].node
 
 
 async def services(api: Api, request: web.Request, _: str) -> web.StreamResponse:
@@ -255,18 +268,19 @@ def _service_nodes(api: Api, request: web.Request, name: str, connect: bool) -> 
     tags = request.query.getall("tag", [])
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.SERVICE_NODE)
+    near = near_node(api, request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         instances = store.service_instances(name, connect, ws)
 
         def build() -> Any:
-            rows = visible_instances(request, name, instances)
+            rows = near_sort(store, visible_instances(request, name, instances), instance_node, near)
             out = [views.catalog_service_json(n, s) for n, s in rows if tags_match(s, tags) and node_matches(n, meta)]
             return flt.select(out) if flt is not None else out
 
         return ReadResult(build)
 
-    return api.read(request, run)
+    return api.read(request, run, cacheable=not near)
 
 
 async def service(api: Api, request: web.Request, name: str) -> web.StreamResponse:

@@ -10,12 +10,14 @@ from registry import filtering
 from registry.api import views
 from registry.api.catalog import (
     gateway_services,
+    instance_node,
     node_matches,
     node_meta_filter,
     query_filter,
     tags_match,
     visible_instances,
 )
+from registry.api.coordinate import near_node, near_sort
 from registry.api.enforce import filter_list, mark_filtered, request_authz
 from registry.api.errors import HTTPError
 from registry.api.http import ReadResult
@@ -50,13 +52,14 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.CHECK_SERVICE_NODE)
     keep = flt.matches if flt is not None else None
+    near = near_node(api, request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         instances = store.service_instances(name, connect, ws)
 
         def build() -> Any:
             out = []
-            for n, s in visible_instances(request, name, instances):
+            for n, s in near_sort(store, visible_instances(request, name, instances), instance_node, near):
                 if not tags_match(s, tags) or not node_matches(n, meta):
                     continue
                 checks = store.checks_for_instance(n.node, s.id)
@@ -73,7 +76,7 @@ def _service_entries(api: Api, request: web.Request, name: str, connect: bool) -
 
         return ReadResult(build)
 
-    return api.read(request, run)
+    return api.read(request, run, cacheable=not near)  # a ?near order is rendered each time (catalog.nodes)
 
 
 def visible_checks(request: web.Request, store: StateStore, checks: list[Check]) -> list[Check]:
@@ -139,21 +142,27 @@ async def checks(api: Api, request: web.Request, name: str) -> web.StreamRespons
         raise HTTPError(400, "Missing service name")
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.HEALTH_CHECK)
+    near = near_node(api, request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         instances = store.service_instances(name, False, ws)
 
         def build() -> Any:
-            out = []
+            found: list[Check] = []
             for n, s in visible_instances(request, name, instances):
                 if not node_matches(n, meta):
                     continue
-                out.extend(views.check_json(c) for c in store.checks_for_instance(n.node, s.id) if c.service_id)
+                found.extend(c for c in store.checks_for_instance(n.node, s.id) if c.service_id)
+            out = [views.check_json(c) for c in near_sort(store, found, _check_node, near)]
             return flt.select(out) if flt is not None else out
 
         return ReadResult(build)
 
-    return await api.read(request, run)
+    return await api.read(request, run, cacheable=not near)
+
+
+def _check_node(c: Check) -> str:
+    return c.node
 
 
 async def node(api: Api, request: web.Request, name: str) -> web.StreamResponse:
@@ -180,22 +189,25 @@ async def state(api: Api, request: web.Request, state_name: str) -> web.StreamRe
         raise HTTPError(400, "Invalid check state")
     meta = node_meta_filter(request)
     flt = query_filter(api, request, filtering.HEALTH_CHECK)
+    near = near_node(api, request)
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         store.check_table(ws)
         nodes = store.node_table(ws) if meta else {}  # with ?node-meta the answer depends on nodes too
 
         def build() -> Any:
+            checks = near_sort(store, visible_checks(request, store, store.checks_in_state(state_name)), _check_node,
+                               near)  # fmt: skip
             out = [
                 views.check_json(c)
-                for c in visible_checks(request, store, store.checks_in_state(state_name))
+                for c in checks
                 if not meta or (c.node in nodes and node_matches(nodes[c.node], meta))
             ]
             return flt.select(out) if flt is not None else out
 
         return ReadResult(build)
 
-    return await api.read(request, run)
+    return await api.read(request, run, cacheable=not near)
 
 
 ROUTES: tuple[Route, ...] = (

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from registry.agent.local import LocalCheck, LocalService
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
+    from registry.api.coordinate import CoordinateSink
     from registry.connect.service import Connect
     from registry.logs import LogRouter
     from registry.registration import CheckSpec, RegistrationRules
@@ -185,9 +186,15 @@ class Api:
         autopilot: Autopilot | None = None,
         logs: LogRouter | None = None,
         events: AgentEvents | None = None,
+        coordinates: CoordinateSink | None = None,
+        coordinates_disabled: bool = False,
     ) -> None:
         self.agent = local
         self.events = events  # this agent's user events (fire, buffer); None: /v1/event/* has nothing
+        # A server's Coordinate.Update (None on a client agent: it forwards to a server), and whether
+        # ``disable_coordinates`` turned /v1/coordinate/* off.
+        self.coordinates = coordinates
+        self.coordinates_disabled = coordinates_disabled
         self.acl_tokens = acl_tokens
         self.config = config
         self._store = store
@@ -441,13 +448,21 @@ class Api:
             body = rewrite(body, self.agent.node_name)
         headers = {k: v for k, v in request.headers.items()
                    if k.lower() in ("x-consul-token", "authorization", "content-type", "accept")}  # fmt: skip
+        # Where ``near=_ip`` measures from is the caller, not this agent (Consul's agent sets the RPC's
+        # Source.Ip from the request); and ``near=_agent`` is this agent, named before it leaves.
+        source = request.headers.get("X-Forwarded-For") or request.remote
+        if source:
+            headers["X-Forwarded-For"] = source
+        target_path = request.path_qs
+        if "near=_agent" in request.query_string and request.query.get("near") == "_agent":
+            target_path = str(request.rel_url.update_query(near=self.agent.node_name))
         if self.acl_on and not request_token(request):
             default = self.acl.default_secret()  # Consul's client agent sends its default token
             if default:
                 headers["X-Consul-Token"] = default
         self._client_rpc.inc()
         try:
-            async with session.request(request.method, f"http://{target}{request.path_qs}", data=body or None,
+            async with session.request(request.method, f"http://{target}{target_path}", data=body or None,
                                        headers=headers, allow_redirects=False) as resp:  # fmt: skip
                 data = await resp.read()
                 out = {k: v for k, v in resp.headers.items()

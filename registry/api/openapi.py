@@ -117,6 +117,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "CatalogRegistration": schema_from_registration(CATALOG_REGISTER_SCHEMA, ("Node",)),
     "CatalogDeregistration": schema_from_registration(CATALOG_DEREGISTER_SCHEMA, ("Node",)),
     "CheckUpdate": _obj(Status={"type": "string", "enum": ["passing", "warning", "critical"]}, Output=_STR),
+    "Coord": _obj(("Vec", "Error", "Adjustment", "Height"), Vec=_array({"type": "number"}), Error={"type": "number"},
+                  Adjustment={"type": "number"}, Height={"type": "number"}),
+    "Coordinate": _obj(("Node", "Segment", "Coord"), Node=_STR, Segment=_STR, Coord=_ref("Coord")),
+    "CoordinateUpdate": _obj(("Node", "Coord"), Node=_STR, Segment=_STR, Coord=_ref("Coord")),
     "UserEvent": _obj(("ID", "Name", "Version", "LTime"), ID=_STR, Name=_STR,
                       Payload={"type": "string", "format": "byte", "nullable": True}, NodeFilter=_STR,
                       ServiceFilter=_STR, TagFilter=_STR, Version=_INT, LTime=_INT),
@@ -268,8 +272,11 @@ PARAMETERS: dict[str, dict[str, Any]] = {
                               "answers 500, as in Consul.", "schema": _STR},
     "node-meta": {"description": "key:value of node metadata; repeat for several.", "schema": _array(_STR),
                   "style": "form", "explode": True},
-    "near": {"description": "Sort by round-trip time from this node (accepted; Proconsul keeps the order).",
-             "schema": _STR},
+    "near": {"description": "Sort by estimated round-trip time from this node (_agent: the agent's own; on a "
+                            "prepared query also _ip: the node at the caller's address); nodes without a "
+                            "coordinate last.", "schema": _STR},
+    "segment": {"description": "Only the coordinates of this network segment (present, even empty).",
+                "schema": _STR},
     "tag": {"description": "Only instances with this tag; repeat for several.", "schema": _array(_STR),
             "style": "form", "explode": True},
     "passing": {"description": "Only instances whose checks all pass.", "schema": _BOOL_FLAG,
@@ -384,6 +391,7 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/kv/": ("/v1/kv/{key}",),
     "/v1/session/destroy/": ("/v1/session/destroy/{uuid}",),
     "/v1/event/fire/": ("/v1/event/fire/{name}",),
+    "/v1/coordinate/node/": ("/v1/coordinate/node/{node}",),
     # Execute and explain take an ID or a name; reading one takes the ID.
     "/v1/query/": ("/v1/query/{uuid}", "/v1/query/{uuid}/execute", "/v1/query/{uuid}/explain"),
     "/v1/session/info/": ("/v1/session/info/{uuid}",),
@@ -590,6 +598,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", "/v1/query/"): Op(query=("dc",), body="PreparedQuery", ok=_EMPTY, errors=(404, 405),
                               server_errors=(NO_DC,)),
     ("DELETE", "/v1/query/"): Op(query=("dc",), ok=_EMPTY, errors=(404, 405), server_errors=(NO_DC,)),
+    # ---- network coordinates: 401 "Coordinate support disabled" with disable_coordinates, as Consul answers
+    ("GET", "/v1/coordinate/datacenters"): Op(ok=_json(_array(_obj(("Datacenter", "AreaID", "Coordinates"),
+        Datacenter=_STR, AreaID=_STR, Coordinates=_array(_ref("Coordinate"))))), errors=(401,)),  # fmt: skip
+    ("GET", "/v1/coordinate/nodes"): Op(query=(*BLOCKING, "segment"), blocking=True,
+                                        ok=_json(_array(_ref("Coordinate"))), errors=(401,)),
+    ("GET", "/v1/coordinate/node/"): Op(query=(*BLOCKING, "segment"), blocking=True,
+                                        ok=_json(_array(_ref("Coordinate"))), errors=(401, 404), not_found=()),
+    ("PUT", "/v1/coordinate/update"): Op(query=("dc",), body="CoordinateUpdate", ok=_EMPTY, errors=(401,)),
     # ---- user events
     ("PUT", "/v1/event/fire/"): Op(query=("dc", "event-node", "event-service", "event-tag"), body=OCTETS,
                                    ok=_json(_ref("UserEvent"))),

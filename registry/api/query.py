@@ -21,6 +21,7 @@ Execute and explain are not blocking queries (``?index`` is ignored), as in Cons
 from __future__ import annotations
 
 import ipaddress
+import math
 import random
 import uuid
 from dataclasses import replace
@@ -40,6 +41,7 @@ from registry.prepared_query import (
     AGENT_NEAR,
     IP_NEAR,
     REDACTED,
+    Distance,
     Instance,
     PreparedQuery,
     QueryError,
@@ -47,6 +49,7 @@ from registry.prepared_query import (
     order,
     select,
 )
+from registry.rtt import distance_between
 from registry.state.store import StateStore, WatchSet
 
 if TYPE_CHECKING:
@@ -305,7 +308,7 @@ async def _execute(api: Api, request: web.Request, ident: str) -> web.StreamResp
             where = agent_node
         elif where == IP_NEAR:
             where = _node_at(store, source_ip)
-        chosen = order(chosen, where, random.SystemRandom())
+        chosen = order(chosen, where, random.SystemRandom(), _distances(store))
         if limit > 0:
             chosen = chosen[:limit]
         datacenter, peer_name, failovers = ("", svc.peer, 0) if svc.peer else (dc, "", 0)
@@ -328,6 +331,18 @@ async def _execute(api: Api, request: web.Request, ident: str) -> web.StreamResp
         return ReadResult(lambda: out)
 
     return await api.read(request, run, cacheable=False, blocking=False)
+
+
+def _distances(store: StateStore) -> Distance:
+    """Estimated RTT between two nodes from the coordinates table (None when either has no coordinate in
+    the segment they share): what ``order`` sorts an execution's answer by when it has a ``Near``."""
+    lookup = store.coordinate_lookup()
+
+    def distance(a: str, b: str) -> float | None:
+        d = distance_between(lookup(a), lookup(b))
+        return None if math.isinf(d) else d
+
+    return distance
 
 
 def _node_at(store: StateStore, ip: str) -> str:

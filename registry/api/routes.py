@@ -19,6 +19,7 @@ from registry.api import (
     catalog,
     config_entries,
     connect,
+    coordinate,
     discovery_chain,
     event,
     health,
@@ -49,6 +50,7 @@ ROUTES: tuple[Route, ...] = (
     *acl.ROUTES,
     *acl_login.ROUTES,
     *event.ROUTES,
+    *coordinate.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

@@ -21,6 +21,7 @@ from registry.cli import (
     members,
     operator,
     ops,
+    rtt,
     snapshot,
     tls,
     watch,
@@ -65,6 +66,7 @@ COMMANDS: dict[str, Command] = {
     "logout": acl.cmd_logout,
     "event": event.cmd_event,
     "watch": watch.cmd_watch,
+    "rtt": rtt.cmd_rtt,
 }
 
 

@@ -131,3 +131,6 @@ class StoreBase:
 
     def _pq_delete_session_queries(self, sid: str) -> None:
         raise NotImplementedError  # query_table.PreparedQueryTable
+
+    def coordinates_delete_node(self, node: str) -> None:
+        raise NotImplementedError  # coordinate_table.CoordinateTable

@@ -191,6 +191,7 @@ class CatalogTable(StoreBase):
         tx = self._write()
         for sid in sorted(self._sessions_by_node.get(node, ())):
             self.session_destroy(sid)
+        self.coordinates_delete_node(node)
         self._touch_all_services_of_node(node)
         for svc in list(self.services.get(node, {}).values()):
             self._unindex_service(svc)

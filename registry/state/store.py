@@ -8,7 +8,7 @@ sleeps on exactly those (a write to service ``db`` never wakes a watcher of ``we
 watchers of that key and of its prefixes only). Topics are listed in ``registry.state.topics``.
 
 The tables live in their own modules (``catalog``, ``kvs``, ``session_table``, ``tables``, ``acl_table``,
-``query_table``) over one
+``query_table``, ``coordinate_table``) over one
 ``Transaction`` (``transaction``), as Consul's state store spreads one Store over catalog.go, kvs.go,
 session.go. ``clock_ns`` is the store's notion of now: the largest ``Time`` any applied command carried
 (the proposer stamps it), so lock-delays are decided the same way on every server and never by a local
@@ -22,6 +22,7 @@ from typing import Any
 from registry.state.acl_table import ACLTable
 from registry.state.base import StoreError
 from registry.state.catalog import CatalogTable
+from registry.state.coordinate_table import CoordinateTable
 from registry.state.kvs import KVTable
 from registry.state.query_table import PreparedQueryTable
 from registry.state.session_table import SessionTable
@@ -31,7 +32,7 @@ from registry.state.topics import T_CHECKS, T_NODES, T_SERVICES, Topic, WatchSet
 __all__ = ["StateStore", "StoreError", "T_CHECKS", "T_NODES", "T_SERVICES", "Topic", "WatchSet"]
 
 
-class StateStore(CatalogTable, KVTable, SessionTable, GenericTables, ACLTable, PreparedQueryTable):
+class StateStore(CatalogTable, KVTable, SessionTable, CoordinateTable, GenericTables, ACLTable, PreparedQueryTable):
     # ------------------------------------------------------------------ snapshots
 
     def to_snapshot(self) -> dict[str, Any]:

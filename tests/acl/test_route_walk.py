@@ -248,6 +248,13 @@ def cases(ids: dict[str, str]) -> list[Case]:
           )),
         Case("PUT", "/v1/agent/token/", "/v1/agent/token/replication", f'agent "{NODE}" {{ policy = "write" }}',
              "agent:write", body={"Token": "replication-secret"}),
+        # network coordinates
+        Case("GET", "/v1/coordinate/datacenters", "/v1/coordinate/datacenters", "", None, empty=lambda b: True),
+        Case("GET", "/v1/coordinate/nodes", "/v1/coordinate/nodes", NODE_READ, None),
+        Case("GET", "/v1/coordinate/node/", f"/v1/coordinate/node/{NODE}", NODE_READ, "node:read"),
+        Case("PUT", "/v1/coordinate/update", "/v1/coordinate/update", NODE_WRITE, "node:write",
+             body={"Node": NODE, "Coord": {"Vec": [0.001] + [0.0] * 7, "Error": 0.2, "Adjustment": 0.0,
+                                           "Height": 1e-5}}),
         # last: it stops the agent
         Case("PUT", "/v1/agent/leave", "/v1/agent/leave", f'agent "{NODE}" {{ policy = "write" }}', "agent:write"),
     ]
@@ -305,7 +312,10 @@ async def walk_agent() -> AsyncIterator[tuple[Walker, dict[str, str], list[Case]
     tokens = {f"have-{i}": c.have for i, c in enumerate(probe)}
     tokens.update({f"lack-{i}": "" for i in range(len(probe))})
     resolver = StaticResolver(tokens, default_policy="deny", management=(ROOT,))
-    async with async_dev_agent(acl_resolver=resolver) as running, aiohttp.ClientSession() as session:
+    # Coordinate batches are applied only when the setup asks: a background write would look like a refused
+    # request that changed state.
+    async with async_dev_agent(acl_resolver=resolver, consul={"coordinate": {"update_period": "1h"}}) as running, \
+            aiohttp.ClientSession() as session:  # fmt: skip
         w = Walker(running, session)
         ids = await setup(w)
         yield w, ids, cases(ids)
@@ -330,6 +340,10 @@ async def setup(w: Walker) -> dict[str, str]:
                        {"SourceName": "web", "DestinationName": "db2", "Action": "allow"}))["ID"]
     q1 = (await ok("POST", "/v1/query", {"Name": "q1", "Service": {"Service": "web"}}))["ID"]
     q2 = (await ok("POST", "/v1/query", {"Name": "q2", "Service": {"Service": "web"}}))["ID"]
+    await ok("PUT", "/v1/coordinate/update", {"Node": NODE, "Coord": {"Vec": [0.0] * 8, "Error": 1.5,
+                                                                     "Adjustment": 0.0, "Height": 1e-5}})
+    updates = w.running.agent.coordinate_updates
+    assert updates is not None and await updates.flush() == 1
     roots = await ok("GET", "/v1/connect/ca/roots")
     ca_config = await ok("GET", "/v1/connect/ca/configuration")
     return {"session": session, "legacy": legacy, "trust_domain": roots["TrustDomain"], "q1": q1, "q2": q2,
