@@ -43,6 +43,7 @@ from registry.agent.checks import (
     UDPMonitor,
 )
 from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
+from registry.agent.gossip_keys import KeyringOps, gossip_codec, setup_keyring, validate_encrypt
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.remote import RPC_CLIENT_APPLY
@@ -76,6 +77,7 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.gossip.codec import PacketCodec, PlainCodec
 from registry.logs import LogConfigError
 from registry.logs import settings_from as log_settings
 from registry.posture import (
@@ -163,7 +165,8 @@ def _validate_logs(cfg: Config) -> None:
 # passes these when it builds the agent's Config.
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
-                                                  _validate_logs, validate_watches, require_secure)  # fmt: skip
+                                                  _validate_logs, validate_watches, validate_encrypt,
+                                                  require_secure)  # fmt: skip
 
 
 class Agent:
@@ -274,6 +277,10 @@ class Agent:
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
         self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
+        # Gossip encryption, set up at start (registry/agent/gossip_keys.py): the keyring (None: gossip is
+        # not encrypted), the codec the gossip driver seals and opens packets with, the keyring operations.
+        self.keyring_ops = KeyringOps(config.node_name, config.datacenter, None)
+        self.gossip_codec: PacketCodec = PlainCodec()
 
     def _timed(self, propose: Callable[[Command], Awaitable[Any]]) -> Callable[[Command], Awaitable[Any]]:
         timers = self._command_timers
@@ -376,6 +383,7 @@ class Agent:
             from pathlib import Path
 
             self.config.node_id = _persistent_node_id(Path(self.config.data_dir), self.config.node_id)
+        self._setup_keyring()
         await self.consensus.start()
         if not self.is_client:
             self.session_timers.start()
@@ -421,6 +429,14 @@ class Agent:
             http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
         )
 
+    def _setup_keyring(self) -> None:
+        """Load (or create from ``encrypt``) the gossip keyring, as Consul's agent does before it joins."""
+        keyring, warnings = setup_keyring(self.config)
+        for warning in warnings:
+            log.warning(warning)
+        self.keyring_ops.keyring = keyring
+        self.gossip_codec = gossip_codec(self.config, keyring)
+
     async def _start_acl(self) -> None:
         """With ACLs on: the leader's duties on a server (initialized at once when this agent leads, as a
         -dev agent does), the following of the servers' ACL index on a client agent."""
@@ -440,7 +456,8 @@ class Agent:
         cfg = self.config
         api = Api(ROUTES, config=cfg, store=lambda: self.store, consensus=self.consensus, hub=self.hub, local=self,
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry,
-                  autopilot=self.autopilot, logs=self.log_router, events=self.events)  # fmt: skip
+                  autopilot=self.autopilot, logs=self.log_router, events=self.events,
+                  keyring=self.keyring_ops)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         self._api_server = server

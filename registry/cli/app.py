@@ -16,6 +16,7 @@ from registry.cli import (
     connect,
     event,
     intention,
+    keyring,
     kv,
     lock,
     members,
@@ -65,6 +66,8 @@ COMMANDS: dict[str, Command] = {
     "logout": acl.cmd_logout,
     "event": event.cmd_event,
     "watch": watch.cmd_watch,
+    "keygen": keyring.cmd_keygen,
+    "keyring": keyring.cmd_keyring,
 }
 
 
