@@ -17,6 +17,8 @@ bind_addr            = "127.0.0.1"
 client_addr          = "127.0.0.1"
 retry_join           = ["127.0.0.1:8300", "127.0.0.1:8310", "127.0.0.1:8320"]
 enable_script_checks = false
+# The gossip encryption key, the same on every agent: replace it with the output of `proconsul keygen`.
+encrypt              = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 
 acl {
   enabled        = true

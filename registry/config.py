@@ -43,6 +43,10 @@ KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_dura
                    "enable_syslog", "syslog_facility"}  # fmt: skip
 # Read from ``Config.extra`` by registry/agent/coordinates.py (its ``consul`` block: ``coordinate`` only).
 KNOWN_TOP_KEYS |= {"disable_coordinates", "sync_coordinate_interval_min", "sync_coordinate_rate_target", "consul"}
+# Gossip encryption (registry/agent/gossip_keys.py) and the agent command's own keys (registry/cli/agent.py);
+# disable_host_node_id is what Proconsul always does (a random node ID, kept in the data dir).
+KNOWN_TOP_KEYS |= {"encrypt", "encrypt_verify_incoming", "encrypt_verify_outgoing", "disable_keyring_file",
+                   "pid_file", "disable_host_node_id"}  # fmt: skip
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
 

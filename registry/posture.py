@@ -9,6 +9,11 @@ its security model); Proconsul turns that around. Outside ``-dev`` a server refu
   join the Raft cluster (CVE-2021-37219: a client agent's certificate from the same CA must never act
   as a server; Consul calls this setting critical).
 
+Outside ``-dev`` every agent, server or client, also refuses to start unless its gossip is encrypted:
+``encrypt`` is set, or a keyring file from an earlier run exists (``<data_dir>/serf/local.keyring``, which
+wins over ``encrypt`` as in Consul). Unencrypted gossip lets anyone on the network read the member list and
+forge ``suspect`` and ``dead`` messages that mark live machines critical.
+
 ``insecure: true`` (config) or ``-insecure`` (flag), Proconsul's own addition, starts such a server
 anyway; the agent then says so in its log at start, in ``/v1/agent/self`` (``DebugConfig.Insecure``
 and ``DebugConfig.InsecureReasons``) and with a warning-state node check, ``proconsul-insecure``. A client
@@ -18,12 +23,15 @@ but gets no check, which would keep its applications out of ``?passing``. ``-dev
 gets neither refusal nor check.
 
 Pure functions of the configuration: no IO beyond what ``load_tls_settings`` reads (nothing: it only
-merges keys).
+merges keys) and whether the keyring file exists.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from registry.config import Config, ConfigError
+from registry.gossip.keyring import LAN_KEYRING_FILE
 from registry.tls import load_tls_settings
 
 INSECURE_CHECK_ID = "proconsul-insecure"
@@ -31,6 +39,9 @@ INSECURE_CHECK_NAME = "Proconsul insecure configuration"
 
 SERVER_FIX = ("acl.enabled: true, acl.default_policy: deny, tls.defaults.ca_file/cert_file/key_file, "
               "tls.internal_rpc.verify_incoming: true and tls.internal_rpc.verify_server_hostname: true")  # fmt: skip
+GOSSIP_REASON = ("gossip is not encrypted (encrypt): anyone on the network can read the member list and forge "
+                 "failures")  # fmt: skip
+GOSSIP_FIX = "encrypt: <a key from proconsul keygen, the same on every agent>"
 CLIENT_FIX = ("tls.defaults.ca_file, tls.internal_rpc.verify_outgoing: true and "
               "tls.internal_rpc.verify_server_hostname: true")  # fmt: skip
 
@@ -46,6 +57,8 @@ def insecure_reasons(cfg: Config) -> list[str]:
     except ConfigError:
         return []
     reasons = []
+    if not gossip_encrypted(cfg):
+        reasons.append(GOSSIP_REASON)
     if cfg.server:
         if not cfg.acl.get("enabled"):
             reasons.append("ACLs are disabled: anyone who reaches the HTTP API can read and write everything")
@@ -61,6 +74,29 @@ def insecure_reasons(cfg: Config) -> list[str]:
         reasons.append("RPC to the servers is not verified TLS (tls.internal_rpc.verify_outgoing and "
                        "verify_server_hostname): traffic and tokens can be read or forged on the network")  # fmt: skip
     return reasons
+
+
+def gossip_encrypted(cfg: Config) -> bool:
+    """Whether this agent's gossip will be encrypted: ``encrypt``, or a keyring file left by an earlier run
+    (with ``disable_keyring_file`` only ``encrypt`` counts)."""
+    if cfg.extra.get("encrypt"):
+        return True
+    if not cfg.data_dir or cfg.extra.get("disable_keyring_file"):
+        return False
+    return (Path(cfg.data_dir) / LAN_KEYRING_FILE).exists()
+
+
+def client_refusal(cfg: Config) -> str:
+    """The message a client agent without gossip encryption is refused with."""
+    return "\n".join([
+        "Refusing to start an agent whose gossip is not encrypted:",
+        f"  - {GOSSIP_REASON}",
+        "Make a key once and give the same one to every agent of the datacenter:",
+        "  proconsul keygen",
+        "then set it in a config file (encrypt: <key>) or pass -encrypt <key>.",
+        f"To start {cfg.node_name!r} anyway, pass -insecure (or set insecure: true): it will say so in its log and in "
+        "/v1/agent/self.",
+    ])  # fmt: skip
 
 
 def refusal(cfg: Config, reasons: list[str]) -> str:
@@ -83,6 +119,7 @@ def refusal(cfg: Config, reasons: list[str]) -> str:
         "    internal_rpc:",
         "      verify_incoming: true",
         "      verify_server_hostname: true",
+        "  encrypt: <the output of proconsul keygen, the same on every agent>",
         "Make the files with:",
         "  proconsul tls ca create",
         f"  proconsul tls cert create -server -dc {dc}   (once per server: {dc}-server-consul-0.pem, -1, -2, ...)",
@@ -98,14 +135,19 @@ def refusal(cfg: Config, reasons: list[str]) -> str:
 def check_output(cfg: Config, reasons: list[str]) -> str:
     """The warning check's output: what is insecure and how to fix it."""
     fix = f"set {SERVER_FIX}" if cfg.server else f"set {CLIENT_FIX}"
+    if GOSSIP_REASON in reasons:
+        fix += f" and {GOSSIP_FIX}"
     return ("This agent runs with an insecure configuration: " + "; ".join(reasons) + ". To fix it, " + fix
             + " (see the README's cluster section), then restart the agent.")  # fmt: skip
 
 
 def require_secure(cfg: Config) -> None:
-    """A config validator (``config.validate``): refuse an insecure server unless ``insecure`` is set."""
-    if not cfg.server or cfg.dev or cfg.insecure:
+    """A config validator (``config.validate``): refuse an insecure server, and any agent whose gossip is not
+    encrypted, unless ``insecure`` is set."""
+    if cfg.dev or cfg.insecure:
         return
     reasons = insecure_reasons(cfg)
-    if reasons:
+    if cfg.server and reasons:
         raise ConfigError(refusal(cfg, reasons))
+    if GOSSIP_REASON in reasons:
+        raise ConfigError(client_refusal(cfg))

@@ -170,9 +170,10 @@ def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
     from registry.cli.app import COMMANDS
     from registry.cli.common import http_config, http_options, opt, parser
 
-    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "config", "connect", "event", "info", "intention", "kv",
-                                "leave", "lock", "login", "logout", "maint", "members", "monitor", "operator",
-                                "reload", "services", "snapshot", "tls", "validate", "version", "watch"]  # fmt: skip
+    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "config", "connect", "event", "info", "intention", "keygen",
+                                "keyring", "kv", "leave", "lock", "login", "logout", "maint", "members", "monitor",
+                                "operator", "reload", "rtt", "services", "snapshot", "tls", "validate", "version",
+                                "watch"]  # fmt: skip
     p: argparse.ArgumentParser = parser("proconsul test", "test")
     http_options(p)
     opt(p, "node-meta", action="append", default=[])

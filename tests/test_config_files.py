@@ -218,12 +218,12 @@ def test_hcl_values() -> None:
 
 
 def test_not_implemented_keys_are_accepted_and_named(tmp_path: Path) -> None:
-    path = write(tmp_path / "a.hcl", 'encrypt = "abc"\nperformance {\n  raft_multiplier = 1\n}\n')
+    path = write(tmp_path / "a.hcl", 'disable_remote_exec = true\nperformance {\n  raft_multiplier = 1\n}\n')
     loaded = load_paths([str(path)])
-    assert loaded.sources[0].data == {"encrypt": "abc", "performance": {"raft_multiplier": 1}}
+    assert loaded.sources[0].data == {"disable_remote_exec": True, "performance": {"raft_multiplier": 1}}
     cfg = build_config(["-dev", "-config-file", str(path)])
-    assert cfg.extra["encrypt"] == "abc"
-    assert cfg.unknown_keys == [f"{path}: encrypt", f"{path}: performance"]
+    assert cfg.extra["disable_remote_exec"] is True
+    assert cfg.unknown_keys == [f"{path}: disable_remote_exec", f"{path}: performance"]
 
 
 def test_watches_stay_a_list_of_watches(tmp_path: Path) -> None:

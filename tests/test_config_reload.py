@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from registry.testing import free_port
+from registry.testing import GOSSIP_KEY, free_port
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
 
@@ -41,6 +41,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def base_hcl(pki: Path, https_port: int, cert: str, log_level: str) -> str:
     return f"""
 log_level = "{log_level}"
+encrypt   = "{GOSSIP_KEY}"
 ports {{
   https = {https_port}
 }}
@@ -249,7 +250,7 @@ def test_validate_command(pki: Path, tmp_path: Path) -> None:
     assert validate().stderr == "Must specify at least one config file or directory\n"
     assert validate("-config-format", "yaml", str(good)).stderr == "-config-format must be either 'hcl' or 'json\n"
     conf = tmp_path / "agent.conf"
-    conf.write_text('datacenter = "dc2"\n')
+    conf.write_text(f'datacenter = "dc2"\nencrypt = "{GOSSIP_KEY}"\n')
     assert validate(str(conf)).returncode == 1
     assert validate("-config-format", "hcl", str(conf)).returncode == 0
     os.remove(conf)

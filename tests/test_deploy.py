@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.testing import free_port
+from registry.testing import GOSSIP_KEY, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).with_name("proconsul"))
@@ -113,10 +113,10 @@ def workdir() -> Iterator[Path]:
 def test_the_units_command_lines_boot_ready_and_a_client_leaves_on_sigterm(workdir: Path) -> None:
     s_http, s_rpc, c_http = free_port(), free_port(), free_port()
     server_cfg = {"node_name": "s1", "server": True, "bootstrap_expect": 1, "data_dir": str(workdir / "s1-data"),
-                  "bind_addr": "127.0.0.1", "client_addr": "127.0.0.1", "insecure": True,
+                  "bind_addr": "127.0.0.1", "client_addr": "127.0.0.1", "insecure": True, "encrypt": GOSSIP_KEY,
                   "ports": {"http": s_http, "server": s_rpc, "dns": -1}}  # fmt: skip
     client_cfg = {"node_name": "c1", "data_dir": str(workdir / "c1-data"), "bind_addr": "127.0.0.1",
-                  "client_addr": "127.0.0.1", "retry_join": [f"127.0.0.1:{s_rpc}"], "ports": {"http": c_http, "dns": -1}}  # fmt: skip
+                  "client_addr": "127.0.0.1", "retry_join": [f"127.0.0.1:{s_rpc}"], "encrypt": GOSSIP_KEY, "ports": {"http": c_http, "dns": -1}}  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     try:
         server, s_notes = start_unit("server", server_cfg, workdir)

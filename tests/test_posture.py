@@ -15,7 +15,7 @@ import pytest
 
 from registry.config import Config, ConfigError, apply_mapping
 from registry.posture import INSECURE_CHECK_ID, insecure_reasons, require_secure
-from registry.testing import free_port
+from registry.testing import GOSSIP_KEY, free_port
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
 TLS_SERVER = {"defaults": {"ca_file": "ca.pem", "cert_file": "s.pem", "key_file": "s-key.pem",
@@ -25,7 +25,11 @@ SECURE_ACL = {"enabled": True, "default_policy": "deny"}
 
 
 def cfg(**keys: Any) -> Config:
+    """A config with gossip encryption unless ``encrypt`` says otherwise (None: no key)."""
     c = Config(node_name="n1")
+    keys.setdefault("encrypt", GOSSIP_KEY)
+    if keys["encrypt"] is None:
+        del keys["encrypt"]
     apply_mapping(c, keys)
     return c
 
@@ -63,9 +67,34 @@ def test_refusal_names_the_keys_and_insecure_starts_anyway() -> None:
         assert needed in text, needed
     require_secure(cfg(server=True, insecure=True))
     require_secure(cfg(dev=True))
-    require_secure(cfg())  # a client agent is warned, never refused
+    require_secure(cfg())  # a client agent with encrypted gossip is warned about its RPC, never refused
     with pytest.raises(ConfigError, match="insecure must be true or false"):
         cfg(insecure="yes")
+
+
+def test_every_agent_outside_dev_needs_gossip_encryption(tmp_path: Path) -> None:
+    """No ``encrypt`` (and no keyring file from an earlier run): a client agent is refused too, with the
+    commands that fix it; a server names it with its other reasons; ``-insecure`` and ``-dev`` start."""
+    secure_server = {"server": True, "data_dir": str(tmp_path), "acl": SECURE_ACL, "tls": TLS_SERVER}
+    (reason,) = insecure_reasons(cfg(encrypt=None, **secure_server))
+    assert reason.startswith("gossip is not encrypted (encrypt)")
+    with pytest.raises(ConfigError) as err:
+        require_secure(cfg(encrypt=None, **secure_server))
+    assert "encrypt: <the output of proconsul keygen" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        require_secure(cfg(encrypt=None, data_dir=str(tmp_path)))
+    text = str(err.value)
+    assert text.startswith("Refusing to start an agent whose gossip is not encrypted:")
+    for needed in ("proconsul keygen", "-encrypt <key>", "-insecure"):
+        assert needed in text, needed
+    require_secure(cfg(encrypt=None, insecure=True))
+    require_secure(cfg(encrypt=None, dev=True))
+    # A keyring file left by an earlier run counts, as in Consul (the file wins over encrypt).
+    ring = tmp_path / "serf" / "local.keyring"
+    ring.parent.mkdir()
+    ring.write_text(json.dumps([GOSSIP_KEY]))
+    require_secure(cfg(encrypt=None, **secure_server))
+    assert insecure_reasons(cfg(encrypt=None, disable_keyring_file=True, **secure_server))
 
 
 def test_config_blocks_merge_into_earlier_ones() -> None:
@@ -108,7 +137,8 @@ def test_insecure_server_says_so_everywhere(tmp_path: Path) -> None:
         assert "ACLs are disabled" in check["Output"] and "verify_incoming" in check["Output"]
         assert "To fix it, set acl.enabled: true, acl.default_policy: deny" in check["Output"]
         debug = _get(base + "/v1/agent/self")["DebugConfig"]
-        assert debug["Insecure"] is True and len(debug["InsecureReasons"]) == 2
+        assert debug["Insecure"] is True and len(debug["InsecureReasons"]) == 3  # ACLs, TLS, gossip
+        assert "gossip is not encrypted" in check["Output"] and "encrypt: <a key from proconsul keygen" in check["Output"]
         assert "agent running with an insecure configuration" in log.read_text()
     finally:
         proc.terminate()
@@ -130,7 +160,7 @@ def test_a_client_agent_without_verified_tls_is_warned_without_a_check(tmp_path:
     http_port = free_port()
     log = tmp_path / "client.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([BIN, "agent", "-node", "c1", "-bind", "127.0.0.1", "-retry-join",
+        proc = subprocess.Popen([BIN, "agent", "-node", "c1", "-bind", "127.0.0.1", "-encrypt", GOSSIP_KEY, "-retry-join",
                                  f"127.0.0.1:{free_port()}", "-data-dir", str(tmp_path / "c"),
                                  "-http-port", str(http_port), "-dns-port", "-1"],
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip

@@ -6,6 +6,8 @@ data_dir   = "/var/lib/proconsul"
 bind_addr   = "10.0.1.21"
 client_addr = "127.0.0.1"
 retry_join  = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+# The gossip encryption key, the same on every agent (docs/deploy.md step 1: proconsul keygen).
+encrypt = "REPLACE_WITH_THE_OUTPUT_OF_proconsul_keygen"
 
 # A client agent leaves the cluster when systemd stops it (Consul's default for client agents).
 leave_on_terminate = true

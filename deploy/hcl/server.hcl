@@ -9,6 +9,8 @@ bootstrap_expect = 3
 bind_addr        = "10.0.0.11"
 client_addr      = "127.0.0.1"
 retry_join       = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
+# The gossip encryption key, the same on every agent (docs/deploy.md step 1: proconsul keygen).
+encrypt = "REPLACE_WITH_THE_OUTPUT_OF_proconsul_keygen"
 
 # A server keeps its place in the Raft configuration when systemd stops it (Consul's default for servers).
 leave_on_terminate = false

@@ -51,6 +51,7 @@ from registry.agent.coordinates import (
     validate_coordinate_config,
 )
 from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
+from registry.agent.gossip_keys import KeyringOps, gossip_codec, setup_keyring, validate_encrypt
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.remote import RPC_CLIENT_APPLY
@@ -84,6 +85,7 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.gossip.codec import PacketCodec, PlainCodec
 from registry.logs import LogConfigError
 from registry.logs import settings_from as log_settings
 from registry.posture import (
@@ -172,7 +174,7 @@ def _validate_logs(cfg: Config) -> None:
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
                                                   _validate_logs, validate_watches, validate_coordinate_config,
-                                                  require_secure)  # fmt: skip
+                                                  validate_encrypt, require_secure)  # fmt: skip
 
 
 class Agent:
@@ -298,6 +300,10 @@ class Agent:
         self.leaving = False
         self.shutdown_requested: asyncio.Event | None = None
         self._member_ips: tuple[object, frozenset[str]] = (None, frozenset())
+        # Gossip encryption, set up at start (registry/agent/gossip_keys.py): the keyring (None: gossip is
+        # not encrypted), the codec the gossip driver seals and opens packets with, the keyring operations.
+        self.keyring_ops = KeyringOps(config.node_name, config.datacenter, None)
+        self.gossip_codec: PacketCodec = PlainCodec()
 
     def _timed(self, propose: Callable[[Command], Awaitable[Any]]) -> Callable[[Command], Awaitable[Any]]:
         timers = self._command_timers
@@ -408,6 +414,7 @@ class Agent:
             from pathlib import Path
 
             self.config.node_id = _persistent_node_id(Path(self.config.data_dir), self.config.node_id)
+        self._setup_keyring()
         await self.consensus.start()
         if not self.is_client:
             self.session_timers.start()
@@ -457,6 +464,14 @@ class Agent:
             http=f"{self.http_addr[0]}:{self.http_addr[1]}" if self.http_addr else None,
         )
 
+    def _setup_keyring(self) -> None:
+        """Load (or create from ``encrypt``) the gossip keyring, as Consul's agent does before it joins."""
+        keyring, warnings = setup_keyring(self.config)
+        for warning in warnings:
+            log.warning(warning)
+        self.keyring_ops.keyring = keyring
+        self.gossip_codec = gossip_codec(self.config, keyring)
+
     async def _start_acl(self) -> None:
         """With ACLs on: the leader's duties on a server (initialized at once when this agent leads, as a
         -dev agent does), the following of the servers' ACL index on a client agent."""
@@ -478,7 +493,8 @@ class Agent:
                   connect=self.connect, acl=self.acl, acl_tokens=self.acl_tokens, telemetry=self.telemetry,
                   autopilot=self.autopilot, logs=self.log_router, events=self.events,
                   coordinates=self.coordinate_updates,
-                  coordinates_disabled=self.coordinate_settings.disabled)  # fmt: skip
+                  coordinates_disabled=self.coordinate_settings.disabled,
+                  keyring=self.keyring_ops)  # fmt: skip
         self.api = api
         server = APIServer(api, exempt=self._is_member_address)
         self._api_server = server

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from registry.acl.resolver import TokenResolver
     from registry.agent.autopilot import Autopilot
     from registry.agent.events import AgentEvents
+    from registry.agent.gossip_keys import KeyringOps
     from registry.agent.local import LocalCheck, LocalService
     from registry.api.acl import AgentTokenSetter
     from registry.api.acl_login import LoginService
@@ -71,7 +72,8 @@ MAX_BODY = 8 * 1024 * 1024  # non-KV bodies; KV has its own, smaller, configurab
 CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 # Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
-CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize"})
+# The keyring is each agent's own until the gossip pool carries keyring queries (registry/agent/gossip_keys.py).
+CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize", "/v1/operator/keyring"})
 HTTP_TIMERS = web.RequestKey("http_timers", tuple)  # the timers of the route serving a request
 # User events are each agent's own (its buffer, its fire), as Consul's are.
 CLIENT_LOCAL_PREFIXES = ("/v1/event/",)
@@ -188,8 +190,10 @@ class Api:
         events: AgentEvents | None = None,
         coordinates: CoordinateSink | None = None,
         coordinates_disabled: bool = False,
+        keyring: KeyringOps | None = None,
     ) -> None:
         self.agent = local
+        self.keyring = keyring  # the gossip keyring's operations (None: not wired, answered 500)
         self.events = events  # this agent's user events (fire, buffer); None: /v1/event/* has nothing
         # A server's Coordinate.Update (None on a client agent: it forwards to a server), and whether
         # ``disable_coordinates`` turned /v1/coordinate/* off.

@@ -185,7 +185,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             ServiceMeta=STRING_MAP, Connect=_BOOL, Peer=_STR),
         DNS=_obj(TTL=DURATION),
     ),
+    "KeyringRequest": _obj(("Key",), Key=_STR),
     # ---- answers
+    "KeyringResponse": _obj(
+        ("WAN", "Datacenter", "Keys", "PrimaryKeys", "NumNodes"), WAN=_BOOL, Datacenter=_STR, Segment=_STR,
+        Messages={"type": "object", "additionalProperties": _STR},
+        Keys={"type": "object", "additionalProperties": _INT},
+        PrimaryKeys={"type": "object", "additionalProperties": _INT}, NumNodes=_INT, Error=_STR),
     "AutopilotConfiguration": _obj(
         (), CleanupDeadServers=_BOOL, LastContactThreshold=_STR, MaxTrailingLogs=_UINT, MinQuorum=_UINT,
         ServerStabilizationTime=_STR, RedundancyZoneTag=_STR, DisableUpgradeMigration=_BOOL, UpgradeVersionTag=_STR,
@@ -295,6 +301,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "loglevel": {"description": "The lowest level of the lines to stream: trace, debug, info (default), warn, "
                               "error.", "schema": _STR},
     "logjson": {"description": "Stream JSON lines (presence enables).", "schema": _BOOL_FLAG, "allowEmptyValue": True},
+    "relay-factor": {"description": "Relay each member's answer through this many other members (0-5).",
+                     "schema": _INT},
+    "local-only": {"description": "List the keys of this datacenter's pool only (lists only).", "schema": _BOOL},
     "global": {"description": "Usage of every known datacenter, not only this one (presence enables).",
                "schema": _BOOL_FLAG, "allowEmptyValue": True},
     "flags": {"description": "An opaque unsigned 64-bit number stored with the key.",
@@ -449,6 +458,7 @@ SESSION_500 = ("Session TTL", "Invalid Session TTL", "Invalid Behavior setting",
 # Consul's agent answers a TTL update of a check that is not a TTL check (an alias, a gRPC check...) with 500.
 NOT_TTL = ('CheckID "',)
 _TRUE = (JSON, _BOOL)
+KEYRING_500 = ("1 error occurred:", "2 errors occurred:", "keyring operations are not available")
 _EMPTY: dict[int, tuple[str, dict[str, Any]] | None] = {200: None}
 
 
@@ -545,6 +555,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/operator/autopilot/health"): Op(query=("dc",), ok={
         200: (JSON, _ref("OperatorHealthReply")), 429: (JSON, _ref("OperatorHealthReply"))}),
     ("GET", "/v1/operator/autopilot/state"): Op(query=("dc",), ok=_json(_ref("AutopilotState"))),
+    # A failure on any member answers 500 with Consul's multi-error text (the pool's, then each member's).
+    ("GET", "/v1/operator/keyring"): Op(query=("relay-factor", "local-only"), ok=_json(_array(_ref("KeyringResponse"))),
+                                        server_errors=KEYRING_500),
+    ("POST", "/v1/operator/keyring"): Op(query=("relay-factor",), body="KeyringRequest", ok=_EMPTY,
+                                         server_errors=KEYRING_500),
+    ("PUT", "/v1/operator/keyring"): Op(query=("relay-factor",), body="KeyringRequest", ok=_EMPTY,
+                                        server_errors=KEYRING_500),
+    ("DELETE", "/v1/operator/keyring"): Op(query=("relay-factor",), body="KeyringRequest", ok=_EMPTY,
+                                           server_errors=KEYRING_500),
     ("GET", "/v1/operator/usage"): Op(query=(*BLOCKING, "global"), blocking=True, ok=_json(_obj(
         ("Usage",), Usage={"type": "object", "additionalProperties": _ref("ServiceUsage")}, Index=_UINT,
         KnownLeader=_BOOL, ConsistencyLevel=_STR))),

@@ -128,6 +128,72 @@ async def autopilot_state(api: Api, request: web.Request, _: str) -> web.StreamR
     return api.json(request, await _autopilot(api).state_body())
 
 
+# ---------------------------------------------------------------------- keyring
+
+
+def _keyring_request(request: web.Request, body: bytes) -> str:
+    """The ``Key`` of a keyring write and the query parameters, checked as Consul's
+    OperatorKeyringEndpoint checks them (400 with its words)."""
+    query = request.query
+    if "relay-factor" in query:
+        raw = query["relay-factor"]
+        relay = int(raw) if raw.lstrip("+-").isdigit() else None
+        if relay is None:
+            raise HTTPError(400, f"Error parsing relay factor: strconv.Atoi: parsing {go_quote(raw)}: invalid syntax")
+        if not 0 <= relay <= 5:
+            raise HTTPError(400, "Invalid relay-factor: Relay factor must be in range: [0, 5]")
+    if "local-only" in query:
+        raw = query["local-only"]
+        bools = {"1": True, "t": True, "T": True, "true": True, "TRUE": True, "True": True,
+                 "0": False, "f": False, "F": False, "false": False, "FALSE": False, "False": False}  # fmt: skip
+        if raw not in bools:
+            raise HTTPError(400, f"Error parsing local-only: strconv.ParseBool: parsing {go_quote(raw)}: invalid syntax")
+        if bools[raw] and request.method != "GET":
+            raise HTTPError(400, "Invalid use of local-only: local-only can only be set for list requests")
+    if request.method == "GET":
+        return ""
+    try:
+        decoded = parse_json(body) if body.strip() else {}
+    except DecodeError as exc:
+        raise HTTPError(400, f"Request decode failed: {exc}") from None
+    if decoded is None:
+        decoded = {}
+    if not isinstance(decoded, dict):
+        raise HTTPError(400, f"Request decode failed: json: cannot unmarshal {_json_kind(decoded)} into Go "
+                             f"value of type agent.keyringArgs")  # fmt: skip
+    key = decoded.get("Key", "")
+    if not isinstance(key, str):
+        raise HTTPError(400, f"Request decode failed: json: cannot unmarshal {_json_kind(key)} into Go struct "
+                             f"field keyringArgs.Key of type string")  # fmt: skip
+    return key
+
+
+def _json_kind(value: Any) -> str:
+    """The JSON kind Go's decoder names in its errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "array" if isinstance(value, list) else "string" if isinstance(value, str) else "object"
+
+
+async def operator_keyring(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's OperatorKeyringEndpoint: GET lists the keys, POST installs one, PUT makes one primary, DELETE
+    removes one. A failure anywhere in the pool answers 500 with Consul's error text (the pool's error,
+    then each member's message); a write answers an empty 200."""
+    if api.keyring is None:
+        raise HTTPError(500, "keyring operations are not available on this agent")
+    body = b"" if request.method == "GET" else await api.read_body(request)
+    key = _keyring_request(request, body)
+    op = {"GET": "list", "POST": "install", "PUT": "use", "DELETE": "remove"}[request.method]
+    responses, error = api.keyring.run(op, key)
+    if error:
+        raise HTTPError(500, error)
+    if op == "list":
+        return api.json(request, responses)
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
 # ---------------------------------------------------------------------- usage
 
 CONNECT_KINDS = ("connect-native", "connect-proxy", "ingress-gateway", "mesh-gateway", "terminating-gateway")
@@ -248,6 +314,14 @@ ROUTES: tuple[Route, ...] = (
           "Every server's health from the leader (429 when any is unhealthy)"),
     route("GET", "/v1/operator/autopilot/state", autopilot_state, "read", "operator", "unnamed",
           "The leader's autopilot state"),
+    route("GET", "/v1/operator/keyring", operator_keyring, "read", "keyring", "unnamed",
+          "The gossip encryption keys installed in the pool, and the primary ones"),
+    route("POST", "/v1/operator/keyring", operator_keyring, "write", "keyring", "unnamed",
+          "Install a gossip encryption key"),
+    route("PUT", "/v1/operator/keyring", operator_keyring, "write", "keyring", "unnamed",
+          "Make an installed gossip encryption key the primary key"),
+    route("DELETE", "/v1/operator/keyring", operator_keyring, "write", "keyring", "unnamed",
+          "Remove a gossip encryption key (never the primary key)"),
     route("GET", "/v1/operator/usage", operator_usage, "read", "operator", "unnamed",
           "Counts of services and instances in this datacenter"),
     route("GET", "/v1/snapshot", snapshot_get, "write", "acl", "unnamed", "Save a snapshot of the state"),

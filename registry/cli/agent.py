@@ -18,103 +18,207 @@ if TYPE_CHECKING:
     from registry.logs import LogRouter
 
 
+# Every flag of Consul's ``consul agent`` (agent/config/flags.go, open-source and Enterprise-only alike),
+# as (flag, kind, config key). The kind says how the value is read: str, int, bool (``-x``, ``-x=true``,
+# ``-x=false``, as Go's flag package reads booleans), dur (a duration string, parsed as the config key is),
+# list (repeatable), meta (repeatable ``key:value``). The key is where the value lands, as flags.go maps
+# it, a dotted path into the config's blocks, so a flag merges with config files the way Consul merges it
+# (flags last). None: the flag is handled apart (``-dev``, ``-config-*``, ``-hcl``).
+AGENT_FLAGS: tuple[tuple[str, str, str | None], ...] = (
+    ("advertise", "str", "advertise_addr"),
+    ("advertise-wan", "str", "advertise_addr_wan"),
+    ("allow-write-http-from", "list", "http_config.allow_write_http_from"),
+    ("alt-domain", "str", "alt_domain"),
+    ("auto-reload-config", "bool", "auto_reload_config"),
+    ("bind", "str", "bind_addr"),
+    ("bootstrap", "bool", "bootstrap"),
+    ("bootstrap-expect", "int", "bootstrap_expect"),
+    ("check_output_max_size", "int", "check_output_max_size"),
+    ("client", "str", "client_addr"),
+    ("config-dir", "list", None),
+    ("config-file", "list", None),
+    ("config-format", "str", None),
+    ("data-dir", "str", "data_dir"),
+    ("datacenter", "str", "datacenter"),
+    ("default-query-time", "dur", "default_query_time"),
+    ("dev", "bool", None),
+    ("disable-host-node-id", "bool", "disable_host_node_id"),
+    ("disable-keyring-file", "bool", "disable_keyring_file"),
+    ("dns-port", "int", "ports.dns"),
+    ("domain", "str", "domain"),
+    ("enable-local-script-checks", "bool", "enable_local_script_checks"),
+    ("enable-script-checks", "bool", "enable_script_checks"),
+    ("encrypt", "str", "encrypt"),
+    ("grpc-port", "int", "ports.grpc"),
+    ("grpc-tls-port", "int", "ports.grpc_tls"),
+    ("hcl", "list", None),
+    ("http-port", "int", "ports.http"),
+    ("https-port", "int", "ports.https"),
+    ("join", "list", "retry_join"),
+    ("join-wan", "list", "retry_join_wan"),
+    ("log-file", "str", "log_file"),
+    ("log-json", "bool", "log_json"),
+    ("log-level", "str", "log_level"),
+    ("log-rotate-bytes", "int", "log_rotate_bytes"),
+    ("log-rotate-duration", "str", "log_rotate_duration"),
+    ("log-rotate-max-files", "int", "log_rotate_max_files"),
+    ("max-query-time", "dur", "max_query_time"),
+    ("node", "str", "node_name"),
+    ("node-id", "str", "node_id"),
+    ("node-meta", "meta", "node_meta"),
+    ("non-voting-server", "bool", "read_replica"),
+    ("pid-file", "str", "pid_file"),
+    ("primary-gateway", "list", "primary_gateways"),
+    ("protocol", "int", "protocol"),
+    ("raft-protocol", "int", "raft_protocol"),
+    ("read-replica", "bool", "read_replica"),
+    ("recursor", "list", "recursors"),
+    ("rejoin", "bool", "rejoin_after_leave"),
+    ("retry-interval", "dur", "retry_interval"),
+    ("retry-interval-wan", "dur", "retry_interval_wan"),
+    ("retry-join", "list", "retry_join"),
+    ("retry-join-wan", "list", "retry_join_wan"),
+    ("retry-max", "int", "retry_max"),
+    ("retry-max-wan", "int", "retry_max_wan"),
+    ("segment", "str", "segment"),
+    ("serf-lan-allowed-cidrs", "list", "serf_lan_allowed_cidrs"),
+    ("serf-lan-bind", "str", "serf_lan"),
+    ("serf-lan-port", "int", "ports.serf_lan"),
+    ("serf-wan-allowed-cidrs", "list", "serf_wan_allowed_cidrs"),
+    ("serf-wan-bind", "str", "serf_wan"),
+    ("serf-wan-port", "int", "ports.serf_wan"),
+    ("server", "bool", "server"),
+    ("server-port", "int", "ports.server"),
+    ("syslog", "bool", "enable_syslog"),
+    ("ui", "bool", "ui_config.enabled"),
+    ("ui-content-path", "str", "ui_config.content_path"),
+    ("ui-dir", "str", "ui_config.dir"),
+)
+
+# The flags Proconsul accepts but cannot honour, and why: a Consul command line still starts, and the agent
+# says in one line which flag does nothing. Their values are not put in the config.
+NO_EFFECT_FLAGS: dict[str, str] = {
+    "advertise-wan": "Proconsul has no WAN gossip pool",
+    "allow-write-http-from": "Proconsul does not filter HTTP writes by source network; use ACLs",
+    "auto-reload-config": "Proconsul reloads its configuration on SIGHUP (proconsul reload), not by watching files",
+    "grpc-tls-port": "Proconsul serves no gRPC API (no Envoy xDS)",
+    "join-wan": "Proconsul has no WAN gossip pool",
+    "non-voting-server": "read replicas are a Consul Enterprise feature",
+    "primary-gateway": "Proconsul has no WAN federation through mesh gateways",
+    "protocol": "Proconsul speaks one protocol version",
+    "raft-protocol": "Proconsul speaks Raft protocol 3 only",
+    "read-replica": "read replicas are a Consul Enterprise feature",
+    "retry-interval-wan": "Proconsul has no WAN gossip pool",
+    "retry-join-wan": "Proconsul has no WAN gossip pool",
+    "retry-max-wan": "Proconsul has no WAN gossip pool",
+    "segment": "network segments are a Consul Enterprise feature",
+    "serf-lan-allowed-cidrs": "Proconsul does not filter gossip by source network; use encrypt",
+    "serf-wan-allowed-cidrs": "Proconsul has no WAN gossip pool",
+    "serf-wan-bind": "Proconsul has no WAN gossip pool",
+    "serf-wan-port": "Proconsul has no WAN gossip pool",
+    "ui-dir": "Proconsul serves its built-in UI only",
+}
+
+
+def _go_bool(text: str) -> bool:
+    """A boolean flag's explicit value, as Go's strconv.ParseBool reads it."""
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {text!r}")
+
+
+def _meta(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError("-node-meta must be key:value")
+    return key, value
+
+
 def agent_parser() -> argparse.ArgumentParser:
     p = parser("proconsul agent", "Run a Proconsul agent")
-    opt(p, "dev", action="store_true", help="in-memory development server on loopback")
-    opt(p, "server", action="store_true")
-    opt(p, "bootstrap", action="store_true")
-    opt(p, "bootstrap-expect", type=int, default=None)
-    opt(p, "node", default=None)
-    opt(p, "node-id", default=None)
-    opt(p, "datacenter", default=None)
-    opt(p, "data-dir", default=None)
-    opt(p, "bind", default=None)
-    opt(p, "advertise", default=None)
-    opt(p, "client", default=None)
-    opt(p, "http-port", type=int, default=None)
-    opt(p, "dns-port", type=int, default=None)
-    opt(p, "server-port", type=int, default=None)
-    opt(p, "domain", default=None)
-    opt(p, "alt-domain", default=None)
-    opt(p, "recursor", action="append", default=[])
-    opt(p, "retry-join", action="append", default=[])
-    opt(p, "join", action="append", default=[])
-    # Both append to one list, so files and directories load in the order given (Consul's ConfigFiles).
-    p.add_argument("-config-file", "--config-file", action="append", dest="config_paths", default=[])
-    p.add_argument("-config-dir", "--config-dir", action="append", dest="config_paths", default=[])
-    opt(p, "config-format", default="", help="hcl or json: read every config file in this format")
-    opt(p, "log-level", default=None)
-    opt(p, "log-json", action="store_true")
-    opt(p, "log-file", default=None, help="write logs to this file (or directory) too, rotated")
-    opt(p, "log-rotate-bytes", type=int, default=None)
-    opt(p, "log-rotate-duration", default=None)
-    opt(p, "log-rotate-max-files", type=int, default=None)
-    opt(p, "syslog", action="store_true", help="log to the local syslog too")
-    opt(p, "enable-script-checks", action="store_true")
-    opt(p, "node-meta", action="append", default=[])
-    opt(p, "ui", action="store_true")
-    opt(p, "insecure", action="store_true",
+    kinds: dict[str, dict[str, Any]] = {
+        "str": {"default": None}, "dur": {"default": None}, "int": {"type": int, "default": None},
+        "bool": {"nargs": "?", "const": True, "type": _go_bool, "default": None},
+        "list": {"action": "append", "default": []}, "meta": {"action": "append", "type": _meta, "default": []},
+    }  # fmt: skip
+    for flag, kind, _ in AGENT_FLAGS:
+        if flag in ("config-file", "config-dir"):
+            # Both append to one list, so files and directories load in the order given (Consul's ConfigFiles).
+            p.add_argument(f"-{flag}", f"--{flag}", action="append", dest="config_paths", default=[])
+        elif flag == "config-format":
+            opt(p, flag, default="", help="hcl or json: read every config file in this format")
+        else:
+            opt(p, flag, **kinds[kind])
+    opt(p, "insecure", nargs="?", const=True, type=_go_bool, default=None,
         help="start a server without ACLs (default deny) or mutual TLS anyway, and say so (Proconsul's flag)")
     return p
 
 
+def _flag_values(args: argparse.Namespace, warnings: list[str] | None) -> dict[str, Any]:
+    """The flags given, as a config mapping (dotted keys become nested blocks, as flags.go fills the
+    config's structs); flags that cannot apply are named in ``warnings`` instead."""
+    flags: dict[str, Any] = {}
+    for flag, kind, key in AGENT_FLAGS:
+        if key is None:
+            continue
+        value = getattr(args, flag.replace("-", "_"))
+        if value is None or value == []:
+            continue
+        if flag in NO_EFFECT_FLAGS:
+            if warnings is not None:
+                warnings.append(f"-{flag} has no effect: {NO_EFFECT_FLAGS[flag]}")
+            continue
+        if kind == "meta":
+            value = dict(value)
+        block = flags
+        *parents, leaf = key.split(".")
+        for part in parents:
+            block = block.setdefault(part, {})
+        if kind == "list" and leaf in block:
+            block[leaf] = block[leaf] + value  # -retry-join and -join both fill retry_join
+        else:
+            block[leaf] = value
+    if args.insecure is not None:
+        flags["insecure"] = args.insecure
+    return flags
+
+
 def build_config(argv: list[str], warnings: list[str] | None = None) -> Config:
     """The agent's Config from its command line: ``-dev`` defaults, then each config file in order
-    (``registry.config_files``: HCL, JSON or YAML, checked against Consul's keys), then flags; validated
-    as the agent will use it. Raises ConfigError with Consul's text. The loader's warnings (deprecated
-    keys, skipped files) are appended to ``warnings``. The agent's reload builds its new Config the same
+    (``registry.config_files``: HCL, JSON or YAML, checked against Consul's keys), then each ``-hcl``
+    fragment (Consul reads them after the files), then flags; validated as the agent will use it. Raises
+    ConfigError with Consul's text. The loader's warnings (deprecated keys, skipped files) and the flags
+    that have no effect are appended to ``warnings``. The agent's reload builds its new Config the same
     way from the same arguments."""
     from registry.config import (
         Config,
-        ConfigError,
         apply_mapping,
         apply_node_section,
         dev_defaults,
         validate,
     )
-    from registry.config_files import load_paths
+    from registry.config_files import Source, check_keys, load_paths, parse_hcl
 
     args = agent_parser().parse_args(argv)
     cfg = Config()
     if args.dev:
         dev_defaults(cfg)
     loaded_files = load_paths(args.config_paths, args.config_format)
+    sources = list(loaded_files.sources)
+    for i, fragment in enumerate(args.hcl):
+        name = f"flags-{i}.hcl"
+        sources.append(Source(name, check_keys(parse_hcl(fragment, name), name, loaded_files.warnings)))
     if warnings is not None:
         warnings.extend(loaded_files.warnings)
     loaded = []
-    for source in loaded_files.sources:
+    for source in sources:
         apply_mapping(cfg, source.data, source.name)
-        cfg.config_files.append(source.name)
+        if source in loaded_files.sources:
+            cfg.config_files.append(source.name)
         loaded.append((source.name, source.data))
-    flags: dict[str, Any] = {}
-    for flag, key in (("node", "node_name"), ("node_id", "node_id"), ("datacenter", "datacenter"),
-                      ("data_dir", "data_dir"), ("bind", "bind_addr"), ("advertise", "advertise_addr"),
-                      ("client", "client_addr"), ("log_level", "log_level"), ("domain", "domain"),
-                      ("alt_domain", "alt_domain"), ("bootstrap_expect", "bootstrap_expect")):  # fmt: skip
-        value = getattr(args, flag)
-        if value is not None:
-            flags[key] = value
-    for flag in ("server", "bootstrap", "log_json", "enable_script_checks", "insecure"):
-        if getattr(args, flag):
-            flags[flag] = True
-    for flag in ("log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files"):
-        if getattr(args, flag) is not None:
-            flags[flag] = getattr(args, flag)
-    if args.syslog:
-        flags["enable_syslog"] = True
-    ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))
-             if v is not None}  # fmt: skip
-    if ports:
-        flags["ports"] = ports
-    if args.recursor:
-        flags["recursors"] = args.recursor
-    if args.retry_join or args.join:
-        flags["retry_join"] = args.retry_join + args.join
-    if args.node_meta:
-        try:
-            flags["node_meta"] = dict(m.split(":", 1) for m in args.node_meta)
-        except ValueError as exc:
-            raise ConfigError("-node-meta must be key:value") from exc
+    flags = _flag_values(args, warnings)
     apply_mapping(cfg, flags, "command line")
     for f, data in loaded:
         apply_node_section(cfg, data, f)
@@ -167,6 +271,40 @@ async def _run_agent(cfg: Config, warnings: list[str], rebuild: Callable[[], Con
         # A key of Consul's that Proconsul does not implement: accepted, so a Consul config starts.
         log.warning("config key not implemented by Proconsul; it has no effect", key=key)
     agent = Agent(cfg, reload_config=rebuild, logs=router)
+
+    pid_file = cfg.extra.get("pid_file") or ""
+    try:
+        _store_pid(pid_file)
+    except OSError as exc:
+        print(f"==> Error starting agent: Could not open pid file: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        return await _serve(agent, cfg, log)
+    finally:
+        _delete_pid(pid_file)
+
+
+def _store_pid(path: str) -> None:
+    """Write this process's pid to ``pid_file`` (``-pid-file``) as Consul's agent does at start: the bare
+    number, the file created or truncated."""
+    if path:
+        with open(path, "w") as fh:
+            fh.write(str(os.getpid()))
+
+
+def _delete_pid(path: str) -> None:
+    """Remove the pid file at exit, as Consul's agent does on shutdown (a file already gone is fine)."""
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            print(f"==> Could not remove pid file: {exc.strerror or exc}", file=sys.stderr)
+
+
+async def _serve(agent: Any, cfg: Config, log: Any) -> int:
+    """Start the agent, then run it until a signal asks it to stop (leaving first where Consul would)."""
     from registry.config import ConfigError
 
     try:

@@ -16,6 +16,7 @@ from registry.cli import (
     connect,
     event,
     intention,
+    keyring,
     kv,
     lock,
     members,
@@ -67,6 +68,8 @@ COMMANDS: dict[str, Command] = {
     "event": event.cmd_event,
     "watch": watch.cmd_watch,
     "rtt": rtt.cmd_rtt,
+    "keygen": keyring.cmd_keygen,
+    "keyring": keyring.cmd_keyring,
 }
 
 

@@ -57,6 +57,11 @@ class RunningAgent:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
 
+# A gossip encryption key for test clusters (every agent outside -dev needs one, and all of a pool the same):
+# never a production key.
+GOSSIP_KEY = "dGVzdC1vbmx5LWdvc3NpcC1rZXktMzItYnl0ZXMhISE="
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

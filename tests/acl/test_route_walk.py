@@ -148,6 +148,9 @@ def cases(ids: dict[str, str]) -> list[Case]:
         Case("GET", "/v1/operator/autopilot/state", "/v1/operator/autopilot/state", 'operator = "read"',
              "operator:read"),
         Case("GET", "/v1/operator/usage", "/v1/operator/usage", 'operator = "read"', "operator:read"),
+        Case("GET", "/v1/operator/keyring", "/v1/operator/keyring", 'keyring = "read"', "keyring:read"),
+        *(Case(m, "/v1/operator/keyring", "/v1/operator/keyring", 'keyring = "write"', "keyring:write",
+               body={"Key": "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}) for m in ("POST", "PUT", "DELETE")),
         Case("GET", "/v1/snapshot", "/v1/snapshot", 'acl = "write"', "acl:write"),
         Case("PUT", "/v1/snapshot", "/v1/snapshot", 'acl = "write"', "acl:write", body="not a snapshot"),
         # sessions

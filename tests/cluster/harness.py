@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from registry.testing import GOSSIP_KEY
 from tests.cluster.relay import FaultRelay, advertise_ip, bind_ip
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
@@ -160,7 +161,7 @@ class Server:
 
     def argv(self) -> list[str]:
         argv = [BIN, "agent", "-node", self.name, "-data-dir", str(self.data_dir), "-http-port", str(self.http_port),
-                "-dns-port", "-1"]  # fmt: skip
+                "-dns-port", "-1", "-encrypt", GOSSIP_KEY]  # fmt: skip
         if self.server:
             argv += ["-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", bind_ip(self.k),
                      "-advertise", advertise_ip(self.k), "-client", advertise_ip(self.k),

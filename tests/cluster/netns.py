@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from registry.testing import GOSSIP_KEY
 from tests.cluster.harness import BIN, Cluster, Server, wait_for
 
 OWNER_ALIAS = "proconsul-netns pid="
@@ -353,7 +354,7 @@ class NetnsServer(Server):
     def argv(self) -> list[str]:
         assert self.net is not None
         argv = [BIN, "agent", "-node", self.name, "-data-dir", str(self.data_dir), "-http-port", str(self.http_port),
-                "-dns-port", "-1", "-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", self.host,
+                "-dns-port", "-1", "-encrypt", GOSSIP_KEY, "-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", self.host,
                 "-advertise", self.host, "-client", self.host, "-server-port", str(self.server_port)]  # fmt: skip
         for addr in self.join:
             argv += ["-retry-join", addr]

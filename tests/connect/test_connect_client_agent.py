@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ca import certs
-from registry.testing import free_port
+from registry.testing import GOSSIP_KEY, free_port
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     try:
         wait_for("the CA", lambda: call("GET", s_url + "/v1/connect/ca/roots")[1]["Roots"], procs)  # type: ignore[index]
         client = subprocess.Popen([BIN, "agent", "-node", "c1", "-bind", "127.0.0.1", "-data-dir", str(tmp / "c1"),
-                                   "-retry-join", f"127.0.0.1:{server_port}", "-http-port", str(client_http),
+                                   "-retry-join", f"127.0.0.1:{server_port}", "-http-port", str(client_http), "-encrypt", GOSSIP_KEY,
                                    "-dns-port", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         procs.append(client)
 

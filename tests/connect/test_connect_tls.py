@@ -21,7 +21,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from ca import certs
 from registry.api.http import HotCache
 from registry.config import Config, ConfigError, apply_mapping
-from registry.testing import async_dev_agent
+from registry.testing import GOSSIP_KEY, async_dev_agent
 from registry.tls import load_tls_settings, make_peer_check, rpc_contexts
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
@@ -302,7 +302,7 @@ async def test_server_port_over_mtls_in_a_real_cluster(pki: Pki, tmp_path: Path)
         _wait(f"http://127.0.0.1:{http_port}/v1/connect/ca/roots", server, lambda b: bool(b["Roots"]))
         client = _start(["-node", "c1", "-data-dir", str(tmp_path / "c1"), "-bind", "127.0.0.1",
                          "-retry-join", f"127.0.0.1:{server_port}", "-http-port", str(client_http), "-dns-port", "-1",
-                         "-config-file", str(config("dc1-client-consul-0"))], tmp_path)  # fmt: skip
+                         "-encrypt", GOSSIP_KEY, "-config-file", str(config("dc1-client-consul-0"))], tmp_path)  # fmt: skip
         nodes = _wait(f"http://127.0.0.1:{http_port}/v1/catalog/nodes", server,
                       lambda b: {n["Node"] for n in b} >= {"s1", "c1"})  # fmt: skip
         assert {n["Node"] for n in nodes} >= {"s1", "c1"}  # type: ignore[attr-defined]

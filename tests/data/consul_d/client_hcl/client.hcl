@@ -5,6 +5,7 @@ data_dir   = "@DATA@"
 server     = false
 bind_addr  = "127.0.0.1"
 retry_join = ["127.0.0.1:8300"]
+encrypt    = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 
 ports {
   http = 8530

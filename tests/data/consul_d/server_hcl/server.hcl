@@ -9,6 +9,7 @@ bind_addr        = "127.0.0.1"
 client_addr      = "127.0.0.1"
 retry_join       = ["127.0.0.1:8300", "127.0.0.1:8310", "127.0.0.1:8320"]
 log_level        = "INFO"
+encrypt          = "pUqJrVyVRj5jsiYEkM/tFQYfWyJIv4s3XkvDwy7Cu5s="
 
 ports {
   grpc  = 8502
