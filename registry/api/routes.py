@@ -22,6 +22,7 @@ from registry.api import (
     discovery_chain,
     event,
     health,
+    internal_ui,
     kv,
     metrics,
     operator,
@@ -49,6 +50,7 @@ ROUTES: tuple[Route, ...] = (
     *acl.ROUTES,
     *acl_login.ROUTES,
     *event.ROUTES,
+    *internal_ui.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"
