@@ -38,9 +38,10 @@ KNOWN_TOP_KEYS = {
     "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
     "insecure", "watches", "leave_on_terminate", "skip_leave_on_interrupt",
 }  # fmt: skip
-# Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py).
+# Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py,
+# registry/ui/settings.py).
 KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",
-                   "enable_syslog", "syslog_facility"}  # fmt: skip
+                   "enable_syslog", "syslog_facility", "ui", "ui_config"}  # fmt: skip
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
 

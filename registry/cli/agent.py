@@ -102,6 +102,9 @@ def build_config(argv: list[str], warnings: list[str] | None = None) -> Config:
             flags[flag] = getattr(args, flag)
     if args.syslog:
         flags["enable_syslog"] = True
+    if args.ui:  # Consul's -ui: ui_config.enabled, merged into the files' ui_config block
+        block = cfg.extra.get("ui_config")
+        flags["ui_config"] = {**(block if isinstance(block, dict) else {}), "enabled": True}
     ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))
              if v is not None}  # fmt: skip
     if ports:
