@@ -39,6 +39,7 @@ HTML = "text/html"
 # Consul's text for a path outside the API (agent/http.go), kept for what the UI does not serve either.
 NOT_API = "Invalid URL path: if attempting to use the HTTP API, ensure the path starts with '/v1/'\n"
 HEALTH_RANK = {"critical": 0, "warning": 1, "passing": 2}
+GONE_CHECK = 0.5  # seconds between looks at whether a blocking query's visitor is still connected
 
 
 class Refused(Exception):
@@ -63,15 +64,33 @@ class Visit:
         """One API call with the visitor's token; a blocking query when ``index`` is given. Raises Refused
         for an error status (the agent's status and text) and for no answer at all (502)."""
         wait = self.ui.wait if index else None
+        call = self.ui.client.request(method, path, params, body, index=index, wait=wait, token=self.token or None,
+                                      timeout=self.ui.wait_seconds * 1.5 + 5 if index else 15.0)  # fmt: skip
         try:
-            resp = await self.ui.client.request(method, path, params, body, index=index, wait=wait,
-                                                token=self.token or None,
-                                                timeout=self.ui.wait_seconds * 1.5 + 5 if index else 15.0)  # fmt: skip
+            resp = await (self._unless_gone(call) if index else call)
         except AgentUnavailable as exc:
             raise Refused(502, f"The agent's HTTP API did not answer: {exc}") from exc
         if resp.status >= 400:
             raise Refused(resp.status, resp.text)
         return resp
+
+    async def _unless_gone(self, call: Awaitable[Response]) -> Response:
+        """A blocking query given up when the visitor goes away (the page left, the section replaced):
+        the agent's server does not cancel a handler whose client disconnected, and a blocking query would
+        otherwise hold one of the UI's connections to the API for the whole wait."""
+        task = asyncio.ensure_future(call)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=GONE_CHECK)
+                if done:
+                    return task.result()
+                transport = self.request.transport
+                if transport is None or transport.is_closing():
+                    task.cancel()
+                    raise Refused(499, "the visitor went away")
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def json(self, path: str, params: dict[str, Any] | None = None, *, index: int = 0) -> tuple[Any, int]:
         resp = await self.call("GET", path, params, index=index)

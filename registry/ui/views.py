@@ -155,16 +155,27 @@ def _leader_host(leader: Any) -> str:
     return host.strip("[]")
 
 
+async def _leader_node(visit: Visit) -> str:
+    """The leader's node name from the Raft configuration (``operator:read``); "" when the token may not
+    read it, and the leader is then told by its address, as Consul's UI tells it."""
+    try:
+        conf, _ = await visit.json("/v1/operator/raft/configuration")
+    except Refused:
+        return ""
+    return next((str(s.get("Node", "")) for s in (conf or {}).get("Servers") or [] if s.get("Leader")), "")
+
+
 async def nodes(visit: Visit, _: str) -> web.StreamResponse:
-    """Every node, worst health first: its checks, services, meta; the Raft leader's node marked (the node
-    whose address is the leader's, as Consul's UI marks it from /v1/status/leader)."""
+    """Every node, worst health first: its checks, services, meta; the Raft leader's node marked (by name
+    from the Raft configuration, else the node whose address is /v1/status/leader's)."""
     dump, index = await visit.json("/v1/internal/ui/nodes", index=visit.index())
     leader, _ = await visit.json("/v1/status/leader")
+    leader_node = await _leader_node(visit)
     leader_host = _leader_host(leader)
     rows = []
     for n in dump or []:
-        rows.append({**n, "Health": worst(n.get("Checks") or []),
-                     "Leader": bool(leader_host) and n.get("Address") == leader_host})  # fmt: skip
+        is_leader = n.get("Node") == leader_node if leader_node else bool(leader_host) and n.get("Address") == leader_host
+        rows.append({**n, "Health": worst(n.get("Checks") or []), "Leader": is_leader})
     rows.sort(key=lambda r: (STATUSES.index(r["Health"]), r["Node"]))
     context = {"rows": rows, "index": index, "leader": leader or "", "live": _live_url("/ui/nodes", index)}
     if visit.query("fragment"):
