@@ -38,7 +38,8 @@ KNOWN_TOP_KEYS = {
     "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
     "insecure", "watches", "leave_on_terminate", "skip_leave_on_interrupt",
 }  # fmt: skip
-# Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py).
+# Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py,
+# registry/ui/settings.py).
 KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",
                    "enable_syslog", "syslog_facility"}  # fmt: skip
 # Read from ``Config.extra`` by registry/agent/coordinates.py (its ``consul`` block: ``coordinate`` only).
@@ -47,6 +48,7 @@ KNOWN_TOP_KEYS |= {"disable_coordinates", "sync_coordinate_interval_min", "sync_
 # disable_host_node_id is what Proconsul always does (a random node ID, kept in the data dir).
 KNOWN_TOP_KEYS |= {"encrypt", "encrypt_verify_incoming", "encrypt_verify_outgoing", "disable_keyring_file",
                    "pid_file", "disable_host_node_id"}  # fmt: skip
+KNOWN_TOP_KEYS |= {"ui", "ui_config"}  # the web UI's settings (registry/ui/settings.py)
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
 

@@ -112,8 +112,9 @@ def _cases(tmp: Path) -> dict[str, tuple[list[str], Check | str]]:
         "server": (["-server"], lambda c: c.server),
         "syslog": (["-syslog"], lambda c: c.extra["enable_syslog"] is True),
         "ui": (["-ui"], lambda c: c.extra["ui_config"] == {"enabled": True}),
-        "ui-content-path": (["-ui-content-path", "/console/"],
-                            lambda c: c.extra["ui_config"] == {"content_path": "/console/"}),
+        # The UI is served at /ui/ only: another path is refused at start (tests/ui/test_ui_config.py).
+        "ui-content-path": (["-ui-content-path", "/ui/"],
+                            lambda c: c.extra["ui_config"] == {"content_path": "/ui/"}),
         "ui-dir": (["-ui-dir", "/srv/ui"], "-ui-dir has no effect"),
         "hcl": (["-hcl", 'datacenter = "frag"', "-hcl", 'node_meta { a = "b" }'],
                 lambda c: c.datacenter == "frag" and c.node_meta == {"a": "b"}),

@@ -119,6 +119,16 @@ def test_gossip_is_a_library() -> None:
     assert not {m: d for m, d in bad.items() if d}, "registry.gossip imports the application"
 
 
+def test_the_ui_is_a_client_of_the_http_api() -> None:
+    """The web UI reads and writes through the agent's public HTTP API only (the one client), never the store,
+    the API's handlers or the agent's objects, so it shows what any agent's API shows a token."""
+    allowed = ("registry.ui", "registry.client", "registry.config")
+    bad = {m: sorted(d for d in deps if not _within(d, allowed))
+           for m, deps in GRAPH.items() if _within(m, ("registry.ui",))}  # fmt: skip
+    assert any(_within(m, ("registry.ui",)) for m in GRAPH), "the scan found no UI module: it is broken"
+    assert not {m: d for m, d in bad.items() if d}, "registry.ui reaches past the HTTP API"
+
+
 def test_core_imports_no_outer_layer() -> None:
     bad = {m: sorted(d for d in deps if _within(d, OUTER_PREFIXES))
            for m, deps in GRAPH.items() if _within(m, CORE_PREFIXES)}  # fmt: skip

@@ -125,6 +125,9 @@ from registry.tls import (
     rpc_contexts,
     server_authorizer,
 )
+from registry.ui.app import build_ui
+from registry.ui.pages import UI
+from registry.ui.settings import ui_enabled, validate_ui
 from registry.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -174,7 +177,7 @@ def _validate_logs(cfg: Config) -> None:
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
                                                   _validate_logs, validate_watches, validate_coordinate_config,
-                                                  validate_encrypt, require_secure)  # fmt: skip
+                                                  validate_encrypt, validate_ui, require_secure)  # fmt: skip
 
 
 class Agent:
@@ -192,6 +195,7 @@ class Agent:
         self._rpc_client_tls: ssl.SSLContext | None = None
         self._https_tls: ReplaceableServerContext | None = None
         self._api_server: APIServer | None = None
+        self.ui: UI | None = None  # the web UI, when ui_config.enabled (registry/ui): a client of the HTTP API
         # The IDs of the services and checks defined in config files: a reload replaces these and leaves
         # the ones registered over the API alone, as Consul's reload does.
         self._config_services: set[str] = set()
@@ -504,6 +508,10 @@ class Agent:
             await server.close()
             raise
         self._listeners.append(server)
+        if ui_enabled(cfg):
+            host = self.http_addr[0] if self.http_addr[0] not in ("0.0.0.0", "::") else "127.0.0.1"
+            self.ui = build_ui(f"http://{host}:{self.http_addr[1]}")
+            api.pages = self.ui.handle
         await self.connect.start()
         if cfg.ports.https >= 0:
             self._https_tls = ReplaceableServerContext(https_context(cfg))
@@ -620,6 +628,9 @@ class Agent:
         if self.http_session is not None:
             await self.http_session.close()
             self.http_session = None
+        if self.ui is not None:
+            await self.ui.close()
+            self.ui = None
         log.info("agent stopped", node=self.node_name)
 
     def request_shutdown(self) -> None:

@@ -209,6 +209,9 @@ class Api:
         self.logs = logs  # the process's log output, which /v1/agent/monitor streams from (None: not wired)
         self.is_client = not config.server and not config.dev
         self.router = Router(routes)
+        # What answers the paths outside /v1/ when the agent serves the web UI (set by the agent; None:
+        # Consul's "UI disabled" at / and its 404 text elsewhere). The UI is a client of this API.
+        self.pages: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] | None = None
         # key -> (store id, index, status, body, gzipped body, authorizer rendered for, filtered by ACLs)
         self.cache: dict[str, tuple[int, int, int, bytes, bytes | None, Authorizer | None, bool]] = {}
         self.hot = HotCache()
@@ -272,6 +275,8 @@ class Api:
             t.observe(ms)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self.pages is not None and not request.path.startswith("/v1/"):
+            return await self.pages(request)  # the web UI: it calls back into /v1/ with the visitor's token
         started = perf_counter() if self.timing else 0.0
         if self.limiter is not None:
             refused = self.limiter.check(request.method, asyncio.get_running_loop().time())

@@ -533,6 +533,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                     ok=_json(_array(_ref("HealthCheck")))),
     ("GET", "/v1/health/state/"): Op(query=(*BLOCKING, "near", "node-meta", "filter"), blocking=True,
                                      ok=_json(_array(_ref("HealthCheck")))),
+    # ---- the web UI's read endpoints (Consul's agent/ui_endpoint.go shapes)
+    ("GET", "/v1/internal/ui/services"): Op(query=BLOCKING, blocking=True, ok=_json(_array(_obj(
+        ("Name", "Datacenter", "Tags", "Nodes", "InstanceCount", "ChecksPassing", "ChecksWarning",
+         "ChecksCritical"), Kind=_STR, Name=_STR, Datacenter=_STR, Tags=_array(_STR), Nodes=_array(_STR),
+        ExternalSources=_array(_STR), InstanceCount={"type": "integer"}, ChecksPassing={"type": "integer"},
+        ChecksWarning={"type": "integer"}, ChecksCritical={"type": "integer"}, GatewayConfig={"type": "object"},
+        TransparentProxy={"type": "boolean"}, ConnectNative={"type": "boolean"},
+        ConnectedWithProxy={"type": "boolean"}, ConnectedWithGateway={"type": "boolean"})))),
+    ("GET", "/v1/internal/ui/nodes"): Op(query=BLOCKING, blocking=True, ok=_json(_array({"type": "object"}))),
     # ---- kv
     ("GET", "/v1/kv/"): Op(query=(*BLOCKING, "recurse", "keys", "separator", "raw"), blocking=True, ok={
         200: (JSON, {"oneOf": [_array(_ref("KVPair")), _array(_STR)]})}, errors=(404,), not_found=()),

@@ -23,6 +23,7 @@ from registry.api import (
     discovery_chain,
     event,
     health,
+    internal_ui,
     kv,
     metrics,
     operator,
@@ -51,6 +52,7 @@ ROUTES: tuple[Route, ...] = (
     *acl_login.ROUTES,
     *event.ROUTES,
     *coordinate.ROUTES,
+    *internal_ui.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

@@ -219,6 +219,12 @@ def build_config(argv: list[str], warnings: list[str] | None = None) -> Config:
             cfg.config_files.append(source.name)
         loaded.append((source.name, source.data))
     flags = _flag_values(args, warnings)
+    # Blocks Proconsul keeps in Config.extra (``ui_config``, ...) merge a flag into the files' block, as
+    # Consul's flags fill single fields of the struct the files filled.
+    for key, value in flags.items():
+        block = cfg.extra.get(key)
+        if isinstance(value, dict) and isinstance(block, dict):
+            flags[key] = {**block, **value}
     apply_mapping(cfg, flags, "command line")
     for f, data in loaded:
         apply_node_section(cfg, data, f)

@@ -294,9 +294,11 @@ class AgentHTTP:
     async def request(self, method: str, path: str, params: Mapping[str, Any] | None = None,
                       body: bytes | None = None, *, index: int = 0, wait: str | None = None,
                       consistent: bool = False, timeout: float | None = None,
-                      content_type: str | None = None) -> Response:  # fmt: skip
+                      content_type: str | None = None, token: str | None = None) -> Response:  # fmt: skip
         """One call, whatever the status. ``index``/``wait`` make a GET a blocking query (Consul's WaitIndex,
-        WaitTime as a Go duration); AgentUnavailable when no answer came."""
+        WaitTime as a Go duration); ``token`` is this call's own ``X-Consul-Token`` (the web UI calls for
+        each visitor with the visitor's token; Consul's api.QueryOptions.Token); AgentUnavailable when no
+        answer came."""
         session = self._open()
         import aiohttp
 
@@ -306,8 +308,13 @@ class AgentHTTP:
             kwargs["server_hostname"] = self.config.tls_server_name
         if timeout is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        headers: dict[str, str] = {}
         if content_type is not None:
-            kwargs["headers"] = {"Content-Type": content_type}
+            headers["Content-Type"] = content_type
+        if token:
+            headers["X-Consul-Token"] = token
+        if headers:
+            kwargs["headers"] = headers
         try:
             async with session.request(method, url, data=body, **kwargs) as resp:
                 return Response(resp.status, await resp.read(), resp.headers)

@@ -120,6 +120,9 @@ def cases(ids: dict[str, str]) -> list[Case]:
         Case("GET", "/v1/health/checks/", "/v1/health/checks/web", svc("web", "read") + NODE_READ, None),
         Case("GET", "/v1/health/node/", f"/v1/health/node/{NODE}", NODE_READ, None),
         Case("GET", "/v1/health/state/", "/v1/health/state/any", NODE_READ, None),
+        # the web UI's summaries: filtered down to nothing without service:read / node:read
+        Case("GET", "/v1/internal/ui/services", "/v1/internal/ui/services", svc("web", "read") + NODE_READ, None),
+        Case("GET", "/v1/internal/ui/nodes", "/v1/internal/ui/nodes", NODE_READ, None),
         # kv and txn
         Case("GET", "/v1/kv/", "/v1/kv/k/a", 'key "k/a" { policy = "read" }', "key:read"),
         Case("PUT", "/v1/kv/", "/v1/kv/k/b", 'key "k/b" { policy = "write" }', "key:write", body="v"),
