@@ -37,6 +37,8 @@ from connect_proxy import identity, routing, tls
 from connect_proxy.agent import AgentClient, AgentError, AgentUnavailable
 from connect_proxy.authz import Authorizer, intentions_from_match
 from connect_proxy.config import ProxyConfig, Upstream
+from connect_proxy.http import engine
+from connect_proxy.http.rbac import L7Policy
 from connect_proxy.metrics import CONTENT_TYPE, Registry
 from connect_proxy.splice import Endpoint, link
 from connect_proxy.upstream import (
@@ -73,6 +75,7 @@ class UpstreamState:
     chain: CompiledChain | None = None
     pools: dict[str, UpstreamPool] = field(default_factory=dict)  # by target ID
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    http: engine.UpstreamHandler | None = None  # the listener's HTTP mode, used while the chain says http
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait (at most ``timeout`` s) until the chain and the health of each of its targets are known."""
@@ -102,6 +105,7 @@ def _new_metrics() -> Registry:
               ("listener", "direction"))  # fmt: skip
     m.histogram("proconsul_proxy_upstream_connect_seconds",
                 "Time to connect and finish the mTLS handshake with an upstream instance", ("upstream",))  # fmt: skip
+    engine.define_metrics(m)
     return m
 
 
@@ -136,6 +140,15 @@ class Proxy:
         self._leaf: dict[str, Any] | None = None
         self._roots: dict[str, Any] | None = None
         self.upstreams: dict[str, UpstreamState] = {u.destination: UpstreamState(u) for u in cfg.upstreams}
+        for state in self.upstreams.values():
+            state.http = engine.UpstreamHandler(self._upstream_env(state))
+        self.local_protocol = "tcp"  # this service's protocol (its discovery chain's): "http" is HTTP mode
+        self.l7_policy: L7Policy | None = None
+        self.local_http = engine.LocalHandler(engine.LocalEnv(
+            self.metrics, self.log, self.access, cfg.local_service or ("127.0.0.1", 1), lambda: self.l7_policy,
+            self._local_connect_timeout, self._local_request_timeout,
+            lambda: self._leaf_uri))  # fmt: skip
+        self._leaf_uri = ""
         self._health: dict[tuple[str, str], Any] = {}  # (service, dc) -> last health answer
         self._health_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -167,6 +180,8 @@ class Proxy:
                 f"intentions for {svc}", "/v1/connect/intentions/match", {"by": "destination", "name": svc},
                 self._on_intentions)))  # fmt: skip
             spawn(asyncio.create_task(self._follow_policy()))
+            spawn(asyncio.create_task(self._follow(
+                f"discovery chain of {svc}", f"/v1/discovery-chain/{svc}", {}, self._on_own_chain)))  # fmt: skip
         else:
             self._authz_ready.set()
             self._policy_ready.set()
@@ -186,14 +201,14 @@ class Proxy:
         try:
             if self.cfg.public is not None:
                 host, port = self.cfg.public
-                server = await loop.create_server(lambda: Endpoint(self._inbound_made), host, port, reuse_address=True,
+                server = await loop.create_server(self._public_protocol, host, port, reuse_address=True,
                                                   backlog=1024)  # fmt: skip
                 self._servers.append(server)
                 self.public_addr = server.sockets[0].getsockname()[:2]
                 self.log.info("public listener ready", addr=_fmt(self.public_addr), local_service=_fmt(self.cfg.local_service))
             for state in self.upstreams.values():
                 up = state.upstream
-                server = await loop.create_server(lambda st=state: Endpoint(lambda ep: self._outbound_made(ep, st)),
+                server = await loop.create_server(lambda st=state: self._upstream_protocol(st),
                                                   up.bind_address, up.bind_port, reuse_address=True, backlog=1024)  # fmt: skip
                 self._servers.append(server)
                 self.upstream_addrs[up.destination] = server.sockets[0].getsockname()[:2]
@@ -216,6 +231,8 @@ class Proxy:
         timeout = self.cfg.drain_timeout if timeout is None else timeout
         for server in self._servers:
             server.close()
+        for conn in self._http_conns():
+            conn.drain_gracefully()  # idle keep-alive connections close now, busy ones after their response
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.open_connections:
@@ -241,6 +258,12 @@ class Proxy:
                 await task
         for ep in list(self._endpoints):
             ep.abort()
+        for conn in self._http_conns():
+            conn.abort()
+        self.local_http.close()
+        for state in self.upstreams.values():
+            if state.http is not None:
+                state.http.close()
         for server in [*self._servers, *([self._metrics_server] if self._metrics_server else [])]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
@@ -249,7 +272,71 @@ class Proxy:
 
     @property
     def open_connections(self) -> int:
-        return sum(1 for ep in self._endpoints if not ep.closed)
+        return sum(1 for ep in self._endpoints if not ep.closed) + len(self._http_conns())
+
+    def _http_conns(self) -> list[engine.ServerConn]:
+        conns = list(self.local_http.conns)
+        for state in self.upstreams.values():
+            if state.http is not None:
+                conns.extend(state.http.conns)
+        return conns
+
+    # ------------------------------------------------------------------ HTTP mode
+
+    def _upstream_env(self, state: UpstreamState) -> engine.UpstreamEnv:
+        name = state.upstream.destination
+
+        def client_context() -> tuple[ssl.SSLContext, str] | None:
+            c = self.contexts
+            return None if c is None else (c.client, c.trust_domain)
+
+        def expected_uri(tid: str) -> str:
+            c, chain = self.contexts, state.chain
+            target = chain.targets.get(tid) if chain is not None else None
+            if c is None or target is None:
+                return ""
+            return identity.service_uri(c.trust_domain, target.datacenter, target.service)
+
+        return engine.UpstreamEnv(
+            name, self.metrics, self.rng, self.log, self.access, lambda: state.chain, lambda: state.pools,
+            state.wait_ready, client_context, lambda tid: self.connect_timeout(state, tid),
+            self.cfg.handshake_timeout, expected_uri)  # fmt: skip
+
+    def _upstream_protocol(self, state: UpstreamState) -> asyncio.Protocol:
+        """A new connection on an upstream listener: HTTP mode while the upstream's chain is ``http``."""
+        if state.http is not None and state.chain is not None and state.chain.protocol == "http":
+            return state.http.protocol()
+        return Endpoint(lambda ep: self._outbound_made(ep, state))
+
+    def _public_protocol(self) -> asyncio.Protocol:
+        """A new connection on the public listener: HTTP mode while this service's protocol is ``http``."""
+        contexts = self.contexts
+        if self.local_protocol != "http" or contexts is None:
+            return Endpoint(self._inbound_made)
+        limit = self._max_inbound()
+        if limit and self._inbound_open >= limit:
+            self.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", ("public", "max_inbound_connections"))
+            self.metrics.inc("proconsul_proxy_inbound_connections_total", ("overflow",))
+            return Endpoint(lambda ep: ep.abort())
+        self._inbound_open += 1
+        conn = engine.ServerConn(self.local_http.handle, tls=contexts.server, handshake_timeout=self.cfg.handshake_timeout,
+                                 on_tls=lambda c: self.local_http.on_tls(c, contexts.trust_domain),
+                                 conns=self.local_http.conns)  # fmt: skip
+        conn.done.add_done_callback(self._inbound_closed)
+        return conn
+
+    def _local_request_timeout(self) -> float:
+        """``LocalRequestTimeoutMs`` of this service's service-defaults, else Envoy's 15 s route timeout."""
+        ms = (self.service_defaults or {}).get("LocalRequestTimeoutMs")
+        return float(ms) / 1000.0 if isinstance(ms, int) and ms > 0 else 15.0
+
+    def _on_own_chain(self, body: Any, _headers: Mapping[str, str]) -> None:
+        if not isinstance(body, Mapping) or not isinstance(body.get("Chain"), Mapping):
+            raise ValueError("discovery chain answer without a Chain")
+        protocol = str(body["Chain"].get("Protocol") or "tcp")
+        if protocol != self.local_protocol:
+            self.log.info("public listener protocol", protocol=protocol, mode="http" if protocol == "http" else "tcp")
+            self.local_protocol = protocol
 
     # ------------------------------------------------------------------ following the agent
 
@@ -309,6 +396,7 @@ class Proxy:
         client = tls.client_context(leaf["CertPEM"], leaf["PrivateKeyPEM"], pems)
         ids = tuple(str(r.get("ID", "")) for r in roots["Roots"])
         self.contexts = Contexts(server, client, td, me.datacenter, str(leaf.get("SerialNumber", "")), ids)
+        self._leaf_uri = str(leaf.get("ServiceURI", ""))
         self.log.info("certificates loaded" if not self._certs_ready.is_set() else f"certificates updated ({why})",
                       leaf_serial=self.contexts.leaf_serial, roots=len(pems),
                       active_root=roots.get("ActiveRootID"), valid_before=leaf.get("ValidBefore"))  # fmt: skip
@@ -358,6 +446,7 @@ class Proxy:
         if self.authz is None and self._pending_policy:
             authz = replace(authz, intention_policy=self._pending_policy)
         self.authz = authz
+        self.l7_policy = L7Policy(authz)
         closed = 0
         for ep, source in list(self._inbound.items()):
             if not ep.closed and not authz.decide(source).allowed:

@@ -612,6 +612,18 @@ def build_service_registration(rules: RegistrationRules, raw: Any) -> tuple[Serv
     return service, specs
 
 
+def _pop_ci(raw: dict[str, Any], key: str) -> Any:
+    """Remove every spelling of ``key`` (Consul decodes case-insensitively, snake_case too) and return
+    the first non-empty value."""
+    want = key.lower()
+    found: Any = None
+    for k in [k for k in raw if str(k).replace("_", "").lower() == want]:
+        value = raw.pop(k)
+        if found is None and value:
+            found = value
+    return found
+
+
 def sidecar_registration(
     rules: RegistrationRules, parent: Service, sidecar: Any, ports: Mapping[str, int]
 ) -> tuple[Service, list[CheckSpec]]:
@@ -636,6 +648,12 @@ def sidecar_registration(
     proxy.setdefault("LocalServiceAddress", "127.0.0.1")
     proxy.setdefault("LocalServicePort", parent.port)
     raw["Proxy"] = proxy
+    # Consul's sidecarServiceFromNodeService: a sidecar that sets no Tags, Meta or Address of its own
+    # carries its parent's, so it is found (and filtered) like the service it fronts.
+    for key, inherited in (("Tags", list(parent.tags)), ("Meta", dict(parent.meta)), ("Address", parent.address)):
+        own = _pop_ci(raw, key)
+        if own or inherited:
+            raw[key] = own or inherited
     if parent.locality and not raw.get("Locality"):
         raw["Locality"] = parent.locality  # a sidecar is where its service is (Consul copies it)
     if not raw.get("Check") and not raw.get("Checks"):

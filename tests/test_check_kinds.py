@@ -301,6 +301,23 @@ async def test_alias_check_follows_a_local_service(http: Http) -> None:
     await eventually(in_catalog)
 
 
+async def test_sidecar_inherits_its_parents_tags_meta_and_address_unless_it_sets_its_own(http: Http) -> None:
+    status, text, _ = await http.put("/v1/agent/service/register", {
+        "ID": "api1", "Name": "api", "Port": 9090, "Address": "127.0.0.7", "Tags": ["v1", "blue"],
+        "Meta": {"version": "v1"}, "Connect": {"SidecarService": {}},
+    })  # fmt: skip
+    assert status == 200, text
+    sidecar = (await http.get("/v1/agent/service/api1-sidecar-proxy"))[1]
+    assert (sidecar["Tags"], sidecar["Meta"], sidecar["Address"]) == (["v1", "blue"], {"version": "v1"}, "127.0.0.7")
+    status, text, _ = await http.put("/v1/agent/service/register", {
+        "ID": "api2", "Name": "api", "Port": 9091, "Tags": ["v2"], "Meta": {"version": "v2"},
+        "Connect": {"SidecarService": {"tags": ["proxy"], "Meta": {"role": "sidecar"}}},
+    })  # fmt: skip
+    assert status == 200, text
+    sidecar = (await http.get("/v1/agent/service/api2-sidecar-proxy"))[1]
+    assert (sidecar["Tags"], sidecar["Meta"]) == (["proxy"], {"role": "sidecar"})
+
+
 async def test_alias_check_of_a_node_uses_the_catalog(http: Http) -> None:
     await http.put("/v1/catalog/register", {"Node": "ext", "Address": "10.0.0.9",
                                             "Service": {"ID": "db1", "Service": "db", "Port": 5432},

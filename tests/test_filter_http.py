@@ -154,7 +154,9 @@ async def test_agent_services_and_checks(http: Http) -> None:
     }))[0] == 200  # fmt: skip
     assert (await http.put("/v1/agent/service/register", {"Name": "batch", "ID": "batch1", "Port": 9100}))[0] == 200
     _, services, _ = await http.get("/v1/agent/services?" + q("Meta.team == core"))
-    assert list(services) == ["api1"]
+    assert list(services) == ["api1", "api1-sidecar-proxy"]  # the sidecar inherits its parent's Meta (Consul)
+    _, services, _ = await http.get("/v1/agent/services?" + q('Meta.team == core and Kind == "connect-proxy"'))
+    assert list(services) == ["api1-sidecar-proxy"]
     _, services, _ = await http.get("/v1/agent/services?" + q("Proxy.DestinationServiceName == api"))
     assert list(services) == ["api1-sidecar-proxy"]
     _, services, _ = await http.get("/v1/agent/services?" + q("Port == 1 or Tags contains v9"))

@@ -21,6 +21,7 @@ __all__ = [
     "INTENTION",
     "NODE",
     "NODE_SERVICE",
+    "SERVICE_DEFAULTS",
     "SERVICE_INTENTIONS",
     "SERVICE_NODE",
     "STRING",
@@ -156,6 +157,27 @@ SERVICE_INTENTIONS = _struct(
     Sources=Slice(_SOURCE_INTENTION), Meta=_STRING_MAP,
 )  # fmt: skip
 
+
+#: structs.ServiceConfigEntry -- /v1/config/service-defaults items, the one config entry kind Consul's
+#: ConfigEntry.List filters (durations and the Envoy escape hatches are left out).
+_UPSTREAM_CONFIG = _struct(
+    "UpstreamConfig", Name=STRING, Partition=STRING, Namespace=STRING, Peer=STRING, Protocol=STRING,
+    ConnectTimeoutMs=INT, MeshGateway=_MESH_GATEWAY, BalanceOutboundConnections=STRING,
+    Limits=_struct("UpstreamLimits", MaxConnections=INT, MaxPendingRequests=INT, MaxConcurrentRequests=INT),
+    PassiveHealthCheck=_struct("PassiveHealthCheck", MaxFailures=INT, EnforcingConsecutive5xx=INT,
+                               MaxEjectionPercent=INT),
+)  # fmt: skip
+SERVICE_DEFAULTS = _struct(
+    "ServiceConfigEntry", Kind=STRING, Name=STRING, Protocol=STRING, Mode=STRING,
+    TransparentProxy=_struct("TransparentProxyConfig", OutboundListenerPort=INT, DialedDirectly=BOOL),
+    MutualTLSMode=STRING, MeshGateway=_MESH_GATEWAY,
+    Expose=_struct("ExposeConfig", Checks=BOOL, Paths=Slice(_struct("ExposePath", ListenerPort=INT, Path=STRING,
+                                                                     LocalPathPort=INT, Protocol=STRING))),
+    ExternalSNI=STRING,
+    UpstreamConfig=_struct("UpstreamConfiguration", Overrides=Slice(_UPSTREAM_CONFIG), Defaults=_UPSTREAM_CONFIG),
+    MaxInboundConnections=INT, LocalConnectTimeoutMs=INT, LocalRequestTimeoutMs=INT,
+    BalanceInboundConnections=STRING, Meta=_STRING_MAP,
+)  # fmt: skip
 
 def subfield(node: Node, part: str) -> Node | None:
     """The field configuration one selector part reaches (go-bexpr's SubFields lookup)."""

@@ -357,3 +357,23 @@ def test_nested_splitters_flatten_and_failover(c: consul.Consul, running: Runnin
         for kind, name in (("service-splitter", "front"), ("service-splitter", "back"), ("service-resolver", "back")):
             c.config.delete(kind, name)
         assert c.config.delete("proxy-defaults", "global") is True
+
+
+def test_filter_on_config_lists_as_consul_supports_it(running: RunningAgent) -> None:
+    """Consul's ConfigEntry.List filters service-defaults (bexpr over ServiceConfigEntry) and refuses a
+    filter on any other kind: never an unfiltered answer that looks filtered."""
+    for name, protocol in (("flt-a", "http"), ("flt-b", "tcp")):
+        assert put(running, {"Kind": "service-defaults", "Name": name, "Protocol": protocol,
+                             "MaxInboundConnections": 7 if name == "flt-a" else 0})[0] == 200  # fmt: skip
+    status, body, _ = call(running, "GET", "/v1/config/service-defaults?filter=" +
+                           urllib.request.quote('Protocol == "http" and Name matches "^flt-"'))  # fmt: skip
+    assert status == 200 and [e["Name"] for e in body] == ["flt-a"], body
+    status, body, _ = call(running, "GET", "/v1/config/service-defaults?filter=MaxInboundConnections%20%3D%3D%207")
+    assert status == 200 and [e["Name"] for e in body] == ["flt-a"], body
+    status, body, _ = call(running, "GET", "/v1/config/service-defaults?filter=Nope%20%3D%3D%201")
+    assert status == 500 and 'Selector "Nope" is not valid' in body, body  # Consul's status for a bad filter
+    for kind in ("service-router", "service-splitter", "service-resolver", "proxy-defaults"):
+        status, body, _ = call(running, "GET", f"/v1/config/{kind}?filter=Name%20%3D%3D%20x")
+        assert (status, body) == (400, f"filtering not supported for config entry kind={kind}"), (kind, body)
+    for name in ("flt-a", "flt-b"):
+        call(running, "DELETE", f"/v1/config/service-defaults/{name}")

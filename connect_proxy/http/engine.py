@@ -1,0 +1,1322 @@
+"""The HTTP data plane: HTTP/1.1 with keep-alive on both sides of the sidecar, parsed with httptools
+(llhttp, Node.js' parser). The decisions are the pure modules' (``routing``, ``rbac``,
+``connect_proxy.upstream``); this module moves requests and responses.
+
+Two listeners speak it (``proxy.Proxy`` picks the protocol per new connection from the discovery
+chain's ``Protocol``, so a ``service-defaults`` change applies to new connections):
+
+- an upstream listener (``UpstreamHandler``): plaintext from the local app; each request is routed
+  (router -> splitter -> resolver), sent over an mTLS keep-alive connection to an instance of the
+  chosen target's sidecar, retried per the route's policy, timed out per the route (504);
+- the public listener (``LocalHandler``): mTLS from other sidecars; each request is decided by the L7
+  intentions (403 ``RBAC: access denied`` before the app sees it) and sent to the local app over a
+  keep-alive pool.
+
+What the data plane guarantees, as Envoy does for Consul:
+
+- Hop-by-hop headers (RFC 9110 section 7.6.1: ``Connection`` and the names it lists, ``Keep-Alive``,
+  ``Proxy-Connection``, ``TE``, ``Transfer-Encoding``, ``Upgrade``) are not forwarded; framing is
+  re-done per hop (``Content-Length`` kept, chunked bodies re-chunked as they stream).
+- Bodies stream with backpressure: a request body beyond ``REPLAY_LIMIT`` bytes (or chunked) is not
+  held for a retry but sent as it arrives; reading from a side stops while the other side's write
+  buffer is full. Nothing is buffered without bound.
+- Circuit breakers answer at once (``UpstreamPool.acquire``): ``MaxConcurrentRequests`` around each
+  request, ``MaxConnections`` for each new upstream connection, ``MaxPendingRequests`` for requests
+  waiting on a connection being made; each refusal is a 503.
+- Passive health: each attempt is reported to the pool (a connect failure, a reset, a timeout or a 5xx
+  is a failure), which ejects an instance after consecutive failures.
+- Connect failures (nothing was sent) are always retried on another instance, up to
+  ``MAX_CONNECT_ATTEMPTS``, as the L4 listener does; the route's retry policy adds retries on
+  responses and resets. A reused keep-alive connection the peer closed before answering is retried
+  once when the request can be replayed (as HTTP clients do), without counting as a failure.
+- ``Expect: 100-continue`` is answered by the sidecar (Envoy's default), so the body arrives without
+  waiting for the upstream.
+
+The texts of locally generated answers are Envoy's (``no healthy upstream``, ``upstream request
+timeout``, ``upstream connect error or disconnect/reset before headers. reset reason: ...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+
+from ca.spiffe import ServiceIdentity
+from connect_proxy import identity
+from connect_proxy.http import rbac
+from connect_proxy.http.routing import HeaderEdits, Request, RouteError, Router, RouteResult, apply_edits
+from connect_proxy.metrics import Registry
+from connect_proxy.upstream import Instance, UpstreamPool
+from registry.discoverychain import CompiledChain
+from registry.intentions import Decision
+
+__all__ = [
+    "Body",
+    "ClientConn",
+    "Exchange",
+    "LocalHandler",
+    "ServerConn",
+    "UpstreamHandler",
+    "define_metrics",
+]
+
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are held so that a retry can resend them
+BODY_HIGH = 256 * 1024  # buffered request body above which the downstream stops being read
+BODY_LOW = 64 * 1024
+MAX_HEAD_BYTES = 64 * 1024  # request line and headers (Envoy's default max_request_headers_kb is 60)
+MAX_QUEUED = 8  # pipelined requests accepted before reading pauses
+MAX_CONNECT_ATTEMPTS = 3  # instances tried for one request when connecting fails
+MAX_IDLE_PER_INSTANCE = 128
+WRITE_HIGH = 512 * 1024
+WRITE_LOW = 128 * 1024
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
+                        "trailer", "proxy-authenticate", "proxy-authorization"})  # fmt: skip
+NO_HEALTHY_UPSTREAM = b"no healthy upstream"
+TIMEOUT_BODY = b"upstream request timeout"
+RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+            431: "Request Header Fields Too Large", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}  # fmt: skip
+
+
+def define_metrics(m: Registry) -> None:
+    """The HTTP mode's metric families (the L4 ones are the proxy's)."""
+    m.counter("proconsul_proxy_http_requests_total",
+              "HTTP requests by listener and response class (2xx, 3xx, 4xx, 5xx)", ("listener", "code_class"))  # fmt: skip
+    m.counter("proconsul_proxy_http_retries_total", "HTTP request attempts beyond the first", ("upstream",))
+    m.histogram("proconsul_proxy_upstream_request_seconds",
+                "Time from a request's arrival to the end of its response", ("listener",))  # fmt: skip
+
+
+# ================================================================================= messages
+
+
+@dataclass(slots=True)
+class Head:
+    """A request's start line and headers as received. ``headers`` keeps order and case."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    keep_alive: bool
+    content_length: int | None
+    chunked: bool
+
+    def lookup(self) -> dict[str, str]:
+        """Lower-case names to values, several values joined with ``,`` (what matchers look at)."""
+        out: dict[str, str] = {}
+        for n, v in self.headers:
+            k = n.lower()
+            out[k] = f"{out[k]},{v}" if k in out else v
+        return out
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class Body:
+    """A request body as it arrives: bounded buffering, reading paused above ``BODY_HIGH``."""
+
+    def __init__(self, conn: ServerConn) -> None:
+        self._conn = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self.done = False
+        self.failed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > BODY_HIGH:
+            self._conn.pause_reading()
+        self._wake()
+
+    def finish(self, failed: bool = False) -> None:
+        self.done = True
+        self.failed = self.failed or failed
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """The next chunk; b"" at the end. Raises ConnectionResetError if the client went away."""
+        while not self._chunks:
+            if self.done:
+                if self.failed:
+                    raise ConnectionResetError("the client closed the connection mid-body")
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        data = self._chunks.popleft()
+        self._size -= len(data)
+        if self._size < BODY_LOW:
+            self._conn.resume_reading()
+        return data
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while chunk := await self.read():
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def discard(self) -> None:
+        while await self.read():
+            pass
+
+
+@dataclass(slots=True)
+class Exchange:
+    head: Head
+    body: Body
+    started: float = field(default_factory=time.monotonic)
+    response_started: bool = False  # the response head went downstream: errors can only reset now
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool]:
+    length: int | None = None
+    chunked = False
+    for n, v in headers:
+        k = n.lower()
+        if k == "content-length":
+            with contextlib.suppress(ValueError):
+                length = int(v.strip())
+        elif k == "transfer-encoding":
+            chunked = "chunked" in v.lower()
+    return (None if chunked else length), chunked
+
+
+def strip_hop_by_hop(headers: list[tuple[str, str]], extra: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Headers without RFC 9110's hop-by-hop fields (and the names ``Connection`` lists), without the
+    framing we redo (``Content-Length``) and without ``extra`` names."""
+    listed = set()
+    for n, v in headers:
+        if n.lower() == "connection":
+            listed.update(t.strip().lower() for t in v.split(","))
+    drop = HOP_BY_HOP | listed | extra | {"content-length"}
+    return [(n, v) for n, v in headers if n.lower() not in drop]
+
+
+def _encode_head(first: str, headers: list[tuple[str, str]]) -> bytes:
+    return (first + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n").encode("latin-1")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# ================================================================================= downstream side
+
+
+Handler = Callable[["ServerConn", Exchange], Awaitable[bool]]
+
+
+class ServerConn(asyncio.Protocol):
+    """One downstream connection: requests parsed as they arrive and handled one at a time, in order;
+    with ``tls`` the connection is upgraded to TLS (server side) before the first byte is read and
+    ``on_tls`` may refuse it (returns False) after looking at the client certificate."""
+
+    def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
+                 on_tls: Callable[[ServerConn], bool] | None = None,
+                 conns: set[ServerConn] | None = None) -> None:  # fmt: skip
+        self.handler = handler
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        self.on_tls = on_tls
+        self.conns = conns
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.peercert: dict[str, Any] | None = None
+        self.source: ServiceIdentity | None = None  # the client's identity (public listener)
+        self.decision: tuple[object, Decision] | None = None  # cached per L7 policy
+        self.parser: httptools.HttpRequestParser | None = None
+        self.closed = False
+        self.draining = False
+        self.busy = False
+        self.reading_from: ClientConn | None = None  # the upstream whose response we are relaying
+        self._queue: collections.deque[Exchange] = collections.deque()
+        self._current: Exchange | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._read_paused = False
+        self._head_bytes = 0
+        self._url: list[bytes] = []
+        self._headers: list[tuple[str, str]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._tls: _ServerTLS | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -------------------------------------------------------------- transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
+        _nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        if self.conns is not None:
+            self.conns.add(self)
+        if self.tls is not None:
+            # TLS over memory BIOs rather than loop.start_tls: uvloop's start_tls on an accepted
+            # server-side transport hands the ClientHello to the protocol instead of the TLS layer.
+            self._tls = _ServerTLS(self.tls)
+            self._handshake_timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._handshake_expired)
+        else:
+            self._start()
+
+    def _handshake_expired(self) -> None:
+        if self._tls is not None and not self._tls.established:
+            self.abort()
+
+    def _start(self) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self._task = asyncio.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            try:
+                if not tls.established:
+                    if not tls.handshake(data):
+                        self._send_raw(tls.take_out())
+                        return
+                    self._send_raw(tls.take_out())
+                    if self._handshake_timer is not None:
+                        self._handshake_timer.cancel()
+                    self.peercert = tls.obj.getpeercert()
+                    if self.on_tls is not None and not self.on_tls(self):
+                        self.abort()
+                        return
+                    self._start()
+                    data, eof = tls.read(b"")
+                else:
+                    data, eof = tls.read(data)
+            except (ssl.SSLError, ValueError):
+                self._send_raw(tls.take_out())  # the alert, so the peer learns why
+                self.abort()
+                return
+            out = tls.take_out()
+            if out:
+                self._send_raw(out)
+            if data:
+                self._parse(data)
+            if eof:
+                self.eof_received()
+            return
+        self._parse(data)
+
+    def _send_raw(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def _parse(self, data: bytes) -> None:
+        if self.parser is None:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # No protocol upgrades (WebSocket) through this sidecar: the request is served as plain
+            # HTTP without its Upgrade header, and the connection closes after it.
+            if self._current is not None:
+                self._current.head.keep_alive = False
+                self._current.body.finish()
+                self._current = None
+            self.parser = None
+        except httptools.HttpParserError as exc:
+            self.parser = None
+            if self._current is not None:
+                self._current.body.finish(failed=True)
+                self._current = None
+            if not self.busy and not self._queue:
+                status = 431 if isinstance(exc, _HeadTooLarge) or self._head_bytes > MAX_HEAD_BYTES else 400
+                self.respond_local(status, b"", keep_alive=False)
+                self.close()
+            else:
+                self.abort()
+
+    def eof_received(self) -> bool:
+        if self._current is not None:
+            self._current.body.finish(failed=True)
+            self._current = None
+        if not self.busy and not self._queue:
+            return False  # idle: close
+        self.draining = True
+        return True  # answer what is in flight, then close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost()
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.conns is not None:
+            self.conns.discard(self)
+        if self._current is not None:
+            self._current.body.finish(failed=True)
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if self.reading_from is not None:
+            self.reading_from.abort()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self.reading_from is not None:
+            self.reading_from.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.reading_from is not None:
+            self.reading_from.resume_reading()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self.closed and len(self._queue) < MAX_QUEUED:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            if self._tls is not None:
+                try:
+                    data = self._tls.encrypt(data)
+                except (ssl.SSLError, ValueError):
+                    self.abort()
+                    return
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        while self._write_paused and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        self._lost()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            if self._tls is not None and self._tls.established:
+                self._send_raw(self._tls.close_notify())
+            self.transport.close()
+
+    def drain_gracefully(self) -> None:
+        """Stop after the request in flight (its response says ``Connection: close``); close if idle."""
+        self.draining = True
+        if not self.busy and not self._queue:
+            self.close()
+
+    # -------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._headers = []
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge("request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge("request headers too large")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        assert self.parser is not None
+        length, chunked = _framing(self._headers)
+        head = Head(self.parser.get_method().decode("latin-1"), b"".join(self._url).decode("latin-1"),
+                    self.parser.get_http_version(), self._headers, self.parser.should_keep_alive(), length,
+                    chunked)  # fmt: skip
+        ex = Exchange(head, Body(self))
+        self._current = ex
+        self._queue.append(ex)
+        if len(self._queue) >= MAX_QUEUED:
+            self.pause_reading()
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self._current is not None:
+            self._current.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        if self._current is not None:
+            self._current.body.finish()
+            self._current = None
+
+    # -------------------------------------------------------------- serving
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _serve(self) -> None:
+        try:
+            while not self.closed:
+                if not self._queue:
+                    if self.draining or self.parser is None:
+                        break
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    await self._waiter
+                    self._waiter = None
+                    continue
+                ex = self._queue.popleft()
+                self.resume_reading()
+                self.busy = True
+                try:
+                    keep = await self.handler(self, ex)
+                finally:
+                    self.busy = False
+                if not keep or self.closed:
+                    break
+                if not ex.body.done:
+                    break  # the handler left part of the body unread: the connection cannot be reused
+        except Exception:  # noqa: BLE001 - one connection's failure must not leak into others
+            self.abort()
+            raise
+        finally:
+            if not self.closed:
+                self.close()
+
+    def respond_local(self, status: int, body: bytes, *, keep_alive: bool = True,
+                      headers: list[tuple[str, str]] | None = None) -> bool:  # fmt: skip
+        """A response made by the sidecar itself. Returns whether the connection stays open."""
+        keep = keep_alive and not self.draining
+        out = [("content-length", str(len(body))), *([("content-type", "text/plain")] if body else []),
+               *(headers or []), *([] if keep else [("connection", "close")])]  # fmt: skip
+        self.write(_encode_head(f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", out) + body)
+        return keep
+
+
+class _HeadTooLarge(httptools.HttpParserError):
+    pass
+
+
+class _ServerTLS:
+    """The server side of TLS over memory BIOs: bytes from the socket in, plaintext and records out."""
+
+    __slots__ = ("_in", "_out", "established", "obj")
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self.established = False
+
+    def handshake(self, data: bytes) -> bool:
+        """Feed handshake bytes; True once the handshake is complete. Raises ssl.SSLError."""
+        self._in.write(data)
+        try:
+            self.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        self.established = True
+        return True
+
+    def read(self, data: bytes) -> tuple[bytes, bool]:
+        """Plaintext from ``data`` (and what was already buffered), and whether the peer closed TLS."""
+        if data:
+            self._in.write(data)
+        chunks = []
+        eof = False
+        try:
+            while True:
+                chunk = self.obj.read(262144)
+                if not chunk:
+                    eof = True
+                    break
+                chunks.append(chunk)
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLZeroReturnError:
+            eof = True
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), eof
+
+    def encrypt(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self._out.read()
+
+    def take_out(self) -> bytes:
+        return self._out.read() if self._out.pending else b""
+
+    def close_notify(self) -> bytes:
+        try:
+            self.obj.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):
+            pass
+        return self.take_out()
+
+
+# ================================================================================= upstream side
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    content_length: int | None
+    chunked: bool
+
+
+class UpstreamReset(ConnectionError):
+    """The upstream closed or reset the connection before a complete response head."""
+
+    def __init__(self, msg: str, *, got_bytes: bool) -> None:
+        super().__init__(msg)
+        self.got_bytes = got_bytes
+
+
+class ClientConn(asyncio.Protocol):
+    """One connection to an upstream (another sidecar over mTLS, or the local app), used for one
+    request at a time and kept alive between them."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.uses = 0
+        self.reusable = False
+        self.on_lost: Callable[[], None] | None = None
+        self._head: asyncio.Future[ResponseHead] | None = None
+        self._done: asyncio.Future[None] | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._reason = ""
+        self._head_only = False
+        self._informational = False
+        self._got_bytes = False
+        self._sink: Callable[[bytes], None] | None = None
+        self._early: list[bytes] = []
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._close_delimited = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
+        _nodelay(transport)
+
+    def begin(self, head_only: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self._head = loop.create_future()
+        self._done = loop.create_future()
+        self._headers = []
+        self._head_only = head_only
+        self._got_bytes = False
+        self._sink = None
+        self._early = []
+        self._close_delimited = False
+        self.reusable = False
+        self.uses += 1
+
+    def data_received(self, data: bytes) -> None:
+        self._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamReset(f"protocol error: {exc}", got_bytes=True))
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._head is not None and self._head.done() and self._done is not None and not self._done.done() \
+                and self._close_delimited:  # fmt: skip
+            self._done.set_result(None)  # a response delimited by the connection's end
+        self._fail(UpstreamReset("connection reset" if exc else "connection closed", got_bytes=self._got_bytes))
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
+
+    def _fail(self, exc: BaseException) -> None:
+        for fut in (self._head, self._done):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+                fut.exception()  # retrieved: a failure nobody awaits is not an error to log
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def drain(self) -> None:
+        while self._write_paused and not self.closed:
+            self._drain_waiter = asyncio.get_running_loop().create_future()
+            await self._drain_waiter
+        if self.closed:
+            raise UpstreamReset("connection closed while sending", got_bytes=self._got_bytes)
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    # -------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._informational = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason = status.decode("latin-1")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            self._informational = True  # 100 Continue and friends: the final response follows
+            return
+        length, chunked = _framing(self._headers)
+        self._close_delimited = length is None and not chunked and not self._head_only and status not in (204, 304)
+        if self._head is not None and not self._head.done():
+            self._head.set_result(ResponseHead(status, self._reason, self._headers, length, chunked))
+        if self._head_only:
+            # llhttp cannot be told that this answers a HEAD: the message ends here, and a fresh
+            # parser reads the next response on this connection.
+            self.parser = httptools.HttpResponseParser(self)
+            self._complete(keep_alive=length is not None or chunked or status in (204, 304))
+
+    def on_body(self, body: bytes) -> None:
+        if self._sink is not None:
+            self._sink(body)
+        else:
+            self._early.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self._complete(keep_alive=self.parser.should_keep_alive())
+
+    def _complete(self, *, keep_alive: bool) -> None:
+        self.reusable = keep_alive and not self._close_delimited
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    # -------------------------------------------------------------- use
+
+    async def response_head(self) -> ResponseHead:
+        assert self._head is not None
+        return await self._head
+
+    def attach(self, sink: Callable[[bytes], None]) -> None:
+        """Send the body (what came already, then each chunk as it arrives) to ``sink``."""
+        early, self._early = self._early, []
+        for chunk in early:
+            sink(chunk)
+        self._sink = sink
+
+    async def finished(self) -> None:
+        assert self._done is not None
+        await self._done
+
+    def take_early(self) -> list[bytes]:
+        early, self._early = self._early, []
+        return early
+
+    @property
+    def complete(self) -> bool:
+        """The whole response has arrived."""
+        return self._done is not None and self._done.done() and self._done.exception() is None
+
+
+class Overflow(Exception):
+    """A circuit breaker refused: answer 503 at once."""
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+class ConnectFailed(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Idle:
+    conns: dict[Instance, list[ClientConn]] = field(default_factory=dict)
+
+    def take(self, inst: Instance) -> ClientConn | None:
+        stack = self.conns.get(inst)
+        while stack:
+            conn = stack.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def give(self, inst: Instance, conn: ClientConn) -> None:
+        if conn.closed or not conn.reusable:
+            conn.close()
+            return
+        stack = self.conns.setdefault(inst, [])
+        if len(stack) >= MAX_IDLE_PER_INSTANCE:
+            conn.close()
+            return
+        stack.append(conn)
+
+    def close_all(self) -> None:
+        for stack in self.conns.values():
+            for conn in stack:
+                conn.close()
+        self.conns.clear()
+
+
+# ================================================================================= forwarding
+
+
+def _code_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+async def _send_request(client: ClientConn, method: str, target: str, headers: list[tuple[str, str]],
+                        head: Head, body: bytes | Body | None) -> None:  # fmt: skip
+    """Write the request: with ``body`` bytes (replayable) or a Body streamed as it arrives."""
+    out = list(headers)
+    if isinstance(body, bytes):
+        if body or head.content_length is not None or head.chunked:
+            out.append(("content-length", str(len(body))))
+        client.write(_encode_head(f"{method} {target} HTTP/1.1", out) + body)
+        return
+    if body is None:
+        client.write(_encode_head(f"{method} {target} HTTP/1.1", out))
+        return
+    if head.chunked:
+        out.append(("transfer-encoding", "chunked"))
+    else:
+        out.append(("content-length", str(head.content_length or 0)))
+    client.write(_encode_head(f"{method} {target} HTTP/1.1", out))
+    while chunk := await body.read():
+        client.write(_chunk(chunk) if head.chunked else chunk)
+        await client.drain()
+    if head.chunked:
+        client.write(b"0\r\n\r\n")
+
+
+async def _relay_response(down: ServerConn, ex: Exchange, client: ClientConn, resp: ResponseHead,
+                          edits: tuple[HeaderEdits, ...], extra: list[tuple[str, str]] | None = None) -> bool:  # fmt: skip
+    """Stream the upstream's response to the downstream. Returns whether the downstream stays open."""
+    head = ex.head
+    no_body = head.method == "HEAD" or resp.status in (204, 304)
+    headers = strip_hop_by_hop(resp.headers)
+    if edits:
+        headers = apply_edits(headers, edits)
+    if extra:
+        headers.extend(extra)
+    keep = head.keep_alive and not down.draining
+    chunked_down = False
+    if resp.content_length is not None:
+        headers.append(("content-length", str(resp.content_length)))
+    elif not no_body:
+        if head.version == "1.1":
+            chunked_down = True
+            headers.append(("transfer-encoding", "chunked"))
+        else:
+            keep = False  # an HTTP/1.0 client reads to the end of the connection
+    if not keep:
+        headers.append(("connection", "close"))
+    ex.response_started = True
+    out = _encode_head(f"HTTP/1.1 {resp.status} {resp.reason or _REASONS.get(resp.status, '')}", headers)
+    if no_body:
+        down.write(out)
+        await client.finished()
+        return keep
+    # What has arrived already goes out with the head: a small response is one write, not three.
+    early = client.take_early()
+    if early:
+        out += b"".join(_chunk(c) for c in early if c) if chunked_down else b"".join(early)
+    if client.complete:
+        down.write(out + b"0\r\n\r\n" if chunked_down else out)
+        await down.drain()
+        return keep
+    down.write(out)
+    if chunked_down:
+        client.attach(lambda data: down.write(_chunk(data)) if data else None)
+    else:
+        client.attach(down.write)
+    down.reading_from = client
+    if down.write_paused:
+        client.pause_reading()
+    try:
+        await client.finished()
+    finally:
+        down.reading_from = None
+        client.resume_reading()
+    if chunked_down:
+        down.write(b"0\r\n\r\n")
+    await down.drain()
+    return keep
+
+
+def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    headers = strip_hop_by_hop(head.headers, extra_drop | {"expect"})
+    return apply_edits(headers, edits) if edits else headers
+
+
+def _continue(down: ServerConn, head: Head) -> None:
+    """Answer ``Expect: 100-continue`` ourselves, as Envoy does by default."""
+    if head.version == "1.1" and any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in head.headers):
+        down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
+# ================================================================================= upstream listener
+
+
+@dataclass(slots=True)
+class UpstreamEnv:
+    """What the upstream listener's HTTP mode needs from the proxy (``proxy.Proxy`` builds it)."""
+
+    name: str
+    metrics: Registry
+    rng: random.Random
+    log: Any
+    access: Any | None
+    chain: Callable[[], CompiledChain | None]
+    pools: Callable[[], Mapping[str, UpstreamPool]]
+    wait_ready: Callable[[float], Awaitable[bool]]
+    client_context: Callable[[], tuple[ssl.SSLContext, str] | None]  # (context, trust domain)
+    connect_timeout: Callable[[str], float]  # by target ID
+    handshake_timeout: float
+    expected_uri: Callable[[str], str]  # the SPIFFE ID a target's sidecars must present
+
+
+class UpstreamHandler:
+    """Requests arriving on one upstream listener in HTTP mode."""
+
+    def __init__(self, env: UpstreamEnv) -> None:
+        self.env = env
+        self._router: Router | None = None
+        self._idle = _Idle()
+        self.conns: set[ServerConn] = set()
+
+    def protocol(self) -> ServerConn:
+        return ServerConn(self.handle, conns=self.conns)
+
+    def router(self) -> Router | None:
+        chain = self.env.chain()
+        if chain is None:
+            return None
+        if self._router is None or self._router.chain is not chain:
+            self._router = Router(chain)
+        return self._router
+
+    def close(self) -> None:
+        self._idle.close_all()
+
+    def _finish(self, ex: Exchange, status: int, down: ServerConn, **kw: Any) -> None:
+        env = self.env
+        env.metrics.inc("proconsul_proxy_http_requests_total", (env.name, _code_class(status)))
+        elapsed = time.monotonic() - ex.started
+        env.metrics.observe("proconsul_proxy_upstream_request_seconds", elapsed, (env.name,))
+        if env.access is not None:
+            env.access.info("request", listener=env.name, downstream=down.peer, method=ex.head.method,
+                            path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3), **kw)  # fmt: skip
+
+    def _local(self, down: ServerConn, ex: Exchange, status: int, body: bytes, **kw: Any) -> bool:
+        self._finish(ex, status, down, **kw)
+        return down.respond_local(status, body, keep_alive=ex.head.keep_alive and ex.body.done)
+
+    async def handle(self, down: ServerConn, ex: Exchange) -> bool:
+        env = self.env
+        head = ex.head
+        if env.chain() is None or not await env.wait_ready(env.handshake_timeout):
+            return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
+        router = self.router()
+        assert router is not None
+        try:
+            rr = router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+        except RouteError as exc:
+            env.log.error("cannot route request", upstream=env.name, error=str(exc))
+            return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
+        if rr is None:
+            return self._local(down, ex, 404, b"")  # Envoy: no route matched
+        _continue(down, head)
+        body: bytes | Body | None
+        if not head.has_body:
+            body = b"" if head.content_length == 0 else None
+        elif not head.chunked and (head.content_length or 0) <= REPLAY_LIMIT:
+            try:
+                body = await ex.body.read_all()
+            except ConnectionResetError:
+                return False
+        else:
+            body = ex.body
+        inflight: list[ClientConn] = []
+        try:
+            async with asyncio.timeout(rr.timeout):
+                return await self._attempts(down, ex, rr, body, inflight)
+        except TimeoutError:
+            for client in inflight:
+                client.abort()  # mid-request: the connection cannot be reused
+            if not ex.response_started and not down.closed:
+                return self._local(down, ex, 504, TIMEOUT_BODY)
+            down.abort()  # the response had begun: a reset is all that is left to say
+            return False
+
+    async def _attempts(self, down: ServerConn, ex: Exchange, rr: RouteResult, body: bytes | Body | None,
+                        inflight: list[ClientConn]) -> bool:  # fmt: skip
+        env = self.env
+        loop = asyncio.get_running_loop()
+        head = ex.head
+        headers = _request_headers(head, rr.request_edits)
+        replayable = not isinstance(body, Body)
+        retries_left = rr.retry.num_retries if rr.retry is not None and replayable else 0
+        connect_attempts = 0
+        tried: set[Instance] = set()
+        attempt = 0
+        while True:
+            pool, tid = self._pick_pool(rr)
+            if pool is None:
+                return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
+            inst = pool.pick(None, loop.time(), tried) or pool.pick(None, loop.time())
+            if inst is None:
+                return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
+            if not pool.acquire("requests"):
+                env.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", (env.name, "max_requests"))
+                return self._local(down, ex, 503, (RESET_PREFIX + "overflow").encode())
+            if attempt:
+                env.metrics.inc("proconsul_proxy_http_retries_total", (env.name,))
+            attempt += 1
+            tried.add(inst)
+            pool.begin(inst)
+            try:  # the request holds its MaxConcurrentRequests unit until its response has been relayed
+                outcome = await self._attempt(down, ex, rr, headers, body, inflight, pool, tid, inst, retries_left > 0)
+            finally:
+                pool.end(inst)
+                pool.release("requests")
+            if isinstance(outcome, bool):
+                return outcome
+            if outcome == "stale":
+                continue  # a keep-alive connection the peer had closed: try again, no harm done
+            if outcome == "connect":
+                connect_attempts += 1
+                if connect_attempts < MAX_CONNECT_ATTEMPTS:
+                    continue
+                if rr.retry is not None and rr.retry.on_failure(connect=True) and retries_left > 0:
+                    retries_left -= 1
+                    continue
+                return self._local(down, ex, 503, (RESET_PREFIX + "connection failure").encode(), instance=str(inst))
+            if outcome == "reset":
+                if rr.retry is not None and rr.retry.on_failure(connect=False) and retries_left > 0 and replayable:
+                    retries_left -= 1
+                    continue
+                return self._local(down, ex, 503, (RESET_PREFIX + "connection termination").encode(),
+                                   instance=str(inst))  # fmt: skip
+            # outcome == "retry": a response the route's policy retries
+            retries_left -= 1
+
+    async def _attempt(self, down: ServerConn, ex: Exchange, rr: RouteResult, headers: list[tuple[str, str]],
+                       body: bytes | Body | None, inflight: list[ClientConn], pool: UpstreamPool, tid: str,
+                       inst: Instance, can_retry: bool) -> bool | str:  # fmt: skip
+        """One try on one instance: True/False (done; keep the downstream open?) or why to try again:
+        "stale", "connect", "reset" or "retry"."""
+        env = self.env
+        head = ex.head
+        client: ClientConn | None = None
+        try:
+            client = await self._connection(pool, tid, inst)
+            inflight.append(client)
+            client.begin(head.method == "HEAD")
+            await _send_request(client, head.method, rr.path, headers, head, body)
+            resp = await client.response_head()
+        except Overflow as exc:
+            env.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", (env.name, exc.limit))
+            return self._local(down, ex, 503, (RESET_PREFIX + "overflow").encode())
+        except ConnectFailed as exc:
+            self._report(pool, tid, inst, False)
+            env.log.warning("upstream connect failed", upstream=env.name, instance=str(inst), error=str(exc))
+            return "connect"
+        except UpstreamReset as exc:
+            if client is not None:
+                client.abort()
+            if _reused_stale(client, exc) and not isinstance(body, Body):
+                return "stale"
+            self._report(pool, tid, inst, False)
+            return "reset"
+        self._report(pool, tid, inst, resp.status < 500)
+        retry = rr.retry
+        if can_retry and retry is not None and retry.on_response(resp.status, _lower(resp.headers)):
+            client.abort()
+            return "retry"
+        try:
+            keep = await _relay_response(down, ex, client, resp, rr.response_edits)
+        except UpstreamReset:
+            client.abort()
+            down.abort()
+            return False
+        inflight.remove(client)
+        self._idle.give(inst, client)
+        self._finish(ex, resp.status, down, target=tid, instance=str(inst))
+        return keep
+
+    def _pick_pool(self, rr: RouteResult) -> tuple[UpstreamPool | None, str]:
+        pools = self.env.pools()
+        for tid in rr.targets:
+            pool = pools.get(tid)
+            if pool is not None and len(pool):
+                return pool, tid
+        return None, ""
+
+    def _report(self, pool: UpstreamPool, tid: str, inst: Instance, ok: bool) -> None:
+        if pool.report(inst, ok, asyncio.get_running_loop().time()):
+            self.env.metrics.inc("proconsul_proxy_upstream_ejections_total", (self.env.name, tid))
+            self.env.log.warning("instance ejected after consecutive failures", upstream=self.env.name, target=tid,
+                                 instance=str(inst))  # fmt: skip
+
+    async def _connection(self, pool: UpstreamPool, tid: str, inst: Instance) -> ClientConn:
+        conn = self._idle.take(inst)
+        if conn is not None:
+            return conn
+        env = self.env
+        ctx = env.client_context()
+        if ctx is None:
+            raise ConnectFailed("no certificates yet")
+        if not pool.acquire("connections"):
+            raise Overflow("max_connections")
+        if not pool.acquire("pending"):
+            pool.release("connections")
+            raise Overflow("max_pending_requests")
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            async with asyncio.timeout(env.connect_timeout(tid) + env.handshake_timeout):
+                transport, conn = await loop.create_connection(
+                    ClientConn, inst.host, inst.port, ssl=ctx[0], server_hostname=inst.host,
+                    ssl_handshake_timeout=env.handshake_timeout)  # fmt: skip
+            identity.check_server(identity.uri_sans(transport.get_extra_info("peercert")), env.expected_uri(tid))
+        except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
+            pool.release("connections")
+            raise ConnectFailed(str(exc) or type(exc).__name__) from None
+        finally:
+            pool.release("pending")
+        env.metrics.observe("proconsul_proxy_upstream_connect_seconds", loop.time() - t0, (env.name,))
+        conn.on_lost = lambda: pool.release("connections")
+        return conn
+
+
+def _lower(headers: list[tuple[str, str]]) -> dict[str, str]:
+    return {n.lower(): v for n, v in headers}
+
+
+def _reused_stale(client: ClientConn | None, exc: UpstreamReset) -> bool:
+    """A reused connection that ended before any byte of the response: the peer closed it while idle."""
+    return client is not None and client.uses > 1 and not exc.got_bytes
+
+
+# ================================================================================= public listener
+
+
+@dataclass(slots=True)
+class LocalEnv:
+    """What the public listener's HTTP mode needs from the proxy (``proxy.Proxy`` builds it)."""
+
+    metrics: Registry
+    log: Any
+    access: Any | None
+    local: tuple[str, int]
+    policy: Callable[[], rbac.L7Policy | None]
+    connect_timeout: Callable[[], float]  # LocalConnectTimeoutMs
+    request_timeout: Callable[[], float]  # LocalRequestTimeoutMs, else Envoy's 15 s
+    own_uri: Callable[[], str]
+
+
+class LocalHandler:
+    """Requests arriving on the public listener in HTTP mode, from other sidecars: L7 intentions, then
+    the local app over a keep-alive pool.
+
+    The client certificate's URI is passed to the app in ``X-Forwarded-Client-Cert`` (``By`` our
+    identity, ``URI`` the caller's), a header a caller's own value of is removed first, as Consul
+    configures Envoy (``forward_client_cert_details: SANITIZE_SET``)."""
+
+    def __init__(self, env: LocalEnv) -> None:
+        self.env = env
+        self._idle = _Idle()
+        self._inst = Instance(*env.local)
+        self._open = 0
+        self.conns: set[ServerConn] = set()
+
+    def close(self) -> None:
+        self._idle.close_all()
+
+    def on_tls(self, conn: ServerConn, trust_domain: str) -> bool:
+        """The caller's identity from its certificate (refused without a valid one)."""
+        try:
+            conn.source = identity.client_identity(identity.uri_sans(conn.peercert), trust_domain)
+        except identity.IdentityError as exc:
+            self.env.metrics.inc("proconsul_proxy_inbound_connections_total", ("refused",))
+            self.env.log.warning("inbound connection refused", peer=conn.peer, reason=str(exc))
+            return False
+        self.env.metrics.inc("proconsul_proxy_inbound_connections_total", ("accepted",))
+        return True
+
+    def _finish(self, down: ServerConn, ex: Exchange, status: int, **kw: Any) -> None:
+        env = self.env
+        env.metrics.inc("proconsul_proxy_http_requests_total", ("public", _code_class(status)))
+        elapsed = time.monotonic() - ex.started
+        env.metrics.observe("proconsul_proxy_upstream_request_seconds", elapsed, ("public",))
+        if env.access is not None:
+            env.access.info("request", listener="public", downstream=down.peer, method=ex.head.method,
+                            path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3),
+                            source=down.source.uri() if down.source else "", **kw)  # fmt: skip
+
+    async def _local(self, down: ServerConn, ex: Exchange, status: int, body: bytes, **kw: Any) -> bool:
+        head = ex.head
+        if not ex.body.done and not head.chunked and (head.content_length or 0) <= REPLAY_LIMIT:
+            with contextlib.suppress(ConnectionResetError):
+                await ex.body.discard()  # a small body is read and dropped so the connection stays usable
+        self._finish(down, ex, status, **kw)
+        return down.respond_local(status, body, keep_alive=head.keep_alive and ex.body.done)
+
+    def _verdict(self, down: ServerConn, ex: Exchange) -> tuple[bool, str]:
+        policy = self.env.policy()
+        if policy is None or down.source is None:
+            return False, "no intentions loaded"
+        cached = down.decision
+        if cached is None or cached[0] is not policy:
+            cached = down.decision = (policy, policy.source_decision(down.source))
+        head = ex.head
+        verdict = policy.decide_request(cached[1], rbac.RequestView(head.method, head.target, head.lookup()))
+        return verdict.allowed, verdict.reason
+
+    async def handle(self, down: ServerConn, ex: Exchange) -> bool:
+        env = self.env
+        allowed, reason = self._verdict(down, ex)
+        env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
+        if not allowed:
+            return await self._local(down, ex, 403, rbac.DENIED_BODY, reason=reason)
+        head = ex.head
+        _continue(down, head)
+        body: bytes | Body | None
+        if not head.has_body:
+            body = b"" if head.content_length == 0 else None
+        elif not head.chunked and (head.content_length or 0) <= REPLAY_LIMIT:
+            try:
+                body = await ex.body.read_all()
+            except ConnectionResetError:
+                return False
+        else:
+            body = ex.body
+        assert down.source is not None
+        xfcc = ("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}")
+        headers = _request_headers(head, (), frozenset({"x-forwarded-client-cert"}))
+        headers.append(xfcc)
+        inflight: list[ClientConn] = []
+        try:
+            async with asyncio.timeout(env.request_timeout()):
+                return await self._forward(down, ex, headers, body, inflight)
+        except TimeoutError:
+            for client in inflight:
+                client.abort()
+            if not ex.response_started and not down.closed:
+                return await self._local(down, ex, 504, TIMEOUT_BODY)
+            down.abort()
+            return False
+
+    async def _forward(self, down: ServerConn, ex: Exchange, headers: list[tuple[str, str]],
+                       body: bytes | Body | None, inflight: list[ClientConn]) -> bool:  # fmt: skip
+        head = ex.head
+        replayable = not isinstance(body, Body)
+        for _ in range(2):
+            client = self._idle.take(self._inst)
+            fresh = client is None
+            if client is None:
+                try:
+                    client = await self._dial()
+                except ConnectFailed as exc:
+                    self.env.log.warning("cannot reach the local service", local=str(self._inst), error=str(exc))
+                    return await self._local(down, ex, 503, (RESET_PREFIX + "connection failure").encode())
+            inflight.append(client)
+            client.begin(head.method == "HEAD")
+            try:
+                await _send_request(client, head.method, head.target, headers, head, body)
+                resp = await client.response_head()
+            except UpstreamReset as exc:
+                client.abort()
+                inflight.remove(client)
+                if not fresh and _reused_stale(client, exc) and replayable:
+                    continue
+                return await self._local(down, ex, 503, (RESET_PREFIX + "connection termination").encode())
+            try:
+                keep = await _relay_response(down, ex, client, resp, ())
+            except UpstreamReset:
+                client.abort()
+                down.abort()
+                return False
+            inflight.remove(client)
+            self._idle.give(self._inst, client)
+            self._finish(down, ex, resp.status)
+            return keep
+        return await self._local(down, ex, 503, (RESET_PREFIX + "connection termination").encode())
+
+    async def _dial(self) -> ClientConn:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.env.connect_timeout()):
+                _, conn = await loop.create_connection(ClientConn, self._inst.host, self._inst.port)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed(str(exc) or type(exc).__name__) from None
+        return conn
