@@ -39,6 +39,11 @@ def agent_parser() -> argparse.ArgumentParser:
     opt(p, "recursor", action="append", default=[])
     opt(p, "retry-join", action="append", default=[])
     opt(p, "join", action="append", default=[])
+    opt(p, "serf-lan-port", type=int, default=None)
+    opt(p, "serf-lan-bind", default=None)
+    opt(p, "retry-interval", default=None)
+    opt(p, "retry-max", type=int, default=None)
+    opt(p, "rejoin", action="store_true", help="rejoin the cluster on start even after a leave")
     # Both append to one list, so files and directories load in the order given (Consul's ConfigFiles).
     p.add_argument("-config-file", "--config-file", action="append", dest="config_paths", default=[])
     p.add_argument("-config-dir", "--config-dir", action="append", dest="config_paths", default=[])
@@ -90,20 +95,24 @@ def build_config(argv: list[str], warnings: list[str] | None = None) -> Config:
     for flag, key in (("node", "node_name"), ("node_id", "node_id"), ("datacenter", "datacenter"),
                       ("data_dir", "data_dir"), ("bind", "bind_addr"), ("advertise", "advertise_addr"),
                       ("client", "client_addr"), ("log_level", "log_level"), ("domain", "domain"),
-                      ("alt_domain", "alt_domain"), ("bootstrap_expect", "bootstrap_expect")):  # fmt: skip
+                      ("alt_domain", "alt_domain"), ("bootstrap_expect", "bootstrap_expect"),
+                      ("serf_lan_bind", "serf_lan"), ("retry_interval", "retry_interval"),
+                      ("retry_max", "retry_max")):  # fmt: skip
         value = getattr(args, flag)
         if value is not None:
             flags[key] = value
     for flag in ("server", "bootstrap", "log_json", "enable_script_checks", "insecure"):
         if getattr(args, flag):
             flags[flag] = True
+    if args.rejoin:
+        flags["rejoin_after_leave"] = True
     for flag in ("log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files"):
         if getattr(args, flag) is not None:
             flags[flag] = getattr(args, flag)
     if args.syslog:
         flags["enable_syslog"] = True
-    ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port))
-             if v is not None}  # fmt: skip
+    ports = {k: v for k, v in (("http", args.http_port), ("dns", args.dns_port), ("server", args.server_port),
+                               ("serf_lan", args.serf_lan_port)) if v is not None}  # fmt: skip
     if ports:
         flags["ports"] = ports
     if args.recursor:

@@ -248,6 +248,12 @@ def cases(ids: dict[str, str]) -> list[Case]:
           )),
         Case("PUT", "/v1/agent/token/", "/v1/agent/token/replication", f'agent "{NODE}" {{ policy = "write" }}',
              "agent:write", body={"Token": "replication-secret"}),
+        # A join through a closed port and a force-leave of no member: refused without the rule, answered
+        # (Consul's 500 texts) with it.
+        Case("PUT", "/v1/agent/join/", "/v1/agent/join/127.0.0.1:1", f'agent "{NODE}" {{ policy = "write" }}',
+             "agent:write"),
+        Case("PUT", "/v1/agent/force-leave/", "/v1/agent/force-leave/nobody", 'operator = "write"',
+             "operator:write"),
         # last: it stops the agent
         Case("PUT", "/v1/agent/leave", "/v1/agent/leave", f'agent "{NODE}" {{ policy = "write" }}', "agent:write"),
     ]
