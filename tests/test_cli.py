@@ -148,6 +148,35 @@ def test_kv_put_acquire_and_release(agent_proc) -> None:
     assert out.stdout.decode().strip() == "Success! Lock released on: lock/k"
 
 
+def test_members_detailed_status_join_and_force_leave_texts(agent_proc) -> None:
+    """Consul's members -detailed (every tag, key=value, sorted) and -status (exit 2 when nothing
+    matches); join and force-leave with Consul's messages."""
+    port, _ = agent_proc
+    out = run("members", "-http-addr", addr(port), "-detailed")
+    lines = out.stdout.decode().splitlines()
+    assert out.returncode == 0 and lines[0].split() == ["Node", "Address", "Status", "Tags"]
+    node, address, status, tags = lines[1].split()
+    assert (node, address, status) == ("cli-node", "127.0.0.1:8301", "alive")
+    pairs = tags.split(",")
+    assert pairs == sorted(pairs) and "role=consul" in pairs and "dc=dc1" in pairs and "port=8300" in pairs
+    assert run("members", "-http-addr", addr(port), "-status", "^failed$").returncode == 2
+    out = run("members", "-http-addr", addr(port), "-status", "(")
+    assert out.returncode == 1 and out.stderr.decode().startswith("Failed to compile status regexp")
+
+    out = run("join", "-http-addr", addr(port))
+    assert out.returncode == 1 and out.stderr.decode().strip() == "At least one address to join must be specified."
+    out = run("join", "-http-addr", addr(port), "127.0.0.1:1")
+    err = out.stderr.decode()
+    assert out.returncode == 1 and err.startswith("Error joining address '127.0.0.1:1': Unexpected response code: 500")
+    assert err.rstrip().endswith("Failed to join any nodes.")
+    out = run("join", "-http-addr", addr(port), "127.0.0.1:8301")  # itself: one member answered
+    assert out.returncode == 0 and out.stdout.decode().strip() == "Successfully joined cluster by contacting 1 nodes."
+    out = run("force-leave", "-http-addr", addr(port), "ghost")
+    assert out.returncode == 1
+    assert out.stderr.decode().strip() == ("Error force leaving: Unexpected response code: 500 "
+                                           "(agent: No node found with name 'ghost')")  # fmt: skip
+
+
 def test_unreachable_agent_says_what_to_do() -> None:
     out = run("members", "-http-addr", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1
