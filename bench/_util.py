@@ -249,7 +249,7 @@ def spawn_agent(cpu: int | None, nofile: int | None = None, config_files: Sequen
     ``config_files``. ``max_conns_per_client`` sets Consul's ``limits.http_max_conns_per_client`` (0: no
     limit) for loads that hold more than its default 200 connections from one IP."""
     port = free_port()
-    argv = [str(BIN / "proconsul"), "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"]
+    argv = [str(BIN / "proconsul"), "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1"]
     for path in config_files:
         argv += ["-config-file", path]
     if max_conns_per_client is not None:

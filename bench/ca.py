@@ -233,7 +233,7 @@ class AgentProcess:
         if acl:
             doc["acl"] = {"enabled": True, "default_policy": "deny", "tokens": {"initial_management": MGMT}}
         config.write_text(json.dumps(doc))
-        cmd = [str(BIN / "proconsul"), "agent", "-dev", "-node", "ca-bench", "-http-port", str(self.port),
+        cmd = [str(BIN / "proconsul"), "agent", "-dev", "-serf-lan-port", "0", "-node", "ca-bench", "-http-port", str(self.port),
                "-dns-port", "-1", "-log-level", "warn", "-config-file", str(config)]  # fmt: skip
         cmd = [*taskset(cpu), *cmd]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -146,7 +146,7 @@ def wait_answering(port: int, name: str, timeout: float = 20.0) -> None:
 
 def start_proconsul() -> Server:
     http_port, dns_port = free_port(), free_port()
-    argv = [str(Path(sys.executable).parent / "proconsul"), "agent", "-dev", "-http-port", str(http_port),
+    argv = [str(Path(sys.executable).parent / "proconsul"), "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(http_port),
             "-dns-port", str(dns_port), "-log-level", "warn"]  # fmt: skip
     log = open(f"/tmp/bench-dns-proconsul-{dns_port}.log", "wb")  # noqa: SIM115 - handed to the child
     popen = subprocess.Popen([*taskset(SERVER_CPU), *argv], stdout=log, stderr=subprocess.STDOUT)

@@ -116,7 +116,7 @@ class Proconsul(System):
         super().__init__(net, workdir, "proconsul")
 
     def argv(self, m: Member) -> list[str]:
-        argv = [PROCONSUL, "agent", "-server", "-insecure", "-bootstrap-expect", "3", "-node", m.name,
+        argv = [PROCONSUL, "agent", "-serf-lan-port", "0", "-server", "-insecure", "-bootstrap-expect", "3", "-node", m.name,
                 "-data-dir", str(self.workdir / m.name), "-bind", m.ip, "-advertise", m.ip, "-client", m.ip,
                 "-server-port", "8300", "-http-port", "8500", "-dns-port", "-1", "-log-level", "warn"]  # fmt: skip
         for other in self.members:

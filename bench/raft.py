@@ -161,7 +161,7 @@ class Proconsul(ClusterUnderTest):
         members = []
         for i in range(3):
             http_port = free_port()
-            argv = [PROCONSUL, "agent", "-server", "-insecure", "-bootstrap-expect", "3", "-node", f"p{i + 1}", "-data-dir",
+            argv = [PROCONSUL, "agent", "-serf-lan-port", "0", "-server", "-insecure", "-bootstrap-expect", "3", "-node", f"p{i + 1}", "-data-dir",
                     str(workdir / f"p{i + 1}"), "-bind", "127.0.0.1", "-client", "127.0.0.1",
                     "-server-port", str(server_ports[i]), "-http-port", str(http_port), "-dns-port", "-1",
                     "-log-level", "warn"]  # fmt: skip

@@ -297,6 +297,36 @@ class CheckUpdate:
         return cls(_str(cmd, "Node"), _str(cmd, "CheckID"), _str(cmd, "Status"), _str(cmd, "Output"))
 
 
+@dataclass(frozen=True, slots=True)
+class MemberBatch:
+    """The leader's gossip membership changes as catalog writes (Consul's leader reconcile: a member alive
+    is registered with serfHealth passing, a failed one gets serfHealth critical, a left or reaped one is
+    deregistered). Consul proposes one entry per member; many members' changes here are one entry, each
+    operation applied in order within its one transaction."""
+
+    TYPE: ClassVar[str] = "member.batch"
+    ops: tuple[Register | Deregister, ...]
+
+    def to_wire(self) -> Wire:
+        return {"Type": self.TYPE, "Ops": [op.to_wire() for op in self.ops]}
+
+    @classmethod
+    def from_wire(cls, cmd: Wire) -> MemberBatch:
+        raw = cmd.get("Ops")
+        if not isinstance(raw, list):
+            raise CommandError("Ops must be a list")
+        ops: list[Register | Deregister] = []
+        for op in raw:
+            kind = op.get("Type") if isinstance(op, dict) else None
+            if kind == Register.TYPE:
+                ops.append(Register.from_wire(op))
+            elif kind == Deregister.TYPE:
+                ops.append(Deregister.from_wire(op))
+            else:
+                raise CommandError(f"a member batch holds registrations and deregistrations, not {kind!r}")
+        return cls(tuple(ops))
+
+
 # ---------------------------------------------------------------------- KV and transactions
 
 KVVerb = Literal["set", "cas", "delete", "delete-cas", "delete-tree", "lock", "unlock"]
@@ -1157,7 +1187,7 @@ Command = (
     | IntentionDeleteExact | ACLBootstrap | ACLInitialize | ACLTokenSet | ACLTokenDelete | ACLTokenReap | ACLPolicySet
     | ACLPolicyDelete | ACLRoleSet | ACLRoleDelete | ACLAuthMethodSet | ACLAuthMethodDelete | ACLBindingRuleSet
     | ACLBindingRuleDelete | PreparedQuerySet | PreparedQueryDelete | AutopilotSetConfig | EventFire
-    | CoordinateBatchUpdate
+    | CoordinateBatchUpdate | MemberBatch
 )
 
 # Wire ``Type`` -> decoder. Several classes share a type when Consul's request has an ``Op`` (sessions,
@@ -1186,6 +1216,7 @@ DECODERS: Mapping[str, Callable[[Wire], Command]] = {
     AutopilotSetConfig.TYPE: AutopilotSetConfig.from_wire,
     EventFire.TYPE: EventFire.from_wire,
     CoordinateBatchUpdate.TYPE: CoordinateBatchUpdate.from_wire,
+    MemberBatch.TYPE: MemberBatch.from_wire,
 }
 
 

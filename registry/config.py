@@ -38,6 +38,8 @@ KNOWN_TOP_KEYS = {
     "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
     "insecure", "watches", "leave_on_terminate", "skip_leave_on_interrupt",
 }  # fmt: skip
+# The LAN gossip pool (registry/agent/membership.py): its bind address, joining and rejoining.
+KNOWN_TOP_KEYS |= {"serf_lan", "retry_interval", "retry_max", "rejoin_after_leave"}
 # Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py,
 # registry/ui/settings.py).
 KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",
@@ -118,6 +120,12 @@ class Config:
     client_addr: str = "127.0.0.1"
     ports: Ports = field(default_factory=Ports)
     retry_join: list[str] = field(default_factory=list)
+    # Consul's serf_lan (the gossip pool's bind address; bind_addr when empty), retry_interval, retry_max
+    # (0: retry for ever) and rejoin_after_leave.
+    serf_lan: str = ""
+    retry_interval: float = 30.0
+    retry_max: int = 0
+    rejoin_after_leave: bool = False
     enable_script_checks: bool = False
     enable_local_script_checks: bool = False
     domain: str = "consul."
@@ -156,6 +164,11 @@ class Config:
         if self.bind_addr not in ("0.0.0.0", "::", ""):
             return self.bind_addr
         return "127.0.0.1"
+
+    @property
+    def serf_lan_bind(self) -> str:
+        """Where the LAN gossip pool binds: ``serf_lan``, else ``bind_addr`` (Consul's default)."""
+        return self.serf_lan or self.bind_addr
 
     @property
     def acl_default_policy(self) -> str:
@@ -247,7 +260,8 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         items = [value] if isinstance(value, str) else list(value)
         target = "recursors" if key == "recursors" else "retry_join"
         getattr(cfg, target).extend(str(i) for i in items)
-    elif key in ("default_query_time", "max_query_time", "ae_interval", "check_reap_interval", "session_ttl_min"):
+    elif key in ("default_query_time", "max_query_time", "ae_interval", "check_reap_interval", "session_ttl_min",
+                 "retry_interval"):  # fmt: skip
         setattr(cfg, key, _dur(value, key))
     elif key in ("dns_config", "acl", "tls", "connect", "node_meta"):
         if not isinstance(value, dict):
@@ -258,11 +272,11 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
     elif key in ("service", "check"):
         getattr(cfg, key + "s").append(value)
     elif key in ("server", "bootstrap", "enable_script_checks", "enable_local_script_checks", "log_json", "dev",
-                 "insecure"):  # fmt: skip
+                 "insecure", "rejoin_after_leave"):  # fmt: skip
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         setattr(cfg, key, value)
-    elif key in ("bootstrap_expect", "check_output_max_size", "kv_max_value_size"):
+    elif key in ("bootstrap_expect", "check_output_max_size", "kv_max_value_size", "retry_max"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")
         setattr(cfg, key, value)
@@ -275,7 +289,7 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
             raise ConfigError("default_intention_policy must be \"allow\" or \"deny\"")
         cfg.default_intention_policy = value
     elif key in ("node_name", "node_id", "datacenter", "data_dir", "bind_addr", "advertise_addr", "client_addr",
-                 "log_level"):  # fmt: skip
+                 "log_level", "serf_lan"):  # fmt: skip
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")
         setattr(cfg, key, value)

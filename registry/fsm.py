@@ -113,6 +113,15 @@ def _noop(store: StateStore, cmd: c.Noop) -> bool:
     return True
 
 
+def _member_batch(store: StateStore, cmd: c.MemberBatch) -> bool:
+    for op in cmd.ops:
+        if isinstance(op, c.Register):
+            _register(store, op)
+        else:
+            _deregister(store, op)
+    return True
+
+
 DISPATCH: dict[type, ApplyFn] = {
     c.Register: _register,
     c.Deregister: _deregister,
@@ -123,6 +132,7 @@ DISPATCH: dict[type, ApplyFn] = {
     c.Txn: apply_txn,  # KV, Node, Service and Check operations, all or none (registry.txn)
     c.TombstoneReap: _tombstone_reap,
     c.Noop: _noop,
+    c.MemberBatch: _member_batch,  # the leader's gossip membership changes (registry.agent.membership)
     c.AutopilotSetConfig: apply_autopilot_set,  # Operator.AutopilotSetConfiguration (registry.state.autopilot_table)
     **ACL_DISPATCH,  # tokens, policies, roles, auth methods, binding rules, bootstrap (registry.state.acl_table)
     **PQ_DISPATCH,  # prepared queries (registry.state.query_table)

@@ -41,6 +41,7 @@ def wait_http(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
 @pytest.fixture(scope="module")
 def agent_proc() -> Iterator[tuple[int, subprocess.Popen]]:
     port = free_port()
+    # The gossip pool on -dev's default port, 8301, as Consul's (the other tests here pick free ones).
     proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "cli-node", "-http-port", str(port), "-dns-port", "-1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     wait_http(port, proc)
@@ -147,6 +148,35 @@ def test_kv_put_acquire_and_release(agent_proc) -> None:
     assert out.stdout.decode().strip() == "Success! Lock released on: lock/k"
 
 
+def test_members_detailed_status_join_and_force_leave_texts(agent_proc) -> None:
+    """Consul's members -detailed (every tag, key=value, sorted) and -status (exit 2 when nothing
+    matches); join and force-leave with Consul's messages."""
+    port, _ = agent_proc
+    out = run("members", "-http-addr", addr(port), "-detailed")
+    lines = out.stdout.decode().splitlines()
+    assert out.returncode == 0 and lines[0].split() == ["Node", "Address", "Status", "Tags"]
+    node, address, status, tags = lines[1].split()
+    assert (node, address, status) == ("cli-node", "127.0.0.1:8301", "alive")
+    pairs = tags.split(",")
+    assert pairs == sorted(pairs) and "role=consul" in pairs and "dc=dc1" in pairs and "port=8300" in pairs
+    assert run("members", "-http-addr", addr(port), "-status", "^failed$").returncode == 2
+    out = run("members", "-http-addr", addr(port), "-status", "(")
+    assert out.returncode == 1 and out.stderr.decode().startswith("Failed to compile status regexp")
+
+    out = run("join", "-http-addr", addr(port))
+    assert out.returncode == 1 and out.stderr.decode().strip() == "At least one address to join must be specified."
+    out = run("join", "-http-addr", addr(port), "127.0.0.1:1")
+    err = out.stderr.decode()
+    assert out.returncode == 1 and err.startswith("Error joining address '127.0.0.1:1': Unexpected response code: 500")
+    assert err.rstrip().endswith("Failed to join any nodes.")
+    out = run("join", "-http-addr", addr(port), "127.0.0.1:8301")  # itself: one member answered
+    assert out.returncode == 0 and out.stdout.decode().strip() == "Successfully joined cluster by contacting 1 nodes."
+    out = run("force-leave", "-http-addr", addr(port), "ghost")
+    assert out.returncode == 1
+    assert out.stderr.decode().strip() == ("Error force leaving: Unexpected response code: 500 "
+                                           "(agent: No node found with name 'ghost')")  # fmt: skip
+
+
 def test_unreachable_agent_says_what_to_do() -> None:
     out = run("members", "-http-addr", f"127.0.0.1:{free_port()}")
     assert out.returncode == 1
@@ -170,10 +200,10 @@ def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
     from registry.cli.app import COMMANDS
     from registry.cli.common import http_config, http_options, opt, parser
 
-    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "config", "connect", "event", "info", "intention", "keygen",
-                                "keyring", "kv", "leave", "lock", "login", "logout", "maint", "members", "monitor",
-                                "operator", "reload", "rtt", "services", "snapshot", "tls", "validate", "version",
-                                "watch"]  # fmt: skip
+    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "config", "connect", "event", "force-leave", "info",
+                                "intention", "join", "keygen", "keyring", "kv", "leave", "lock", "login", "logout",
+                                "maint", "members", "monitor", "operator", "reload", "rtt", "services", "snapshot",
+                                "tls", "validate", "version", "watch"]  # fmt: skip
     p: argparse.ArgumentParser = parser("proconsul test", "test")
     http_options(p)
     opt(p, "node-meta", action="append", default=[])
@@ -192,7 +222,7 @@ def test_python_dash_m_runs_the_cli() -> None:
 def test_second_agent_on_taken_port_fails_fast(agent_proc) -> None:
     port, _ = agent_proc
     started = time.monotonic()
-    out = subprocess.run([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"], capture_output=True,
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1"], capture_output=True,
                          timeout=20)  # fmt: skip
     assert out.returncode == 1
     assert time.monotonic() - started < 10
@@ -206,7 +236,7 @@ def test_config_file_and_bad_config(tmp_path: Path) -> None:
     cfg.write_text(json.dumps({"node_name": "from-file", "ports": {"http": port, "dns": -1},
                                "enable_script_checks": True, "acl": {"enabled": False},
                                "performance": {"raft_multiplier": 1}}))  # fmt: skip
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-config-file", str(cfg)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-config-file", str(cfg)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_http(port, proc)
@@ -218,16 +248,16 @@ def test_config_file_and_bad_config(tmp_path: Path) -> None:
         assert proc.wait(10) == 0, "Ctrl-C shuts down cleanly"
     bad = tmp_path / "bad.yaml"
     bad.write_text("ports: [1, 2]\n")
-    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(bad)], capture_output=True, timeout=20)
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-config-file", str(bad)], capture_output=True, timeout=20)
     assert out.returncode == 1 and "'ports' expected a map, got 'slice'" in out.stderr.decode()
     unknown = tmp_path / "unknown.json"
     unknown.write_text(json.dumps({"unknown_consul_knob": 1}))  # a key Consul does not have: refused, as Consul does
-    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(unknown)], capture_output=True, timeout=20)
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-config-file", str(unknown)], capture_output=True, timeout=20)
     assert out.returncode == 1
     assert out.stderr.decode() == f"==> failed to parse {unknown}: 1 error occurred:\n\t* invalid config key unknown_consul_knob\n"
     bad_dns = tmp_path / "dns.yaml"
     bad_dns.write_text("dns_config:\n  udp_answer_limit: -4\n")
-    out = subprocess.run([BIN, "agent", "-dev", "-http-port", str(free_port()), "-dns-port", str(free_port()),
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(free_port()), "-dns-port", str(free_port()),
                           "-config-file", str(bad_dns)], capture_output=True, timeout=20)  # fmt: skip
     assert out.returncode == 1 and "dns_config.udp_answer_limit must be an integer" in out.stderr.decode()
     assert "Traceback" not in out.stderr.decode() + out.stdout.decode()
@@ -237,7 +267,7 @@ def test_config_file_and_bad_config(tmp_path: Path) -> None:
 
 def test_sigterm_shuts_down_cleanly() -> None:
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1", "-log-json"],
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1", "-log-json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     wait_http(port, proc)
     proc.send_signal(signal.SIGTERM)
@@ -248,7 +278,7 @@ def test_sigterm_shuts_down_cleanly() -> None:
 
 def test_leave_command() -> None:
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"],
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     wait_http(port, proc)
     out = run("leave", "-http-addr", addr(port))

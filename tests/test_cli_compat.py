@@ -65,7 +65,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
                              "key_file": str(d / "dc1-server-consul-0-key.pem"), "verify_incoming": True}},
         "node_meta": {"env": "prod"},
     }))  # fmt: skip
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "compat-node", "-http-port", str(http_port), "-dns-port",
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "compat-node", "-http-port", str(http_port), "-dns-port",
                              "-1", "-config-file", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_http(http_port, proc)

@@ -197,7 +197,7 @@ class Agent:
 @pytest.fixture(scope="module")
 def agent() -> Iterator[Agent]:
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "lock-node", "-http-port", str(port), "-dns-port", "-1"],
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "lock-node", "-http-port", str(port), "-dns-port", "-1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     a = Agent(port)
 
@@ -457,7 +457,7 @@ def test_losing_a_semaphore_slot_terminates_the_child(agent: Agent, tmp_path: Pa
 
 def test_agent_going_away_terminates_the_child(tmp_path: Path) -> None:
     port = free_port()
-    agent_proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1"],
+    agent_proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         a = Agent(port)

@@ -21,7 +21,7 @@ from tests.test_cli import BIN, run, wait_http
 def dev() -> Iterator[str]:
     """A dev agent process; yields its HTTP address."""
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "ops-node", "-http-port", str(port), "-dns-port", "-1"],
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "ops-node", "-http-port", str(port), "-dns-port", "-1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     wait_http(port, proc)
     yield f"127.0.0.1:{port}"

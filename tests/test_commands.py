@@ -45,6 +45,7 @@ COMMANDS: list[c.Command] = [
     c.IntentionWrite("upsert", IXN, "2026-06-01T12:00:00Z"),
     c.IntentionDelete("id-1", "2026-06-01T12:00:00Z"),
     c.IntentionDeleteExact("default", "web", "default", "db", "2026-06-01T12:00:00Z"),
+    c.MemberBatch((c.Register(NODE, WEB, (CHK,), skip_node_update=True), c.Deregister("n2"))),
 ]
 
 
@@ -87,6 +88,8 @@ def test_entries_written_by_the_untyped_commands_still_replay() -> None:
     ({"Type": "config.entry", "Op": "rename"}, 400, "invalid config entry operation"),
     ({"Type": "connect.ca.set", "State": [], "Prev": 0}, 400, "State must be a map"),
     ({"Type": "no-such"}, 500, "unknown command type"),
+    ({"Type": "member.batch", "Ops": "nope"}, 400, "Ops must be a list"),
+    ({"Type": "member.batch", "Ops": [{"Type": "kv", "Verb": "set", "Key": "k"}]}, 400, "a member batch holds"),
 ])  # fmt: skip
 def test_a_malformed_entry_is_refused_as_a_value_and_only_the_index_moves(wire: dict, status: int, words: str) -> None:
     f = FSM()
@@ -136,3 +139,19 @@ def test_definitions_and_the_agent_state_import_nothing_from_the_http_api() -> N
                    "registry.txn", "registry.fsm"):  # fmt: skip
         assert not [d for d in GRAPH[module] if d.startswith("registry.api")], module
     assert {d for d in GRAPH["registry.agent.agent"] if d.startswith("registry.api")} <= {"registry.api.http", "registry.api.routes"}
+
+
+def test_a_member_batch_is_one_entry_and_all_or_nothing() -> None:
+    """The leader's membership changes: every operation at the entry's index; one refused, none applied."""
+    f = FSM()
+    serf = Check(node="n1", check_id="serfHealth", name="Serf Health Status", status="passing")
+    n2 = Node(id="id-2", node="n2", address="10.0.0.2", datacenter="dc1")
+    ok = c.MemberBatch((c.Register(NODE, None, (serf,)), c.Register(n2, None, (Check(node="n2", check_id="serfHealth",
+                        name="Serf Health Status", status="critical"),)), c.Deregister("n3")))  # fmt: skip
+    assert f.apply(3, encode_command(ok.to_wire())) is True
+    assert f.store.nodes["n1"].modify_index == f.store.nodes["n2"].modify_index == 3
+    assert f.store.checks["n2"]["serfHealth"].status == "critical"
+    bad = c.MemberBatch((c.Deregister("n1"), c.Register(n2, None, (Check(node="n2", check_id="serfHealth",
+                         name="Serf Health Status", status="nonsense"),))))  # fmt: skip
+    assert isinstance(f.apply(4, encode_command(bad.to_wire())), CommandError)
+    assert "n1" in f.store.nodes and f.store.checks["n2"]["serfHealth"].status == "critical"

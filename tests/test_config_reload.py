@@ -139,7 +139,7 @@ def running(pki: Path, tmp_path: Path) -> Iterator[Agent]:
     (conf / "services.hcl").write_text(SERVICES_V1)
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "n1", "-config-dir", str(conf), "-http-port", str(http),
+        proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "n1", "-config-dir", str(conf), "-http-port", str(http),
                                  "-dns-port", "-1", "-server-port", str(free_port())], stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
     agent = Agent(proc, http, https, log)

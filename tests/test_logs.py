@@ -142,7 +142,7 @@ async def test_a_slow_monitor_drops_and_counts_never_blocks() -> None:
 
 def test_agent_writes_its_log_file_and_validates_the_keys(tmp_path: Path) -> None:
     """``proconsul agent`` with the log flags: a bad value is refused before start (exit 1, Consul's ==>)."""
-    out = subprocess.run([BIN, "agent", "-dev", "-log-rotate-max-files", "-3", "-log-file", str(tmp_path) + "/"],
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-log-rotate-max-files", "-3", "-log-file", str(tmp_path) + "/"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 1 and "==> log_rotate_max_files" in out.stderr
     # A running agent: logs rotate by size into Consul's names, two archives kept, plain lines.
@@ -154,7 +154,7 @@ def test_agent_writes_its_log_file_and_validates_the_keys(tmp_path: Path) -> Non
 
     port = free_port()
     logdir = tmp_path / "logs"
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1", "-log-file",
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1", "-log-file",
                              str(logdir) + "/", "-log-rotate-bytes", "600", "-log-rotate-max-files", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:

@@ -109,7 +109,7 @@ def _get(url: str) -> Any:
 
 
 def test_insecure_server_says_so_everywhere(tmp_path: Path) -> None:
-    refused = subprocess.run([BIN, "agent", "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "r"),
+    refused = subprocess.run([BIN, "agent", "-serf-lan-port", "0", "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "r"),
                               "-http-port", str(free_port()), "-dns-port", "-1"],
                              capture_output=True, text=True, timeout=30)  # fmt: skip
     assert refused.returncode == 1 and "Refusing to start a server that is not secure" in refused.stderr
@@ -117,7 +117,7 @@ def test_insecure_server_says_so_everywhere(tmp_path: Path) -> None:
     http_port = free_port()
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([BIN, "agent", "-server", "-insecure", "-bootstrap-expect", "1", "-node", "s1",
+        proc = subprocess.Popen([BIN, "agent", "-serf-lan-port", "0", "-server", "-insecure", "-bootstrap-expect", "1", "-node", "s1",
                                  "-bind", "127.0.0.1", "-server-port", str(free_port()), "-data-dir", str(tmp_path / "d"),
                                  "-http-port", str(http_port), "-dns-port", "-1"],
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
@@ -160,7 +160,7 @@ def test_a_client_agent_without_verified_tls_is_warned_without_a_check(tmp_path:
     http_port = free_port()
     log = tmp_path / "client.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([BIN, "agent", "-node", "c1", "-bind", "127.0.0.1", "-encrypt", GOSSIP_KEY, "-retry-join",
+        proc = subprocess.Popen([BIN, "agent", "-serf-lan-port", "0", "-node", "c1", "-bind", "127.0.0.1", "-encrypt", GOSSIP_KEY, "-retry-join",
                                  f"127.0.0.1:{free_port()}", "-data-dir", str(tmp_path / "c"),
                                  "-http-port", str(http_port), "-dns-port", "-1"],
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip

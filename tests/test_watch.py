@@ -277,7 +277,7 @@ async def test_the_agent_runs_the_watches_of_its_config(tmp_path: Path) -> None:
 def test_a_bad_watch_in_the_config_stops_the_agent_with_consuls_text(tmp_path: Path) -> None:
     cfg = tmp_path / "w.json"
     cfg.write_text(json.dumps({"watches": [{"type": "key", "key": "k"}]}))
-    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(cfg), "-http-port", "0", "-dns-port", "-1"],
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-config-file", str(cfg), "-http-port", "0", "-dns-port", "-1"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 1
     assert "Must define a watch handler" in out.stderr

@@ -39,7 +39,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs(tmp_path: Path) -> None:
     assert version.stdout.startswith("Proconsul v")
     # The installed agent is the whole program, not just its entry point.
     port = free_port()
-    agent = subprocess.Popen([str(venv / "bin" / "proconsul"), "agent", "-dev", "-http-port", str(port),
+    agent = subprocess.Popen([str(venv / "bin" / "proconsul"), "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port),
                               "-dns-port", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 60

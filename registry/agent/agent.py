@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import structlog
 
-from registry import CONSUL_VERSION, logs
+from registry import logs
 from registry.acl.authorizer import Authorizer
 from registry.acl.errors import ACLError, PermissionDenied
 from registry.acl.resolver import TokenResolver
@@ -54,6 +54,7 @@ from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRin
 from registry.agent.gossip_keys import KeyringOps, gossip_codec, setup_keyring, validate_encrypt
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
+from registry.agent.membership import STATUS_ALIVE, CatalogReconciler, LanPool, member_tags
 from registry.agent.remote import RPC_CLIENT_APPLY
 from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
 from registry.agent.session_timers import SessionTimers
@@ -85,7 +86,9 @@ from registry.connect.service import Connect
 from registry.connect.service import validate_config as validate_connect_config
 from registry.consensus import CommandResults, Consensus, LocalLog, NotLeaderError, RPCError
 from registry.fsm import FSM
+from registry.gossip import Address
 from registry.gossip.codec import PacketCodec, PlainCodec
+from registry.gossip.driver import GossipDriver
 from registry.logs import LogConfigError
 from registry.logs import settings_from as log_settings
 from registry.posture import (
@@ -193,6 +196,7 @@ class Agent:
         # connections dial with, the HTTPS port's.
         self._rpc_tls: ReplaceableServerContext | None = None
         self._rpc_client_tls: ssl.SSLContext | None = None
+        self._rpc_hostname: str | None = None  # the name outgoing RPC connections check (tls server_name)
         self._https_tls: ReplaceableServerContext | None = None
         self._api_server: APIServer | None = None
         self.ui: UI | None = None  # the web UI, when ui_config.enabled (registry/ui): a client of the HTTP API
@@ -265,6 +269,7 @@ class Agent:
         # wired here where the driver is built; None until then, and nothing is sent), sent to the servers
         # on Consul's schedule; servers gather everyone's and the leader applies them in batches.
         self.coordinate_settings = CoordinateSettings.from_config(config)
+        self.coordinate_source_given = coordinate_source
         self.coordinate_source: CoordinateSource = coordinate_source or (lambda: None)
         self.coordinate_updates: CoordinateUpdates | None = None
         if not self.is_client:
@@ -279,7 +284,9 @@ class Agent:
         # Session TTL timers run on the leader.
         self.session_timers = SessionTimers(store=lambda: self.store, hub=self.hub, consensus=self.consensus,
                                             propose=self.propose)  # fmt: skip
-        self.last_seen: dict[str, float] = {}  # leader only: node -> monotonic time of its last heartbeat
+        # The LAN gossip pool (started with the agent), and on servers the leader's catalog reconciliation.
+        self.lan: LanPool | None = None
+        self.reconciler: CatalogReconciler | None = None
         self.services: dict[str, LocalService] = {}
         self.checks: dict[str, LocalCheck] = {}
         self.http_session: aiohttp.ClientSession | None = None
@@ -383,6 +390,7 @@ class Agent:
             )
             ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
             self._rpc_client_tls = opts.ssl_client
+            self._rpc_hostname = opts.server_hostname
             if ssl_server is not None:
                 self._rpc_tls = ReplaceableServerContext(ssl_server)
             port = server_transport(self.rpc, ssl_server, peer_check, server_authorizer(cfg))
@@ -396,6 +404,7 @@ class Agent:
         # may be replaced through /v1/agent/token/agent).
         client_ctx, hostname = rpc_contexts(cfg)[1:3]
         self._rpc_client_tls = client_ctx
+        self._rpc_hostname = hostname
         return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, client_ctx, hostname,
                              token=lambda: self.agent_token(), metrics=self.metrics)  # fmt: skip
 
@@ -418,7 +427,8 @@ class Agent:
             from pathlib import Path
 
             self.config.node_id = _persistent_node_id(Path(self.config.data_dir), self.config.node_id)
-        self._setup_keyring()
+        self._setup_keyring()  # the gossip codec, before the pool starts
+        await self._start_gossip()
         await self.consensus.start()
         if not self.is_client:
             self.session_timers.start()
@@ -440,10 +450,8 @@ class Agent:
         self._tasks.append(loop.create_task(self.events.run(), name="user-events"))
         self._tasks.append(loop.create_task(self._sync_loop(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._reaper_loop(), name="critical-reaper"))
-        if not self.config.dev:
-            self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
-        if self.config.server and not self.config.dev:
-            self._tasks.append(loop.create_task(self._serf_monitor_loop(), name="serf-health"))
+        if self.reconciler is not None:
+            self._tasks.append(loop.create_task(self.reconciler.run(), name="member-reconcile"))
         if not self.coordinate_settings.disabled:
             self._spawn(self.coordinate_sender.run(), "coordinate-sync")
             if self.coordinate_updates is not None:
@@ -475,6 +483,86 @@ class Agent:
             log.warning(warning)
         self.keyring_ops.keyring = keyring
         self.gossip_codec = gossip_codec(self.config, keyring)
+    async def _start_gossip(self) -> None:
+        """The LAN gossip pool on the ``serf_lan`` port (``ports.serf_lan`` -1: none), with Consul's tags;
+        on a server, the leader's reconciliation of the pool with the catalog."""
+        cfg = self.config
+        if cfg.ports.serf_lan < 0:
+            return
+        bind = cfg.serf_lan_bind
+        advertise = Address(cfg.advertise, cfg.ports.serf_lan) if bind in ("0.0.0.0", "::", "") or cfg.advertise_addr \
+            else None  # fmt: skip
+        driver = GossipDriver(self.node_name, bind=Address(bind or "0.0.0.0", cfg.ports.serf_lan), advertise=advertise,
+                              tags=member_tags(cfg, acl_enabled(cfg)), codec=self.gossip_codec)  # fmt: skip
+        if self.coordinate_source_given is None:  # the probes' round trips feed this agent's coordinate
+            self.coordinate_source = lambda: driver.coordinate.coordinate
+        self.lan = LanPool(driver, retry_join=cfg.retry_join, retry_interval=cfg.retry_interval,
+                           retry_max=cfg.retry_max, rejoin_after_leave=cfg.rejoin_after_leave,
+                           data_dir=None if cfg.dev else cfg.data_dir, lookup=self._serf_lookup,
+                           on_server=self._learn_server)  # fmt: skip
+        await self.lan.start()
+        if not self.is_client:
+            lan = self.lan
+            self.reconciler = CatalogReconciler(
+                events=driver.events(), members=driver.members, store=lambda: self.store, propose=self.propose,
+                is_leader=self.consensus.is_leader, datacenter=cfg.datacenter, local_name=self.node_name,
+                pool_age=lambda: time.monotonic() - lan.started_at,
+            )  # fmt: skip
+        log.info("gossip pool started", address=f"{self.lan.address}")
+
+    async def _serf_lookup(self, address: str) -> Address | None:
+        """Ask the agent at a server RPC address for its Serf LAN address (the ``serf_lan`` method)."""
+        from registry.raft.transport import RPCClient
+
+        client = RPCClient(address, self._rpc_client_tls, self._rpc_hostname)
+        try:
+            reply = await client.call("serf_lan", None, timeout=2.0, token=self.agent_token())
+        except (RPCError, OSError, TimeoutError):
+            return None
+        finally:
+            await client.close()
+        if (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], str) and isinstance(reply[1], int)
+                and 0 < reply[1] < 65536):  # fmt: skip
+            return Address(reply[0], reply[1])
+        return None
+
+    def _learn_server(self, address: str) -> None:
+        """A server heard of in the pool (its RPC address): a client agent's server list, a server's peers
+        to find the cluster through (Consul's servers find each other and clients find servers by Serf)."""
+        from registry.agent.remote import RemoteServers
+        from registry.raft.driver import RaftServer
+
+        consensus = self.consensus
+        if isinstance(consensus, RemoteServers):
+            known = consensus.join
+        elif isinstance(consensus, RaftServer):
+            known = consensus.opts.join
+            if address == consensus.opts.address:
+                return
+        else:
+            return
+        if address not in known:
+            known.append(address)
+
+    async def _rpc_serf_lan(self, args: Any) -> Any:
+        """This agent's Serf LAN address, for agents given its RPC port as a join address."""
+        if self.lan is None or self.lan.address is None:
+            raise RPCError("this agent runs no gossip pool", 404)
+        return [self.lan.address.host, self.lan.address.port]
+
+    async def join(self, addresses: list[str]) -> tuple[int, list[str]]:
+        """Consul's JoinLAN: how many of ``addresses`` were joined, and the errors of the others."""
+        if self.lan is None:
+            return 0, ["this agent runs no gossip pool"]
+        return await self.lan.join(addresses)
+
+    def force_leave(self, node: str, prune: bool) -> None:
+        """Consul's ForceLeave (Serf's RemoveFailedNode): a failed member becomes left; CommandError with
+        Consul's text when no member has that name."""
+        if self.lan is None or not self.lan.is_member(node):
+            raise CommandError(f"agent: No node found with name '{node}'", 500)
+        log.info("Force leaving node", node=node)
+        self.lan.force_leave(node, prune)
 
     async def _start_acl(self) -> None:
         """With ACLs on: the leader's duties on a server (initialized at once when this agent leads, as a
@@ -624,6 +712,8 @@ class Agent:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         self._tasks.clear()
+        if self.lan is not None:
+            await self.lan.stop()
         await self.consensus.stop()
         if self.http_session is not None:
             await self.http_session.close()
@@ -1109,6 +1199,8 @@ class Agent:
         every connection over the limit."""
         if ip == self.config.advertise:
             return False
+        if self.lan is not None:
+            return ip in self.lan.member_ips()
         store = self.store
         key = (id(store), store.table_index["nodes"], store.table_index["checks"])
         if key != self._member_ips[0]:
@@ -1118,62 +1210,23 @@ class Agent:
         return ip in self._member_ips[1]
 
     def members(self) -> list[dict[str, Any]]:
-        """Members as Consul's /v1/agent/members shows them, derived from the catalog: every node the
-        servers track carries a serfHealth check, and servers carry the "consul" service."""
-        store = self.store
-        out = []
-        for name in sorted(store.nodes):
-            node = store.nodes[name]
-            serf = store.checks.get(name, {}).get(SERF_CHECK_ID)
-            if serf is None:
-                continue
-            consul_svc = store.services.get(name, {}).get(CONSUL_SERVICE)
-            tags = {
-                "acls": "0",
-                "build": f"{CONSUL_VERSION}:proconsul",
-                "dc": node.datacenter,
-                "id": node.id,
-                "role": "consul" if consul_svc is not None else "node",
-                "segment": "",
-                "vsn": "2",
-                "vsn_max": "3",
-                "vsn_min": "2",
-            }
-            if consul_svc is not None:
-                tags["port"] = str(consul_svc.port)
-                tags["expect"] = str(self.config.bootstrap_expect or 1)
-            if name == self.node_name and self.config.bootstrap:
-                tags["bootstrap"] = "1"
-            status = 1 if serf.status == HEALTH_PASSING else 4
-            if name == self.node_name and self.leaving:
-                status = 2
-            out.append({
-                "Name": name, "Addr": node.address, "Port": self.config.ports.serf_lan, "Tags": tags,
-                "Status": status, "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
-                "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
-            })  # fmt: skip
-        return out
-
-    async def _heartbeat_loop(self) -> None:
-        """Tell the leader we are alive once a second (it marks silent nodes' serfHealth critical)."""
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            if self.leaving:
-                continue
-            try:
-                if self.consensus.is_leader():
-                    self.last_seen[self.node_name] = time.monotonic()
-                    continue
-                await self.consensus.call_leader("heartbeat", self.node_name, 5.0)
-            except Exception as exc:  # noqa: BLE001 - the next beat retries
-                log.debug("heartbeat failed", error=str(exc))
+        """The LAN pool's members as Consul's /v1/agent/members shows them (statuses alive 1, leaving 2,
+        left 3, failed 4, and Consul's tags). An agent that has joined no one lists itself."""
+        if self.lan is not None:
+            return self.lan.members()
+        cfg = self.config
+        return [{
+            "Name": cfg.node_name, "Addr": cfg.advertise, "Port": cfg.ports.serf_lan,
+            "Tags": member_tags(cfg, acl_enabled(cfg)), "Status": STATUS_ALIVE, "ProtocolMin": 1, "ProtocolMax": 5,
+            "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+        }]  # fmt: skip
 
     def _register_rpc(self) -> None:
-        """The agent's methods on the server port: client agents' liveness, session renewals, node state,
-        and the catalog writes of their anti-entropy. Each is checked against the token the call carries
-        when the caller is not a server (``registry.agent.rpc_acl``; Consul's Catalog and Session endpoints
-        vet every request's token the same way)."""
-        self.rpc.register("heartbeat", self._rpc_heartbeat, with_caller=True)
+        """The agent's methods on the server port: session renewals, node state, the catalog writes of client
+        agents' anti-entropy, and this agent's Serf address. Each is checked against the token the call
+        carries when the caller is not a server (``registry.agent.rpc_acl``; Consul's Catalog and Session
+        endpoints vet every request's token the same way). Liveness is the gossip pool's, not an RPC's."""
+        self.rpc.register("serf_lan", self._rpc_serf_lan)
         self.rpc.register("session_renew", self._rpc_session_renew, with_caller=True)
         self.rpc.register("node_state", self._rpc_node_state, with_caller=True)
         self.rpc.register(RPC_CLIENT_APPLY, self._rpc_client_apply, with_caller=True)
@@ -1191,18 +1244,6 @@ class Agent:
     @staticmethod
     def _refuse(exc: ACLError) -> RPCError:
         return RPCError(str(exc), 403)
-
-    async def _rpc_heartbeat(self, args: Any, caller: Caller) -> Any:
-        if not self.consensus.is_leader():
-            raise RPCError("not the leader", 503)
-        if not isinstance(args, str) or not args:
-            raise RPCError("heartbeat needs a node name", 400)
-        authz = await self._caller_authz(caller)
-        if authz is not None and not authz.node_write(args):
-            # Consul: a node's liveness and its updates need node:write on it.
-            raise self._refuse(PermissionDenied(authz.accessor_id, "node", "write", args))
-        self.last_seen[args] = time.monotonic()
-        return True
 
     async def _rpc_session_renew(self, args: Any, caller: Caller) -> Any:
         if not self.consensus.is_leader():
@@ -1304,40 +1345,10 @@ class Agent:
             checks[chk.check_id] = chk
         return services, checks, bool(reply.get("known"))
 
-    async def _serf_monitor_loop(self) -> None:
-        """On the leader: a node that stops heartbeating goes critical in serfHealth, and back to passing."""
-        leader_since: float | None = None
-        while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            if not self.consensus.is_leader():
-                leader_since = None
-                continue
-            now = time.monotonic()
-            if leader_since is None:
-                leader_since = now  # a new leader gives every node a full grace period
-            self.last_seen[self.node_name] = now
-            store = self.store
-            for name in list(store.nodes):
-                serf = store.checks.get(name, {}).get(SERF_CHECK_ID)
-                if serf is None:
-                    continue
-                seen = max(self.last_seen.get(name, leader_since), leader_since)
-                alive = now - seen <= FAIL_AFTER
-                if alive and serf.status != HEALTH_PASSING:
-                    status, output = HEALTH_PASSING, "Agent alive and reachable"
-                elif not alive and serf.status != HEALTH_CRITICAL:
-                    status, output = HEALTH_CRITICAL, "Agent not live or unreachable"
-                else:
-                    continue
-                try:
-                    await self.propose(CheckUpdate(name, SERF_CHECK_ID, status, output))
-                    log.info("node health changed", node=name, status=status)
-                except Exception as exc:  # noqa: BLE001
-                    log.warning("could not update node health", node=name, error=str(exc))
-
     async def leave(self) -> None:
-        """Graceful leave: deregister this node from the catalog (a server also leaves the Raft
-        configuration), then shut down."""
+        """Graceful leave (Consul's Agent.Leave): deregister this node from the catalog (a server also leaves
+        the Raft configuration), gossip the leave to the pool (the leader deregisters a left member too),
+        then shut down."""
         self.leaving = True
         try:
             await self.propose(Deregister(self.node_name))
@@ -1348,15 +1359,13 @@ class Agent:
                 await self.consensus.remove_server(self.config.node_id)
             except Exception as exc:  # noqa: BLE001
                 log.warning("leave: could not leave the Raft configuration", error=str(exc))
+        if self.lan is not None:
+            await self.lan.leave()
         self.request_shutdown()
 
 
 def _no_view() -> ClusterView | None:
     return None  # a client agent runs no autopilot
-
-
-HEARTBEAT_INTERVAL = 1.0
-FAIL_AFTER = 5.0  # seconds without a heartbeat before serfHealth goes critical
 
 
 def _persistent_node_id(data_dir: Any, fallback: str) -> str:

@@ -16,6 +16,7 @@ from registry.api.decode import parse_json
 from registry.api.enforce import filter_list, request_authz
 from registry.api.errors import HTTPError
 from registry.api.routing import Route, route
+from registry.commands import CommandError
 from registry.config import ConfigError
 from registry.logs import Monitor, level_number
 from registry.posture import insecure_reasons
@@ -453,6 +454,37 @@ async def leave(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
 
 
+def _multierror(errors: list[str]) -> str:
+    """Errors as hashicorp/go-multierror prints them (memberlist's Join returns one)."""
+    head = "1 error occurred:" if len(errors) == 1 else f"{len(errors)} errors occurred:"
+    return head + "".join(f"\n\t* {e}" for e in errors) + "\n\n"
+
+
+async def join(api: Api, request: web.Request, address: str) -> web.StreamResponse:
+    """Consul's AgentJoin: join the LAN pool through ``address`` (host or host:port, 8301 by default); with
+    ``?wan`` the WAN pool, which only a server is in (Consul's error for a client agent)."""
+    if request.query.get("wan"):
+        if api.is_client:
+            raise HTTPError(500, "Must be a server to join WAN cluster")
+        raise HTTPError(500, "WAN join is not supported: this Proconsul cluster has one datacenter")
+    joined, errors = await api.agent.join([address])
+    if not joined:
+        raise HTTPError(500, _multierror(errors or [f"Failed to join {address}"]))
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
+async def force_leave(api: Api, request: web.Request, node: str) -> web.StreamResponse:
+    """Consul's AgentForceLeave: a failed member becomes left (``?prune``: and is forgotten at once); an
+    unknown name gets Consul's error."""
+    if "wan" in request.query and api.is_client:
+        raise HTTPError(500, "Must be a server to force-leave a node from the WAN cluster")
+    try:
+        api.agent.force_leave(node, "prune" in request.query)
+    except CommandError as exc:
+        raise HTTPError(exc.status, str(exc)) from None
+    return web.Response(status=200, headers={"X-Consul-Default-ACL-Policy": api.acl_policy})
+
+
 MONITOR_POLL = 1.0  # seconds between checks that the monitor's client is still there when no line comes
 
 
@@ -522,4 +554,8 @@ ROUTES: tuple[Route, ...] = (
           "Stream this agent's log lines (?loglevel, ?logjson)"),
     route("PUT", "/v1/agent/reload", reload, "write", "agent", "local-node", "Reload this agent's configuration"),
     route("PUT", "/v1/agent/leave", leave, "write", "agent", "local-node", "Leave the cluster gracefully and shut down"),
+    route("PUT", "/v1/agent/join/", join, "write", "agent", "local-node",
+          "Join the LAN gossip pool through an address (host or host:port)"),
+    route("PUT", "/v1/agent/force-leave/", force_leave, "write", "operator", "unnamed",
+          "Force a failed member into the left state (?prune: forget it)"),
 )

@@ -160,6 +160,10 @@ class LocalAgent(Protocol):
 
     async def leave(self) -> None: ...
 
+    async def join(self, addresses: list[str]) -> tuple[int, list[str]]: ...
+
+    def force_leave(self, node: str, prune: bool) -> None: ...
+
     async def reload(self) -> None: ...
 
 
@@ -374,14 +378,11 @@ class Api:
     @staticmethod
     def _client_forwards(request: web.Request) -> bool:
         """Whether a client agent sends this request to a server: everything but its own /v1/agent/
-        endpoints, except the LAN member list (derived from the servers' catalog), and its user events (each
-        agent's own buffer and fire, as Consul's are). A client is in no WAN pool, so it answers
-        ``members?wan`` itself, as Consul's client does (null)."""
+        endpoints (the member list among them: its own gossip pool's, as Consul's), and its user events (each
+        agent's own buffer and fire, as Consul's are)."""
         path = request.path
         if path in CLIENT_LOCAL_PATHS or path.startswith(CLIENT_LOCAL_PREFIXES):
             return False
-        if path == "/v1/agent/members":
-            return not request.query.get("wan")
         return not path.startswith("/v1/agent/")
 
     async def _resolve(self, request: web.Request) -> Authorizer:

@@ -310,6 +310,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
               "schema": {"type": "integer", "minimum": 0}},
     "acquire": {"description": "Take the key's lock for this session.", "schema": _STR},
     "release": {"description": "Release the key's lock held by this session.", "schema": _STR},
+    "wan": {"description": "The WAN gossip pool instead of the LAN pool (only servers are in one).",
+            "schema": _STR},
+    "prune": {"description": "Also forget the member at once (presence enables).", "schema": _BOOL_FLAG,
+              "allowEmptyValue": True},
     "replace-existing-checks": {"description": "Replace the service's checks instead of adding to them.",
                                 "schema": _BOOL_FLAG, "allowEmptyValue": True},
     "enable": {"description": "true to enter maintenance, false to leave it.", "required": True,
@@ -356,6 +360,8 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "key": {"description": "The key (slashes included).", "schema": {"type": "string", "minLength": 1}},
     "service": {"description": "The service's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "node": {"description": "The node's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
+    "address": {"description": "A gossip address: host, or host:port (8301 by default).",
+                "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "gateway": {"description": "The gateway service's name.", "schema": {"type": "string", "pattern": "^[^/]+$"}},
     "state": {"description": "The check state.",
               "schema": {"type": "string", "enum": ["any", "passing", "warning", "critical"]}},
@@ -378,6 +384,8 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/agent/check/update/": ("/v1/agent/check/update/{check_id}",),
     "/v1/agent/check/warn/": ("/v1/agent/check/warn/{check_id}",),
     "/v1/agent/connect/ca/leaf/": ("/v1/agent/connect/ca/leaf/{service}",),
+    "/v1/agent/join/": ("/v1/agent/join/{address}",),
+    "/v1/agent/force-leave/": ("/v1/agent/force-leave/{node}",),
     "/v1/agent/health/service/id/": ("/v1/agent/health/service/id/{service_id}",),
     "/v1/agent/health/service/name/": ("/v1/agent/health/service/name/{service_name}",),
     "/v1/agent/service/": ("/v1/agent/service/{service_id}",),
@@ -501,6 +509,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                     errors=(400,), server_errors=("Streaming not supported",)),
     ("PUT", "/v1/agent/reload"): Op(ok=_EMPTY),
     ("PUT", "/v1/agent/leave"): Op(ok=_EMPTY),
+    # A join that reached no one, or a WAN join, is Consul's 500 with the gossip layer's errors.
+    ("PUT", "/v1/agent/join/"): Op(query=("wan",), ok=_EMPTY, server_errors=(
+        "1 error occurred", "Must be a server", "WAN join is not supported")),
+    ("PUT", "/v1/agent/force-leave/"): Op(query=("prune", "wan"), ok=_EMPTY, server_errors=(
+        "agent: No node found with name", "Must be a server")),
     # ---- catalog
     ("PUT", "/v1/catalog/register"): Op(query=("dc",), body="CatalogRegistration", ok={200: _TRUE}),
     ("PUT", "/v1/catalog/deregister"): Op(query=("dc",), body="CatalogDeregistration", ok={200: _TRUE}),

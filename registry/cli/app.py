@@ -49,6 +49,8 @@ COMMANDS: dict[str, Command] = {
     "services": catalog.cmd_services,
     "kv": kv.cmd_kv,
     "leave": members.cmd_leave,
+    "join": members.cmd_join,
+    "force-leave": members.cmd_force_leave,
     "reload": members.cmd_reload,
     "version": cmd_version,
     "validate": validate_cmd.cmd_validate,

@@ -392,6 +392,21 @@ class GossipNode:
     def leave_propagated(self) -> bool:
         return self._leave_done
 
+    def force_leave(self, now: float, name: str, prune: bool = False) -> bool:
+        """Serf's RemoveFailedNode: a failed member becomes left, here and (gossiped as its leave) everywhere,
+        so nobody tries to reconnect to it; an alive member is left alone (it would refute).  ``prune`` also
+        forgets a left member at once instead of after ``tombstone_timeout`` (Serf's prune; here on this
+        member only, the others forget it when their tombstone runs out).  False: no such member."""
+        self._enter(now)
+        node = self._nodes.get(name)
+        if node is None or name == self.name:
+            return node is not None
+        if node.state is MemberState.DEAD:
+            self._on_dead(Dead(node.incarnation, name, name, True))
+        if prune and node.state is MemberState.LEFT:
+            self._erase([node])
+        return True
+
     def set_tags(self, now: float, tags: Mapping[str, str]) -> None:
         """Change our tags: a new incarnation, an update event everywhere (memberlist UpdateNode)."""
         self._enter(now)
@@ -748,8 +763,9 @@ class GossipNode:
         if node is None or d.incarnation < node.incarnation:
             return
         self._suspicions.pop(d.node, None)
-        if node.state in (MemberState.DEAD, MemberState.LEFT):
-            return
+        left = d.left and d.source == d.node
+        if node.state is MemberState.LEFT or (node.state is MemberState.DEAD and not left):
+            return  # a failed member still becomes left on its leave (Serf's leave intent, force-leave)
         if d.node == self.name:
             if not self._leaving:
                 self.stats["refuted_dead"] += 1
@@ -760,7 +776,6 @@ class GossipNode:
             self._broadcast(d.node, d)
         node.incarnation = d.incarnation
         self._states = None
-        left = d.left and d.source == d.node
         self._set_state(node, MemberState.LEFT if left else MemberState.DEAD, self._now)
         self._event(EventKind.LEFT if left else EventKind.FAILED, node)
 
@@ -939,11 +954,15 @@ class GossipNode:
         gone = [n for n in self._nodes.values()
                 if (n.state is MemberState.DEAD and now - n.state_change > self.config.reconnect_timeout)
                 or (n.state is MemberState.LEFT and now - n.state_change > self.config.tombstone_timeout)]  # fmt: skip
-        if not gone:
-            return
+        if gone:
+            self._erase(gone)
+
+    def _erase(self, gone: list[_Node]) -> None:
+        """Forget members that are failed or left (never live ones: ``_live`` does not count them)."""
         self._states = None
         for n in gone:
             del self._nodes[n.name]
+            self._suspicions.pop(n.name, None)
             self._event(EventKind.REAP, n)
         names = {n.name for n in gone}
         self._order = [name for name in self._order if name not in names]

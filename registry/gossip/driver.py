@@ -282,6 +282,12 @@ class GossipDriver:
         self._subscribers.add(sub)
         return sub
 
+    def force_leave(self, name: str, prune: bool = False) -> bool:
+        """A failed member becomes left (``GossipNode.force_leave``); False when no member has the name."""
+        found = self._require().force_leave(self._now(), name, prune)
+        self._flush()
+        return found
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._require().set_tags(self._now(), tags)
         self._flush()

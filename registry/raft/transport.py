@@ -156,6 +156,8 @@ async def dial(address: str, ssl_ctx: ssl.SSLContext | None, server_hostname: st
     Raises OSError (TimeoutError included) or ssl.SSLError."""
     host, _, port_text = address.rpartition(":")
     host = host.strip("[]")
+    if ssl_ctx is not None and not server_hostname:
+        raise ValueError("a TLS dial needs the server name to check (tls server_name)")
     family, sockaddr = await _resolve(host, int(port_text))
     loop = asyncio.get_running_loop()
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -165,12 +167,21 @@ async def dial(address: str, ssl_ctx: ssl.SSLContext | None, server_hostname: st
         if source_ip:
             sock.bind((source_ip, 0))
         await asyncio.wait_for(loop.sock_connect(sock, sockaddr), connect_timeout or timeouts.connect)
+    except BaseException:
+        sock.close()
+        raise
+    try:
         return await asyncio.wait_for(
             asyncio.open_connection(sock=sock, ssl=ssl_ctx, server_hostname=server_hostname if ssl_ctx else None),
             timeouts.handshake,
         )
     except BaseException:
-        sock.close()  # a no-op when a transport already took it and closed it
+        # The loop's transport took the descriptor and closed it on this failure (a TLS handshake refused
+        # or timed out). asyncio's transport closes the socket object too; uvloop's leaves the object
+        # holding the number, which the OS may already have handed to another connection, and closing it
+        # here (or its garbage collection) would close that one (MagicStack/uvloop#738): forget it instead.
+        if sock.fileno() != -1:
+            sock.detach()
         raise
 
 

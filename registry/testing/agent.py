@@ -75,6 +75,7 @@ def make_config(**overrides: Any) -> Config:
     cfg.ports.http = 0
     cfg.ports.dns = overrides.pop("dns_port", 0)
     cfg.ports.server = 8300
+    cfg.ports.serf_lan = overrides.pop("serf_lan_port", 0)  # the gossip pool on a port the OS picks
     if overrides:
         apply_mapping(cfg, overrides, "dev_agent()")
     return cfg

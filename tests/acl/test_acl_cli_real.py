@@ -91,7 +91,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     port = free_port()
     log = tmp / "agent.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "acl-node", "-http-port", str(port), "-dns-port", "-1",
+        proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "acl-node", "-http-port", str(port), "-dns-port", "-1",
                                  "-config-file", str(tmp / "acl.json")], stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         addr = f"127.0.0.1:{port}"

@@ -261,6 +261,12 @@ def cases(ids: dict[str, str]) -> list[Case]:
         Case("PUT", "/v1/coordinate/update", "/v1/coordinate/update", NODE_WRITE, "node:write",
              body={"Node": NODE, "Coord": {"Vec": [0.001] + [0.0] * 7, "Error": 0.2, "Adjustment": 0.0,
                                            "Height": 1e-5}}),
+        # A join through a closed port and a force-leave of no member: refused without the rule, answered
+        # (Consul's 500 texts) with it.
+        Case("PUT", "/v1/agent/join/", "/v1/agent/join/127.0.0.1:1", f'agent "{NODE}" {{ policy = "write" }}',
+             "agent:write"),
+        Case("PUT", "/v1/agent/force-leave/", "/v1/agent/force-leave/nobody", 'operator = "write"',
+             "operator:write"),
         # last: it stops the agent
         Case("PUT", "/v1/agent/leave", "/v1/agent/leave", f'agent "{NODE}" {{ policy = "write" }}', "agent:write"),
     ]

@@ -132,6 +132,7 @@ class Server:
     bootstrap_expect: int
     log_path: Path
     server: bool = True
+    serf_port: int = 0  # the gossip pool's port (stable across restarts: members know each other by address)
     extra_args: list[str] = field(default_factory=list)
     token: str = ""  # what the harness's own requests present, on a cluster with ACLs on
     proc: subprocess.Popen[bytes] | None = None
@@ -162,10 +163,13 @@ class Server:
     def argv(self) -> list[str]:
         argv = [BIN, "agent", "-node", self.name, "-data-dir", str(self.data_dir), "-http-port", str(self.http_port),
                 "-dns-port", "-1", "-encrypt", GOSSIP_KEY]  # fmt: skip
+        # Gossip goes straight between agents (the relay carries the server port's TCP only): a server's pool
+        # binds its advertise address; joins are retried every second rather than Consul's 30 s.
+        argv += ["-serf-lan-port", str(self.serf_port), "-retry-interval", "1s"]
         if self.server:
             argv += ["-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", bind_ip(self.k),
                      "-advertise", advertise_ip(self.k), "-client", advertise_ip(self.k),
-                     "-server-port", str(self.server_port)]  # fmt: skip
+                     "-server-port", str(self.server_port), "-serf-lan-bind", advertise_ip(self.k)]  # fmt: skip
         else:
             argv += ["-bind", "127.0.0.1", "-client", "127.0.0.1"]
         for addr in self.join:
@@ -264,7 +268,7 @@ class Cluster:
             self.servers.append(Server(
                 k=k, name=f"s{k}", data_dir=workdir / f"s{k}", server_port=port,
                 http_port=free_port(advertise_ip(k)), join=[a for a in addresses if a != addresses[k - 1]],
-                bootstrap_expect=n, log_path=workdir / f"s{k}.log",
+                bootstrap_expect=n, log_path=workdir / f"s{k}.log", serf_port=free_port(advertise_ip(k)),
             ))  # fmt: skip
             self.relay.add_server(k, port)
             if tls:
@@ -288,7 +292,7 @@ class Cluster:
         """A client agent (not started): no -server, -retry-join at the servers' server ports."""
         agent = Server(k=0, name=name, data_dir=self.workdir / name, server_port=0, http_port=free_port("127.0.0.1"),
                        join=[s.address for s in self.servers], bootstrap_expect=0, log_path=self.workdir / f"{name}.log",
-                       server=False)  # fmt: skip
+                       server=False, serf_port=free_port("127.0.0.1"))  # fmt: skip
         if self.tls_configs:
             agent.extra_args += ["-config-file", str(self.tls_configs["client"])]
         self.clients.append(agent)

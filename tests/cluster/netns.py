@@ -355,7 +355,8 @@ class NetnsServer(Server):
         assert self.net is not None
         argv = [BIN, "agent", "-node", self.name, "-data-dir", str(self.data_dir), "-http-port", str(self.http_port),
                 "-dns-port", "-1", "-encrypt", GOSSIP_KEY, "-server", "-insecure", "-bootstrap-expect", str(self.bootstrap_expect), "-bind", self.host,
-                "-advertise", self.host, "-client", self.host, "-server-port", str(self.server_port)]  # fmt: skip
+                "-advertise", self.host, "-client", self.host, "-server-port", str(self.server_port),
+                "-retry-interval", "1s"]  # fmt: skip
         for addr in self.join:
             argv += ["-retry-join", addr]
         if os.environ.get("CLUSTER_LOG_LEVEL"):

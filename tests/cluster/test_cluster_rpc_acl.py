@@ -1,7 +1,7 @@
 """Server RPC under ACLs on a secure cluster of real processes (3 servers, mutual TLS on the server port,
 ACLs on with default deny), as Consul's servers vet every client agent's RPC:
 
-- a client agent's catalog writes (its anti-entropy) and heartbeats carry its agent token, and the servers
+- a client agent's catalog writes (its anti-entropy) carry its agent token, and the servers
   check them: a client agent whose token lacks node:write on its node cannot register its node or its
   services, one whose token has it can (Consul's ``vetRegisterWithAuthorizer``);
 - server-only RPC methods are refused to a connection whose certificate is not a server's, even one our CA
@@ -115,9 +115,17 @@ def test_client_agents_write_only_what_their_token_may(make_cluster: MakeCluster
         return reply.status == 200 and reply.json() is not None and "web" in (reply.json().get("Services") or {})
 
     wait_for("the good client's node and service in the catalog", good_registered, 60)
-    # The other client had as long and more: its writes are refused, so nothing of it is in the catalog.
+    # The other client had as long and more: its writes are refused, so nothing it wrote is in the catalog.
+    # Its node is there as the leader registers every gossip member (Consul's leader reconcile, whatever the
+    # member's token): the node, its address and serfHealth, and nothing of the agent's own (no service, no
+    # node metadata, no other check).
     time.sleep(3)
-    assert "bad" not in node_names(s1)
+    reply = call(s1, "GET", "/v1/catalog/node/bad")
+    assert reply.status == 200, reply.text
+    node = reply.json()
+    assert node is None or (node["Services"] == {} and node["Node"]["Meta"] == {"consul-network-segment": ""}), node
+    reply = call(s1, "GET", "/v1/health/node/bad")
+    assert [c["CheckID"] for c in reply.json()] in ([], ["serfHealth"]), reply.text
     assert "Permission denied" in bad.log_path.read_text()
     # The good client's liveness is accepted: its serfHealth stays passing.
     reply = call(s1, "GET", "/v1/health/node/good")
@@ -138,8 +146,9 @@ def test_client_agents_write_only_what_their_token_may(make_cluster: MakeCluster
     # A server's certificate does reach them.
     config = rpc_as(cluster, "server", address, "raft_configuration", None)
     assert isinstance(config, list) and len(config) == 3, config
-    # A client's RPC without a token that may is refused with Consul's text.
-    denied = rpc_as(cluster, "client", address, "heartbeat", "good")
+    # A client's RPC without a token that may is refused with Consul's text (a check update on "good").
+    update = {"Type": "check.update", "Node": "good", "CheckID": "nope", "Status": "passing"}
+    denied = rpc_as(cluster, "client", address, "client_apply", update)
     assert getattr(denied, "status", None) == 403 and "lacks permission 'node:write' on \"good\"" in str(denied)
 
     # A blocking query through a client agent is cut off with 403 when its token is deleted while it waits.

@@ -23,7 +23,7 @@ BIN = str(Path(sys.executable).with_name("proconsul"))
 @pytest.fixture(scope="module")
 def addr() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "cli-connect", "-http-port", str(port), "-dns-port", "-1"],
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "cli-connect", "-http-port", str(port), "-dns-port", "-1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.monotonic() + 20
     while True:

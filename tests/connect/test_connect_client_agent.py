@@ -52,7 +52,7 @@ def wait_for(what: str, check: Callable[[], object], procs: list[subprocess.Pope
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     tmp = tmp_path_factory.mktemp("connect-client")
     server_port, server_http, client_http = free_port(), free_port(), free_port()
-    server = subprocess.Popen([BIN, "agent", "-server", "-insecure", "-bootstrap-expect", "1", "-node", "s1", "-bind", "127.0.0.1",
+    server = subprocess.Popen([BIN, "agent", "-serf-lan-port", "0", "-server", "-insecure", "-bootstrap-expect", "1", "-node", "s1", "-bind", "127.0.0.1",
                                "-data-dir", str(tmp / "s1"), "-server-port", str(server_port),
                                "-http-port", str(server_http), "-dns-port", "-1"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -60,7 +60,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     s_url, c_url = f"http://127.0.0.1:{server_http}", f"http://127.0.0.1:{client_http}"
     try:
         wait_for("the CA", lambda: call("GET", s_url + "/v1/connect/ca/roots")[1]["Roots"], procs)  # type: ignore[index]
-        client = subprocess.Popen([BIN, "agent", "-node", "c1", "-bind", "127.0.0.1", "-data-dir", str(tmp / "c1"),
+        client = subprocess.Popen([BIN, "agent", "-serf-lan-port", "0", "-node", "c1", "-bind", "127.0.0.1", "-data-dir", str(tmp / "c1"),
                                    "-retry-join", f"127.0.0.1:{server_port}", "-http-port", str(client_http), "-encrypt", GOSSIP_KEY,
                                    "-dns-port", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         procs.append(client)

@@ -254,7 +254,7 @@ def test_rpc_contexts_absent_without_certificates_and_contradictions_refused(pki
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([BIN, "agent", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen([BIN, "agent", "-serf-lan-port", "0", *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes], ok: object, timeout: float = 30) -> object:
@@ -339,9 +339,9 @@ def test_agent_refuses_tls_settings_that_cannot_work(pki: Pki, tmp_path: Path) -
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"tls": {"defaults": {"verify_incoming": True}}}))
-    out = subprocess.run([BIN, "agent", "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "d"),
+    out = subprocess.run([BIN, "agent", "-serf-lan-port", "0", "-server", "-bootstrap-expect", "1", "-data-dir", str(tmp_path / "d"),
                           "-config-file", str(bad)], capture_output=True, text=True, timeout=30)  # fmt: skip
     assert out.returncode == 1 and "verify_incoming needs ca_file" in out.stderr
     bad.write_text(json.dumps({"connect": {"ca_config": {"leaf_cert_ttl": "10m"}}}))
-    out = subprocess.run([BIN, "agent", "-dev", "-config-file", str(bad)], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-config-file", str(bad)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "connect.ca_config: leaf cert TTL must be greater or equal than 1h0m0s" in out.stderr

@@ -326,3 +326,29 @@ def test_an_address_conflict_is_refused_until_the_old_member_is_gone() -> None:
     a.receive(2.0, [Dead(1, "b", "b", True)])
     a.receive(3.0, [Alive(5, "b", other, {})])
     assert a.member("b").addr == other and a.member("b").state is MemberState.ALIVE
+
+
+def test_force_leave_turns_a_failed_member_left_everywhere_and_prune_forgets_it() -> None:
+    """Serf's RemoveFailedNode: a failed member becomes left, gossiped as its own leave, which a member that
+    also has it failed takes; an alive member is left alone; ``prune`` forgets it; an unknown name is
+    reported."""
+    a, b = _node("a"), _node("b")
+    _know(a, "b", "c")
+    _know(b, "a", "c")
+    for n in (a, b):
+        n.receive(0.0, [Dead(1, "c", "a")])
+        n.take_events()
+        n.take_outbox()
+    assert a.force_leave(1.0, "c")
+    assert a.member("c").state is MemberState.LEFT
+    assert [e.kind for e in a.take_events()] == [EventKind.LEFT]
+    _run(a, 1.5)
+    leave = [m for p in _packets(a) for m in p.messages if isinstance(m, Dead) and m.node == "c"]
+    assert leave and leave[0].left and leave[0].source == "c"
+    b.receive(1.5, leave[:1])
+    assert b.member("c").state is MemberState.LEFT and [e.kind for e in b.take_events()] == [EventKind.LEFT]
+    # An alive member is left alone; prune forgets a left one (a reap event); no such member: False.
+    assert a.force_leave(2.0, "b", prune=True) and a.member("b").state is MemberState.ALIVE
+    assert a.force_leave(2.0, "c", prune=True) and a.member("c") is None
+    assert [e.kind for e in a.take_events()] == [EventKind.REAP]
+    assert not a.force_leave(2.0, "nobody")

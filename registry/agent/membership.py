@@ -1,0 +1,457 @@
+"""The agent's place in the LAN gossip pool, and the leader's catalog kept in step with the pool.
+
+Consul's agents do not tell the servers they are alive: every agent is a member of one Serf LAN pool (here
+``registry.gossip``, on the ``serf_lan`` port), and the leader turns membership *changes* into catalog
+writes (Consul's ``leader.go`` reconcile): a member alive is registered with ``serfHealth`` passing, a
+failed one gets ``serfHealth`` critical ("Agent not live or unreachable"), a left or reaped one is
+deregistered. Where Consul proposes one Raft entry per member, ``CatalogReconciler`` gathers the changes
+of a short window into one ``MemberBatch`` entry, so a hundred machines failing together cost a handful
+of entries.
+
+``LanPool`` owns the gossip driver of one agent: its tags (Consul's: role, dc, id, port, build, vsn...),
+joining (``retry_join`` / ``start_join`` addresses are Serf addresses, host or host:port with 8301 by
+default; an address that turns out to be a server's RPC port is asked for its Serf address, so configs
+written for earlier Proconsul versions keep working), the member list in Consul's JSON, force-leave, and
+Serf's ``local.snapshot`` in the data dir (the members last known, rejoined on a restart unless the agent
+left; ``rejoin_after_leave`` rejoins even then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from registry import CONSUL_VERSION
+from registry.commands import Deregister, MemberBatch, Register
+from registry.config import Config
+from registry.gossip import Address, EventKind, Member, MemberEvent, MemberState
+from registry.gossip.driver import EventStream, GossipDriver, parse_address
+from registry.state.store import StateStore
+from registry.structs import (
+    CONSUL_SERVICE,
+    HEALTH_CRITICAL,
+    HEALTH_PASSING,
+    SERF_CHECK_ID,
+    SERF_CHECK_NAME,
+    Check,
+    Service,
+)
+from registry.structs import Node as CatalogNode
+
+__all__ = [
+    "SERF_ALIVE_OUTPUT",
+    "SERF_FAILED_OUTPUT",
+    "STATUS_ALIVE",
+    "STATUS_LEAVING",
+    "STATUS_LEFT",
+    "STATUS_FAILED",
+    "CatalogReconciler",
+    "LanPool",
+    "member_json",
+    "member_tags",
+    "read_snapshot",
+]
+
+log = structlog.get_logger("proconsul.membership")
+
+# Consul's texts for the serfHealth check (agent/structs: SerfCheckAliveOutput, SerfCheckFailedOutput).
+SERF_ALIVE_OUTPUT = "Agent alive and reachable"
+SERF_FAILED_OUTPUT = "Agent not live or unreachable"
+# Serf's MemberStatus as /v1/agent/members reports it.
+STATUS_ALIVE, STATUS_LEAVING, STATUS_LEFT, STATUS_FAILED = 1, 2, 3, 4
+_STATUS = {MemberState.ALIVE: STATUS_ALIVE, MemberState.SUSPECT: STATUS_ALIVE, MemberState.DEAD: STATUS_FAILED,
+           MemberState.LEFT: STATUS_LEFT}  # fmt: skip
+
+SNAPSHOT_PATH = ("serf", "local.snapshot")  # Serf's snapshot, under the data dir, as Consul keeps it
+SNAPSHOT_EVERY = 1.0  # seconds: membership changes are written to the snapshot at most this often
+RECONCILE_INTERVAL = 60.0  # Consul's reconcile_interval: the leader's full pass over the member list
+REAP_GRACE = 30.0  # the local pool runs this long before its absence of a member is trusted (one push-pull)
+BATCH_WINDOW = 1.0  # seconds of further changes gathered into one entry after the first
+MAX_BATCH = 512  # operations per entry
+
+
+def member_tags(cfg: Config, acls: bool) -> dict[str, str]:
+    """The tags an agent gossips, Consul's (agent/consul/server_serf.go, client_serf.go): a server is
+    recognised by ``role=consul`` and reached on ``port``, its RPC port."""
+    tags = {"acls": "1" if acls else "0", "build": f"{CONSUL_VERSION}:proconsul", "dc": cfg.datacenter,
+            "id": cfg.node_id, "role": "consul" if cfg.server else "node", "segment": "", "vsn": "2",
+            "vsn_max": "3", "vsn_min": "2"}  # fmt: skip
+    if cfg.server:
+        tags.update({"port": str(cfg.ports.server), "raft_vsn": "3", "ft_fs": "1", "ft_si": "1"})
+        if cfg.bootstrap_expect:
+            tags["expect"] = str(cfg.bootstrap_expect)
+        if cfg.bootstrap:
+            tags["bootstrap"] = "1"
+    return tags
+
+
+def member_json(m: Member, status: int | None = None) -> dict[str, Any]:
+    """One member as Consul's /v1/agent/members shows it (api.AgentMember)."""
+    return {
+        "Name": m.name, "Addr": m.addr.host, "Port": m.addr.port, "Tags": dict(m.tags),
+        "Status": _STATUS[m.state] if status is None else status, "ProtocolMin": 1, "ProtocolMax": 5,
+        "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------- the snapshot
+
+
+def read_snapshot(path: Path) -> tuple[list[str], bool]:
+    """Serf's local.snapshot: the addresses of the members last known alive, and whether the agent left
+    (a ``leave`` line after them)."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return [], False
+    addrs: list[str] = []
+    left = False
+    for line in lines:
+        if line.startswith("alive: "):
+            parts = line[len("alive: "):].rsplit(" ", 1)
+            if len(parts) == 2:
+                addrs.append(parts[1])
+            left = False
+        elif line.strip() == "leave":
+            left = True
+    return addrs, left
+
+
+def _write_snapshot(path: Path, members: Iterable[Member], leave: bool) -> None:
+    lines = [f"alive: {m.name} {_host_port(m.addr)}" for m in members if m.state is not MemberState.LEFT]
+    if leave:
+        lines.append("leave")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
+
+
+def _host_port(a: Address) -> str:
+    return f"[{a.host}]:{a.port}" if ":" in a.host else f"{a.host}:{a.port}"
+
+
+# ---------------------------------------------------------------------- the pool
+
+
+# Asks a server's RPC port for its Serf LAN address ("host:port" of the RPC port -> the Serf address).
+SerfLookup = Callable[[str], Awaitable[Address | None]]
+
+
+class LanPool:
+    """One agent's membership of the LAN pool: the gossip driver, joining and rejoining, the member list."""
+
+    def __init__(self, driver: GossipDriver, *, retry_join: list[str], retry_interval: float, retry_max: int,
+                 rejoin_after_leave: bool, data_dir: str | None, lookup: SerfLookup,
+                 on_server: Callable[[str], None]) -> None:  # fmt: skip
+        """``lookup`` asks an address for its Serf address over RPC (the fallback for a server RPC port
+        given as a join address); ``on_server`` hears the RPC address (host:port) of every server member
+        (a client agent's server list, a server's Raft peers to say hello to)."""
+        self.driver = driver
+        self._retry_join = list(retry_join)
+        self._retry_interval = retry_interval
+        self._retry_max = retry_max
+        self._rejoin_after_leave = rejoin_after_leave
+        self._snapshot = Path(data_dir).joinpath(*SNAPSHOT_PATH) if data_dir else None
+        self._lookup = lookup
+        self._on_server = on_server
+        self._events: EventStream | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_dirty = False
+        self._serf_of: dict[str, Address] = {}  # server RPC address -> its Serf address, once asked
+        self.leaving = False
+        self.started_at = 0.0
+        self.address: Address | None = None
+
+    async def start(self) -> Address:
+        self.address = await self.driver.start()
+        self.started_at = time.monotonic()
+        self._events = self.driver.events()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._watch(self._events), name="gossip-watch"))
+        previous: list[str] = []
+        if self._snapshot is not None:
+            addrs, left = read_snapshot(self._snapshot)
+            if left and not self._rejoin_after_leave:
+                log.info("ignoring previous join, the agent left (rejoin_after_leave is off)")
+            else:
+                previous = addrs
+        if previous:
+            self._tasks.append(loop.create_task(self._rejoin(previous), name="gossip-rejoin"))
+        if self._retry_join:
+            self._tasks.append(loop.create_task(self._retry_join_loop(), name="gossip-retry-join"))
+        for m in self.driver.members():
+            self._note_server(m)
+        return self.address
+
+    async def stop(self) -> None:
+        """Stop without a word to the pool (to the others this agent has failed), as a crash looks."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        self._write_snapshot(leave=self.leaving)
+        await self.driver.stop()
+
+    async def leave(self) -> None:
+        """Serf's graceful leave: gossip it (bounded wait), record it in the snapshot, stop."""
+        self.leaving = True
+        self._write_snapshot(leave=True)
+        with contextlib.suppress(RuntimeError):
+            await self.driver.leave()
+
+    # ------------------------------------------------------------------ joining
+
+    async def join(self, addresses: Iterable[str]) -> tuple[int, list[str]]:
+        """Join through each address (Consul's JoinLAN): how many answered, and the errors of those that
+        did not, in Consul's form ("Failed to join <addr>: <why>")."""
+        joined = 0
+        errors: list[str] = []
+        for text in addresses:
+            try:
+                ok = await self._join_one(text)
+            except ValueError as exc:
+                errors.append(f"Failed to join {text}: {exc}")
+                continue
+            if ok:
+                joined += 1
+            else:
+                errors.append(f"Failed to join {text}: no gossip member answered there")
+        return joined, errors
+
+    async def _join_one(self, text: str) -> bool:
+        addr = parse_address(text)
+        if await self._push_pull(addr):
+            return True
+        # Not a gossip port: a server's RPC port, as earlier configs name (bare hosts: its default 8300).
+        rpc = text.strip() if _has_port(text) else f"{_host_port(Address(addr.host, 8300))}"
+        serf = self._serf_of.get(rpc) or await self._lookup(rpc)
+        if serf is None or serf == addr:
+            return False
+        self._serf_of[rpc] = serf
+        self._on_server(rpc)
+        return await self._push_pull(serf)
+
+    async def _push_pull(self, addr: Address) -> bool:
+        try:
+            return await self.driver.join([addr]) > 0
+        except (OSError, TimeoutError, RuntimeError):
+            return False
+
+    async def _rejoin(self, addresses: list[str]) -> None:
+        own = _host_port(self.address) if self.address is not None else ""
+        targets = [a for a in dict.fromkeys(addresses) if a != own]
+        if not targets:
+            return
+        joined, _ = await self.join(targets)
+        log.info("rejoined the members of the snapshot", contacted=joined, known=len(targets))
+
+    async def _retry_join_loop(self) -> None:
+        """Consul's retry_join: try every address until one join succeeds, every ``retry_interval``, at most
+        ``retry_max`` times (0: for ever)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            if attempt > 1 and self.driver.core.num_live > 1:
+                log.info("Join cluster completed: joined by other members", cluster="LAN")
+                return
+            joined, errors = await self.join(self._retry_join)
+            if joined:
+                log.info("Join cluster completed. Synced with initial agents", cluster="LAN", num_agents=joined)
+                return
+            if self._retry_max and attempt >= self._retry_max:
+                log.error("agent: max join retry exhausted, exiting", cluster="LAN")
+                return
+            log.warning("Join cluster failed, will retry", cluster="LAN", retry_interval=self._retry_interval,
+                        error="; ".join(errors))  # fmt: skip
+            await asyncio.sleep(self._retry_interval)
+
+    # ------------------------------------------------------------------ views
+
+    def members(self) -> list[dict[str, Any]]:
+        out = []
+        me = self.driver.name
+        for m in sorted(self.driver.members(), key=lambda m: m.name):
+            out.append(member_json(m, STATUS_LEAVING if m.name == me and self.leaving else None))
+        return out
+
+    def is_member(self, name: str) -> bool:
+        return any(m.name == name for m in self.driver.members())
+
+    def force_leave(self, name: str, prune: bool) -> bool:
+        return self.driver.force_leave(name, prune)
+
+    def member_ips(self) -> frozenset[str]:
+        return frozenset(m.addr.host for m in self.driver.members() if m.state is not MemberState.LEFT)
+
+    # ------------------------------------------------------------------ events
+
+    async def _watch(self, events: EventStream) -> None:
+        last = 0.0
+        while True:
+            event = await events.get(timeout=SNAPSHOT_EVERY)
+            if event is not None:
+                self._note_server(event.member)
+                self._snapshot_dirty = True
+            now = time.monotonic()
+            if self._snapshot_dirty and now - last >= SNAPSHOT_EVERY:
+                last = now
+                self._write_snapshot(leave=self.leaving)
+
+    def _note_server(self, m: Member) -> None:
+        port = m.tags.get("port", "")
+        if m.tags.get("role") == "consul" and port.isdigit() and m.state is not MemberState.LEFT:
+            self._on_server(_host_port(Address(m.addr.host, int(port))))
+
+    def _write_snapshot(self, leave: bool) -> None:
+        if self._snapshot is None:
+            return
+        self._snapshot_dirty = False
+        try:
+            _write_snapshot(self._snapshot, self.driver.members(), leave)
+        except (OSError, RuntimeError) as exc:
+            log.warning("could not write the serf snapshot", error=str(exc))
+
+
+def _has_port(text: str) -> bool:
+    text = text.strip()
+    return text.count(":") == 1 or (text.startswith("[") and "]:" in text)
+
+
+# ---------------------------------------------------------------------- the leader's side
+
+
+class CatalogReconciler:
+    """On the leader: the pool's membership changes as catalog writes, batched (Consul's leaderLoop with
+    reconcileCh, and its periodic full reconcile)."""
+
+    def __init__(self, *, events: EventStream, members: Callable[[], list[Member]],
+                 store: Callable[[], StateStore], propose: Callable[[MemberBatch], Awaitable[Any]],
+                 is_leader: Callable[[], bool], datacenter: str, local_name: str,
+                 pool_age: Callable[[], float]) -> None:  # fmt: skip
+        self._events = events
+        self._members = members
+        self._store = store
+        self._propose = propose
+        self._is_leader = is_leader
+        self._dc = datacenter
+        self._local = local_name
+        self._pool_age = pool_age
+        self._pending: dict[str, tuple[EventKind, Member]] = {}
+        self.entries = 0  # MemberBatch entries proposed (for tests and the benchmark)
+
+    async def run(self) -> None:
+        leading = False
+        next_full = 0.0
+        while True:
+            event = await self._events.get(timeout=1.0)
+            if event is not None:
+                self._add(event)
+                await asyncio.sleep(BATCH_WINDOW)
+                await self._drain()
+            if not self._is_leader():
+                leading = False
+                self._pending.clear()
+                continue
+            now = time.monotonic()
+            if not leading or now >= next_full:
+                # Leadership gained (or the periodic pass): every member, and the nodes no member is for.
+                leading = True
+                next_full = now + RECONCILE_INTERVAL
+                self._pending.clear()
+                await self._apply(self.full_ops())
+            elif self._pending:
+                pending, self._pending = self._pending, {}
+                ops = [op for kind, m in pending.values() if (op := self.member_op(kind, m)) is not None]
+                if not await self._apply(ops):
+                    for name, item in pending.items():
+                        self._pending.setdefault(name, item)
+                    await asyncio.sleep(1.0)
+
+    def _add(self, event: MemberEvent) -> None:
+        if event.kind in (EventKind.SUSPECT, EventKind.ALIVE):
+            return  # a suspicion changes nothing in the catalog (Serf does not even report it)
+        self._pending[event.member.name] = (event.kind, event.member)
+
+    async def _drain(self) -> None:
+        """Take what else is queued already (a queued event is handed over without waiting)."""
+        while (event := await self._events.get(timeout=0.001)) is not None:
+            self._add(event)
+
+    async def _apply(self, ops: list[Register | Deregister]) -> bool:
+        for i in range(0, len(ops), MAX_BATCH):
+            chunk = tuple(ops[i:i + MAX_BATCH])
+            try:
+                await self._propose(MemberBatch(chunk))
+            except Exception as exc:  # noqa: BLE001 - leadership lost mid-write: the next leader reconciles
+                log.warning("could not apply membership changes", error=str(exc), operations=len(chunk))
+                return False
+            self.entries += 1
+            log.debug("membership changes applied", operations=len(chunk))
+        return True
+
+    def full_ops(self) -> list[Register | Deregister]:
+        """Consul's reconcile: every member against the catalog, then (once the local pool has run long
+        enough to know everyone) the catalog's members that the pool no longer has (reconcileReaped)."""
+        members = self._members()
+        ops = [op for m in members if (op := self.member_op(_kind(m), m)) is not None]
+        if self._pool_age() >= REAP_GRACE:
+            known = {m.name for m in members}
+            store = self._store()
+            for name in sorted(store.nodes):
+                if name in known or name == self._local or SERF_CHECK_ID not in store.checks.get(name, {}):
+                    continue
+                ops.append(Deregister(name))
+        return ops
+
+    def member_op(self, kind: EventKind, m: Member) -> Register | Deregister | None:
+        """The catalog write a member's state calls for, or None when the catalog already says it."""
+        if m.tags.get("dc", self._dc) != self._dc:
+            return None
+        store = self._store()
+        node = store.nodes.get(m.name)
+        if kind in (EventKind.LEFT, EventKind.REAP) or m.state is MemberState.LEFT:
+            if node is None or m.name == self._local:
+                return None
+            return Deregister(m.name)
+        serf = store.checks.get(m.name, {}).get(SERF_CHECK_ID)
+        if kind is EventKind.FAILED or m.state is MemberState.DEAD:
+            if serf is not None and serf.status == HEALTH_CRITICAL:
+                return None
+            return self._register(m, node, HEALTH_CRITICAL, SERF_FAILED_OUTPUT, None)
+        service = None
+        port = m.tags.get("port", "")
+        if m.tags.get("role") == "consul" and port.isdigit():
+            service = Service(node=m.name, id=CONSUL_SERVICE, service=CONSUL_SERVICE, port=int(port))
+        current = store.services.get(m.name, {}).get(CONSUL_SERVICE)
+        if (node is not None and node.address == m.addr.host and serf is not None and serf.status == HEALTH_PASSING
+                and (service is None or (current is not None and current.port == service.port))):  # fmt: skip
+            return None
+        return self._register(m, node, HEALTH_PASSING, SERF_ALIVE_OUTPUT, service)
+
+    def _register(self, m: Member, node: CatalogNode | None, status: str, output: str,
+                  service: Service | None) -> Register:  # fmt: skip
+        host = m.addr.host
+        same = node is not None and node.address == host
+        row = node if same and node is not None else CatalogNode(
+            id=m.tags.get("id", "") if node is None else node.id, node=m.name, address=host, datacenter=self._dc,
+            tagged_addresses={"lan": host, "lan_ipv4": host, "wan": host, "wan_ipv4": host},
+            meta={"consul-network-segment": ""} if node is None else dict(node.meta),
+        )  # fmt: skip
+        check = Check(node=m.name, check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=status, output=output)
+        return Register(row, service, (check,), skip_node_update=same)
+
+
+def _kind(m: Member) -> EventKind:
+    return {MemberState.ALIVE: EventKind.JOIN, MemberState.SUSPECT: EventKind.JOIN, MemberState.DEAD: EventKind.FAILED,
+            MemberState.LEFT: EventKind.LEFT}[m.state]  # fmt: skip
+

@@ -1,0 +1,201 @@
+"""The gossip pool wired into the agent: a dev agent (its own leader) and gossip members beside it that speak
+the real protocol on 127.0.0.1 (each one a ``GossipDriver`` with a client agent's tags).
+
+What is checked: /v1/agent/members from the pool (Consul's fields, statuses and tags), PUT /v1/agent/join
+and force-leave with Consul's texts, and the leader's catalog: a member alive is registered with serfHealth
+passing, a failed one critical with Consul's output, a left one deregistered, many changes in few entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from registry.agent.membership import read_snapshot
+from registry.gossip import Address
+from registry.gossip.driver import GossipDriver
+from registry.testing import RunningAgent
+from tests.conftest import Http, eventually
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def client_tags(name: str) -> dict[str, str]:
+    return {"role": "node", "dc": "dc1", "id": str(uuid.uuid5(uuid.NAMESPACE_DNS, name)), "segment": "",
+            "vsn": "2", "vsn_min": "2", "vsn_max": "3", "build": "1.22.0:proconsul", "acls": "0"}  # fmt: skip
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[list[GossipDriver]]:
+    started: list[GossipDriver] = []
+    yield started
+    for d in started:
+        await d.stop()
+
+
+async def peer(peers: list[GossipDriver], name: str) -> GossipDriver:
+    d = GossipDriver(name, bind=Address("127.0.0.1", 0), tags=client_tags(name))
+    await d.start()
+    peers.append(d)
+    return d
+
+
+async def serf(http: Http, node: str) -> dict[str, str] | None:
+    status, checks, _ = await http.get(f"/v1/health/node/{node}")
+    assert status == 200
+    return next(({"Status": c["Status"], "Output": c["Output"], "Name": c["Name"]} for c in checks
+                 if c["CheckID"] == "serfHealth"), None)  # fmt: skip
+
+
+async def members(http: Http) -> dict[str, dict]:
+    status, found, _ = await http.get("/v1/agent/members")
+    assert status == 200
+    return {m["Name"]: m for m in found}
+
+
+async def test_members_join_fail_force_leave(agent: RunningAgent, http: Http, peers: list[GossipDriver]) -> None:
+    lan = agent.agent.lan
+    assert lan is not None and lan.address is not None
+    # Alone, the agent lists itself: a server, with Consul's tags and fields, on its serf_lan port.
+    me = (await members(http))["test-agent"]
+    assert (me["Addr"], me["Port"], me["Status"]) == ("127.0.0.1", lan.address.port, 1)
+    assert {k: me["Tags"][k] for k in ("role", "dc", "port", "vsn", "segment")} == {
+        "role": "consul", "dc": "dc1", "port": "8300", "vsn": "2", "segment": ""}
+    assert me["Tags"]["id"] == agent.agent.config.node_id
+    assert set(me) == {"Name", "Addr", "Port", "Tags", "Status", "ProtocolMin", "ProtocolMax", "ProtocolCur",
+                       "DelegateMin", "DelegateMax", "DelegateCur"}  # fmt: skip
+
+    # A member joins through PUT /v1/agent/join: the leader registers it, serfHealth passing at once.
+    p1 = await peer(peers, "peer-1")
+    status, body, _ = await http.put(f"/v1/agent/join/127.0.0.1:{p1.local_member.addr.port}")
+    assert status == 200, body
+
+    async def registered() -> bool:
+        return await serf(http, "peer-1") == {"Status": "passing", "Output": "Agent alive and reachable",
+                                               "Name": "Serf Health Status"}  # fmt: skip
+
+    await eventually(registered, 10)
+    _, node, _ = await http.get("/v1/catalog/node/peer-1")
+    assert node["Node"]["Address"] == "127.0.0.1" and node["Node"]["ID"] == client_tags("peer-1")["id"]
+    assert (await members(http))["peer-1"]["Status"] == 1
+
+    # It dies without a word: failed in the pool, serfHealth critical with Consul's output, still listed.
+    await p1.stop()
+    died = time.monotonic()
+
+    async def critical() -> bool:
+        return (await serf(http, "peer-1") or {}).get("Output") == "Agent not live or unreachable"
+
+    await eventually(critical, 15, interval=0.1)
+    assert time.monotonic() - died < 10
+    assert (await serf(http, "peer-1") or {})["Status"] == "critical"
+    assert (await members(http))["peer-1"]["Status"] == 4
+
+    # force-leave: an unknown name gets Consul's error; the failed member becomes left and is deregistered.
+    status, text, _ = await http.put("/v1/agent/force-leave/nobody")
+    assert (status, text) == (500, "agent: No node found with name 'nobody'")
+    status, _, _ = await http.put("/v1/agent/force-leave/peer-1")
+    assert status == 200
+    assert (await members(http))["peer-1"]["Status"] == 3
+
+    async def deregistered() -> bool:
+        return (await http.get("/v1/catalog/node/peer-1"))[1] is None
+
+    await eventually(deregistered, 10)
+    # ?prune forgets it at once.
+    assert (await http.put("/v1/agent/force-leave/peer-1?prune"))[0] == 200
+    assert "peer-1" not in await members(http)
+
+    # A join that reaches no one is Consul's 500 with the gossip layer's error list.
+    status, text, _ = await http.put("/v1/agent/join/127.0.0.1:1")
+    assert status == 500 and text.startswith("1 error occurred:\n\t* Failed to join 127.0.0.1:1"), text
+    # A WAN join needs a WAN pool.
+    status, text, _ = await http.put(f"/v1/agent/join/127.0.0.1:{lan.address.port}?wan=1")
+    assert status == 500
+
+
+async def test_graceful_leave_deregisters(agent: RunningAgent, http: Http, peers: list[GossipDriver]) -> None:
+    lan = agent.agent.lan
+    assert lan is not None and lan.address is not None
+    p2 = await peer(peers, "peer-2")
+    assert await p2.join([lan.address]) == 1
+
+    async def present() -> bool:
+        return (await serf(http, "peer-2") or {}).get("Status") == "passing"
+
+    await eventually(present, 10)
+    assert await p2.leave()
+
+    async def gone() -> bool:
+        return (await http.get("/v1/catalog/node/peer-2"))[1] is None
+
+    await eventually(gone, 10)
+    assert (await members(http))["peer-2"]["Status"] == 3
+
+
+async def test_many_changes_are_few_entries(agent: RunningAgent, http: Http, peers: list[GossipDriver]) -> None:
+    """Twenty members joining, then half of them dying at once: each wave reaches the catalog in a few
+    entries (one MemberBatch per second of changes), and no joiner is ever shown critical."""
+    lan = agent.agent.lan
+    reconciler = agent.agent.reconciler
+    assert lan is not None and lan.address is not None and reconciler is not None
+    n = 20
+    group = [await peer(peers, f"fleet-{i:02d}") for i in range(n)]
+    before = reconciler.entries
+    assert sum(await asyncio.gather(*(d.join([lan.address]) for d in group))) == n
+
+    async def statuses() -> dict[str, str]:
+        _, checks, _ = await http.get("/v1/health/state/any")
+        return {c["Node"]: c["Status"] for c in checks if c["CheckID"] == "serfHealth" and c["Node"].startswith("fleet")}
+
+    seen_critical: set[str] = set()
+
+    async def all_passing() -> bool:
+        now = await statuses()
+        seen_critical.update(k for k, v in now.items() if v == "critical")
+        return len(now) == n and set(now.values()) == {"passing"}
+
+    await eventually(all_passing, 15, interval=0.1)
+    assert not seen_critical, f"joiners shown critical: {sorted(seen_critical)}"
+    joined_entries = reconciler.entries - before
+    assert 1 <= joined_entries <= 4, joined_entries
+
+    # Half of them die together; the others (and the agent) notice, and confirm each other's suspicions.
+    doomed, survivors = group[: n // 2], group[n // 2:]
+    before = reconciler.entries
+    died = time.monotonic()
+    for d in doomed:
+        await d.stop()
+    dead_names = {d.name for d in doomed}
+
+    async def half_critical() -> bool:
+        now = await statuses()
+        return {k for k, v in now.items() if v == "critical"} == dead_names
+
+    await eventually(half_critical, 25, interval=0.1)
+    took = time.monotonic() - died
+    failed_entries = reconciler.entries - before
+    assert took < 20, took
+    assert failed_entries <= 10, failed_entries  # one entry per second of detections, at most
+    assert {k for k, v in (await statuses()).items() if v == "passing"} == {d.name for d in survivors}
+
+
+async def test_snapshot_records_members_and_leave(tmp_path: Path, peers: list[GossipDriver]) -> None:
+    """Serf's local.snapshot: the members known alive are written, and a leave is recorded so a restart
+    does not rejoin (unless rejoin_after_leave)."""
+    from registry.agent.membership import _write_snapshot
+
+    a = await peer(peers, "snap-a")
+    b = await peer(peers, "snap-b")
+    assert await a.join([b.local_member.addr]) == 1
+    path = tmp_path / "serf" / "local.snapshot"
+    _write_snapshot(path, a.members(), leave=False)
+    addrs, left = read_snapshot(path)
+    assert sorted(addrs) == sorted(f"127.0.0.1:{d.local_member.addr.port}" for d in (a, b)) and not left
+    _write_snapshot(path, a.members(), leave=True)
+    assert read_snapshot(path)[1] is True
