@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry import CONSUL_VERSION
+from registry.gossip.broadcast import BroadcastQueue
 from registry.gossip.codec import PacketRejected
 from registry.gossip.config import GossipConfig, push_pull_interval, retransmit_limit
 from registry.gossip.core import PACKET_OVERHEAD, GossipNode, Packet
@@ -157,7 +158,7 @@ class Sim:
 class ServerLink:
     name: str
     addr: Address
-    news: deque[list[Any]] = field(default_factory=deque)  # [encoded message, copies left]
+    news: BroadcastQueue = field(default_factory=BroadcastQueue)
 
 
 class Fleet:
@@ -189,6 +190,7 @@ class Fleet:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
+        self._accused: list[tuple[Sim, Message]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -376,39 +378,34 @@ class Fleet:
 
     # ------------------------------------------------------------------ toward the servers
 
-    def _tap(self, msgs: tuple[Message, ...]) -> None:
-        """News the agents exchange reaches the servers too, ``retransmit_limit`` copies each."""
+    def _tap(self, msgs: tuple[Message, ...] | list[Message], to_servers: bool = True) -> None:
+        """News the agents exchange reaches the servers too (each server's own transmit-limited queue, as
+        every member has), and an accusation reaches the accused (the epidemic reaches every member)."""
         now = self.now()
         for m in msgs:
             key = news_key(m)
             if key is None or key in self._seen:
                 continue
             self._seen[key] = now
-            if isinstance(m, Suspect):
-                self.suspected[m.node] += 1
-            data = encode_message(m)
-            copies = retransmit_limit(self.config.retransmit_mult, len(self.alive) + len(self.servers))
-            for s in self.servers:
-                s.news.append([data, copies])
+            assert isinstance(m, Alive | Suspect | Dead)
+            if isinstance(m, Suspect | Dead) and m.node in self.by_name:
+                if isinstance(m, Suspect):
+                    self.suspected[m.node] += 1
+                self._accused.append((self.by_name[m.node], m))
+            if to_servers:
+                size = len(encode_message(m))
+                # Different accusers reach a server through different members: confirmations, not
+                # replacements of each other in one queue.
+                name = f"{m.node}\x00{m.source}" if isinstance(m, Suspect) else m.node
+                for s in self.servers:
+                    s.news.queue(name, m, size)
         if len(self._seen) > 200_000:
             horizon = now - 120.0
             self._seen = {k: t for k, t in self._seen.items() if t > horizon}
 
     def _take_news(self, link: ServerLink, budget: int) -> list[bytes]:
-        out: list[bytes] = []
-        again: list[list[Any]] = []
-        while link.news and budget > 0:
-            item = link.news[0]
-            if len(item[0]) > budget:
-                break
-            link.news.popleft()
-            out.append(item[0])
-            budget -= len(item[0])
-            item[1] -= 1
-            if item[1] > 0:
-                again.append(item)
-        link.news.extend(again)
-        return out
+        limit = retransmit_limit(self.config.retransmit_mult, len(self.alive) + len(self.servers))
+        return [encode_message(m) for m in link.news.take(budget, 2, limit)]
 
     def _send(self, to: Address, encoded: list[bytes]) -> None:
         assert self.sock is not None
@@ -423,6 +420,10 @@ class Fleet:
     async def _pump(self) -> None:
         while True:
             await asyncio.sleep(PUMP_INTERVAL)
+            accused, self._accused = self._accused, []
+            for sim, msg in accused:
+                self._deliver(sim, [msg])
+            self._run()
             for link in self.servers:
                 for _ in range(PUMP_PACKETS):
                     news = self._take_news(link, BUDGET)
@@ -548,6 +549,7 @@ class Fleet:
                     self.rtts.append(now - at)
                     continue
                 kept.append(m)
+            self._tap([m for m in kept if isinstance(m, Suspect | Dead)], to_servers=False)
             if kept:
                 self._deliver(sim, kept)
                 self._run()
