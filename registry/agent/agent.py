@@ -624,6 +624,7 @@ class Agent:
             return
         t = self.telemetry
         t.add_collector(t.runtime_collector())
+        t.add_collector(t.tasks_collector(), every_second=False)
         if not self.is_client:
             t.add_collector(self._server_collector())
             t.add_collector(self._collect_members, every_second=False)
