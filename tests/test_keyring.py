@@ -3,7 +3,9 @@ JSON and error texts, and ``proconsul keygen`` / ``proconsul keyring`` against a
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -16,7 +18,10 @@ import pytest
 
 from registry.agent.gossip_keys import KEYRING_EXISTS_WARNING, gossip_codec, has_gossip_key, setup_keyring
 from registry.config import Config, ConfigError
+from registry.gossip import Address
 from registry.gossip.codec import PlainCodec
+from registry.gossip.driver import GossipDriver
+from registry.gossip.keyring import Keyring
 from registry.gossip.security import EncryptedCodec
 from registry.testing import RunningAgent, async_dev_agent, free_port
 from tests.test_cli import wait_http
@@ -149,6 +154,81 @@ async def test_an_agent_without_encryption_says_so() -> None:
                                        "* test-agent: Keyring is empty (encryption not enabled)\n\n")
         status, text = await _call(session, running, "POST", {"Key": K2})
         assert status == 500 and "No keyring to modify (encryption not enabled)" in text
+
+
+# ------------------------------------------------------------------------------------- across the pool
+
+
+async def _converged(agents: list[RunningAgent], n: int) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not all(a.agent.lan is not None and a.agent.lan.driver.core.num_live == n for a in agents):
+        assert loop.time() < deadline, "the pool did not converge"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_key_rotation_reaches_every_member_of_the_pool() -> None:
+    """Consul's rotation, run against one agent: install everywhere, use everywhere, remove the old key
+    everywhere, each a query every member answers (NumNodes 3, each key counted per member holding it);
+    the members keep talking throughout, and an outsider holding only the old key is shut out after."""
+    async with contextlib.AsyncExitStack() as stack:
+        agents = [await stack.enter_async_context(async_dev_agent(node_name=f"k{i}", encrypt=K1)) for i in range(3)]
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        seed = agents[0].agent.lan.address
+        for a in agents[1:]:
+            assert await a.agent.join([str(seed)]) == (1, [])
+        await _converged(agents, 3)
+        a0 = agents[0]
+
+        def pool(keys: dict[str, int], primary: dict[str, int]) -> list[dict[str, Any]]:
+            return [{"WAN": False, "Datacenter": "dc1", "Segment": "", "Messages": {}, "Keys": keys,
+                     "PrimaryKeys": primary, "NumNodes": 3, "Error": ""}]  # fmt: skip
+
+        assert await _call(session, a0, "GET") == (200, pool({K1: 3}, {K1: 3}))
+        assert await _call(session, a0, "POST", {"Key": K2}) == (200, "")
+        assert await _call(session, agents[2], "GET") == (200, pool({K1: 3, K2: 3}, {K1: 3}))
+        assert await _call(session, a0, "PUT", {"Key": K2}) == (200, "")
+        assert await _call(session, a0, "GET") == (200, pool({K1: 3, K2: 3}, {K2: 3}))
+        assert await _call(session, a0, "DELETE", {"Key": K1}) == (200, "")
+        assert await _call(session, agents[1], "GET") == (200, pool({K2: 3}, {K2: 3}))
+        local = await _call(session, agents[1], "GET", query="?local-only=true")
+        assert local[1][0]["NumNodes"] == 1
+        # Every member keeps every other alive under the new key, and the old key no longer opens a thing.
+        await asyncio.sleep(1.0)
+        for a in agents:
+            assert {m["Name"]: m["Status"] for m in a.agent.lan.members()} == {"k0": 1, "k1": 1, "k2": 1}
+            assert isinstance(a.agent.gossip_codec, EncryptedCodec)
+            assert a.agent.gossip_codec.keyring.list_keys() == [K2]
+        outsider = GossipDriver("outsider", bind=Address("127.0.0.1", 0),
+                                codec=EncryptedCodec(Keyring([base64.b64decode(K1)])))  # fmt: skip
+        await outsider.start()
+        try:
+            assert await outsider.join([seed], timeout=3.0) == 0
+        finally:
+            await outsider.stop()
+
+
+async def test_a_member_that_does_not_answer_is_reported() -> None:
+    """Serf's key manager: fewer answers than members is an error ("2/3 nodes reported success"); a
+    member's failure is reported with its message."""
+    async with contextlib.AsyncExitStack() as stack:
+        agents = [await stack.enter_async_context(async_dev_agent(node_name=f"m{i}", encrypt=K1)) for i in range(2)]
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        seed = agents[0].agent.lan.address
+        assert await agents[1].agent.join([str(seed)]) == (1, [])
+        # A member of the pool that answers no keyring query (a bare gossip member with the key).
+        silent = GossipDriver("silent", bind=Address("127.0.0.1", 0),
+                              codec=EncryptedCodec(Keyring([base64.b64decode(K1)])))  # fmt: skip
+        await silent.start()
+        stack.push_async_callback(silent.stop)
+        assert await silent.join([seed]) == 1
+        await _converged(agents, 3)
+        status, text = await _call(session, agents[1], "GET")
+        assert (status, text) == (500, "1 error occurred:\n\t* dc1 (LAN) error: 2/3 nodes reported success\n\n")
+        agents[1].agent.keyring_ops.keyring = None  # this member now answers with a failure
+        status, text = await _call(session, agents[0], "GET")
+        assert status == 500 and "* m1: Keyring is empty (encryption not enabled)" in text
+        assert text.startswith("2 errors occurred:\n\t* dc1 (LAN) error: 1/3 nodes reported failure")  # as Serf: failures first
 
 
 # ---------------------------------------------------------------------------------------------- CLI

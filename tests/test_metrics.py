@@ -139,3 +139,48 @@ async def test_legacy_http_names_with_disable_compat_false() -> None:
         out = json.loads((await _get(running.url + "/v1/agent/metrics"))[1])
         names = {s["Name"] for s in out["Samples"]}
         assert {"consul.http.GET.v1.kv._", "consul.api.http"} <= names
+
+
+async def test_gossip_counters_under_memberlist_and_serf_names() -> None:
+    """The pool's counters in Consul's names: bytes over UDP, members joining, the health score, and the
+    codec's refusals by reason (an unencrypted member knocking at an encrypted pool)."""
+    from registry.gossip import Address
+    from registry.gossip.driver import GossipDriver
+    from registry.gossip.keyring import Keyring, decode_key
+    from registry.gossip.security import EncryptedCodec
+    from registry.testing.agent import GOSSIP_KEY
+
+    async with async_dev_agent(encrypt=GOSSIP_KEY,
+                               telemetry={"prometheus_retention_time": "60s", "disable_hostname": True}) as running:  # fmt: skip
+        lan = running.agent.lan
+        assert lan is not None and lan.address is not None
+        plain = GossipDriver("plain", bind=Address("127.0.0.1", 0))
+        await plain.start()
+        try:
+            assert await plain.join([lan.address], timeout=2.0) == 0  # its push-pull is refused
+        finally:
+            await plain.stop()
+        member = GossipDriver("keyed", bind=Address("127.0.0.1", 0),
+                              codec=EncryptedCodec(Keyring([decode_key(GOSSIP_KEY)])))  # fmt: skip
+        await member.start()
+        try:
+            assert await member.join([lan.address]) == 1
+            for _ in range(100):
+                if lan.driver.stats["bytes_in"] and lan.driver.stats["bytes_out"]:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await member.stop()
+        running.agent.telemetry.collect()
+        _flush(running)
+        status, body, _ = await _get(running.url + "/v1/agent/metrics?format=prometheus")
+        text = body.decode()
+        assert status == 200
+        assert re.search(r'^consul_memberlist_codec_dropped\{reason="plaintext_refused"\} [1-9]', text, re.M), text
+        assert re.search(r"^consul_memberlist_streams_dropped [1-9]", text, re.M)
+        assert re.search(r"^consul_memberlist_tcp_accept [1-9]", text, re.M)
+        assert "consul_memberlist_health_score 0" in text.splitlines()
+        assert "consul_serf_members 2" in text.splitlines()
+        assert re.search(r"^consul_serf_member_join 2$", text, re.M)  # itself, as Serf reports it, and "keyed"
+        assert re.search(r"^consul_memberlist_udp_received [1-9]", text, re.M)
+        assert re.search(r"^consul_memberlist_udp_sent [1-9]", text, re.M)

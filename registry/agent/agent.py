@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import ssl
 import time
 import uuid
@@ -51,16 +52,24 @@ from registry.agent.coordinates import (
     validate_coordinate_config,
 )
 from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
-from registry.agent.gossip_keys import KeyringOps, gossip_codec, setup_keyring, validate_encrypt
+from registry.agent.gossip_keys import (
+    KEYRING_QUERIES,
+    KeyringOps,
+    gossip_codec,
+    setup_keyring,
+    validate_encrypt,
+)
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
 from registry.agent.membership import STATUS_ALIVE, CatalogReconciler, LanPool, member_tags
 from registry.agent.remote import RPC_CLIENT_APPLY
+from registry.agent.router import full_sync_delay
 from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
 from registry.agent.session_timers import SessionTimers
 from registry.agent.telemetry import (
     HELP,
     CommandTimers,
+    GossipMetrics,
     RaftMetrics,
     Telemetry,
     build_metrics,
@@ -89,6 +98,7 @@ from registry.fsm import FSM
 from registry.gossip import Address
 from registry.gossip.codec import PacketCodec, PlainCodec
 from registry.gossip.driver import GossipDriver
+from registry.gossip.security import EncryptedCodec
 from registry.logs import LogConfigError
 from registry.logs import settings_from as log_settings
 from registry.posture import (
@@ -148,6 +158,11 @@ INTERVAL_MONITORS: dict[str, type[Monitor]] = {
     "tcp": TCPMonitor, "udp": UDPMonitor, "grpc": GRPCMonitor, "h2ping": H2PingMonitor,
     "os_service": OSServiceMonitor, "script": ScriptMonitor,
 }  # fmt: skip
+
+
+# Each member's answer to a keyring query also travels through this many random members (Serf's relay
+# factor, which Consul's keyring endpoint takes as ?relay-factor): a rotation must hear from every member.
+KEYRING_RELAY_FACTOR = 2
 
 
 def _validate_tls(cfg: Config) -> None:
@@ -406,7 +421,15 @@ class Agent:
         self._rpc_client_tls = client_ctx
         self._rpc_hostname = hostname
         return RemoteServers([join_address(a) for a in cfg.retry_join], self.fsm, client_ctx, hostname,
-                             token=lambda: self.agent_token(), metrics=self.metrics)  # fmt: skip
+                             token=lambda: self.agent_token(), metrics=self.metrics,
+                             cluster_size=self._cluster_size)  # fmt: skip
+
+    def _cluster_size(self) -> int:
+        """The agents of the datacenter, as Consul counts them for its scale factors: the LAN pool's
+        members alive (or, without a pool, the catalog's nodes)."""
+        if self.lan is not None:
+            return self.lan.driver.core.num_live
+        return max(1, len(self.store.nodes))
 
     @property
     def is_client(self) -> bool:
@@ -501,6 +524,16 @@ class Agent:
                            data_dir=None if cfg.dev else cfg.data_dir, lookup=self._serf_lookup,
                            on_server=self._learn_server)  # fmt: skip
         await self.lan.start()
+        # Keyring operations across the pool: every member answers Serf's keyring queries from its own keyring.
+        ops = self.keyring_ops
+        for name in KEYRING_QUERIES.values():
+            driver.handle_query(name, lambda q: ops.answer_query(q.name, q.payload))
+
+        async def ask_pool(name: str, payload: bytes) -> tuple[dict[str, bytes], frozenset[str]]:
+            result = await driver.query(name, payload, relay_factor=KEYRING_RELAY_FACTOR, until_all=True)
+            return result.responses, result.expected
+
+        ops.attach(ask_pool)
         if not self.is_client:
             lan = self.lan
             self.reconciler = CatalogReconciler(
@@ -625,6 +658,13 @@ class Agent:
         t = self.telemetry
         t.add_collector(t.runtime_collector())
         t.add_collector(t.tasks_collector(), every_second=False)
+        if self.lan is not None:
+            driver, codec = self.lan.driver, self.gossip_codec
+            codec_stats: dict[str, int] = codec.stats if isinstance(codec, EncryptedCodec) else {}
+            t.add_collector(GossipMetrics(self.metrics, driver=lambda: driver.stats, core=lambda: driver.core.stats,
+                                          codec=lambda: codec_stats, health=lambda: driver.core.health_score,
+                                          queued=lambda: driver.core.queued_broadcasts,
+                                          members=lambda: driver.core.num_live).collect)  # fmt: skip
         if not self.is_client:
             t.add_collector(self._server_collector())
             t.add_collector(self._collect_members, every_second=False)
@@ -1153,7 +1193,10 @@ class Agent:
 
     async def _sync_loop(self) -> None:
         assert self._dirty_event is not None
-        next_full = time.monotonic() + self.config.ae_interval
+        # Consul's StateSyncer: each full sync after the interval plus a random stagger that grows with the
+        # cluster (registry/agent/router.py), so a fleet's full syncs spread out instead of arriving together.
+        rng = random.Random()
+        next_full = time.monotonic() + full_sync_delay(self.config.ae_interval, self._cluster_size(), rng)
         while True:
             timeout = max(0.0, next_full - time.monotonic())
             try:
@@ -1169,7 +1212,7 @@ class Agent:
                     await self.sync_full()
                 except Exception as exc:  # noqa: BLE001
                     log.warning("anti-entropy sync failed", error=str(exc))
-                next_full = time.monotonic() + self.config.ae_interval
+                next_full = time.monotonic() + full_sync_delay(self.config.ae_interval, self._cluster_size(), rng)
             if self._dirty:
                 await asyncio.sleep(1.0)  # failed items: retry after a pause, not in a hot loop
 

@@ -11,26 +11,39 @@ Consul's rules (agent/config/builder.go, agent/keyring.go setupBaseKeyrings):
 - ``encrypt_verify_incoming`` / ``encrypt_verify_outgoing`` (default true) are relaxed during a rolling
   upgrade from an unencrypted pool.
 
-A keyring operation in Consul is a Serf query every member of the pool answers; ``KeyringOps`` runs the
-operation on this agent's own keyring and answers in the same shape (one pool, this datacenter's LAN, with
-``NumNodes`` the members that answered). Fanning it out to every member is the gossip pool's to do: the
-pool's query calls ``KeyringOps.local_op`` on each member and sums the answers with ``merge``.
+A keyring operation in Consul is a Serf query every member of the pool answers (Serf's internal queries
+``_serf_list-keys``, ``_serf_install-key``, ``_serf_use-key``, ``_serf_remove-key``; keymanager.go). Here
+too: ``KeyringOps.run`` asks the LAN pool (``attach``: the gossip driver's ``query``), every member runs
+``local_op`` on its own keyring (``answer_query``, the handler each agent registers) and the origin sums
+the answers with ``merge`` (``NumNodes`` the members expected to answer, ``Keys`` and ``PrimaryKeys``
+how many of them hold each key, failures by member in ``Messages``). Without a pool (or ``local-only``
+for a list) the operation is this agent's own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import msgpack
 
 from registry.config import Config, ConfigError
 from registry.gossip.codec import PacketCodec, PlainCodec
 from registry.gossip.keyring import LAN_KEYRING_FILE, Keyring, KeyringError, decode_base64, decode_key
 from registry.gossip.security import EncryptedCodec
 
-__all__ = ["KeyringOps", "NodeKeyReply", "gossip_codec", "has_gossip_key", "setup_keyring", "validate_encrypt"]
+__all__ = ["KEYRING_QUERIES", "KeyringOps", "NodeKeyReply", "PoolAnswers", "gossip_codec", "has_gossip_key",
+           "setup_keyring", "validate_encrypt"]
 
 KEYRING_EXISTS_WARNING = "WARNING: LAN keyring exists but -encrypt given, using keyring"
+# Serf's internal query names (serf/internal_query.go), by operation.
+KEYRING_QUERIES = {"list": "_serf_list-keys", "install": "_serf_install-key", "use": "_serf_use-key",
+                   "remove": "_serf_remove-key"}  # fmt: skip
+_OPS = {name: op for op, name in KEYRING_QUERIES.items()}
+# Asks the pool: (query name, payload) -> each member's answer by name, and the members expected to answer.
+PoolAnswers = Callable[[str, bytes], Awaitable[tuple[dict[str, bytes], frozenset[str]]]]
 
 
 def validate_encrypt(cfg: Config) -> None:
@@ -117,7 +130,28 @@ class KeyringOps:
         self.node = node
         self.datacenter = datacenter
         self.keyring = keyring
+        self._pool: PoolAnswers | None = None
 
+    def attach(self, pool: PoolAnswers) -> None:
+        """Run operations across the LAN pool from now on (``pool`` asks every member a query)."""
+        self._pool = pool
+
+    def answer_query(self, name: str, payload: bytes) -> bytes:
+        """This member's answer to a keyring query (Serf's handleListKeys / handleModifyKeyring): the
+        request is ``{"Key": <base64>}``, the answer Serf's nodeKeyResponse ``{Result, Message, Keys,
+        PrimaryKey}``, msgpack-encoded."""
+        op = _OPS[name]
+        key = ""
+        if op != "list":
+            try:
+                request = msgpack.unpackb(payload, raw=False, max_str_len=256, max_map_len=4)
+                key = request["Key"] if isinstance(request, dict) and isinstance(request.get("Key"), str) else ""
+            except Exception:  # noqa: BLE001 - any malformed request is answered as Serf answers it
+                key = ""
+            if not key:
+                reply = NodeKeyReply(self.node, False, "Failed to decode key request")
+                return _encode_reply(reply)
+        return _encode_reply(self.local_op(op, key))
     def local_op(self, op: str, key: str = "") -> NodeKeyReply:
         """Run ``op`` (list, install, use, remove) on this member's keyring, as Serf's internal query
         handlers do (handleListKeys, handleModifyKeyring), with their messages."""
@@ -139,7 +173,7 @@ class KeyringOps:
             return NodeKeyReply(self.node, False, f"Failed to write keyring file: {exc.strerror or exc}")
         return NodeKeyReply(self.node, True, keys=ring.list_keys(), primary=ring.primary_key)
 
-    def run(self, op: str, key: str = "") -> tuple[list[dict[str, Any]], str]:
+    async def run(self, op: str, key: str = "", local_only: bool = False) -> tuple[list[dict[str, Any]], str]:
         """The operation over the pool: Consul's list of KeyringResponse (one, the LAN pool of this
         datacenter) and the error text Consul's HTTP endpoint answers 500 with ("" if none)."""
         if op != "list":
@@ -148,8 +182,13 @@ class KeyringOps:
             except KeyringError as exc:  # Serf refuses the request before querying anyone
                 response = self._response([], str(exc))
                 return [response], keyring_errors([response])
-        replies = [self.local_op(op, key)]
-        response = merge(self.datacenter, replies)
+        if self._pool is None or local_only:
+            response = merge(self.datacenter, [self.local_op(op, key)])
+            return [response], keyring_errors([response])
+        payload = b"" if op == "list" else msgpack.packb({"Key": key})
+        answers, expected = await self._pool(KEYRING_QUERIES[op], payload)
+        replies = [_decode_reply(node, data) for node, data in sorted(answers.items())]
+        response = merge(self.datacenter, replies, num_nodes=len(expected | answers.keys()))
         return [response], keyring_errors([response])
 
     def _response(self, replies: list[NodeKeyReply], error: str) -> dict[str, Any]:
@@ -157,9 +196,31 @@ class KeyringOps:
                 "PrimaryKeys": {}, "NumNodes": len(replies), "Error": error}  # fmt: skip
 
 
-def merge(datacenter: str, replies: list[NodeKeyReply]) -> dict[str, Any]:
+def _encode_reply(reply: NodeKeyReply) -> bytes:
+    return msgpack.packb({"Result": reply.ok, "Message": reply.message, "Keys": reply.keys,
+                          "PrimaryKey": reply.primary})  # fmt: skip
+
+
+def _decode_reply(node: str, data: bytes) -> NodeKeyReply:
+    """A member's answer, or a failure saying it could not be read (Serf: "Failed to decode response")."""
+    try:
+        raw = msgpack.unpackb(data, raw=False, max_array_len=1024, max_map_len=8)
+    except Exception:  # noqa: BLE001 - whatever a member sent, it is its failure, not ours
+        raw = None
+    if (not isinstance(raw, dict) or not isinstance(raw.get("Result"), bool)
+            or not isinstance(raw.get("Message", ""), str) or not isinstance(raw.get("Keys", []), list)
+            or not all(isinstance(k, str) for k in raw.get("Keys", []))
+            or not isinstance(raw.get("PrimaryKey", ""), str)):  # fmt: skip
+        return NodeKeyReply(node, False, "Failed to decode response")
+    return NodeKeyReply(node, raw["Result"], raw.get("Message", ""), list(raw.get("Keys", [])),
+                        raw.get("PrimaryKey", ""))  # fmt: skip
+
+
+def merge(datacenter: str, replies: list[NodeKeyReply], num_nodes: int | None = None) -> dict[str, Any]:
     """The members' answers summed as Serf's keyManager does: each key counted once per member holding
-    it, the failures' messages by member name, and Serf's error when any failed."""
+    it, the failures' messages by member name, and Serf's errors: ``N/M nodes reported failure`` when any
+    failed, ``N/M nodes reported success`` when fewer answered than ``num_nodes`` (the members asked;
+    those that answered by default)."""
     keys: dict[str, int] = {}
     primary: dict[str, int] = {}
     messages: dict[str, str] = {}
@@ -172,9 +233,14 @@ def merge(datacenter: str, replies: list[NodeKeyReply]) -> dict[str, Any]:
             keys[k] = keys.get(k, 0) + 1
         if reply.primary:
             primary[reply.primary] = primary.get(reply.primary, 0) + 1
-    error = f"{failed}/{len(replies)} nodes reported failure" if failed else ""
+    nodes = len(replies) if num_nodes is None else max(num_nodes, len(replies))
+    error = ""
+    if failed:
+        error = f"{failed}/{nodes} nodes reported failure"
+    elif len(replies) != nodes:
+        error = f"{len(replies)}/{nodes} nodes reported success"
     return {"WAN": False, "Datacenter": datacenter, "Segment": "", "Messages": messages, "Keys": keys,
-            "PrimaryKeys": primary, "NumNodes": len(replies), "Error": error}  # fmt: skip
+            "PrimaryKeys": primary, "NumNodes": nodes, "Error": error}  # fmt: skip
 
 
 def keyring_errors(responses: list[dict[str, Any]]) -> str:

@@ -4,6 +4,12 @@ The client learns the servers from ``retry_join`` addresses (their server ports)
 RPC servers use among themselves, follows the leader they report, and re-resolves it when a call says
 "not the leader" or a connection fails. Reads of the catalog, health and KV are forwarded by the HTTP
 layer to a server's HTTP API (``http_target``), so blocking queries block on the server that has the data.
+
+Which server: as Consul's router does (``registry.agent.router.ServerPicker``), one server picked at
+random, kept until the rebalance interval runs out or a request to it fails, so a fleet's requests spread
+over all servers instead of converging on the leader. Any server answers any read: a default or
+``consistent`` read is confirmed with the leader by the server that serves it, a ``stale`` one is
+answered from its replica.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from registry.agent.router import ServerPicker
 from registry.consensus import CommandResults, NotLeaderError, RPCError
 from registry.fsm import FSM
 from registry.metrics import NO_COUNTER, Metrics
@@ -33,7 +40,10 @@ class RemoteServers:
     """The ``Consensus`` of a client agent: it is never the leader and holds no Raft configuration."""
 
     def __init__(self, join: list[str], fsm: FSM, ssl_ctx: Any = None, server_hostname: str | None = None,
-                 token: Callable[[], str] = lambda: "", metrics: Metrics | None = None) -> None:  # fmt: skip
+                 token: Callable[[], str] = lambda: "", metrics: Metrics | None = None,
+                 cluster_size: Callable[[], int] = lambda: 1, rng: random.Random | None = None) -> None:  # fmt: skip
+        """``cluster_size``: the agents in the datacenter (the LAN pool's), which stretches the rebalance
+        interval in a large cluster."""
         self.fsm = fsm
         # Consul's consul.client.rpc and .failed: every call this client agent makes to the servers.
         self._rpc = metrics.counter("client.rpc") if metrics is not None else NO_COUNTER
@@ -47,6 +57,8 @@ class RemoteServers:
         self.leader: dict[str, str] | None = None
         self._clients: dict[str, RPCClient] = {}
         self._last_contact = 0.0
+        self._cluster_size = cluster_size
+        self._picker = ServerPicker(rng or random.Random())
 
     def _client(self, address: str) -> RPCClient:
         c = self._clients.get(address)
@@ -119,13 +131,16 @@ class RemoteServers:
     async def barrier_read(self, consistency: str) -> None:
         return None  # reads are forwarded to a server, which applies the barrier
 
+    def _http_servers(self) -> list[str]:
+        found = [s["http"] for s in self.servers.values() if s.get("http")]
+        if not found and self.leader and self.leader.get("http"):
+            found = [self.leader["http"]]
+        return found
+
     def http_target(self) -> str | None:
-        if self.leader and self.leader.get("http"):
-            return self.leader["http"]
-        for s in self.servers.values():
-            if s.get("http"):
-                return s["http"]
-        return None
+        """The server this agent's forwarded requests go to now (Consul's router: a random server,
+        rebalanced now and then, changed when a request to it fails)."""
+        return self._picker.pick(self._http_servers(), time.monotonic(), self._cluster_size())
 
     def leader_address(self) -> str:
         return self.leader["address"] if self.leader else ""
@@ -163,4 +178,9 @@ class RemoteServers:
         return None  # servers forward nothing to a client
 
     def forget_leader(self) -> None:
+        """A request to the servers failed: look the leader up again, and move forwarded requests to
+        another server (Consul's NotifyFailedServer)."""
         self.leader = None
+        current = self._picker.current
+        if current is not None:
+            self._picker.failed(current, self._http_servers(), time.monotonic(), self._cluster_size())

@@ -24,7 +24,7 @@ import gc
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,74 @@ HELP: dict[str, str] = {
 # within LastContactThreshold and its log trails the leader's by at most MaxTrailingLogs.
 LAST_CONTACT_THRESHOLD = 0.2
 MAX_TRAILING_LOGS = 250
+
+
+# The gossip pool's counters as Consul's memberlist and Serf metrics: (where the count is kept, its key in the
+# driver's, the core's or the codec's stats) -> (metric, help).  Counters grow by what the stats grew by
+# since the last reading.
+GOSSIP_COUNTERS: dict[tuple[str, str], tuple[str, str]] = {
+    ("driver", "bytes_in"): ("memberlist.udp.received", "Bytes of gossip received over UDP."),
+    ("driver", "bytes_out"): ("memberlist.udp.sent", "Bytes of gossip sent over UDP."),
+    ("driver", "tcp_accept"): ("memberlist.tcp.accept", "Gossip stream (TCP) connections accepted."),
+    ("driver", "tcp_connect"): ("memberlist.tcp.connect", "Gossip stream (TCP) connections opened."),
+    ("driver", "stream_bytes_out"): ("memberlist.tcp.sent", "Bytes of gossip sent over TCP."),
+    ("driver", "packets_dropped"): ("memberlist.packets.dropped",
+                                    "Gossip packets dropped: undecodable or refused by the codec."),
+    ("driver", "streams_dropped"): ("memberlist.streams.dropped",
+                                    "Gossip streams dropped: undecodable or refused by the codec."),
+    ("driver", "member_join"): ("serf.member.join", "Members that joined (or came back), as this agent saw it."),
+    ("driver", "member_failed"): ("serf.member.failed", "Members declared failed, as this agent saw it."),
+    ("driver", "member_left"): ("serf.member.left", "Members that left, as this agent saw it."),
+    ("driver", "member_update"): ("serf.member.update", "Members whose tags changed, as this agent saw it."),
+    ("driver", "member_suspect"): ("memberlist.msg.suspect", "Members suspected of failure, as this agent saw it."),
+    ("core", "degraded_timeouts"): ("memberlist.degraded.timeout",
+                                    "Suspicions that ran out without the expected confirmations."),
+    ("core", "refuted_suspect"): ("memberlist.msg.refuted", "Suspicions of this agent it refuted."),
+    ("core", "queries_out"): ("serf.queries", "Queries this agent asked the pool."),
+    ("core", "queries_in"): ("serf.queries.received", "Queries of other members this agent handled."),
+    ("core", "query_acks_in"): ("serf.query_acks", "Acknowledgements received for this agent's queries."),
+    ("core", "query_responses_in"): ("serf.query_responses", "Answers received for this agent's queries."),
+}
+# The codec's refusals, by reason, under one counter with a ``reason`` label.
+GOSSIP_CODEC_DROPS = ("truncated", "bad_version", "undecryptable", "plaintext_refused", "stale", "replayed",
+                      "replay_cache_evicted", "plaintext_accepted")  # fmt: skip
+
+
+class GossipMetrics:
+    """Reads the gossip pool's counters (the driver's, the core's and the codec's ``stats``) once a second
+    into the registry under Consul's memberlist and Serf names, and its health score and broadcast queue as
+    gauges.  The sources are callables so this module stays apart from the gossip package."""
+
+    def __init__(self, metrics: Metrics, *, driver: Callable[[], Mapping[str, int]],
+                 core: Callable[[], Mapping[str, int]], codec: Callable[[], Mapping[str, int]],
+                 health: Callable[[], int], queued: Callable[[], int], members: Callable[[], int]) -> None:  # fmt: skip
+        self._sources = {"driver": driver, "core": core, "codec": codec}
+        self._last: dict[tuple[str, str], int] = {}
+        self._counters = {src: metrics.counter(name, (), help_text)
+                          for src, (name, help_text) in GOSSIP_COUNTERS.items()}  # fmt: skip
+        self._drops = {reason: metrics.counter("memberlist.codec.dropped", (("reason", reason),),
+                                               "Gossip packets the codec refused, by reason.")
+                       for reason in GOSSIP_CODEC_DROPS}  # fmt: skip
+        self._health = metrics.gauge("memberlist.health.score", (), "This agent's Lifeguard health score (0 best).")
+        self._queued = metrics.gauge("memberlist.queue.broadcasts", (), "Gossip broadcasts waiting to be sent.")
+        self._members = metrics.gauge("serf.members", (), "Members of the LAN pool alive or suspect, this one included.")
+        self._health_fn, self._queued_fn, self._members_fn = health, queued, members
+
+    def collect(self) -> None:
+        stats = {name: fn() for name, fn in self._sources.items()}
+        for key, counter in self._counters.items():
+            self._bump(key, stats[key[0]].get(key[1], 0), counter)
+        for reason, counter in self._drops.items():
+            self._bump(("codec", reason), stats["codec"].get(reason, 0), counter)
+        self._health.set(float(self._health_fn()))
+        self._queued.set(float(self._queued_fn()))
+        self._members.set(float(self._members_fn()))
+
+    def _bump(self, key: tuple[str, str], value: int, counter: Counter) -> None:
+        grown = value - self._last.get(key, 0)
+        self._last[key] = value
+        if grown > 0:
+            counter.inc(grown)
 
 
 def build_metrics(cfg: Config, now: float) -> Metrics:

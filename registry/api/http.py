@@ -72,7 +72,8 @@ MAX_BODY = 8 * 1024 * 1024  # non-KV bodies; KV has its own, smaller, configurab
 CACHE_MAX = 4096
 _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 # Paths a client agent answers itself (with its own ACL resolver) instead of forwarding to a server.
-# The keyring is each agent's own until the gossip pool carries keyring queries (registry/agent/gossip_keys.py).
+# Keyring operations are queries to the LAN pool, which every agent (a client agent too) is a member of and
+# can ask itself (registry/agent/gossip_keys.py), where Consul's client agent forwards them to a server.
 CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize", "/v1/operator/keyring"})
 HTTP_TIMERS = web.RequestKey("http_timers", tuple)  # the timers of the route serving a request
 # User events are each agent's own (its buffer, its fire), as Consul's are.

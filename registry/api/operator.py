@@ -179,14 +179,16 @@ def _json_kind(value: Any) -> str:
 
 async def operator_keyring(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     """Consul's OperatorKeyringEndpoint: GET lists the keys, POST installs one, PUT makes one primary, DELETE
-    removes one. A failure anywhere in the pool answers 500 with Consul's error text (the pool's error,
+    removes one, each across the LAN pool (a Serf query every member answers; ``local-only`` lists this
+    agent's keys alone). A failure anywhere in the pool answers 500 with Consul's error text (the pool's error,
     then each member's message); a write answers an empty 200."""
     if api.keyring is None:
         raise HTTPError(500, "keyring operations are not available on this agent")
     body = b"" if request.method == "GET" else await api.read_body(request)
     key = _keyring_request(request, body)
     op = {"GET": "list", "POST": "install", "PUT": "use", "DELETE": "remove"}[request.method]
-    responses, error = api.keyring.run(op, key)
+    local_only = request.query.get("local-only", "") in ("1", "t", "T", "true", "TRUE", "True")
+    responses, error = await api.keyring.run(op, key, local_only)
     if error:
         raise HTTPError(500, error)
     if op == "list":

@@ -6,7 +6,19 @@ here; the asyncio driver (``registry.gossip.driver``) opens sockets, so only the
 
 from registry.gossip.codec import PacketCodec, PacketRejected, PlainCodec
 from registry.gossip.config import GossipConfig
-from registry.gossip.core import EventKind, GossipNode, Member, MemberEvent, Packet, PingResult, StreamRequest
+from registry.gossip.core import (
+    EventKind,
+    GossipNode,
+    Member,
+    MemberEvent,
+    Packet,
+    PingResult,
+    QueryAnswer,
+    QueryDone,
+    QueryError,
+    QueryEvent,
+    StreamRequest,
+)
 from registry.gossip.messages import Address, MemberState, MessageDecodeError
 
 __all__ = [
@@ -23,5 +35,9 @@ __all__ = [
     "PacketRejected",
     "PingResult",
     "PlainCodec",
+    "QueryAnswer",
+    "QueryDone",
+    "QueryError",
+    "QueryEvent",
     "StreamRequest",
 ]

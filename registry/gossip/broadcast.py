@@ -4,7 +4,8 @@ Membership news (alive, suspect, dead) rides on packets a member sends anyway (p
 piece of news is sent a limited number of times, ``retransmit_mult * ceil(log10(n + 1))``, enough for an
 epidemic to reach every member with high probability; the news sent least often goes first and, among
 equals, the newest.  A newer message about a node replaces an older one (memberlist's named broadcasts:
-a refutation invalidates the suspicion it answers).
+a refutation invalidates the suspicion it answers).  Serf's queries ride in the same queue under their
+own key (origin and query id), so one query never replaces another, nor news about a member.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["BroadcastQueue", "QueuedBroadcast"]
 
 @dataclass(slots=True)
 class QueuedBroadcast:
-    node: str
+    node: str | tuple[str, int]
     message: Broadcast
     size: int
     transmits: int
@@ -31,19 +32,20 @@ class BroadcastQueue:
     """Broadcasts bucketed by how often each was sent; ``take`` fills a packet's spare room."""
 
     def __init__(self) -> None:
-        self._by_node: dict[str, QueuedBroadcast] = {}
+        self._by_node: dict[str | tuple[str, int], QueuedBroadcast] = {}
         # transmits -> {node: broadcast}
-        self._buckets: dict[int, dict[str, QueuedBroadcast]] = {}
+        self._buckets: dict[int, dict[str | tuple[str, int], QueuedBroadcast]] = {}
         self._serial = 0
 
     def __len__(self) -> int:
         return len(self._by_node)
 
-    def __contains__(self, node: str) -> bool:
+    def __contains__(self, node: str | tuple[str, int]) -> bool:
         return node in self._by_node
 
-    def queue(self, node: str, message: Broadcast, size: int, on_done: Callable[[], None] | None = None) -> None:
-        """Queue news about ``node``, replacing what was queued about it (invalidation)."""
+    def queue(self, node: str | tuple[str, int], message: Broadcast, size: int, on_done: Callable[[], None] | None = None) -> None:
+        """Queue news about ``node`` (a member's name, or a query's (origin, id)), replacing what was queued
+        about it (invalidation)."""
         old = self._by_node.pop(node, None)
         if old is not None:
             bucket = self._buckets[old.transmits]

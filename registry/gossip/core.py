@@ -22,6 +22,8 @@ The driver owns the sockets and the clock.  It loops::
                               (None on any failure or after config.tcp_timeout)
         node.take_events()  -> membership events (join, update, suspect, alive, failed, left, reap)
         node.take_pings()   -> round-trip times of direct probes, with the peer's ack payload
+        node.take_queries() -> queries to answer (``respond(now, q.id, q.origin, payload)`` before q.deadline)
+        node.take_query_results() -> answers and acks to our own queries, then QueryDone at their deadline
 
 Losing, delaying, duplicating or reordering packets is fine (UDP).  Calling ``tick`` late is what a
 stalled process does: when a call comes more than ``config.stall_tolerance`` after a due timer, the core
@@ -47,6 +49,11 @@ Design decisions
   with one random member every ``push_pull_interval`` (scaled up with the pool's size) and on join.
 * A dead or suspect state heard in a push-pull is taken as a suspicion only (memberlist's mergeState), so
   a stale list cannot kill a live member.  A leave is a ``Dead`` from the member itself with ``left``.
+* Serf's queries (query.go): ``query`` disseminates a request through the broadcast queue like membership
+  news; every member handles it once (deduplicated by origin and id, bounded), answers it if it passes
+  the filters, acks it if asked, and sends the answer straight to the origin (UDP, or TCP when larger than
+  a packet).  The origin collects answers until the deadline; each member's deadline is its receipt time
+  plus the query's relative timeout.
 * Serf's parts: tags travel with alive messages; failed members are retried now and then (Serf's
   reconnect, which heals a partition whose sides declared each other dead); failed and left members are
   forgotten after ``reconnect_timeout`` / ``tombstone_timeout`` (a ``REAP`` event).
@@ -56,16 +63,23 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import Counter
+import re
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
 
 from registry.gossip.broadcast import BroadcastQueue
-from registry.gossip.config import GossipConfig, push_pull_interval, retransmit_limit
+from registry.gossip.config import GossipConfig, push_pull_interval, query_timeout, retransmit_limit
 from registry.gossip.messages import (
     MAX_PAYLOAD_BYTES,
+    MAX_QUERY_FILTERS,
+    MAX_QUERY_NAME_BYTES,
+    MAX_QUERY_PAYLOAD_BYTES,
+    MAX_QUERY_TIMEOUT_MS,
+    MAX_RELAY_FACTOR,
+    MAX_RESPONSE_BYTES,
     MAX_U32,
     Ack,
     Address,
@@ -79,6 +93,9 @@ from registry.gossip.messages import (
     Ping,
     PushPull,
     PushState,
+    Query,
+    QueryResponse,
+    Relay,
     StreamMessage,
     Suspect,
     encoded_size,
@@ -96,12 +113,28 @@ __all__ = [
     "StreamRequest",
     "Outgoing",
     "PingResult",
+    "QueryEvent",
+    "QueryAnswer",
+    "QueryDone",
+    "QueryError",
     "PACKET_OVERHEAD",
+    "MAX_PENDING_QUERIES",
+    "MAX_SEEN_QUERIES",
 ]
 
 # The version byte and the largest msgpack array header of a packet.
 PACKET_OVERHEAD: Final = 1 + 5
 _REAP_INTERVAL: Final = 15.0  # Serf's ReapInterval
+MAX_PENDING_QUERIES: Final = 64  # our own queries awaiting answers at once
+MAX_SEEN_QUERIES: Final = 4096  # queries remembered for deduplication (Serf's QueryBuffer keeps 512 clocks)
+# A query is remembered this long past its deadline: copies still travelling in the pool's gossip are not
+# handled again.
+QUERY_SEEN_GRACE: Final = 60.0
+_UNSAFE_PATTERN: Final = re.compile(r"\)[*+?{]|\\[1-9]")
+
+
+class QueryError(ValueError):
+    """A query or response refused, in Serf's words (query.go)."""
 
 
 class EventKind(Enum):
@@ -172,6 +205,55 @@ class PingResult:
     payload: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class QueryEvent:
+    """A query for this member to answer (Serf's EventQuery); ``deadline`` is in this member's time."""
+
+    id: int
+    origin: str
+    name: str
+    payload: bytes
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    """An answer (or, ``ack``, an acknowledgement) from ``node`` to this member's query ``id``."""
+
+    id: int
+    node: str
+    ack: bool
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QueryDone:
+    """This member's query ``id`` reached its deadline: no more answers are taken."""
+
+    id: int
+    responses: int
+    acks: int
+
+
+@dataclass(slots=True)
+class _OwnQuery:
+    query: Query
+    deadline: float
+    resend_at: float
+    expected: frozenset[str]  # the live members that pass the filters when it was asked
+    responded: set[str]
+    acked: set[str]
+
+
+@dataclass(slots=True)
+class _SeenQuery:
+    origin_addr: Address
+    deadline: float
+    forget_at: float
+    relay_factor: int = 0
+    responded: bool = False
+
+
 @dataclass(slots=True)
 class _Node:
     name: str
@@ -212,7 +294,7 @@ class _Forward:
 
 @dataclass(slots=True)
 class _Call:
-    kind: str  # "push-pull" | "join" | "ping"
+    kind: str  # "push-pull" | "join" | "ping" | "response"
     started: float
     seq: int = 0
 
@@ -227,6 +309,8 @@ class _Timer(Enum):
     PUSH_PULL = 6
     RECONNECT = 7
     REAP = 8
+    QUERY = 9
+    QUERY_RESEND = 10
 
 
 class GossipNode:
@@ -281,6 +365,10 @@ class GossipNode:
         self._stall_mark = now
         self._states: tuple[PushState, ...] | None = None  # _local_states(), until membership changes
         self._push_pull_span = self.config.push_pull_interval
+        self._queries: dict[int, _OwnQuery] = {}
+        self._seen_queries: OrderedDict[tuple[str, int], _SeenQuery] = OrderedDict()
+        self._query_events: list[QueryEvent] = []
+        self._query_results: list[QueryAnswer | QueryDone] = []
         self.stats: Counter[str] = Counter()
 
         self._incarnation = 1
@@ -330,6 +418,13 @@ class GossipNode:
                 case Nack():
                     if self._probe is not None and self._probe.seq == msg.seq:
                         self._probe.nacks += 1
+                case Query():
+                    self._on_query(msg)
+                case QueryResponse():
+                    self._on_query_response(msg)
+                case Relay():
+                    self.stats["query_relayed"] += 1
+                    self._send(msg.to, [msg.response])
 
     def handle_stream(self, now: float, message: StreamMessage) -> StreamMessage | None:
         """Answer a stream request: a push-pull with our state (then merge theirs), a TCP ping with an ack."""
@@ -345,6 +440,9 @@ class GossipNode:
                     self.stats["ping_wrong_node"] += 1
                     return None
                 return Ack(message.seq, self._ack_payload)
+            case QueryResponse():
+                self._on_query_response(message)
+                return Ack(message.id)
         return None
 
     def stream_response(self, now: float, token: int, reply: StreamMessage | None) -> bool:
@@ -353,6 +451,10 @@ class GossipNode:
         call = self._calls.pop(token, None)
         if call is None:
             return False
+        if call.kind == "response":
+            if not isinstance(reply, Ack):
+                self.stats["query_responses_failed"] += 1
+            return isinstance(reply, Ack)
         if call.kind == "ping":
             ok = isinstance(reply, Ack) and reply.seq == call.seq
             if ok and self._probe is not None and self._probe.seq == call.seq:
@@ -427,6 +529,154 @@ class GossipNode:
             raise ValueError(f"an ack payload is at most {MAX_PAYLOAD_BYTES} bytes")
         self._ack_payload = bytes(payload)
 
+    # -- queries (Serf's query.go) --------------------------------------------------------------------
+
+    def query(self, now: float, name: str, payload: bytes = b"", *, timeout: float | None = None,
+              ack: bool = False, filter_nodes: Sequence[str] = (), filter_tags: Mapping[str, str] | None = None,
+              relay_factor: int = 0) -> int:  # fmt: skip
+        """Ask the pool: returns the query's id.  Answers and acks come out of ``take_query_results`` until
+        a ``QueryDone`` at the deadline (``timeout``, by default Serf's DefaultQueryTimeout for the pool's
+        size).  This member handles its own query too (it appears in ``take_queries``), as Serf's does.
+        ``relay_factor`` (0-5): answers also travel through that many random members.  Raises QueryError
+        for an oversized query or too many in flight."""
+        self._enter(now)
+        if not name or len(name.encode()) > MAX_QUERY_NAME_BYTES:
+            raise QueryError(f"query name must be 1 to {MAX_QUERY_NAME_BYTES} bytes")
+        if len(payload) > MAX_QUERY_PAYLOAD_BYTES:
+            raise QueryError(f"query exceeds limit of {MAX_QUERY_PAYLOAD_BYTES} bytes")
+        if len(filter_nodes) > MAX_QUERY_FILTERS or len(filter_tags or {}) > MAX_QUERY_FILTERS:
+            raise QueryError(f"a query has at most {MAX_QUERY_FILTERS} filters of each kind")
+        if not 0 <= relay_factor <= MAX_RELAY_FACTOR:
+            raise QueryError(f"relay factor must be 0 to {MAX_RELAY_FACTOR}")
+        if len(self._queries) >= MAX_PENDING_QUERIES:
+            raise QueryError(f"too many queries in flight (at most {MAX_PENDING_QUERIES})")
+        if timeout is None:
+            timeout = query_timeout(self.config.gossip_interval, self.config.query_timeout_mult, self._live)
+        timeout_ms = min(MAX_QUERY_TIMEOUT_MS, max(1, int(timeout * 1000)))
+        qid = self._rng.getrandbits(32)
+        while qid in self._queries or (self.name, qid) in self._seen_queries:
+            qid = self._rng.getrandbits(32)
+        q = Query(qid, name, bytes(payload), self.name, self.addr, timeout_ms, ack,
+                  tuple(validate_name(n, "filter node") for n in filter_nodes), dict(filter_tags or {}),
+                  relay_factor)  # fmt: skip
+        if encoded_size(q) > self._budget:
+            raise QueryError(f"query exceeds limit of {self._budget} bytes")
+        deadline = now + timeout_ms / 1000
+        expected = frozenset(n.name for n in self._nodes.values()
+                             if n.state in (MemberState.ALIVE, MemberState.SUSPECT) and _matches(q, n.name, n.tags))  # fmt: skip
+        own = _OwnQuery(q, deadline, now + timeout_ms / 2000, expected, set(), set())
+        self._queries[qid] = own
+        self._push(deadline, _Timer.QUERY, qid)
+        self._push(own.resend_at, _Timer.QUERY_RESEND, qid)
+        self.stats["queries_out"] += 1
+        self._on_query(q)
+        return qid
+
+    def respond(self, now: float, query_id: int, origin: str, payload: bytes = b"") -> None:
+        """Answer a query from ``take_queries`` (Serf's Query.Respond): once, before its deadline, at most
+        ``MAX_RESPONSE_BYTES``; in one UDP packet when it fits, else over TCP."""
+        self._enter(now)
+        seen = self._seen_queries.get((origin, query_id))
+        if seen is None:
+            raise QueryError("unknown query")
+        if seen.responded:
+            raise QueryError("response already sent")
+        if now > seen.deadline:
+            raise QueryError("response is past the deadline")
+        if len(payload) > MAX_RESPONSE_BYTES:
+            raise QueryError(f"response exceeds limit of {MAX_RESPONSE_BYTES} bytes")
+        seen.responded = True
+        self._answer(origin, seen.origin_addr, QueryResponse(query_id, self.name, False, bytes(payload)),
+                     seen.relay_factor)  # fmt: skip
+
+    def take_queries(self) -> list[QueryEvent]:
+        out, self._query_events = self._query_events, []
+        return out
+
+    def take_query_results(self) -> list[QueryAnswer | QueryDone]:
+        out, self._query_results = self._query_results, []
+        return out
+
+    @property
+    def pending_queries(self) -> int:
+        return len(self._queries)
+
+    def query_expected(self, query_id: int) -> frozenset[str]:
+        """The members expected to answer our query: those alive (or suspect) that pass its filters."""
+        q = self._queries.get(query_id)
+        return q.expected if q is not None else frozenset()
+
+    def _query_resend(self, qid: int) -> None:
+        """Halfway to the deadline, the query goes straight to each expected member that has neither
+        answered nor acknowledged.  Gossip reaches each member with high probability, not certainty
+        (each copy is sent a limited number of times); Serf leaves the rest to chance, an operation that
+        must reach every member (a key rotation) should not."""
+        q = self._queries[qid]
+        for name in sorted(q.expected - q.responded - q.acked - {self.name}):
+            node = self._nodes.get(name)
+            if node is not None and node.state in (MemberState.ALIVE, MemberState.SUSPECT):
+                self.stats["queries_resent"] += 1
+                self._send(node.addr, [q.query])
+
+    def _answer(self, origin: str, addr: Address, msg: QueryResponse, relay_factor: int) -> None:
+        if origin == self.name:
+            self._on_query_response(msg)
+            return
+        self.stats["query_acks_out" if msg.ack else "query_responses_out"] += 1
+        if 64 + len(msg.source) * 4 + len(msg.payload) + len(addr.host) > self._budget:
+            self._stream(addr, msg, _Call("response", self._now))
+            return
+        self._send(addr, [msg])
+        if relay_factor and len(msg.payload) <= MAX_PAYLOAD_BYTES:
+            # Serf's relayResponse: the same answer through random live members, to the origin.
+            relay = Relay(addr, msg)
+            for peer in self._k_random(relay_factor, lambda n: n.name != origin and n.state is MemberState.ALIVE):
+                self._send(peer.addr, [relay])
+
+    def _on_query(self, q: Query) -> None:
+        """Serf's handleQuery: once per (origin, id); rebroadcast; ack and hand over if the filters pass."""
+        key = (q.source, q.id)
+        seen = self._seen_queries
+        if key in seen:
+            self.stats["queries_duplicate"] += 1
+            return
+        while seen and (len(seen) >= MAX_SEEN_QUERIES or next(iter(seen.values())).forget_at < self._now):
+            seen.popitem(last=False)
+        timeout = q.timeout_ms / 1000
+        deadline = self._now + timeout
+        seen[key] = _SeenQuery(q.source_addr, deadline, deadline + QUERY_SEEN_GRACE, q.relay_factor)
+        if q.source != self.name:
+            self.stats["queries_in"] += 1
+        self._broadcast(key, q)
+        if self._leaving or not self._passes(q):
+            return
+        if q.ack:
+            self._answer(q.source, q.source_addr, QueryResponse(q.id, self.name, True), q.relay_factor)
+        self._query_events.append(QueryEvent(q.id, q.source, q.name, q.payload, deadline))
+
+    def _passes(self, q: Query) -> bool:
+        """Serf's shouldProcessQuery: named in the node filter (if any), and every tag filter's regular
+        expression found in our tag's value.  Patterns that could backtrack without end (a quantified
+        group, a back reference) never match: Go's RE2 has no such case, Python's re has."""
+        return _matches(q, self.name, self._nodes[self.name].tags)
+
+    def _on_query_response(self, r: QueryResponse) -> None:
+        q = self._queries.get(r.id)
+        if q is None:
+            self.stats["query_responses_late"] += 1
+            return
+        seen = q.acked if r.ack else q.responded
+        if r.source in seen:
+            self.stats["query_responses_duplicate"] += 1
+            return
+        seen.add(r.source)
+        self.stats["query_acks_in" if r.ack else "query_responses_in"] += 1
+        self._query_results.append(QueryAnswer(r.id, r.source, r.ack, r.payload))
+
+    def _query_ended(self, qid: int) -> None:
+        q = self._queries.pop(qid)
+        self._query_results.append(QueryDone(qid, len(q.responded), len(q.acked)))
+
     def take_outbox(self) -> list[Outgoing]:
         out, self._outbox = self._outbox, []
         return out
@@ -499,6 +749,12 @@ class GossipNode:
                 return when == self._next_reconnect
             case _Timer.REAP:
                 return when == self._next_reap
+            case _Timer.QUERY:
+                q = self._queries.get(key)  # type: ignore[call-overload]
+                return q is not None and q.deadline == when
+            case _Timer.QUERY_RESEND:
+                q = self._queries.get(key)  # type: ignore[call-overload]
+                return q is not None and q.resend_at == when
         return False
 
     def _purge(self) -> None:
@@ -554,6 +810,10 @@ class GossipNode:
                 self._reconnect_tick(now)
             case _Timer.REAP:
                 self._reap_tick(now)
+            case _Timer.QUERY:
+                self._query_ended(key)  # type: ignore[arg-type]
+            case _Timer.QUERY_RESEND:
+                self._query_resend(key)  # type: ignore[arg-type]
 
     # -- probing -------------------------------------------------------------------------------------
 
@@ -838,7 +1098,7 @@ class GossipNode:
 
     # -- dissemination -------------------------------------------------------------------------------
 
-    def _broadcast(self, node: str, msg: Broadcast, on_done: Callable[[], None] | None = None) -> None:
+    def _broadcast(self, node: str | tuple[str, int], msg: Broadcast, on_done: Callable[[], None] | None = None) -> None:
         self._queue.queue(node, msg, encoded_size(msg), on_done)
         if self._next_gossip is None:
             interval = self.config.gossip_interval
@@ -967,6 +1227,21 @@ class GossipNode:
         names = {n.name for n in gone}
         self._order = [name for name in self._order if name not in names]
         self._probe_index = min(self._probe_index, len(self._order))
+
+
+def _matches(q: Query, name: str, tags: Mapping[str, str]) -> bool:
+    """Serf's shouldProcessQuery for the member ``name`` with ``tags``."""
+    if q.filter_nodes and name not in q.filter_nodes:
+        return False
+    for tag, pattern in q.filter_tags.items():
+        if len(pattern) > 256 or _UNSAFE_PATTERN.search(pattern):
+            return False
+        try:
+            if re.search(pattern, tags.get(tag, "")) is None:
+                return False
+        except re.error:
+            return False
+    return True
 
 
 def _approx_size(msg: Message) -> int:

@@ -9,7 +9,9 @@ oversized or rejected input is dropped and counted in ``stats``, never raised.
 A stream frame on TCP is a 4-byte big-endian length and that many bytes of sealed frame; one request and
 one reply per connection.
 
-Consumers read ``members()`` and subscribe to membership events with ``events()``.  Round-trip times of
+Consumers read ``members()`` and subscribe to membership events with ``events()``.  Serf's queries:
+``query()`` asks the pool and gathers the answers until the deadline (or until as many as expected came);
+``handle_query(name, handler)`` answers the queries of one name on this member.  Round-trip times of
 direct probes feed the member's Vivaldi coordinate (``registry.coordinate``), whose encoding rides in our
 acks as Serf's ping delegate does.
 """
@@ -23,7 +25,8 @@ import random
 import socket
 import struct
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -31,7 +34,16 @@ from registry.coordinate import Client as CoordinateClient
 from registry.coordinate import decode_coordinate, encode_coordinate
 from registry.gossip.codec import PacketCodec, PacketRejected, PlainCodec
 from registry.gossip.config import GossipConfig
-from registry.gossip.core import GossipNode, Member, MemberEvent, Packet, StreamRequest
+from registry.gossip.core import (
+    GossipNode,
+    Member,
+    MemberEvent,
+    Packet,
+    QueryAnswer,
+    QueryError,
+    QueryEvent,
+    StreamRequest,
+)
 from registry.gossip.messages import (
     MAX_PACKET_BYTES,
     MAX_STREAM_BYTES,
@@ -45,7 +57,7 @@ from registry.gossip.messages import (
     encode_stream,
 )
 
-__all__ = ["GossipDriver", "EventStream", "DEFAULT_SERF_LAN_PORT", "UDP_RCVBUF"]
+__all__ = ["GossipDriver", "EventStream", "QueryResult", "QueryHandler", "DEFAULT_SERF_LAN_PORT", "UDP_RCVBUF"]
 
 log = structlog.get_logger("proconsul.gossip")
 
@@ -92,6 +104,32 @@ class EventStream:
     def close(self) -> None:
         self._driver._subscribers.discard(self)  # noqa: SLF001 - the driver's own helper
         self._put(None)
+
+
+# Answers one query on this member: the response's payload, or None to send none.
+QueryHandler = Callable[[QueryEvent], bytes | None]
+
+
+@dataclass
+class QueryResult:
+    """What came back for one query: each member's answer and who acknowledged it (Serf's
+    QueryResponse channels, gathered)."""
+
+    id: int
+    responses: dict[str, bytes] = field(default_factory=dict)
+    acks: set[str] = field(default_factory=set)
+    # The members expected to answer (alive, passing the filters, when it was asked).
+    expected: frozenset[str] = frozenset()
+    until_all: bool = False
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _add(self, answer: QueryAnswer) -> None:
+        if answer.ack:
+            self.acks.add(answer.node)
+        else:
+            self.responses[answer.node] = answer.payload
+            if self.until_all and self.expected <= self.responses.keys():
+                self.done.set()
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -141,6 +179,8 @@ class GossipDriver:
         self._left = asyncio.Event()
         self._stopped = False
         self.coordinate = CoordinateClient(rng=random.Random(self._rng.getrandbits(64)))
+        self._query_handlers: dict[str, QueryHandler] = {}
+        self._query_results: dict[int, QueryResult] = {}
         self.stats: Counter[str] = Counter()
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -211,6 +251,8 @@ class GossipDriver:
         for fut in self._join_waiters.values():
             if not fut.done():
                 fut.set_result(False)
+        for result in self._query_results.values():
+            result.done.set()
         for sub in list(self._subscribers):
             sub.close()
 
@@ -288,6 +330,30 @@ class GossipDriver:
         self._flush()
         return found
 
+    def handle_query(self, name: str, handler: QueryHandler) -> None:
+        """Answer the queries named ``name`` with ``handler`` (Serf's internal query handlers, or a user's).
+        Queries without a handler are still acknowledged when asked, and answered by no one."""
+        self._query_handlers[name] = handler
+
+    async def query(self, name: str, payload: bytes = b"", *, timeout: float | None = None, ack: bool = False,
+                    filter_nodes: Sequence[str] = (), filter_tags: Mapping[str, str] | None = None,
+                    relay_factor: int = 0, until_all: bool = False) -> QueryResult:  # fmt: skip
+        """Ask the pool (Serf's Query) and gather the answers until the query's deadline, or, with
+        ``until_all``, as soon as every member expected to answer has (Serf always waits out the timeout;
+        an operation whose every member answers need not).  Raises QueryError (too large, too many in
+        flight)."""
+        core = self._require()
+        qid = core.query(self._now(), name, payload, timeout=timeout, ack=ack, filter_nodes=filter_nodes,
+                         filter_tags=filter_tags, relay_factor=relay_factor)  # fmt: skip
+        result = QueryResult(qid, expected=core.query_expected(qid), until_all=until_all)
+        self._query_results[qid] = result
+        self._flush()  # this member's own answer comes here
+        try:
+            await result.done.wait()
+        finally:
+            self._query_results.pop(qid, None)
+        return result
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._require().set_tags(self._now(), tags)
         self._flush()
@@ -331,12 +397,23 @@ class GossipDriver:
         core = self._core
         if core is None or self._stopped:
             return
+        for query in core.take_queries():
+            self._answer_query(core, query)
+        for item in core.take_query_results():
+            result = self._query_results.get(item.id)
+            if result is None:
+                continue
+            if isinstance(item, QueryAnswer):
+                result._add(item)  # noqa: SLF001 - the driver's own helper
+            else:
+                result.done.set()
         for out in core.take_outbox():
             if isinstance(out, Packet):
                 self._send_packet(out)
             else:
                 self._spawn(self._stream_call(out))
         for event in core.take_events():
+            self.stats[f"member_{event.kind.value}"] += 1
             for sub in self._subscribers:
                 sub._put(event)  # noqa: SLF001
         pings = core.take_pings()
@@ -357,6 +434,21 @@ class GossipDriver:
             if deadline != float("inf"):
                 assert self._loop is not None
                 self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _answer_query(self, core: GossipNode, query: QueryEvent) -> None:
+        handler = self._query_handlers.get(query.name)
+        if handler is None:
+            return
+        try:
+            payload = handler(query)
+            if payload is not None:
+                core.respond(self._now(), query.id, query.origin, payload)
+        except QueryError as exc:
+            self.stats["query_responses_refused"] += 1
+            log.warning("query response refused", query=query.name, error=str(exc))
+        except Exception:  # noqa: BLE001 - a handler's bug must not stop the member
+            self.stats["query_handler_errors"] += 1
+            log.exception("query handler failed", query=query.name)
 
     def _send_packet(self, packet: Packet) -> None:
         if self._udp is None or not _is_ip(packet.to.host):
@@ -391,6 +483,7 @@ class GossipDriver:
 
     async def _exchange(self, req: StreamRequest) -> StreamMessage:
         reader, writer = await asyncio.open_connection(req.to.host, req.to.port)
+        self.stats["tcp_connect"] += 1
         try:
             await self._write_frame(writer, req.message)
             return await self._read_frame(reader)
@@ -419,6 +512,7 @@ class GossipDriver:
             writer.close()
             return
         self._inbound += 1
+        self.stats["tcp_accept"] += 1
         try:
             msg = await asyncio.wait_for(self._read_frame(reader), self.config.tcp_timeout)
             if self._stopped or self._core is None:

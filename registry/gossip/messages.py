@@ -2,8 +2,10 @@
 
 Every message is an immutable value.  The pure core (``registry.gossip.core``) builds and consumes them;
 the driver moves them between sockets.  Message kinds and their type codes follow hashicorp/memberlist
-(net.go: ping 0, indirect ping 1, ack 2, suspect 3, alive 4, dead 5, push-pull 6, nack 11); the encoding is
-our own.
+(net.go: ping 0, indirect ping 1, ack 2, suspect 3, alive 4, dead 5, push-pull 6, user 8, nack 11), and
+Serf's queries ride in the user message with Serf's codes (messages.go: query 4, query response 5,
+relay 9); the
+encoding is our own.
 
 Wire format
 ===========
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Final, NamedTuple
 
@@ -48,6 +50,14 @@ __all__ = [
     "Dead",
     "PushState",
     "PushPull",
+    "Query",
+    "QueryResponse",
+    "Relay",
+    "MAX_RELAY_FACTOR",
+    "MAX_QUERY_NAME_BYTES",
+    "MAX_QUERY_PAYLOAD_BYTES",
+    "MAX_RESPONSE_BYTES",
+    "MAX_QUERY_FILTERS",
     "Message",
     "Broadcast",
     "StreamMessage",
@@ -73,6 +83,15 @@ MAX_PACKET_BYTES: Final = 65507  # the largest UDP payload over IPv4
 MAX_PACKET_MESSAGES: Final = 1024
 MAX_STREAM_BYTES: Final = 32 * 1024 * 1024  # memberlist allows 20 MiB of push-pull node state
 MAX_PUSH_STATES: Final = 250_000
+# Serf's queries (query.go): the name, the request payload and the answers are bounded.  Serf refuses a
+# query or a response over 1 KiB (QuerySizeLimit, QueryResponseSizeLimit); a response up to that fits a UDP
+# packet, a larger one (up to MAX_RESPONSE_BYTES) goes to the origin over TCP instead of being refused.
+MAX_QUERY_NAME_BYTES: Final = 128
+MAX_QUERY_PAYLOAD_BYTES: Final = 1024
+MAX_RESPONSE_BYTES: Final = 64 * 1024
+MAX_QUERY_FILTERS: Final = 64
+MAX_QUERY_TIMEOUT_MS: Final = 600_000
+MAX_RELAY_FACTOR: Final = 5  # Serf's QueryParam.RelayFactor is at most 5
 
 _HOST_RE: Final = re.compile(r"[A-Za-z0-9.:%_\-\[\]]+")
 
@@ -108,7 +127,16 @@ class _Code(IntEnum):
     ALIVE = 4
     DEAD = 5
     PUSH_PULL = 6
+    USER = 8  # memberlist's userMsg: Serf's own messages ride in it, a Serf type code second
     NACK = 11
+
+
+class _SerfCode(IntEnum):
+    """Serf's messageType codes (messages.go) of the messages carried in memberlist's user message."""
+
+    QUERY = 4
+    QUERY_RESPONSE = 5
+    RELAY = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,9 +220,52 @@ class PushPull:
     states: tuple[PushState, ...]
 
 
-Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead
-Broadcast = Suspect | Alive | Dead
-StreamMessage = PushPull | Ping | Ack
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Serf's query (messageQueryType): ``name`` and ``payload`` asked of every member that passes the
+    filters, disseminated like membership news; each answers straight to ``source_addr``.
+
+    ``id`` with ``source`` names the query (a member handles each once); ``timeout_ms`` is relative
+    (members' clocks differ), each receiver's deadline is its own receipt time plus it; ``ack`` asks every
+    member to acknowledge receipt (Serf's queryFlagAck).  Filters (Serf's filterNode, filterTag): only the
+    named members, only members whose tag values match the regular expressions.  ``relay_factor``: each
+    answer is also sent through that many random members (Serf's relayed responses), so a lossy path to
+    the origin does not lose it."""
+
+    id: int
+    name: str
+    payload: bytes
+    source: str
+    source_addr: Address
+    timeout_ms: int
+    ack: bool = False
+    filter_nodes: tuple[str, ...] = ()
+    filter_tags: Mapping[str, str] = field(default_factory=dict)
+    relay_factor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResponse:
+    """Serf's messageQueryResponseType: ``source``'s answer (or, with ``ack``, acknowledgement) to the
+    query ``id`` of the member it is sent to."""
+
+    id: int
+    source: str
+    ack: bool
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Serf's messageRelayType: forward ``response`` to ``to`` (the query's origin)."""
+
+    to: Address
+    response: QueryResponse
+
+
+Message = Ping | IndirectPing | Ack | Nack | Suspect | Alive | Dead | Query | QueryResponse | Relay
+Broadcast = Suspect | Alive | Dead | Query
+StreamMessage = PushPull | Ping | Ack | QueryResponse
 
 
 def _fail(text: str) -> MessageDecodeError:
@@ -222,6 +293,14 @@ def _fields(msg: Message | PushPull) -> list[Any]:
                     msg.version]  # fmt: skip
         case Dead():
             return [_Code.DEAD, msg.incarnation, msg.node, msg.source, msg.left]
+        case Query():
+            return [_Code.USER, _SerfCode.QUERY, msg.id, msg.name, bytes(msg.payload), msg.source,
+                    msg.source_addr.host, msg.source_addr.port, msg.timeout_ms, msg.ack, list(msg.filter_nodes),
+                    dict(msg.filter_tags), msg.relay_factor]  # fmt: skip
+        case QueryResponse():
+            return [_Code.USER, _SerfCode.QUERY_RESPONSE, msg.id, msg.source, msg.ack, bytes(msg.payload)]
+        case Relay():
+            return [_Code.USER, _SerfCode.RELAY, msg.to.host, msg.to.port, _fields(msg.response)]
         case PushPull():
             states = [[s.name, s.addr.host, s.addr.port, dict(s.tags), s.incarnation, int(s.state)]
                       for s in msg.states]  # fmt: skip
@@ -258,7 +337,7 @@ def encode_stream(msg: StreamMessage) -> bytes:
 # -- decoding ---------------------------------------------------------------------------------------
 
 
-def _unpack(data: bytes, limit: int, max_array: int) -> Any:
+def _unpack(data: bytes, limit: int, max_array: int, max_bin: int = MAX_PAYLOAD_BYTES) -> Any:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise _fail(f"expected bytes, got {type(data).__name__}")
     if len(data) < 2:
@@ -274,7 +353,7 @@ def _unpack(data: bytes, limit: int, max_array: int) -> Any:
             use_list=True,
             strict_map_key=True,
             max_str_len=MAX_TAGS_BYTES,
-            max_bin_len=MAX_PAYLOAD_BYTES,
+            max_bin_len=max_bin,
             max_array_len=max_array,
             max_map_len=MAX_TAGS,
             max_ext_len=0,
@@ -378,6 +457,65 @@ def _push_pull(r: list[Any]) -> PushPull:
     return PushPull(_bool(r[1], "join"), validate_name(r[2], "source"), tuple(states))
 
 
+def _query(r: list[Any]) -> Query:
+    _need(r, 13, "query")
+    name = r[3]
+    if type(name) is not str or not name or len(name.encode()) > MAX_QUERY_NAME_BYTES:
+        raise _fail(f"query: a name of at most {MAX_QUERY_NAME_BYTES} bytes")
+    if type(r[4]) is not bytes or len(r[4]) > MAX_QUERY_PAYLOAD_BYTES:
+        raise _fail(f"query: a payload of at most {MAX_QUERY_PAYLOAD_BYTES} bytes")
+    nodes = r[10]
+    if type(nodes) is not list or len(nodes) > MAX_QUERY_FILTERS:
+        raise _fail("query: filter_nodes must be a list of names")
+    tags = r[11]
+    if type(tags) is not dict or len(tags) > MAX_QUERY_FILTERS:
+        raise _fail("query: filter_tags must be a map of strings")
+    for k, v in tags.items():
+        if type(k) is not str or type(v) is not str:
+            raise _fail("query: filter_tags must be a map of strings")
+    return Query(_int(r[2], "id"), name, r[4], validate_name(r[5], "source"), _addr(r[6], r[7], "source"),
+                 _int(r[8], "timeout", MAX_QUERY_TIMEOUT_MS, 1), _bool(r[9], "ack"),
+                 tuple(validate_name(n, "filter node") for n in nodes), tags,
+                 _int(r[12], "relay factor", MAX_RELAY_FACTOR))  # fmt: skip
+
+
+def _query_response(r: list[Any]) -> QueryResponse:
+    _need(r, 6, "query response")
+    if type(r[5]) is not bytes or len(r[5]) > MAX_RESPONSE_BYTES:
+        raise _fail(f"query response: a payload of at most {MAX_RESPONSE_BYTES} bytes")
+    return QueryResponse(_int(r[2], "id"), validate_name(r[3], "source"), _bool(r[4], "ack"), r[5])
+
+
+def _relay(r: list[Any]) -> Relay:
+    _need(r, 5, "relay")
+    inner = r[4]
+    if type(inner) is not list or len(inner) < 2 or inner[:2] != [_Code.USER, _SerfCode.QUERY_RESPONSE]:
+        raise _fail("relay: only a query response is relayed")
+    response = _query_response(inner)
+    if len(response.payload) > MAX_PAYLOAD_BYTES:
+        raise _fail(f"relay: a payload of at most {MAX_PAYLOAD_BYTES} bytes")
+    return Relay(_addr(r[2], r[3], "relay"), response)
+
+
+_SERF_DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
+    _SerfCode.QUERY: _query,
+    _SerfCode.QUERY_RESPONSE: _query_response,
+    _SerfCode.RELAY: _relay,
+}
+
+
+def _user(r: list[Any]) -> Message:
+    if len(r) < 2 or type(r[1]) is not int or r[1] not in _SERF_DECODERS:
+        raise _fail("unknown Serf message type")
+    return _SERF_DECODERS[r[1]](r)
+
+
+def _stream_user(r: list[Any]) -> QueryResponse:
+    if len(r) < 2 or r[1] != _SerfCode.QUERY_RESPONSE:
+        raise _fail("only a query response travels in a stream")
+    return _query_response(r)
+
+
 _PACKET_DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     _Code.PING: _ping,
     _Code.INDIRECT_PING: _indirect,
@@ -386,11 +524,13 @@ _PACKET_DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     _Code.SUSPECT: _suspect,
     _Code.ALIVE: _alive,
     _Code.DEAD: _dead,
+    _Code.USER: _user,
 }
 _STREAM_DECODERS: Final[dict[int, Callable[[list[Any]], StreamMessage]]] = {
     _Code.PING: _ping,
     _Code.ACK: _ack,
     _Code.PUSH_PULL: _push_pull,
+    _Code.USER: _stream_user,
 }
 
 
@@ -413,4 +553,4 @@ def decode_packet(data: bytes) -> list[Message]:
 
 def decode_stream(data: bytes) -> StreamMessage:
     """Decode and validate one stream frame (without the driver's length prefix)."""
-    return _decode_one(_unpack(data, MAX_STREAM_BYTES, MAX_PUSH_STATES), _STREAM_DECODERS)
+    return _decode_one(_unpack(data, MAX_STREAM_BYTES, MAX_PUSH_STATES, MAX_RESPONSE_BYTES), _STREAM_DECODERS)

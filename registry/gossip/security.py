@@ -37,6 +37,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
+import msgpack
 from cryptography.exceptions import InvalidTag
 
 from registry.gossip.codec import PacketRejected
@@ -145,5 +146,17 @@ class EncryptedCodec:
 
 def _looks_plain(data: bytes) -> bool:
     """A packet of the unencrypted wire format (a version byte, then a msgpack array): from a member that
-    does not encrypt (yet), which a rolling upgrade sees and an attacker may send."""
-    return len(data) >= 2 and data[0] == 1 and (0x90 <= data[1] <= 0x9F or data[1] in (0xDC, 0xDD))
+    does not encrypt (yet), which a rolling upgrade sees and an attacker may send. An encrypted packet starts
+    with the same version byte and a random nonce, which looks like an array marker one time in 14: only a
+    body that decodes as exactly one msgpack value counts as plain (called only for a refused packet)."""
+    if not (len(data) >= 2 and data[0] == 1 and (0x90 <= data[1] <= 0x9F or data[1] in (0xDC, 0xDD))):
+        return False
+    try:
+        value = msgpack.unpackb(data[1:], raw=True, strict_map_key=False)
+    except Exception:  # noqa: BLE001 - any decoding failure means: not a plain packet
+        return False
+    # A stream is one message, [code, ...]; a packet an array of them, [[code, ...], ...].
+    first = value[0] if isinstance(value, list) and value else None
+    if isinstance(first, list) and first:
+        first = first[0]
+    return type(first) is int

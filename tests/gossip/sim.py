@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from registry.gossip.config import GossipConfig
-from registry.gossip.core import EventKind, GossipNode, MemberEvent, Packet, StreamRequest
+from registry.gossip.core import (
+    EventKind,
+    GossipNode,
+    MemberEvent,
+    Packet,
+    QueryAnswer,
+    QueryDone,
+    QueryEvent,
+    StreamRequest,
+)
 from registry.gossip.messages import (
     Address,
     Message,
@@ -55,6 +64,8 @@ class SimNode:
     scheduled: float = float("inf")
     inbox: deque[tuple[str, object]] = field(default_factory=deque)
     pending: set[int] = field(default_factory=set)  # stream tokens awaiting a reply or a timeout
+    # Query handlers by query name: the answer's payload, or None for no answer.
+    handlers: dict[str, Callable[[QueryEvent], bytes | None]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,10 @@ class Simulator:
         self.by_addr: dict[Address, str] = {}
         self.log: list[Observed] = []
         self.partition: dict[str, int] = {}  # node -> side; nodes on different sides cannot talk
+        # Queries: what each member was asked (member, query), and each origin's answers and completion.
+        self.queries_seen: list[tuple[str, QueryEvent]] = []
+        self.answers: dict[tuple[str, int], list[QueryAnswer]] = {}
+        self.done: dict[tuple[str, int], QueryDone] = {}
         self.packets = 0
         self.dropped = 0
         self._heap: list[tuple[float, int, str, tuple[object, ...]]] = []
@@ -147,6 +162,14 @@ class Simulator:
             kind, payload = node.inbox.popleft()
             self._handle(node, kind, payload)
         self._after(node)
+
+    def query(self, name: str, query_name: str, payload: bytes = b"", **kwargs: object) -> int:
+        """Start a query at member ``name`` (``GossipNode.query``'s keyword arguments); returns its id."""
+        node = self.nodes[name]
+        qid = node.core.query(self.now, query_name, payload, **kwargs)  # type: ignore[arg-type]
+        self.answers[(name, qid)] = []
+        self._after(node)
+        return qid
 
     def leave(self, name: str) -> None:
         node = self.nodes[name]
@@ -244,6 +267,17 @@ class Simulator:
     def _after(self, node: SimNode) -> None:
         """Route what the core emitted and schedule its next wake-up."""
         core = node.core
+        for q in core.take_queries():
+            self.queries_seen.append((node.name, q))
+            handler = node.handlers.get(q.name)
+            payload = handler(q) if handler is not None else None
+            if payload is not None:
+                core.respond(self.now, q.id, q.origin, payload)
+        for r in core.take_query_results():
+            if isinstance(r, QueryDone):
+                self.done[(node.name, r.id)] = r
+            else:
+                self.answers.setdefault((node.name, r.id), []).append(r)
         for out in core.take_outbox():
             if isinstance(out, Packet):
                 self._send_packet(node, out)

@@ -123,3 +123,21 @@ def test_join_addresses_take_consuls_forms() -> None:
     for bad in ("", ":8301", "host:0", "host:99999"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+async def test_a_query_is_answered_by_every_member_over_real_sockets(pool: list[GossipDriver]) -> None:
+    """Serf's query on loopback: every member's handler answers (small answers by UDP, a large one over
+    TCP), acks come back, and with ``until_all`` the origin stops as soon as the last expected answer is in
+    instead of waiting out the timeout."""
+    for d in pool:
+        d.handle_query("whoami", lambda q, name=d.name: name.encode() * (3000 if name == "node-4" else 1))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    result = await pool[2].query("whoami", b"", timeout=5.0, ack=True, until_all=True)
+    assert loop.time() - start < 4.0  # by the resend at half the timeout at the latest, not at 5 s
+    assert result.expected == {d.name for d in pool}
+    assert {k: len(v) for k, v in result.responses.items()} == {
+        d.name: len(d.name) * (3000 if d.name == "node-4" else 1) for d in pool}
+    # A query nobody handles is acknowledged (ack asked) and answered by no one; it ends at its deadline.
+    quiet = await pool[0].query("nobody", b"", timeout=0.5, ack=True)
+    assert quiet.responses == {} and quiet.acks <= {d.name for d in pool}
