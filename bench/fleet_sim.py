@@ -18,10 +18,11 @@ would need 10,000 machines' memory and CPU:
   of GB, and disseminating each join to every member 10^8 message deliveries).  A simulated agent knows the
   ``view`` members it was introduced to when it joined (a symmetric random graph of degree about
   ``--view``), and news about anyone else is filtered out before its core sees it.  It still probes one
-  member a second, so each member is probed about once a second by its neighbours, as in a full pool.
-  The servers know everyone, as they do in a real pool, and are in no agent's view: a real server is
-  probed about once a second by a random member, which the generator does explicitly (``_probe_servers``),
-  where letting every view include the servers would probe each of them N / view times a second.
+  member per probe interval, so each member is probed about once an interval by its neighbours, as in a
+  full pool.  The servers know everyone, as they do in a real pool, and are in no agent's view: a real
+  server is probed about once a probe interval by a random member, which the generator does explicitly
+  (``_probe_servers``), where letting every view include the servers would probe each of them N / view
+  times an interval.
 * **The pool's dissemination toward the servers.**  In a real pool each piece of news reaches a given
   member (a server too) about ``retransmit_limit`` times, from random members over a few gossip rounds.
   The generator taps the news its agents exchange and sends each distinct piece to every server that many
@@ -433,9 +434,9 @@ class Fleet:
             self.stats["news_queued"] = sum(len(s.news) for s in self.servers)
 
     async def _probe_servers(self) -> None:
-        """Each server is probed about once a second by a random member, with news piggybacked."""
+        """Each server is probed about once a probe interval by a random member, with news piggybacked."""
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.config.probe_interval)
             now = self.now()
             for t in [s for s, (_, at) in self._probes.items() if now - at > 5.0]:
                 del self._probes[t]

@@ -5,8 +5,8 @@ Consul's agents do not tell the servers they are alive: every agent is a member 
 writes (Consul's ``leader.go`` reconcile): a member alive is registered with ``serfHealth`` passing, a
 failed one gets ``serfHealth`` critical ("Agent not live or unreachable"), a left or reaped one is
 deregistered. Where Consul proposes one Raft entry per member, ``CatalogReconciler`` gathers the changes
-of a short window into one ``MemberBatch`` entry, so a hundred machines failing together cost a handful
-of entries.
+of an adaptive window (``BatchWindow``) into one ``MemberBatch`` entry, so a hundred machines failing
+together, their failures detected over several seconds, cost a handful of entries.
 
 ``LanPool`` owns the gossip driver of one agent: its tags (Consul's: role, dc, id, port, build, vsn...),
 joining (``retry_join`` / ``start_join`` addresses are Serf addresses, host or host:port with 8301 by
@@ -52,6 +52,7 @@ __all__ = [
     "STATUS_LEAVING",
     "STATUS_LEFT",
     "STATUS_FAILED",
+    "BatchWindow",
     "CatalogReconciler",
     "LanPool",
     "member_json",
@@ -73,7 +74,11 @@ SNAPSHOT_PATH = ("serf", "local.snapshot")  # Serf's snapshot, under the data di
 SNAPSHOT_EVERY = 1.0  # seconds: membership changes are written to the snapshot at most this often
 RECONCILE_INTERVAL = 60.0  # Consul's reconcile_interval: the leader's full pass over the member list
 REAP_GRACE = 30.0  # the local pool runs this long before its absence of a member is trusted (one push-pull)
-BATCH_WINDOW = 1.0  # seconds of further changes gathered into one entry after the first
+# The batch window (BatchWindow): open at least BATCH_MIN_OPEN after its first change, closed once no change
+# came for BATCH_QUIET, and at the latest BATCH_MAX_OPEN after its first change or at MAX_BATCH members.
+BATCH_MIN_OPEN = 1.0
+BATCH_QUIET = 0.3
+BATCH_MAX_OPEN = 3.0
 MAX_BATCH = 512  # operations per entry
 
 
@@ -330,6 +335,52 @@ def _has_port(text: str) -> bool:
 # ---------------------------------------------------------------------- the leader's side
 
 
+class BatchWindow:
+    """When the leader closes a batch of membership changes: the arithmetic only, time as an argument.
+
+    Consul's leader proposes one Raft entry per member change as its reconcileCh delivers them; here the
+    changes are gathered.  A fixed window (close one second after the first change) turns a burst of
+    failures that the pool detects over ten seconds (every dead member waits for its first probe, the last
+    of a hundred about ln(100) probe intervals) into ten entries, one a second.  This window stays open
+    while changes keep arriving: it closes when it has been open ``min_open`` and nothing new came for
+    ``quiet`` (the burst has paused), or ``max_open`` after its first change (a long burst still reaches
+    the catalog in steps of at most that), or once it holds ``max_ops`` members (one entry's worth).  A
+    single failure therefore reaches the catalog ``min_open`` after the pool declares it, as before.
+    """
+
+    def __init__(self, *, min_open: float = BATCH_MIN_OPEN, quiet: float = BATCH_QUIET,
+                 max_open: float = BATCH_MAX_OPEN, max_ops: int = MAX_BATCH) -> None:  # fmt: skip
+        if not 0 < min_open <= max_open or quiet <= 0 or max_ops < 1:
+            raise ValueError("0 < min_open <= max_open, quiet > 0 and max_ops >= 1 are required")
+        self.min_open, self.quiet, self.max_open, self.max_ops = min_open, quiet, max_open, max_ops
+        self.opened: float | None = None  # when the first change of the open batch came
+        self.last = 0.0  # when its latest change came
+        self.size = 0
+
+    def add(self, now: float, size: int) -> None:
+        """A change came at ``now``; the batch now holds ``size`` members."""
+        if self.opened is None:
+            self.opened = now
+        self.last = now
+        self.size = size
+
+    def close(self) -> None:
+        self.opened, self.size = None, 0
+
+    def due(self, now: float) -> bool:
+        """Whether the open batch should be written now (never when none is open)."""
+        return self.wait(now) == 0.0
+
+    def wait(self, now: float) -> float | None:
+        """Seconds until the open batch is due if nothing else arrives (0 when due), None when none is open."""
+        if self.opened is None:
+            return None
+        if self.size >= self.max_ops:
+            return 0.0
+        at = min(max(self.opened + self.min_open, self.last + self.quiet), self.opened + self.max_open)
+        return max(0.0, at - now)
+
+
 class CatalogReconciler:
     """On the leader: the pool's membership changes as catalog writes, batched (Consul's leaderLoop with
     reconcileCh, and its periodic full reconcile)."""
@@ -337,7 +388,10 @@ class CatalogReconciler:
     def __init__(self, *, events: EventStream, members: Callable[[], list[Member]],
                  store: Callable[[], StateStore], propose: Callable[[MemberBatch], Awaitable[Any]],
                  is_leader: Callable[[], bool], datacenter: str, local_name: str,
-                 pool_age: Callable[[], float]) -> None:  # fmt: skip
+                 pool_age: Callable[[], float], window: BatchWindow | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        """``window`` decides when a batch is written (``BatchWindow``'s defaults unless given); ``clock``
+        is the time it is measured in."""
         self._events = events
         self._members = members
         self._store = store
@@ -346,46 +400,71 @@ class CatalogReconciler:
         self._dc = datacenter
         self._local = local_name
         self._pool_age = pool_age
+        self._window = window if window is not None else BatchWindow()
+        self._clock = clock
         self._pending: dict[str, tuple[EventKind, Member]] = {}
+        self._dropped = events.dropped  # the stream's lost events already accounted for
+        self._resync = False  # events were lost (or a full pass failed): the next write is a full pass
         self.entries = 0  # MemberBatch entries proposed (for tests and the benchmark)
+        self.full_passes = 0  # full reconcile passes written (leadership, the periodic pass, a lost event)
 
     async def run(self) -> None:
         leading = False
         next_full = 0.0
         while True:
-            event = await self._events.get(timeout=1.0)
+            wait = self._window.wait(self._clock())
+            event = await self._events.get(timeout=1.0 if wait is None else max(wait, 0.001))
+            now = self._clock()
             if event is not None:
-                self._add(event)
-                await asyncio.sleep(BATCH_WINDOW)
-                await self._drain()
+                self._add(event, now)
+            if self._events.dropped != self._dropped:
+                # The stream overflowed (this loop fell more than its size behind, as a join wave of ten
+                # thousand can make it): the lost changes are known only to the member list, so the next
+                # write is the full pass over it, which leaves the catalog exactly as the pool is.
+                log.warning("membership events were lost, reconciling every member",
+                            lost=self._events.dropped - self._dropped)  # fmt: skip
+                self._dropped = self._events.dropped
+                self._resync = True
+            if self._window.opened is not None and not self._window.due(now):
+                continue  # the batch is still gathering
             if not self._is_leader():
                 leading = False
+                self._resync = False  # leadership gained later starts with a full pass anyway
                 self._pending.clear()
+                self._window.close()
                 continue
-            now = time.monotonic()
-            if not leading or now >= next_full:
-                # Leadership gained (or the periodic pass): every member, and the nodes no member is for.
+            if not leading or now >= next_full or self._resync:
+                # Leadership gained, the periodic pass, or lost events: every member, and the nodes no
+                # member is for.  The events still queued are older than the member list read after them,
+                # so they are discarded rather than replayed over the pass.
                 leading = True
                 next_full = now + RECONCILE_INTERVAL
+                self._discard_queued()
+                self._resync = False
                 self._pending.clear()
-                await self._apply(self.full_ops())
+                self._window.close()
+                self.full_passes += 1
+                if not await self._apply(self.full_ops()):
+                    self._resync = True
+                    await asyncio.sleep(1.0)
             elif self._pending:
                 pending, self._pending = self._pending, {}
+                self._window.close()
                 ops = [op for kind, m in pending.values() if (op := self.member_op(kind, m)) is not None]
                 if not await self._apply(ops):
                     for name, item in pending.items():
                         self._pending.setdefault(name, item)
                     await asyncio.sleep(1.0)
 
-    def _add(self, event: MemberEvent) -> None:
+    def _add(self, event: MemberEvent, now: float) -> None:
         if event.kind in (EventKind.SUSPECT, EventKind.ALIVE):
             return  # a suspicion changes nothing in the catalog (Serf does not even report it)
         self._pending[event.member.name] = (event.kind, event.member)
+        self._window.add(now, len(self._pending))
 
-    async def _drain(self) -> None:
-        """Take what else is queued already (a queued event is handed over without waiting)."""
-        while (event := await self._events.get(timeout=0.001)) is not None:
-            self._add(event)
+    def _discard_queued(self) -> None:
+        self._events.discard()
+        self._dropped = self._events.dropped
 
     async def _apply(self, ops: list[Register | Deregister]) -> bool:
         for i in range(0, len(ops), MAX_BATCH):

@@ -1,7 +1,9 @@
 """Timings of the gossip pool, and the formulas that scale them with its size.
 
 The defaults are hashicorp/memberlist's ``DefaultLANConfig`` (the values Consul's LAN pool runs with) with
-one deliberate change, ``suspicion_timeout_cap``; docs/gossip.md explains each value and why.
+deliberate changes: ``suspicion_timeout_cap``, and the probe interval halved (with the probe timeout, and
+the suspicion multiplier doubled to keep the suspicion timeouts); docs/gossip.md explains each value and
+why.
 """
 
 from __future__ import annotations
@@ -30,17 +32,24 @@ class GossipConfig:
     is Serf's (reconnect and reap).
     """
 
-    probe_interval: float = 1.0  # ProbeInterval: one random member probed per interval
-    probe_timeout: float = 0.5  # ProbeTimeout: wait this long for a direct ack before asking others
+    # Not memberlist's 1 s and 500 ms: half.  A dead member is noticed only when someone probes it, and of
+    # k members dying together the last waits about ln(k) probe intervals for its first probe; at 1 s the
+    # last of 100 is declared 15 s after the kill, at 500 ms within 10 s (docs/gossip.md, "Many failures
+    # at once").  It costs one more ping and ack a second per member, still constant in the pool's size.
+    probe_interval: float = 0.5  # ProbeInterval: one random member probed per interval
+    probe_timeout: float = 0.25  # ProbeTimeout: wait this long for a direct ack before asking others
     indirect_checks: int = 3  # IndirectChecks: members asked to ping-req a silent target
     retransmit_mult: int = 4  # RetransmitMult: a broadcast is sent retransmit_mult * ceil(log10(n+1)) times
     suspicion_mult: int = 4  # SuspicionMult: suspicion_mult * max(1, log10(n)) * probe_interval
     suspicion_max_timeout_mult: int = 6  # SuspicionMaxTimeoutMult: unconfirmed suspicion lasts up to 6x
-    # Not memberlist's: the ceiling of the minimum suspicion timeout.  memberlist's formula multiplies
-    # log10(n) by the *probe* interval, giving 16 s at 10,000 members, though a suspect learns of its
-    # suspicion on the next probe (the buddy system) and a refutation spreads in log(n) *gossip* rounds of
-    # 200 ms.  With the cap a confirmed failure is declared within ~8 s at any size; an unconfirmed one
-    # still waits suspicion_max_timeout_mult times longer.  None restores memberlist exactly.
+    # Not memberlist's: the minimum suspicion timeout, fixed.  memberlist's formula multiplies log10(n) by
+    # the *probe* interval, giving 16 s at 10,000 members, though a suspect learns of its suspicion on the
+    # next probe (the buddy system) and a refutation spreads in log(n) *gossip* rounds of 200 ms.  At its
+    # 1 s probe interval the formula gives 4 s up to 10 members; this keeps those 4 s at any size and any
+    # probe interval (the halved interval would otherwise shorten it to 2 s in small pools, where a member
+    # paused 3 s must still have time to refute).  A confirmed failure is declared within ~8 s at any size;
+    # an unconfirmed one still waits suspicion_max_timeout_mult times longer.  None restores memberlist's
+    # formula.  (At least one probe interval.)
     suspicion_timeout_cap: float | None = 4.0
     awareness_max_multiplier: int = 8  # AwarenessMaxMultiplier: Lifeguard's health score ranges 0..7
     gossip_interval: float = 0.2  # GossipInterval
@@ -79,14 +88,14 @@ class GossipConfig:
     @classmethod
     def memberlist_lan(cls) -> GossipConfig:
         """memberlist's DefaultLANConfig exactly, for comparisons."""
-        return cls(suspicion_timeout_cap=None, stall_tolerance=1e9)
+        return cls(probe_interval=1.0, probe_timeout=0.5, suspicion_mult=4, suspicion_timeout_cap=None,
+                   stall_tolerance=1e9)  # fmt: skip
 
     def suspicion_min(self, n: int) -> float:
         """The suspicion timeout with every expected confirmation in (Lifeguard's minimum)."""
-        t = suspicion_timeout(self.suspicion_mult, n, self.probe_interval)
         if self.suspicion_timeout_cap is not None:
-            t = min(t, max(self.suspicion_timeout_cap, self.probe_interval))
-        return t
+            return max(self.suspicion_timeout_cap, self.probe_interval)
+        return suspicion_timeout(self.suspicion_mult, n, self.probe_interval)
 
 
 def suspicion_timeout(suspicion_mult: int, n: int, interval: float) -> float:

@@ -101,6 +101,17 @@ class EventStream:
         except TimeoutError:
             return None
 
+    def discard(self) -> int:
+        """Drop every queued event (a subscriber about to re-read ``members()``, which is newer than all of
+        them); how many were dropped.  The end of the stream, if queued, stays."""
+        n = 0
+        while not self._queue.empty():
+            if self._queue.get_nowait() is None:
+                self._queue.put_nowait(None)
+                break
+            n += 1
+        return n
+
     def close(self) -> None:
         self._driver._subscribers.discard(self)  # noqa: SLF001 - the driver's own helper
         self._put(None)

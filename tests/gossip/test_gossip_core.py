@@ -96,6 +96,10 @@ def test_the_suspicion_cap_and_memberlist_exactly() -> None:
     assert theirs.suspicion_min(10_000) == pytest.approx(16.0)
     assert ours.suspicion_min(10_000) == ours.suspicion_timeout_cap
     assert ours.suspicion_min(3) == theirs.suspicion_min(3) == 4.0
+    # The halved probe interval keeps the suspicion's 4 s in small pools (memberlist's formula would halve it).
+    assert (ours.probe_interval, ours.probe_timeout) == (0.5, 0.25)
+    assert (theirs.probe_interval, theirs.probe_timeout) == (1.0, 0.5)
+    assert ours.suspicion_min(5) == 4.0
     with pytest.raises(ValueError, match="probe_timeout"):
         GossipConfig(probe_timeout=1.0)
 
@@ -332,7 +336,8 @@ def test_force_leave_turns_a_failed_member_left_everywhere_and_prune_forgets_it(
     """Serf's RemoveFailedNode: a failed member becomes left, gossiped as its own leave, which a member that
     also has it failed takes; an alive member is left alone; ``prune`` forgets it; an unknown name is
     reported."""
-    a, b = _node("a"), _node("b")
+    # Probing at memberlist's 1 s: b, never answering here, must not be suspected before 2 s.
+    a, b = _node("a", probe_interval=1.0, probe_timeout=0.5), _node("b", probe_interval=1.0, probe_timeout=0.5)
     _know(a, "b", "c")
     _know(b, "a", "c")
     for n in (a, b):
