@@ -45,7 +45,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,12 @@ WRITE_LOW = 128 * 1024
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
                         "trailer", "proxy-authenticate", "proxy-authorization"})  # fmt: skip
+_DROP = HOP_BY_HOP | {"content-length"}
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive"})  # Connection tokens that name no header
+# Headers the sidecar drops, rewrites or acts on: a request without any is forwarded as it came.
+_SPECIAL = _DROP | {"expect", "x-forwarded-client-cert"}
+_NO_EXPECT = frozenset({"expect"})
+_NO_EXPECT_XFCC = frozenset({"expect", "x-forwarded-client-cert"})
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 TIMEOUT_BODY = b"upstream request timeout"
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
@@ -113,18 +119,48 @@ class Head:
     keep_alive: bool
     content_length: int | None
     chunked: bool
+    plain: bool = False  # no header the sidecar drops, rewrites or acts on (``_SPECIAL``): forwarded as is
 
-    def lookup(self) -> dict[str, str]:
-        """Lower-case names to values, several values joined with ``,`` (what matchers look at)."""
-        out: dict[str, str] = {}
-        for n, v in self.headers:
-            k = n.lower()
-            out[k] = f"{out[k]},{v}" if k in out else v
-        return out
+    def lookup(self) -> Mapping[str, str]:
+        """Lower-case names to values, several values joined with ``,`` (what matchers look at), built
+        on the first look: most requests meet no header matcher."""
+        return _HeaderMap(self.headers)
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+
+class _HeaderMap(Mapping[str, str]):
+    __slots__ = ("_map", "_pairs")
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        self._map: dict[str, str] | None = None
+
+    def _built(self) -> dict[str, str]:
+        out = self._map
+        if out is None:
+            out = self._map = {}
+            for n, v in self._pairs:
+                k = n.lower()
+                out[k] = f"{out[k]},{v}" if k in out else v
+        return out
+
+    def __getitem__(self, key: str) -> str:
+        return self._built()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._built().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._built()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
 
 
 class Body:
@@ -161,7 +197,7 @@ class Body:
                 if self.failed:
                     raise ConnectionResetError("the client closed the connection mid-body")
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._conn.loop.create_future()
             await self._waiter
             self._waiter = None
         data = self._chunks.popleft()
@@ -196,28 +232,39 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool]:
+def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool, bool]:
+    """``Content-Length`` (None when absent or chunked), chunked, and whether no header is one of
+    ``_SPECIAL`` (then the headers are forwarded as they are, without another pass): one pass."""
     length: int | None = None
     chunked = False
+    plain = True
     for n, v in headers:
         k = n.lower()
-        if k == "content-length":
-            with contextlib.suppress(ValueError):
-                length = int(v.strip())
-        elif k == "transfer-encoding":
-            chunked = "chunked" in v.lower()
-    return (None if chunked else length), chunked
+        if k in _SPECIAL:
+            plain = False
+            if k == "content-length":
+                with contextlib.suppress(ValueError):
+                    length = int(v.strip())
+            elif k == "transfer-encoding":
+                chunked = "chunked" in v.lower()
+    return (None if chunked else length), chunked, plain
 
 
 def strip_hop_by_hop(headers: list[tuple[str, str]], extra: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Headers without RFC 9110's hop-by-hop fields (and the names ``Connection`` lists), without the
     framing we redo (``Content-Length``) and without ``extra`` names."""
-    listed = set()
+    drop = _DROP | extra if extra else _DROP
+    out = []
+    listed: set[str] = set()
     for n, v in headers:
-        if n.lower() == "connection":
-            listed.update(t.strip().lower() for t in v.split(","))
-    drop = HOP_BY_HOP | listed | extra | {"content-length"}
-    return [(n, v) for n, v in headers if n.lower() not in drop]
+        k = n.lower()
+        if k in drop:
+            if k == "connection":
+                listed.update(t.strip().lower() for t in v.split(","))
+            continue
+        out.append((n, v))
+    listed -= _CONNECTION_OPTIONS
+    return [(n, v) for n, v in out if n.lower() not in listed] if listed else out
 
 
 def _encode_head(first: str, headers: list[tuple[str, str]]) -> bytes:
@@ -267,9 +314,10 @@ class ServerConn(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._task: asyncio.Task[None] | None = None
-        self._tls: _ServerTLS | None = None
+        self._tls: _TLS | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
 
     # -------------------------------------------------------------- transport
 
@@ -284,8 +332,8 @@ class ServerConn(asyncio.Protocol):
         if self.tls is not None:
             # TLS over memory BIOs rather than loop.start_tls: uvloop's start_tls on an accepted
             # server-side transport hands the ClientHello to the protocol instead of the TLS layer.
-            self._tls = _ServerTLS(self.tls)
-            self._handshake_timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._handshake_expired)
+            self._tls = _TLS(self.tls, server_side=True)
+            self._handshake_timer = self.loop.call_later(self.handshake_timeout, self._handshake_expired)
         else:
             self._start()
 
@@ -295,7 +343,12 @@ class ServerConn(asyncio.Protocol):
 
     def _start(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
-        self._task = asyncio.create_task(self._serve())
+        self._task = self.loop.create_task(self._serve())
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task serving this connection's requests, one at a time (the handler runs in it)."""
+        return self._task
 
     def data_received(self, data: bytes) -> None:
         tls = self._tls
@@ -425,7 +478,7 @@ class ServerConn(asyncio.Protocol):
 
     async def drain(self) -> None:
         while self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self.loop.create_future()
             await self._drain_waiter
 
     def abort(self) -> None:
@@ -466,10 +519,11 @@ class ServerConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
-        length, chunked = _framing(self._headers)
-        head = Head(self.parser.get_method().decode("latin-1"), b"".join(self._url).decode("latin-1"),
+        length, chunked, plain = _framing(self._headers)
+        url = self._url
+        head = Head(self.parser.get_method().decode("latin-1"), (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
                     self.parser.get_http_version(), self._headers, self.parser.should_keep_alive(), length,
-                    chunked)  # fmt: skip
+                    chunked, plain)  # fmt: skip
         ex = Exchange(head, Body(self))
         self._current = ex
         self._queue.append(ex)
@@ -498,7 +552,7 @@ class ServerConn(asyncio.Protocol):
                 if not self._queue:
                     if self.draining or self.parser is None:
                         break
-                    self._waiter = asyncio.get_running_loop().create_future()
+                    self._waiter = self.loop.create_future()
                     await self._waiter
                     self._waiter = None
                     continue
@@ -534,14 +588,20 @@ class _HeadTooLarge(httptools.HttpParserError):
     pass
 
 
-class _ServerTLS:
-    """The server side of TLS over memory BIOs: bytes from the socket in, plaintext and records out."""
+class _TLS:
+    """TLS over memory BIOs, either side: bytes from the socket in, plaintext and records out.
+
+    Both listeners' HTTP connections use it rather than the loop's TLS transport: each write is one
+    record handed to the socket in one ``write`` (no per-write buffering and flushing layer between
+    the protocol and the socket), and a server side can be put on an accepted plain transport (uvloop's
+    ``start_tls`` on an accepted server-side transport hands the ClientHello to the protocol instead of
+    the TLS layer)."""
 
     __slots__ = ("_in", "_out", "established", "obj")
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
         self.established = False
 
     def handshake(self, data: bytes) -> bool:
@@ -588,6 +648,35 @@ class _ServerTLS:
         return self.take_out()
 
 
+class _Deadline:
+    """A request's timeout: the task serving the downstream connection is cancelled when it passes, as
+    ``asyncio.timeout`` does, without that helper's per-use lookups of the running loop and the current
+    task (on Python 3.11 each lookup of the running loop is a ``getpid`` system call) and its
+    rescheduling machinery: one timer per request, cancelled when the request ends."""
+
+    __slots__ = ("_handle", "_task", "expired")
+
+    def __init__(self, down: ServerConn, delay: float) -> None:
+        self._task = down.task
+        self.expired = False
+        self._handle = down.loop.call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        if self._task is not None and not self._task.done():
+            self.expired = True
+            self._task.cancel()
+
+    def timed_out(self) -> bool:
+        """Whether the CancelledError being handled is this deadline's (and no other cancellation is
+        pending): then it has been withdrawn from the task and the caller answers the timeout."""
+        if not self.expired or self._task is None:
+            return False
+        return self._task.uncancel() == 0
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 # ================================================================================= upstream side
 
 
@@ -610,17 +699,27 @@ class UpstreamReset(ConnectionError):
 
 class ClientConn(asyncio.Protocol):
     """One connection to an upstream (another sidecar over mTLS, or the local app), used for one
-    request at a time and kept alive between them."""
+    request at a time and kept alive between them. With ``tls`` the client side of TLS runs over
+    memory BIOs (``_TLS``): ``handshake`` waits for it, then ``peercert`` holds the server's certificate.
 
-    def __init__(self) -> None:
+    Per request it holds one future (the response head); the end of the response is a flag, and a
+    future for it is made only when a caller has to wait for the rest of a body."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.uses = 0
         self.reusable = False
+        self.peercert: dict[str, Any] | None = None
         self.on_lost: Callable[[], None] | None = None
+        self._tls = _TLS(tls, server_side=False, server_hostname=server_hostname) if tls is not None else None
+        self._handshake: asyncio.Future[None] | None = None
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
+        self._finished = False  # the response has ended (whole, or by the connection's end)
+        self._error: UpstreamReset | None = None
         self._headers: list[tuple[str, str]] = []
         self._reason = ""
         self._head_only = False
@@ -636,11 +735,41 @@ class ClientConn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
         _nodelay(transport)
+        if self._tls is not None:
+            self._handshake = self._loop.create_future()
+            self._tls_step(b"")
+
+    async def handshake(self) -> None:
+        """Wait until the TLS handshake is complete. Raises ssl.SSLError or ConnectionError."""
+        if self._handshake is not None:
+            await self._handshake
+
+    def _tls_step(self, data: bytes) -> None:
+        tls = self._tls
+        assert tls is not None and self._handshake is not None
+        try:
+            done = tls.handshake(data)
+        except (ssl.SSLError, ValueError) as exc:
+            self._send_raw(tls.take_out())  # the alert, so the peer learns why
+            if not self._handshake.done():
+                self._handshake.set_exception(exc if isinstance(exc, ssl.SSLError) else ssl.SSLError(str(exc)))
+            self.abort()
+            return
+        self._send_raw(tls.take_out())
+        if done:
+            self.peercert = tls.obj.getpeercert()
+            if not self._handshake.done():
+                self._handshake.set_result(None)
+
+    def _send_raw(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     def begin(self, head_only: bool) -> None:
-        loop = asyncio.get_running_loop()
-        self._head = loop.create_future()
-        self._done = loop.create_future()
+        self._head = self._loop.create_future()
+        self._done = None
+        self._finished = False
+        self._error = None
         self._headers = []
         self._head_only = head_only
         self._got_bytes = False
@@ -651,6 +780,33 @@ class ClientConn(asyncio.Protocol):
         self.uses += 1
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            if not tls.established:
+                self._tls_step(data)
+                if not tls.established:
+                    return
+                data = b""
+            try:
+                data, eof = tls.read(data)
+            except (ssl.SSLError, ValueError) as exc:
+                self._send_raw(tls.take_out())
+                self._fail(UpstreamReset(f"TLS error: {exc}", got_bytes=self._got_bytes or bool(data)))
+                self.abort()
+                return
+            out = tls.take_out()
+            if out:
+                self._send_raw(out)
+            if eof:
+                if data:
+                    self._feed(data)
+                self.close()
+                return
+            if not data:
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         self._got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -663,9 +819,11 @@ class ClientConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._head is not None and self._head.done() and self._done is not None and not self._done.done() \
-                and self._close_delimited:  # fmt: skip
-            self._done.set_result(None)  # a response delimited by the connection's end
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionResetError("connection closed during the TLS handshake"))
+            self._handshake.exception()
+        if self._head is not None and self._head.done() and not self._finished and self._close_delimited:
+            self._set_finished()  # a response delimited by the connection's end
         self._fail(UpstreamReset("connection reset" if exc else "connection closed", got_bytes=self._got_bytes))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
@@ -673,11 +831,24 @@ class ClientConn(asyncio.Protocol):
             self.on_lost()
             self.on_lost = None
 
-    def _fail(self, exc: BaseException) -> None:
-        for fut in (self._head, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: a failure nobody awaits is not an error to log
+    def _fail(self, exc: UpstreamReset) -> None:
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(exc)
+            head.exception()  # retrieved: a failure nobody awaits is not an error to log
+        if not self._finished:
+            self._finished = True
+            self._error = exc
+            done = self._done
+            if done is not None and not done.done():
+                done.set_exception(exc)
+                done.exception()
+
+    def _set_finished(self) -> None:
+        self._finished = True
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -689,13 +860,19 @@ class ClientConn(asyncio.Protocol):
 
     async def drain(self) -> None:
         while self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
         if self.closed:
             raise UpstreamReset("connection closed while sending", got_bytes=self._got_bytes)
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            if self._tls is not None:
+                try:
+                    data = self._tls.encrypt(data)
+                except (ssl.SSLError, ValueError):
+                    self.abort()
+                    return
             self.transport.write(data)
 
     def pause_reading(self) -> None:
@@ -712,6 +889,8 @@ class ClientConn(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            if self._tls is not None and self._tls.established:
+                self._send_raw(self._tls.close_notify())
             self.transport.close()
 
     # -------------------------------------------------------------- httptools callbacks
@@ -731,7 +910,7 @@ class ClientConn(asyncio.Protocol):
         if 100 <= status < 200:
             self._informational = True  # 100 Continue and friends: the final response follows
             return
-        length, chunked = _framing(self._headers)
+        length, chunked, _ = _framing(self._headers)
         self._close_delimited = length is None and not chunked and not self._head_only and status not in (204, 304)
         if self._head is not None and not self._head.done():
             self._head.set_result(ResponseHead(status, self._reason, self._headers, length, chunked))
@@ -755,8 +934,8 @@ class ClientConn(asyncio.Protocol):
 
     def _complete(self, *, keep_alive: bool) -> None:
         self.reusable = keep_alive and not self._close_delimited
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        if not self._finished:
+            self._set_finished()
 
     # -------------------------------------------------------------- use
 
@@ -772,8 +951,12 @@ class ClientConn(asyncio.Protocol):
         self._sink = sink
 
     async def finished(self) -> None:
-        assert self._done is not None
-        await self._done
+        """Wait for the end of the response. Raises UpstreamReset if the connection failed first."""
+        if not self._finished:
+            self._done = self._loop.create_future()
+            await self._done
+        elif self._error is not None:
+            raise self._error
 
     def take_early(self) -> list[bytes]:
         early, self._early = self._early, []
@@ -782,7 +965,7 @@ class ClientConn(asyncio.Protocol):
     @property
     def complete(self) -> bool:
         """The whole response has arrived."""
-        return self._done is not None and self._done.done() and self._done.exception() is None
+        return self._finished and self._error is None
 
 
 class Overflow(Exception):
@@ -912,14 +1095,14 @@ async def _relay_response(down: ServerConn, ex: Exchange, client: ClientConn, re
     return keep
 
 
-def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    headers = strip_hop_by_hop(head.headers, extra_drop | {"expect"})
+def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = _NO_EXPECT) -> list[tuple[str, str]]:
+    headers = list(head.headers) if head.plain else strip_hop_by_hop(head.headers, extra_drop)
     return apply_edits(headers, edits) if edits else headers
 
 
 def _continue(down: ServerConn, head: Head) -> None:
     """Answer ``Expect: 100-continue`` ourselves, as Envoy does by default."""
-    if head.version == "1.1" and any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in head.headers):
+    if not head.plain and head.version == "1.1" and any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in head.headers):
         down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
@@ -974,7 +1157,8 @@ class UpstreamHandler:
         env.metrics.observe("proconsul_proxy_upstream_request_seconds", elapsed, (env.name,))
         if env.access is not None:
             env.access.info("request", listener=env.name, downstream=down.peer, method=ex.head.method,
-                            path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3), **kw)  # fmt: skip
+                            path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3),
+                            **{k: str(v) for k, v in kw.items()})  # fmt: skip
 
     def _local(self, down: ServerConn, ex: Exchange, status: int, body: bytes, **kw: Any) -> bool:
         self._finish(ex, status, down, **kw)
@@ -1006,21 +1190,25 @@ class UpstreamHandler:
         else:
             body = ex.body
         inflight: list[ClientConn] = []
+        deadline = _Deadline(down, rr.timeout)
         try:
-            async with asyncio.timeout(rr.timeout):
-                return await self._attempts(down, ex, rr, body, inflight)
-        except TimeoutError:
+            return await self._attempts(down, ex, rr, body, inflight)
+        except asyncio.CancelledError:
+            if not deadline.timed_out():
+                raise
             for client in inflight:
                 client.abort()  # mid-request: the connection cannot be reused
             if not ex.response_started and not down.closed:
                 return self._local(down, ex, 504, TIMEOUT_BODY)
             down.abort()  # the response had begun: a reset is all that is left to say
             return False
+        finally:
+            deadline.cancel()
 
     async def _attempts(self, down: ServerConn, ex: Exchange, rr: RouteResult, body: bytes | Body | None,
                         inflight: list[ClientConn]) -> bool:  # fmt: skip
         env = self.env
-        loop = asyncio.get_running_loop()
+        loop = down.loop
         head = ex.head
         headers = _request_headers(head, rr.request_edits)
         replayable = not isinstance(body, Body)
@@ -1087,7 +1275,7 @@ class UpstreamHandler:
             env.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", (env.name, exc.limit))
             return self._local(down, ex, 503, (RESET_PREFIX + "overflow").encode())
         except ConnectFailed as exc:
-            self._report(pool, tid, inst, False)
+            self._report(pool, tid, inst, False, down.loop.time())
             env.log.warning("upstream connect failed", upstream=env.name, instance=str(inst), error=str(exc))
             return "connect"
         except UpstreamReset as exc:
@@ -1095,9 +1283,9 @@ class UpstreamHandler:
                 client.abort()
             if _reused_stale(client, exc) and not isinstance(body, Body):
                 return "stale"
-            self._report(pool, tid, inst, False)
+            self._report(pool, tid, inst, False, down.loop.time())
             return "reset"
-        self._report(pool, tid, inst, resp.status < 500)
+        self._report(pool, tid, inst, resp.status < 500, down.loop.time())
         retry = rr.retry
         if can_retry and retry is not None and retry.on_response(resp.status, _lower(resp.headers)):
             client.abort()
@@ -1110,7 +1298,7 @@ class UpstreamHandler:
             return False
         inflight.remove(client)
         self._idle.give(inst, client)
-        self._finish(ex, resp.status, down, target=tid, instance=str(inst))
+        self._finish(ex, resp.status, down, target=tid, instance=inst)
         return keep
 
     def _pick_pool(self, rr: RouteResult) -> tuple[UpstreamPool | None, str]:
@@ -1121,8 +1309,8 @@ class UpstreamHandler:
                 return pool, tid
         return None, ""
 
-    def _report(self, pool: UpstreamPool, tid: str, inst: Instance, ok: bool) -> None:
-        if pool.report(inst, ok, asyncio.get_running_loop().time()):
+    def _report(self, pool: UpstreamPool, tid: str, inst: Instance, ok: bool, now: float) -> None:
+        if pool.report(inst, ok, now):
             self.env.metrics.inc("proconsul_proxy_upstream_ejections_total", (self.env.name, tid))
             self.env.log.warning("instance ejected after consecutive failures", upstream=self.env.name, target=tid,
                                  instance=str(inst))  # fmt: skip
@@ -1142,13 +1330,15 @@ class UpstreamHandler:
             raise Overflow("max_pending_requests")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        conn = None
         try:
             async with asyncio.timeout(env.connect_timeout(tid) + env.handshake_timeout):
-                transport, conn = await loop.create_connection(
-                    ClientConn, inst.host, inst.port, ssl=ctx[0], server_hostname=inst.host,
-                    ssl_handshake_timeout=env.handshake_timeout)  # fmt: skip
-            identity.check_server(identity.uri_sans(transport.get_extra_info("peercert")), env.expected_uri(tid))
+                _, conn = await loop.create_connection(lambda: ClientConn(ctx[0], inst.host), inst.host, inst.port)
+                await conn.handshake()
+            identity.check_server(identity.uri_sans(conn.peercert), env.expected_uri(tid))
         except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
+            if conn is not None:
+                conn.abort()
             pool.release("connections")
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         finally:
@@ -1262,19 +1452,23 @@ class LocalHandler:
             body = ex.body
         assert down.source is not None
         xfcc = ("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}")
-        headers = _request_headers(head, (), frozenset({"x-forwarded-client-cert"}))
+        headers = _request_headers(head, (), _NO_EXPECT_XFCC)
         headers.append(xfcc)
         inflight: list[ClientConn] = []
+        deadline = _Deadline(down, env.request_timeout())
         try:
-            async with asyncio.timeout(env.request_timeout()):
-                return await self._forward(down, ex, headers, body, inflight)
-        except TimeoutError:
-            for client in inflight:
-                client.abort()
-            if not ex.response_started and not down.closed:
-                return await self._local(down, ex, 504, TIMEOUT_BODY)
-            down.abort()
-            return False
+            return await self._forward(down, ex, headers, body, inflight)
+        except asyncio.CancelledError:
+            if not deadline.timed_out():
+                raise
+        finally:
+            deadline.cancel()
+        for client in inflight:
+            client.abort()
+        if not ex.response_started and not down.closed:
+            return await self._local(down, ex, 504, TIMEOUT_BODY)
+        down.abort()
+        return False
 
     async def _forward(self, down: ServerConn, ex: Exchange, headers: list[tuple[str, str]],
                        body: bytes | Body | None, inflight: list[ClientConn]) -> bool:  # fmt: skip
