@@ -47,7 +47,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -70,6 +70,7 @@ __all__ = [
     "define_metrics",
 ]
 
+FAST_BODY_LIMIT = 64 * 1024  # responses up to this size are relayed whole on the callback path
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are held so that a retry can resend them
 BODY_HIGH = 256 * 1024  # buffered request body above which the downstream stops being read
 BODY_LOW = 64 * 1024
@@ -223,6 +224,8 @@ class Exchange:
     body: Body
     started: float = field(default_factory=time.monotonic)
     response_started: bool = False  # the response head went downstream: errors can only reset now
+    route: RouteResult | None = None  # routed already (the callback path handed it over)
+    authorized: bool = False  # allowed by the intentions already (the callback path handed it over)
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -279,6 +282,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 Handler = Callable[["ServerConn", Exchange], Awaitable[bool]]
+# The callback path: takes a request (True) and later calls ``ServerConn.fast_done``/``fast_requeue``, or
+# declines it (False) and the request goes to ``Handler``.
+FastHandler = Callable[["ServerConn", Exchange], bool]
 
 
 class ServerConn(asyncio.Protocol):
@@ -288,8 +294,11 @@ class ServerConn(asyncio.Protocol):
 
     def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
                  on_tls: Callable[[ServerConn], bool] | None = None,
-                 conns: set[ServerConn] | None = None) -> None:  # fmt: skip
+                 conns: set[ServerConn] | None = None, fast: FastHandler | None = None) -> None:  # fmt: skip
         self.handler = handler
+        self.fast = fast
+        self._fast_active = False  # a request is on the callback path: the serving task waits
+        self._fast_candidate: Exchange | None = None
         self.tls = tls
         self.handshake_timeout = handshake_timeout
         self.on_tls = on_tls
@@ -526,6 +535,10 @@ class ServerConn(asyncio.Protocol):
                     chunked, plain)  # fmt: skip
         ex = Exchange(head, Body(self))
         self._current = ex
+        if self.fast is not None and not self.busy and not self._queue and not head.has_body \
+                and not self.draining and not self._write_paused and head.method != "HEAD":  # fmt: skip
+            self._fast_candidate = ex  # offered to the callback path once the message is complete
+            return
         self._queue.append(ex)
         if len(self._queue) >= MAX_QUEUED:
             self.pause_reading()
@@ -536,21 +549,54 @@ class ServerConn(asyncio.Protocol):
             self._current.body.feed(body)
 
     def on_message_complete(self) -> None:
-        if self._current is not None:
-            self._current.body.finish()
+        ex = self._current
+        if ex is not None:
+            ex.body.finish()
             self._current = None
+            if ex is self._fast_candidate:
+                self._fast_candidate = None
+                self._offer(ex)
 
     # -------------------------------------------------------------- serving
 
+    def _offer(self, ex: Exchange) -> None:
+        """A bodiless request on an idle connection: the callback path first (no task switch, no
+        future per request), else the serving task."""
+        assert self.fast is not None
+        self._fast_active = self.busy = True
+        if not self.fast(self, ex):
+            self._fast_active = self.busy = False
+            self._queue.append(ex)
+            self._wake()
+
+    def fast_done(self, keep: bool) -> None:
+        """The request on the callback path has been answered; ``keep``: the connection stays open."""
+        self._fast_active = self.busy = False
+        if self.closed:
+            return
+        if not keep or not self._queue and (self.draining or self.parser is None):
+            self.close()
+        elif self._queue:
+            self._wake()
+
+    def fast_requeue(self, ex: Exchange) -> None:
+        """The callback path gives the request (nothing of its answer sent) to the serving task."""
+        self._fast_active = self.busy = False
+        if not self.closed:
+            self._queue.appendleft(ex)
+            self._wake()
+
     def _wake(self) -> None:
+        if self._fast_active and not self.closed:
+            return  # the serving task runs again once the callback path is done
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def _serve(self) -> None:
         try:
             while not self.closed:
-                if not self._queue:
-                    if self.draining or self.parser is None:
+                if not self._queue or self._fast_active:
+                    if not self._fast_active and (self.draining or self.parser is None):
                         break
                     self._waiter = self.loop.create_future()
                     await self._waiter
@@ -689,6 +735,16 @@ class ResponseHead:
     chunked: bool
 
 
+class _Watcher(Protocol):
+    """What hears of one response on the callback path (``ClientConn.begin`` with a watcher)."""
+
+    def upstream_done(self) -> None: ...
+
+    def upstream_head(self, resp: ResponseHead) -> None: ...
+
+    def upstream_failed(self, exc: UpstreamReset) -> None: ...
+
+
 class UpstreamReset(ConnectionError):
     """The upstream closed or reset the connection before a complete response head."""
 
@@ -716,6 +772,8 @@ class ClientConn(asyncio.Protocol):
         self.on_lost: Callable[[], None] | None = None
         self._tls = _TLS(tls, server_side=False, server_hostname=server_hostname) if tls is not None else None
         self._handshake: asyncio.Future[None] | None = None
+        self._watcher: _Watcher | None = None
+        self.resp: ResponseHead | None = None
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
         self._finished = False  # the response has ended (whole, or by the connection's end)
@@ -765,8 +823,14 @@ class ClientConn(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
-    def begin(self, head_only: bool) -> None:
-        self._head = self._loop.create_future()
+    def begin(self, head_only: bool, watcher: _Watcher | None = None) -> None:
+        """Get ready for the response to a new request. With ``watcher`` (the callback path) no future is
+        made: the watcher hears of the whole response ("done": a response whose body, with a known
+        length up to ``FAST_BODY_LIMIT``, has all arrived), of a head whose body is to be streamed
+        ("head": from then on the connection is used as on the future path) or of the failure."""
+        self._watcher = watcher
+        self._head = self._loop.create_future() if watcher is None else None
+        self.resp = None
         self._done = None
         self._finished = False
         self._error = None
@@ -832,6 +896,13 @@ class ClientConn(asyncio.Protocol):
             self.on_lost = None
 
     def _fail(self, exc: UpstreamReset) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            self._finished = True
+            self._error = exc
+            watcher.upstream_failed(exc)
+            return
         head = self._head
         if head is not None and not head.done():
             head.set_exception(exc)
@@ -912,8 +983,15 @@ class ClientConn(asyncio.Protocol):
             return
         length, chunked, _ = _framing(self._headers)
         self._close_delimited = length is None and not chunked and not self._head_only and status not in (204, 304)
+        resp = self.resp = ResponseHead(status, self._reason, self._headers, length, chunked)
+        watcher = self._watcher
+        if watcher is not None:
+            if not (length is not None and length <= FAST_BODY_LIMIT or status in (204, 304)):
+                self._watcher = None  # streamed: the rest goes the future path's way
+                watcher.upstream_head(resp)
+            return
         if self._head is not None and not self._head.done():
-            self._head.set_result(ResponseHead(status, self._reason, self._headers, length, chunked))
+            self._head.set_result(resp)
         if self._head_only:
             # llhttp cannot be told that this answers a HEAD: the message ends here, and a fresh
             # parser reads the next response on this connection.
@@ -936,6 +1014,10 @@ class ClientConn(asyncio.Protocol):
         self.reusable = keep_alive and not self._close_delimited
         if not self._finished:
             self._set_finished()
+            watcher = self._watcher
+            if watcher is not None:
+                self._watcher = None
+                watcher.upstream_done()
 
     # -------------------------------------------------------------- use
 
@@ -1095,6 +1177,132 @@ async def _relay_response(down: ServerConn, ex: Exchange, client: ClientConn, re
     return keep
 
 
+def _whole_response(down: ServerConn, ex: Exchange, resp: ResponseHead, edits: tuple[HeaderEdits, ...],
+                    body: list[bytes]) -> tuple[bytes, bool]:  # fmt: skip
+    """A response that has all arrived, with a known length (or none: 204, 304), as the bytes to send
+    downstream in one write; what ``_relay_response`` sends for it. Returns (bytes, keep the
+    downstream open?)."""
+    head = ex.head
+    headers = strip_hop_by_hop(resp.headers)
+    if edits:
+        headers = apply_edits(headers, edits)
+    keep = head.keep_alive and not down.draining
+    if resp.content_length is not None:
+        headers.append(("content-length", str(resp.content_length)))
+    if not keep:
+        headers.append(("connection", "close"))
+    out = _encode_head(f"HTTP/1.1 {resp.status} {resp.reason or _REASONS.get(resp.status, '')}", headers)
+    if body and resp.status not in (204, 304):
+        out += body[0] if len(body) == 1 else b"".join(body)
+    return out, keep
+
+
+class _FastOwner(Protocol):
+    """What a handler gives the callback path (``_Fast``)."""
+
+    tasks: set[asyncio.Task[None]]
+
+    def fast_report(self, f: _Fast, ok: bool) -> None: ...
+
+    def fast_finish(self, f: _Fast, status: int) -> None: ...
+
+    def fast_local(self, f: _Fast, status: int, body: bytes) -> bool: ...
+
+
+class _Fast:
+    """One request on the callback path: a bodiless request written to an idle keep-alive connection,
+    its response relayed from the connection's callbacks (``ClientConn`` with a watcher) without a
+    task, a future or a timeout context per request; one timer holds the request's timeout.
+
+    What it does is what the future path does for the same request: the circuit breaker's request
+    unit and the instance's active count held until the response has been relayed, passive health
+    reported per response, a reused connection found closed before any byte of a response handed back
+    (to the serving task, which tries again as it does for a stale connection), a reset answered 503,
+    the timeout 504 (or a reset once the response has begun). A response whose body is long, chunked
+    or delimited by the connection's end is streamed by a task from its head on."""
+
+    __slots__ = ("client", "done", "down", "edits", "ex", "inst", "owner", "pool", "tid", "timer")
+
+    def __init__(self, owner: _FastOwner, down: ServerConn, ex: Exchange, client: ClientConn,
+                 edits: tuple[HeaderEdits, ...], pool: UpstreamPool | None, tid: str, inst: Instance,
+                 timeout: float) -> None:  # fmt: skip
+        self.owner, self.down, self.ex, self.client, self.edits = owner, down, ex, client, edits
+        self.pool, self.tid, self.inst = pool, tid, inst
+        self.done = False
+        self.timer = down.loop.call_later(timeout, self._timed_out)
+        down.reading_from = client
+
+    def send(self, first_line: str, headers: list[tuple[str, str]]) -> None:
+        self.client.begin(False, self)
+        self.client.write(_encode_head(first_line, headers))
+
+    def _release(self) -> bool:
+        """Once: the timer, the breaker's request unit, the instance's active count."""
+        if self.done:
+            return False
+        self.done = True
+        self.timer.cancel()
+        self.down.reading_from = None
+        if self.pool is not None:
+            self.pool.end(self.inst)
+            self.pool.release("requests")
+        return True
+
+    # ClientConn's watcher
+
+    def upstream_done(self) -> None:
+        resp = self.client.resp
+        if resp is None or not self._release():
+            return
+        self.owner.fast_report(self, resp.status < 500)
+        out, keep = _whole_response(self.down, self.ex, resp, self.edits, self.client.take_early())
+        self.ex.response_started = True
+        self.down.write(out)
+        self.owner.fast_finish(self, resp.status)
+        self.down.fast_done(keep)
+
+    def upstream_head(self, resp: ResponseHead) -> None:
+        if self.done:
+            return
+        self.owner.fast_report(self, resp.status < 500)
+        task = self.down.loop.create_task(self._stream(resp))
+        self.owner.tasks.add(task)
+        task.add_done_callback(self.owner.tasks.discard)
+
+    async def _stream(self, resp: ResponseHead) -> None:
+        try:
+            keep = await _relay_response(self.down, self.ex, self.client, resp, self.edits)
+        except UpstreamReset:
+            if self._release():
+                self.client.abort()
+                self.down.abort()
+                self.down.fast_done(False)
+            return
+        if self._release():
+            self.owner.fast_finish(self, resp.status)
+            self.down.fast_done(keep)
+
+    def upstream_failed(self, exc: UpstreamReset) -> None:
+        if not self._release():
+            return
+        self.client.abort()
+        if _reused_stale(self.client, exc):
+            self.down.fast_requeue(self.ex)  # a keep-alive connection the peer had closed: try again
+            return
+        self.owner.fast_report(self, False)
+        self.down.fast_done(self.owner.fast_local(self, 503, (RESET_PREFIX + "connection termination").encode()))
+
+    def _timed_out(self) -> None:
+        if not self._release():
+            return
+        self.client.abort()  # mid-request: the connection cannot be reused
+        if not self.ex.response_started and not self.down.closed:
+            self.down.fast_done(self.owner.fast_local(self, 504, TIMEOUT_BODY))
+        else:
+            self.down.abort()
+            self.down.fast_done(False)
+
+
 def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = _NO_EXPECT) -> list[tuple[str, str]]:
     headers = list(head.headers) if head.plain else strip_hop_by_hop(head.headers, extra_drop)
     return apply_edits(headers, edits) if edits else headers
@@ -1125,6 +1333,7 @@ class UpstreamEnv:
     connect_timeout: Callable[[str], float]  # by target ID
     handshake_timeout: float
     expected_uri: Callable[[str], str]  # the SPIFFE ID a target's sidecars must present
+    is_ready: Callable[[], bool] = lambda: False  # what wait_ready waits for, now (else the future path waits)
 
 
 class UpstreamHandler:
@@ -1135,9 +1344,10 @@ class UpstreamHandler:
         self._router: Router | None = None
         self._idle = _Idle()
         self.conns: set[ServerConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def protocol(self) -> ServerConn:
-        return ServerConn(self.handle, conns=self.conns)
+        return ServerConn(self.handle, conns=self.conns, fast=self.fast)
 
     def router(self) -> Router | None:
         chain = self.env.chain()
@@ -1164,6 +1374,56 @@ class UpstreamHandler:
         self._finish(ex, status, down, **kw)
         return down.respond_local(status, body, keep_alive=ex.head.keep_alive and ex.body.done)
 
+    def fast(self, down: ServerConn, ex: Exchange) -> bool:
+        """The callback path (``_Fast``) for a bodiless request when everything it needs is at hand: the
+        chain and health known, a route without retries, an instance with an idle connection, a unit
+        of ``MaxConcurrentRequests``. Anything else is the future path's (``handle``), which gets the
+        route chosen here so that a request is split once."""
+        env = self.env
+        if env.chain() is None or not env.is_ready():
+            return False
+        router = self.router()
+        if router is None:
+            return False
+        head = ex.head
+        try:
+            rr = router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+        except RouteError:
+            return False
+        ex.route = rr
+        if rr is None or rr.retry is not None:
+            return False
+        pool, tid = self._pick_pool(rr)
+        if pool is None:
+            return False
+        inst = pool.pick(None, down.loop.time())
+        if inst is None:
+            return False
+        client = self._idle.take(inst)
+        if client is None:
+            return False
+        if not pool.acquire("requests"):
+            self._idle.give(inst, client)
+            return False
+        pool.begin(inst)
+        headers = _request_headers(head, rr.request_edits)
+        if head.content_length is not None:
+            headers.append(("content-length", "0"))
+        _Fast(self, down, ex, client, rr.response_edits, pool, tid, inst, rr.timeout).send(
+            f"{head.method} {rr.path} HTTP/1.1", headers)  # fmt: skip
+        return True
+
+    def fast_report(self, f: _Fast, ok: bool) -> None:
+        assert f.pool is not None
+        self._report(f.pool, f.tid, f.inst, ok, f.down.loop.time())
+
+    def fast_finish(self, f: _Fast, status: int) -> None:
+        self._idle.give(f.inst, f.client)
+        self._finish(f.ex, status, f.down, target=f.tid, instance=f.inst)
+
+    def fast_local(self, f: _Fast, status: int, body: bytes) -> bool:
+        return self._local(f.down, f.ex, status, body, **({"instance": f.inst} if status == 503 else {}))
+
     async def handle(self, down: ServerConn, ex: Exchange) -> bool:
         env = self.env
         head = ex.head
@@ -1172,7 +1432,7 @@ class UpstreamHandler:
         router = self.router()
         assert router is not None
         try:
-            rr = router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+            rr = ex.route or router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
         except RouteError as exc:
             env.log.error("cannot route request", upstream=env.name, error=str(exc))
             return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
@@ -1388,6 +1648,7 @@ class LocalHandler:
         self._inst = Instance(*env.local)
         self._open = 0
         self.conns: set[ServerConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         self._idle.close_all()
@@ -1432,12 +1693,51 @@ class LocalHandler:
         verdict = policy.decide_request(cached[1], rbac.RequestView(head.method, head.target, head.lookup()))
         return verdict.allowed, verdict.reason
 
-    async def handle(self, down: ServerConn, ex: Exchange) -> bool:
+    def fast(self, down: ServerConn, ex: Exchange) -> bool:
+        """The callback path (``_Fast``) for a bodiless request while an idle connection to the app is
+        at hand: decided by the intentions (a deny answered at once), then relayed. Anything else is
+        the future path's (``handle``), which is told the request was allowed already."""
         env = self.env
+        if env.policy() is None or down.source is None:
+            return False
+        client = self._idle.take(self._inst)
+        if client is None:
+            return False
         allowed, reason = self._verdict(down, ex)
         env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
         if not allowed:
-            return await self._local(down, ex, 403, rbac.DENIED_BODY, reason=reason)
+            self._idle.give(self._inst, client)
+            self._finish(down, ex, 403, reason=reason)
+            down.fast_done(down.respond_local(403, rbac.DENIED_BODY, keep_alive=ex.head.keep_alive))
+            return True
+        ex.authorized = True
+        head = ex.head
+        headers = _request_headers(head, (), _NO_EXPECT_XFCC)
+        headers.append(("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}"))
+        if head.content_length is not None:
+            headers.append(("content-length", "0"))
+        _Fast(self, down, ex, client, (), None, "", self._inst, env.request_timeout()).send(
+            f"{head.method} {head.target} HTTP/1.1", headers)  # fmt: skip
+        return True
+
+    def fast_report(self, f: _Fast, ok: bool) -> None:
+        pass  # the local app is not balanced: no passive health
+
+    def fast_finish(self, f: _Fast, status: int) -> None:
+        self._idle.give(self._inst, f.client)
+        self._finish(f.down, f.ex, status)
+
+    def fast_local(self, f: _Fast, status: int, body: bytes) -> bool:
+        self._finish(f.down, f.ex, status)
+        return f.down.respond_local(status, body, keep_alive=f.ex.head.keep_alive)
+
+    async def handle(self, down: ServerConn, ex: Exchange) -> bool:
+        env = self.env
+        if not ex.authorized:
+            allowed, reason = self._verdict(down, ex)
+            env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
+            if not allowed:
+                return await self._local(down, ex, 403, rbac.DENIED_BODY, reason=reason)
         head = ex.head
         _continue(down, head)
         body: bytes | Body | None
