@@ -173,6 +173,14 @@ async def _main(args: argparse.Namespace) -> int:
     from connect_proxy.proxy import Proxy
 
     log = structlog.get_logger("connect-proxy")
+    # SIGINT and SIGTERM stop the proxy from the first moment, as Consul's proxy command subscribes to
+    # both before it does anything else: a handler of our own, whatever the process inherited (a
+    # background job starts with SIGINT ignored, and asyncio's own Ctrl-C handling is installed only
+    # when SIGINT has Python's default handler).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     tls = TLSFlags(ca_file=args.ca_file, ca_path=args.ca_path, client_cert=args.client_cert,
                    client_key=args.client_key, tls_server_name=args.tls_server_name)  # fmt: skip
     config = HTTPConfig.from_flags(args.http_addr, args.token, tls=tls)
@@ -183,7 +191,16 @@ async def _main(args: argparse.Namespace) -> int:
         return 1
     agent = AgentClient(config.address, config=config)
     try:
-        cfg = await load_config(args, agent)
+        loading = asyncio.ensure_future(load_config(args, agent))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not loading.done():
+            loading.cancel()
+            await agent.close()
+            log.info("caught signal, stopping the proxy")
+            return 0
+        cfg = loading.result()
     except ConfigError as exc:
         await agent.close()
         print(f"Error: {exc}", file=sys.stderr)
@@ -194,10 +211,6 @@ async def _main(args: argparse.Namespace) -> int:
               "Is the agent running? Set -http-addr or CONSUL_HTTP_ADDR to point at it.", file=sys.stderr)  # fmt: skip
         return 1
     proxy = Proxy(with_flags(cfg, args), agent)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     starting = asyncio.create_task(proxy.start())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -300,7 +300,7 @@ class Proxy:
         return engine.UpstreamEnv(
             name, self.metrics, self.rng, self.log, self.access, lambda: state.chain, lambda: state.pools,
             state.wait_ready, client_context, lambda tid: self.connect_timeout(state, tid),
-            self.cfg.handshake_timeout, expected_uri)  # fmt: skip
+            self.cfg.handshake_timeout, expected_uri, state.ready.is_set)  # fmt: skip
 
     def _upstream_protocol(self, state: UpstreamState) -> asyncio.Protocol:
         """A new connection on an upstream listener: HTTP mode while the upstream's chain is ``http``."""
@@ -321,7 +321,7 @@ class Proxy:
         self._inbound_open += 1
         conn = engine.ServerConn(self.local_http.handle, tls=contexts.server, handshake_timeout=self.cfg.handshake_timeout,
                                  on_tls=lambda c: self.local_http.on_tls(c, contexts.trust_domain),
-                                 conns=self.local_http.conns)  # fmt: skip
+                                 conns=self.local_http.conns, fast=self.local_http.fast)  # fmt: skip
         conn.done.add_done_callback(self._inbound_closed)
         return conn
 

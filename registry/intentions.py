@@ -37,12 +37,13 @@ from types import MappingProxyType
 from typing import Any, Literal, NamedTuple
 
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
-from registry.gocompat import GO_ZERO_TIME, format_go_time, parse_go_time
+from registry.gocompat import GO_ZERO_TIME, format_go_time, go_quote, parse_go_time
 
 __all__ = [
     "ACTION_ALLOW",
     "ACTION_DENY",
     "DEFAULT_NAMESPACE",
+    "HTTP_METHODS",
     "Decision",
     "Intention",
     "IntentionError",
@@ -59,7 +60,9 @@ __all__ = [
     "default_decision",
     "intentions_to_config_entries",
     "match",
+    "normalize_permissions",
     "parse_service_name",
+    "permission_errors",
     "sort_intentions",
     "validate_config_entry",
 ]
@@ -597,6 +600,88 @@ def intentions_to_config_entries(intentions: Iterable[Intention]) -> list[dict[s
     return entries
 
 
+# Consul's isValidHTTPMethod: the verbs Go's net/http names.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"})
+
+
+def _field(data: Mapping[str, Any], key: str) -> Any:
+    """A permission field the way Consul decodes one: any case, with or without underscores
+    (``PathPrefix``, ``path_prefix``)."""
+    want = key.lower()
+    for k, v in data.items():
+        if str(k).lower().replace("_", "") == want:
+            return v
+    return None
+
+
+def normalize_permissions(perms: Sequence[Any]) -> list[Any]:
+    """Consul's normalize() for L7 permissions: each ``HTTP.Methods`` entry upper-cased (copies; the
+    caller's objects are left alone), before validation sees them."""
+    out: list[Any] = []
+    for perm in perms:
+        http = _field(perm, "HTTP") if isinstance(perm, Mapping) else None
+        methods = _field(http, "Methods") if isinstance(http, Mapping) else None
+        if not isinstance(methods, list):
+            out.append(perm)
+            continue
+        key = next(k for k in http if str(k).lower().replace("_", "") == "methods")
+        new_http = {**http, key: [m.upper() if isinstance(m, str) else m for m in methods]}
+        hkey = next(k for k in perm if str(k).lower().replace("_", "") == "http")
+        out.append({**perm, hkey: new_http})
+    return out
+
+
+def permission_errors(perms: Sequence[Any], where: str) -> list[str]:
+    """The first problem with a source's L7 ``Permissions`` (``where`` is ``Sources[i]``), in Consul's
+    words (ServiceIntentionsConfigEntry.validate stops at the first): an Action of allow or deny, an
+    ``HTTP`` section that matches something, paths starting with "/", at most one of
+    PathExact/PathPrefix/PathRegex, header matchers with a Name and exactly one of
+    Present/Exact/Prefix/Suffix/Regex, and known, distinct methods (upper-cased first)."""
+    for j, perm in enumerate(perms):
+        if not isinstance(perm, Mapping):
+            return [f"{where}.Permissions must be a list of objects"]
+        if _field(perm, "Action") not in (ACTION_ALLOW, ACTION_DENY):
+            return [f"{where}.Permissions[{j}].Action must be set to 'allow' or 'deny'"]
+        prefix = f"{where}.Permissions[{j}].HTTP"
+        http = _field(perm, "HTTP")
+        if not http:
+            return [f"{prefix} is required"]
+        if not isinstance(http, Mapping):
+            return [f"{prefix} must be an object"]
+        path_parts = 0
+        for kind in ("PathExact", "PathPrefix"):
+            value = _field(http, kind)
+            if value:
+                path_parts += 1
+                if not str(value).startswith("/"):
+                    return [f"{prefix}.{kind} doesn't start with '/': {go_quote(str(value))}"]
+        if _field(http, "PathRegex"):
+            path_parts += 1
+        if path_parts > 1:
+            return [f"{prefix} should only contain at most one of PathExact, PathPrefix, or PathRegex"]
+        parts = path_parts
+        headers = _field(http, "Header") or []
+        for k, hdr in enumerate(headers if isinstance(headers, list) else []):
+            if not isinstance(hdr, Mapping) or not _field(hdr, "Name"):
+                return [f"{prefix}.Header[{k}] missing required Name field"]
+            if sum(1 for f in ("Present", "Exact", "Regex", "Prefix", "Suffix") if _field(hdr, f)) != 1:
+                return [f"{prefix}.Header[{k}] should only contain one of Present, Exact, Prefix, Suffix, or Regex"]
+            parts += 1
+        methods = _field(http, "Methods") or []
+        if methods:
+            found: set[str] = set()
+            for m in methods if isinstance(methods, list) else [methods]:
+                if not isinstance(m, str) or m not in HTTP_METHODS:
+                    return [f"{prefix}.Methods contains an invalid method {go_quote(str(m))}"]
+                if m in found:
+                    return [f"{prefix}.Methods contains {go_quote(m)} more than once"]
+                found.add(m)
+            parts += 1
+        if parts == 0:
+            return [f"{prefix} should not be empty"]
+    return []
+
+
 def validate_config_entry(entry: Mapping[str, Any]) -> None:
     """Check a ``service-intentions`` entry (JSON shape) the way Consul's validate() does for the
     fields modelled here; raises IntentionError listing every problem."""
@@ -641,6 +726,8 @@ def validate_config_entry(entry: Mapping[str, Any]) -> None:
             errs.append(f"Sources[{i}].Permissions cannot be specified on intentions with wildcarded destinations")
         if (src.get("Type") or SOURCE_TYPE_CONSUL) != SOURCE_TYPE_CONSUL:
             errs.append(f"Sources[{i}].Type must be set to 'consul'")
+        if isinstance(perms, list):
+            errs += permission_errors(perms, f"Sources[{i}]")
         if len(src.get("Description") or "") > META_VALUE_MAX_LENGTH:
             errs.append(f"Sources[{i}].Description exceeds maximum length {META_VALUE_MAX_LENGTH}")
         key = (sns.lower(), sname.lower())

@@ -45,9 +45,9 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 
@@ -70,6 +70,7 @@ __all__ = [
     "define_metrics",
 ]
 
+FAST_BODY_LIMIT = 64 * 1024  # responses up to this size are relayed whole on the callback path
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are held so that a retry can resend them
 BODY_HIGH = 256 * 1024  # buffered request body above which the downstream stops being read
 BODY_LOW = 64 * 1024
@@ -82,6 +83,12 @@ WRITE_LOW = 128 * 1024
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
                         "trailer", "proxy-authenticate", "proxy-authorization"})  # fmt: skip
+_DROP = HOP_BY_HOP | {"content-length"}
+_CONNECTION_OPTIONS = frozenset({"close", "keep-alive"})  # Connection tokens that name no header
+# Headers the sidecar drops, rewrites or acts on: a request without any is forwarded as it came.
+_SPECIAL = _DROP | {"expect", "x-forwarded-client-cert"}
+_NO_EXPECT = frozenset({"expect"})
+_NO_EXPECT_XFCC = frozenset({"expect", "x-forwarded-client-cert"})
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 TIMEOUT_BODY = b"upstream request timeout"
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
@@ -113,18 +120,48 @@ class Head:
     keep_alive: bool
     content_length: int | None
     chunked: bool
+    plain: bool = False  # no header the sidecar drops, rewrites or acts on (``_SPECIAL``): forwarded as is
 
-    def lookup(self) -> dict[str, str]:
-        """Lower-case names to values, several values joined with ``,`` (what matchers look at)."""
-        out: dict[str, str] = {}
-        for n, v in self.headers:
-            k = n.lower()
-            out[k] = f"{out[k]},{v}" if k in out else v
-        return out
+    def lookup(self) -> Mapping[str, str]:
+        """Lower-case names to values, several values joined with ``,`` (what matchers look at), built
+        on the first look: most requests meet no header matcher."""
+        return _HeaderMap(self.headers)
 
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.content_length)
+
+
+class _HeaderMap(Mapping[str, str]):
+    __slots__ = ("_map", "_pairs")
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        self._map: dict[str, str] | None = None
+
+    def _built(self) -> dict[str, str]:
+        out = self._map
+        if out is None:
+            out = self._map = {}
+            for n, v in self._pairs:
+                k = n.lower()
+                out[k] = f"{out[k]},{v}" if k in out else v
+        return out
+
+    def __getitem__(self, key: str) -> str:
+        return self._built()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._built().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._built()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
 
 
 class Body:
@@ -161,7 +198,7 @@ class Body:
                 if self.failed:
                     raise ConnectionResetError("the client closed the connection mid-body")
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._conn.loop.create_future()
             await self._waiter
             self._waiter = None
         data = self._chunks.popleft()
@@ -187,6 +224,8 @@ class Exchange:
     body: Body
     started: float = field(default_factory=time.monotonic)
     response_started: bool = False  # the response head went downstream: errors can only reset now
+    route: RouteResult | None = None  # routed already (the callback path handed it over)
+    authorized: bool = False  # allowed by the intentions already (the callback path handed it over)
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -196,28 +235,39 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool]:
+def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool, bool]:
+    """``Content-Length`` (None when absent or chunked), chunked, and whether no header is one of
+    ``_SPECIAL`` (then the headers are forwarded as they are, without another pass): one pass."""
     length: int | None = None
     chunked = False
+    plain = True
     for n, v in headers:
         k = n.lower()
-        if k == "content-length":
-            with contextlib.suppress(ValueError):
-                length = int(v.strip())
-        elif k == "transfer-encoding":
-            chunked = "chunked" in v.lower()
-    return (None if chunked else length), chunked
+        if k in _SPECIAL:
+            plain = False
+            if k == "content-length":
+                with contextlib.suppress(ValueError):
+                    length = int(v.strip())
+            elif k == "transfer-encoding":
+                chunked = "chunked" in v.lower()
+    return (None if chunked else length), chunked, plain
 
 
 def strip_hop_by_hop(headers: list[tuple[str, str]], extra: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """Headers without RFC 9110's hop-by-hop fields (and the names ``Connection`` lists), without the
     framing we redo (``Content-Length``) and without ``extra`` names."""
-    listed = set()
+    drop = _DROP | extra if extra else _DROP
+    out = []
+    listed: set[str] = set()
     for n, v in headers:
-        if n.lower() == "connection":
-            listed.update(t.strip().lower() for t in v.split(","))
-    drop = HOP_BY_HOP | listed | extra | {"content-length"}
-    return [(n, v) for n, v in headers if n.lower() not in drop]
+        k = n.lower()
+        if k in drop:
+            if k == "connection":
+                listed.update(t.strip().lower() for t in v.split(","))
+            continue
+        out.append((n, v))
+    listed -= _CONNECTION_OPTIONS
+    return [(n, v) for n, v in out if n.lower() not in listed] if listed else out
 
 
 def _encode_head(first: str, headers: list[tuple[str, str]]) -> bytes:
@@ -232,6 +282,9 @@ def _chunk(data: bytes) -> bytes:
 
 
 Handler = Callable[["ServerConn", Exchange], Awaitable[bool]]
+# The callback path: takes a request (True) and later calls ``ServerConn.fast_done``/``fast_requeue``, or
+# declines it (False) and the request goes to ``Handler``.
+FastHandler = Callable[["ServerConn", Exchange], bool]
 
 
 class ServerConn(asyncio.Protocol):
@@ -241,8 +294,11 @@ class ServerConn(asyncio.Protocol):
 
     def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None, handshake_timeout: float = 10.0,
                  on_tls: Callable[[ServerConn], bool] | None = None,
-                 conns: set[ServerConn] | None = None) -> None:  # fmt: skip
+                 conns: set[ServerConn] | None = None, fast: FastHandler | None = None) -> None:  # fmt: skip
         self.handler = handler
+        self.fast = fast
+        self._fast_active = False  # a request is on the callback path: the serving task waits
+        self._fast_candidate: Exchange | None = None
         self.tls = tls
         self.handshake_timeout = handshake_timeout
         self.on_tls = on_tls
@@ -267,9 +323,10 @@ class ServerConn(asyncio.Protocol):
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._task: asyncio.Task[None] | None = None
-        self._tls: _ServerTLS | None = None
+        self._tls: _TLS | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
 
     # -------------------------------------------------------------- transport
 
@@ -284,8 +341,8 @@ class ServerConn(asyncio.Protocol):
         if self.tls is not None:
             # TLS over memory BIOs rather than loop.start_tls: uvloop's start_tls on an accepted
             # server-side transport hands the ClientHello to the protocol instead of the TLS layer.
-            self._tls = _ServerTLS(self.tls)
-            self._handshake_timer = asyncio.get_running_loop().call_later(self.handshake_timeout, self._handshake_expired)
+            self._tls = _TLS(self.tls, server_side=True)
+            self._handshake_timer = self.loop.call_later(self.handshake_timeout, self._handshake_expired)
         else:
             self._start()
 
@@ -295,7 +352,12 @@ class ServerConn(asyncio.Protocol):
 
     def _start(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
-        self._task = asyncio.create_task(self._serve())
+        self._task = self.loop.create_task(self._serve())
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task serving this connection's requests, one at a time (the handler runs in it)."""
+        return self._task
 
     def data_received(self, data: bytes) -> None:
         tls = self._tls
@@ -425,7 +487,7 @@ class ServerConn(asyncio.Protocol):
 
     async def drain(self) -> None:
         while self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self.loop.create_future()
             await self._drain_waiter
 
     def abort(self) -> None:
@@ -466,12 +528,17 @@ class ServerConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
-        length, chunked = _framing(self._headers)
-        head = Head(self.parser.get_method().decode("latin-1"), b"".join(self._url).decode("latin-1"),
+        length, chunked, plain = _framing(self._headers)
+        url = self._url
+        head = Head(self.parser.get_method().decode("latin-1"), (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
                     self.parser.get_http_version(), self._headers, self.parser.should_keep_alive(), length,
-                    chunked)  # fmt: skip
+                    chunked, plain)  # fmt: skip
         ex = Exchange(head, Body(self))
         self._current = ex
+        if self.fast is not None and not self.busy and not self._queue and not head.has_body \
+                and not self.draining and not self._write_paused and head.method != "HEAD":  # fmt: skip
+            self._fast_candidate = ex  # offered to the callback path once the message is complete
+            return
         self._queue.append(ex)
         if len(self._queue) >= MAX_QUEUED:
             self.pause_reading()
@@ -482,23 +549,56 @@ class ServerConn(asyncio.Protocol):
             self._current.body.feed(body)
 
     def on_message_complete(self) -> None:
-        if self._current is not None:
-            self._current.body.finish()
+        ex = self._current
+        if ex is not None:
+            ex.body.finish()
             self._current = None
+            if ex is self._fast_candidate:
+                self._fast_candidate = None
+                self._offer(ex)
 
     # -------------------------------------------------------------- serving
 
+    def _offer(self, ex: Exchange) -> None:
+        """A bodiless request on an idle connection: the callback path first (no task switch, no
+        future per request), else the serving task."""
+        assert self.fast is not None
+        self._fast_active = self.busy = True
+        if not self.fast(self, ex):
+            self._fast_active = self.busy = False
+            self._queue.append(ex)
+            self._wake()
+
+    def fast_done(self, keep: bool) -> None:
+        """The request on the callback path has been answered; ``keep``: the connection stays open."""
+        self._fast_active = self.busy = False
+        if self.closed:
+            return
+        if not keep or not self._queue and (self.draining or self.parser is None):
+            self.close()
+        elif self._queue:
+            self._wake()
+
+    def fast_requeue(self, ex: Exchange) -> None:
+        """The callback path gives the request (nothing of its answer sent) to the serving task."""
+        self._fast_active = self.busy = False
+        if not self.closed:
+            self._queue.appendleft(ex)
+            self._wake()
+
     def _wake(self) -> None:
+        if self._fast_active and not self.closed:
+            return  # the serving task runs again once the callback path is done
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def _serve(self) -> None:
         try:
             while not self.closed:
-                if not self._queue:
-                    if self.draining or self.parser is None:
+                if not self._queue or self._fast_active:
+                    if not self._fast_active and (self.draining or self.parser is None):
                         break
-                    self._waiter = asyncio.get_running_loop().create_future()
+                    self._waiter = self.loop.create_future()
                     await self._waiter
                     self._waiter = None
                     continue
@@ -534,14 +634,20 @@ class _HeadTooLarge(httptools.HttpParserError):
     pass
 
 
-class _ServerTLS:
-    """The server side of TLS over memory BIOs: bytes from the socket in, plaintext and records out."""
+class _TLS:
+    """TLS over memory BIOs, either side: bytes from the socket in, plaintext and records out.
+
+    Both listeners' HTTP connections use it rather than the loop's TLS transport: each write is one
+    record handed to the socket in one ``write`` (no per-write buffering and flushing layer between
+    the protocol and the socket), and a server side can be put on an accepted plain transport (uvloop's
+    ``start_tls`` on an accepted server-side transport hands the ClientHello to the protocol instead of
+    the TLS layer)."""
 
     __slots__ = ("_in", "_out", "established", "obj")
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
+    def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
         self.established = False
 
     def handshake(self, data: bytes) -> bool:
@@ -588,6 +694,35 @@ class _ServerTLS:
         return self.take_out()
 
 
+class _Deadline:
+    """A request's timeout: the task serving the downstream connection is cancelled when it passes, as
+    ``asyncio.timeout`` does, without that helper's per-use lookups of the running loop and the current
+    task (on Python 3.11 each lookup of the running loop is a ``getpid`` system call) and its
+    rescheduling machinery: one timer per request, cancelled when the request ends."""
+
+    __slots__ = ("_handle", "_task", "expired")
+
+    def __init__(self, down: ServerConn, delay: float) -> None:
+        self._task = down.task
+        self.expired = False
+        self._handle = down.loop.call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        if self._task is not None and not self._task.done():
+            self.expired = True
+            self._task.cancel()
+
+    def timed_out(self) -> bool:
+        """Whether the CancelledError being handled is this deadline's (and no other cancellation is
+        pending): then it has been withdrawn from the task and the caller answers the timeout."""
+        if not self.expired or self._task is None:
+            return False
+        return self._task.uncancel() == 0
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
 # ================================================================================= upstream side
 
 
@@ -600,6 +735,16 @@ class ResponseHead:
     chunked: bool
 
 
+class _Watcher(Protocol):
+    """What hears of one response on the callback path (``ClientConn.begin`` with a watcher)."""
+
+    def upstream_done(self) -> None: ...
+
+    def upstream_head(self, resp: ResponseHead) -> None: ...
+
+    def upstream_failed(self, exc: UpstreamReset) -> None: ...
+
+
 class UpstreamReset(ConnectionError):
     """The upstream closed or reset the connection before a complete response head."""
 
@@ -610,17 +755,29 @@ class UpstreamReset(ConnectionError):
 
 class ClientConn(asyncio.Protocol):
     """One connection to an upstream (another sidecar over mTLS, or the local app), used for one
-    request at a time and kept alive between them."""
+    request at a time and kept alive between them. With ``tls`` the client side of TLS runs over
+    memory BIOs (``_TLS``): ``handshake`` waits for it, then ``peercert`` holds the server's certificate.
 
-    def __init__(self) -> None:
+    Per request it holds one future (the response head); the end of the response is a flag, and a
+    future for it is made only when a caller has to wait for the rest of a body."""
+
+    def __init__(self, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.uses = 0
         self.reusable = False
+        self.peercert: dict[str, Any] | None = None
         self.on_lost: Callable[[], None] | None = None
+        self._tls = _TLS(tls, server_side=False, server_hostname=server_hostname) if tls is not None else None
+        self._handshake: asyncio.Future[None] | None = None
+        self._watcher: _Watcher | None = None
+        self.resp: ResponseHead | None = None
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
+        self._finished = False  # the response has ended (whole, or by the connection's end)
+        self._error: UpstreamReset | None = None
         self._headers: list[tuple[str, str]] = []
         self._reason = ""
         self._head_only = False
@@ -636,11 +793,47 @@ class ClientConn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
         _nodelay(transport)
+        if self._tls is not None:
+            self._handshake = self._loop.create_future()
+            self._tls_step(b"")
 
-    def begin(self, head_only: bool) -> None:
-        loop = asyncio.get_running_loop()
-        self._head = loop.create_future()
-        self._done = loop.create_future()
+    async def handshake(self) -> None:
+        """Wait until the TLS handshake is complete. Raises ssl.SSLError or ConnectionError."""
+        if self._handshake is not None:
+            await self._handshake
+
+    def _tls_step(self, data: bytes) -> None:
+        tls = self._tls
+        assert tls is not None and self._handshake is not None
+        try:
+            done = tls.handshake(data)
+        except (ssl.SSLError, ValueError) as exc:
+            self._send_raw(tls.take_out())  # the alert, so the peer learns why
+            if not self._handshake.done():
+                self._handshake.set_exception(exc if isinstance(exc, ssl.SSLError) else ssl.SSLError(str(exc)))
+            self.abort()
+            return
+        self._send_raw(tls.take_out())
+        if done:
+            self.peercert = tls.obj.getpeercert()
+            if not self._handshake.done():
+                self._handshake.set_result(None)
+
+    def _send_raw(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def begin(self, head_only: bool, watcher: _Watcher | None = None) -> None:
+        """Get ready for the response to a new request. With ``watcher`` (the callback path) no future is
+        made: the watcher hears of the whole response ("done": a response whose body, with a known
+        length up to ``FAST_BODY_LIMIT``, has all arrived), of a head whose body is to be streamed
+        ("head": from then on the connection is used as on the future path) or of the failure."""
+        self._watcher = watcher
+        self._head = self._loop.create_future() if watcher is None else None
+        self.resp = None
+        self._done = None
+        self._finished = False
+        self._error = None
         self._headers = []
         self._head_only = head_only
         self._got_bytes = False
@@ -651,6 +844,33 @@ class ClientConn(asyncio.Protocol):
         self.uses += 1
 
     def data_received(self, data: bytes) -> None:
+        tls = self._tls
+        if tls is not None:
+            if not tls.established:
+                self._tls_step(data)
+                if not tls.established:
+                    return
+                data = b""
+            try:
+                data, eof = tls.read(data)
+            except (ssl.SSLError, ValueError) as exc:
+                self._send_raw(tls.take_out())
+                self._fail(UpstreamReset(f"TLS error: {exc}", got_bytes=self._got_bytes or bool(data)))
+                self.abort()
+                return
+            out = tls.take_out()
+            if out:
+                self._send_raw(out)
+            if eof:
+                if data:
+                    self._feed(data)
+                self.close()
+                return
+            if not data:
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         self._got_bytes = True
         try:
             self.parser.feed_data(data)
@@ -663,9 +883,11 @@ class ClientConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._head is not None and self._head.done() and self._done is not None and not self._done.done() \
-                and self._close_delimited:  # fmt: skip
-            self._done.set_result(None)  # a response delimited by the connection's end
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionResetError("connection closed during the TLS handshake"))
+            self._handshake.exception()
+        if self._head is not None and self._head.done() and not self._finished and self._close_delimited:
+            self._set_finished()  # a response delimited by the connection's end
         self._fail(UpstreamReset("connection reset" if exc else "connection closed", got_bytes=self._got_bytes))
         if self._drain_waiter is not None and not self._drain_waiter.done():
             self._drain_waiter.set_result(None)
@@ -673,11 +895,31 @@ class ClientConn(asyncio.Protocol):
             self.on_lost()
             self.on_lost = None
 
-    def _fail(self, exc: BaseException) -> None:
-        for fut in (self._head, self._done):
-            if fut is not None and not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # retrieved: a failure nobody awaits is not an error to log
+    def _fail(self, exc: UpstreamReset) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            self._watcher = None
+            self._finished = True
+            self._error = exc
+            watcher.upstream_failed(exc)
+            return
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(exc)
+            head.exception()  # retrieved: a failure nobody awaits is not an error to log
+        if not self._finished:
+            self._finished = True
+            self._error = exc
+            done = self._done
+            if done is not None and not done.done():
+                done.set_exception(exc)
+                done.exception()
+
+    def _set_finished(self) -> None:
+        self._finished = True
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -689,13 +931,19 @@ class ClientConn(asyncio.Protocol):
 
     async def drain(self) -> None:
         while self._write_paused and not self.closed:
-            self._drain_waiter = asyncio.get_running_loop().create_future()
+            self._drain_waiter = self._loop.create_future()
             await self._drain_waiter
         if self.closed:
             raise UpstreamReset("connection closed while sending", got_bytes=self._got_bytes)
 
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            if self._tls is not None:
+                try:
+                    data = self._tls.encrypt(data)
+                except (ssl.SSLError, ValueError):
+                    self.abort()
+                    return
             self.transport.write(data)
 
     def pause_reading(self) -> None:
@@ -712,6 +960,8 @@ class ClientConn(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
+            if self._tls is not None and self._tls.established:
+                self._send_raw(self._tls.close_notify())
             self.transport.close()
 
     # -------------------------------------------------------------- httptools callbacks
@@ -731,10 +981,17 @@ class ClientConn(asyncio.Protocol):
         if 100 <= status < 200:
             self._informational = True  # 100 Continue and friends: the final response follows
             return
-        length, chunked = _framing(self._headers)
+        length, chunked, _ = _framing(self._headers)
         self._close_delimited = length is None and not chunked and not self._head_only and status not in (204, 304)
+        resp = self.resp = ResponseHead(status, self._reason, self._headers, length, chunked)
+        watcher = self._watcher
+        if watcher is not None:
+            if not (length is not None and length <= FAST_BODY_LIMIT or status in (204, 304)):
+                self._watcher = None  # streamed: the rest goes the future path's way
+                watcher.upstream_head(resp)
+            return
         if self._head is not None and not self._head.done():
-            self._head.set_result(ResponseHead(status, self._reason, self._headers, length, chunked))
+            self._head.set_result(resp)
         if self._head_only:
             # llhttp cannot be told that this answers a HEAD: the message ends here, and a fresh
             # parser reads the next response on this connection.
@@ -755,8 +1012,12 @@ class ClientConn(asyncio.Protocol):
 
     def _complete(self, *, keep_alive: bool) -> None:
         self.reusable = keep_alive and not self._close_delimited
-        if self._done is not None and not self._done.done():
-            self._done.set_result(None)
+        if not self._finished:
+            self._set_finished()
+            watcher = self._watcher
+            if watcher is not None:
+                self._watcher = None
+                watcher.upstream_done()
 
     # -------------------------------------------------------------- use
 
@@ -772,8 +1033,12 @@ class ClientConn(asyncio.Protocol):
         self._sink = sink
 
     async def finished(self) -> None:
-        assert self._done is not None
-        await self._done
+        """Wait for the end of the response. Raises UpstreamReset if the connection failed first."""
+        if not self._finished:
+            self._done = self._loop.create_future()
+            await self._done
+        elif self._error is not None:
+            raise self._error
 
     def take_early(self) -> list[bytes]:
         early, self._early = self._early, []
@@ -782,7 +1047,7 @@ class ClientConn(asyncio.Protocol):
     @property
     def complete(self) -> bool:
         """The whole response has arrived."""
-        return self._done is not None and self._done.done() and self._done.exception() is None
+        return self._finished and self._error is None
 
 
 class Overflow(Exception):
@@ -912,14 +1177,140 @@ async def _relay_response(down: ServerConn, ex: Exchange, client: ClientConn, re
     return keep
 
 
-def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
-    headers = strip_hop_by_hop(head.headers, extra_drop | {"expect"})
+def _whole_response(down: ServerConn, ex: Exchange, resp: ResponseHead, edits: tuple[HeaderEdits, ...],
+                    body: list[bytes]) -> tuple[bytes, bool]:  # fmt: skip
+    """A response that has all arrived, with a known length (or none: 204, 304), as the bytes to send
+    downstream in one write; what ``_relay_response`` sends for it. Returns (bytes, keep the
+    downstream open?)."""
+    head = ex.head
+    headers = strip_hop_by_hop(resp.headers)
+    if edits:
+        headers = apply_edits(headers, edits)
+    keep = head.keep_alive and not down.draining
+    if resp.content_length is not None:
+        headers.append(("content-length", str(resp.content_length)))
+    if not keep:
+        headers.append(("connection", "close"))
+    out = _encode_head(f"HTTP/1.1 {resp.status} {resp.reason or _REASONS.get(resp.status, '')}", headers)
+    if body and resp.status not in (204, 304):
+        out += body[0] if len(body) == 1 else b"".join(body)
+    return out, keep
+
+
+class _FastOwner(Protocol):
+    """What a handler gives the callback path (``_Fast``)."""
+
+    tasks: set[asyncio.Task[None]]
+
+    def fast_report(self, f: _Fast, ok: bool) -> None: ...
+
+    def fast_finish(self, f: _Fast, status: int) -> None: ...
+
+    def fast_local(self, f: _Fast, status: int, body: bytes) -> bool: ...
+
+
+class _Fast:
+    """One request on the callback path: a bodiless request written to an idle keep-alive connection,
+    its response relayed from the connection's callbacks (``ClientConn`` with a watcher) without a
+    task, a future or a timeout context per request; one timer holds the request's timeout.
+
+    What it does is what the future path does for the same request: the circuit breaker's request
+    unit and the instance's active count held until the response has been relayed, passive health
+    reported per response, a reused connection found closed before any byte of a response handed back
+    (to the serving task, which tries again as it does for a stale connection), a reset answered 503,
+    the timeout 504 (or a reset once the response has begun). A response whose body is long, chunked
+    or delimited by the connection's end is streamed by a task from its head on."""
+
+    __slots__ = ("client", "done", "down", "edits", "ex", "inst", "owner", "pool", "tid", "timer")
+
+    def __init__(self, owner: _FastOwner, down: ServerConn, ex: Exchange, client: ClientConn,
+                 edits: tuple[HeaderEdits, ...], pool: UpstreamPool | None, tid: str, inst: Instance,
+                 timeout: float) -> None:  # fmt: skip
+        self.owner, self.down, self.ex, self.client, self.edits = owner, down, ex, client, edits
+        self.pool, self.tid, self.inst = pool, tid, inst
+        self.done = False
+        self.timer = down.loop.call_later(timeout, self._timed_out)
+        down.reading_from = client
+
+    def send(self, first_line: str, headers: list[tuple[str, str]]) -> None:
+        self.client.begin(False, self)
+        self.client.write(_encode_head(first_line, headers))
+
+    def _release(self) -> bool:
+        """Once: the timer, the breaker's request unit, the instance's active count."""
+        if self.done:
+            return False
+        self.done = True
+        self.timer.cancel()
+        self.down.reading_from = None
+        if self.pool is not None:
+            self.pool.end(self.inst)
+            self.pool.release("requests")
+        return True
+
+    # ClientConn's watcher
+
+    def upstream_done(self) -> None:
+        resp = self.client.resp
+        if resp is None or not self._release():
+            return
+        self.owner.fast_report(self, resp.status < 500)
+        out, keep = _whole_response(self.down, self.ex, resp, self.edits, self.client.take_early())
+        self.ex.response_started = True
+        self.down.write(out)
+        self.owner.fast_finish(self, resp.status)
+        self.down.fast_done(keep)
+
+    def upstream_head(self, resp: ResponseHead) -> None:
+        if self.done:
+            return
+        self.owner.fast_report(self, resp.status < 500)
+        task = self.down.loop.create_task(self._stream(resp))
+        self.owner.tasks.add(task)
+        task.add_done_callback(self.owner.tasks.discard)
+
+    async def _stream(self, resp: ResponseHead) -> None:
+        try:
+            keep = await _relay_response(self.down, self.ex, self.client, resp, self.edits)
+        except UpstreamReset:
+            if self._release():
+                self.client.abort()
+                self.down.abort()
+                self.down.fast_done(False)
+            return
+        if self._release():
+            self.owner.fast_finish(self, resp.status)
+            self.down.fast_done(keep)
+
+    def upstream_failed(self, exc: UpstreamReset) -> None:
+        if not self._release():
+            return
+        self.client.abort()
+        if _reused_stale(self.client, exc):
+            self.down.fast_requeue(self.ex)  # a keep-alive connection the peer had closed: try again
+            return
+        self.owner.fast_report(self, False)
+        self.down.fast_done(self.owner.fast_local(self, 503, (RESET_PREFIX + "connection termination").encode()))
+
+    def _timed_out(self) -> None:
+        if not self._release():
+            return
+        self.client.abort()  # mid-request: the connection cannot be reused
+        if not self.ex.response_started and not self.down.closed:
+            self.down.fast_done(self.owner.fast_local(self, 504, TIMEOUT_BODY))
+        else:
+            self.down.abort()
+            self.down.fast_done(False)
+
+
+def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = _NO_EXPECT) -> list[tuple[str, str]]:
+    headers = list(head.headers) if head.plain else strip_hop_by_hop(head.headers, extra_drop)
     return apply_edits(headers, edits) if edits else headers
 
 
 def _continue(down: ServerConn, head: Head) -> None:
     """Answer ``Expect: 100-continue`` ourselves, as Envoy does by default."""
-    if head.version == "1.1" and any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in head.headers):
+    if not head.plain and head.version == "1.1" and any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in head.headers):
         down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
@@ -942,6 +1333,7 @@ class UpstreamEnv:
     connect_timeout: Callable[[str], float]  # by target ID
     handshake_timeout: float
     expected_uri: Callable[[str], str]  # the SPIFFE ID a target's sidecars must present
+    is_ready: Callable[[], bool] = lambda: False  # what wait_ready waits for, now (else the future path waits)
 
 
 class UpstreamHandler:
@@ -952,9 +1344,10 @@ class UpstreamHandler:
         self._router: Router | None = None
         self._idle = _Idle()
         self.conns: set[ServerConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def protocol(self) -> ServerConn:
-        return ServerConn(self.handle, conns=self.conns)
+        return ServerConn(self.handle, conns=self.conns, fast=self.fast)
 
     def router(self) -> Router | None:
         chain = self.env.chain()
@@ -974,11 +1367,62 @@ class UpstreamHandler:
         env.metrics.observe("proconsul_proxy_upstream_request_seconds", elapsed, (env.name,))
         if env.access is not None:
             env.access.info("request", listener=env.name, downstream=down.peer, method=ex.head.method,
-                            path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3), **kw)  # fmt: skip
+                            path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3),
+                            **{k: str(v) for k, v in kw.items()})  # fmt: skip
 
     def _local(self, down: ServerConn, ex: Exchange, status: int, body: bytes, **kw: Any) -> bool:
         self._finish(ex, status, down, **kw)
         return down.respond_local(status, body, keep_alive=ex.head.keep_alive and ex.body.done)
+
+    def fast(self, down: ServerConn, ex: Exchange) -> bool:
+        """The callback path (``_Fast``) for a bodiless request when everything it needs is at hand: the
+        chain and health known, a route without retries, an instance with an idle connection, a unit
+        of ``MaxConcurrentRequests``. Anything else is the future path's (``handle``), which gets the
+        route chosen here so that a request is split once."""
+        env = self.env
+        if env.chain() is None or not env.is_ready():
+            return False
+        router = self.router()
+        if router is None:
+            return False
+        head = ex.head
+        try:
+            rr = router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+        except RouteError:
+            return False
+        ex.route = rr
+        if rr is None or rr.retry is not None:
+            return False
+        pool, tid = self._pick_pool(rr)
+        if pool is None:
+            return False
+        inst = pool.pick(None, down.loop.time())
+        if inst is None:
+            return False
+        client = self._idle.take(inst)
+        if client is None:
+            return False
+        if not pool.acquire("requests"):
+            self._idle.give(inst, client)
+            return False
+        pool.begin(inst)
+        headers = _request_headers(head, rr.request_edits)
+        if head.content_length is not None:
+            headers.append(("content-length", "0"))
+        _Fast(self, down, ex, client, rr.response_edits, pool, tid, inst, rr.timeout).send(
+            f"{head.method} {rr.path} HTTP/1.1", headers)  # fmt: skip
+        return True
+
+    def fast_report(self, f: _Fast, ok: bool) -> None:
+        assert f.pool is not None
+        self._report(f.pool, f.tid, f.inst, ok, f.down.loop.time())
+
+    def fast_finish(self, f: _Fast, status: int) -> None:
+        self._idle.give(f.inst, f.client)
+        self._finish(f.ex, status, f.down, target=f.tid, instance=f.inst)
+
+    def fast_local(self, f: _Fast, status: int, body: bytes) -> bool:
+        return self._local(f.down, f.ex, status, body, **({"instance": f.inst} if status == 503 else {}))
 
     async def handle(self, down: ServerConn, ex: Exchange) -> bool:
         env = self.env
@@ -988,7 +1432,7 @@ class UpstreamHandler:
         router = self.router()
         assert router is not None
         try:
-            rr = router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+            rr = ex.route or router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
         except RouteError as exc:
             env.log.error("cannot route request", upstream=env.name, error=str(exc))
             return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
@@ -1006,21 +1450,25 @@ class UpstreamHandler:
         else:
             body = ex.body
         inflight: list[ClientConn] = []
+        deadline = _Deadline(down, rr.timeout)
         try:
-            async with asyncio.timeout(rr.timeout):
-                return await self._attempts(down, ex, rr, body, inflight)
-        except TimeoutError:
+            return await self._attempts(down, ex, rr, body, inflight)
+        except asyncio.CancelledError:
+            if not deadline.timed_out():
+                raise
             for client in inflight:
                 client.abort()  # mid-request: the connection cannot be reused
             if not ex.response_started and not down.closed:
                 return self._local(down, ex, 504, TIMEOUT_BODY)
             down.abort()  # the response had begun: a reset is all that is left to say
             return False
+        finally:
+            deadline.cancel()
 
     async def _attempts(self, down: ServerConn, ex: Exchange, rr: RouteResult, body: bytes | Body | None,
                         inflight: list[ClientConn]) -> bool:  # fmt: skip
         env = self.env
-        loop = asyncio.get_running_loop()
+        loop = down.loop
         head = ex.head
         headers = _request_headers(head, rr.request_edits)
         replayable = not isinstance(body, Body)
@@ -1087,7 +1535,7 @@ class UpstreamHandler:
             env.metrics.inc("proconsul_proxy_circuit_breaker_overflows_total", (env.name, exc.limit))
             return self._local(down, ex, 503, (RESET_PREFIX + "overflow").encode())
         except ConnectFailed as exc:
-            self._report(pool, tid, inst, False)
+            self._report(pool, tid, inst, False, down.loop.time())
             env.log.warning("upstream connect failed", upstream=env.name, instance=str(inst), error=str(exc))
             return "connect"
         except UpstreamReset as exc:
@@ -1095,9 +1543,9 @@ class UpstreamHandler:
                 client.abort()
             if _reused_stale(client, exc) and not isinstance(body, Body):
                 return "stale"
-            self._report(pool, tid, inst, False)
+            self._report(pool, tid, inst, False, down.loop.time())
             return "reset"
-        self._report(pool, tid, inst, resp.status < 500)
+        self._report(pool, tid, inst, resp.status < 500, down.loop.time())
         retry = rr.retry
         if can_retry and retry is not None and retry.on_response(resp.status, _lower(resp.headers)):
             client.abort()
@@ -1110,7 +1558,7 @@ class UpstreamHandler:
             return False
         inflight.remove(client)
         self._idle.give(inst, client)
-        self._finish(ex, resp.status, down, target=tid, instance=str(inst))
+        self._finish(ex, resp.status, down, target=tid, instance=inst)
         return keep
 
     def _pick_pool(self, rr: RouteResult) -> tuple[UpstreamPool | None, str]:
@@ -1121,8 +1569,8 @@ class UpstreamHandler:
                 return pool, tid
         return None, ""
 
-    def _report(self, pool: UpstreamPool, tid: str, inst: Instance, ok: bool) -> None:
-        if pool.report(inst, ok, asyncio.get_running_loop().time()):
+    def _report(self, pool: UpstreamPool, tid: str, inst: Instance, ok: bool, now: float) -> None:
+        if pool.report(inst, ok, now):
             self.env.metrics.inc("proconsul_proxy_upstream_ejections_total", (self.env.name, tid))
             self.env.log.warning("instance ejected after consecutive failures", upstream=self.env.name, target=tid,
                                  instance=str(inst))  # fmt: skip
@@ -1142,13 +1590,15 @@ class UpstreamHandler:
             raise Overflow("max_pending_requests")
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        conn = None
         try:
             async with asyncio.timeout(env.connect_timeout(tid) + env.handshake_timeout):
-                transport, conn = await loop.create_connection(
-                    ClientConn, inst.host, inst.port, ssl=ctx[0], server_hostname=inst.host,
-                    ssl_handshake_timeout=env.handshake_timeout)  # fmt: skip
-            identity.check_server(identity.uri_sans(transport.get_extra_info("peercert")), env.expected_uri(tid))
+                _, conn = await loop.create_connection(lambda: ClientConn(ctx[0], inst.host), inst.host, inst.port)
+                await conn.handshake()
+            identity.check_server(identity.uri_sans(conn.peercert), env.expected_uri(tid))
         except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
+            if conn is not None:
+                conn.abort()
             pool.release("connections")
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         finally:
@@ -1198,6 +1648,7 @@ class LocalHandler:
         self._inst = Instance(*env.local)
         self._open = 0
         self.conns: set[ServerConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def close(self) -> None:
         self._idle.close_all()
@@ -1242,12 +1693,51 @@ class LocalHandler:
         verdict = policy.decide_request(cached[1], rbac.RequestView(head.method, head.target, head.lookup()))
         return verdict.allowed, verdict.reason
 
-    async def handle(self, down: ServerConn, ex: Exchange) -> bool:
+    def fast(self, down: ServerConn, ex: Exchange) -> bool:
+        """The callback path (``_Fast``) for a bodiless request while an idle connection to the app is
+        at hand: decided by the intentions (a deny answered at once), then relayed. Anything else is
+        the future path's (``handle``), which is told the request was allowed already."""
         env = self.env
+        if env.policy() is None or down.source is None:
+            return False
+        client = self._idle.take(self._inst)
+        if client is None:
+            return False
         allowed, reason = self._verdict(down, ex)
         env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
         if not allowed:
-            return await self._local(down, ex, 403, rbac.DENIED_BODY, reason=reason)
+            self._idle.give(self._inst, client)
+            self._finish(down, ex, 403, reason=reason)
+            down.fast_done(down.respond_local(403, rbac.DENIED_BODY, keep_alive=ex.head.keep_alive))
+            return True
+        ex.authorized = True
+        head = ex.head
+        headers = _request_headers(head, (), _NO_EXPECT_XFCC)
+        headers.append(("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}"))
+        if head.content_length is not None:
+            headers.append(("content-length", "0"))
+        _Fast(self, down, ex, client, (), None, "", self._inst, env.request_timeout()).send(
+            f"{head.method} {head.target} HTTP/1.1", headers)  # fmt: skip
+        return True
+
+    def fast_report(self, f: _Fast, ok: bool) -> None:
+        pass  # the local app is not balanced: no passive health
+
+    def fast_finish(self, f: _Fast, status: int) -> None:
+        self._idle.give(self._inst, f.client)
+        self._finish(f.down, f.ex, status)
+
+    def fast_local(self, f: _Fast, status: int, body: bytes) -> bool:
+        self._finish(f.down, f.ex, status)
+        return f.down.respond_local(status, body, keep_alive=f.ex.head.keep_alive)
+
+    async def handle(self, down: ServerConn, ex: Exchange) -> bool:
+        env = self.env
+        if not ex.authorized:
+            allowed, reason = self._verdict(down, ex)
+            env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
+            if not allowed:
+                return await self._local(down, ex, 403, rbac.DENIED_BODY, reason=reason)
         head = ex.head
         _continue(down, head)
         body: bytes | Body | None
@@ -1262,19 +1752,23 @@ class LocalHandler:
             body = ex.body
         assert down.source is not None
         xfcc = ("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}")
-        headers = _request_headers(head, (), frozenset({"x-forwarded-client-cert"}))
+        headers = _request_headers(head, (), _NO_EXPECT_XFCC)
         headers.append(xfcc)
         inflight: list[ClientConn] = []
+        deadline = _Deadline(down, env.request_timeout())
         try:
-            async with asyncio.timeout(env.request_timeout()):
-                return await self._forward(down, ex, headers, body, inflight)
-        except TimeoutError:
-            for client in inflight:
-                client.abort()
-            if not ex.response_started and not down.closed:
-                return await self._local(down, ex, 504, TIMEOUT_BODY)
-            down.abort()
-            return False
+            return await self._forward(down, ex, headers, body, inflight)
+        except asyncio.CancelledError:
+            if not deadline.timed_out():
+                raise
+        finally:
+            deadline.cancel()
+        for client in inflight:
+            client.abort()
+        if not ex.response_started and not down.closed:
+            return await self._local(down, ex, 504, TIMEOUT_BODY)
+        down.abort()
+        return False
 
     async def _forward(self, down: ServerConn, ex: Exchange, headers: list[tuple[str, str]],
                        body: bytes | Body | None, inflight: list[ClientConn]) -> bool:  # fmt: skip

@@ -310,6 +310,15 @@ class Router:
         self.chain = chain
         self._routes: dict[str, tuple[_Route, ...]] = {}
         self._legs: dict[str, tuple[_Leg, ...]] = {}
+        # A chain that starts at a resolver (no router, no splitter: every chain without L7 config
+        # entries) sends every request to the same targets with the same timeout.
+        self._fixed: tuple[tuple[str, ...], float] | None = None
+        start = chain.nodes.get(chain.start_node)
+        if start is not None and start.type == NODE_RESOLVER and start.resolver is not None:
+            targets = [start.resolver.target]
+            if start.resolver.failover is not None:
+                targets.extend(t for t in start.resolver.failover.targets if t not in targets)
+            self._fixed = (tuple(targets), start.resolver.request_timeout_ns / 1e9 or DEFAULT_ROUTE_TIMEOUT)
         for key, node in chain.nodes.items():
             if node.type == NODE_ROUTER:
                 self._routes[key] = tuple(self._route(r.definition, r.next_node) for r in node.routes)
@@ -342,6 +351,8 @@ class Router:
     def route(self, req: Request, draw: float) -> RouteResult | None:
         """The route for ``req``, or None when no route matches (Envoy answers 404). ``draw`` in
         [0, 100) chooses the split."""
+        if self._fixed is not None:
+            return RouteResult(self._fixed[0], req.path, self._fixed[1], None)
         key = self.chain.start_node
         path, timeout, retry, index = req.path, 0.0, None, -1
         req_edits: list[HeaderEdits] = []

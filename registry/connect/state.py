@@ -41,6 +41,7 @@ from ca import provider
 from ca.provider import CAState
 from registry import commands as c
 from registry import configentry, discoverychain
+from registry.gocompat import go_quote
 from registry.intentions import (
     DEFAULT_NAMESPACE,
     Intention,
@@ -49,6 +50,7 @@ from registry.intentions import (
     build_index,
     compute_precedence,
     config_entries_to_intentions,
+    normalize_permissions,
     validate_config_entry,
 )
 from registry.state.store import StateStore, StoreError, WatchSet
@@ -258,6 +260,8 @@ def normalize_entry(raw: Any) -> dict[str, Any]:
                 del s[opt]
         if not s.get("Permissions"):
             s.pop("Permissions", None)
+        else:
+            s["Permissions"] = normalize_permissions(s["Permissions"])
         if not s.get("LegacyMeta"):
             s.pop("LegacyMeta", None)
         s["Type"] = s.get("Type") or "consul"
@@ -321,10 +325,59 @@ def apply_config_entry_upsert(store: StateStore, cmd: c.ConfigEntryUpsert) -> bo
             return False
     if entry["Kind"] == KIND_SERVICE_INTENTIONS:
         _check_unique_legacy_ids(store, entry)
+        _check_l7_protocols(store, [entry])
     else:
         _validate_graph(store, entry["Kind"], entry["Name"], entry)
+        _check_l7_protocols_after(store, entry["Kind"], entry["Name"], entry)
     _put_entry(store, entry)
     return True
+
+
+def _service_protocol(store: StateStore, name: str, namespace: str = DEFAULT_NAMESPACE,
+                      proposed: tuple[str, str, dict[str, Any] | None] | None = None) -> str:  # fmt: skip
+    """Consul's protocolForService: the service's ``service-defaults`` Protocol, else the global
+    ``proxy-defaults`` ``Config.protocol``, else "tcp"; ``proposed`` (kind, name, entry or None for a
+    delete) stands in for what is stored."""
+
+    def entry(kind: str, n: str, ns: str) -> Mapping[str, Any] | None:
+        if proposed is not None and proposed[0] == kind and proposed[1] == n:
+            return proposed[2]
+        return get_entry(store, kind, n, ns)
+
+    protocol = configentry.proxy_protocol(entry(configentry.PROXY_DEFAULTS, configentry.PROXY_GLOBAL,
+                                                DEFAULT_NAMESPACE)) or "tcp"  # fmt: skip
+    defaults = entry(configentry.SERVICE_DEFAULTS, name, namespace)
+    if defaults is not None and defaults.get("Protocol"):
+        protocol = str(defaults["Protocol"])
+    return protocol
+
+
+def _check_l7_protocols(store: StateStore, entries: list[Mapping[str, Any]],
+                        proposed: tuple[str, str, dict[str, Any] | None] | None = None) -> None:  # fmt: skip
+    """Refuse intentions with L7 ``Permissions`` on a destination whose protocol is not HTTP-like, as
+    Consul's validateProposedConfigEntryInServiceGraph does (wildcard destinations are not checked:
+    they cannot carry permissions)."""
+    for e in entries:
+        ns = e.get("Namespace") or DEFAULT_NAMESPACE
+        if e["Name"] == "*" or ns == "*" or not any(s.get("Permissions") for s in e.get("Sources") or ()):
+            continue
+        protocol = _service_protocol(store, e["Name"], ns, proposed)
+        if not configentry.is_http_like(protocol):
+            raise StoreError(f"service {go_quote(e['Name'])} has protocol {go_quote(protocol)}, "
+                             "which is incompatible with L7 intentions permissions")  # fmt: skip
+
+
+def _check_l7_protocols_after(store: StateStore, kind: str, name: str, proposed: dict[str, Any] | None) -> None:
+    """A service-defaults or proxy-defaults change (``proposed``; None for a delete) must leave every
+    L7 intention on an HTTP-like service: Consul re-checks the service's intentions (all of them for the
+    global proxy-defaults)."""
+    if kind == configentry.SERVICE_DEFAULTS:
+        entries = [e for e in list_entries(store, KIND_SERVICE_INTENTIONS) if e["Name"] == name]
+    elif kind == configentry.PROXY_DEFAULTS and name == configentry.PROXY_GLOBAL:
+        entries = list_entries(store, KIND_SERVICE_INTENTIONS)
+    else:
+        return
+    _check_l7_protocols(store, entries, (kind, name, proposed))
 
 
 def _validate_graph(store: StateStore, kind: str, name: str, proposed: dict[str, Any] | None) -> None:
@@ -350,6 +403,7 @@ def apply_config_entry_delete(store: StateStore, cmd: c.ConfigEntryDelete) -> bo
             return False
     if existing is not None and cmd.kind in configentry.KINDS:
         _validate_graph(store, cmd.kind, cmd.name, None)
+        _check_l7_protocols_after(store, cmd.kind, cmd.name, None)
     _delete_entry(store, cmd.kind, cmd.name, cmd.namespace)
     return True
 
@@ -429,6 +483,7 @@ def _write_sources(store: StateStore, entry: dict[str, Any], sources: list[dict[
         new = normalize_entry(new)
     except ConfigEntryError as exc:
         raise StoreError(str(exc)) from None
+    _check_l7_protocols(store, [new])
     _put_entry(store, new)
 
 
@@ -489,7 +544,7 @@ def apply_intention_write(store: StateStore, cmd: c.IntentionWrite) -> Any:
         probe = {k: v for k, v in dst.items() if k not in ("CreateIndex", "ModifyIndex")}
         probe["Sources"] = sources
         try:
-            normalize_entry(probe)
+            _check_l7_protocols(store, [normalize_entry(probe)])
         except ConfigEntryError as exc:
             raise StoreError(str(exc)) from None
         _write_sources(store, copy.deepcopy(old_entry), remaining)

@@ -377,3 +377,64 @@ def test_filter_on_config_lists_as_consul_supports_it(running: RunningAgent) -> 
         assert (status, body) == (400, f"filtering not supported for config entry kind={kind}"), (kind, body)
     for name in ("flt-a", "flt-b"):
         call(running, "DELETE", f"/v1/config/service-defaults/{name}")
+
+
+def _l7(name: str, *perms: dict[str, Any]) -> dict[str, Any]:
+    return {"Kind": "service-intentions", "Name": name, "Sources": [{"Name": "web", "Permissions": list(perms)}]}
+
+
+@pytest.mark.parametrize(("http", "error"), [
+    ({"PathExact": "admin"}, "Sources[0].Permissions[0].HTTP.PathExact doesn't start with '/': \"admin\""),
+    ({"PathPrefix": "v1/"}, "Sources[0].Permissions[0].HTTP.PathPrefix doesn't start with '/': \"v1/\""),
+    ({"PathExact": "/a", "PathRegex": "/b.*"},
+     "Sources[0].Permissions[0].HTTP should only contain at most one of PathExact, PathPrefix, or PathRegex"),
+    ({"Header": [{"Exact": "x"}]}, "Sources[0].Permissions[0].HTTP.Header[0] missing required Name field"),
+    ({"Header": [{"Name": "x-a", "Exact": "1", "Prefix": "1"}]},
+     "Sources[0].Permissions[0].HTTP.Header[0] should only contain one of Present, Exact, Prefix, Suffix, or Regex"),
+    ({"Header": [{"Name": "x-a", "Invert": True}]},
+     "Sources[0].Permissions[0].HTTP.Header[0] should only contain one of Present, Exact, Prefix, Suffix, or Regex"),
+    ({"Methods": ["GET", "FETCH"]}, 'Sources[0].Permissions[0].HTTP.Methods contains an invalid method "FETCH"'),
+    ({"Methods": ["get", "GET"]}, 'Sources[0].Permissions[0].HTTP.Methods contains "GET" more than once'),
+    ({}, "Sources[0].Permissions[0].HTTP is required"),
+    ({"Methods": []}, "Sources[0].Permissions[0].HTTP should not be empty"),
+], ids=["exact-slash", "prefix-slash", "two-paths", "header-name", "header-two", "header-none", "method", "method-twice",
+        "no-http", "empty-http"])  # fmt: skip
+def test_l7_permissions_are_validated_with_consuls_texts(running: RunningAgent, http: dict[str, Any], error: str) -> None:
+    """Consul's write-time checks of an intention's L7 Permissions (ServiceIntentionsConfigEntry.validate),
+    through /v1/config and through PUT /v1/connect/intentions/exact, with its texts and a 400."""
+    assert put(running, {"Kind": "service-defaults", "Name": "l7v", "Protocol": "http"})[0] == 200
+    perm = {"Action": "deny", "HTTP": http} if http else {"Action": "deny"}
+    assert refused(running, _l7("l7v", {"Action": "allow", "HTTP": {"PathPrefix": "/"}}, perm)) == \
+        error.replace("Permissions[0]", "Permissions[1]")
+    status, body, _ = call(running, "PUT", "/v1/connect/intentions/exact?source=web&destination=l7v",
+                           {"Permissions": [perm]})  # fmt: skip
+    assert (status, body) == (400, error)
+    assert call(running, "GET", "/v1/config/service-intentions/l7v")[0] == 404  # nothing was written
+
+
+def test_l7_permissions_need_an_action_and_methods_are_upper_cased(running: RunningAgent) -> None:
+    assert put(running, {"Kind": "service-defaults", "Name": "l7m", "Protocol": "http"})[0] == 200
+    assert refused(running, _l7("l7m", {"Action": "maybe", "HTTP": {"PathExact": "/"}})) == (
+        "Sources[0].Permissions[0].Action must be set to 'allow' or 'deny'")
+    assert put(running, _l7("l7m", {"Action": "deny", "HTTP": {"Methods": ["delete", "Put"],
+                                                               "Header": [{"Name": "x-a", "Present": True}]}}))[0] == 200  # fmt: skip
+    _, entry, _ = call(running, "GET", "/v1/config/service-intentions/l7m")
+    assert entry["Sources"][0]["Permissions"][0]["HTTP"]["Methods"] == ["DELETE", "PUT"]
+
+
+def test_l7_intentions_are_refused_on_a_service_that_is_not_http(running: RunningAgent) -> None:
+    """Consul refuses an intention with Permissions on a destination whose protocol is not http, http2 or
+    grpc, and a service-defaults or proxy-defaults change that would leave one there."""
+    perm = {"Action": "deny", "HTTP": {"Methods": ["DELETE"]}}
+    tcp_error = 'service "plaintcp" has protocol "tcp", which is incompatible with L7 intentions permissions'
+    assert refused(running, _l7("plaintcp", perm)) == tcp_error
+    status, body, _ = call(running, "PUT", "/v1/connect/intentions/exact?source=web&destination=plaintcp",
+                           {"Permissions": [perm]})  # fmt: skip
+    assert (status, body) == (400, tcp_error)
+    assert put(running, {"Kind": "service-defaults", "Name": "plaintcp", "Protocol": "grpc"})[0] == 200
+    assert put(running, _l7("plaintcp", perm))[0] == 200
+    assert refused(running, {"Kind": "service-defaults", "Name": "plaintcp", "Protocol": "tcp"}) == tcp_error
+    status, body, _ = call(running, "DELETE", "/v1/config/service-defaults/plaintcp")
+    assert (status, body) == (400, tcp_error)
+    # A plain allow or deny needs no particular protocol.
+    assert put(running, {"Kind": "service-intentions", "Name": "plaintcp2", "Sources": [{"Name": "web", "Action": "deny"}]})[0] == 200

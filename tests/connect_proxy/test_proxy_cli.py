@@ -16,11 +16,16 @@ from registry.cli import main
 from registry.testing.agent import free_port
 
 
-async def _spawn(*args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell starts a background job
+
+
+async def _spawn(*args: str, sigint_ignored: bool = False) -> tuple[asyncio.subprocess.Process, list[str]]:
     proc = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "proconsul"), "connect", "proxy", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_ignore_sigint if sigint_ignored else None)  # fmt: skip
     lines: list[str] = []
 
     async def pump() -> None:
@@ -177,3 +182,29 @@ async def test_register_monitor_heartbeats_and_puts_a_lost_registration_back(age
         await monitor.stop()
         await client.close()
     assert (await http("GET", "/v1/agent/service/api-proxy"))[0] == 404
+
+
+@pytest.mark.parametrize(("sig", "sigint_ignored"), [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["SIGINT", "SIGINT-in-a-background-job", "SIGTERM"])  # fmt: skip
+async def test_the_proxy_stops_on_sigint_as_on_sigterm(agent, http, echo, sig: signal.Signals,  # noqa: ANN001
+                                                       sigint_ignored: bool) -> None:  # fmt: skip
+    """Ctrl-C stops the sidecar as SIGTERM does (Consul's proxy stops on either), also when it was started
+    with SIGINT ignored, as a shell starts a background job: listeners closed, exit 0, with a client
+    connection open through it."""
+    public = free_port()
+    proc, out = await _spawn("-service", "db", "-service-addr", f"127.0.0.1:{echo.port}",
+                             "-listen", f"127.0.0.1:{public}", "-drain-timeout", "500ms",
+                             "-http-addr", agent.http_addr, sigint_ignored=sigint_ignored)  # fmt: skip
+    try:
+        await wait_for(lambda: any("Connect proxy running" in line for line in out), 20, "proxy start")
+        _, writer = await asyncio.open_connection("127.0.0.1", public)
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0, "".join(out)
+        writer.close()
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", public)
+        assert any("caught signal, stopping the proxy" in line for line in out), "".join(out)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
