@@ -274,3 +274,38 @@ def test_keyring_cli_rotation(agent_port: int) -> None:
     assert (out.returncode, out.stdout) == (0, "==> Removing gossip encryption key...\n")
     out = run("keyring", "-list", "-install", K1, port=agent_port)
     assert out.returncode == 1 and "Only a single action is allowed" in out.stderr
+
+
+def test_a_left_agent_refuses_keyring_operations_at_once() -> None:
+    """After a graceful leave no member answers this agent's queries: the operation fails now with the
+    reason rather than after the query's timeout."""
+    import time as _time
+
+    from registry.testing import dev_agent
+
+    with dev_agent() as agent:
+        urlopen_status = _call_leave(agent)
+        assert urlopen_status == 200
+        started = _time.monotonic()
+        status, body = _get(agent, "/v1/operator/keyring")
+        assert status == 500 and "has left the pool" in body
+        assert _time.monotonic() - started < 2.0
+
+
+def _call_leave(agent) -> int:  # type: ignore[no-untyped-def]
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{agent.http_port}/v1/agent/leave", method="PUT")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status
+
+
+def _get(agent, path: str) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{agent.http_port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -1243,8 +1243,8 @@ class Agent:
         every connection over the limit."""
         if ip == self.config.advertise:
             return False
-        if self.lan is not None:
-            return ip in self.lan.member_ips()
+        if self.lan is not None and ip in self.lan.member_ips():
+            return True  # a member of this agent's gossip pool; else a node the catalog knows as one
         store = self.store
         key = (id(store), store.table_index["nodes"], store.table_index["checks"])
         if key != self._member_ips[0]:

@@ -31,6 +31,7 @@ import msgpack
 
 from registry.config import Config, ConfigError
 from registry.gossip.codec import PacketCodec, PlainCodec
+from registry.gossip.core import QueryError
 from registry.gossip.keyring import LAN_KEYRING_FILE, Keyring, KeyringError, decode_base64, decode_key
 from registry.gossip.security import EncryptedCodec
 
@@ -186,7 +187,11 @@ class KeyringOps:
             response = merge(self.datacenter, [self.local_op(op, key)])
             return [response], keyring_errors([response])
         payload = b"" if op == "list" else msgpack.packb({"Key": key})
-        answers, expected = await self._pool(KEYRING_QUERIES[op], payload)
+        try:
+            answers, expected = await self._pool(KEYRING_QUERIES[op], payload)
+        except QueryError as exc:  # e.g. this agent has left the pool: nobody would answer
+            response = self._response([], str(exc))
+            return [response], keyring_errors([response])
         replies = [_decode_reply(node, data) for node, data in sorted(answers.items())]
         response = merge(self.datacenter, replies, num_nodes=len(expected | answers.keys()))
         return [response], keyring_errors([response])

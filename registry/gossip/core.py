@@ -540,6 +540,8 @@ class GossipNode:
         ``relay_factor`` (0-5): answers also travel through that many random members.  Raises QueryError
         for an oversized query or too many in flight."""
         self._enter(now)
+        if self._leaving:  # no member would answer to a left one: refuse now rather than wait out a timeout
+            raise QueryError("this member has left the pool")
         if not name or len(name.encode()) > MAX_QUERY_NAME_BYTES:
             raise QueryError(f"query name must be 1 to {MAX_QUERY_NAME_BYTES} bytes")
         if len(payload) > MAX_QUERY_PAYLOAD_BYTES:

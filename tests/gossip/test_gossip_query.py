@@ -50,7 +50,7 @@ def test_serf_default_query_timeout() -> None:
 
 
 def test_every_member_answers_once_and_the_origin_collects_until_the_deadline() -> None:
-    sim = Simulator(seed=11, latency=LATENCY, wire=True)
+    sim = Simulator(seed=17, latency=LATENCY, wire=True)
     names = sim.converged_pool(50)
     _echo(sim, names)
     sim.run_for(1.0)
