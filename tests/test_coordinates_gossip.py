@@ -72,6 +72,11 @@ def _estimate(drivers: dict[str, GossipDriver], x: str, y: str) -> float:
 
 def _converged(drivers: dict[str, GossipDriver]) -> bool:
     pairs = (("node-a", "node-b"), ("node-a", "node-c"), ("node-b", "node-c"))
+    # Learnt: every estimate within the tolerance, and the estimates ordered as the true round trips are
+    # (the tolerance alone would let b-c (20 ms) and a-c (30 ms) cross).
+    estimates = [_estimate(drivers, x, y) for x, y in sorted(pairs, key=lambda p: abs(POSITION[p[0]] - POSITION[p[1]]))]
+    if estimates != sorted(estimates):
+        return False
     return all(abs(_estimate(drivers, x, y) - abs(POSITION[x] - POSITION[y])) <= TOLERANCE * abs(POSITION[x] - POSITION[y])
                for x, y in pairs)  # fmt: skip
 
@@ -95,7 +100,10 @@ async def test_probe_round_trips_place_the_nearer_node_first(line: dict[str, Gos
     # fast schedule; b and c are catalog nodes whose agents' updates are PUT as their agents would send them.
     cfg = make_config(node_name="node-a", sync_coordinate_interval_min="50ms",
                       consul={"coordinate": {"update_period": "20ms"}})  # fmt: skip
-    agent = Agent(cfg, coordinate_source=lambda: line["node-a"].coordinate.coordinate)
+    # The three coordinates are taken at one moment: the drivers keep adjusting theirs, and a source that moved
+    # on while b's and c's stayed as PUT could order a pair within the estimate's tolerance either way.
+    learnt = {name: d.coordinate.coordinate for name, d in line.items()}
+    agent = Agent(cfg, coordinate_source=lambda: learnt["node-a"])
     await agent.start()
     try:
         assert agent.http_addr is not None
@@ -104,7 +112,7 @@ async def test_probe_round_trips_place_the_nearer_node_first(line: dict[str, Gos
             for name in ("node-c", "node-b"):
                 async with session.put(base + "/v1/catalog/register", json={"Node": name, "Address": "127.0.0.1"}) as r:
                     assert r.status == 200
-                coord = line[name].coordinate.coordinate.to_json()
+                coord = learnt[name].to_json()
                 async with session.put(base + "/v1/coordinate/update", json={"Node": name, "Coord": coord}) as r:
                     assert r.status == 200
 
