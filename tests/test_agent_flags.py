@@ -193,7 +193,7 @@ def test_pid_file_is_written_at_start_and_removed_at_exit(tmp_path: Path) -> Non
     pid_file = tmp_path / "run" / "proconsul.pid"
     pid_file.parent.mkdir()
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-http-port", str(port), "-dns-port", "-1", "-pid-file",
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1", "-pid-file",
                              str(pid_file), "-segment", "alpha"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
@@ -209,7 +209,7 @@ def test_pid_file_is_written_at_start_and_removed_at_exit(tmp_path: Path) -> Non
 
 
 def test_an_unwritable_pid_file_stops_the_agent(tmp_path: Path) -> None:
-    out = subprocess.run([BIN, "agent", "-dev", "-http-port", str(free_port()), "-dns-port", "-1", "-pid-file",
+    out = subprocess.run([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(free_port()), "-dns-port", "-1", "-pid-file",
                           str(tmp_path / "missing" / "x.pid")], capture_output=True, timeout=30)  # fmt: skip
     assert out.returncode == 1
     assert "Error starting agent: Could not open pid file" in out.stderr.decode()

@@ -242,7 +242,7 @@ def run(*args: str, port: int) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def agent_port() -> Iterator[int]:
     port = free_port()
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "kr", "-http-port", str(port), "-dns-port", "-1",
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "kr", "-http-port", str(port), "-dns-port", "-1",
                              "-encrypt", K1], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_http(port, proc)

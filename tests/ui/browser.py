@@ -116,7 +116,7 @@ def start_agent(tmp: Path, config: dict[str, Any] | None = None, node: str = "ui
     port = free_port()
     cfg = tmp / "agent.json"
     cfg.write_text(json.dumps(config or {}))
-    proc = subprocess.Popen([BIN, "agent", "-dev", "-node", node, "-http-port", str(port), "-dns-port", "-1",
+    proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", node, "-http-port", str(port), "-dns-port", "-1",
                              "-config-file", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     agent = LiveAgent(f"http://127.0.0.1:{port}", proc)
     deadline = time.monotonic() + 30
