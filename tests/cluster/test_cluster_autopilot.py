@@ -30,6 +30,10 @@ def start(cluster: Cluster, tmp_path: Path, **autopilot: Any) -> Server:
         s.extra_args += ["-config-file", str(conf)]
     leader = cluster.start()
     cluster.wait_caught_up()
+    # A new leader stores the configuration when it establishes leadership; until then Consul's and ours
+    # answer 500 "autopilot config not initialized yet", so the tests start once it is there.
+    wait_for("the leader to store the autopilot configuration",
+             lambda: leader.get("/v1/operator/autopilot/configuration").status == 200, 15)
     return leader
 
 
