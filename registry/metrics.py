@@ -19,18 +19,25 @@ parts with "_" and replace " ", ".", "=", "-" and "/" with "_". ``telemetry.pref
 rule); a blocked series is a shared no-op.
 
 A sample's quantiles come from the values kept in its window: every value while a 2 s age bucket holds
-fewer than ``WINDOW_CAP`` of them, then the bucket's slots are overwritten in turn, so a busy series keeps a
-bounded, evenly spread subset of its last 10 s (client_golang keeps a bounded stream estimate instead).
+fewer than ``WINDOW_CAP`` of them, then the latest ``WINDOW_CAP``, so a busy series keeps a bounded subset
+of its last 10 s (client_golang keeps a bounded stream estimate instead).
+
+``Sample.observe`` is on the request path of every HTTP call, so it only appends the value to the series'
+pending list; the arithmetic (count, sum, sum of squares, min, max, the window) is done in bulk when the
+series is read or aged (``fold``), which the shell's clock does at least every 2 s. Appending stores the
+float the caller already made; updating five aggregates per call allocated five more objects, and that
+cost 5-8% of the agent's discovery throughput.
 
 The module is pure: no clock, no IO, no asyncio. Time comes in as an argument (``now``, wall-clock seconds)
 to the calls that need it (``rotate``, ``tick_window``, the renderers); the hot-path calls (``Counter.inc``,
-``Sample.observe``, ``Gauge.set``) are arithmetic on the series object the caller holds. The agent's shell
+``Sample.observe``, ``Gauge.set``) touch only the series object the caller holds. The agent's shell
 (``registry.agent.telemetry``) calls ``tick_window`` every 2 s and ``rotate`` at each 10 s boundary.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -186,7 +193,8 @@ class Sample(_Series):
     """A go-metrics sample (what ``MeasureSince`` records, in milliseconds): the interval's aggregate for the
     JSON, and for Prometheus a count and sum since it appeared plus the values of the last 10 s."""
 
-    __slots__ = ("n", "s", "sq", "lo", "hi", "count", "sum", "window", "cur", "slot")
+    __slots__ = ("n", "s", "sq", "lo", "hi", "count", "sum", "window", "cur", "slot", "pending",
+                 "mirrors")
 
     def __init__(self, name: str, labels: Labels, help_text: str, now: float) -> None:
         super().__init__(name, labels, help_text, now)
@@ -198,26 +206,45 @@ class Sample(_Series):
         self.window: list[list[float]] = [[] for _ in range(WINDOW_BUCKETS)]
         self.slot = 0
         self.cur = self.window[0]
+        self.pending: list[float] = []  # observed, not yet folded into the aggregates and the window
+        self.mirrors: tuple[Sample, ...] = ()  # series that record every value this one does
 
     def observe(self, v: float) -> None:
-        self.n += 1
-        self.s += v
-        self.sq += v * v
-        if v < self.lo:
-            self.lo = v
-        if v > self.hi:
-            self.hi = v
+        self.pending.append(v)
+
+    def fold(self) -> None:
+        """Fold the pending observations into the interval's aggregates and the current window bucket (and
+        into the mirrors')."""
+        pending = self.pending
+        if not pending:
+            return
+        values = pending.copy()
+        pending.clear()
+        self._absorb(values)
+        for m in self.mirrors:
+            m._absorb(values)
+
+    def _absorb(self, values: list[float]) -> None:
+        self.n += len(values)
+        self.s += sum(values)
+        self.sq += sum(map(operator.mul, values, values))
+        lo, hi = min(values), max(values)
+        if lo < self.lo:
+            self.lo = lo
+        if hi > self.hi:
+            self.hi = hi
         cur = self.cur
-        if len(cur) < WINDOW_CAP:
-            cur.append(v)
+        if len(cur) + len(values) <= WINDOW_CAP:
+            cur.extend(values)
         else:
-            cur[self.n & (WINDOW_CAP - 1)] = v
+            cur[:] = (cur + values)[-WINDOW_CAP:]
 
     def observe_many(self, v: float, times: int) -> None:
         """``times`` observations of the same value ``v`` (a batch timed as a whole and credited its mean):
         counted and summed as that many, kept once in the quantile window."""
         if times <= 0:
             return
+        self.fold()
         self.n += times
         self.s += v * times
         self.sq += v * v * times
@@ -232,6 +259,7 @@ class Sample(_Series):
             cur[self.n & (WINDOW_CAP - 1)] = v
 
     def quantiles(self) -> list[float]:
+        self.fold()
         values = sorted(v for bucket in self.window for v in bucket)
         if not values:
             return [math.nan] * len(QUANTILES)
@@ -239,18 +267,22 @@ class Sample(_Series):
         return [values[min(top, max(0, math.ceil(q * len(values)) - 1))] for q in QUANTILES]
 
     def prometheus_count(self) -> int:
+        self.fold()
         return self.count + self.n
 
     def prometheus_sum(self) -> float:
+        self.fold()
         return self.sum + self.s
 
     def _tick(self) -> None:
+        self.fold()  # what was observed before the tick belongs to the bucket that is ageing
         self.slot = (self.slot + 1) % WINDOW_BUCKETS
         fresh: list[float] = []
         self.window[self.slot] = fresh
         self.cur = fresh
 
     def _close(self) -> None:
+        self.fold()
         self.count += self.n
         self.sum += self.s
         self.n = 0
@@ -457,6 +489,7 @@ class Metrics:
 
     def tick_window(self) -> None:
         """Age the samples' quantile windows by one bucket (every ``WINDOW_TICK`` seconds)."""
+        self.fold()  # first, so a mirror gets its share before its own bucket ages
         for s in self._samples.values():
             if s.name:
                 s._tick()
@@ -467,7 +500,7 @@ class Metrics:
         start = _interval_start(now)
         if start <= self.interval_start:
             return None
-        summary = self._summary(self.interval_start)
+        summary = self._summary(self.interval_start)  # folds every sample's pending observations
         for table in (self._counters, self._samples):
             for s in table.values():
                 if s.name and s.n:
@@ -490,7 +523,13 @@ class Metrics:
             return self.finished[-1]
         return self._summary(self.interval_start)
 
+    def fold(self) -> None:
+        """Fold every sample's pending observations (``Sample.observe`` only queues them)."""
+        for s in self._samples.values():
+            s.fold()
+
     def _summary(self, start: float) -> dict[str, Any]:
+        self.fold()
         gauges = sorted((g for g in self._gauges.values() if g.name and g.fresh and g.value == g.value),
                         key=lambda g: g.hash)  # fmt: skip
         return {
@@ -507,6 +546,7 @@ class Metrics:
     def prometheus(self, now: float) -> str:
         """The Prometheus text exposition (format 0.0.4) of every series updated within the retention time
         (and every declared one), grouped into families sorted by name as client_golang writes them."""
+        self.fold()
         families: dict[str, tuple[str, str, list[str]]] = {}
         horizon = now - self.retention
 

@@ -135,3 +135,37 @@ def test_a_disabled_registry_records_and_shows_nothing() -> None:
 ])  # fmt: skip
 def test_go_float_matches_strconv_g(value: float, text: str) -> None:
     assert go_float(value) == text
+
+
+def test_observations_are_folded_in_bulk_with_the_same_arithmetic_and_window() -> None:
+    """``observe`` only queues; every read and every tick folds first, so what is shown is what was observed,
+    and a busy bucket keeps its latest WINDOW_CAP values, as the per-call ring did."""
+    from registry.metrics import WINDOW_CAP
+
+    m = Metrics(now=T0, retention=60.0)
+    s = m.sample("api.http", (("method", "GET"), ("path", "v1_kv_")))
+    legacy = m.sample("http.GET.v1.kv._")
+    s.mirrors = (legacy,)
+    values = [float(i % 97) for i in range(3 * WINDOW_CAP)]
+    for v in values:
+        s.observe(v)
+    assert s.pending and not legacy.pending  # nothing computed on the request path
+    text = m.prometheus(T0 + 1)
+    assert not s.pending
+    for name in ("consul_api_http", "consul_http_GET_v1_kv__"):
+        labels = '{method="GET",path="v1_kv_"}' if name == "consul_api_http" else ""
+        assert f"{name}_count{labels} {len(values)}" in text
+        assert f"{name}_sum{labels} {go_float(sum(values))}" in text
+    assert sorted(s.cur) == sorted(values[-WINDOW_CAP:]) == sorted(legacy.cur)
+    closed = m.rotate(T0 + 10)
+    assert closed is not None
+    by_name = {x["Name"]: x for x in closed["Samples"]}
+    for name in ("consul.api.http", "consul.http.GET.v1.kv._"):
+        got = by_name[name]
+        assert (got["Count"], got["Min"], got["Max"]) == (len(values), 0, 96)
+        mean = sum(values) / len(values)
+        assert got["Mean"] == pytest.approx(mean)
+    # Observed before a tick: folded into the bucket that ages, and the fresh bucket starts empty.
+    s.observe(5.0)
+    m.tick_window()
+    assert s.window[s.slot] == [] and 5.0 in s.window[(s.slot - 1) % WINDOW_BUCKETS]

@@ -56,7 +56,13 @@ def http_timers(metrics: Metrics, legacy: bool) -> Callable[[str, str], tuple[Sa
         if legacy:
             parts = [p or "_" for p in pattern[1:].split("/")]
             timers.append(metrics.sample(".".join(["http", method, *parts]), (), LEGACY_HTTP_HELP))
-        return tuple(timers)
+        # One series takes the request's value and hands it to the other when it folds (a blocked one, the
+        # shared no-op, takes nothing): the request path appends once.
+        live = [t for t in timers if t.name]
+        if not live:
+            return ()
+        live[0].mirrors = tuple(live[1:])
+        return (live[0],)
 
     return make
 
