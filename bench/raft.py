@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench._util import (
+    DATE,
     cpu_model,
     ensure_tool,
     free_port,
@@ -619,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
             f"request) against the leader; medians of {args.rounds} alternating rounds, {args.duration:g} s per wrk"
             f" run, {args.failovers} failovers per round.",
             "",
-            f"Date 2026-11-25; machine: {os.cpu_count()} cores, {cpu_model()}; load average {load_before} before",
+            f"Date {DATE}; machine: {os.cpu_count()} cores, {cpu_model()}; load average {load_before} before",
             f"and {load_after} after the {elapsed / 60:.0f}-minute run ({busy:.0%} of the cores busy just before"
             " it). Other engineers' test runs and benchmarks share this machine, so absolute figures move from run",
             "to run; both systems saw the same conditions, one round each in turn.",
