@@ -294,7 +294,8 @@ class Api:
             t.observe(ms)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        if self.pages is not None and not request.path.startswith("/v1/"):
+        # The raw path first: a hot-cache hit never needs the decoded one, and decoding it costs (yarl).
+        if self.pages is not None and not request.raw_path.startswith("/v1/") and not request.path.startswith("/v1/"):
             return await self.pages(request)  # the web UI: it calls back into /v1/ with the visitor's token
         started = perf_counter() if self.timing else 0.0
         if self.limiter is not None:
