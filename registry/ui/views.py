@@ -14,7 +14,6 @@ ca         ``/v1/connect/ca/roots`` (the active root and the rotated-out ones st
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any

@@ -215,7 +215,9 @@ async def test_the_ui_is_served_under_its_content_path(http: Http) -> None:
     urls = re.findall(r'(?:href|src|action|hx-get)="([^"#]+)"', body)
     assert len(urls) > 8 and all(u.startswith("/console/") for u in urls), urls
     assets = re.findall(r'(?:src|href)="(/console/assets/[0-9a-f]{12}/[^"]+)"', body)
-    assert len(assets) == 3 and all((await _page(http, u))[0] == 200 for u in assets)
+    assert len(assets) == 3
+    for url in assets:
+        assert (await _page(http, url))[0] == 200
     status, body, _ = await _page(http, "/ui/services")  # the default path is not served besides it
     assert status == 404 and "ensure the path starts with '/v1/'" in body
     # A form's redirect and the login cookie follow the path.
