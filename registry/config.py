@@ -50,7 +50,7 @@ KNOWN_TOP_KEYS |= {"disable_coordinates", "sync_coordinate_interval_min", "sync_
 # disable_host_node_id is what Proconsul always does (a random node ID, kept in the data dir).
 KNOWN_TOP_KEYS |= {"encrypt", "encrypt_verify_incoming", "encrypt_verify_outgoing", "disable_keyring_file",
                    "pid_file", "disable_host_node_id"}  # fmt: skip
-KNOWN_TOP_KEYS |= {"ui", "ui_config"}  # the web UI's settings (registry/ui/settings.py)
+KNOWN_TOP_KEYS |= {"ui", "ui_config", "ui_content_path"}  # the web UI's settings (registry/ui/settings.py)
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
 

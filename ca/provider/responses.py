@@ -18,7 +18,15 @@ __all__ = ["ca_configuration_response", "issued_cert_response", "roots_pem", "ro
 
 
 def _root_json(root: CARoot) -> dict[str, Any]:
-    return {
+    """Consul's CARoot JSON, field for field, plus ``RotatedOutAt`` on a root that was rotated out.
+
+    Consul keeps a rotated-out root in the list (``Active: false``) until it has been out for
+    2 x LeafCertTTL (leader_connect_ca.go ``pruneCARoots``) and records when it went out in
+    ``CARoot.RotatedOutAt``, but marks that field ``json:"-"``: its API never says when a rotation
+    happened. Proconsul publishes it, on rotated-out roots only, so the web UI (a client of this API)
+    can show the rotation history; the active root's JSON stays exactly Consul's, and clients that
+    decode into Consul's struct ignore the extra field."""
+    out: dict[str, Any] = {
         "ID": root.id,
         "Name": root.name,
         "SerialNumber": root.serial,
@@ -35,6 +43,12 @@ def _root_json(root: CARoot) -> dict[str, Any]:
         "CreateIndex": root.create_index,
         "ModifyIndex": root.modify_index,
     }
+    if not root.active and root.rotated_out_at is not None:
+        # After Active, where Consul's struct declares it.
+        items = list(out.items())
+        items.insert(list(out).index("Active") + 1, ("RotatedOutAt", format_go_time(root.rotated_out_at)))
+        out = dict(items)
+    return out
 
 
 def roots_response(state: CAState) -> dict[str, Any]:

@@ -140,7 +140,7 @@ from registry.tls import (
 )
 from registry.ui.app import build_ui
 from registry.ui.pages import UI
-from registry.ui.settings import ui_enabled, validate_ui
+from registry.ui.settings import content_path, ui_enabled, validate_ui
 from registry.watch import WatchHub
 
 if TYPE_CHECKING:
@@ -631,7 +631,7 @@ class Agent:
         self._listeners.append(server)
         if ui_enabled(cfg):
             host = self.http_addr[0] if self.http_addr[0] not in ("0.0.0.0", "::") else "127.0.0.1"
-            self.ui = build_ui(f"http://{host}:{self.http_addr[1]}")
+            self.ui = build_ui(f"http://{host}:{self.http_addr[1]}", content_path=content_path(cfg))
             api.pages = self.ui.handle
         await self.connect.start()
         if cfg.ports.https >= 0:

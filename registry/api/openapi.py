@@ -233,7 +233,18 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Session": _obj(("ID", "Node"), ID=_STR, Name=_STR, Node=_STR, LockDelay=_INT, Behavior=_STR, TTL=_STR,
                     NodeChecks=_array(_STR), CreateIndex=_UINT, ModifyIndex=_UINT),
     "CARoots": _obj(("ActiveRootID", "Roots"), ActiveRootID=_STR, TrustDomain=_STR, Roots=_array(_obj(
-        ID=_STR, Name=_STR, RootCert=_STR, Active=_BOOL))),
+        ID=_STR, Name=_STR, RootCert=_STR, Active=_BOOL,
+        # Proconsul's addition on a rotated-out root (Consul keeps the time but does not publish it).
+        RotatedOutAt={"type": "string", "format": "date-time"}))),
+    "ServiceTopologySummary": _obj(
+        ("Name", "InstanceCount", "Source", "Intention"), Kind=_STR, Name=_STR, Datacenter=_STR,
+        Tags={"type": "array", "items": _STR, "nullable": True}, Nodes={"type": "array", "items": _STR, "nullable": True},
+        InstanceCount=_INT, ChecksPassing=_INT, ChecksWarning=_INT, ChecksCritical=_INT, TransparentProxy=_BOOL,
+        ConnectNative=_BOOL, Source={"type": "string", "enum": ["proxy-registration", "specific-intention",
+                                                               "wildcard-intention", "default-allow",
+                                                               "routing-config"]},
+        Intention=_obj(("Allowed", "HasPermissions", "ExternalSource", "HasExact", "DefaultAllow"),
+                       Allowed=_BOOL, HasPermissions=_BOOL, ExternalSource=_STR, HasExact=_BOOL, DefaultAllow=_BOOL)),
     "IssuedCert": _obj(("SerialNumber", "CertPEM", "PrivateKeyPEM", "Service"), SerialNumber=_STR, CertPEM=_STR,
                        PrivateKeyPEM=_STR, Service=_STR, ServiceURI=_STR, ValidAfter=_STR, ValidBefore=_STR),
     "IntentionOut": _obj(("SourceName", "DestinationName"), ID=_STR, SourceName=_STR, DestinationName=_STR,
@@ -352,6 +363,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "event-tag": {"param": "tag", "description": "A regular expression on those services' tags (needs "
                   "?service).", "schema": _STR},
     "event-name": {"param": "name", "description": "Only the events of this name.", "schema": _STR},
+    "topology-kind": {"param": "kind", "description": "The service's kind: empty for a typical service, or "
+                      "ingress-gateway (required; another kind answers 400).", "required": True,
+                      "schema": {"type": "string", "enum": ["", "ingress-gateway"]}, "allowEmptyValue": True},
 }  # fmt: skip
 
 # Path parameters: Consul's API reference names them. ID-like names never hold a "/" (one would reach
@@ -398,6 +412,7 @@ PATH_TEMPLATES: dict[str, tuple[str, ...]] = {
     "/v1/catalog/service/": ("/v1/catalog/service/{service}",),
     "/v1/config/": ("/v1/config/{kind}", "/v1/config/{kind}/{name}"),
     "/v1/discovery-chain/": ("/v1/discovery-chain/{service}",),
+    "/v1/internal/ui/service-topology/": ("/v1/internal/ui/service-topology/{service}",),
     "/v1/connect/intentions/": ("/v1/connect/intentions/{uuid}",),
     "/v1/health/checks/": ("/v1/health/checks/{service}",),
     "/v1/health/connect/": ("/v1/health/connect/{service}",),
@@ -555,6 +570,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         TransparentProxy={"type": "boolean"}, ConnectNative={"type": "boolean"},
         ConnectedWithProxy={"type": "boolean"}, ConnectedWithGateway={"type": "boolean"})))),
     ("GET", "/v1/internal/ui/nodes"): Op(query=BLOCKING, blocking=True, ok=_json(_array({"type": "object"}))),
+    ("GET", "/v1/internal/ui/service-topology/"): Op(query=(*BLOCKING, "topology-kind"), blocking=True, ok=_json(_obj(
+        ("Protocol", "TransparentProxy", "Upstreams", "Downstreams", "FilteredByACLs"), Protocol=_STR,
+        TransparentProxy=_BOOL, FilteredByACLs=_BOOL, Upstreams=_array(_ref("ServiceTopologySummary")),
+        Downstreams=_array(_ref("ServiceTopologySummary"))))),
     # ---- kv
     ("GET", "/v1/kv/"): Op(query=(*BLOCKING, "recurse", "keys", "separator", "raw"), blocking=True, ok={
         200: (JSON, {"oneOf": [_array(_ref("KVPair")), _array(_STR)]})}, errors=(404,), not_found=()),

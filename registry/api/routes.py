@@ -31,6 +31,7 @@ from registry.api import (
     session,
     status,
     txn,
+    ui_topology,
 )
 from registry.api.routing import Route
 
@@ -53,6 +54,7 @@ ROUTES: tuple[Route, ...] = (
     *event.ROUTES,
     *coordinate.ROUTES,
     *internal_ui.ROUTES,
+    *ui_topology.ROUTES,
 )
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "http-api.md"

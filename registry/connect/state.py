@@ -352,6 +352,11 @@ def _service_protocol(store: StateStore, name: str, namespace: str = DEFAULT_NAM
     return protocol
 
 
+def service_protocol(store: StateStore, name: str, namespace: str = DEFAULT_NAMESPACE) -> str:
+    """The protocol a service speaks in the mesh (Consul's protocolForService; see ``_service_protocol``)."""
+    return _service_protocol(store, name, namespace)
+
+
 def _check_l7_protocols(store: StateStore, entries: list[Mapping[str, Any]],
                         proposed: tuple[str, str, dict[str, Any] | None] | None = None) -> None:  # fmt: skip
     """Refuse intentions with L7 ``Permissions`` on a destination whose protocol is not HTTP-like, as

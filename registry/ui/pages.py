@@ -1,7 +1,10 @@
 """The UI's pages: each one HTTP API read (or write) made with the visitor's token, rendered by a template.
 
-``UI.handle`` answers every path outside ``/v1/`` when the UI is on: ``/`` redirects to ``/ui/``, assets
-come from ``registry.ui.assets``, and each page is a handler here. A handler calls the agent through
+``UI.handle`` answers every path outside ``/v1/`` when the UI is on. The UI lives under its content path,
+``base`` (``/ui/``, or where ``ui_config.content_path`` puts it, as Consul's UI moves with it): ``/`` and the
+bare content path redirect into it, assets come from ``registry.ui.assets`` under ``<base>assets/``, and
+each page is a handler here, declared by its path below ``base`` so that every link, form, redirect and
+cookie follows the content path. A handler calls the agent through
 ``Visit.call`` (the one HTTP client, ``registry.client.http``, with the token from the visitor's cookie as
 ``X-Consul-Token``) and renders what the API answered; an answer of 400 or more is shown on screen with
 the API's own status and text (a 403 says which permission is missing, in Consul's words).
@@ -29,7 +32,7 @@ from aiohttp import web
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from registry.client.http import AgentHTTP, AgentUnavailable, Response, escape, kv_path
-from registry.ui.assets import HTMX, LONG_CACHE, PREFIX, Assets
+from registry.ui.assets import HTMX, LONG_CACHE, Assets
 
 log = structlog.get_logger("proconsul.ui")
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -117,24 +120,29 @@ class Page:
 
 class UI:
     """The web UI over one client of the agent's HTTP API. ``wait`` is the blocking queries' wait (a Go
-    duration, as ``?wait=`` takes it): short enough that a browser's connection is never held long."""
+    duration, as ``?wait=`` takes it): short enough that a browser's connection is never held long. ``base`` is
+    the content path the UI is served under, with a slash at each end."""
 
-    def __init__(self, client: AgentHTTP, *, wait_seconds: int = 20) -> None:
+    def __init__(self, client: AgentHTTP, *, wait_seconds: int = 20, base: str = "/ui/") -> None:
+        if not (base.startswith("/") and base.endswith("/")):
+            raise ValueError(f"the UI's content path must start and end with /, got {base!r}")
         self.client = client
+        self.base = base
         self.wait_seconds = wait_seconds
         self.wait = f"{wait_seconds}s"
-        self.assets = Assets()
+        self.assets = Assets(base + "assets/")
         # Undefined renders empty: the API's JSON leaves out empty fields (Go's omitempty), and a missing
         # one is shown as nothing, as Consul's UI shows it.
         self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(("html",)),
                                trim_blocks=True, lstrip_blocks=True)  # fmt: skip
-        self.env.globals.update(asset=self.assets.url, htmx=HTMX, quote=urllib.parse.quote)
+        self.env.globals.update(asset=self.assets.url, htmx=HTMX, quote=urllib.parse.quote, base=base)
         self.env.filters["health"] = worst
         self.exact: dict[str, Page] = {}
         self.prefixes: list[tuple[str, Page]] = []
 
     def page(self, path: str, handler: Handler, methods: str = "GET") -> None:
-        """Declare a page: an exact path, or a prefix ending in "/" whose rest the handler gets."""
+        """Declare a page by its path below ``base`` ("services"): an exact path, or a prefix ending in "/"
+        whose rest the handler gets."""
         entry = Page(tuple(methods.split(",")), handler)
         if path.endswith("/"):
             self.prefixes.append((path, entry))
@@ -145,28 +153,33 @@ class UI:
     async def close(self) -> None:
         await self.client.close()
 
+    def url(self, path: str) -> str:
+        """The URL of a page given by its path below the content path ("services" -> "/ui/services")."""
+        return self.base + path
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path = request.path
-        if path in ("/", "/ui", "/ui/"):
-            target = "/ui/services" if path != "/" else "/ui/"
+        path, base = request.path, self.base
+        if path in ("/", base, base[:-1]):
+            target = base + "services" if path != "/" else base
             return web.Response(status=302, headers={"Location": target, "Cache-Control": NO_STORE})
-        if path.startswith(PREFIX):
+        if path.startswith(self.assets.prefix):
             asset = self.assets.find(path)
             if asset is None:
                 return web.Response(status=404, text="asset not found\n")
             return web.Response(body=asset.body, headers={"Content-Type": asset.content_type,
                                                           "Cache-Control": LONG_CACHE})  # fmt: skip
-        entry, rest = self.exact.get(path), ""
+        if not path.startswith(base):
+            return web.Response(status=404, text=NOT_API)
+        below = path[len(base):]
+        entry, rest = self.exact.get(below), ""
         if entry is None:
             for prefix, candidate in self.prefixes:
-                if path.startswith(prefix):
-                    entry, rest = candidate, path[len(prefix):]
+                if below.startswith(prefix):
+                    entry, rest = candidate, below[len(prefix):]
                     break
         if entry is None:
-            if path.startswith("/ui/"):
-                return self.render("error.html", Visit(self, request), status=404, title="Not found",
-                                   error=Refused(404, f"No page at {path}"))  # fmt: skip
-            return web.Response(status=404, text=NOT_API)
+            return self.render("error.html", Visit(self, request), status=404, title="Not found",
+                               error=Refused(404, f"No page at {path}"))  # fmt: skip
         if request.method not in entry.methods and not (request.method == "HEAD" and "GET" in entry.methods):
             return web.Response(status=405, text=f"method {request.method} not allowed",
                                 headers={"Allow": ",".join(entry.methods)})  # fmt: skip

@@ -123,6 +123,8 @@ def cases(ids: dict[str, str]) -> list[Case]:
         # the web UI's summaries: filtered down to nothing without service:read / node:read
         Case("GET", "/v1/internal/ui/services", "/v1/internal/ui/services", svc("web", "read") + NODE_READ, None),
         Case("GET", "/v1/internal/ui/nodes", "/v1/internal/ui/nodes", NODE_READ, None),
+        Case("GET", "/v1/internal/ui/service-topology/", "/v1/internal/ui/service-topology/web?kind=",
+             svc("web", "read"), "service:read"),
         # kv and txn
         Case("GET", "/v1/kv/", "/v1/kv/k/a", 'key "k/a" { policy = "read" }', "key:read"),
         Case("PUT", "/v1/kv/", "/v1/kv/k/b", 'key "k/b" { policy = "write" }', "key:write", body="v"),

@@ -87,6 +87,24 @@ def test_roots_response_shape(state: p.CAState) -> None:
     assert "PRIVATE KEY" not in json.dumps(body)
 
 
+def test_a_rotated_out_root_stays_listed_with_when_it_went_out(state: p.CAState, rng: Rng, now: datetime) -> None:
+    """Consul keeps the old root (Active false) until it is pruned; Proconsul also says when it was rotated
+    out (``RotatedOutAt``, which Consul keeps but does not publish), and only on that root."""
+    when = now + timedelta(days=3, seconds=7)
+    rotated = p.rotate(state, p.CAConfig(private_key_type="ec", private_key_bits=384), when, rng, index=9)
+    body = p.roots_response(rotated)
+    by_id = {r["ID"]: r for r in body["Roots"]}
+    old, new = by_id[state.active_root.id], by_id[body["ActiveRootID"]]
+    assert old["Active"] is False and old["RotatedOutAt"] == "2026-03-04T12:00:07Z"
+    assert list(old)[list(old).index("Active") + 1] == "RotatedOutAt"
+    assert new["Active"] is True and "RotatedOutAt" not in new
+    assert (new["PrivateKeyType"], new["PrivateKeyBits"]) == ("ec", 384)
+    assert old["ModifyIndex"] == 9
+    # Pruned 2 x LeafCertTTL (72h by default) after it went out, as Consul's pruneCARoots.
+    assert len(p.prune(rotated, when + timedelta(hours=143)).roots) == 2
+    assert [r.id for r in p.prune(rotated, when + timedelta(hours=144, seconds=1)).roots] == [new["ID"]]
+
+
 def test_no_private_key_in_any_api_output(state: p.CAState, rng: Rng, now: datetime) -> None:
     rotated = p.rotate(state, p.CAConfig(), now + timedelta(days=1), rng, index=9)
     leaf = sign(rotated, now + timedelta(days=1), rng)

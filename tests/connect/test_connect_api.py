@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import timedelta
 
 import pytest
 from cryptography import x509
 
 from ca import certs
 from ca.spiffe import ServiceIdentity
+from registry.gocompat import parse_go_time
 from registry.testing import RunningAgent, async_dev_agent
 
 COLON_HEX = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2})*$")
@@ -86,6 +88,9 @@ async def test_configuration_get_put_rotates_and_blocking_leaf_wakes(http, agent
     active = next(r for r in roots["Roots"] if r["Active"])
     old = next(r for r in roots["Roots"] if not r["Active"])
     assert (active["PrivateKeyType"], active["PrivateKeyBits"]) == ("ec", 384)
+    # The old root stays listed, inactive, until it is pruned; Proconsul also says when it went out.
+    went_out = parse_go_time(old["RotatedOutAt"]) - parse_go_time(active["NotBefore"])  # backdated a minute
+    assert "RotatedOutAt" not in active and timedelta(0) <= went_out <= timedelta(minutes=2)
     assert len(active["IntermediateCerts"]) == 1
     chain = certs.certs_from_pem(new_leaf["CertPEM"])
     assert len(chain) == 2  # the leaf, then the cross-signed new root

@@ -51,7 +51,11 @@ def missing() -> str | None:
 
 
 def chromium(width: int = 1280, height: int = 800) -> WebDriver:
-    """A headless Chromium at ``width`` x ``height`` CSS pixels."""
+    """A headless Chromium whose viewport is exactly ``width`` x ``height`` CSS pixels.
+
+    ``--window-size`` sizes the window, and headless Chromium keeps part of it for its (invisible) frame:
+    1280x800 gave a 1280x657 viewport. The DevTools device-metrics override sets the viewport itself, as
+    a phone of that width when it is under 600 px (overlay scrollbars, the page's viewport meta)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -64,6 +68,8 @@ def chromium(width: int = 1280, height: int = 800) -> WebDriver:
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=_which(DRIVER)), options=opts)
     driver.set_window_size(width, height)
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600})
     return driver
 
 

@@ -1,8 +1,8 @@
 """Screenshots of every UI page into docs/ui/ (PNG): ``python -m tests.ui.screenshots``.
 
 A real ``proconsul agent -dev`` is started and given a small, plausible catalog (services in each health,
-a sidecar, KV folders, intentions); Debian's headless Chromium takes each page at 1280x800 and the
-services page at phone width too.
+a sidecar, KV folders, intentions, a CA rotation); Debian's headless Chromium takes each page with a
+1280x800 viewport, and the services and a service page at phone width (390x844) too.
 """
 
 from __future__ import annotations
@@ -48,10 +48,14 @@ def main() -> int:
                     "Service": {"ID": f"{svc}-sidecar-proxy", "Service": f"{svc}-sidecar-proxy", "Kind": "connect-proxy",
                                 "Port": 21000, "Proxy": {"DestinationServiceName": svc,
                                                          "Upstreams": [{"DestinationName": upstream, "LocalBindPort": 9191}]}}})  # fmt: skip
+            # One rotation, so the CA page has a history to show.
+            status, text = agent.call("PUT", "/v1/connect/ca/configuration",
+                                      {"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+            assert status == 200, text
             pages = [("services", "/ui/services", "#services-live"), ("service", "/ui/services/api", "section.instance"),
                      ("nodes", "/ui/nodes", "section.node"), ("kv", "/ui/kv/config/web/", "#kv-live"),
                      ("kv-key", "/ui/kv/config/web/limits?format=json", "#current-value"),
-                     ("intentions", "/ui/intentions", "table.list"), ("ca", "/ui/ca", "table.list"),
+                     ("intentions", "/ui/intentions", "table.list"), ("ca", "/ui/ca", "#rotation-history"),
                      ("login", "/ui/login", "#token")]  # fmt: skip
             driver = chromium(1280, 800)
             try:
@@ -64,10 +68,12 @@ def main() -> int:
                 driver.quit()
             phone = chromium(390, 844)
             try:
-                phone.get(agent.url + "/ui/services")
-                wait_for(phone, "#services-live")
-                phone.save_screenshot(str(DOCS / "services-phone.png"))
-                print("docs/ui/services-phone.png")
+                for name, path, ready in (("services-phone", "/ui/services", "#services-live"),
+                                          ("service-phone", "/ui/services/api", "section.instance")):
+                    phone.get(agent.url + path)
+                    wait_for(phone, ready)
+                    phone.save_screenshot(str(DOCS / f"{name}.png"))
+                    print(f"docs/ui/{name}.png")
             finally:
                 phone.quit()
         finally:

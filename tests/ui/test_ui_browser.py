@@ -139,11 +139,40 @@ def test_intention_made_in_the_ui_is_visible_through_the_api(agent: LiveAgent, b
     assert status == 200 and got["Action"] == "allow" and got["Description"] == "shop reads stock"
 
 
-def test_ca_page_shows_the_active_root(agent: LiveAgent, browser: WebDriver) -> None:
+def test_ca_page_shows_a_rotation_through_the_api_live(agent: LiveAgent, browser: WebDriver) -> None:
     _, roots = agent.call("GET", "/v1/connect/ca/roots")
+    first = roots["ActiveRootID"]
     browser.get(agent.url + "/ui/ca")
-    wait_for(browser, f'tr[data-root="{roots["ActiveRootID"]}"]')
-    assert "active" in text_of(browser, f'tr[data-root="{roots["ActiveRootID"]}"]')
+    wait_for(browser, f'#active-root[data-root="{first}"]')
+    assert "EC P-256" in text_of(browser, "#active-root") and "expires in 9 years" in text_of(browser, "#root-expiry")
+    assert "has not been rotated" in text_of(browser, "#rotation-history")
+    wait_live(browser, "#ca-live")
+    status, text = agent.call("PUT", "/v1/connect/ca/configuration",
+                              {"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+    assert status == 200, text
+    # The open page follows the roots' blocking query: the new root becomes the active one, the old one
+    # moves to the history with the time it was rotated out, as the API says it.
+    _until(lambda: "EC P-384" in text_of(browser, "#active-root"), 5)
+    _, roots = agent.call("GET", "/v1/connect/ca/roots")
+    old = next(r for r in roots["Roots"] if r["ID"] == first)
+    shown = browser.execute_script("return document.getElementById('active-root').dataset.root")
+    assert shown == roots["ActiveRootID"] != first
+    row = text_of(browser, f'#rotation-history tr[data-root="{first}"]')
+    assert old["RotatedOutAt"] in row and "ago" in row and old["NotAfter"] in row
+
+
+def test_service_page_draws_the_topology_from_the_api(agent: LiveAgent, browser: WebDriver) -> None:
+    code, text = agent.call("PUT", "/v1/catalog/register", {
+        "Node": "ui-node", "Address": "127.0.0.1",
+        "Service": {"ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy", "Kind": "connect-proxy", "Port": 21000,
+                    "Proxy": {"DestinationServiceName": "web", "Upstreams": [{"DestinationName": "db",
+                                                                              "LocalBindPort": 9191}]}}})  # fmt: skip
+    assert code == 200, text
+    browser.get(agent.url + "/ui/services/web")
+    svg = wait_for(browser, "section.topology svg[role=img]")
+    assert "Upstreams: db (" in (svg.get_attribute("aria-label") or "")
+    assert svg.size["width"] > 300 and "named in a proxy's upstreams" in str(browser.execute_script(
+        "return document.getElementById('topology-edges').textContent"))
 
 
 def test_the_phone_width_layout_keeps_every_page_usable(agent: LiveAgent) -> None:
@@ -152,8 +181,18 @@ def test_the_phone_width_layout_keeps_every_page_usable(agent: LiveAgent) -> Non
         phone.get(agent.url + "/ui/services")
         link = wait_for(phone, 'tr[data-service="web"] a')
         assert link.is_displayed() and link.location["x"] + link.size["width"] <= 390
-        scroll_width = phone.execute_script("return document.documentElement.scrollWidth")
-        assert scroll_width <= 390, f"the services page scrolls sideways at phone width ({scroll_width}px)"
+        # The filter's labels stay beside their fields; a stacked row names its values.
+        label, box = phone.find_element("css selector", 'label[for="status"]'), phone.find_element("css selector", "#status")
+        assert abs(label.location["y"] - box.location["y"]) < 40
+        assert phone.execute_script("return getComputedStyle(document.querySelector("
+                                    "'tr[data-service=\"web\"] td[data-label=Instances]'), '::before').content") != "none"
+        for path, ready in (("/ui/services", "#services-live"), ("/ui/services/web", "section.instance"),
+                            ("/ui/nodes", "section.node"), ("/ui/intentions", "table.list"), ("/ui/ca", "#ca-live"),
+                            ("/ui/kv/", "#kv-live")):  # fmt: skip
+            phone.get(agent.url + path)
+            wait_for(phone, ready)
+            scroll_width = phone.execute_script("return document.documentElement.scrollWidth")
+            assert scroll_width <= 390, f"{path} scrolls sideways at phone width ({scroll_width}px)"
     finally:
         phone.quit()
 

@@ -182,11 +182,51 @@ async def test_intentions_created_edited_and_deleted_through_the_api(http: Http)
     assert (await http.get("/v1/connect/intentions/exact?source=web&destination=db"))[0] == 404
 
 
-async def test_ca_page_shows_the_active_root(http: Http) -> None:
+async def test_ca_page_shows_the_active_root_and_the_rotation_history(http: Http) -> None:
     _, roots, _ = await http.get("/v1/connect/ca/roots")
+    first = roots["ActiveRootID"]
     _, body, _ = await _page(http, "/ui/ca")
-    active = roots["ActiveRootID"]
-    assert f'data-root="{active}"' in body and "active</span>" in body and roots["TrustDomain"] in body
+    assert f'id="active-root" data-root="{first}"' in body and roots["TrustDomain"] in body
+    assert "EC P-256" in body and "expires in 9 years 364 days" in body  # a new root lives 87600h
+    assert "None: the active root has not been rotated" in body
+    status, text, _ = await http.put("/v1/connect/ca/configuration", {
+        "Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})  # fmt: skip
+    assert status == 200, text
+    _, roots, _ = await http.get("/v1/connect/ca/roots")
+    old = next(r for r in roots["Roots"] if r["ID"] == first)
+    assert old["Active"] is False and old["RotatedOutAt"]
+    _, body, _ = await _page(http, "/ui/ca")
+    assert f'id="active-root" data-root="{roots["ActiveRootID"]}"' in body and "EC P-384" in body
+    assert "Cross-signed" in body  # the new root carries its predecessor's signature
+    row = body[body.index(f'<tr data-root="{first}"'):]
+    row = row[:row.index("</tr>")]
+    assert f'datetime="{old["RotatedOutAt"]}"' in row and "less than a minute ago" in row
+
+
+@pytest.mark.agent_config(ui_config={"content_path": "console"})
+async def test_the_ui_is_served_under_its_content_path(http: Http) -> None:
+    status, _, headers = await _page(http, "/")
+    assert (status, headers["Location"]) == (302, "/console/")
+    for bare in ("/console/", "/console"):
+        status, _, headers = await _page(http, bare)
+        assert (status, headers["Location"]) == (302, "/console/services")
+    status, body, _ = await _page(http, "/console/services")
+    assert status == 200
+    urls = re.findall(r'(?:href|src|action|hx-get)="([^"#]+)"', body)
+    assert len(urls) > 8 and all(u.startswith("/console/") for u in urls), urls
+    assets = re.findall(r'(?:src|href)="(/console/assets/[0-9a-f]{12}/[^"]+)"', body)
+    assert len(assets) == 3
+    for url in assets:
+        assert (await _page(http, url))[0] == 200
+    status, body, _ = await _page(http, "/ui/services")  # the default path is not served besides it
+    assert status == 404 and "ensure the path starts with '/v1/'" in body
+    # A form's redirect and the login cookie follow the path.
+    status, _, headers = await _post(http, "/console/kv/", {"name": "k", "value": "v", "cas": "0"})
+    assert (status, headers["Location"]) == (303, "/console/kv/k?message=saved")
+    _, body, _ = await _page(http, "/console/kv/k")
+    assert 'action="/console/kv/k"' in body and 'href="/console/kv/"' in body
+    status, _, headers = await _post(http, "/console/login", {"token": "anything"})
+    assert (status, headers["Location"]) == (303, "/console/services") and "Path=/console" in headers["Set-Cookie"]
 
 
 @pytest.fixture
