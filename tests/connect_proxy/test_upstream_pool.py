@@ -246,7 +246,8 @@ def test_equal_weights_keep_plain_round_robin_and_a_weight_change_is_taken() -> 
 
 def test_random_and_ring_hash_follow_weights() -> None:
     a, b = Instance("10.0.0.1", 1, 9), Instance("10.0.0.1", 2, 1)
-    counts = Counter(pool(a, b, policy="random").pick(None, 0.0) for _ in range(10000))
+    rand = pool(a, b, policy="random")
+    counts = Counter(rand.pick(None, 0.0) for _ in range(10000))
     assert abs(counts[a] - 9000) < 300, counts
     ring = pool(a, b, policy="ring_hash")
     counts = Counter(ring.pick(b"client-%d" % i, 0.0) for i in range(10000))
