@@ -85,6 +85,7 @@ class MeshApp:
         self.status = 200
         self.arrivals: list[float] = []
         self.seen: Counter[tuple[str, str]] = Counter()
+        self.answered_503 = 0
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -92,6 +93,7 @@ class MeshApp:
         self.arrivals.append(time.monotonic())
         self.seen[(request.method, request.path)] += 1
         await request.read()
+        self.answered_503 += self.status == 503
         return web.Response(status=self.status, text=f"{self.name} {request.method} {request.path}",
                             headers={"x-version": self.version, "x-instance": self.name})  # fmt: skip
 
@@ -273,12 +275,18 @@ async def test_the_mesh_end_to_end_over_http(agent, http, sidecars) -> None:  # 
         t_flip_end = time.monotonic()
         flip = load.started(t_deny, t_flip_end)
         assert {r.status for r in flip} <= {200, 403}, Counter(r.status for r in flip)
-        refused = load.started(t_deny + 1.0, t_allow)
-        assert refused and all(r.status == 403 and r.body == DENIED for r in refused), Counter(r.status for r in refused)
+        # Refused: every request made 1 s after the deny write and answered before the allow write began
+        # (one made just before that write may reach the api sidecar after the allow has).
+        refused = [r for r in load.started(t_deny + 1.0, t_allow) if r.end < t_allow]
+        assert refused and all(r.status == 403 and r.body == DENIED for r in refused), [
+            (round(r.start - t_allow, 4), round(r.end - t_allow, 4), r.status, r.instance) for r in refused
+            if r.status != 403]  # fmt: skip
         allowed_again = load.started(t_allow + 1.0, t_flip_end)
         assert allowed_again and _failures(allowed_again) == []
         last_allowed = max((r.start for r in load.started(t_deny, t_allow) if r.status == 200), default=t_deny)
         last_refused = max((r.start for r in load.started(t_allow, t_flip_end) if r.status == 403), default=t_allow)
+        first_refused = min(r.end for r in flip if r.status == 403)
+        first_allowed = min(r.end for r in load.started(t_allow, t_flip_end) if r.status == 200)
 
         # 4. The CA root rotated live: a new key and root.
         status, roots = await http("GET", "/v1/agent/connect/ca/roots")
@@ -329,6 +337,7 @@ async def test_the_mesh_end_to_end_over_http(agent, http, sidecars) -> None:  # 
         last_before, first_after = _gap_after(v1b.arrivals, t_503, 1.0)
         ejected_after = last_before - t_503
         silence = first_after - last_before
+        assert v1b.answered_503 >= PASSIVE["MaxFailures"], v1b.answered_503
         assert ejected_after < 1.0, f"the instance still got requests {ejected_after:.3f} s after its first 503"
         assert silence >= EJECTION_S - 0.25, f"traffic came back {silence:.3f} s into a {EJECTION_S} s ejection"
         assert silence < EJECTION_S + 1.0, f"no traffic for {silence:.3f} s after a {EJECTION_S} s ejection"
@@ -355,10 +364,12 @@ async def test_the_mesh_end_to_end_over_http(agent, http, sidecars) -> None:  # 
         elapsed = time.monotonic() - t_run
         print(f"\nmesh e2e: {len(load.records)} GETs in {elapsed:.1f} s ({len(load.records) / elapsed:.0f}/s); "
               f"split v1/v2 {100 - v2_pct:.2f}/{v2_pct:.2f} over 10,000 in {t_split:.1f} s; "
-              f"deny effective {last_allowed - t_deny:.3f} s after the write, allow {last_refused - t_allow:.3f} s; "
+              f"flip: first 403 answered {first_refused - t_deny:.3f} s after the deny write began, last request "
+              f"let through started {last_allowed - t_deny:.3f} s after it; first 200 again {first_allowed - t_allow:.3f} s "
+              f"after the allow write began, last 403 started {last_refused - t_allow:.3f} s after it; "
               f"{len(refused)} refused; CA rotation: every sidecar on the new leaf {t_rotated - t_rotate:.3f} s "
               f"after the write, 0 failures; 503 instance: last request {ejected_after:.3f} s after the first 503, "
-              f"then none for {silence:.3f} s (ejection {EJECTION_S} s); kill: {len(after_kill)} GETs, 0 failures, "
+              f"then none for {silence:.3f} s (ejection {EJECTION_S} s), {v1b.answered_503} 503s answered; kill: {len(after_kill)} GETs, 0 failures, "
               f"{kill_retries:.0f} retries; {len(outside)} GETs outside the deny window, 0 failures")  # fmt: skip
     finally:
         if load is not None:
