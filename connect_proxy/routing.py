@@ -14,7 +14,9 @@ from its start node, as Envoy's TCP proxy would be configured from it by Consul:
 ``target_instances`` turns a ``/v1/health/connect/<service>`` answer into the instances of one target:
 the subset's bexpr ``Filter`` over the health entries (``structs.CheckServiceNode``, as Consul's proxycfg
 passes it to the health query), and Consul's notion of healthy for Envoy: any critical check excludes an
-instance; a warning excludes it only with ``OnlyPassing``.
+instance; a warning excludes it only with ``OnlyPassing``. Each instance carries its weight as Consul
+gives it to Envoy (``calculateEndpointHealthAndWeight``): ``Service.Weights.Passing``, or
+``Weights.Warning`` while a check warns; a weight below 1 excludes the instance, above 128 is 128.
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ def _status_ok(entry: Mapping[str, Any], only_passing: bool) -> bool:
     return True
 
 
+MAX_WEIGHT = 128  # Envoy's limit, as Consul clamps it
+
+
+def _weight(entry: Mapping[str, Any], svc: Mapping[str, Any]) -> int:
+    """The instance's load-balancing weight; 0 means "send it nothing" (Consul marks it unhealthy)."""
+    weights = svc.get("Weights")
+    if not isinstance(weights, Mapping):
+        return 1
+    weight = weights.get("Passing", 1)
+    for check in entry.get("Checks") or ():
+        if isinstance(check, Mapping) and check.get("Status") == "warning":
+            weight = weights.get("Warning", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool):
+        return 1
+    return min(weight, MAX_WEIGHT) if weight >= 1 else 0
+
+
 def target_instances(health: Any, subset: Subset) -> list[Instance]:
     """The dialable instances of a target in a health answer. Raises FilterError (Consul's text) when
     the subset's filter does not compile: the caller treats the target as having none."""
@@ -93,7 +112,10 @@ def target_instances(health: Any, subset: Subset) -> list[Instance]:
         port = svc.get("Port")
         if not host or not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             continue
-        inst = Instance(str(host), port)
+        weight = _weight(entry, svc)
+        if not weight:
+            continue
+        inst = Instance(str(host), port, weight)
         if inst not in out:
             out.append(inst)
     return out

@@ -29,6 +29,16 @@ The API the L4 and L7 data planes share (both call it per connection or per requ
 
 Envoy's panic threshold (50%) applies too: when fewer than half the instances are usable (not ejected),
 balancing ignores ejections rather than piling everything on the few left.
+
+Instance weights: Consul hands Envoy each endpoint's ``Service.Weights`` (``Passing``, or ``Warning``
+while a check warns; clamped to 1..128, a weight of 0 making the instance unhealthy) as its
+``LoadBalancingWeight`` (agent/xds ``calculateEndpointHealthAndWeight``). When a pool's weights differ,
+``round_robin`` becomes a weighted round robin (smooth weighted round robin: deterministic, every cycle
+of sum(weights) picks gives each instance exactly its weight, as Envoy's EDF scheduler does in the long
+run), ``random`` draws by weight and ``ring_hash`` gives each instance ring entries in proportion to
+its weight. ``least_request`` and ``maglev`` ignore weights. This is also how a TCP service splits
+traffic between versions: Consul refuses a ``service-splitter`` on a tcp service, and weights per
+instance are what Envoy's TCP proxy honours per connection.
 """
 
 from __future__ import annotations
@@ -79,6 +89,7 @@ class Instance:
 
     host: str
     port: int
+    weight: int = field(default=1, compare=False)  # Envoy's LoadBalancingWeight: not part of the identity
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -205,6 +216,9 @@ class UpstreamPool:
         self.config = config or PoolConfig()
         self.rng = rng or random.Random()
         self.instances: tuple[Instance, ...] = ()
+        self._weights: tuple[int, ...] = ()
+        self._weighted = False  # the instances' weights differ: weighted balancing
+        self._current: dict[Instance, int] = {}  # smooth weighted round robin's running weights
         self._health: dict[Instance, _Health] = {}
         self._rr = 0
         self._ring: tuple[list[int], list[Instance]] | None = None
@@ -225,9 +239,13 @@ class UpstreamPool:
         """The catalog's healthy instances now. Instances that stay keep their history (an ejection
         outlives a catalog refresh); instances that left are forgotten."""
         new = tuple(dict.fromkeys(instances))
-        if new == self.instances:
+        weights = tuple(i.weight for i in new)
+        if new == self.instances and weights == self._weights:
             return
         self.instances = new
+        self._weights = weights
+        self._weighted = len(set(weights)) > 1
+        self._current = {}
         self._health = {i: self._health.get(i) or _Health() for i in new}
         self._ring = self._maglev = None
 
@@ -329,14 +347,35 @@ class UpstreamPool:
         if policy in (RING_HASH, MAGLEV) and key is not None:
             return self._pick_hash(key, set(usable), policy)
         if policy == RANDOM or policy in (RING_HASH, MAGLEV):  # no key to hash: Envoy picks at random
+            if self._weighted:
+                return self.rng.choices(usable, weights=[i.weight for i in usable])[0]
             return usable[self.rng.randrange(len(usable))]
         if policy == LEAST_REQUEST:
             n = min(self.config.choice_count, len(usable))
             choices = self.rng.sample(usable, n)
             return min(choices, key=lambda i: self._health[i].active)
+        if self._weighted:
+            return self._pick_weighted(usable)
         inst = usable[self._rr % len(usable)]
         self._rr += 1
         return inst
+
+    def _pick_weighted(self, usable: list[Instance]) -> Instance:
+        """Smooth weighted round robin (nginx's): each pick adds every usable instance's weight to its
+        running weight, takes the largest and takes the total off it. Deterministic, interleaved, and
+        exact over every sum(weights) picks."""
+        current = self._current
+        total = 0
+        best = usable[0]
+        best_value = None
+        for inst in usable:
+            total += inst.weight
+            value = current.get(inst, 0) + inst.weight
+            current[inst] = value
+            if best_value is None or value > best_value:
+                best, best_value = inst, value
+        current[best] -= total
+        return best
 
     def _pick_hash(self, key: bytes, usable: set[Instance], policy: str) -> Instance | None:
         h = _hash64(key)
@@ -360,9 +399,11 @@ class UpstreamPool:
         if self._ring is None:
             n = len(self.instances)
             size = min(max(self.config.ring_min, n), self.config.ring_max)
-            per = max(1, -(-size // max(n, 1)))
+            total = sum(i.weight for i in self.instances) or 1
+            per = {inst: max(1, -(-size * inst.weight // total)) if self._weighted else max(1, -(-size // max(n, 1)))
+                   for inst in self.instances}  # fmt: skip
             pairs = sorted((_hash64(f"{inst}_{i}".encode()), inst) for inst in self.instances
-                           for i in range(per))  # fmt: skip
+                           for i in range(per[inst]))  # fmt: skip
             self._ring = ([p for p, _ in pairs], [o for _, o in pairs])
         return self._ring
 

@@ -221,3 +221,48 @@ def test_target_instances_filter_subsets_and_health() -> None:
     assert len(routing.target_instances(health, Subset())) == 4
     with pytest.raises(FilterError):
         routing.target_instances(health, Subset("Service.Nope == 1"))
+
+
+def test_weighted_round_robin_is_exact_per_cycle_and_interleaved() -> None:
+    a, b, c = Instance("10.0.0.1", 1, 45), Instance("10.0.0.1", 2, 45), Instance("10.0.0.1", 3, 10)
+    p = pool(a, b, c)
+    picks = [p.pick(None, 0.0) for _ in range(2000)]
+    assert Counter(picks) == {a: 900, b: 900, c: 200}  # every 100 picks: 45/45/10 exactly
+    first = picks[:100]
+    assert Counter(first) == {a: 45, b: 45, c: 10}
+    assert max(len(run) for run in "".join("x" if i == c else "." for i in first).split(".")) == 1  # spread out
+    # An ejected instance is skipped; the others keep their ratio.
+    p.configure(PoolConfig(outlier=OutlierConfig(max_failures=1, max_ejection_percent=50)))
+    assert p.report(c, False, 0.0)
+    assert Counter(p.pick(None, 1.0) for _ in range(100)) == {a: 50, b: 50}
+
+
+def test_equal_weights_keep_plain_round_robin_and_a_weight_change_is_taken() -> None:
+    p = pool(Instance("10.0.0.1", 1, 7), Instance("10.0.0.1", 2, 7))
+    assert [p.pick(None, 0.0).port for _ in range(4)] == [1, 2, 1, 2]
+    p.update([Instance("10.0.0.1", 1, 3), Instance("10.0.0.1", 2, 1)])  # same instances, new weights
+    assert Counter(p.pick(None, 0.0).port for _ in range(400)) == {1: 300, 2: 100}
+
+
+def test_random_and_ring_hash_follow_weights() -> None:
+    a, b = Instance("10.0.0.1", 1, 9), Instance("10.0.0.1", 2, 1)
+    rand = pool(a, b, policy="random")
+    counts = Counter(rand.pick(None, 0.0) for _ in range(10000))
+    assert abs(counts[a] - 9000) < 300, counts
+    ring = pool(a, b, policy="ring_hash")
+    counts = Counter(ring.pick(b"client-%d" % i, 0.0) for i in range(10000))
+    assert abs(counts[a] - 9000) < 500, counts
+
+
+def test_target_instances_carry_consuls_weights() -> None:
+    def entry(port: int, weights: dict | None, *statuses: str) -> dict:
+        e = _entry(port, "v1", *statuses)
+        if weights is not None:
+            e["Service"]["Weights"] = weights
+        return e
+
+    health = [entry(1, {"Passing": 45, "Warning": 1}, "passing"), entry(2, {"Passing": 45, "Warning": 5}, "warning"),
+              entry(3, None, "passing"), entry(4, {"Passing": 1, "Warning": 0}, "warning"),
+              entry(5, {"Passing": 1000, "Warning": 1}, "passing")]  # fmt: skip
+    got = routing.target_instances(health, Subset())
+    assert [(i.port, i.weight) for i in got] == [(1, 45), (2, 5), (3, 1), (5, 128)]  # weight 0: no traffic
