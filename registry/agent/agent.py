@@ -61,7 +61,14 @@ from registry.agent.gossip_keys import (
 )
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
-from registry.agent.membership import STATUS_ALIVE, CatalogReconciler, LanPool, member_tags
+from registry.agent.membership import (
+    STATUS_ALIVE,
+    CatalogReconciler,
+    LanPool,
+    gossip_config,
+    member_tags,
+    validate_gossip_config,
+)
 from registry.agent.remote import RPC_CLIENT_APPLY
 from registry.agent.router import full_sync_delay
 from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
@@ -195,7 +202,8 @@ def _validate_logs(cfg: Config) -> None:
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
                                                   _validate_logs, validate_watches, validate_coordinate_config,
-                                                  validate_encrypt, validate_ui, require_secure)  # fmt: skip
+                                                  validate_encrypt, validate_ui, validate_gossip_config,
+                                                  require_secure)  # fmt: skip
 
 
 class Agent:
@@ -515,8 +523,11 @@ class Agent:
         bind = cfg.serf_lan_bind
         advertise = Address(cfg.advertise, cfg.ports.serf_lan) if bind in ("0.0.0.0", "::", "") or cfg.advertise_addr \
             else None  # fmt: skip
+        if cfg.extra.get("gossip_wan"):
+            log.info("gossip_wan has no effect: Proconsul runs no WAN gossip pool")
         driver = GossipDriver(self.node_name, bind=Address(bind or "0.0.0.0", cfg.ports.serf_lan), advertise=advertise,
-                              tags=member_tags(cfg, acl_enabled(cfg)), codec=self.gossip_codec)  # fmt: skip
+                              tags=member_tags(cfg, acl_enabled(cfg)), codec=self.gossip_codec,
+                              config=gossip_config(cfg))  # the gossip_lan block's timings  # fmt: skip
         if self.coordinate_source_given is None:  # the probes' round trips feed this agent's coordinate
             self.coordinate_source = lambda: driver.coordinate.coordinate
         self.lan = LanPool(driver, retry_join=cfg.retry_join, retry_interval=cfg.retry_interval,
