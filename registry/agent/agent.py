@@ -52,6 +52,7 @@ from registry.agent.coordinates import (
     validate_coordinate_config,
 )
 from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
+from registry.agent.forward import LeaderForwarder
 from registry.agent.gossip_keys import (
     KEYRING_QUERIES,
     KeyringOps,
@@ -189,6 +190,11 @@ def autopilot_seed(cfg: Config) -> AutopilotConfig:
         raise ConfigError(f"autopilot: {exc}") from None
 
 
+def cfg_is_raft_server(cfg: Config) -> bool:
+    """A server in a Raft cluster (not ``-dev``, whose log is its own leader, and not a client agent)."""
+    return cfg.server and not cfg.dev
+
+
 def _validate_logs(cfg: Config) -> None:
     """The logging keys (``log_file``, ``log_rotate_*``, ``enable_syslog``, ``syslog_facility``)."""
     try:
@@ -239,6 +245,13 @@ class Agent:
         self._register_rpc()
         self._leader_view: Callable[[], ClusterView | None] = _no_view  # the Raft leader's view, for autopilot
         self.consensus: Consensus = self._make_consensus()
+        if cfg_is_raft_server(config):
+            # A follower forwards to the leader the calls only the leader answers (Consul's srv.forward):
+            # client agents send theirs to any server.
+            self.forwarder: LeaderForwarder | None = LeaderForwarder(self.rpc, self.consensus)
+            self.forwarder.install()
+        else:
+            self.forwarder = None
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
         # FSM); tests may replace it.
         self.wall_clock_ns = time.time_ns
@@ -578,8 +591,9 @@ class Agent:
 
         consensus = self.consensus
         if isinstance(consensus, RemoteServers):
-            known = consensus.join
-        elif isinstance(consensus, RaftServer):
+            consensus.learn(address)
+            return
+        if isinstance(consensus, RaftServer):
             known = consensus.opts.join
             if address == consensus.opts.address:
                 return
@@ -1282,9 +1296,9 @@ class Agent:
         carries when the caller is not a server (``registry.agent.rpc_acl``; Consul's Catalog and Session
         endpoints vet every request's token the same way). Liveness is the gossip pool's, not an RPC's."""
         self.rpc.register("serf_lan", self._rpc_serf_lan)
-        self.rpc.register("session_renew", self._rpc_session_renew, with_caller=True)
-        self.rpc.register("node_state", self._rpc_node_state, with_caller=True)
-        self.rpc.register(RPC_CLIENT_APPLY, self._rpc_client_apply, with_caller=True)
+        self.rpc.register("session_renew", self._rpc_session_renew, with_caller=True, leader=True)
+        self.rpc.register("node_state", self._rpc_node_state, with_caller=True, leader=True)
+        self.rpc.register(RPC_CLIENT_APPLY, self._rpc_client_apply, with_caller=True, leader=True)
 
     async def _caller_authz(self, caller: Caller) -> Authorizer | None:
         """The authorizer of a client agent's call (None: nothing to check -- ACLs are off, or the caller is
