@@ -291,3 +291,41 @@ def test_gossip_lan_defaults_and_merge(tmp_path: Path) -> None:
     cfg = build_config(["-dev", "-config-dir", str(tmp_path)])
     got = gossip_config(cfg)
     assert (got.probe_interval, got.probe_timeout, got.gossip_nodes) == (1.0, 0.4, 3)
+
+
+async def test_a_restart_rejoins_one_member_of_its_snapshot(tmp_path: Path, peers: list[GossipDriver]) -> None:
+    """Serf's rejoin: the snapshot's members in random order, stopping at the first that answers (each
+    join is a push-pull of the whole member list: one per member of a large pool would cost it dearly)."""
+    from registry.agent.membership import LanPool
+
+    live = [await peer(peers, f"snap-{i}") for i in range(4)]
+    for d in live[1:]:
+        assert await d.join([live[0].local_member.addr]) == 1
+    dead = ["127.0.0.1:1", "127.0.0.1:2"]
+    lines = [f"alive: snap-{i} 127.0.0.1:{d.local_member.addr.port}" for i, d in enumerate(live)]
+    lines += [f"alive: gone-{i} {a}" for i, a in enumerate(dead)]
+    snapshot = tmp_path / "serf" / "local.snapshot"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text("".join(line + "\n" for line in lines))
+
+    async def no_lookup(address: str) -> Address | None:
+        return None
+
+    driver = GossipDriver("restarted", bind=Address("127.0.0.1", 0), tags=client_tags("restarted"))
+    pool = LanPool(driver, retry_join=[], retry_interval=1.0, retry_max=0, rejoin_after_leave=False,
+                   data_dir=str(tmp_path), lookup=no_lookup, on_server=lambda address: None)  # fmt: skip
+    tried: list[Address] = []
+    push_pull = pool._push_pull
+
+    async def recording(addr: Address) -> bool:
+        tried.append(addr)
+        return await push_pull(addr)
+
+    pool._push_pull = recording  # type: ignore[method-assign]
+    await pool.start()
+    try:
+        await eventually(lambda: _async(len(driver.members()) == 5), 10)
+        answered = [a for a in tried if a.port not in (1, 2)]
+        assert len(answered) == 1 and tried[-1] == answered[0], tried  # stopped at the first that answered
+    finally:
+        await pool.stop()

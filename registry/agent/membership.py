@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -262,6 +263,7 @@ class LanPool:
         self.leaving = False
         self.started_at = 0.0
         self.address: Address | None = None
+        self._rng = random.Random()
 
     async def start(self) -> Address:
         self.address = await self.driver.start()
@@ -341,12 +343,23 @@ class LanPool:
             return False
 
     async def _rejoin(self, addresses: list[str]) -> None:
+        """Serf's handleRejoin: the snapshot's members in random order (so a fleet restarting together
+        spreads over them), stopping at the first that answers. Each join is a push-pull that carries the
+        whole member list both ways: joining every member of a 10,000-member snapshot would cost this agent
+        and the pool ten thousand of them."""
         own = _host_port(self.address) if self.address is not None else ""
         targets = [a for a in dict.fromkeys(addresses) if a != own]
-        if not targets:
-            return
-        joined, _ = await self.join(targets)
-        log.info("rejoined the members of the snapshot", contacted=joined, known=len(targets))
+        self._rng.shuffle(targets)
+        for text in targets:
+            try:
+                addr = parse_address(text)
+            except ValueError:
+                continue
+            if await self._push_pull(addr):
+                log.info("Re-joined to previously known node", node=text, known=len(targets))
+                return
+        if targets:
+            log.warning("Failed to re-join any previously known node", known=len(targets))
 
     async def _retry_join_loop(self) -> None:
         """Consul's retry_join: try every address until one join succeeds, every ``retry_interval``, at most
