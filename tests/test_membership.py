@@ -272,7 +272,7 @@ def test_gossip_lan_config_refused(tmp_path: Path, hcl: str, error: str) -> None
     from registry.config import ConfigError
 
     conf = tmp_path / "gossip.hcl"
-    conf.write_text(hcl + "\n")
+    conf.write_text(hcl.replace("{ ", "{\n  ").replace(" }", "\n}") + "\n")  # one attribute a line
     with pytest.raises(ConfigError) as info:
         build_config(["-dev", "-config-file", str(conf)])
     assert error in str(info.value)

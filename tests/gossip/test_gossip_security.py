@@ -173,10 +173,21 @@ def test_a_wrongly_keyed_packet_is_undecryptable_even_when_it_parses_as_msgpack(
     plain wire format's shape. Only what decodes as gossip messages counts as plaintext."""
     import msgpack
 
+    def shape_looks_plain(data: bytes) -> bool:
+        """The shape test this replaced: the body is one msgpack array whose first item (or first item's
+        first item) is an integer."""
+        try:
+            value = msgpack.unpackb(data[1:], raw=True, strict_map_key=False)
+        except Exception:  # noqa: BLE001
+            return False
+        first = value[0] if isinstance(value, list) and value else None
+        if isinstance(first, list) and first:
+            first = first[0]
+        return type(first) is int
+
     clock = Clock()
     sealed = codec(K2, clock=clock, nonce=lambda n: MISLEADING_NONCE).seal(b"from the new key")
-    value = msgpack.unpackb(sealed[1:], raw=True, strict_map_key=False)  # what fooled the shape test
-    assert isinstance(value, list) and type((value[0][0] if isinstance(value[0], list) else value[0])) is int
+    assert shape_looks_plain(sealed)  # what fooled it
     old = codec(K1, clock=clock)
     with pytest.raises(PacketRejected):
         old.open(sealed)
