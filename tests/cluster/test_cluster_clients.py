@@ -118,6 +118,9 @@ def test_client_writes_go_through_the_picked_server(make_cluster: MakeCluster) -
     wait_for("client-1 to answer", lambda: http("GET", c1.url + "/v1/agent/self", timeout=2).status == 200, 30)
     wait_for("client-1 to know the 3 servers", lambda: http("GET", c1.url + "/v1/agent/self").json()["Stats"]
              ["consul"]["known_servers"] == "3", 30)  # fmt: skip
+    # Its retry_join names the servers' RPC ports, which it tries as gossip addresses and asks over RPC for
+    # their gossip address, one after another: those bytes are not RPCs, so the count starts once it is done.
+    wait_for("client-1's retry_join to finish", lambda: "Join cluster completed" in c1.log_path.read_text(), 60)
     registered = 0
 
     def register_and_see(via: Server, timeout: float = 30) -> None:
@@ -140,7 +143,7 @@ def test_client_writes_go_through_the_picked_server(make_cluster: MakeCluster) -
     picked = next(s for s in cluster.servers if s.k == grew[0])
     if picked is leader:
         other = next(s for s in cluster.servers if s is not leader)
-        reply = leader.put(f"/v1/operator/raft/transfer-leader?id={other.node_id}")
+        reply = http("POST", f"{leader.url}/v1/operator/raft/transfer-leader?id={other.node_id}")
         assert reply.status == 200, reply.text
         leader = cluster.wait_leader(exclude=picked)
     assert picked is not leader
