@@ -38,8 +38,10 @@ KNOWN_TOP_KEYS = {
     "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
     "insecure", "watches", "leave_on_terminate", "skip_leave_on_interrupt",
 }  # fmt: skip
-# The LAN gossip pool (registry/agent/membership.py): its bind address, joining and rejoining.
-KNOWN_TOP_KEYS |= {"serf_lan", "retry_interval", "retry_max", "rejoin_after_leave"}
+# The LAN gossip pool (registry/agent/membership.py): its bind address, joining and rejoining, and its timings
+# (``gossip_lan``, read from ``Config.extra`` by ``registry.agent.membership.gossip_config``; ``gossip_wan`` is
+# checked the same way and has no effect: Proconsul runs no WAN pool).
+KNOWN_TOP_KEYS |= {"serf_lan", "retry_interval", "retry_max", "rejoin_after_leave", "gossip_lan", "gossip_wan"}
 # Blocks whose owners read them from ``Config.extra`` and validate them (registry/logs.py, registry/autopilot.py,
 # registry/ui/settings.py).
 KNOWN_TOP_KEYS |= {"autopilot", "log_file", "log_rotate_bytes", "log_rotate_duration", "log_rotate_max_files",
@@ -267,6 +269,12 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a map")
         _merge(getattr(cfg, key), value)
+    elif key in ("gossip_lan", "gossip_wan"):
+        # Merged key by key across files, as Consul merges blocks; the owner (registry.agent.membership)
+        # checks the values.
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a map, e.g. {{probe_interval = \"1s\"}}")
+        _merge(cfg.extra.setdefault(key, {}), value)
     elif key in ("services", "checks"):
         getattr(cfg, key).extend(value if isinstance(value, list) else [value])
     elif key in ("service", "check"):

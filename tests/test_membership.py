@@ -199,3 +199,133 @@ async def test_snapshot_records_members_and_leave(tmp_path: Path, peers: list[Go
     assert sorted(addrs) == sorted(f"127.0.0.1:{d.local_member.addr.port}" for d in (a, b)) and not left
     _write_snapshot(path, a.members(), leave=True)
     assert read_snapshot(path)[1] is True
+
+
+GOSSIP_LAN_HCL = """
+gossip_lan {
+  probe_interval  = "2s"
+  probe_timeout   = "800ms"
+  gossip_nodes    = 5
+  gossip_interval = "300ms"
+  retransmit_mult = 3
+  suspicion_mult  = 6
+}
+gossip_wan {
+  probe_interval = "5s"
+  probe_timeout  = "3s"
+}
+"""
+
+
+async def test_gossip_lan_config_sets_the_pool_timings(tmp_path: Path, peers: list[GossipDriver]) -> None:
+    """Consul's ``gossip_lan`` keys in a config file reach the pool: its config object, and the probes it
+    really sends (one every 2 s instead of the default 500 ms); ``gossip_wan`` is accepted."""
+    from registry.agent.agent import Agent
+    from registry.cli.agent import build_config
+
+    conf = tmp_path / "gossip.hcl"
+    conf.write_text(GOSSIP_LAN_HCL)
+    cfg = build_config(["-dev", "-config-file", str(conf), "-node", "gossip-tuned", "-http-port", "0",
+                        "-dns-port", "0", "-serf-lan-port", "0"])  # fmt: skip
+    cfg.log_level = "warn"
+    agent = Agent(cfg)
+    await agent.start()
+    try:
+        assert agent.lan is not None
+        pool = agent.lan.driver
+        c = pool.config
+        assert (c.probe_interval, c.probe_timeout, c.gossip_nodes, c.gossip_interval, c.retransmit_mult,
+                c.suspicion_mult) == (2.0, 0.8, 5, 0.3, 3, 6)  # fmt: skip
+        assert c.suspicion_min(3) == 6.0  # suspicion_mult scales the fixed minimum (4 s at the default 4)
+        # Traffic: beside a member with the defaults, over the same few seconds, the tuned agent probes a
+        # quarter as often.
+        p = await peer(peers, "plain")
+        assert await p.join([agent.lan.address]) == 1
+        await eventually(lambda: _async(len(pool.members()) == 2), 5)
+        before = (pool.core.stats["probes"], p.core.stats["probes"])
+        await asyncio.sleep(4.2)
+        tuned, plain = pool.core.stats["probes"] - before[0], p.core.stats["probes"] - before[1]
+        assert 1 <= tuned <= 3, (tuned, plain)
+        assert plain >= 6, (tuned, plain)
+    finally:
+        await agent.stop()
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+@pytest.mark.parametrize(("hcl", "error"), [
+    ('gossip_lan { probe_interval = "fast" }', 'gossip_lan.probe_interval'),
+    ('gossip_lan { probe_interval = 5 }',
+     'gossip_lan.probe_interval: invalid duration: "5": time: missing unit in duration "5"'),
+    ('gossip_lan { probe_timeout = "0s" }', 'gossip_lan.probe_timeout must be a positive duration'),
+    ('gossip_lan { gossip_nodes = 0 }', 'gossip_lan.gossip_nodes must be a whole number of at least 1, got 0'),
+    ('gossip_lan { retransmit_mult = "4" }', "gossip_lan.retransmit_mult must be a whole number"),
+    ('gossip_lan { probe_timeout = "1s" }',
+     "gossip_lan.probe_timeout (1s) must be shorter than gossip_lan.probe_interval (0.5s)"),
+    ('gossip_wan { probe_timeout = "6s" }',
+     "gossip_wan.probe_timeout (6s) must be shorter than gossip_wan.probe_interval (5s)"),
+])  # fmt: skip
+def test_gossip_lan_config_refused(tmp_path: Path, hcl: str, error: str) -> None:
+    from registry.cli.agent import build_config
+    from registry.config import ConfigError
+
+    conf = tmp_path / "gossip.hcl"
+    conf.write_text(hcl.replace("{ ", "{\n  ").replace(" }", "\n}") + "\n")  # one attribute a line
+    with pytest.raises(ConfigError) as info:
+        build_config(["-dev", "-config-file", str(conf)])
+    assert error in str(info.value)
+
+
+def test_gossip_lan_defaults_and_merge(tmp_path: Path) -> None:
+    """Without the block, the pool keeps Proconsul's defaults; two files merge key by key, as Consul's
+    blocks do; gossip_wan's own defaults (Consul's WAN ones) let it set a 3 s probe timeout."""
+    from registry.agent.membership import gossip_config
+    from registry.cli.agent import build_config
+    from registry.gossip.config import GossipConfig
+
+    assert gossip_config(build_config(["-dev"])) == GossipConfig()
+    (tmp_path / "a.hcl").write_text('gossip_lan { probe_interval = "1s" }\n')
+    (tmp_path / "b.json").write_text('{"gossip_lan": {"probe_timeout": "400ms"}, "gossip_wan": {"probe_timeout": "3s"}}')
+    cfg = build_config(["-dev", "-config-dir", str(tmp_path)])
+    got = gossip_config(cfg)
+    assert (got.probe_interval, got.probe_timeout, got.gossip_nodes) == (1.0, 0.4, 3)
+
+
+async def test_a_restart_rejoins_one_member_of_its_snapshot(tmp_path: Path, peers: list[GossipDriver]) -> None:
+    """Serf's rejoin: the snapshot's members in random order, stopping at the first that answers (each
+    join is a push-pull of the whole member list: one per member of a large pool would cost it dearly)."""
+    from registry.agent.membership import LanPool
+
+    live = [await peer(peers, f"snap-{i}") for i in range(4)]
+    for d in live[1:]:
+        assert await d.join([live[0].local_member.addr]) == 1
+    dead = ["127.0.0.1:1", "127.0.0.1:2"]
+    lines = [f"alive: snap-{i} 127.0.0.1:{d.local_member.addr.port}" for i, d in enumerate(live)]
+    lines += [f"alive: gone-{i} {a}" for i, a in enumerate(dead)]
+    snapshot = tmp_path / "serf" / "local.snapshot"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text("".join(line + "\n" for line in lines))
+
+    async def no_lookup(address: str) -> Address | None:
+        return None
+
+    driver = GossipDriver("restarted", bind=Address("127.0.0.1", 0), tags=client_tags("restarted"))
+    pool = LanPool(driver, retry_join=[], retry_interval=1.0, retry_max=0, rejoin_after_leave=False,
+                   data_dir=str(tmp_path), lookup=no_lookup, on_server=lambda address: None)  # fmt: skip
+    tried: list[Address] = []
+    push_pull = pool._push_pull
+
+    async def recording(addr: Address) -> bool:
+        tried.append(addr)
+        return await push_pull(addr)
+
+    pool._push_pull = recording  # type: ignore[method-assign]
+    await pool.start()
+    try:
+        await eventually(lambda: _async(len(driver.members()) == 5), 10)
+        answered = [a for a in tried if a.port not in (1, 2)]
+        assert len(answered) == 1 and tried[-1] == answered[0], tried  # stopped at the first that answered
+    finally:
+        await pool.stop()

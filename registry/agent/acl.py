@@ -296,8 +296,8 @@ class ServerResolver(_Base):
     # ------------------------------------------------------------------ the servers' RPC for client agents
 
     def register_rpc(self, router: RPCRouter) -> None:
-        router.register(RPC_RESOLVE, self._rpc_resolve)
-        router.register(RPC_INDEX, self._rpc_index)
+        router.register(RPC_RESOLVE, self._rpc_resolve, leader=True)
+        router.register(RPC_INDEX, self._rpc_index, leader=True)
 
     async def _rpc_resolve(self, args: Any) -> Any:
         secret = args.get("SecretID") if isinstance(args, dict) else None

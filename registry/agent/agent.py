@@ -52,6 +52,7 @@ from registry.agent.coordinates import (
     validate_coordinate_config,
 )
 from registry.agent.events import AgentEvents, EventServer, LeaderRing, StoreRing
+from registry.agent.forward import LeaderForwarder
 from registry.agent.gossip_keys import (
     KEYRING_QUERIES,
     KeyringOps,
@@ -61,7 +62,14 @@ from registry.agent.gossip_keys import (
 )
 from registry.agent.listeners import APIServer, https_context, start_dns
 from registry.agent.local import LocalCheck, LocalService
-from registry.agent.membership import STATUS_ALIVE, CatalogReconciler, LanPool, member_tags
+from registry.agent.membership import (
+    STATUS_ALIVE,
+    CatalogReconciler,
+    LanPool,
+    gossip_config,
+    member_tags,
+    validate_gossip_config,
+)
 from registry.agent.remote import RPC_CLIENT_APPLY
 from registry.agent.router import full_sync_delay
 from registry.agent.rpc_acl import CLIENT_COMMANDS, vet_client_command
@@ -182,6 +190,11 @@ def autopilot_seed(cfg: Config) -> AutopilotConfig:
         raise ConfigError(f"autopilot: {exc}") from None
 
 
+def cfg_is_raft_server(cfg: Config) -> bool:
+    """A server in a Raft cluster (not ``-dev``, whose log is its own leader, and not a client agent)."""
+    return cfg.server and not cfg.dev
+
+
 def _validate_logs(cfg: Config) -> None:
     """The logging keys (``log_file``, ``log_rotate_*``, ``enable_syslog``, ``syslog_facility``)."""
     try:
@@ -195,7 +208,8 @@ def _validate_logs(cfg: Config) -> None:
 # ``require_secure`` comes last: a malformed tls block gets its own message first.
 CONFIG_VALIDATORS: tuple[ConfigValidator, ...] = (validate_connect_config, _validate_tls, autopilot_seed,
                                                   _validate_logs, validate_watches, validate_coordinate_config,
-                                                  validate_encrypt, validate_ui, require_secure)  # fmt: skip
+                                                  validate_encrypt, validate_ui, validate_gossip_config,
+                                                  require_secure)  # fmt: skip
 
 
 class Agent:
@@ -231,6 +245,13 @@ class Agent:
         self._register_rpc()
         self._leader_view: Callable[[], ClusterView | None] = _no_view  # the Raft leader's view, for autopilot
         self.consensus: Consensus = self._make_consensus()
+        if cfg_is_raft_server(config):
+            # A follower forwards to the leader the calls only the leader answers (Consul's srv.forward):
+            # client agents send theirs to any server.
+            self.forwarder: LeaderForwarder | None = LeaderForwarder(self.rpc, self.consensus)
+            self.forwarder.install()
+        else:
+            self.forwarder = None
         # The time stamped into every command this agent proposes (lock-delays are decided from it in the
         # FSM); tests may replace it.
         self.wall_clock_ns = time.time_ns
@@ -515,8 +536,11 @@ class Agent:
         bind = cfg.serf_lan_bind
         advertise = Address(cfg.advertise, cfg.ports.serf_lan) if bind in ("0.0.0.0", "::", "") or cfg.advertise_addr \
             else None  # fmt: skip
+        if cfg.extra.get("gossip_wan"):
+            log.info("gossip_wan has no effect: Proconsul runs no WAN gossip pool")
         driver = GossipDriver(self.node_name, bind=Address(bind or "0.0.0.0", cfg.ports.serf_lan), advertise=advertise,
-                              tags=member_tags(cfg, acl_enabled(cfg)), codec=self.gossip_codec)  # fmt: skip
+                              tags=member_tags(cfg, acl_enabled(cfg)), codec=self.gossip_codec,
+                              config=gossip_config(cfg))  # the gossip_lan block's timings  # fmt: skip
         if self.coordinate_source_given is None:  # the probes' round trips feed this agent's coordinate
             self.coordinate_source = lambda: driver.coordinate.coordinate
         self.lan = LanPool(driver, retry_join=cfg.retry_join, retry_interval=cfg.retry_interval,
@@ -567,8 +591,9 @@ class Agent:
 
         consensus = self.consensus
         if isinstance(consensus, RemoteServers):
-            known = consensus.join
-        elif isinstance(consensus, RaftServer):
+            consensus.learn(address)
+            return
+        if isinstance(consensus, RaftServer):
             known = consensus.opts.join
             if address == consensus.opts.address:
                 return
@@ -1271,9 +1296,9 @@ class Agent:
         carries when the caller is not a server (``registry.agent.rpc_acl``; Consul's Catalog and Session
         endpoints vet every request's token the same way). Liveness is the gossip pool's, not an RPC's."""
         self.rpc.register("serf_lan", self._rpc_serf_lan)
-        self.rpc.register("session_renew", self._rpc_session_renew, with_caller=True)
-        self.rpc.register("node_state", self._rpc_node_state, with_caller=True)
-        self.rpc.register(RPC_CLIENT_APPLY, self._rpc_client_apply, with_caller=True)
+        self.rpc.register("session_renew", self._rpc_session_renew, with_caller=True, leader=True)
+        self.rpc.register("node_state", self._rpc_node_state, with_caller=True, leader=True)
+        self.rpc.register(RPC_CLIENT_APPLY, self._rpc_client_apply, with_caller=True, leader=True)
 
     async def _caller_authz(self, caller: Caller) -> Authorizer | None:
         """The authorizer of a client agent's call (None: nothing to check -- ACLs are off, or the caller is

@@ -79,8 +79,8 @@ class Autopilot:
         self.listeners: list[Callable[[State], None]] = []
 
     def register_rpc(self, router: RPCRouter) -> None:
-        router.register("autopilot_health", self._rpc_health, server_only=True)
-        router.register("autopilot_state", self._rpc_state, server_only=True)
+        router.register("autopilot_health", self._rpc_health, server_only=True, leader=True)
+        router.register("autopilot_state", self._rpc_state, server_only=True, leader=True)
 
     def config(self) -> AutopilotConfig:
         """The stored configuration, else the agent's (before a leader has stored one)."""

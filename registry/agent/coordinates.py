@@ -154,7 +154,7 @@ class CoordinateUpdates:
         self.discarded = 0  # updates dropped over the batch limit since start (for tests and logs)
 
     def register_rpc(self, router: RPCRouter) -> None:
-        router.register(RPC_UPDATE, self._rpc_update)
+        router.register(RPC_UPDATE, self._rpc_update, leader=True)
 
     async def submit(self, node: str, segment: str, coord: Any, token: str) -> None:
         """Accept one update on this server: enqueued here when it leads, else forwarded to the leader.

@@ -121,8 +121,8 @@ class EventServer:
         self._ring = ring
 
     def register_rpc(self, router: RPCRouter) -> None:
-        router.register(RPC_FIRE, self._rpc_fire)
-        router.register(RPC_FOLLOW, self._rpc_follow)
+        router.register(RPC_FIRE, self._rpc_fire, leader=True)
+        router.register(RPC_FOLLOW, self._rpc_follow, leader=True)
 
     async def _rpc_fire(self, args: Any) -> Any:
         """Consul's ``Internal.EventFire``: ``event:write`` on the event's name for the token the call

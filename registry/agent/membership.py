@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ import structlog
 
 from registry import CONSUL_VERSION
 from registry.commands import Deregister, MemberBatch, Register
-from registry.config import Config
+from registry.config import Config, ConfigError
+from registry.gocompat import go_quote, parse_duration_ns
 from registry.gossip import Address, EventKind, Member, MemberEvent, MemberState
+from registry.gossip.config import GossipConfig
 from registry.gossip.driver import EventStream, GossipDriver, parse_address
 from registry.state.store import StateStore
 from registry.structs import (
@@ -55,6 +59,8 @@ __all__ = [
     "BatchWindow",
     "CatalogReconciler",
     "LanPool",
+    "gossip_config",
+    "validate_gossip_config",
     "member_json",
     "member_tags",
     "read_snapshot",
@@ -104,6 +110,89 @@ def member_json(m: Member, status: int | None = None) -> dict[str, Any]:
         "Status": _STATUS[m.state] if status is None else status, "ProtocolMin": 1, "ProtocolMax": 5,
         "ProtocolCur": 2, "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
     }  # fmt: skip
+
+
+# ---------------------------------------------------------------------- gossip_lan
+
+# Consul's ``gossip_lan`` keys (agent/config: GossipLANConfig) and what each sets in the pool's GossipConfig.
+GOSSIP_DURATIONS = ("gossip_interval", "probe_interval", "probe_timeout")
+GOSSIP_COUNTS = ("gossip_nodes", "suspicion_mult", "retransmit_mult")
+# The fixed minimum suspicion timeout (GossipConfig.suspicion_timeout_cap) per unit of suspicion_mult: the 4 s
+# default is memberlist's suspicion_mult (4) times its 1 s probe interval in a small pool.  A configured
+# suspicion_mult scales it, so ``suspicion_mult = 6`` waits 6 s as it would in a small memberlist pool.
+SUSPICION_SECONDS_PER_MULT = 1.0
+
+
+def _gossip_block(cfg: Config, key: str) -> tuple[dict[str, float], dict[str, int]]:
+    """One ``gossip_lan`` / ``gossip_wan`` block's values: durations in seconds and counts, with Consul's
+    units (Go durations such as "200ms"; whole numbers), each refused with the key's name when malformed."""
+    block = cfg.extra.get(key) or {}
+    if not isinstance(block, dict):
+        raise ConfigError(f"{key} must be a map, e.g. {{probe_interval = \"1s\"}}")
+    durations: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for name, raw in block.items():
+        where = f"{key}.{name}"
+        if name in GOSSIP_DURATIONS:
+            # Consul's field is a string read with Go's time.ParseDuration: a bare number (HCL's 5, JSON's 5)
+            # is "missing unit", not nanoseconds.
+            text = raw if isinstance(raw, str) else str(raw)
+            if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+                raise ConfigError(f"{where} must be a duration such as \"500ms\", got {raw!r}")
+            try:
+                value = parse_duration_ns(text.strip()) / 1e9
+            except ValueError as exc:
+                raise ConfigError(f"{where}: invalid duration: {go_quote(text)}: {exc}") from None
+            if value <= 0:
+                # Consul reads a zero gossip_interval as "no gossip beyond piggybacking"; here a query's
+                # timeout is a multiple of it, so a pool without it could not answer keyring operations.
+                raise ConfigError(f"{where} must be a positive duration such as \"500ms\", got {raw!r}")
+            durations[name] = value
+        elif name in GOSSIP_COUNTS:
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
+                raise ConfigError(f"{where} must be a whole number of at least 1, got {raw!r}")
+            counts[name] = raw
+        else:
+            raise ConfigError(f"invalid config key {where}")
+    return durations, counts
+
+
+# memberlist's DefaultWANConfig, the base a ``gossip_wan`` block is checked against (Consul's WAN defaults).
+WAN_DEFAULTS = GossipConfig(probe_interval=5.0, probe_timeout=3.0, gossip_interval=0.5, gossip_nodes=4,
+                            suspicion_mult=6)  # fmt: skip
+
+
+def _build_gossip_config(cfg: Config, key: str, base: GossipConfig) -> GossipConfig:
+    durations, counts = _gossip_block(cfg, key)
+    fields: dict[str, float | int | None] = {**durations, **counts}
+    if "suspicion_mult" in counts:
+        fields["suspicion_timeout_cap"] = counts["suspicion_mult"] * SUSPICION_SECONDS_PER_MULT
+    interval = durations.get("probe_interval", base.probe_interval)
+    timeout = durations.get("probe_timeout", base.probe_timeout)
+    if timeout >= interval:
+        # memberlist would probe again before the last probe's ack could count; say which key to change.
+        raise ConfigError(f"{key}.probe_timeout ({timeout:g}s) must be shorter than {key}.probe_interval "
+                          f"({interval:g}s); the defaults are {base.probe_timeout:g}s and "
+                          f"{base.probe_interval:g}s")  # fmt: skip
+    try:
+        return replace(base, **fields)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def gossip_config(cfg: Config) -> GossipConfig:
+    """The LAN pool's timings: Proconsul's defaults (GossipConfig: memberlist's LAN values with the probe
+    interval halved, docs/gossip.md) with the ``gossip_lan`` keys the configuration sets, as Consul hands
+    its ``gossip_lan`` block to memberlist.  Raises ConfigError naming the key that is wrong."""
+    return _build_gossip_config(cfg, "gossip_lan", GossipConfig())
+
+
+def validate_gossip_config(cfg: Config) -> None:
+    """A config validator (``registry.agent.agent.CONFIG_VALIDATORS``): ``gossip_lan`` and ``gossip_wan``
+    are checked alike (a malformed ``gossip_wan`` is refused as Consul refuses it, though without a WAN
+    pool its values change nothing)."""
+    gossip_config(cfg)
+    _build_gossip_config(cfg, "gossip_wan", WAN_DEFAULTS)
 
 
 # ---------------------------------------------------------------------- the snapshot
@@ -174,6 +263,7 @@ class LanPool:
         self.leaving = False
         self.started_at = 0.0
         self.address: Address | None = None
+        self._rng = random.Random()
 
     async def start(self) -> Address:
         self.address = await self.driver.start()
@@ -253,12 +343,23 @@ class LanPool:
             return False
 
     async def _rejoin(self, addresses: list[str]) -> None:
+        """Serf's handleRejoin: the snapshot's members in random order (so a fleet restarting together
+        spreads over them), stopping at the first that answers. Each join is a push-pull that carries the
+        whole member list both ways: joining every member of a 10,000-member snapshot would cost this agent
+        and the pool ten thousand of them."""
         own = _host_port(self.address) if self.address is not None else ""
         targets = [a for a in dict.fromkeys(addresses) if a != own]
-        if not targets:
-            return
-        joined, _ = await self.join(targets)
-        log.info("rejoined the members of the snapshot", contacted=joined, known=len(targets))
+        self._rng.shuffle(targets)
+        for text in targets:
+            try:
+                addr = parse_address(text)
+            except ValueError:
+                continue
+            if await self._push_pull(addr):
+                log.info("Re-joined to previously known node", node=text, known=len(targets))
+                return
+        if targets:
+            log.warning("Failed to re-join any previously known node", known=len(targets))
 
     async def _retry_join_loop(self) -> None:
         """Consul's retry_join: try every address until one join succeeds, every ``retry_interval``, at most

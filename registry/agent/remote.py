@@ -1,15 +1,22 @@
-"""A client agent's view of the servers: no Raft state, writes and liveness go to the leader by RPC.
+"""A client agent's view of the servers: no Raft state; its calls go to one server, which forwards to the
+leader what only the leader answers.
 
 The client learns the servers from ``retry_join`` addresses (their server ports) with the same ``hello``
-RPC servers use among themselves, follows the leader they report, and re-resolves it when a call says
-"not the leader" or a connection fails. Reads of the catalog, health and KV are forwarded by the HTTP
-layer to a server's HTTP API (``http_target``), so blocking queries block on the server that has the data.
+RPC servers use among themselves, and from the gossip pool (every server member's RPC address). Reads of
+the catalog, health and KV are forwarded by the HTTP layer to a server's HTTP API (``http_target``), so
+blocking queries block on the server that has the data.
 
 Which server: as Consul's router does (``registry.agent.router.ServerPicker``), one server picked at
-random, kept until the rebalance interval runs out or a request to it fails, so a fleet's requests spread
+random, kept until the rebalance interval runs out or a call to it fails, so a fleet's requests spread
 over all servers instead of converging on the leader. Any server answers any read: a default or
 ``consistent`` read is confirmed with the leader by the server that serves it, a ``stale`` one is
-answered from its replica.
+answered from its replica. The RPCs (writes of anti-entropy, session renewals, ACL resolution, events,
+certificates) go to the picked server too, never to the leader looked up: a server that does not lead
+forwards them (``registry.agent.forward``). So the client never needs to know who leads, and a leader change
+costs nothing but the forwarding servers' own look-up: no storm of leader look-ups from the fleet. A call
+that certainly reached no leader (the server could not be dialled, or answered 503: no leader within its
+hold time) is sent to another server, with a growing jittered pause, for up to ``RPC_HOLD`` (Consul's
+``rpc_hold_timeout``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from registry.agent.forward import may_resend
 from registry.agent.router import ServerPicker
 from registry.consensus import CommandResults, NotLeaderError, RPCError
 from registry.fsm import FSM
@@ -34,6 +42,10 @@ log = structlog.get_logger("proconsul.client")
 # A client agent's writes (its anti-entropy): a server vets each against the token the call carries
 # before proposing it (``Agent._rpc_client_apply``); ``apply`` itself is served to servers only.
 RPC_CLIENT_APPLY = "client_apply"
+# The Raft layer's own operator methods, which followers do not forward: these are sent to the leader.
+LEADER_DIRECT = frozenset({"remove_server", "transfer_leader"})
+RPC_HOLD = 7.0  # Consul's performance.rpc_hold_timeout: how long a call keeps trying servers
+RETRY_PAUSE = 0.1  # the first pause between two tries, doubled each time up to 1 s, with jitter
 
 
 class RemoteServers:
@@ -58,7 +70,11 @@ class RemoteServers:
         self._clients: dict[str, RPCClient] = {}
         self._last_contact = 0.0
         self._cluster_size = cluster_size
-        self._picker = ServerPicker(rng or random.Random())
+        self._rng = rng or random.Random()
+        self._picker = ServerPicker(self._rng)  # HTTP forwarding: a server that has told us its HTTP address
+        self._rpc_picker = ServerPicker(self._rng)  # RPCs: any known server's RPC address
+        self.learned: set[str] = set()  # server RPC addresses heard of in the gossip pool
+        self.resent = 0  # calls sent again to another server after one certainly did not take them
 
     def _client(self, address: str) -> RPCClient:
         c = self._clients.get(address)
@@ -108,7 +124,60 @@ class RemoteServers:
                 raise NotLeaderError(None)
             await asyncio.sleep(0.1)
 
+    def learn(self, address: str) -> None:
+        """A server's RPC address, heard of in the gossip pool (Consul's router learns servers from Serf)."""
+        self.learned.add(address)
+        if address not in self.join:
+            self.join.append(address)
+
+    def _rpc_servers(self) -> list[str]:
+        """The servers' RPC addresses: those ``hello`` named and those the pool named; the configured join
+        addresses only while neither has named any."""
+        known = {s["address"] for s in self.servers.values() if s.get("address")} | self.learned
+        return sorted(known) if known else list(dict.fromkeys(self.join))
+
+    def rpc_target(self) -> str | None:
+        """The server this agent's RPCs go to now (the router's pick)."""
+        return self._rpc_picker.pick(self._rpc_servers(), time.monotonic(), self._cluster_size())
+
     async def call_leader(self, method: str, args: Any, timeout: float = PROPOSAL_TIMEOUT) -> Any:
+        """Have the leader answer ``method(args)``: sent to the picked server, which forwards it (Consul's
+        client RPC). A call that certainly reached no leader moves to another server and is tried again,
+        up to ``RPC_HOLD``; a write whose connection broke mid-call is not sent twice (its error says so)."""
+        if method in LEADER_DIRECT:
+            return await self._call_the_leader(method, args, timeout)
+        deadline = time.monotonic() + RPC_HOLD
+        pause = RETRY_PAUSE
+        while True:
+            server = self.rpc_target()
+            if server is None:
+                await self.refresh()
+                server = self.rpc_target()
+                if server is None:
+                    raise NotLeaderError(None)
+            self._rpc.inc()
+            try:
+                result = await self._client(server).call(method, args, timeout=timeout, token=self.token())
+            except RPCError as exc:
+                self._rpc_failed.inc()
+                if exc.status == 503 or exc.status == 500 and exc.message.startswith(("cannot reach", "connection")):
+                    # This server is down or has no leader: the next call goes to another one (Consul's
+                    # NotifyFailedServer), whether or not this one is sent again.
+                    self._rpc_picker.failed(server, self._rpc_servers(), time.monotonic(), self._cluster_size())
+                if not may_resend(method, exc) or time.monotonic() + pause > deadline:
+                    if exc.status == 503:
+                        raise NotLeaderError(None) from exc  # nothing was done: Consul's "No cluster leader"
+                    raise
+                self.resent += 1
+                log.debug("rpc failed, trying another server", method=method, server=server, error=exc.message)
+                await asyncio.sleep(pause * (0.5 + self._rng.random()))
+                pause = min(1.0, pause * 2)
+                continue
+            self._last_contact = time.monotonic()
+            return result
+
+    async def _call_the_leader(self, method: str, args: Any, timeout: float) -> Any:
+        """The Raft layer's operator methods, which only the leader serves and no follower forwards."""
         for _ in range(3):
             leader = await self._leader()
             self._rpc.inc()

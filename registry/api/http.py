@@ -77,6 +77,9 @@ _SKIP_KEYS = ("index=", "wait=", "stale", "consistent", "cached", "token=")
 # can ask itself (registry/agent/gossip_keys.py), where Consul's client agent forwards them to a server.
 CLIENT_LOCAL_PATHS = frozenset({"/v1/acl/token/self", "/v1/internal/acl/authorize", "/v1/operator/keyring"})
 HTTP_TIMERS = web.RequestKey("http_timers", tuple)  # the timers of the route serving a request
+# The agent a forwarded request came through (a client agent names itself): what ``_agent`` means in a
+# prepared query the server executes for it. Proconsul's own header on its agent-to-server hop.
+AGENT_NODE_HEADER = "X-Proconsul-Agent-Node"
 # User events are each agent's own (its buffer, its fire), as Consul's are.
 CLIENT_LOCAL_PREFIXES = ("/v1/event/",)
 
@@ -482,6 +485,9 @@ class Api:
         target_path = request.path_qs
         if "near=_agent" in request.query_string and request.query.get("near") == "_agent":
             target_path = str(request.rel_url.update_query(near=self.agent.node_name))
+        # A prepared query's own ``Near: "_agent"`` is read on the server; it names this agent there, as
+        # Consul's client agent names itself in the Execute RPC (QuerySource.Node).
+        headers[AGENT_NODE_HEADER] = self.agent.node_name
         if self.acl_on and not request_token(request):
             default = self.acl.default_secret()  # Consul's client agent sends its default token
             if default:

@@ -33,7 +33,7 @@ from registry.api import views
 from registry.api.decode import DecodeError, parse_json
 from registry.api.enforce import mark_filtered, request_authz
 from registry.api.errors import HTTPError
-from registry.api.http import ReadResult
+from registry.api.http import AGENT_NODE_HEADER, ReadResult
 from registry.api.routing import Route, route
 from registry.commands import PreparedQueryDelete, PreparedQuerySet
 from registry.gocompat import go_parse_bool
@@ -286,7 +286,9 @@ async def _execute(api: Api, request: web.Request, ident: str) -> web.StreamResp
     authz = request_authz(request)
     if api.acl_on and q.token:
         authz = await api.acl.resolve(q.token)  # the query's own token filters what it finds
-    agent_node = api.agent.node_name
+    # ``_agent``: the agent the request came in through (a client agent forwarding it names itself), as
+    # Consul's Execute uses the QuerySource the client agent fills in.
+    agent_node = request.headers.get(AGENT_NODE_HEADER, "").strip() or api.agent.node_name
     near = request.query.get("near", "") or q.service.near
     source_ip = _source_ip(request) if near == IP_NEAR else ""
     dc = api.config.datacenter

@@ -237,9 +237,9 @@ class Connect:
     def _register_rpc(self, router: RPCRouter) -> None:
         """Serve ConnectCA.Sign, .Roots and .Authorize on the server RPC port (Consul's ConnectCA
         endpoint), for client agents, which hold no replica of the CA. Only the leader answers."""
-        router.register(RPC_SIGN, self._rpc_sign)
-        router.register(RPC_ROOTS, self._rpc_roots)
-        router.register(RPC_AUTHORIZE, self._rpc_authorize, with_caller=True)
+        router.register(RPC_SIGN, self._rpc_sign, leader=True)
+        router.register(RPC_ROOTS, self._rpc_roots, leader=True)
+        router.register(RPC_AUTHORIZE, self._rpc_authorize, with_caller=True, leader=True)
 
     def _require_leader(self) -> None:
         if not self.consensus.is_leader():

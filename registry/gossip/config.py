@@ -68,6 +68,13 @@ class GossipConfig:
     tombstone_timeout: float = 24 * 3600.0  # Serf's TombstoneTimeout: forget a left member after this
     tcp_timeout: float = 10.0  # TCPTimeout: a stream exchange (push-pull, TCP ping) must finish in this
     query_timeout_mult: int = 16  # Serf's QueryTimeoutMult: a query's default timeout, see query_timeout()
+    # Not memberlist's: how a large pool answers a join.  memberlist answers every joiner's push-pull with
+    # its whole member list, and every joiner's retry_join names the servers, so each join cost each server
+    # a list of the whole pool (O(n) per join, O(n^2) for a fleet joining).  Beyond 2 * join_sample live
+    # members the answer is the member itself and join_sample random live members; the joiner then
+    # exchanges full state once with a random member it learned, so the whole list comes from a random
+    # member, not from the seed.  0: memberlist's full answer.
+    join_sample: int = 32
 
     def __post_init__(self) -> None:
         timings = (self.probe_interval, self.probe_timeout, self.gossip_interval, self.push_pull_interval,
@@ -82,6 +89,8 @@ class GossipConfig:
             raise ValueError("suspicion multipliers and awareness_max_multiplier must be at least 1")
         if self.suspicion_timeout_cap is not None and self.suspicion_timeout_cap <= 0:
             raise ValueError("suspicion_timeout_cap must be positive or None")
+        if self.join_sample < 0:
+            raise ValueError("join_sample must be 0 (full answers) or positive")
         if not 576 <= self.udp_buffer_size <= 65000:
             raise ValueError("udp_buffer_size must be between 576 and 65000 bytes")
 

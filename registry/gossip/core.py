@@ -365,6 +365,7 @@ class GossipNode:
         self._stall_mark = now
         self._states: tuple[PushState, ...] | None = None  # _local_states(), until membership changes
         self._push_pull_span = self.config.push_pull_interval
+        self._join_synced_at = float("-inf")  # the last full exchange after a sampled join (_sync_after_join)
         self._queries: dict[int, _OwnQuery] = {}
         self._seen_queries: OrderedDict[tuple[str, int], _SeenQuery] = OrderedDict()
         self._query_events: list[QueryEvent] = []
@@ -432,7 +433,13 @@ class GossipNode:
         match message:
             case PushPull():
                 self.stats["push_pull_in"] += 1
-                reply = PushPull(False, self.name, self._local_states())
+                k = self.config.join_sample
+                if message.join and k and self._live > 2 * k:
+                    # A join into a large pool: a sample, not the whole list (GossipConfig.join_sample).
+                    self.stats["joins_sampled"] += 1
+                    reply = PushPull(False, self.name, self._join_sample(k))
+                else:
+                    reply = PushPull(False, self.name, self._local_states())
                 self._merge(message.states, message.source)
                 return reply
             case Ping():
@@ -465,7 +472,23 @@ class GossipNode:
             self.stats["push_pull_failed"] += 1
             return False
         self._merge(reply.states, reply.source)
+        if call.kind == "join" and self.config.join_sample and len(reply.states) > self.config.join_sample:
+            self._sync_after_join(now, reply.source)
         return True
+
+    def _sync_after_join(self, now: float, seed: str) -> None:
+        """After a join answered with a sample (or by a pool that may be larger than it said), exchange
+        full state once with a random member other than the seed: the joiner learns the whole pool from a
+        random member rather than from the seed (a server, in a fleet whose retry_join names the servers).
+        Once per push-pull interval: a join through three seeds makes one exchange, not three."""
+        if now - self._join_synced_at < self.config.push_pull_interval:
+            return
+        peers = self._k_random(1, lambda n: n.state is MemberState.ALIVE and n.name != seed)
+        if not peers:
+            return
+        self._join_synced_at = now
+        self.stats["join_syncs"] += 1
+        self._stream(peers[0].addr, PushPull(False, self.name, self._local_states()), _Call("push-pull", now))
 
     def join(self, now: float, seeds: Sequence[Address]) -> list[int]:
         """Start a push-pull join with each seed; returns the stream tokens (memberlist Join)."""
@@ -1091,6 +1114,11 @@ class GossipNode:
         order.append(name)
         i = int(self._rng.random() * len(order))
         order[i], order[-1] = order[-1], order[i]
+
+    def _join_sample(self, k: int) -> tuple[PushState, ...]:
+        """This member and ``k`` random live members, as push-pull states (a join's answer in a large pool)."""
+        picked = [self._nodes[self.name], *self._k_random(k, lambda n: n.state is MemberState.ALIVE)]
+        return tuple(PushState(n.name, n.addr, n.tags, n.incarnation, n.state) for n in picked)
 
     def _local_states(self) -> tuple[PushState, ...]:
         if self._states is None:

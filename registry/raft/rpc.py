@@ -12,6 +12,11 @@ Methods registered ``server_only`` (Raft's ``apply``, ``join``, ``read_index``, 
 refused to a caller that is not a server (CVE-2021-37219: a client agent with a certificate from the same
 CA reached server-only functions; Consul now authorizes by the certificate's role). Handlers registered
 ``with_caller`` receive the caller to check its token themselves.
+
+Methods registered ``leader`` are answered by the leader only. When the port's owner has installed a
+forwarder (``forward_with``), a server that does not lead hands such a call to it instead of its handler, and
+the forwarder has the leader answer it (Consul's ``srv.forward``: a client agent may send any call to any
+server). Without a forwarder the handler runs and decides for itself.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from typing import Any
 from registry.raft.errors import RPCError
 from registry.raft.observe import NO_OBSERVER, RPCObserver
 
-__all__ = ["LOCAL", "Caller", "RPCHandler", "RPCRouter", "CallerHandler"]
+__all__ = ["LOCAL", "Caller", "RPCHandler", "RPCRouter", "CallerHandler", "Forwarder"]
 
 RPCHandler = Callable[[Any], Awaitable[Any]]
 CallerHandler = Callable[[Any, "Caller"], Awaitable[Any]]
+# (method, args, caller) -> the leader's answer; installed with ``RPCRouter.forward_with``.
+Forwarder = Callable[[str, Any, "Caller"], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,32 +53,49 @@ LOCAL = Caller()  # a call made inside this process (the dev agent's own log, te
 
 class RPCRouter:
     def __init__(self, observer: RPCObserver = NO_OBSERVER) -> None:
-        self._handlers: dict[str, tuple[Callable[..., Awaitable[Any]], bool, bool]] = {}
+        self._handlers: dict[str, tuple[Callable[..., Awaitable[Any]], bool, bool, bool]] = {}
         self.observer = observer  # told of every call and every error answered (Consul's rpc.request*)
+        self._should_forward: Callable[[], bool] | None = None
+        self._forward: Forwarder | None = None
 
     def register(self, name: str, handler: Callable[..., Awaitable[Any]], *, server_only: bool = False,
-                 with_caller: bool = False) -> None:  # fmt: skip
-        """Serve ``name``: ``handler(args)``, or ``handler(args, caller)`` with ``with_caller``."""
+                 with_caller: bool = False, leader: bool = False) -> None:  # fmt: skip
+        """Serve ``name``: ``handler(args)``, or ``handler(args, caller)`` with ``with_caller``; with
+        ``leader``, on the leader only (calls elsewhere go to the forwarder, when one is installed)."""
         if name in self._handlers:
             raise ValueError(f"rpc method {name!r} already registered")
-        self._handlers[name] = (handler, server_only, with_caller)
+        self._handlers[name] = (handler, server_only, with_caller, leader)
+
+    def forward_with(self, should_forward: Callable[[], bool], forward: Forwarder) -> None:
+        """Hand the ``leader`` methods' calls to ``forward`` whenever ``should_forward()`` says this server
+        does not lead."""
+        self._should_forward = should_forward
+        self._forward = forward
+
+    def leader_methods(self) -> list[str]:
+        return sorted(name for name, entry in self._handlers.items() if entry[3])
 
     def methods(self) -> list[str]:
         return sorted(self._handlers)
 
     def server_only(self) -> list[str]:
-        return sorted(name for name, (_, only, _) in self._handlers.items() if only)
+        return sorted(name for name, entry in self._handlers.items() if entry[1])
 
-    async def dispatch(self, method: str, args: Any, caller: Caller = LOCAL) -> Any:
+    async def dispatch(self, method: str, args: Any, caller: Caller = LOCAL, *, forward: bool = True) -> Any:
+        """Run ``method``'s handler; ``forward=False`` runs it here even on a server that does not lead (a
+        call already forwarded once is never forwarded again)."""
         observer = self.observer
         observer.request(method)
         try:
             entry = self._handlers.get(method)
             if entry is None:
                 raise RPCError(f"unknown rpc method {method!r}", 400)
-            handler, server_only, with_caller = entry
+            handler, server_only, with_caller, leader = entry
             if server_only and not caller.server:
                 raise RPCError(f"Permission denied: rpc method {method!r} is served to servers only", 403)
+            if forward and leader and self._forward is not None and self._should_forward is not None \
+                    and self._should_forward():  # fmt: skip
+                return await self._forward(method, args, caller)
             if with_caller:
                 return await handler(args, caller)
             return await handler(args)

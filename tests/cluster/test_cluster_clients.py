@@ -99,3 +99,143 @@ def test_client_agents_fail_and_leave(make_cluster: MakeCluster) -> None:
     for s in servers:
         wait_for(f"{s.name} to drop client-2 from the catalog", lambda s=s: "client-2" not in catalog_nodes(s), 15)
     print(f"client-1 marked critical {noticed:.1f}s after SIGKILL")
+
+
+def client_bytes(cluster: Cluster) -> dict[int, int]:
+    """Bytes client agents sent to each server's RPC port (the relay in front of it counts them; the
+    test process itself speaks HTTP only)."""
+    return {s.k: cluster.relay.forwarded.get((None, s.k), 0) for s in cluster.servers}
+
+
+def test_client_writes_go_through_the_picked_server(make_cluster: MakeCluster) -> None:
+    """Consul's client RPC: a client agent sends its writes to the server its router picked, which forwards
+    them to the leader; a leader change costs the client nothing (no leader look-ups at the other servers);
+    a picked server that dies is replaced by another and the writes go on."""
+    cluster = make_cluster(3)
+    leader = cluster.start()
+    c1 = cluster.add_client("client-1")
+    c1.start()
+    wait_for("client-1 to answer", lambda: http("GET", c1.url + "/v1/agent/self", timeout=2).status == 200, 30)
+    wait_for("client-1 to know the 3 servers", lambda: http("GET", c1.url + "/v1/agent/self").json()["Stats"]
+             ["consul"]["known_servers"] == "3", 30)  # fmt: skip
+    # Its retry_join names the servers' RPC ports, which it tries as gossip addresses and asks over RPC for
+    # their gossip address, one after another: those bytes are not RPCs, so the count starts once it is done.
+    wait_for("client-1's retry_join to finish", lambda: "Join cluster completed" in c1.log_path.read_text(), 60)
+    registered = 0
+
+    def register_and_see(via: Server, timeout: float = 30) -> None:
+        """A service registered through client-1 reaches the catalog (its anti-entropy's client_apply)."""
+        nonlocal registered
+        registered += 1
+        name = f"svc-{registered}"
+        reply = http("PUT", c1.url + "/v1/agent/service/register", json.dumps({"Name": name, "Port": 80}).encode())
+        assert reply.status == 200, reply.text
+        wait_for(f"{name} in {via.name}'s catalog", lambda: "client-1" in [
+            e["Node"] for e in via.get(f"/v1/catalog/service/{name}?stale").json()], timeout)  # fmt: skip
+
+    register_and_see(leader)
+    # Which server client-1 talks to: the only one its calls reach from now on (the router keeps its pick
+    # for minutes). Make it a follower, so that its writes must be forwarded.
+    before = client_bytes(cluster)
+    register_and_see(leader)
+    grew = [k for k, n in client_bytes(cluster).items() if n > before[k]]
+    assert len(grew) == 1, (before, client_bytes(cluster))
+    picked = next(s for s in cluster.servers if s.k == grew[0])
+    if picked is leader:
+        other = next(s for s in cluster.servers if s is not leader)
+        reply = http("POST", f"{leader.url}/v1/operator/raft/transfer-leader?id={other.node_id}")
+        assert reply.status == 200, reply.text
+        leader = cluster.wait_leader(exclude=picked)
+    assert picked is not leader
+    before = client_bytes(cluster)
+    for _ in range(3):
+        register_and_see(leader)
+    after = client_bytes(cluster)
+    assert after[picked.k] > before[picked.k]
+    assert {k: after[k] - before[k] for k in after if k != picked.k} == {k: 0 for k in after if k != picked.k}
+
+    # Kill the leader: client-1 keeps writing through its server, which finds the new leader; nothing of
+    # client-1's reaches any other server (no storm of leader look-ups from the clients).
+    before = client_bytes(cluster)
+    leader.kill()
+    old_leader = leader
+    leader = cluster.wait_leader(among=[s for s in cluster.servers if s is not old_leader])
+    register_and_see(leader)
+    register_and_see(leader)
+    after = client_bytes(cluster)
+    assert all(after[k] == before[k] for k in after if k != picked.k), (before, after, picked.name)
+
+    # The picked server dies (the old leader back first, to keep a quorum): the next writes move to
+    # another server.
+    old_leader.start()
+    cluster.wait_caught_up()
+    picked.kill()  # (if it leads by now, this is a leader change as well)
+    survivors = [s for s in cluster.servers if s is not picked]
+    leader = cluster.wait_leader(among=survivors)
+    before = client_bytes(cluster)
+    register_and_see(leader)
+    register_and_see(leader)
+    after = client_bytes(cluster)
+    assert any(after[s.k] > before[s.k] for s in survivors), (before, after)
+
+
+def coord_json(x_ms: float) -> dict[str, object]:
+    """A coordinate on the first axis, ``x_ms`` milliseconds from the origin (Consul's JSON)."""
+    return {"Vec": [x_ms / 1000.0] + [0.0] * 7, "Error": 0.1, "Adjustment": 0.0, "Height": 1e-5}
+
+
+def test_near_agent_on_a_client_agent_is_the_client(make_cluster: MakeCluster) -> None:
+    """``?near=_agent`` on a client agent's catalog and health endpoints, and a prepared query's own
+    ``Near: "_agent"`` executed through a client agent, sort from the client agent's node (Consul's client
+    names itself in the request it forwards), not from the server that answers."""
+    cluster = make_cluster(1)
+    # The agents' own coordinates stay where the test puts them (their first send is an hour away), and the
+    # leader applies updates at once.
+    quiet = ["-hcl", 'sync_coordinate_interval_min = "1h"']
+    cluster.servers[0].extra_args += [*quiet, "-hcl", 'consul { coordinate { update_period = "50ms" } }']
+    server = cluster.start()
+    c1 = cluster.add_client("client-1")
+    c1.extra_args += quiet
+    c1.start()
+    wait_for("client-1 in the catalog", lambda: "client-1" in catalog_nodes(server), 30)
+    for name in ("n-near", "n-mid", "n-far"):
+        reply = server.put("/v1/catalog/register", json.dumps({
+            "Node": name, "Address": "10.0.0.9", "Service": {"Service": "web", "Port": 80}}))  # fmt: skip
+        assert reply.status == 200, reply.text
+    for agent in (server, c1):
+        reply = http("PUT", agent.url + "/v1/agent/service/register", json.dumps({"Name": "web", "Port": 80}).encode())
+        assert reply.status == 200, reply.text
+    wait_for("web on both agents in the catalog", lambda: {e["Node"] for e in server.get(
+        "/v1/catalog/service/web").json()} == {"n-near", "n-mid", "n-far", "client-1", server.name}, 30)  # fmt: skip
+    # On a line: the server at -100 ms, client-1 at 0, then n-near (2), n-mid (10), n-far (40).
+    coords = {server.name: -100.0, "client-1": 0.0, "n-near": 2.0, "n-mid": 10.0, "n-far": 40.0}
+    for node, x in coords.items():
+        reply = server.put("/v1/coordinate/update", json.dumps({"Node": node, "Coord": coord_json(x)}))
+        assert reply.status == 200, reply.text
+    wait_for("the coordinates applied", lambda: {e["Node"] for e in server.get("/v1/coordinate/nodes").json()}
+             >= set(coords), 10)  # fmt: skip
+    from_client = ["client-1", "n-near", "n-mid", "n-far", server.name]
+    from_server = [server.name, "client-1", "n-near", "n-mid", "n-far"]
+
+    def nodes(agent: Server, path: str, key: Callable[[dict], str]) -> list[str]:
+        reply = http("GET", agent.url + path)
+        assert reply.status == 200, (path, reply.text)
+        found = reply.json()
+        return [key(e) for e in (found["Nodes"] if isinstance(found, dict) else found)]
+
+    assert nodes(c1, "/v1/catalog/nodes?near=_agent", lambda e: e["Node"]) == from_client
+    assert nodes(c1, "/v1/catalog/service/web?near=_agent", lambda e: e["Node"]) == from_client
+    assert nodes(c1, "/v1/health/service/web?near=_agent", lambda e: e["Node"]["Node"]) == from_client
+    assert nodes(server, "/v1/catalog/nodes?near=_agent", lambda e: e["Node"]) == from_server
+    # A prepared query whose Near is "_agent": executed through client-1, it sorts from client-1.
+    reply = http("POST", server.url + "/v1/query",
+                 json.dumps({"Name": "web-near", "Service": {"Service": "web", "Near": "_agent"}}).encode())
+    assert reply.status == 200, reply.text
+    qid = reply.json()["ID"]
+    for _ in range(5):  # the instances are shuffled first: the sort decides every time
+        assert nodes(c1, f"/v1/query/{qid}/execute", lambda e: e["Node"]["Node"]) == from_client
+        assert nodes(c1, "/v1/query/web-near/execute", lambda e: e["Node"]["Node"]) == from_client
+        assert nodes(server, f"/v1/query/{qid}/execute", lambda e: e["Node"]["Node"]) == from_server
+    # ?near on the execution still wins over the query's Near.
+    assert nodes(c1, f"/v1/query/{qid}/execute?near=n-far", lambda e: e["Node"]["Node"]) == [
+        "n-far", "n-mid", "n-near", "client-1", server.name]  # fmt: skip

@@ -22,6 +22,7 @@ from registry.gossip.messages import (
     Nack,
     Ping,
     PushPull,
+    PushState,
     Suspect,
 )
 from registry.gossip.suspicion import Suspicion, remaining_suspicion_time
@@ -357,3 +358,53 @@ def test_force_leave_turns_a_failed_member_left_everywhere_and_prune_forgets_it(
     assert a.force_leave(2.0, "c", prune=True) and a.member("c") is None
     assert [e.kind for e in a.take_events()] == [EventKind.REAP]
     assert not a.force_leave(2.0, "nobody")
+
+
+def _pool_member(i: int) -> PushState:
+    return PushState(f"m{i}", Address(f"10.1.{i >> 8}.{i & 255}", 8301), {"role": "node"}, 1, MemberState.ALIVE)
+
+
+def test_a_large_pool_answers_a_join_with_a_sample_and_the_joiner_syncs_with_a_random_member() -> None:
+    """A join into a pool of more than 2 x join_sample: the seed answers with itself and join_sample random
+    live members (not its whole list: every join through a server cost the server the whole list); the
+    joiner learns them, then exchanges full state once with a random member other than the seed, whose
+    answer is the whole list."""
+    seed = GossipNode("seed", Address("10.0.0.1", 8301), now=0.0, rng=random.Random(1), config=GossipConfig())
+    everyone = tuple(_pool_member(i) for i in range(200))
+    seed.handle_stream(0.0, PushPull(False, "m0", everyone))
+    assert seed.num_live == 201
+    joiner = GossipNode("joiner", Address("10.0.0.2", 8301), now=0.0, rng=random.Random(2), config=GossipConfig())
+    (token,) = joiner.join(0.1, [seed.addr])
+    (request,) = [o for o in joiner.take_outbox() if isinstance(o, StreamRequest)]
+    assert isinstance(request.message, PushPull) and request.message.join
+    answer = seed.handle_stream(0.1, request.message)
+    assert isinstance(answer, PushPull) and len(answer.states) == 33 and answer.states[0].name == "seed"
+    assert len({s.name for s in answer.states}) == 33 and seed.stats["joins_sampled"] == 1
+    assert seed.member("joiner") is not None  # the seed learned the joiner all the same
+    assert joiner.stream_response(0.2, token, answer) is True and joiner.num_live == 34
+    (sync,) = [o for o in joiner.take_outbox() if isinstance(o, StreamRequest)]
+    assert isinstance(sync.message, PushPull) and not sync.message.join and sync.to != seed.addr
+    assert joiner.stats["join_syncs"] == 1
+    # The member it syncs with answers with everything (not a join), and the joiner knows the whole pool.
+    target = next(st for st in everyone if st.addr == sync.to)
+    peer = GossipNode(target.name, sync.to, now=0.0, rng=random.Random(3), config=GossipConfig())
+    peer.handle_stream(0.0, PushPull(False, "seed", (*(st for st in everyone if st is not target), answer.states[0])))
+    full = peer.handle_stream(0.3, sync.message)
+    assert isinstance(full, PushPull) and len(full.states) == 201  # itself, the 199 others, the seed
+    assert joiner.stream_response(0.3, sync.token, full) is True
+    assert joiner.num_live == 202  # the 200, the seed and itself
+    # A second seed answering the same join does not start a second full exchange.
+    (token2,) = joiner.join(0.4, [seed.addr])
+    joiner.take_outbox()
+    assert joiner.stream_response(0.5, token2, seed.handle_stream(0.5, PushPull(True, "joiner", ()))) is True
+    assert not [o for o in joiner.take_outbox() if isinstance(o, StreamRequest)]
+
+
+def test_a_small_pool_and_join_sample_0_answer_a_join_with_everything() -> None:
+    for pool, config in ((40, GossipConfig()), (200, GossipConfig(join_sample=0))):
+        seed = GossipNode("seed", Address("10.0.0.1", 8301), now=0.0, rng=random.Random(1), config=config)
+        seed.handle_stream(0.0, PushPull(False, "m0", tuple(_pool_member(i) for i in range(pool))))
+        answer = seed.handle_stream(0.1, PushPull(True, "joiner", ()))
+        assert isinstance(answer, PushPull) and len(answer.states) == pool + 1
+    with pytest.raises(ValueError, match="join_sample"):
+        GossipConfig(join_sample=-1)

@@ -149,7 +149,7 @@ def test_the_replay_cache_is_bounded() -> None:
 
 
 def test_rolling_upgrade_switches() -> None:
-    plain = b"\x01\x91\x91\x00"  # the unencrypted wire format
+    plain = encode_packet([encode_message(Alive(1, "node-1", Address("10.0.0.1", 8301), {}))])  # unencrypted
     strict = codec(K1)
     with pytest.raises(PacketRejected):
         strict.open(plain)
@@ -159,6 +159,46 @@ def test_rolling_upgrade_switches() -> None:
     assert lenient.open(strict.seal(b"sealed")) == b"sealed"  # still opens what it can
     quiet = codec(K1, verify_outgoing=False)
     assert quiet.seal(plain) == plain
+
+
+# A nonce under which the packet below, sealed with K2 and opened by a member holding only K1, parsed as one
+# msgpack array starting with an integer: the old shape test counted it "plaintext_refused" instead of
+# "undecryptable" (found by sweeping random nonces; 21 of 300,000 random nonces did so, one in 14,000).
+MISLEADING_NONCE = bytes.fromhex("9c0553bf65d4621ce995a35f")
+
+
+def test_a_wrongly_keyed_packet_is_undecryptable_even_when_it_parses_as_msgpack() -> None:
+    """The rare failure of test_every_installed_key_opens_and_the_primary_seals: a packet under a key the
+    receiver lacks is random bytes after the version byte, and random bytes sometimes parse as msgpack of the
+    plain wire format's shape. Only what decodes as gossip messages counts as plaintext."""
+    import msgpack
+
+    def shape_looks_plain(data: bytes) -> bool:
+        """The shape test this replaced: the body is one msgpack array whose first item (or first item's
+        first item) is an integer."""
+        try:
+            value = msgpack.unpackb(data[1:], raw=True, strict_map_key=False)
+        except Exception:  # noqa: BLE001
+            return False
+        first = value[0] if isinstance(value, list) and value else None
+        if isinstance(first, list) and first:
+            first = first[0]
+        return type(first) is int
+
+    clock = Clock()
+    sealed = codec(K2, clock=clock, nonce=lambda n: MISLEADING_NONCE).seal(b"from the new key")
+    assert shape_looks_plain(sealed)  # what fooled it
+    old = codec(K1, clock=clock)
+    with pytest.raises(PacketRejected):
+        old.open(sealed)
+    assert (old.stats["undecryptable"], old.stats["plaintext_refused"]) == (1, 0)
+    # And over many random nonces, every one is undecryptable, never plaintext.
+    receiver = codec(K1, clock=clock)
+    sender = codec(K2, clock=clock)
+    for _ in range(20_000):
+        with pytest.raises(PacketRejected):
+            receiver.open(sender.seal(b"from the new key"))
+    assert receiver.stats["undecryptable"] == 20_000
 
 
 def test_fuzzed_input_is_only_ever_refused() -> None:
