@@ -38,7 +38,7 @@ import hashlib
 import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from registry.gocompat import parse_duration_ns
 
@@ -73,9 +73,12 @@ MAX_EJECTION_TIME = 300.0  # Envoy's max_ejection_time default
 LimitKind = Literal["connections", "pending", "requests"]
 
 
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """One place to dial: the address of an instance's sidecar (or the instance, without one)."""
+class Instance(NamedTuple):
+    """One place to dial: the address of an instance's sidecar (or the instance, without one).
+
+    A named tuple rather than a frozen dataclass: it keys the pool's health and the idle connections,
+    looked up several times per HTTP request, and a tuple hashes and compares in C where a dataclass
+    runs its generated ``__hash__`` and ``__eq__`` in Python."""
 
     host: str
     port: int
