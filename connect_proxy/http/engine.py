@@ -306,22 +306,26 @@ def _edited(headers: Headers, edits: tuple[HeaderEdits, ...]) -> Headers:
     return _encoded(apply_edits(_decoded(headers), edits))
 
 
-def _framing(headers: Headers) -> tuple[int | None, bool, bool]:
-    """``Content-Length`` (None when absent or chunked), chunked, and whether no header is one of
-    ``_SPECIAL`` (then the headers are forwarded as they are, without another pass): one pass."""
+def _framing(headers: Headers) -> tuple[int | None, bool, bool, bool]:
+    """``Content-Length`` (None when absent or chunked), chunked, whether no header is one of
+    ``_SPECIAL`` (then the headers are forwarded as they are, without another pass), and whether the
+    only one is a single ``Content-Length`` (a response's headers can then go on as they came): one pass."""
     length: int | None = None
     chunked = False
     plain = True
+    specials = lengths = 0
     for n, v in headers:
         k = n.lower()
         if k in _SPECIAL:
             plain = False
+            specials += 1
             if k == b"content-length":
+                lengths += 1
                 with contextlib.suppress(ValueError):
                     length = int(v.strip())
             elif k == b"transfer-encoding":
                 chunked = b"chunked" in v.lower()
-    return (None if chunked else length), chunked, plain
+    return (None if chunked else length), chunked, plain, plain or (specials == lengths == 1 and length is not None)
 
 
 def strip_hop_by_hop(headers: Headers, extra: frozenset[bytes] = frozenset()) -> Headers:
@@ -606,7 +610,7 @@ class ServerConn(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
-        length, chunked, plain = _framing(self._headers)
+        length, chunked, plain, _ = _framing(self._headers)
         url = self._url
         head = Head(self.parser.get_method().decode("latin-1"), (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
                     self.parser.get_http_version(), self._headers, self.parser.should_keep_alive(), length,
@@ -747,11 +751,14 @@ class _TLS:
     ``start_tls`` on an accepted server-side transport hands the ClientHello to the protocol instead of
     the TLS layer)."""
 
-    __slots__ = ("_in", "_out", "established", "obj")
+    __slots__ = ("_in", "_out", "_raw", "established", "obj")
 
     def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        # Reads and writes per request go to the C object under ``ssl.SSLObject`` (its ``read``, ``write``
+        # and ``pending`` only forward to it), one Python call fewer each; the wrapper where it has none.
+        self._raw: Any = getattr(self.obj, "_sslobj", None) or self.obj
         self.established = False
 
     def handshake(self, data: bytes) -> bool:
@@ -774,7 +781,7 @@ class _TLS:
         inbio = self._in
         if data:
             inbio.write(data)
-        obj = self.obj
+        obj = self._raw
         chunks = []
         eof = False
         try:
@@ -795,7 +802,7 @@ class _TLS:
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), eof
 
     def encrypt(self, data: bytes) -> bytes:
-        self.obj.write(data)
+        self._raw.write(data)
         return self._out.read()
 
     def take_out(self) -> bytes:
@@ -848,6 +855,7 @@ class ResponseHead:
     headers: Headers
     content_length: int | None
     chunked: bool
+    verbatim: bool = False  # no hop-by-hop header and at most one Content-Length: forwardable as it came
 
 
 class _Watcher(Protocol):
@@ -1096,9 +1104,9 @@ class ClientConn(asyncio.Protocol):
         if 100 <= status < 200:
             self._informational = True  # 100 Continue and friends: the final response follows
             return
-        length, chunked, _ = _framing(self._headers)
+        length, chunked, _, verbatim = _framing(self._headers)
         self._close_delimited = length is None and not chunked and not self._head_only and status not in (204, 304)
-        resp = self.resp = ResponseHead(status, self._reason, self._headers, length, chunked)
+        resp = self.resp = ResponseHead(status, self._reason, self._headers, length, chunked, verbatim)
         watcher = self._watcher
         if watcher is not None:
             if not (length is not None and length <= FAST_BODY_LIMIT or status in (204, 304)):
@@ -1295,14 +1303,18 @@ def _whole_response(down: ServerConn, ex: Exchange, resp: ResponseHead, edits: t
     downstream in one write; what ``_relay_response`` sends for it. Returns (bytes, keep the
     downstream open?)."""
     head = ex.head
-    headers = strip_hop_by_hop(resp.headers)
-    if edits:
-        headers = _edited(headers, edits)
     keep = head.keep_alive and not down.draining
-    if resp.content_length is not None:
-        headers.append((b"content-length", b"%d" % resp.content_length))
-    if not keep:
-        headers.append((b"connection", b"close"))
+    if resp.verbatim and not edits:
+        # Nothing to drop, and its own Content-Length (llhttp allows one) frames it on this hop too.
+        headers = resp.headers if keep else [*resp.headers, (b"connection", b"close")]
+    else:
+        headers = strip_hop_by_hop(resp.headers)
+        if edits:
+            headers = _edited(headers, edits)
+        if resp.content_length is not None:
+            headers.append((b"content-length", b"%d" % resp.content_length))
+        if not keep:
+            headers.append((b"connection", b"close"))
     out = _encode_head(_status_line(resp), headers)
     if body and resp.status not in (204, 304):
         out += body[0] if len(body) == 1 else b"".join(body)
