@@ -54,6 +54,16 @@ class Registry:
 
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
+        self._folds: list[Callable[[], None]] = []
+
+    def add_fold(self, fold: Callable[[], None]) -> None:
+        """``fold`` brings counts kept elsewhere (per request, in a hot path) into the families; it is
+        called before every read (``value``, ``render``), so what is read is never behind."""
+        self._folds.append(fold)
+
+    def _fold(self) -> None:
+        for fold in self._folds:
+            fold()
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
         self._families[name] = _Family(name, "counter", help_text, tuple(labels))
@@ -75,6 +85,7 @@ class Registry:
         self._families[name].values[labels] = value
 
     def value(self, name: str, labels: Labels = ()) -> float:
+        self._fold()
         return self._families[name].values.get(labels, 0.0)
 
     def observe(self, name: str, value: float, labels: Labels = ()) -> None:
@@ -88,7 +99,24 @@ class Registry:
         row[-2] += value
         row[-1] += 1
 
+    def observe_many(self, name: str, values: Sequence[float], labels: Labels = ()) -> None:
+        """``observe`` for each of ``values``."""
+        if not values:
+            return
+        fam = self._families[name]
+        row = fam.hist.get(labels)
+        if row is None:
+            row = fam.hist[labels] = [0.0] * (len(fam.buckets) + 2)
+        buckets, n = fam.buckets, len(fam.buckets)
+        for value in values:
+            i = bisect.bisect_left(buckets, value)
+            if i < n:
+                row[i] += 1
+        row[-2] += sum(values)
+        row[-1] += len(values)
+
     def render(self) -> str:
+        self._fold()
         out: list[str] = []
         for fam in self._families.values():
             out.append(f"# HELP {fam.name} {fam.help}")

@@ -46,9 +46,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from registry.gocompat import parse_duration_ns
 
@@ -83,9 +83,12 @@ MAX_EJECTION_TIME = 300.0  # Envoy's max_ejection_time default
 LimitKind = Literal["connections", "pending", "requests"]
 
 
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """One place to dial: the address of an instance's sidecar (or the instance, without one)."""
+class Instance(NamedTuple):
+    """One place to dial: the address of an instance's sidecar (or the instance, without one).
+
+    A named tuple rather than a frozen dataclass: it keys the pool's health and the idle connections,
+    looked up several times per HTTP request, and a tuple hashes and compares in C where a dataclass
+    runs its generated ``__hash__`` and ``__eq__`` in Python."""
 
     host: str
     port: int
@@ -226,6 +229,8 @@ class UpstreamPool:
         self._active = {"connections": 0, "pending": 0, "requests": 0}
         self.overflows = {"connections": 0, "pending": 0, "requests": 0}
         self.ejections_total = 0
+        self._limits = self._limit_map(self.config)
+        self._ejected = 0  # instances with an ejection not yet seen to expire (``_expire`` keeps it)
 
     # -------------------------------------------------------------- membership
 
@@ -233,6 +238,7 @@ class UpstreamPool:
         """New balancing, outlier or limit settings; what was learned about instances stays."""
         if config != self.config:
             self.config = config
+            self._limits = self._limit_map(config)
             self._ring = self._maglev = None
 
     def update(self, instances: Iterable[Instance]) -> None:
@@ -247,6 +253,7 @@ class UpstreamPool:
         self._weighted = len(set(weights)) > 1
         self._current = {}
         self._health = {i: self._health.get(i) or _Health() for i in new}
+        self._ejected = sum(1 for h in self._health.values() if h.ejected_until is not None)
         self._ring = self._maglev = None
 
     def __len__(self) -> int:
@@ -255,11 +262,14 @@ class UpstreamPool:
     # -------------------------------------------------------------- health
 
     def _expire(self, now: float) -> None:
+        if not self._ejected:
+            return
         for h in self._health.values():
             if h.ejected_until is not None and now >= h.ejected_until:
                 h.healthy_since = h.ejected_until  # when it ended, however late we notice
                 h.ejected_until = None
                 h.consecutive = 0
+                self._ejected -= 1
 
     def ejected(self, now: float) -> list[Instance]:
         self._expire(now)
@@ -295,6 +305,7 @@ class UpstreamPool:
         h.ejections += 1
         h.ejected_until = now + min(oc.base_ejection_time * h.ejections, max(MAX_EJECTION_TIME, oc.base_ejection_time))
         h.consecutive = 0
+        self._ejected += 1
         self.ejections_total += 1
         return True
 
@@ -310,14 +321,15 @@ class UpstreamPool:
         if h is not None and h.active > 0:
             h.active -= 1
 
-    def _limit(self, kind: LimitKind) -> int:
-        lim = self.config.limits
+    @staticmethod
+    def _limit_map(config: PoolConfig) -> dict[str, int]:
+        lim = config.limits
         return {"connections": lim.max_connections, "pending": lim.max_pending_requests,
-                "requests": lim.max_concurrent_requests}[kind]  # fmt: skip
+                "requests": lim.max_concurrent_requests}  # fmt: skip
 
     def acquire(self, kind: LimitKind) -> bool:
         """Take one unit of a circuit breaker; False (and an overflow counted) when it is full."""
-        if self._active[kind] >= self._limit(kind):
+        if self._active[kind] >= self._limits[kind]:
             self.overflows[kind] += 1
             return False
         self._active[kind] += 1
@@ -332,8 +344,10 @@ class UpstreamPool:
 
     # -------------------------------------------------------------- picking
 
-    def _usable(self, now: float, exclude: Collection[Instance]) -> list[Instance]:
+    def _usable(self, now: float, exclude: Collection[Instance]) -> Sequence[Instance]:
         self._expire(now)
+        if not self._ejected and not exclude:
+            return self.instances  # the common case: nothing ejected, nothing tried yet
         healthy = [i for i in self.instances if self._health[i].ejected_until is None]
         if self.instances and 100.0 * len(healthy) / len(self.instances) < PANIC_THRESHOLD:
             healthy = list(self.instances)  # panic mode: ejections are ignored

@@ -54,7 +54,7 @@ import httptools
 from ca.spiffe import ServiceIdentity
 from connect_proxy import identity
 from connect_proxy.http import rbac
-from connect_proxy.http.routing import HeaderEdits, Request, RouteError, Router, RouteResult, apply_edits
+from connect_proxy.http.routing import HeaderEdits, RouteError, Router, RouteResult, apply_edits
 from connect_proxy.metrics import Registry
 from connect_proxy.upstream import Instance, UpstreamPool
 from registry.discoverychain import CompiledChain
@@ -78,17 +78,22 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers (Envoy's default max_requ
 MAX_QUEUED = 8  # pipelined requests accepted before reading pauses
 MAX_CONNECT_ATTEMPTS = 3  # instances tried for one request when connecting fails
 MAX_IDLE_PER_INSTANCE = 128
+TIMER_SLACK = 0.001  # a timer may fire this much before its time (the loops count time in milliseconds)
 WRITE_HIGH = 512 * 1024
 WRITE_LOW = 128 * 1024
+FOLD_EVERY = 4096  # requests counted per listener before the counts are folded into the metrics
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade",
                         "trailer", "proxy-authenticate", "proxy-authorization"})  # fmt: skip
-_DROP = HOP_BY_HOP | {"content-length"}
-_CONNECTION_OPTIONS = frozenset({"close", "keep-alive"})  # Connection tokens that name no header
+# Headers travel as the parser's bytes (latin-1, as HTTP/1.1 defines them): names and values are decoded
+# only where a matcher, an edit or a retry policy reads them.
+_DROP = frozenset(n.encode() for n in HOP_BY_HOP) | {b"content-length"}
+_CONNECTION_OPTIONS = frozenset({b"close", b"keep-alive"})  # Connection tokens that name no header
 # Headers the sidecar drops, rewrites or acts on: a request without any is forwarded as it came.
-_SPECIAL = _DROP | {"expect", "x-forwarded-client-cert"}
-_NO_EXPECT = frozenset({"expect"})
-_NO_EXPECT_XFCC = frozenset({"expect", "x-forwarded-client-cert"})
+_SPECIAL = _DROP | {b"expect", b"x-forwarded-client-cert"}
+_NO_EXPECT = frozenset({b"expect"})
+_NO_EXPECT_XFCC = frozenset({b"expect", b"x-forwarded-client-cert"})
+Headers = list[tuple[bytes, bytes]]
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 TIMEOUT_BODY = b"upstream request timeout"
 RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
@@ -106,17 +111,65 @@ def define_metrics(m: Registry) -> None:
                 "Time from a request's arrival to the end of its response", ("listener",))  # fmt: skip
 
 
+class _Tally:
+    """One listener's request counts (by response class) and latencies, kept as two lists and folded
+    into the registry when it is read (a scrape, ``Registry.value``) or every ``FOLD_EVERY`` requests:
+    a request costs two appends rather than a counter and a histogram update."""
+
+    __slots__ = ("_allowed", "_denied", "_elapsed", "_labels", "_metrics", "_status")
+
+    def __init__(self, metrics: Registry, listener: str) -> None:
+        self._metrics = metrics
+        self._labels = (listener,)
+        self._status: list[int] = []
+        self._elapsed: list[float] = []
+        self._allowed = self._denied = 0  # the public listener's per-request authorization decisions
+        metrics.add_fold(self.fold)
+
+    def authz(self, allowed: bool) -> None:
+        if allowed:
+            self._allowed += 1
+        else:
+            self._denied += 1
+
+    def add(self, status: int, elapsed: float) -> None:
+        self._status.append(status)
+        self._elapsed.append(elapsed)
+        if len(self._status) >= FOLD_EVERY:
+            self.fold()
+
+    def fold(self) -> None:
+        if self._allowed:
+            self._metrics.inc("proconsul_proxy_authz_total", ("allow",), self._allowed)
+            self._allowed = 0
+        if self._denied:
+            self._metrics.inc("proconsul_proxy_authz_total", ("deny",), self._denied)
+            self._denied = 0
+        statuses, elapsed = self._status, self._elapsed
+        if not statuses:
+            return
+        self._status, self._elapsed = [], []
+        counts: dict[int, int] = {}
+        for status in statuses:
+            c = status // 100
+            counts[c] = counts.get(c, 0) + 1
+        listener = self._labels[0]
+        for c, n in counts.items():
+            self._metrics.inc("proconsul_proxy_http_requests_total", (listener, f"{c}xx"), n)
+        self._metrics.observe_many("proconsul_proxy_upstream_request_seconds", elapsed, self._labels)
+
+
 # ================================================================================= messages
 
 
 @dataclass(slots=True)
 class Head:
-    """A request's start line and headers as received. ``headers`` keeps order and case."""
+    """A request's start line and headers as received. ``headers`` keeps order, case and bytes."""
 
     method: str
     target: str
     version: str
-    headers: list[tuple[str, str]]
+    headers: Headers
     keep_alive: bool
     content_length: int | None
     chunked: bool
@@ -135,7 +188,7 @@ class Head:
 class _HeaderMap(Mapping[str, str]):
     __slots__ = ("_map", "_pairs")
 
-    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+    def __init__(self, pairs: Headers) -> None:
         self._pairs = pairs
         self._map: dict[str, str] | None = None
 
@@ -143,7 +196,7 @@ class _HeaderMap(Mapping[str, str]):
         out = self._map
         if out is None:
             out = self._map = {}
-            for n, v in self._pairs:
+            for n, v in _decoded(self._pairs):
                 k = n.lower()
                 out[k] = f"{out[k]},{v}" if k in out else v
         return out
@@ -167,15 +220,19 @@ class _HeaderMap(Mapping[str, str]):
 class Body:
     """A request body as it arrives: bounded buffering, reading paused above ``BODY_HIGH``."""
 
+    __slots__ = ("_chunks", "_conn", "_size", "_waiter", "done", "failed")
+
     def __init__(self, conn: ServerConn) -> None:
         self._conn = conn
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes] | None = None  # made by the first chunk: most requests have none
         self._size = 0
         self.done = False
         self.failed = False
         self._waiter: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
+        if self._chunks is None:
+            self._chunks = collections.deque()
         self._chunks.append(data)
         self._size += len(data)
         if self._size > BODY_HIGH:
@@ -201,6 +258,7 @@ class Body:
             self._waiter = self._conn.loop.create_future()
             await self._waiter
             self._waiter = None
+        assert self._chunks is not None
         data = self._chunks.popleft()
         self._size -= len(data)
         if self._size < BODY_LOW:
@@ -235,43 +293,60 @@ def _nodelay(transport: asyncio.BaseTransport) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _framing(headers: list[tuple[str, str]]) -> tuple[int | None, bool, bool]:
-    """``Content-Length`` (None when absent or chunked), chunked, and whether no header is one of
-    ``_SPECIAL`` (then the headers are forwarded as they are, without another pass): one pass."""
+def _decoded(headers: Headers) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+
+
+def _encoded(headers: list[tuple[str, str]]) -> Headers:
+    return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+
+
+def _edited(headers: Headers, edits: tuple[HeaderEdits, ...]) -> Headers:
+    """``routing.apply_edits`` (which works on text) on headers kept as bytes."""
+    return _encoded(apply_edits(_decoded(headers), edits))
+
+
+def _framing(headers: Headers) -> tuple[int | None, bool, bool, bool]:
+    """``Content-Length`` (None when absent or chunked), chunked, whether no header is one of
+    ``_SPECIAL`` (then the headers are forwarded as they are, without another pass), and whether the
+    only one is a single ``Content-Length`` (a response's headers can then go on as they came): one pass."""
     length: int | None = None
     chunked = False
     plain = True
+    specials = lengths = 0
     for n, v in headers:
         k = n.lower()
         if k in _SPECIAL:
             plain = False
-            if k == "content-length":
+            specials += 1
+            if k == b"content-length":
+                lengths += 1
                 with contextlib.suppress(ValueError):
                     length = int(v.strip())
-            elif k == "transfer-encoding":
-                chunked = "chunked" in v.lower()
-    return (None if chunked else length), chunked, plain
+            elif k == b"transfer-encoding":
+                chunked = b"chunked" in v.lower()
+    return (None if chunked else length), chunked, plain, plain or (specials == lengths == 1 and length is not None)
 
 
-def strip_hop_by_hop(headers: list[tuple[str, str]], extra: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+def strip_hop_by_hop(headers: Headers, extra: frozenset[bytes] = frozenset()) -> Headers:
     """Headers without RFC 9110's hop-by-hop fields (and the names ``Connection`` lists), without the
     framing we redo (``Content-Length``) and without ``extra`` names."""
     drop = _DROP | extra if extra else _DROP
     out = []
-    listed: set[str] = set()
+    listed: set[bytes] = set()
     for n, v in headers:
         k = n.lower()
         if k in drop:
-            if k == "connection":
-                listed.update(t.strip().lower() for t in v.split(","))
+            if k == b"connection":
+                listed.update(t.strip().lower() for t in v.split(b","))
             continue
         out.append((n, v))
     listed -= _CONNECTION_OPTIONS
     return [(n, v) for n, v in out if n.lower() not in listed] if listed else out
 
 
-def _encode_head(first: str, headers: list[tuple[str, str]]) -> bytes:
-    return (first + "\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n").encode("latin-1")
+def _encode_head(first: bytes, headers: Headers) -> bytes:
+    return first + b"\r\n" + b"".join([n + b": " + v + b"\r\n" for n, v in headers]) + b"\r\n"
 
 
 def _chunk(data: bytes) -> bytes:
@@ -308,6 +383,7 @@ class ServerConn(asyncio.Protocol):
         self.peercert: dict[str, Any] | None = None
         self.source: ServiceIdentity | None = None  # the client's identity (public listener)
         self.decision: tuple[object, Decision] | None = None  # cached per L7 policy
+        self.xfcc: tuple[str, tuple[bytes, bytes]] | None = None  # (our URI, the header) on the public listener
         self.parser: httptools.HttpRequestParser | None = None
         self.closed = False
         self.draining = False
@@ -321,10 +397,13 @@ class ServerConn(asyncio.Protocol):
         self._read_paused = False
         self._head_bytes = 0
         self._url: list[bytes] = []
-        self._headers: list[tuple[str, str]] = []
+        self._headers: Headers = []
         self._task: asyncio.Task[None] | None = None
         self._tls: _TLS | None = None
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._timed: _Fast | None = None  # the callback path's request whose deadline ``_timer`` keeps
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
 
@@ -439,6 +518,9 @@ class ServerConn(asyncio.Protocol):
         self.closed = True
         if self.conns is not None:
             self.conns.discard(self)
+        if self._timed is None and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._current is not None:
             self._current.body.finish(failed=True)
         self._wake()
@@ -524,11 +606,11 @@ class ServerConn(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD_BYTES:
             raise _HeadTooLarge("request headers too large")
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self.parser is not None
-        length, chunked, plain = _framing(self._headers)
+        length, chunked, plain, _ = _framing(self._headers)
         url = self._url
         head = Head(self.parser.get_method().decode("latin-1"), (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
                     self.parser.get_http_version(), self._headers, self.parser.should_keep_alive(), length,
@@ -568,6 +650,32 @@ class ServerConn(asyncio.Protocol):
             self._fast_active = self.busy = False
             self._queue.append(ex)
             self._wake()
+
+    def arm(self, f: _Fast) -> None:
+        """Keep ``f``'s deadline: one timer per connection, made only when none is due at or before it.
+        Requests that end in time leave it running (no timer made and cancelled per request); when it
+        fires it finds the request then in flight, if any, and re-arms for its deadline, or it ends."""
+        self._timed = f
+        timer = self._timer
+        if timer is None or self._timer_at > f.deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer_at = f.deadline
+            self._timer = self.loop.call_at(f.deadline, self._on_timer)
+
+    def disarm(self, f: _Fast) -> None:
+        if self._timed is f:
+            self._timed = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        f = self._timed
+        if f is None:
+            return
+        if self.loop.time() >= f.deadline - TIMER_SLACK:
+            f.timed_out()
+        else:
+            self.arm(f)
 
     def fast_done(self, keep: bool) -> None:
         """The request on the callback path has been answered; ``keep``: the connection stays open."""
@@ -621,12 +729,12 @@ class ServerConn(asyncio.Protocol):
                 self.close()
 
     def respond_local(self, status: int, body: bytes, *, keep_alive: bool = True,
-                      headers: list[tuple[str, str]] | None = None) -> bool:  # fmt: skip
+                      headers: Headers | None = None) -> bool:  # fmt: skip
         """A response made by the sidecar itself. Returns whether the connection stays open."""
         keep = keep_alive and not self.draining
-        out = [("content-length", str(len(body))), *([("content-type", "text/plain")] if body else []),
-               *(headers or []), *([] if keep else [("connection", "close")])]  # fmt: skip
-        self.write(_encode_head(f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", out) + body)
+        out = [(b"content-length", b"%d" % len(body)), *([(b"content-type", b"text/plain")] if body else []),
+               *(headers or []), *([] if keep else [(b"connection", b"close")])]  # fmt: skip
+        self.write(_encode_head(b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Unknown").encode()), out) + body)
         return keep
 
 
@@ -643,11 +751,14 @@ class _TLS:
     ``start_tls`` on an accepted server-side transport hands the ClientHello to the protocol instead of
     the TLS layer)."""
 
-    __slots__ = ("_in", "_out", "established", "obj")
+    __slots__ = ("_in", "_out", "_raw", "established", "obj")
 
     def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        # Reads and writes per request go to the C object under ``ssl.SSLObject`` (its ``read``, ``write``
+        # and ``pending`` only forward to it), one Python call fewer each; the wrapper where it has none.
+        self._raw: Any = getattr(self.obj, "_sslobj", None) or self.obj
         self.established = False
 
     def handshake(self, data: bytes) -> bool:
@@ -661,26 +772,37 @@ class _TLS:
         return True
 
     def read(self, data: bytes) -> tuple[bytes, bool]:
-        """Plaintext from ``data`` (and what was already buffered), and whether the peer closed TLS."""
+        """Plaintext from ``data`` (and what was already buffered), and whether the peer closed TLS.
+
+        The loop stops once the incoming BIO is empty and no decrypted byte is left in the SSL object
+        rather than on the ``SSLWantReadError`` the next read would raise: without read-ahead (Python
+        never sets it) OpenSSL takes from the BIO only the record it is reading, so nothing else can be
+        waiting, and a request or response in one record costs one read, not a read and an exception."""
+        inbio = self._in
         if data:
-            self._in.write(data)
+            inbio.write(data)
+        obj = self._raw
         chunks = []
         eof = False
         try:
             while True:
-                chunk = self.obj.read(262144)
+                chunk = obj.read(262144)
                 if not chunk:
                     eof = True
                     break
                 chunks.append(chunk)
+                if not inbio.pending and not obj.pending():
+                    break
         except ssl.SSLWantReadError:
             pass
         except ssl.SSLZeroReturnError:
             eof = True
+        if not chunks:
+            return b"", eof
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), eof
 
     def encrypt(self, data: bytes) -> bytes:
-        self.obj.write(data)
+        self._raw.write(data)
         return self._out.read()
 
     def take_out(self) -> bytes:
@@ -729,10 +851,11 @@ class _Deadline:
 @dataclass(slots=True)
 class ResponseHead:
     status: int
-    reason: str
-    headers: list[tuple[str, str]]
+    reason: bytes
+    headers: Headers
     content_length: int | None
     chunked: bool
+    verbatim: bool = False  # no hop-by-hop header and at most one Content-Length: forwardable as it came
 
 
 class _Watcher(Protocol):
@@ -778,8 +901,8 @@ class ClientConn(asyncio.Protocol):
         self._done: asyncio.Future[None] | None = None
         self._finished = False  # the response has ended (whole, or by the connection's end)
         self._error: UpstreamReset | None = None
-        self._headers: list[tuple[str, str]] = []
-        self._reason = ""
+        self._headers: Headers = []
+        self._reason = b""
         self._head_only = False
         self._informational = False
         self._got_bytes = False
@@ -971,19 +1094,19 @@ class ClientConn(asyncio.Protocol):
         self._informational = False
 
     def on_status(self, status: bytes) -> None:
-        self._reason = status.decode("latin-1")
+        self._reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if 100 <= status < 200:
             self._informational = True  # 100 Continue and friends: the final response follows
             return
-        length, chunked, _ = _framing(self._headers)
+        length, chunked, _, verbatim = _framing(self._headers)
         self._close_delimited = length is None and not chunked and not self._head_only and status not in (204, 304)
-        resp = self.resp = ResponseHead(status, self._reason, self._headers, length, chunked)
+        resp = self.resp = ResponseHead(status, self._reason, self._headers, length, chunked, verbatim)
         watcher = self._watcher
         if watcher is not None:
             if not (length is not None and length <= FAST_BODY_LIMIT or status in (204, 304)):
@@ -1094,27 +1217,24 @@ class _Idle:
 # ================================================================================= forwarding
 
 
-def _code_class(status: int) -> str:
-    return f"{status // 100}xx"
-
-
-async def _send_request(client: ClientConn, method: str, target: str, headers: list[tuple[str, str]],
+async def _send_request(client: ClientConn, method: str, target: str, headers: Headers,
                         head: Head, body: bytes | Body | None) -> None:  # fmt: skip
     """Write the request: with ``body`` bytes (replayable) or a Body streamed as it arrives."""
     out = list(headers)
+    first = _request_line(method, target)
     if isinstance(body, bytes):
         if body or head.content_length is not None or head.chunked:
-            out.append(("content-length", str(len(body))))
-        client.write(_encode_head(f"{method} {target} HTTP/1.1", out) + body)
+            out.append((b"content-length", b"%d" % len(body)))
+        client.write(_encode_head(first, out) + body)
         return
     if body is None:
-        client.write(_encode_head(f"{method} {target} HTTP/1.1", out))
+        client.write(_encode_head(first, out))
         return
     if head.chunked:
-        out.append(("transfer-encoding", "chunked"))
+        out.append((b"transfer-encoding", b"chunked"))
     else:
-        out.append(("content-length", str(head.content_length or 0)))
-    client.write(_encode_head(f"{method} {target} HTTP/1.1", out))
+        out.append((b"content-length", b"%d" % (head.content_length or 0)))
+    client.write(_encode_head(first, out))
     while chunk := await body.read():
         client.write(_chunk(chunk) if head.chunked else chunk)
         await client.drain()
@@ -1123,29 +1243,29 @@ async def _send_request(client: ClientConn, method: str, target: str, headers: l
 
 
 async def _relay_response(down: ServerConn, ex: Exchange, client: ClientConn, resp: ResponseHead,
-                          edits: tuple[HeaderEdits, ...], extra: list[tuple[str, str]] | None = None) -> bool:  # fmt: skip
+                          edits: tuple[HeaderEdits, ...], extra: Headers | None = None) -> bool:  # fmt: skip
     """Stream the upstream's response to the downstream. Returns whether the downstream stays open."""
     head = ex.head
     no_body = head.method == "HEAD" or resp.status in (204, 304)
     headers = strip_hop_by_hop(resp.headers)
     if edits:
-        headers = apply_edits(headers, edits)
+        headers = _edited(headers, edits)
     if extra:
         headers.extend(extra)
     keep = head.keep_alive and not down.draining
     chunked_down = False
     if resp.content_length is not None:
-        headers.append(("content-length", str(resp.content_length)))
+        headers.append((b"content-length", b"%d" % resp.content_length))
     elif not no_body:
         if head.version == "1.1":
             chunked_down = True
-            headers.append(("transfer-encoding", "chunked"))
+            headers.append((b"transfer-encoding", b"chunked"))
         else:
             keep = False  # an HTTP/1.0 client reads to the end of the connection
     if not keep:
-        headers.append(("connection", "close"))
+        headers.append((b"connection", b"close"))
     ex.response_started = True
-    out = _encode_head(f"HTTP/1.1 {resp.status} {resp.reason or _REASONS.get(resp.status, '')}", headers)
+    out = _encode_head(_status_line(resp), headers)
     if no_body:
         down.write(out)
         await client.finished()
@@ -1183,15 +1303,19 @@ def _whole_response(down: ServerConn, ex: Exchange, resp: ResponseHead, edits: t
     downstream in one write; what ``_relay_response`` sends for it. Returns (bytes, keep the
     downstream open?)."""
     head = ex.head
-    headers = strip_hop_by_hop(resp.headers)
-    if edits:
-        headers = apply_edits(headers, edits)
     keep = head.keep_alive and not down.draining
-    if resp.content_length is not None:
-        headers.append(("content-length", str(resp.content_length)))
-    if not keep:
-        headers.append(("connection", "close"))
-    out = _encode_head(f"HTTP/1.1 {resp.status} {resp.reason or _REASONS.get(resp.status, '')}", headers)
+    if resp.verbatim and not edits:
+        # Nothing to drop, and its own Content-Length (llhttp allows one) frames it on this hop too.
+        headers = resp.headers if keep else [*resp.headers, (b"connection", b"close")]
+    else:
+        headers = strip_hop_by_hop(resp.headers)
+        if edits:
+            headers = _edited(headers, edits)
+        if resp.content_length is not None:
+            headers.append((b"content-length", b"%d" % resp.content_length))
+        if not keep:
+            headers.append((b"connection", b"close"))
+    out = _encode_head(_status_line(resp), headers)
     if body and resp.status not in (204, 304):
         out += body[0] if len(body) == 1 else b"".join(body)
     return out, keep
@@ -1221,7 +1345,7 @@ class _Fast:
     the timeout 504 (or a reset once the response has begun). A response whose body is long, chunked
     or delimited by the connection's end is streamed by a task from its head on."""
 
-    __slots__ = ("client", "done", "down", "edits", "ex", "inst", "owner", "pool", "tid", "timer")
+    __slots__ = ("client", "deadline", "done", "down", "edits", "ex", "inst", "owner", "pool", "tid")
 
     def __init__(self, owner: _FastOwner, down: ServerConn, ex: Exchange, client: ClientConn,
                  edits: tuple[HeaderEdits, ...], pool: UpstreamPool | None, tid: str, inst: Instance,
@@ -1229,10 +1353,11 @@ class _Fast:
         self.owner, self.down, self.ex, self.client, self.edits = owner, down, ex, client, edits
         self.pool, self.tid, self.inst = pool, tid, inst
         self.done = False
-        self.timer = down.loop.call_later(timeout, self._timed_out)
+        self.deadline = down.loop.time() + timeout
+        down.arm(self)
         down.reading_from = client
 
-    def send(self, first_line: str, headers: list[tuple[str, str]]) -> None:
+    def send(self, first_line: bytes, headers: Headers) -> None:
         self.client.begin(False, self)
         self.client.write(_encode_head(first_line, headers))
 
@@ -1241,7 +1366,7 @@ class _Fast:
         if self.done:
             return False
         self.done = True
-        self.timer.cancel()
+        self.down.disarm(self)
         self.down.reading_from = None
         if self.pool is not None:
             self.pool.end(self.inst)
@@ -1292,7 +1417,7 @@ class _Fast:
         self.owner.fast_report(self, False)
         self.down.fast_done(self.owner.fast_local(self, 503, (RESET_PREFIX + "connection termination").encode()))
 
-    def _timed_out(self) -> None:
+    def timed_out(self) -> None:
         if not self._release():
             return
         self.client.abort()  # mid-request: the connection cannot be reused
@@ -1303,14 +1428,22 @@ class _Fast:
             self.down.fast_done(False)
 
 
-def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[str] = _NO_EXPECT) -> list[tuple[str, str]]:
+def _request_headers(head: Head, edits: tuple[HeaderEdits, ...], extra_drop: frozenset[bytes] = _NO_EXPECT) -> Headers:
     headers = list(head.headers) if head.plain else strip_hop_by_hop(head.headers, extra_drop)
-    return apply_edits(headers, edits) if edits else headers
+    return _edited(headers, edits) if edits else headers
+
+
+def _request_line(method: str, target: str) -> bytes:
+    return f"{method} {target} HTTP/1.1".encode("latin-1")
+
+
+def _status_line(resp: ResponseHead) -> bytes:
+    return b"HTTP/1.1 %d %s" % (resp.status, resp.reason or _REASONS.get(resp.status, "").encode())
 
 
 def _continue(down: ServerConn, head: Head) -> None:
     """Answer ``Expect: 100-continue`` ourselves, as Envoy does by default."""
-    if not head.plain and head.version == "1.1" and any(n.lower() == "expect" and v.lower() == "100-continue" for n, v in head.headers):
+    if not head.plain and head.version == "1.1" and any(n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in head.headers):
         down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
@@ -1345,6 +1478,7 @@ class UpstreamHandler:
         self._idle = _Idle()
         self.conns: set[ServerConn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self._tally = _Tally(env.metrics, env.name)
 
     def protocol(self) -> ServerConn:
         return ServerConn(self.handle, conns=self.conns, fast=self.fast)
@@ -1362,9 +1496,8 @@ class UpstreamHandler:
 
     def _finish(self, ex: Exchange, status: int, down: ServerConn, **kw: Any) -> None:
         env = self.env
-        env.metrics.inc("proconsul_proxy_http_requests_total", (env.name, _code_class(status)))
         elapsed = time.monotonic() - ex.started
-        env.metrics.observe("proconsul_proxy_upstream_request_seconds", elapsed, (env.name,))
+        self._tally.add(status, elapsed)
         if env.access is not None:
             env.access.info("request", listener=env.name, downstream=down.peer, method=ex.head.method,
                             path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3),
@@ -1380,14 +1513,15 @@ class UpstreamHandler:
         of ``MaxConcurrentRequests``. Anything else is the future path's (``handle``), which gets the
         route chosen here so that a request is split once."""
         env = self.env
-        if env.chain() is None or not env.is_ready():
+        if not env.is_ready():
             return False
         router = self.router()
         if router is None:
             return False
         head = ex.head
         try:
-            rr = router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+            rr = router.route_target(head.method, head.target, head.lookup,
+                                     0.0 if router.memoized else env.rng.random() * 100.0)  # fmt: skip
         except RouteError:
             return False
         ex.route = rr
@@ -1408,9 +1542,9 @@ class UpstreamHandler:
         pool.begin(inst)
         headers = _request_headers(head, rr.request_edits)
         if head.content_length is not None:
-            headers.append(("content-length", "0"))
+            headers.append((b"content-length", b"0"))
         _Fast(self, down, ex, client, rr.response_edits, pool, tid, inst, rr.timeout).send(
-            f"{head.method} {rr.path} HTTP/1.1", headers)  # fmt: skip
+            _request_line(head.method, rr.path), headers)  # fmt: skip
         return True
 
     def fast_report(self, f: _Fast, ok: bool) -> None:
@@ -1432,7 +1566,8 @@ class UpstreamHandler:
         router = self.router()
         assert router is not None
         try:
-            rr = ex.route or router.route(Request(head.method, head.target, head.lookup()), env.rng.random() * 100.0)
+            rr = ex.route or router.route_target(head.method, head.target, head.lookup,
+                                                 0.0 if router.memoized else env.rng.random() * 100.0)  # fmt: skip
         except RouteError as exc:
             env.log.error("cannot route request", upstream=env.name, error=str(exc))
             return self._local(down, ex, 503, NO_HEALTHY_UPSTREAM)
@@ -1517,7 +1652,7 @@ class UpstreamHandler:
             # outcome == "retry": a response the route's policy retries
             retries_left -= 1
 
-    async def _attempt(self, down: ServerConn, ex: Exchange, rr: RouteResult, headers: list[tuple[str, str]],
+    async def _attempt(self, down: ServerConn, ex: Exchange, rr: RouteResult, headers: Headers,
                        body: bytes | Body | None, inflight: list[ClientConn], pool: UpstreamPool, tid: str,
                        inst: Instance, can_retry: bool) -> bool | str:  # fmt: skip
         """One try on one instance: True/False (done; keep the downstream open?) or why to try again:
@@ -1608,8 +1743,8 @@ class UpstreamHandler:
         return conn
 
 
-def _lower(headers: list[tuple[str, str]]) -> dict[str, str]:
-    return {n.lower(): v for n, v in headers}
+def _lower(headers: Headers) -> dict[str, str]:
+    return {n.lower(): v for n, v in _decoded(headers)}
 
 
 def _reused_stale(client: ClientConn | None, exc: UpstreamReset) -> bool:
@@ -1649,6 +1784,7 @@ class LocalHandler:
         self._open = 0
         self.conns: set[ServerConn] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        self._tally = _Tally(env.metrics, "public")
 
     def close(self) -> None:
         self._idle.close_all()
@@ -1666,9 +1802,8 @@ class LocalHandler:
 
     def _finish(self, down: ServerConn, ex: Exchange, status: int, **kw: Any) -> None:
         env = self.env
-        env.metrics.inc("proconsul_proxy_http_requests_total", ("public", _code_class(status)))
         elapsed = time.monotonic() - ex.started
-        env.metrics.observe("proconsul_proxy_upstream_request_seconds", elapsed, ("public",))
+        self._tally.add(status, elapsed)
         if env.access is not None:
             env.access.info("request", listener="public", downstream=down.peer, method=ex.head.method,
                             path=ex.head.target, status=status, duration_ms=round(elapsed * 1000, 3),
@@ -1682,6 +1817,16 @@ class LocalHandler:
         self._finish(down, ex, status, **kw)
         return down.respond_local(status, body, keep_alive=head.keep_alive and ex.body.done)
 
+    def _xfcc(self, down: ServerConn) -> tuple[bytes, bytes]:
+        """``X-Forwarded-Client-Cert`` for requests on ``down``: made once per connection (and again if
+        our own identity's URI changes)."""
+        own = self.env.own_uri()
+        cached = down.xfcc
+        if cached is None or cached[0] != own:
+            assert down.source is not None
+            cached = down.xfcc = (own, (b"x-forwarded-client-cert", f"By={own};URI={down.source.uri()}".encode("latin-1")))
+        return cached[1]
+
     def _verdict(self, down: ServerConn, ex: Exchange) -> tuple[bool, str]:
         policy = self.env.policy()
         if policy is None or down.source is None:
@@ -1689,8 +1834,11 @@ class LocalHandler:
         cached = down.decision
         if cached is None or cached[0] is not policy:
             cached = down.decision = (policy, policy.source_decision(down.source))
+        decision = cached[1]
+        if not policy.per_request(decision):
+            return decision.allowed, decision.reason  # an L4 intention (or none): the same for every request
         head = ex.head
-        verdict = policy.decide_request(cached[1], rbac.RequestView(head.method, head.target, head.lookup()))
+        verdict = policy.decide_request(decision, rbac.RequestView(head.method, head.target, head.lookup()))
         return verdict.allowed, verdict.reason
 
     def fast(self, down: ServerConn, ex: Exchange) -> bool:
@@ -1704,7 +1852,7 @@ class LocalHandler:
         if client is None:
             return False
         allowed, reason = self._verdict(down, ex)
-        env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
+        self._tally.authz(allowed)
         if not allowed:
             self._idle.give(self._inst, client)
             self._finish(down, ex, 403, reason=reason)
@@ -1713,11 +1861,11 @@ class LocalHandler:
         ex.authorized = True
         head = ex.head
         headers = _request_headers(head, (), _NO_EXPECT_XFCC)
-        headers.append(("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}"))
+        headers.append(self._xfcc(down))
         if head.content_length is not None:
-            headers.append(("content-length", "0"))
+            headers.append((b"content-length", b"0"))
         _Fast(self, down, ex, client, (), None, "", self._inst, env.request_timeout()).send(
-            f"{head.method} {head.target} HTTP/1.1", headers)  # fmt: skip
+            _request_line(head.method, head.target), headers)  # fmt: skip
         return True
 
     def fast_report(self, f: _Fast, ok: bool) -> None:
@@ -1735,7 +1883,7 @@ class LocalHandler:
         env = self.env
         if not ex.authorized:
             allowed, reason = self._verdict(down, ex)
-            env.metrics.inc("proconsul_proxy_authz_total", ("allow" if allowed else "deny",))
+            self._tally.authz(allowed)
             if not allowed:
                 return await self._local(down, ex, 403, rbac.DENIED_BODY, reason=reason)
         head = ex.head
@@ -1750,10 +1898,8 @@ class LocalHandler:
                 return False
         else:
             body = ex.body
-        assert down.source is not None
-        xfcc = ("x-forwarded-client-cert", f"By={env.own_uri()};URI={down.source.uri()}")
         headers = _request_headers(head, (), _NO_EXPECT_XFCC)
-        headers.append(xfcc)
+        headers.append(self._xfcc(down))
         inflight: list[ClientConn] = []
         deadline = _Deadline(down, env.request_timeout())
         try:
@@ -1770,7 +1916,7 @@ class LocalHandler:
         down.abort()
         return False
 
-    async def _forward(self, down: ServerConn, ex: Exchange, headers: list[tuple[str, str]],
+    async def _forward(self, down: ServerConn, ex: Exchange, headers: Headers,
                        body: bytes | Body | None, inflight: list[ClientConn]) -> bool:  # fmt: skip
         head = ex.head
         replayable = not isinstance(body, Body)

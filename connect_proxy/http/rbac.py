@@ -183,6 +183,13 @@ class L7Policy:
         """The L4 decision for a source: computed once per connection, then ``decide_request`` per request."""
         return self.authz.decide(source)
 
+    @staticmethod
+    def per_request(decision: Decision) -> bool:
+        """Whether requests under this source decision are decided one by one (an L7 intention matched);
+        else every request gets the decision itself."""
+        ixn: Intention | None = decision.matched
+        return ixn is not None and bool(ixn.permissions)
+
     def decide_request(self, decision: Decision, req: RequestView) -> _Verdict:
         ixn: Intention | None = decision.matched
         if ixn is None or not ixn.permissions:

@@ -29,7 +29,7 @@ first, and the less specific last, by default).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -302,14 +302,23 @@ class _Leg:
 # ------------------------------------------------------------------------------ the router
 
 
+ROUTE_CACHE_SIZE = 1024  # (method, target) pairs remembered by a chain whose routing reads nothing else
+
+
 class Router:
     """A chain compiled for per-request use: regexes compiled and weights summed once, when the chain
-    changes; ``route`` is then a walk of a few nodes."""
+    changes; ``route`` is then a walk of a few nodes.
+
+    When nothing but the method and the request target can change where a request goes (no splitter,
+    whose draw is per request; no header or query parameter matcher), ``route_target`` remembers each
+    (method, target)'s result, so that a repeated request is one dictionary lookup and needs no header
+    map. The memo holds at most ``ROUTE_CACHE_SIZE`` entries and starts over when full."""
 
     def __init__(self, chain: CompiledChain) -> None:
         self.chain = chain
         self._routes: dict[str, tuple[_Route, ...]] = {}
         self._legs: dict[str, tuple[_Leg, ...]] = {}
+        self._memo: dict[tuple[str, str], RouteResult | None] | None = None
         # A chain that starts at a resolver (no router, no splitter: every chain without L7 config
         # entries) sends every request to the same targets with the same timeout.
         self._fixed: tuple[tuple[str, ...], float] | None = None
@@ -329,6 +338,29 @@ class Router:
                     legs.append(_Leg(acc, s.next_node, HeaderEdits.parse(s.definition.get("RequestHeaders")),
                                      HeaderEdits.parse(s.definition.get("ResponseHeaders"))))  # fmt: skip
                 self._legs[key] = tuple(legs)
+        if not self._legs and not any(r.match.headers or r.match.query for rs in self._routes.values() for r in rs):
+            self._memo = {}
+
+    @property
+    def memoized(self) -> bool:
+        """Whether the result depends on the method and the request target alone (``route_target``)."""
+        return self._memo is not None
+
+    def route_target(self, method: str, target: str, headers: Callable[[], Mapping[str, str]], draw: float) -> RouteResult | None:
+        """``route`` for a request given by its parts; ``headers`` is called only when a matcher reads them."""
+        memo = self._memo
+        if memo is None:
+            return self.route(Request(method, target, headers()), draw)
+        key = (method, target)
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        rr = self.route(Request(method, target), draw)
+        if len(memo) >= ROUTE_CACHE_SIZE:
+            memo.clear()
+        memo[key] = rr
+        return rr
 
     @staticmethod
     def _route(definition: Mapping[str, Any], next_node: str) -> _Route:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import register_proxy, wait_for
 
+from connect_proxy.http.engine import ServerConn
 from connect_proxy.proxy import Proxy
 from registry.testing.agent import free_port
 
@@ -19,8 +20,9 @@ BIG = 100 * 1024  # beyond what the callback path relays whole: streamed from it
 
 
 class RawApp:
-    """An HTTP/1.1 app on a socket: /ok answers, /big answers 100 KiB, /hang never answers, /half sends
-    part of a head and closes, /drop-next answers and closes the connection at its next request."""
+    """An HTTP/1.1 app on a socket: /ok answers, /big answers 100 KiB, /hang never answers, /slow answers
+    after 0.6 s, /half sends part of a head and closes, /drop-next answers and closes the connection at
+    its next request."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
@@ -48,6 +50,8 @@ class RawApp:
                 self.methods.append(method)
                 if path == "/hang":
                     await asyncio.sleep(30)
+                elif path == "/slow":
+                    await asyncio.sleep(0.6)
                 elif path == "/half":
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
                     await writer.drain()
@@ -138,3 +142,61 @@ async def test_timeouts_and_l7_denials_on_the_callback_path(path) -> None:  # no
     assert (await client.get("/ok", "DELETE"))[::2] == (403, b"RBAC: access denied")
     assert (await client.get("/ok"))[::2] == (200, b"ok")
     assert "DELETE" not in app.methods  # denied before the app
+
+
+async def test_a_deadline_outlives_the_timer_of_an_earlier_shorter_one(path) -> None:  # noqa: ANN001
+    """One timer per connection keeps the callback path's deadlines: a request that began under a long
+    timeout is not cut when the timer set for an earlier, shorter one fires, and a short one still is."""
+    _, client, api, http = path
+
+    async def local_timeout(ms: int) -> None:
+        status, text = await http("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "api",
+                                                        "Protocol": "http", "LocalRequestTimeoutMs": ms})  # fmt: skip
+        assert status == 200, text
+        await wait_for(lambda: (api.service_defaults or {}).get("LocalRequestTimeoutMs") == ms, 5, "service-defaults")
+
+    await local_timeout(300)
+    assert (await client.get("/ok"))[::2] == (200, b"ok")  # leaves a timer due 0.3 s from now
+    await local_timeout(3000)
+    assert (await client.get("/slow"))[::2] == (200, b"ok")  # 0.6 s: past that timer, within its own 3 s
+    await local_timeout(300)
+    assert (await client.get("/slow"))[::2] == (504, b"upstream request timeout")
+    assert (await client.get("/ok"))[::2] == (200, b"ok")
+
+
+async def test_one_timer_per_connection_fires_each_deadline_at_its_time() -> None:
+    """``ServerConn.arm``: a timer due earlier than a new deadline is kept and, when it fires, re-armed
+    for the request then in flight; a deadline earlier than the timer's replaces it."""
+    loop = asyncio.get_running_loop()
+    fired: list[str] = []
+
+    class Deadline:
+        def __init__(self, name: str, delay: float) -> None:
+            self.name, self.deadline = name, loop.time() + delay
+
+        def timed_out(self) -> None:
+            fired.append(self.name)
+
+    async def handler(_conn: Any, _ex: Any) -> bool:
+        return False
+
+    conn = ServerConn(handler)
+    a = Deadline("a", 0.1)
+    conn.arm(a)  # type: ignore[arg-type]
+    conn.disarm(a)  # type: ignore[arg-type]  # answered in time: the timer stays
+    b = Deadline("b", 0.4)
+    conn.arm(b)  # type: ignore[arg-type]
+    await asyncio.sleep(0.25)
+    assert fired == []  # the 0.1 s timer fired, found b not due and re-armed
+    await asyncio.sleep(0.3)
+    assert fired == ["b"]
+    c = Deadline("c", 5.0)
+    conn.arm(c)  # type: ignore[arg-type]
+    conn.disarm(c)  # type: ignore[arg-type]
+    d = Deadline("d", 0.05)
+    conn.arm(d)  # type: ignore[arg-type]  # earlier than the timer kept for c: replaces it
+    await asyncio.sleep(0.2)
+    assert fired == ["b", "d"]
+    conn.disarm(d)  # type: ignore[arg-type]
+    conn.connection_lost(None)  # nothing in flight: the timer goes with the connection
+    assert conn._timer is None

@@ -163,6 +163,39 @@ def test_num_retries_defaults_to_one_when_only_retry_words_are_set() -> None:
     assert got is not None and got.retry == RetryPolicy(1, frozenset({"gateway-error"}))
 
 
+PATH_ROUTER = {"Kind": "service-router", "Name": "api", "Routes": [
+    {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"ServiceSubset": "v2", "PrefixRewrite": "/"}},
+    {"Match": {"HTTP": {"PathExact": "/healthz", "Methods": ["GET"]}}, "Destination": {"ServiceSubset": "v2"}},
+]}  # fmt: skip
+
+
+def test_route_target_remembers_what_depends_on_method_and_target_alone() -> None:
+    def no_headers() -> dict[str, str]:
+        raise AssertionError("no matcher reads headers")
+
+    r = router(DEFAULTS_HTTP, RESOLVER, PATH_ROUTER)
+    assert r.memoized
+    cases = [("GET", "/admin/x?q=1"), ("GET", "/healthz"), ("POST", "/healthz"), ("GET", "/other")]
+    for _ in range(2):  # the second round comes from the memo: the same answers
+        for method, target in cases:
+            assert r.route_target(method, target, no_headers, 50.0) == r.route(req(target, method), 50.0)
+    got = r.route_target("GET", "/admin/x?q=1", no_headers, 0.0)
+    assert got is not None and got.targets == (V2,) and got.path == "//x?q=1"
+    plain = router(DEFAULTS_HTTP, RESOLVER)
+    assert plain.memoized and plain.route_target("GET", "/a", no_headers, 0.0).targets == (V1,)  # type: ignore[union-attr]
+
+
+def test_route_target_draws_and_reads_headers_when_the_chain_needs_them() -> None:
+    split = router(DEFAULTS_HTTP, RESOLVER, CANARY)
+    assert not split.memoized  # a splitter draws per request
+    assert split.route_target("GET", "/", dict, 95.0).targets == (V2,)  # type: ignore[union-attr]
+    assert split.route_target("GET", "/", dict, 5.0).targets == (V1,)  # type: ignore[union-attr]
+    by_header = router(DEFAULTS_HTTP, RESOLVER, ADMIN_ROUTER)
+    assert not by_header.memoized
+    got = by_header.route_target("GET", "/", lambda: {"x-debug": "1"}, 1.0)
+    assert got is not None and got.route_index == 2
+
+
 def test_header_edits_remove_then_set_then_add() -> None:
     edits = HeaderEdits.parse({"Add": {"x-a": "2"}, "Set": {"x-b": "new"}, "Remove": ["x-c"]})
     assert edits is not None
