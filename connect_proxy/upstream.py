@@ -48,7 +48,7 @@ import hashlib
 import random
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from registry.gocompat import parse_duration_ns
 
@@ -83,19 +83,39 @@ MAX_EJECTION_TIME = 300.0  # Envoy's max_ejection_time default
 LimitKind = Literal["connections", "pending", "requests"]
 
 
-class Instance(NamedTuple):
-    """One place to dial: the address of an instance's sidecar (or the instance, without one).
+class Instance(tuple[str, int]):
+    """One place to dial: the address of an instance's sidecar (or the instance, without one), and its
+    load-balancing weight (Envoy's LoadBalancingWeight), which is not part of its identity.
 
-    A named tuple rather than a frozen dataclass: it keys the pool's health and the idle connections,
-    looked up several times per HTTP request, and a tuple hashes and compares in C where a dataclass
-    runs its generated ``__hash__`` and ``__eq__`` in Python."""
+    A tuple of (host, port) rather than a frozen dataclass: it keys the pool's health and the idle
+    connections, looked up several times per HTTP request, and a tuple hashes and compares in C where a
+    dataclass runs its generated ``__hash__`` and ``__eq__`` in Python. The weight rides beside the tuple,
+    so an instance whose weight changes is still the same instance (its ejection history and idle
+    connections carry over)."""
 
-    host: str
-    port: int
-    weight: int = field(default=1, compare=False)  # Envoy's LoadBalancingWeight: not part of the identity
+    weight: int
+
+    def __new__(cls, host: str, port: int, weight: int = 1) -> Instance:
+        self = tuple.__new__(cls, (host, port))
+        self.weight = weight
+        return self
+
+    @property
+    def host(self) -> str:
+        return self[0]
+
+    @property
+    def port(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"Instance(host={self[0]!r}, port={self[1]!r}, weight={self.weight})"
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return f"[{self[0]}]:{self[1]}" if ":" in self[0] else f"{self[0]}:{self[1]}"
+
+    def __getnewargs__(self) -> tuple[str, int, int]:  # type: ignore[override]
+        return (self[0], self[1], self.weight)
 
 
 @dataclass(frozen=True, slots=True)
