@@ -1,4 +1,9 @@
-"""The `proconsul` command as a user runs it: a real `agent -dev` process and the client verbs."""
+"""The `proconsul` command as a user runs it: a real `agent -dev` process and the client verbs.
+
+The client verbs run in this process (``tests.cli_run``: the console script's ``main(argv)`` with its own
+stdin, stdout, stderr and environment), which checks the same output and exit codes in milliseconds instead of
+a process start each; ``test_client_verbs_as_real_processes`` runs each family here as the console script,
+and the tests of the agent's own start, stop and leave use real processes throughout."""
 
 from __future__ import annotations
 
@@ -15,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from registry.testing import free_port
+from tests.cli_run import BIN, run_cli, run_process
 
-BIN = str(Path(sys.executable).with_name("proconsul"))
+__all__ = ["BIN", "run", "wait_http"]
 
 
 def run(*args: str, env: dict | None = None, input: bytes | None = None) -> subprocess.CompletedProcess:  # noqa: A002
-    return subprocess.run([BIN, *args], capture_output=True, timeout=30, env={**os.environ, **(env or {})},
-                          input=input)  # fmt: skip
+    """``proconsul <args>`` in this process, with ``env`` added to this process's environment."""
+    return run_cli(*args, env={**os.environ, **(env or {})}, input=input)
 
 
 def wait_http(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -55,9 +61,9 @@ def addr(port: int) -> str:
 
 
 def test_version() -> None:
-    out = run("version")
+    out = run_process("version")
     assert out.returncode == 0 and out.stdout.decode().startswith("Proconsul v")
-    assert run("-version").returncode == 0
+    assert run_process("-version").returncode == 0
 
 
 def test_members_and_catalog(agent_proc) -> None:
@@ -281,6 +287,27 @@ def test_leave_command() -> None:
     proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-http-port", str(port), "-dns-port", "-1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     wait_http(port, proc)
-    out = run("leave", "-http-addr", addr(port))
+    out = run_process("leave", "-http-addr", addr(port))
     assert out.returncode == 0 and "Graceful leave complete" in out.stdout.decode()
     assert proc.wait(10) == 0
+
+
+def test_client_verbs_as_real_processes(agent_proc) -> None:
+    """The console script end to end for each client family the other tests here run in this process (members,
+    join, catalog, services, kv with stdin), with the address from the environment; output and exit codes."""
+    port, _ = agent_proc
+    env = {**os.environ, "CONSUL_HTTP_ADDR": addr(port)}
+    out = run_process("members", env=env)
+    assert out.returncode == 0 and out.stdout.decode().splitlines()[1].split()[:3] == ["cli-node", "127.0.0.1:8301", "alive"]
+    out = run_process("join", env=env)
+    assert out.returncode == 1 and out.stderr.decode().strip() == "At least one address to join must be specified."
+    out = run_process("services", "register", "-name", "proc-web", "-port", "8081", env=env)
+    assert out.returncode == 0 and out.stdout.decode().strip() == "Registered service: proc-web"
+    assert "proc-web" in run_process("catalog", "services", env=env).stdout.decode().split()
+    assert run_process("services", "deregister", "-id", "proc-web", env=env).returncode == 0
+    out = run_process("kv", "put", "proc/stdin", "-", input=b"from stdin", env=env)
+    assert out.returncode == 0 and out.stdout.decode().strip() == "Success! Data written to: proc/stdin"
+    assert run_process("kv", "get", "proc/stdin", env=env).stdout == b"from stdin\n"
+    out = run_process("kv", "get", "proc/missing", env=env)
+    assert out.returncode == 1 and out.stderr.decode().strip() == "Error! No key exists at: proc/missing"
+    assert run_process("kv", "delete", "proc/stdin", env=env).returncode == 0

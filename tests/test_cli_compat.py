@@ -1,6 +1,8 @@
 """The `proconsul` client verbs Consul users reach for, against a real `agent -dev` process serving HTTP and
 HTTPS with verify_incoming: kv export/import in Consul's JSON, snapshot decode, catalog -node-meta/-filter/
--near, services export, and the TLS client options (flags and environment) on every client command."""
+-near, services export, and the TLS client options (flags and environment) on every client command. The commands run
+in this process (``tests.cli_run``) but for one real process per family (kv export, snapshot save and decode,
+lock, connect proxy)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,16 +20,18 @@ from pathlib import Path
 import pytest
 
 from registry.testing import free_port
+from tests.cli_run import BIN, run_cli, run_process
 from tests.test_cli import wait_http
 
-BIN = str(Path(sys.executable).with_name("proconsul"))
 # What the tests pass explicitly must not be overridden by the environment they run in.
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_", "PROCONSUL_"))}
 
 
-def run(*args: str, env: dict[str, str] | None = None, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:  # noqa: A002
-    return subprocess.run([BIN, *args], capture_output=True, timeout=30, env={**CLEAN_ENV, **(env or {})},
-                          input=input)  # fmt: skip
+def run(*args: str, env: dict[str, str] | None = None, input: bytes | None = None,  # noqa: A002
+        process: bool = False) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
+    """``proconsul <args>`` in this process (``tests.cli_run``), or as the console script with ``process``."""
+    how = run_process if process else run_cli
+    return how(*args, env={**CLEAN_ENV, **(env or {})}, input=input)
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def api(agent: Agent, method: str, path: str, body: object = None) -> object:
 def test_kv_export_is_consuls_json(agent: Agent) -> None:
     urllib.request.urlopen(urllib.request.Request(f"http://{agent.http}/v1/kv/exp1/one?flags=42", data=b"y<z",
                                                   method="PUT"), timeout=10).read()  # fmt: skip
-    out = run("kv", "export", *agent.a, "/exp1")
+    out = run("kv", "export", *agent.a, "/exp1", process=True)
     assert out.returncode == 0, out.stderr
     value = base64.b64encode(b"y<z").decode()
     # Go's json.MarshalIndent with a tab: the exact bytes Consul prints.
@@ -139,9 +142,9 @@ def test_snapshot_decode_prints_json_records(agent: Agent, tmp_path: Path) -> No
     urllib.request.urlopen(urllib.request.Request(f"http://{agent.http}/v1/kv/snap/key", data=b"v", method="PUT"),
                            timeout=10).read()  # fmt: skip
     snap = tmp_path / "backup.snap"
-    out = run("snapshot", "save", *agent.a, str(snap))
+    out = run("snapshot", "save", *agent.a, str(snap), process=True)
     assert out.returncode == 0, out.stderr
-    out = run("snapshot", "decode", str(snap))
+    out = run("snapshot", "decode", str(snap), process=True)
     assert out.returncode == 0, out.stderr
     records = [json.loads(line) for line in out.stdout.decode().splitlines()]
     assert records[0]["Type"] == "SnapshotHeader" and records[0]["Data"]["Index"] > 0
@@ -275,11 +278,11 @@ def test_tls_ca_path_directory(agent: Agent) -> None:
 
 def test_tls_options_reach_lock_and_the_connect_proxy(agent: Agent) -> None:
     https = ["-http-addr", agent.https]
-    out = run("lock", *https, *agent.client_tls, "locks/tls", "true")
+    out = run("lock", *https, *agent.client_tls, "locks/tls", "true", process=True)
     assert out.returncode == 0, out.stderr
-    out = run("lock", *https, "locks/tls", "true")
+    out = run("lock", *https, "locks/tls", "true", process=True)
     assert out.returncode == 1
     # The proxy reads its registration over HTTPS: it reaches the agent, which knows no such service.
-    out = run("connect", "proxy", *https, *agent.client_tls, "-sidecar-for", "nosuch")
+    out = run("connect", "proxy", *https, *agent.client_tls, "-sidecar-for", "nosuch", process=True)
     err = out.stderr.decode()
     assert out.returncode == 1 and "Error connecting" not in err and "nosuch" in err, err

@@ -1,13 +1,13 @@
-"""``proconsul config write|read|list|delete`` as a subprocess against a dev agent: HCL files in the form Consul's
-documentation writes them (HCL1 nested blocks, snake_case and PascalCase keys), JSON files and stdin, CAS,
-and Consul's messages and exit codes. ``hcl1_objects`` (the HCL1 -> HCL2 rewrite) is checked directly."""
+"""``proconsul config write|read|list|delete`` against a dev agent (in this process through ``tests.cli_run``;
+one write as a real process): HCL files in the form Consul's documentation writes them (HCL1 nested blocks,
+snake_case and PascalCase keys), JSON files and stdin, CAS, and Consul's messages and exit codes.
+``hcl1_objects`` (the HCL1 -> HCL2 rewrite) is checked directly."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +16,7 @@ import pytest
 from registry.cli.common import CLIError
 from registry.cli.config import hcl1_objects, parse_config_entry
 from registry.testing import RunningAgent, dev_agent
-
-BIN = str(Path(sys.executable).with_name("proconsul"))
+from tests.cli_run import run_cli, run_process
 
 DEFAULTS_HCL = """
 Kind     = "service-defaults"
@@ -75,9 +74,11 @@ def running() -> Iterator[RunningAgent]:
         yield running
 
 
-def run(running: RunningAgent, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BIN, "config", *args], capture_output=True, text=True, timeout=30, input=stdin,
-                          env={**os.environ, "CONSUL_HTTP_ADDR": running.http_addr})  # fmt: skip
+def run(running: RunningAgent, *args: str, stdin: str | None = None,
+        process: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """``proconsul config <args>`` in this process (``tests.cli_run``), or as the console script."""
+    how = run_process if process else run_cli
+    return how("config", *args, input=stdin, text=True, env={**os.environ, "CONSUL_HTTP_ADDR": running.http_addr})
 
 
 def test_write_read_list_delete_hcl_and_json(running: RunningAgent, tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_write_read_list_delete_hcl_and_json(running: RunningAgent, tmp_path: Pa
     assert out.stdout == "Config entry written: service-router/web\n", out.stderr
     splitter = {"kind": "service-splitter", "name": "web",
                 "splits": [{"weight": 90, "service_subset": "v1"}, {"weight": 10, "service_subset": "v2"}]}
-    out = run(running, "write", "-", stdin=json.dumps(splitter))
+    out = run(running, "write", "-", stdin=json.dumps(splitter), process=True)  # one real process, stdin and all
     assert out.stdout == "Config entry written: service-splitter/web\n", out.stderr
     out = run(running, "read", "-kind", "service-router", "-name", "web")
     router = json.loads(out.stdout)

@@ -1,5 +1,6 @@
 """The operations commands as an operator runs them, against a real ``agent -dev`` process:
-``operator autopilot``, ``info``, ``maint`` and ``monitor``."""
+``operator autopilot``, ``info``, ``maint`` and ``monitor``. The commands run in this process
+(``tests.cli_run``) but for one real process per command and the ``monitor`` streams."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from registry.testing import free_port
+from tests.cli_run import run_process
 from tests.test_cli import BIN, run, wait_http
 
 
@@ -37,14 +39,15 @@ def api(addr: str, method: str, path: str, body: Any = None) -> Any:
     return json.loads(raw) if raw.strip() else None
 
 
-def ok(*args: str) -> str:
-    out = run(*args)
+def ok(*args: str, process: bool = False) -> str:
+    """The command's stdout, after checking it succeeded: in this process, or as the console script."""
+    out = run_process(*args) if process else run(*args)
     assert out.returncode == 0, out.stderr.decode() + out.stdout.decode()
     return out.stdout.decode()
 
 
 def test_autopilot_get_set_and_state(dev: str) -> None:
-    assert ok("operator", "autopilot", "get-config", "-http-addr", dev).splitlines() == [
+    assert ok("operator", "autopilot", "get-config", "-http-addr", dev, process=True).splitlines() == [
         "CleanupDeadServers = true", "LastContactThreshold = 200ms", "MaxTrailingLogs = 250", "MinQuorum = 0",
         "ServerStabilizationTime = 10s", 'RedundancyZoneTag = ""', "DisableUpgradeMigration = false",
         'UpgradeVersionTag = ""']  # fmt: skip
@@ -65,7 +68,7 @@ def test_autopilot_get_set_and_state(dev: str) -> None:
 
 
 def test_info_prints_the_stats_sections(dev: str) -> None:
-    out = ok("info", "-http-addr", dev)
+    out = ok("info", "-http-addr", dev, process=True)
     sections = [line[:-1] for line in out.splitlines() if not line.startswith("\t")]
     assert sections == ["agent", "build", "consul", "raft", "runtime", "serf_lan"]
     assert "\tleader = true" in out.splitlines() and "\tserver = true" in out.splitlines()
@@ -76,7 +79,7 @@ def test_info_prints_the_stats_sections(dev: str) -> None:
 
 def test_maint_node_and_service(dev: str) -> None:
     api(dev, "PUT", "/v1/agent/service/register", {"Name": "maint-web", "ID": "maint-web1", "Port": 80})
-    assert ok("maint", "-http-addr", dev) == ""
+    assert ok("maint", "-http-addr", dev, process=True) == ""
     assert ok("maint", "-enable", "-reason", "disk swap", "-http-addr", dev).strip() == "Node maintenance is now enabled"
     assert ok("maint", "-enable", "-service", "maint-web1", "-http-addr", dev).strip() == \
         'Service maintenance is now enabled for "maint-web1"'  # fmt: skip

@@ -24,6 +24,7 @@ import pytest
 from cryptography import x509
 
 from registry.testing import GOSSIP_KEY, free_port
+from tests.cli_run import run_cli, run_process
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
 
@@ -232,10 +233,11 @@ def test_validate_command(pki: Path, tmp_path: Path) -> None:
     (good / "services.hcl").write_text(SERVICES_V2)
     (good / "README").write_text("not config")
 
-    def validate(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([BIN, "validate", *args], capture_output=True, text=True, timeout=30)
+    def validate(*args: str, process: bool = False) -> subprocess.CompletedProcess[str]:
+        """In this process (``tests.cli_run``), or as the console script with ``process``."""
+        return (run_process if process else run_cli)("validate", *args, text=True)
 
-    out = validate(str(good))
+    out = validate(str(good), process=True)
     assert out.returncode == 0 and out.stdout == "Configuration is valid!\n", out.stderr
     assert f"skipping file {good / 'README'}, extension must be .hcl or .json, or config format must be set" in out.stderr
     out = validate("-quiet", str(good / "base.hcl"), str(good / "services.hcl"))

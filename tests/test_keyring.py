@@ -24,6 +24,7 @@ from registry.gossip.driver import GossipDriver
 from registry.gossip.keyring import Keyring
 from registry.gossip.security import EncryptedCodec
 from registry.testing import RunningAgent, async_dev_agent, free_port
+from tests.cli_run import run_cli, run_process
 from tests.test_cli import wait_http
 
 BIN = str(Path(sys.executable).with_name("proconsul"))
@@ -234,9 +235,9 @@ async def test_a_member_that_does_not_answer_is_reported() -> None:
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def run(*args: str, port: int) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BIN, *args, "-http-addr", f"127.0.0.1:{port}"], capture_output=True, text=True,
-                          timeout=30)  # fmt: skip
+def run(*args: str, port: int, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """``proconsul <args>`` in this process (``tests.cli_run``), or as the console script with ``process``."""
+    return (run_process if process else run_cli)(*args, "-http-addr", f"127.0.0.1:{port}", text=True)
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +259,7 @@ def test_keygen_prints_a_32_byte_key() -> None:
 
 
 def test_keyring_cli_rotation(agent_port: int) -> None:
-    out = run("keyring", "-list", port=agent_port)
+    out = run("keyring", "-list", port=agent_port, process=True)
     assert (out.returncode, out.stdout) == (0, f"==> Gathering installed encryption keys...\n\ndc1 (LAN):\n  {K1} [1/1]\n")
     out = run("keyring", "-install", K2, port=agent_port)
     assert (out.returncode, out.stdout) == (0, "==> Installing new gossip encryption key...\n")

@@ -1,5 +1,6 @@
 """The ACL system as a user drives it: a real ``proconsul agent -dev`` process with ACLs on (default deny) and
-real ``proconsul`` command processes against it -- bootstrap, policies from an HCL file, roles, tokens with
+real ``proconsul`` commands against it (in this process through ``tests.cli_run``, with ``bootstrap`` and a
+``login`` as real processes) -- bootstrap, policies from an HCL file, roles, tokens with
 a service identity, the agent's default token, a jwt auth method with a key generated here, a binding rule,
 ``login`` with real signed JWTs (and refused ones), the sink token in use, ``logout``; then Local tokens,
 the token-file precedence of every client command, and a token that expires while the agent runs.
@@ -15,7 +16,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -27,8 +27,8 @@ import pytest
 
 from registry.testing import free_port
 from tests.acl.jwtkit import new_key, public_pem, sign
+from tests.cli_run import BIN, run_cli, run_process
 
-BIN = str(Path(sys.executable).with_name("proconsul"))
 KEY = new_key("RS256")
 ANONYMOUS = "00000000-0000-0000-0000-000000000002"
 # The shortest lifetime a token may have (Consul's acl token_min_expiration_ttl, 1m).
@@ -42,14 +42,16 @@ class Agent:
     expiring: dict[str, Any]  # a token created with -expires-ttl 1m when the agent started
     tmp: Path
 
-    def run(self, *args: str, token: str | None = None, env: dict[str, str] | None = None,
-            ok: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        """One ``proconsul`` process; the management token comes from CONSUL_HTTP_TOKEN unless ``token``."""
+    def run(self, *args: str, token: str | None = None, env: dict[str, str] | None = None, ok: bool = True,
+            process: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """One ``proconsul`` command, in this process (``tests.cli_run``) or with ``process`` as the console
+        script; the management token comes from CONSUL_HTTP_TOKEN unless ``token``."""
         base = {k: v for k, v in os.environ.items() if not k.startswith(("CONSUL_HTTP", "PROCONSUL_HTTP"))}
         base["CONSUL_HTTP_ADDR"] = self.addr
         if token is not None:
             base["CONSUL_HTTP_TOKEN"] = token
-        proc = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=30, env={**base, **(env or {})})
+        how = run_process if process else run_cli
+        proc = how(*args, text=True, env={**base, **(env or {})})
         if ok:
             assert proc.returncode == 0, (args, proc.stdout, proc.stderr)
         return proc
@@ -98,7 +100,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
         _wait_http(addr, proc, log)
         a = Agent(addr, "", {}, tmp)
         # `acl bootstrap` as an operator runs it first: pretty output, the secret on its line.
-        boot = a.run("acl", "bootstrap")
+        boot = a.run("acl", "bootstrap", process=True)  # the console script, as an operator runs it
         fields = dict(line.split(":", 1) for line in boot.stdout.splitlines() if ":" in line)
         a.mgmt = fields["SecretID"].strip()
         assert fields["Description"].strip() == "Bootstrap Token (Global Management)"
@@ -241,7 +243,7 @@ def test_jwt_login_with_the_sink_token_and_logout(agent: Agent) -> None:
 
     bearer.write_text(sign(KEY, "RS256", claims) + "\n")
     out = agent.run("login", "-method", "ci", "-bearer-token-file", str(bearer), "-token-sink-file", str(sink),
-                    "-meta", "job=1234")  # fmt: skip
+                    "-meta", "job=1234", process=True)  # fmt: skip
     assert out.stdout == "" and stat.S_IMODE(sink.stat().st_mode) == 0o600
     secret = sink.read_text()
     assert secret and secret not in out.stderr
@@ -358,7 +360,7 @@ def test_a_token_expires_while_the_agent_runs(agent: Agent) -> None:
         if out.returncode != 0:
             break
         assert time.monotonic() < deadline, "the token never expired"
-        time.sleep(1)
+        time.sleep(0.2)  # a command in this process costs milliseconds
     assert out.stderr.strip() == 'Error reading token "self": Unexpected response code: 403 (ACL not found)'
     by_id = agent.run("acl", "token", "read", "-accessor-id", tok["AccessorID"], token=agent.mgmt, ok=False)
     assert "403 (ACL not found)" in by_id.stderr

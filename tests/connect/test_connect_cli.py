@@ -1,5 +1,7 @@
-"""``proconsul intention`` and ``proconsul connect ca`` as a user runs them: real processes against a
-real ``proconsul agent -dev``, checking output and exit codes (check: 0 allowed, 1 denied, 2 error)."""
+"""``proconsul intention`` and ``proconsul connect ca`` as a user runs them, against a real
+``proconsul agent -dev`` process, checking output and exit codes (check: 0 allowed, 1 denied, 2 error). The
+commands run in this process (``tests.cli_run``); the exit-code test and one ``connect ca`` call run the console
+script as a real process."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from registry.testing import free_port
-
-BIN = str(Path(sys.executable).with_name("proconsul"))
+from tests.cli_run import BIN, run_cli, run_process
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,10 @@ def addr() -> Iterator[str]:
     proc.wait(10)
 
 
-def run(addr: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BIN, *args], capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "CONSUL_HTTP_ADDR": addr})  # fmt: skip
+def run(addr: str, *args: str, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """``proconsul <args>`` in this process (``tests.cli_run``), or as the console script."""
+    how = run_process if process else run_cli
+    return how(*args, text=True, env={**os.environ, "CONSUL_HTTP_ADDR": addr})
 
 
 def test_intention_lifecycle_and_exit_codes(addr: str) -> None:
@@ -91,18 +92,19 @@ def test_intention_lifecycle_and_exit_codes(addr: str) -> None:
 
 
 def test_intention_check_errors_exit_2(addr: str) -> None:
-    out = run(addr, "intention", "check", "web")
+    """As real processes: the exit codes are what a script sees."""
+    out = run(addr, "intention", "check", "web", process=True)
     assert out.returncode == 2 and "requires exactly two arguments" in out.stderr
-    out = run(addr, "intention", "check", "we/b/x", "db")
+    out = run(addr, "intention", "check", "we/b/x", "db", process=True)
     assert out.returncode == 2 and "Error checking the connection" in out.stderr
-    out = run(addr, "intention", "check", "-no-such-flag", "web", "db")
+    out = run(addr, "intention", "check", "-no-such-flag", "web", "db", process=True)
     assert out.returncode == 2
-    out = run(f"127.0.0.1:{free_port()}", "intention", "check", "web", "db")  # nobody listening
+    out = run(f"127.0.0.1:{free_port()}", "intention", "check", "web", "db", process=True)  # nobody listening
     assert out.returncode == 2 and "Error checking the connection" in out.stderr
 
 
 def test_connect_ca_get_and_set_config(addr: str, tmp_path: Path) -> None:
-    out = run(addr, "connect", "ca", "get-config")
+    out = run(addr, "connect", "ca", "get-config", process=True)
     assert out.returncode == 0, out.stderr
     config = json.loads(out.stdout)
     assert config["Provider"] == "consul" and config["Config"]["LeafCertTTL"] == "72h"
