@@ -42,6 +42,7 @@ import pytest
 from aiohttp import web
 from conftest import TRAILER, EchoApp, roundtrip, wait_for
 from cryptography import x509
+from test_sidecar_http import VersionApp
 from test_sidecar_l4 import Sidecar, sidecars  # noqa: F401 - the fixture
 
 from connect_proxy import tls
@@ -76,18 +77,16 @@ async def _register(http: Http, sid: str, service: str, port: int, meta: dict[st
     await _put(http, body, "/v1/agent/service/register")
 
 
-class MeshApp:
+class MeshApp(VersionApp):
     """One ``api`` instance: answers ``status`` (200, or 503 when told), names itself and its version,
-    and keeps the time of every request it receives."""
+    and keeps the time of every request it receives (started and stopped as ``VersionApp``)."""
 
     def __init__(self, name: str, version: str) -> None:
-        self.name, self.version = name, version
+        super().__init__(version)
+        self.name = name
         self.status = 200
         self.arrivals: list[float] = []
-        self.seen: Counter[tuple[str, str]] = Counter()
         self.answered_503 = 0
-        self.runner: web.AppRunner | None = None
-        self.port = 0
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.arrivals.append(time.monotonic())
@@ -96,19 +95,6 @@ class MeshApp:
         self.answered_503 += self.status == 503
         return web.Response(status=self.status, text=f"{self.name} {request.method} {request.path}",
                             headers={"x-version": self.version, "x-instance": self.name})  # fmt: skip
-
-    async def start(self) -> MeshApp:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.2)
-        await self.runner.setup()
-        self.port = free_port()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-        return self
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 @dataclass(frozen=True, slots=True)
