@@ -422,7 +422,8 @@ class _StandIn(BaseHTTPRequestHandler):
 def stand_in(answer: Callable[[str, str], tuple[int, str, bytes]]) -> Iterator[LiveAgent]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
     server.answer = answer  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for the serving loop to notice: poll often, not every 0.5 s (the default).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield LiveAgent(f"http://127.0.0.1:{server.server_address[1]}", None)
