@@ -110,11 +110,12 @@ class LiveAgent:
 
 
 def start_agent(tmp: Path, extra: dict[str, Any]) -> LiveAgent:
-    """``proconsul agent -dev`` as a user starts it, on free ports. Blocking queries are capped at 100 ms
-    (``max_query_time``): a generated ``?index`` far in the future must not hold a request for minutes."""
+    """``proconsul agent -dev`` as a user starts it, on free ports. Blocking queries are capped at 10 ms
+    (``max_query_time``): a generated ``?index`` far in the future must not hold a request for minutes, and
+    the run checks answers, not waits (a blocking read still blocks, then answers as at its timeout)."""
     port = free_port()
     cfg = tmp / "agent.json"
-    cfg.write_text(json.dumps({"max_query_time": "100ms", "default_query_time": "100ms", **extra}))
+    cfg.write_text(json.dumps({"max_query_time": "10ms", "default_query_time": "10ms", **extra}))
     proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "fuzz-node", "-http-port", str(port), "-dns-port", "-1",
                              "-config-file", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     agent = LiveAgent(f"http://127.0.0.1:{port}", proc)
