@@ -26,6 +26,7 @@ server.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -151,8 +152,12 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _now_ns() -> int:
-    return int(datetime.now(UTC).timestamp() * 1e9)
+def _now_ns(api: Api) -> int:
+    """Now, by the clock the agent's token resolver judges expiry with: a token the resolver refuses as
+    expired is also expired to the reads here (by AccessorID, the list, token/self), whatever that clock is.
+    A resolver without a clock (a static one handed in by tests) leaves the wall clock."""
+    clock = getattr(api.acl, "clock_ns", None)
+    return int(clock()) if callable(clock) else time.time_ns()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -319,7 +324,7 @@ async def acl_bootstrap(api: Api, request: web.Request, _: str) -> web.StreamRes
         # Used once, whatever happens next: a snapshot restore must not re-open bootstrapping.
         if path is not None:
             path.unlink(missing_ok=True)
-    token = TokenRow(_new_id(), _new_id(), BOOTSTRAP_DESCRIPTION, create_time_ns=_now_ns())
+    token = TokenRow(_new_id(), _new_id(), BOOTSTRAP_DESCRIPTION, create_time_ns=_now_ns(api))
     try:
         result = await api.propose(ACLBootstrap(token, specified))
     except CommandError as exc:
@@ -357,7 +362,7 @@ async def token_create(api: Api, request: web.Request, _: str) -> web.StreamResp
     data = _token_input(await _body(api, request, "Token"))
     data["AccessorID"] = data.get("AccessorID") or _new_id()
     data["SecretID"] = data.get("SecretID") or _new_id()
-    data["CreateTime"] = _now_ns()
+    data["CreateTime"] = _now_ns(api)
     row = _obj(TokenRow.from_wire, data)
     result = await api.propose(ACLTokenSet(row, create=True))
     return api.json(request, token_json(api.store, TokenRow.from_wire(result)))
@@ -377,7 +382,7 @@ async def token_self(api: Api, request: web.Request, _: str) -> web.StreamRespon
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
         row = store.acl_token_by_secret(secret or "anonymous", ws)
-        if row is None or row.expired(_now_ns()):
+        if row is None or row.expired(_now_ns(api)):
             return ReadResult(lambda: None, 404)
         return ReadResult(lambda: token_json(store, row))
 
@@ -398,7 +403,7 @@ async def token_item(api: Api, request: web.Request, suffix: str) -> web.StreamR
 
         def run(store: StateStore, ws: WatchSet) -> ReadResult:
             row = store.acl_token_get(suffix, ws)
-            if row is None or row.expired(_now_ns()):
+            if row is None or row.expired(_now_ns(api)):
                 return ReadResult(lambda: None, 404)
             return ReadResult(lambda: token_json(store, row, secret=show))
 
@@ -429,12 +434,12 @@ async def _token_clone(api: Api, request: web.Request, accessor: str) -> web.Str
     if not isinstance(description, str):
         raise HTTPError(400, "Token decoding failed: Description must be a string")
     src = api.store.acl_token_get(accessor)
-    if src is None or src.expired(_now_ns()):
+    if src is None or src.expired(_now_ns(api)):
         return api.text(403, "ACL not found")
     if src.auth_method:
         raise HTTPError(400, "Cannot clone a token created from an auth method")
     row = replace(src, accessor_id=_new_id(), secret_id=_new_id(), description=description or src.description,
-                  create_time_ns=_now_ns(), hash="", create_index=0, modify_index=0)  # fmt: skip
+                  create_time_ns=_now_ns(api), hash="", create_index=0, modify_index=0)  # fmt: skip
     result = await api.propose(ACLTokenSet(row, create=True))
     return api.json(request, token_json(api.store, TokenRow.from_wire(result)))
 
@@ -447,7 +452,7 @@ async def token_list(api: Api, request: web.Request, _: str) -> web.StreamRespon
                "service_name": q.get("servicename", "")}  # fmt: skip
 
     def run(store: StateStore, ws: WatchSet) -> ReadResult:
-        now = _now_ns()
+        now = _now_ns(api)
         rows = [t for t in store.acl_token_list(ws, **filters) if not t.expired(now)]
         return ReadResult(lambda: [token_json(store, t, secret=show) for t in rows])
 

@@ -198,6 +198,14 @@ async def test_expired_token_is_not_found_at_once_and_reaped(h: Http, acl_agent:
     agent.acl.clock_ns = lambda: real() + 3 * 60 * 10**9  # type: ignore[attr-defined]
     with pytest.raises(Exception, match="ACL not found"):
         await agent.acl.resolve(tok["SecretID"])
+    # Expired but not yet reaped: every read path judges expiry by the same clock as the resolver.
+    assert tok["AccessorID"] in agent.store.acl_tokens
+    assert (await h.get(f"/v1/acl/token/{tok['AccessorID']}", **_tok(mgmt)))[:2] == (403, "ACL not found")
+    status, listed, _ = await h.get("/v1/acl/tokens", **_tok(mgmt))
+    assert status == 200 and tok["AccessorID"] not in {t["AccessorID"] for t in listed}
+    status, _, _ = await h.call("POST", "/v1/internal/acl/authorize", [
+        {"Resource": "service", "Segment": "web", "Access": "read"}], **_tok(tok["SecretID"]))  # fmt: skip
+    assert status == 403
     assert agent.acl_leader is not None
     agent.acl_leader.clock_ns = agent.acl.clock_ns  # type: ignore[attr-defined]
     await agent.acl_leader.step()
