@@ -150,6 +150,9 @@ def from_api(body: Mapping[str, Any], base: AutopilotConfig | None = None) -> Au
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise AutopilotConfigError(f"json: cannot unmarshal {_json_kind(value)} into Go struct field "
                                            f"AutopilotConfiguration.{name} of type uint64")  # fmt: skip
+            if value >= 2**64:  # Go's decoder names the number it could not fit
+                raise AutopilotConfigError(f"json: cannot unmarshal number {value} into Go struct field "
+                                           f"AutopilotConfiguration.{name} of type uint64")  # fmt: skip
             changes[_UINT_FIELDS[name]] = value
         elif name in _STR_FIELDS:
             if not isinstance(value, str):

@@ -99,6 +99,11 @@ def test_config_api_round_trip_and_errors() -> None:
         from_api({"LastContactThreshold": "soon"})
     with pytest.raises(AutopilotConfigError, match="of type uint64"):
         from_api({"MinQuorum": -1})
+    # Past uint64 (found by the API fuzzer: it reached the Raft encoder and answered 500).
+    with pytest.raises(AutopilotConfigError, match=r"^json: cannot unmarshal number 18446744073709551616 into Go "
+                                                   r"struct field AutopilotConfiguration.ModifyIndex of type uint64$"):
+        from_api({"ModifyIndex": 2**64})
+    assert from_api({"ModifyIndex": 2**64 - 1}).modify_index == 2**64 - 1
     assert from_agent_config({"cleanup_dead_servers": False, "min_quorum": 3}).min_quorum == 3
     with pytest.raises(AutopilotConfigError, match="unknown key"):
         from_agent_config({"cleanup": True})
