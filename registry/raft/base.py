@@ -41,6 +41,10 @@ SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
 TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
 LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
 PROPOSAL_TIMEOUT = 30.0
+# How long a follower waits, after the leader answered a write it forwarded, for its own state machine to
+# apply that write before it answers (read-your-writes on the server a client talks to); the write has
+# succeeded either way.
+FORWARD_CATCH_UP = 2.0
 # A proposal's deadline sits in a queue until it is answered; a proposal stuck at the head keeps answered
 # ones behind it, and past this many the queue is compacted.
 EXPIRY_COMPACT = 4096

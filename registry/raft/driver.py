@@ -26,6 +26,7 @@ import msgpack
 from registry.raft import node as raftnode
 from registry.raft.base import (
     ELECTION_TICKS,
+    FORWARD_CATCH_UP,
     LEADER_WAIT,
     PROPOSAL_TIMEOUT,
     SM,
@@ -368,8 +369,15 @@ class RaftServer(RPCHandlers[SM]):
                         raise
                     await asyncio.sleep(0.05)
                     continue
+                result = self.codec.decode_result(reply)
+                # Read your writes here: a caller that next reads from (or presents a token it just created
+                # to) this server must see the write, so wait until this server has applied up to the
+                # leader's read index, which the write's own index cannot exceed.
+                with contextlib.suppress(TimeoutError, NotLeaderError, RPCError):
+                    async with asyncio.timeout(FORWARD_CATCH_UP):
+                        await self.barrier_read("default")
                 if not fut.done():
-                    fut.set_result(self.codec.decode_result(reply))
+                    fut.set_result(result)
                 return
         except RPCError as exc:
             if not fut.done():

@@ -107,6 +107,19 @@ async def test_bootstrap_replicate_forward_and_read(cluster: Cluster) -> None:
     assert followers[0].known_leader() and followers[0].last_contact_ms() < 1000
 
 
+async def test_a_write_forwarded_by_a_follower_is_applied_there_before_it_answers(cluster: Cluster) -> None:
+    """Read-your-writes on the server a client talks to: the follower that forwarded a write answers only
+    once its own state machine holds it (a token created through a follower was not found by it for a
+    heartbeat, seen as a 403 "ACL not found" right after ``acl bootstrap`` in a cluster test)."""
+    for i in range(3):
+        await cluster.start(i)
+    leader = await cluster.leader()
+    follower = next(s for s in cluster.servers.values() if s is not leader)
+    for n in range(20):
+        assert await follower.propose(kv(f"ryw/{n}", str(n).encode())) is True
+        assert follower.fsm.store.kv[f"ryw/{n}"].value == str(n).encode()  # no wait, no barrier
+
+
 async def test_leader_failover_and_restart_keeps_writes(cluster: Cluster) -> None:
     for i in range(3):
         await cluster.start(i)
