@@ -12,7 +12,7 @@ route against a token that lacks a permission and one that has it, with no ACL t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from registry.acl.authorizer import Authorizer, compile_rules
@@ -27,6 +27,10 @@ TOPIC_ACL = ("acl",)
 
 
 class TokenResolver(Protocol):
+    # The clock token expiry is judged by (ns since the epoch), which the token reads use too; None: the
+    # caller's wall clock (this module reads no clock).
+    clock_ns: Callable[[], int] | None
+
     @property
     def enabled(self) -> bool:
         """False when ``acl.enabled`` is off: nothing is enforced and ``resolve`` allows everything."""
@@ -57,10 +61,12 @@ class StaticResolver:
         anonymous: str | PolicyRules = "",
         default_token: str = "",
         enabled: bool = True,
+        clock_ns: Callable[[], int] | None = None,
     ) -> None:
         if default_policy not in ("allow", "deny"):
             raise ValueError(f"default_policy must be 'allow' or 'deny', not {default_policy!r}")
         self._enabled = enabled
+        self.clock_ns = clock_ns
         self._default_policy = default_policy
         self._default_token = default_token
         allow = default_policy == "allow"

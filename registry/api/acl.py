@@ -154,10 +154,10 @@ def _new_id() -> str:
 
 def _now_ns(api: Api) -> int:
     """Now, by the clock the agent's token resolver judges expiry with: a token the resolver refuses as
-    expired is also expired to the reads here (by AccessorID, the list, token/self), whatever that clock is.
-    A resolver without a clock (a static one handed in by tests) leaves the wall clock."""
-    clock = getattr(api.acl, "clock_ns", None)
-    return int(clock()) if callable(clock) else time.time_ns()
+    expired is also expired to the reads here (by AccessorID, the list, token/self); the wall clock for a
+    resolver without one."""
+    clock = api.acl.clock_ns
+    return clock() if clock is not None else time.time_ns()
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -17,7 +17,6 @@ import json
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -99,11 +98,6 @@ Read = Callable[[StateStore, WatchSet], ReadResult]
 Recorder = Callable[[float], object]  # takes one request's time in ms
 
 
-def _observe_all(timers: tuple[Sample, ...], ms: float) -> None:
-    for t in timers:
-        t.observe(ms)
-
-
 class HotCache:
     """Rendered answers of non-blocking default-mode reads, keyed by the raw request target, each dropped
     the moment any watch topic it read changes. A hit skips routing, query parsing and the store entirely:
@@ -121,11 +115,10 @@ class HotCache:
         if len(self.entries) >= self._limit:
             self.invalidate(None, None)
         # A hit is the hottest path there is: it appends its time straight to the timer's pending values
-        # (a C call; ``Sample.observe`` does no more, and the route's other timers mirror the first).
-        record = timers[0].pending.append if len(timers) == 1 else None
-        if record is None and timers:
-            record = partial(_observe_all, timers)
-        self.entries[key] = (status, body, headers, owner, record)
+        # (a C call; ``Sample.observe`` does no more). A route has one timer at most: the legacy one
+        # mirrors it (``http_timers``).
+        assert len(timers) <= 1, "http_timers gives a route one timer"
+        self.entries[key] = (status, body, headers, owner, timers[0].pending.append if timers else None)
         self._by_topic.add(topics, key)
 
     def invalidate(self, topics: Iterable[Topic] | None, kv_keys: Iterable[str] | None) -> None:
