@@ -5,21 +5,16 @@ discovery chains, Consul's 400s, and the ACL filtering with FilteredByACLs."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import pytest
-
-from registry.testing import async_dev_agent
 from tests.conftest import Http
+from tests.ui.test_ui_http import ROOT, acl_http  # noqa: F401 - the fixture, with its management token
 
 TOPOLOGY = "/v1/internal/ui/service-topology/"
 SUMMARY_KEYS = {"Name", "Datacenter", "Tags", "Nodes", "ExternalSources", "InstanceCount", "ChecksPassing",
                 "ChecksWarning", "ChecksCritical", "GatewayConfig", "TransparentProxy", "ConnectNative", "Source",
                 "Intention"}  # fmt: skip
 DECISION_KEYS = {"Allowed", "HasPermissions", "ExternalSource", "HasExact", "DefaultAllow"}
-ROOT = "3c0a5f5e-9d1b-4f8e-8a57-6f1e2b7c9d40"
 
 
 async def _register(h: Http, name: str, *, node: str = "test-agent", status: str = "passing",
@@ -173,15 +168,7 @@ async def test_consuls_errors(http: Http) -> None:
     assert status == 200 and (body["Protocol"], body["Upstreams"], body["Downstreams"]) == ("", [], [])
 
 
-@pytest.fixture
-async def acl_http() -> AsyncIterator[Http]:
-    async with async_dev_agent(acl={"enabled": True, "default_policy": "deny",
-                                    "tokens": {"initial_management": ROOT}}) as running:  # fmt: skip
-        async with aiohttp.ClientSession() as session:
-            yield Http(session, running.url)
-
-
-async def test_acls_filter_what_the_token_may_not_read(acl_http: Http) -> None:
+async def test_acls_filter_what_the_token_may_not_read(acl_http: Http) -> None:  # noqa: F811 - the fixture
     h, root = acl_http, {"X-Consul-Token": ROOT}
     for name in ("web", "db"):
         await _register(h, name, headers=root)
