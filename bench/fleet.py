@@ -32,6 +32,7 @@ size is held ``--settle`` seconds, then measured for ``--window`` seconds, then 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +44,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,7 @@ from bench._util import (
     update_docs_section,
     wait_for_quiet_machine,
 )
+from bench.kv_probe import read_samples
 from registry.gossip.keyring import generate_key
 
 PROCONSUL = str(Path(sys.executable).with_name("proconsul"))
@@ -170,6 +171,40 @@ class Servers:
 # ---------------------------------------------------------------------- the watchers
 
 
+class KVProbe:
+    """``bench.kv_probe`` on the load generator's core at real-time priority: the KV writes' latency as the
+    servers give it, without the waits for the simulator's core and this process's interpreter lock that a
+    thread here would add to each write (what earlier runs of this benchmark measured)."""
+
+    def __init__(self, url: str) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="kv-probe-", suffix=".txt")
+        os.close(fd)
+        argv = [sys.executable, "-m", "bench.kv_probe", url, str(KV_RATE), self.path]
+        self.popen = subprocess.Popen([*taskset(LOAD_CPU), *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)  # fmt: skip
+        assert self.popen.stdout is not None
+        ready = self.popen.stdout.readline().split()
+        self.priority = " ".join(ready[1:]) or "unknown"
+
+    def send(self, word: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(word + "\n")
+        self.popen.stdin.flush()
+
+    def samples(self) -> list[tuple[float, float, int]]:
+        return read_samples(self.path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.send("quit")
+        try:
+            self.popen.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
+
+
 @dataclass
 class Watch:
     """Background measurements over the whole run, each in its own thread."""
@@ -179,14 +214,26 @@ class Watch:
     first_critical: dict[str, float] = field(default_factory=dict)
     leader_changes: list[tuple[float, str]] = field(default_factory=list)
     lag: list[tuple[float, float]] = field(default_factory=list)
-    kv: list[tuple[float, float]] = field(default_factory=list)
-    kv_errors: int = 0
-    kv_on: threading.Event = field(default_factory=threading.Event)
     stop: threading.Event = field(default_factory=threading.Event)
+    probe: KVProbe | None = None
 
     def start(self) -> None:
-        for fn in (self._critical, self._leaders, self._lag, self._kv):
+        self.probe = KVProbe(self.leader.url)
+        for fn in (self._critical, self._leaders, self._lag):
             threading.Thread(target=fn, daemon=True).start()
+
+    def kv_on(self, on: bool) -> None:
+        assert self.probe is not None
+        self.probe.send("on" if on else "off")
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.probe is not None:
+            self.probe.close()
+
+    @property
+    def kv_errors(self) -> int:
+        return sum(1 for _, _, status in self.probe.samples() if status != 200) if self.probe is not None else 0
 
     def _critical(self) -> None:
         index = 0
@@ -228,35 +275,9 @@ class Watch:
                 if g.get("Name", "").endswith("runtime.event_loop_lag"):
                     self.lag.append((time.monotonic(), float(g["Value"]) / 1000.0))
 
-    def _kv(self) -> None:
-        pool = ThreadPoolExecutor(8)
-        i = 0
-        next_at = time.monotonic()
-
-        def put(k: int) -> None:
-            t0 = time.monotonic()
-            try:
-                status, _, _ = call("PUT", f"{self.leader.url}/v1/kv/fleet/k{k % 1000}", b"0123456789abcdef")
-            except OSError:
-                status = 0
-            if status == 200:
-                self.kv.append((t0, time.monotonic() - t0))
-            else:
-                self.kv_errors += 1
-
-        while not self.stop.is_set():
-            if not self.kv_on.wait(0.5):
-                next_at = time.monotonic()
-                continue
-            next_at += 1.0 / KV_RATE
-            delay = next_at - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            i += 1
-            pool.submit(put, i)
-
     def kv_p99(self, t0: float, t1: float) -> float:
-        return percentile([lat for at, lat in self.kv if t0 <= at <= t1], 99)
+        assert self.probe is not None
+        return percentile([lat for at, lat, status in self.probe.samples() if t0 <= at <= t1 and status == 200], 99)
 
     def lag_p99(self, t0: float, t1: float) -> tuple[float, float]:
         values = [v for at, v in self.lag if t0 <= at <= t1]
@@ -349,7 +370,7 @@ def last_index(leader: ServerProc) -> int:
 
 
 def measure_window(watch: Watch, leader: ServerProc, fleet: FleetProc | None, window: float) -> dict[str, float]:
-    watch.kv_on.set()
+    watch.kv_on(True)
     time.sleep(1.0)
     r0 = fleet.ask("report") if fleet else None
     c0, t0 = leader.cpu_seconds(), time.monotonic()
@@ -414,7 +435,7 @@ def run(args: argparse.Namespace) -> tuple[list[Step], dict[str, Any]]:
             if wait_for(f"{name} critical", lambda name=name: name in watch.first_critical, 60):
                 step.kill1 = watch.first_critical[name] - victim["at"]
             # A hundred at once, the KV load paused so the Raft index counts membership entries.
-            watch.kv_on.clear()
+            watch.kv_on(False)
             time.sleep(2.0)
             i0 = last_index(leader)
             many = fleet.ask("kill", count=min(100, size // 10))
@@ -425,7 +446,7 @@ def run(args: argparse.Namespace) -> tuple[list[Step], dict[str, Any]]:
                 step.kill100 = max(watch.first_critical[n] for n in names) - many["at"]
                 time.sleep(2.0)
                 step.kill100_entries = last_index(leader) - i0
-            watch.kv_on.set()
+            watch.kv_on(True)
             # A few paused for 3 s each: suspected, refuting, never failed.
             paused = fleet.ask("pause", seconds=3.0, count=PAUSED)["paused"]
             time.sleep(args.pause_watch)
@@ -449,8 +470,9 @@ def run(args: argparse.Namespace) -> tuple[list[Step], dict[str, Any]]:
                             "lag_max": max((v for at, v in watch.lag if t0 <= at <= t1 + 2.5), default=float("nan"))}
         info["live_critical"] = sorted(set(watch.first_critical) - killed)
         info["kv_errors"] = watch.kv_errors
+        info["kv_priority"] = watch.probe.priority if watch.probe is not None else "normal"
         info["fleet"] = fleet.ask("report")
-        watch.stop.set()
+        watch.close()
     finally:
         info["load_after"] = loadavg()
         if fleet is not None:
@@ -525,7 +547,9 @@ def markdown(steps: list[Step], info: dict[str, Any], args: argparse.Namespace) 
         "the real encrypted wire protocol to the servers over one multiplexed UDP socket and TCP listener, "
         f"partial views of about {args.view} neighbours) and this orchestrator pinned to the other. Joins are "
         f"push-pulls with a server at {args.join_rate:g}/s; each size settles {args.settle:g} s and is measured "
-        f"for {args.window:g} s with 50 KV writes/s; then one member is killed, a tenth of the size (at most 100) "
+        f"for {args.window:g} s with 50 KV writes/s (from `bench/kv_probe.py`, a process of its own on the "
+        f"generator's core at {info.get('kv_priority', 'normal')} priority, so that a write's time is the "
+        "servers', not a wait for the simulator's core); then one member is killed, a tenth of the size (at most 100) "
         f"at once, and {PAUSED} are paused 3 s. Baseline (no fleet): leader "
         f"{info['base']['leader_cpu']:.3f} core, KV p99 {info['base']['kv_p99'] * 1000:.1f} ms.",
         "",
