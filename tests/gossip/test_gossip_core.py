@@ -118,6 +118,67 @@ def test_queue_sends_least_transmitted_first_newest_first_and_retires_at_the_lim
     assert len(q) == 0
 
 
+def _reference_take(queued: dict[str, list[int]], budget: int, limit: int) -> list[str]:
+    """The queue's contract, stated plainly: every queued broadcast ordered by (transmits, newest first),
+    taken while it fits; a taken one counts a transmit and retires at the limit. ``queued``: node ->
+    [transmits, serial, size]."""
+    out, used = [], 0
+    for node, (_, _, size) in sorted(queued.items(), key=lambda kv: (kv[1][0], -kv[1][1])):
+        if used + size <= budget:
+            used += size
+            out.append(node)
+        if budget - used <= 8:
+            break
+    for node in out:
+        queued[node][0] += 1
+        if queued[node][0] >= limit:
+            del queued[node]
+    return out
+
+
+def test_queue_takes_what_the_plain_contract_says_over_random_operations() -> None:
+    rng = random.Random(7)
+    q = BroadcastQueue()
+    model: dict[str, list[int]] = {}
+    serial = 0
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            node = f"n{rng.randrange(300)}"
+            serial += 1
+            model[node] = [0, serial, 20]
+            q.queue(node, Suspect(serial, node, "me"), 20)
+        else:
+            budget = rng.choice((25, 100, 400, 1400))
+            assert [m.node for m in q.take(budget, 0, 6)] == _reference_take(model, budget, 6)
+        assert len(q) == len(model)
+
+
+def test_queue_take_costs_the_packet_not_the_queue() -> None:
+    """A pool of 10,000 that has just joined queues 10,000 alive messages: each packet takes the few that fit
+    without walking (or sorting) the rest."""
+    q = BroadcastQueue()
+    for i in range(10_000):
+        q.queue(f"n{i}", Suspect(1, f"n{i}", "me"), 40)
+    calls = 0
+    original = sorted
+
+    def counting_sorted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    import registry.gossip.broadcast as broadcast
+
+    broadcast.sorted = counting_sorted  # type: ignore[attr-defined]
+    try:
+        taken = [m.node for _ in range(250) for m in q.take(1400, 0, 20)]
+    finally:
+        del broadcast.sorted  # type: ignore[attr-defined]
+    assert len(taken) == len(set(taken)) == 250 * 35  # 35 of 40 bytes fill 1,400; newest first, none twice
+    assert taken[0] == "n9999"
+    assert calls == 250  # one sort of the bucket numbers per packet; no bucket was re-sorted
+
+
 def test_queue_news_about_a_node_replaces_the_old() -> None:
     q = BroadcastQueue()
     done = []
