@@ -201,6 +201,43 @@ async def test_snapshot_records_members_and_leave(tmp_path: Path, peers: list[Go
     assert read_snapshot(path)[1] is True
 
 
+def test_snapshot_is_a_log_of_changes_compacted_when_it_outgrows_the_members(tmp_path: Path) -> None:
+    """Serf's snapshotter: each change appends one line (a member's join or new address ``alive:``, its
+    failure or leave ``not-alive:``); replaying the file gives the members last alive, and the file is
+    rewritten whole only once it holds more than twice what it describes."""
+    import random
+
+    from registry.agent.membership import SNAPSHOT_COMPACT_SLACK, SnapshotLog
+    from registry.gossip import Member, MemberState
+
+    path = tmp_path / "serf" / "local.snapshot"
+    log = SnapshotLog(path)
+    assert log.load() == ([], False)
+    rng = random.Random(5)
+    expected: dict[str, str] = {}
+    sizes = []
+    for step in range(20_000):
+        name = f"m{rng.randrange(500)}"
+        if rng.random() < 0.6:
+            port = 8301 + rng.randrange(2)
+            state = rng.choice((MemberState.ALIVE, MemberState.SUSPECT))
+            expected[name] = f"10.0.0.1:{port}"
+        else:
+            port, state = 8301, rng.choice((MemberState.DEAD, MemberState.LEFT))
+            expected.pop(name, None)
+        log.member(Member(name, Address("10.0.0.1", port), {}, state, 1, 0.0))
+        if step % 50 == 0:
+            log.flush()
+            sizes.append(path.read_text().count("\n"))
+    log.flush()
+    replayed, left = read_snapshot(path)
+    assert sorted(replayed) == sorted(expected.values()) and not left
+    assert max(sizes) <= 2 * 500 + SNAPSHOT_COMPACT_SLACK + 50  # compacted, never grown without bound
+    log.flush(leave=True)
+    assert read_snapshot(path) == (list(SnapshotLog(path).load()[0]), True)
+    assert path.read_text().endswith("leave\n")
+
+
 GOSSIP_LAN_HCL = """
 gossip_lan {
   probe_interval  = "2s"

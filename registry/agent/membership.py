@@ -201,31 +201,107 @@ def validate_gossip_config(cfg: Config) -> None:
 def read_snapshot(path: Path) -> tuple[list[str], bool]:
     """Serf's local.snapshot: the addresses of the members last known alive, and whether the agent left
     (a ``leave`` line after them)."""
+    entries, left = _read_entries(path)
+    return list(entries.values()), left
+
+
+def _read_entries(path: Path) -> tuple[dict[str, str], bool]:
+    """The snapshot's log replayed: member name -> address for those last recorded alive (``alive: <name>
+    <addr>``, undone by ``not-alive: <name>``), and whether a ``leave`` came after the last of them."""
     try:
         lines = path.read_text().splitlines()
     except (OSError, UnicodeDecodeError):
-        return [], False
-    addrs: list[str] = []
+        return {}, False
+    entries: dict[str, str] = {}
     left = False
     for line in lines:
         if line.startswith("alive: "):
             parts = line[len("alive: "):].rsplit(" ", 1)
             if len(parts) == 2:
-                addrs.append(parts[1])
+                entries[parts[0]] = parts[1]
             left = False
+        elif line.startswith("not-alive: "):
+            entries.pop(line[len("not-alive: "):].strip(), None)
         elif line.strip() == "leave":
             left = True
-    return addrs, left
+    return entries, left
 
 
 def _write_snapshot(path: Path, members: Iterable[Member], leave: bool) -> None:
-    lines = [f"alive: {m.name} {_host_port(m.addr)}" for m in members if m.state is not MemberState.LEFT]
+    """The whole snapshot at once: the members not failed or gone, and ``leave`` if the agent left."""
+    _write_entries(path, {m.name: _host_port(m.addr) for m in members if m.state in _SNAPSHOT_ALIVE}, leave)
+
+
+def _write_entries(path: Path, entries: dict[str, str], leave: bool) -> None:
+    lines = [f"alive: {name} {addr}\n" for name, addr in entries.items()]
     if leave:
-        lines.append("leave")
+        lines.append("leave\n")
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.write_text("".join(lines))
     os.replace(tmp, path)
+
+
+_SNAPSHOT_ALIVE = (MemberState.ALIVE, MemberState.SUSPECT)
+# The log is rewritten whole (compacted) once it holds this many lines more than twice the members alive.
+SNAPSHOT_COMPACT_SLACK = 1024
+
+
+class SnapshotLog:
+    """Serf's local.snapshot kept as Serf keeps it: an append-only log of membership changes (``alive:``
+    when a member joins or changes address, ``not-alive:`` when it fails or leaves, ``leave`` when this
+    agent leaves), rewritten whole only once the log has grown past twice what it describes. A change
+    costs its own line; rewriting the whole member list after every change cost a 10,000-member pool's
+    servers tens of milliseconds of their event loop every second."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.alive: dict[str, str] = {}  # name -> address, as the file says once flushed
+        self.left = False
+        self._pending: list[str] = []
+        self._lines = 0  # lines in the file
+
+    def load(self) -> tuple[list[str], bool]:
+        """What the file holds (the addresses to rejoin, and whether the agent had left); changes are
+        appended to it from here on."""
+        self.alive, self.left = _read_entries(self.path)
+        try:
+            self._lines = self.path.read_text().count("\n")
+        except (OSError, UnicodeDecodeError):
+            self._lines = 0
+        return list(self.alive.values()), self.left
+
+    def member(self, m: Member) -> None:
+        if m.state in _SNAPSHOT_ALIVE:
+            addr = _host_port(m.addr)
+            if self.alive.get(m.name) != addr:
+                self.alive[m.name] = addr
+                self._pending.append(f"alive: {m.name} {addr}\n")
+                self.left = False
+        elif self.alive.pop(m.name, None) is not None:
+            self._pending.append(f"not-alive: {m.name}\n")
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._pending)
+
+    def flush(self, leave: bool = False) -> None:
+        """Append what changed (and ``leave``), or write the whole snapshot when the log has grown too long."""
+        if leave:
+            self._pending.append("leave\n")
+            self.left = True
+        if not self._pending:
+            return
+        if self._lines + len(self._pending) > 2 * len(self.alive) + SNAPSHOT_COMPACT_SLACK:
+            self._pending.clear()
+            _write_entries(self.path, self.alive, self.left)
+            self._lines = len(self.alive) + (1 if self.left else 0)
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write("".join(self._pending))
+        self._lines += len(self._pending)
+        self._pending.clear()
 
 
 def _host_port(a: Address) -> str:
@@ -253,12 +329,11 @@ class LanPool:
         self._retry_interval = retry_interval
         self._retry_max = retry_max
         self._rejoin_after_leave = rejoin_after_leave
-        self._snapshot = Path(data_dir).joinpath(*SNAPSHOT_PATH) if data_dir else None
+        self._snapshot = SnapshotLog(Path(data_dir).joinpath(*SNAPSHOT_PATH)) if data_dir else None
         self._lookup = lookup
         self._on_server = on_server
         self._events: EventStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._snapshot_dirty = False
         self._serf_of: dict[str, Address] = {}  # server RPC address -> its Serf address, once asked
         self.leaving = False
         self.started_at = 0.0
@@ -273,7 +348,7 @@ class LanPool:
         self._tasks.append(loop.create_task(self._watch(self._events), name="gossip-watch"))
         previous: list[str] = []
         if self._snapshot is not None:
-            addrs, left = read_snapshot(self._snapshot)
+            addrs, left = self._snapshot.load()
             if left and not self._rejoin_after_leave:
                 log.info("ignoring previous join, the agent left (rejoin_after_leave is off)")
             else:
@@ -407,11 +482,12 @@ class LanPool:
             event = await events.get(timeout=SNAPSHOT_EVERY)
             if event is not None:
                 self._note_server(event.member)
-                self._snapshot_dirty = True
+                if self._snapshot is not None:
+                    self._snapshot.member(event.member)
             now = time.monotonic()
-            if self._snapshot_dirty and now - last >= SNAPSHOT_EVERY:
+            if self._snapshot is not None and self._snapshot.dirty and now - last >= SNAPSHOT_EVERY:
                 last = now
-                self._write_snapshot(leave=self.leaving)
+                self._write_snapshot(leave=False)
 
     def _note_server(self, m: Member) -> None:
         port = m.tags.get("port", "")
@@ -421,10 +497,9 @@ class LanPool:
     def _write_snapshot(self, leave: bool) -> None:
         if self._snapshot is None:
             return
-        self._snapshot_dirty = False
         try:
-            _write_snapshot(self._snapshot, self.driver.members(), leave)
-        except (OSError, RuntimeError) as exc:
+            self._snapshot.flush(leave=leave)
+        except OSError as exc:
             log.warning("could not write the serf snapshot", error=str(exc))
 
 
