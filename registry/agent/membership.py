@@ -79,6 +79,7 @@ _STATUS = {MemberState.ALIVE: STATUS_ALIVE, MemberState.SUSPECT: STATUS_ALIVE, M
 SNAPSHOT_PATH = ("serf", "local.snapshot")  # Serf's snapshot, under the data dir, as Consul keeps it
 SNAPSHOT_EVERY = 1.0  # seconds: membership changes are written to the snapshot at most this often
 RECONCILE_INTERVAL = 60.0  # Consul's reconcile_interval: the leader's full pass over the member list
+RECONCILE_SLICE = 500  # members compared with the catalog between two turns of the event loop
 REAP_GRACE = 30.0  # the local pool runs this long before its absence of a member is trusted (one push-pull)
 # The batch window (BatchWindow): open at least BATCH_MIN_OPEN after its first change, closed once no change
 # came for BATCH_QUIET, and at the latest BATCH_MAX_OPEN after its first change or at MAX_BATCH members.
@@ -620,7 +621,7 @@ class CatalogReconciler:
                 self._pending.clear()
                 self._window.close()
                 self.full_passes += 1
-                if not await self._apply(self.full_ops()):
+                if not await self._apply(await self.full_ops()):
                     self._resync = True
                     await asyncio.sleep(1.0)
             elif self._pending:
@@ -654,11 +655,18 @@ class CatalogReconciler:
             log.debug("membership changes applied", operations=len(chunk))
         return True
 
-    def full_ops(self) -> list[Register | Deregister]:
+    async def full_ops(self) -> list[Register | Deregister]:
         """Consul's reconcile: every member against the catalog, then (once the local pool has run long
-        enough to know everyone) the catalog's members that the pool no longer has (reconcileReaped)."""
+        enough to know everyone) the catalog's members that the pool no longer has (reconcileReaped).
+        ``RECONCILE_SLICE`` members at a time, letting the event loop run between slices: at 10,000 members
+        the pass is tens of milliseconds of work, which in one piece would hold up every request (a KV
+        write, a Raft message) that arrived meanwhile."""
         members = self._members()
-        ops = [op for m in members if (op := self.member_op(_kind(m), m)) is not None]
+        ops: list[Register | Deregister] = []
+        for i in range(0, len(members), RECONCILE_SLICE):
+            if i:
+                await asyncio.sleep(0)
+            ops.extend(op for m in members[i:i + RECONCILE_SLICE] if (op := self.member_op(_kind(m), m)) is not None)
         if self._pool_age() >= REAP_GRACE:
             known = {m.name for m in members}
             store = self._store()
