@@ -7,7 +7,9 @@ mesh impersonate any other).
 
 from __future__ import annotations
 
+import functools
 import random
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,6 +25,40 @@ def uri_sans(peercert: Mapping[str, Any] | None) -> list[str]:
     if not peercert:
         return []
     return [str(v) for k, v in peercert.get("subjectAltName", ()) if k == "URI"]
+
+
+@functools.lru_cache(maxsize=1024)
+def _cert_time(text: str) -> float:
+    return float(ssl.cert_time_to_seconds(text))
+
+
+def not_after(peercert: Mapping[str, Any] | None) -> float:
+    """A certificate's NotAfter as ``ssl`` decodes it, in seconds since the epoch (0 when it has none,
+    so that a certificate without one counts as expired). Parsed once per distinct value."""
+    text = (peercert or {}).get("notAfter")
+    if not isinstance(text, str):
+        return 0.0
+    try:
+        return _cert_time(text)
+    except ValueError:
+        return 0.0
+
+
+def check_not_expired(peercert: Mapping[str, Any] | None, now: float) -> None:
+    """The peer's certificate must still be valid at ``now`` (epoch seconds).
+
+    A full handshake has OpenSSL check this already; a resumed TLS session does not look at the
+    certificate again (it carries the one of the handshake that made the session, and a session
+    lives up to 2 hours, longer than a leaf may have left), so every connection checks it here."""
+    expires = not_after(peercert)
+    if now > expires:
+        raise IdentityError(f"peer certificate expired at {_utc(expires)}")
+
+
+def _utc(t: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 def client_identity(uris: Sequence[str], trust_domain: str) -> ServiceIdentity:
