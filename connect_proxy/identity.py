@@ -7,10 +7,11 @@ mesh impersonate any other).
 
 from __future__ import annotations
 
+import calendar
 import functools
 import random
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
@@ -27,9 +28,18 @@ def uri_sans(peercert: Mapping[str, Any] | None) -> list[str]:
     return [str(v) for k, v in peercert.get("subjectAltName", ()) if k == "URI"]
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 @functools.lru_cache(maxsize=1024)
 def _cert_time(text: str) -> float:
-    return float(ssl.cert_time_to_seconds(text))
+    """``ssl``'s rendering of an ASN.1 time, ``"Dec  7 12:00:00 2026 GMT"``, as epoch seconds (the same
+    as ``ssl.cert_time_to_seconds``, without its locale-free detour through ``time.strptime``)."""
+    month, day, hms, year, zone = text.split()
+    if zone != "GMT":
+        raise ValueError(f"time data {text!r} is not GMT")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return float(calendar.timegm((int(year), _MONTHS.index(month) + 1, int(day), h, m, sec, 0, 0, 0)))
 
 
 def not_after(peercert: Mapping[str, Any] | None) -> float:
@@ -52,13 +62,9 @@ def check_not_expired(peercert: Mapping[str, Any] | None, now: float) -> None:
     lives up to 2 hours, longer than a leaf may have left), so every connection checks it here."""
     expires = not_after(peercert)
     if now > expires:
-        raise IdentityError(f"peer certificate expired at {_utc(expires)}")
-
-
-def _utc(t: float) -> str:
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+        if not expires:
+            raise IdentityError("peer certificate has no NotAfter")
+        raise IdentityError(f"peer certificate expired at {datetime.fromtimestamp(expires, UTC):%Y-%m-%dT%H:%M:%SZ}")
 
 
 def client_identity(uris: Sequence[str], trust_domain: str) -> ServiceIdentity:
