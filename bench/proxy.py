@@ -1,18 +1,24 @@
 """Connect proxy benchmark: a pair of Proconsul sidecars vs a pair of stunnel instances, same run.
 
-    .venv/bin/python -m bench.proxy [--megabytes 1024] [--streams 4] [--seconds 5] [--workers 32] [--no-docs]
+    .venv/bin/python -m bench.proxy [--megabytes 1024] [--streams 4] [--seconds 5] [--workers 32]
+                                    [--stunnel-resume] [--no-docs]
 
 Path measured, for both peers: load generator -> client side (plain TCP on loopback) -> mutual TLS ->
 server side -> a local sink app. Proconsul: ``proconsul connect proxy -service web -upstream db:P`` and
 ``proconsul connect proxy -service db -service-addr <sink> -listen <P2>``, certificates and intentions
 from a real ``proconsul agent -dev``. stunnel: ``client = yes`` on one side, ``verifyChain``+
-``requireCert`` on both, with the same EC P-256 leaves (web and db) and the same roots from the agent,
-and ``sessionResume = no`` on its client: stunnel resumes TLS sessions by default, so after the first
-connection it skips the certificate exchange and its verification, which the sidecars do on every
-connection (``--stunnel-resume`` measures stunnel's default; on 2026-12-07 it made stunnel's new
-connections/s 1.8x faster, 549 against 306). stunnel cannot check a SPIFFE URI SAN nor evaluate intentions, so it does less per connection than the
-sidecars do (Proconsul's server side decides each connection against the intentions it follows, in
-process, and the client side checks the server's URI SAN).
+``requireCert`` on both, with the same EC P-256 leaves (web and db) and the same roots from the agent.
+
+TLS session resumption: the sidecars resume sessions as Envoy does (the web side keeps one session per
+db instance, the db side issues one TLS 1.3 ticket per handshake; ``connect_proxy.tls``), so after the
+first connection they skip the certificate exchange and its signature checks. ``--stunnel-resume``
+lets stunnel's client do the same (its default): equal work, the comparison the new-connections target
+is about. Without it stunnel's client gets ``sessionResume = no`` and does a full handshake on every
+connection while the sidecars resume: not equal work (the sidecars do less), kept to compare with the
+figures from before the sidecars resumed. Either way the sidecars still do per connection what stunnel
+cannot: the server side parses the client's SPIFFE URI and decides the connection against the
+intentions it follows (in process), both sides check the peer certificate's NotAfter (a resumed
+session carries the certificate of its first handshake), the client side checks the server's URI SAN.
 
 Both proxy processes of a pair are pinned to CPU 0; the load generator, the sink and the agent to
 CPU 1. Figures: throughput (MB/s of payload, ``--streams`` connections each sending its share of
@@ -222,8 +228,8 @@ def stunnel_pair(stunnel: str, agent: Proc, sink_port: int, work: Path, resume: 
                    f"connect = 127.0.0.1:{sink_port}\ncert = {work}/db.pem\nkey = {work}/db.key\n"
                    f"CAfile = {work}/roots.pem\n{tls}")  # fmt: skip
     # stunnel's client resumes TLS sessions by default, which skips the certificate exchange and its
-    # verification on every connection after the first; the sidecars authorize each connection with a full
-    # handshake, so the peer does the same work unless --stunnel-resume asks for its default.
+    # verification on every connection after the first, as the sidecars do: --stunnel-resume keeps that
+    # default (equal work); without it every stunnel connection is a full handshake.
     client_conf = (f"foreground = yes\npid =\ndebug = 3\n[web]\nclient = yes\n"
                    f"sessionResume = {'yes' if resume else 'no'}\naccept = 127.0.0.1:{upstream}\n"
                    f"connect = 127.0.0.1:{public}\ncert = {work}/web.pem\nkey = {work}/web.key\n"
@@ -263,7 +269,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=32)
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--stunnel-resume", action="store_true",
-                    help="let stunnel's client resume TLS sessions (its default), which the sidecars never do")
+                    help="let stunnel's client resume TLS sessions (its default), as the sidecars do: equal work")
     ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
@@ -312,8 +318,9 @@ def main() -> int:
 
 Path: load generator -> client-side proxy (plain TCP on loopback) -> mutual TLS -> server-side proxy ->
 sink app, same EC P-256 leaves and roots from a `proconsul agent -dev` for both peers. Both proxy processes
-of a pair pinned to CPU 0; load generator, sink and agent to CPU 1. Every connection is a full handshake on
-both pairs (stunnel's client with `sessionResume = {'yes' if args.stunnel_resume else 'no'}`).
+of a pair pinned to CPU 0; load generator, sink and agent to CPU 1. The sidecars resume TLS sessions;
+stunnel's client has `sessionResume = {'yes' if args.stunnel_resume else 'no'}`
+({'both resume: equal work' if args.stunnel_resume else 'stunnel does a full handshake per connection: not equal work'}).
 
 | pair | MB/s | CPU-s per GB (both proxies) | new connections/s | CPU-s per 1k connections |
 | --- | --- | --- | --- | --- |
@@ -329,13 +336,14 @@ through `ssl.SSLObject` and memory BIOs (the price of half-close, which asyncio'
 each chunk is copied once more per hop and every read costs a few event-loop callbacks in Python, where
 stunnel calls SSL_read/SSL_write on the sockets. Two changes brought the sidecar from 0.53x to 0.80x-0.95x (three runs)
 of stunnel's throughput: glibc malloc thresholds fixed at start-up (freed buffers of hundreds of KiB were
-trimmed and faulted back in, over a third of the CPU), and no TLS 1.3 session tickets on the public
-listener (never used, since the sidecars do not resume). Per connection, the sidecar does more than
-stunnel can: it parses the client's SPIFFE URI strictly, the server side decides it against the
-intentions it follows (in process: no call to the agent per connection), and the client side checks
-the server's URI SAN; stunnel only verifies the chain. Most of the per-connection cost is the handshake
-itself in OpenSSL 3 (certificate decoding and verification), the same library stunnel uses. Runs on this
-shared 2-core machine vary by about +-10%.
+trimmed and faulted back in, over a third of the CPU), and no TLS session tickets on the public listener
+(then unused; since 2026-12-07 the sidecars resume sessions and the listener issues one ticket per
+handshake). Per connection, the sidecar does more than stunnel can: it parses the client's SPIFFE URI
+strictly, the server side decides it against the intentions it follows (in process: no call to the agent
+per connection), both sides check the peer certificate's NotAfter, and the client side checks the
+server's URI SAN; stunnel only verifies the chain. Most of the per-connection cost of a full handshake is
+in OpenSSL 3 (certificate decoding and verification), the same library stunnel uses; resumption skips
+it on both peers. Runs on this shared 2-core machine vary by about +-10%.
 """
         write_section(SECTION, body)
     return 0
