@@ -23,8 +23,9 @@ session carries the certificate of its first handshake), the client side checks 
 Both proxy processes of a pair are pinned to CPU 0; the load generator, the sink and the agent to
 CPU 1. Figures: throughput (MB/s of payload, ``--streams`` connections each sending its share of
 ``--megabytes``; the sink acknowledges every byte), new connections per second (``--workers``
-concurrent clients, each connection sends 9 bytes and waits for a 1-byte answer), and CPU seconds of
-the two proxy processes per GB carried.
+concurrent clients, each connection sends 9 bytes and waits for a 1-byte answer; ``--rounds`` slices of
+``--seconds`` per pair, alternating between the pairs, both pairs up all along; the median slice), and
+CPU seconds of the two proxy processes per GB carried and per 1,000 connections.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -40,6 +42,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench._util import (
     BIN,
@@ -244,7 +247,7 @@ def stunnel_pair(stunnel: str, agent: Proc, sink_port: int, work: Path, resume: 
     return [client, server], upstream
 
 
-def measure(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -> dict[str, float]:
+def measure_throughput(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -> dict[str, Any]:
     total = args.megabytes * 1024 * 1024
     throughput(port, 64 * 1024 * 1024, args.streams)  # warm-up
     cpu0 = sum(p.cpu_seconds() for p in procs)
@@ -252,13 +255,27 @@ def measure(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -
     cpu1 = sum(p.cpu_seconds() for p in procs)
     if errors:
         raise SystemExit(f"{name}: throughput run failed: {errors[:3]}")
+    return {"mb_s": rate / 1e6, "cpu_per_gb": (cpu1 - cpu0) / (total / 1e9), "rounds": [], "conn_failed": 0,
+            "conn_cpu": 0.0, "conns": 0.0}  # fmt: skip
+
+
+def measure_connections(name: str, procs: list[Proc], port: int, args: argparse.Namespace,
+                        out: dict[str, Any]) -> None:  # fmt: skip
+    """One slice of ``--seconds`` of new connections; the figures are the median over the slices."""
+    cpu0 = sum(p.cpu_seconds() for p in procs)
     cps, failed = connections_per_second(port, args.seconds, args.workers)
-    cpu2 = sum(p.cpu_seconds() for p in procs)
-    out = {"mb_s": rate / 1e6, "cpu_per_gb": (cpu1 - cpu0) / (total / 1e9), "conn_s": cps, "conn_failed": failed,
-           "cpu_per_1k_conn": (cpu2 - cpu1) / max(1.0, cps * args.seconds) * 1000}  # fmt: skip
+    out["conn_cpu"] += sum(p.cpu_seconds() for p in procs) - cpu0
+    out["conns"] += cps * args.seconds
+    out["conn_failed"] += failed
+    out["rounds"].append(cps)
+    out["conn_s"] = statistics.median(out["rounds"])
+    out["cpu_per_1k_conn"] = out["conn_cpu"] / max(1.0, out["conns"]) * 1000
+
+
+def report(name: str, out: dict[str, Any]) -> None:
     print(f"{name:10s} {out['mb_s']:8.1f} MB/s  {out['cpu_per_gb']:6.2f} CPU-s/GB  {out['conn_s']:7.0f} conn/s "
-          f"({failed} failed)  {out['cpu_per_1k_conn']:.2f} CPU-s per 1k conn", flush=True)  # fmt: skip
-    return out
+          f"({out['conn_failed']} failed; slices {', '.join(f'{c:.0f}' for c in out['rounds'])})  "
+          f"{out['cpu_per_1k_conn']:.2f} CPU-s per 1k conn", flush=True)  # fmt: skip
 
 
 def main() -> int:
@@ -267,6 +284,8 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--workers", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="new-connection slices per pair, alternating between the pairs (the figure is the median)")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--stunnel-resume", action="store_true",
                     help="let stunnel's client resume TLS sessions (its default), as the sidecars do: equal work")
@@ -287,34 +306,45 @@ def main() -> int:
     agent = spawn_agent(LOAD_CPU)
     sink_port = free_port()
     sink = _spawn("sink", [sys.executable, "-m", "bench.proxy", "--sink", str(sink_port)], LOAD_CPU)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    pairs: dict[str, tuple[list[Proc], int]] = {}
     try:
         _wait_port(sink_port, sink)
         with tempfile.TemporaryDirectory() as tmp:
-            for name in ("stunnel", "proconsul"):
-                if name == "stunnel":
-                    procs, port = stunnel_pair(stunnel, agent, sink_port, Path(tmp), resume=args.stunnel_resume)
-                else:
-                    procs, port = proconsul_pair(agent, sink_port)
-                try:
-                    results[name] = measure(name, procs, port, args)
-                finally:
-                    for p in procs:
-                        p.stop()
+            try:
+                # Both pairs stay up (idle, a pair costs nothing) so that the new-connection slices can
+                # alternate between them: the machine's speed drifts, and only figures taken side by side
+                # compare.
+                pairs["stunnel"] = stunnel_pair(stunnel, agent, sink_port, Path(tmp), resume=args.stunnel_resume)
+                pairs["proconsul"] = proconsul_pair(agent, sink_port)
+                for name, (procs, port) in pairs.items():
+                    results[name] = measure_throughput(name, procs, port, args)
+                order = list(pairs)
+                for r in range(max(1, args.rounds)):
+                    for name in order if r % 2 == 0 else order[::-1]:
+                        measure_connections(name, *pairs[name], args, results[name])
+                for name, out in results.items():
+                    report(name, out)
+            finally:
+                for procs, _ in pairs.values():
+                    for proc in procs:
+                        proc.stop()
     finally:
         sink.stop()
         agent.stop()
     p, s = results["proconsul"], results["stunnel"]
     ratios = {"throughput": p["mb_s"] / s["mb_s"], "conn": p["conn_s"] / s["conn_s"],
               "cpu_gb": p["cpu_per_gb"] / s["cpu_per_gb"]}  # fmt: skip
-    print(f"ratio proconsul/stunnel: throughput {ratios['throughput']:.2f}x, new connections {ratios['conn']:.2f}x, "
-          f"CPU per GB {ratios['cpu_gb']:.2f}x", flush=True)  # fmt: skip
+    per_slice = [a / b for a, b in zip(p["rounds"], s["rounds"], strict=True)]
+    print(f"ratio proconsul/stunnel: throughput {ratios['throughput']:.2f}x, new connections {ratios['conn']:.2f}x "
+          f"(per slice pair {', '.join(f'{x:.2f}' for x in per_slice)}), CPU per GB {ratios['cpu_gb']:.2f}x",
+          flush=True)  # fmt: skip
     if not args.no_docs:
         rows = "\n".join(
             f"| {n} | {r['mb_s']:.0f} | {r['cpu_per_gb']:.2f} | {r['conn_s']:.0f} | {r['cpu_per_1k_conn']:.2f} |"
             for n, r in (("Proconsul sidecars", p), ("stunnel", s)))  # fmt: skip
         body = f"""Date {DATE}; {m['nproc']} cores, {m['cpu']}; load {m['load']}; {m['code']}; {version[0] if version else 'stunnel'}.
-`python -m bench.proxy --megabytes {args.megabytes} --streams {args.streams} --seconds {args.seconds:g} --workers {args.workers}`.
+`python -m bench.proxy --megabytes {args.megabytes} --streams {args.streams} --seconds {args.seconds:g} --workers {args.workers} --rounds {args.rounds}{' --stunnel-resume' if args.stunnel_resume else ''}`.
 
 Path: load generator -> client-side proxy (plain TCP on loopback) -> mutual TLS -> server-side proxy ->
 sink app, same EC P-256 leaves and roots from a `proconsul agent -dev` for both peers. Both proxy processes
@@ -322,7 +352,7 @@ of a pair pinned to CPU 0; load generator, sink and agent to CPU 1. The sidecars
 stunnel's client has `sessionResume = {'yes' if args.stunnel_resume else 'no'}`
 ({'both resume: equal work' if args.stunnel_resume else 'stunnel does a full handshake per connection: not equal work'}).
 
-| pair | MB/s | CPU-s per GB (both proxies) | new connections/s | CPU-s per 1k connections |
+| pair | MB/s | CPU-s per GB (both proxies) | new connections/s (median slice) | CPU-s per 1k connections |
 | --- | --- | --- | --- | --- |
 {rows}
 
