@@ -1,24 +1,31 @@
 """Connect proxy benchmark: a pair of Proconsul sidecars vs a pair of stunnel instances, same run.
 
-    .venv/bin/python -m bench.proxy [--megabytes 1024] [--streams 4] [--seconds 5] [--workers 32] [--no-docs]
+    .venv/bin/python -m bench.proxy [--megabytes 1024] [--streams 4] [--seconds 5] [--workers 32]
+                                    [--stunnel-resume] [--no-docs]
 
 Path measured, for both peers: load generator -> client side (plain TCP on loopback) -> mutual TLS ->
 server side -> a local sink app. Proconsul: ``proconsul connect proxy -service web -upstream db:P`` and
 ``proconsul connect proxy -service db -service-addr <sink> -listen <P2>``, certificates and intentions
 from a real ``proconsul agent -dev``. stunnel: ``client = yes`` on one side, ``verifyChain``+
-``requireCert`` on both, with the same EC P-256 leaves (web and db) and the same roots from the agent,
-and ``sessionResume = no`` on its client: stunnel resumes TLS sessions by default, so after the first
-connection it skips the certificate exchange and its verification, which the sidecars do on every
-connection (``--stunnel-resume`` measures stunnel's default; on 2026-12-07 it made stunnel's new
-connections/s 1.8x faster, 549 against 306). stunnel cannot check a SPIFFE URI SAN nor evaluate intentions, so it does less per connection than the
-sidecars do (Proconsul's server side decides each connection against the intentions it follows, in
-process, and the client side checks the server's URI SAN).
+``requireCert`` on both, with the same EC P-256 leaves (web and db) and the same roots from the agent.
+
+TLS session resumption: the sidecars resume sessions as Envoy does (the web side keeps one session per
+db instance, the db side issues one TLS 1.3 ticket per handshake; ``connect_proxy.tls``), so after the
+first connection they skip the certificate exchange and its signature checks. ``--stunnel-resume``
+lets stunnel's client do the same (its default): equal work, the comparison the new-connections target
+is about. Without it stunnel's client gets ``sessionResume = no`` and does a full handshake on every
+connection while the sidecars resume: not equal work (the sidecars do less), kept to compare with the
+figures from before the sidecars resumed. Either way the sidecars still do per connection what stunnel
+cannot: the server side parses the client's SPIFFE URI and decides the connection against the
+intentions it follows (in process), both sides check the peer certificate's NotAfter (a resumed
+session carries the certificate of its first handshake), the client side checks the server's URI SAN.
 
 Both proxy processes of a pair are pinned to CPU 0; the load generator, the sink and the agent to
 CPU 1. Figures: throughput (MB/s of payload, ``--streams`` connections each sending its share of
 ``--megabytes``; the sink acknowledges every byte), new connections per second (``--workers``
-concurrent clients, each connection sends 9 bytes and waits for a 1-byte answer), and CPU seconds of
-the two proxy processes per GB carried.
+concurrent clients, each connection sends 9 bytes and waits for a 1-byte answer; ``--rounds`` slices of
+``--seconds`` per pair, alternating between the pairs, both pairs up all along; the median slice), and
+CPU seconds of the two proxy processes per GB carried and per 1,000 connections.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import argparse
 import asyncio
 import os
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -34,6 +42,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from bench._util import (
     BIN,
@@ -185,8 +194,12 @@ def _ready_through(port: int, timeout: float = 20.0) -> None:
     raise SystemExit(f"nothing gets through port {port}: {errors}")
 
 
+METRICS_PORTS: dict[str, int] = {}  # the sidecars' -metrics-addr ports, by service
+
+
 def proconsul_pair(agent: Proc, sink_port: int) -> tuple[list[Proc], int]:
     public, upstream = free_port(), free_port()
+    METRICS_PORTS.update(db=free_port(), web=free_port())
     status, _, out = http("PUT", agent.url + "/v1/agent/service/register", {
         "Kind": "connect-proxy", "ID": "db-proxy", "Name": "db-sidecar-proxy", "Address": "127.0.0.1", "Port": public,
         "Proxy": {"DestinationServiceName": "db", "LocalServicePort": sink_port},
@@ -196,9 +209,10 @@ def proconsul_pair(agent: Proc, sink_port: int) -> tuple[list[Proc], int]:
     exe = str(BIN / "proconsul")
     common = ["-http-addr", f"127.0.0.1:{agent.port}", "-log-level", "warn"]
     server = _spawn("proconsul-db", [exe, "connect", "proxy", "-service", "db", "-service-addr",
-                                     f"127.0.0.1:{sink_port}", "-listen", f"127.0.0.1:{public}", *common], PROXY_CPU)  # fmt: skip
+                                     f"127.0.0.1:{sink_port}", "-listen", f"127.0.0.1:{public}", *common,
+                                     "-metrics-addr", f"127.0.0.1:{METRICS_PORTS['db']}"], PROXY_CPU)  # fmt: skip
     client = _spawn("proconsul-web", [exe, "connect", "proxy", "-service", "web", "-upstream", f"db:{upstream}",
-                                      *common], PROXY_CPU)  # fmt: skip
+                                      *common, "-metrics-addr", f"127.0.0.1:{METRICS_PORTS['web']}"], PROXY_CPU)  # fmt: skip
     _wait_port(public, server)
     _wait_port(upstream, client)
     _ready_through(upstream)
@@ -222,8 +236,8 @@ def stunnel_pair(stunnel: str, agent: Proc, sink_port: int, work: Path, resume: 
                    f"connect = 127.0.0.1:{sink_port}\ncert = {work}/db.pem\nkey = {work}/db.key\n"
                    f"CAfile = {work}/roots.pem\n{tls}")  # fmt: skip
     # stunnel's client resumes TLS sessions by default, which skips the certificate exchange and its
-    # verification on every connection after the first; the sidecars authorize each connection with a full
-    # handshake, so the peer does the same work unless --stunnel-resume asks for its default.
+    # verification on every connection after the first, as the sidecars do: --stunnel-resume keeps that
+    # default (equal work); without it every stunnel connection is a full handshake.
     client_conf = (f"foreground = yes\npid =\ndebug = 3\n[web]\nclient = yes\n"
                    f"sessionResume = {'yes' if resume else 'no'}\naccept = 127.0.0.1:{upstream}\n"
                    f"connect = 127.0.0.1:{public}\ncert = {work}/web.pem\nkey = {work}/web.key\n"
@@ -238,7 +252,7 @@ def stunnel_pair(stunnel: str, agent: Proc, sink_port: int, work: Path, resume: 
     return [client, server], upstream
 
 
-def measure(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -> dict[str, float]:
+def measure_throughput(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -> dict[str, Any]:
     total = args.megabytes * 1024 * 1024
     throughput(port, 64 * 1024 * 1024, args.streams)  # warm-up
     cpu0 = sum(p.cpu_seconds() for p in procs)
@@ -246,13 +260,40 @@ def measure(name: str, procs: list[Proc], port: int, args: argparse.Namespace) -
     cpu1 = sum(p.cpu_seconds() for p in procs)
     if errors:
         raise SystemExit(f"{name}: throughput run failed: {errors[:3]}")
+    return {"mb_s": rate / 1e6, "cpu_per_gb": (cpu1 - cpu0) / (total / 1e9), "rounds": [], "conn_failed": 0,
+            "conn_cpu": 0.0, "conns": 0.0}  # fmt: skip
+
+
+def measure_connections(name: str, procs: list[Proc], port: int, args: argparse.Namespace,
+                        out: dict[str, Any]) -> None:  # fmt: skip
+    """One slice of ``--seconds`` of new connections; the figures are the median over the slices."""
+    cpu0 = sum(p.cpu_seconds() for p in procs)
     cps, failed = connections_per_second(port, args.seconds, args.workers)
-    cpu2 = sum(p.cpu_seconds() for p in procs)
-    out = {"mb_s": rate / 1e6, "cpu_per_gb": (cpu1 - cpu0) / (total / 1e9), "conn_s": cps, "conn_failed": failed,
-           "cpu_per_1k_conn": (cpu2 - cpu1) / max(1.0, cps * args.seconds) * 1000}  # fmt: skip
+    out["conn_cpu"] += sum(p.cpu_seconds() for p in procs) - cpu0
+    out["conns"] += cps * args.seconds
+    out["conn_failed"] += failed
+    out["rounds"].append(cps)
+    out["conn_s"] = statistics.median(out["rounds"])
+    out["cpu_per_1k_conn"] = out["conn_cpu"] / max(1.0, out["conns"]) * 1000
+
+
+def sidecar_resumptions() -> tuple[float, float]:
+    """(upstream connections the web sidecar made, how many of them resumed a TLS session), from its
+    Prometheus text."""
+    _, _, text = http("GET", f"http://127.0.0.1:{METRICS_PORTS['web']}/metrics")
+    made = resumed = 0.0
+    for line in text.decode().splitlines():
+        if line.startswith('proconsul_proxy_upstream_connections_total{upstream="db",result="ok"}'):
+            made = float(line.split()[-1])
+        elif line.startswith('proconsul_proxy_tls_resumed_total{listener="db"}'):
+            resumed = float(line.split()[-1])
+    return made, resumed
+
+
+def report(name: str, out: dict[str, Any]) -> None:
     print(f"{name:10s} {out['mb_s']:8.1f} MB/s  {out['cpu_per_gb']:6.2f} CPU-s/GB  {out['conn_s']:7.0f} conn/s "
-          f"({failed} failed)  {out['cpu_per_1k_conn']:.2f} CPU-s per 1k conn", flush=True)  # fmt: skip
-    return out
+          f"({out['conn_failed']} failed; slices {', '.join(f'{c:.0f}' for c in out['rounds'])})  "
+          f"{out['cpu_per_1k_conn']:.2f} CPU-s per 1k conn", flush=True)  # fmt: skip
 
 
 def main() -> int:
@@ -261,9 +302,11 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--workers", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="new-connection slices per pair, alternating between the pairs (the figure is the median)")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--stunnel-resume", action="store_true",
-                    help="let stunnel's client resume TLS sessions (its default), which the sidecars never do")
+                    help="let stunnel's client resume TLS sessions (its default), as the sidecars do: equal work")
     ap.add_argument("--sink", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
@@ -281,41 +324,57 @@ def main() -> int:
     agent = spawn_agent(LOAD_CPU)
     sink_port = free_port()
     sink = _spawn("sink", [sys.executable, "-m", "bench.proxy", "--sink", str(sink_port)], LOAD_CPU)
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    pairs: dict[str, tuple[list[Proc], int]] = {}
     try:
         _wait_port(sink_port, sink)
         with tempfile.TemporaryDirectory() as tmp:
-            for name in ("stunnel", "proconsul"):
-                if name == "stunnel":
-                    procs, port = stunnel_pair(stunnel, agent, sink_port, Path(tmp), resume=args.stunnel_resume)
-                else:
-                    procs, port = proconsul_pair(agent, sink_port)
-                try:
-                    results[name] = measure(name, procs, port, args)
-                finally:
-                    for p in procs:
-                        p.stop()
+            try:
+                # Both pairs stay up (idle, a pair costs nothing) so that the new-connection slices can
+                # alternate between them: the machine's speed drifts, and only figures taken side by side
+                # compare.
+                pairs["stunnel"] = stunnel_pair(stunnel, agent, sink_port, Path(tmp), resume=args.stunnel_resume)
+                pairs["proconsul"] = proconsul_pair(agent, sink_port)
+                for name, (procs, port) in pairs.items():
+                    results[name] = measure_throughput(name, procs, port, args)
+                order = list(pairs)
+                for r in range(max(1, args.rounds)):
+                    for name in order if r % 2 == 0 else order[::-1]:
+                        measure_connections(name, *pairs[name], args, results[name])
+                for name, out in results.items():
+                    report(name, out)
+                made, resumed = sidecar_resumptions()
+                results["proconsul"]["resumed"] = resumed / made if made else 0.0
+                print(f"# the web sidecar resumed {resumed:.0f} of its {made:.0f} upstream connections", flush=True)
+            finally:
+                for procs, _ in pairs.values():
+                    for proc in procs:
+                        proc.stop()
     finally:
         sink.stop()
         agent.stop()
     p, s = results["proconsul"], results["stunnel"]
     ratios = {"throughput": p["mb_s"] / s["mb_s"], "conn": p["conn_s"] / s["conn_s"],
               "cpu_gb": p["cpu_per_gb"] / s["cpu_per_gb"]}  # fmt: skip
-    print(f"ratio proconsul/stunnel: throughput {ratios['throughput']:.2f}x, new connections {ratios['conn']:.2f}x, "
-          f"CPU per GB {ratios['cpu_gb']:.2f}x", flush=True)  # fmt: skip
+    per_slice = [a / b for a, b in zip(p["rounds"], s["rounds"], strict=True)]
+    print(f"ratio proconsul/stunnel: throughput {ratios['throughput']:.2f}x, new connections {ratios['conn']:.2f}x "
+          f"(per slice pair {', '.join(f'{x:.2f}' for x in per_slice)}), CPU per GB {ratios['cpu_gb']:.2f}x",
+          flush=True)  # fmt: skip
     if not args.no_docs:
         rows = "\n".join(
             f"| {n} | {r['mb_s']:.0f} | {r['cpu_per_gb']:.2f} | {r['conn_s']:.0f} | {r['cpu_per_1k_conn']:.2f} |"
             for n, r in (("Proconsul sidecars", p), ("stunnel", s)))  # fmt: skip
         body = f"""Date {DATE}; {m['nproc']} cores, {m['cpu']}; load {m['load']}; {m['code']}; {version[0] if version else 'stunnel'}.
-`python -m bench.proxy --megabytes {args.megabytes} --streams {args.streams} --seconds {args.seconds:g} --workers {args.workers}`.
+`python -m bench.proxy --megabytes {args.megabytes} --streams {args.streams} --seconds {args.seconds:g} --workers {args.workers} --rounds {args.rounds}{' --stunnel-resume' if args.stunnel_resume else ''}`.
 
 Path: load generator -> client-side proxy (plain TCP on loopback) -> mutual TLS -> server-side proxy ->
 sink app, same EC P-256 leaves and roots from a `proconsul agent -dev` for both peers. Both proxy processes
-of a pair pinned to CPU 0; load generator, sink and agent to CPU 1. Every connection is a full handshake on
-both pairs (stunnel's client with `sessionResume = {'yes' if args.stunnel_resume else 'no'}`).
+of a pair pinned to CPU 0; load generator, sink and agent to CPU 1. The sidecars resume TLS sessions (the
+web sidecar resumed {p.get('resumed', 0.0):.0%} of its upstream connections, by its own metrics);
+stunnel's client has `sessionResume = {'yes' if args.stunnel_resume else 'no'}`
+({'both resume: equal work' if args.stunnel_resume else 'stunnel does a full handshake per connection: not equal work'}).
 
-| pair | MB/s | CPU-s per GB (both proxies) | new connections/s | CPU-s per 1k connections |
+| pair | MB/s | CPU-s per GB (both proxies) | new connections/s (median slice) | CPU-s per 1k connections |
 | --- | --- | --- | --- | --- |
 {rows}
 
@@ -329,13 +388,14 @@ through `ssl.SSLObject` and memory BIOs (the price of half-close, which asyncio'
 each chunk is copied once more per hop and every read costs a few event-loop callbacks in Python, where
 stunnel calls SSL_read/SSL_write on the sockets. Two changes brought the sidecar from 0.53x to 0.80x-0.95x (three runs)
 of stunnel's throughput: glibc malloc thresholds fixed at start-up (freed buffers of hundreds of KiB were
-trimmed and faulted back in, over a third of the CPU), and no TLS 1.3 session tickets on the public
-listener (never used, since the sidecars do not resume). Per connection, the sidecar does more than
-stunnel can: it parses the client's SPIFFE URI strictly, the server side decides it against the
-intentions it follows (in process: no call to the agent per connection), and the client side checks
-the server's URI SAN; stunnel only verifies the chain. Most of the per-connection cost is the handshake
-itself in OpenSSL 3 (certificate decoding and verification), the same library stunnel uses. Runs on this
-shared 2-core machine vary by about +-10%.
+trimmed and faulted back in, over a third of the CPU), and no TLS session tickets on the public listener
+(then unused; since 2026-12-07 the sidecars resume sessions and the listener issues one ticket per
+handshake). Per connection, the sidecar does more than stunnel can: it parses the client's SPIFFE URI
+strictly, the server side decides it against the intentions it follows (in process: no call to the agent
+per connection), both sides check the peer certificate's NotAfter, and the client side checks the
+server's URI SAN; stunnel only verifies the chain. Most of the per-connection cost of a full handshake is
+in OpenSSL 3 (certificate decoding and verification), the same library stunnel uses; resumption skips
+it on both peers. Runs on this shared 2-core machine vary by about +-10%.
 """
         write_section(SECTION, body)
     return 0

@@ -7,8 +7,11 @@ mesh impersonate any other).
 
 from __future__ import annotations
 
+import calendar
+import functools
 import random
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from ca.spiffe import InvalidSpiffeURI, ServiceIdentity, parse_uri
@@ -23,6 +26,45 @@ def uri_sans(peercert: Mapping[str, Any] | None) -> list[str]:
     if not peercert:
         return []
     return [str(v) for k, v in peercert.get("subjectAltName", ()) if k == "URI"]
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@functools.lru_cache(maxsize=1024)
+def _cert_time(text: str) -> float:
+    """``ssl``'s rendering of an ASN.1 time, ``"Dec  7 12:00:00 2026 GMT"``, as epoch seconds (the same
+    as ``ssl.cert_time_to_seconds``, without its locale-free detour through ``time.strptime``)."""
+    month, day, hms, year, zone = text.split()
+    if zone != "GMT":
+        raise ValueError(f"time data {text!r} is not GMT")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return float(calendar.timegm((int(year), _MONTHS.index(month) + 1, int(day), h, m, sec, 0, 0, 0)))
+
+
+def not_after(peercert: Mapping[str, Any] | None) -> float:
+    """A certificate's NotAfter as ``ssl`` decodes it, in seconds since the epoch (0 when it has none,
+    so that a certificate without one counts as expired). Parsed once per distinct value."""
+    text = (peercert or {}).get("notAfter")
+    if not isinstance(text, str):
+        return 0.0
+    try:
+        return _cert_time(text)
+    except ValueError:
+        return 0.0
+
+
+def check_not_expired(peercert: Mapping[str, Any] | None, now: float) -> None:
+    """The peer's certificate must still be valid at ``now`` (epoch seconds).
+
+    A full handshake has OpenSSL check this already; a resumed TLS session does not look at the
+    certificate again (it carries the one of the handshake that made the session, and a session
+    lives up to 2 hours, longer than a leaf may have left), so every connection checks it here."""
+    expires = not_after(peercert)
+    if now > expires:
+        if not expires:
+            raise IdentityError("peer certificate has no NotAfter")
+        raise IdentityError(f"peer certificate expired at {datetime.fromtimestamp(expires, UTC):%Y-%m-%dT%H:%M:%SZ}")
 
 
 def client_identity(uris: Sequence[str], trust_domain: str) -> ServiceIdentity:

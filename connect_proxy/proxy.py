@@ -5,7 +5,9 @@ this module is the asyncio shell that ties them to the agent.
 
 What it follows from the agent, each with a blocking query (``_follow``), and where it keeps it:
 
-- the leaf and the roots -> ``contexts`` (new SSLContexts; connections already open keep theirs);
+- the leaf and the roots -> ``contexts`` (new SSLContexts; connections already open keep theirs; the
+  TLS sessions kept to resume, ``tls_sessions``, are dropped with the old client context, and the old
+  server context's session tickets cannot be opened by the new one);
 - the intentions naming this service as destination, and the default policy -> ``authz`` (an immutable
   ``authz.Authorizer``; each inbound connection is decided in process, and an open connection whose
   source a new intention denies is closed: beyond Consul, whose proxies only check new connections);
@@ -13,6 +15,12 @@ What it follows from the agent, each with a blocking query (``_follow``), and wh
   ``LocalConnectTimeoutMs`` and ``UpstreamConfig`` for the upstreams' pools);
 - per upstream, its compiled discovery chain -> ``upstreams[name].chain``, and the health of every
   service the chain targets -> one ``upstream.UpstreamPool`` per target, ``upstreams[name].pools``.
+
+TLS sessions are resumed on both sides (``tls``): the upstream side keeps one per instance
+(``tls_sessions``, forgotten when the instance leaves its pools) and the public listener issues tickets.
+Every connection, resumed or not, is checked the same way after its handshake: the peer certificate's
+URI SAN (and, inbound, the intentions) and its NotAfter (a resumed session carries the certificate of
+the handshake that made it).
 
 The seams the HTTP data plane uses: ``authz`` (and ``Authorizer.index`` for L7 permissions),
 ``upstreams[name]`` (``UpstreamState``: ``chain``, ``pools``, ``wait_ready``), ``pool_config``, ``metrics``
@@ -103,6 +111,8 @@ def _new_metrics() -> Registry:
               "Connections or requests refused at once because a limit was reached", ("listener", "limit"))  # fmt: skip
     m.counter("proconsul_proxy_bytes_total", "Payload bytes carried, by listener and direction",
               ("listener", "direction"))  # fmt: skip
+    m.counter("proconsul_proxy_tls_resumed_total",
+              "Connections whose mTLS handshake resumed a session, by listener", ("listener",))  # fmt: skip
     m.histogram("proconsul_proxy_upstream_connect_seconds",
                 "Time to connect and finish the mTLS handshake with an upstream instance", ("upstream",))  # fmt: skip
     engine.define_metrics(m)
@@ -119,17 +129,20 @@ class Proxy:
         retry_cap: float = 10.0,
         rng: random.Random | None = None,
         policy_refresh: float = POLICY_REFRESH_S,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.agent = agent
         self.retry_first = retry_first
         self.retry_cap = retry_cap
         self.policy_refresh = policy_refresh
+        self.clock = clock  # wall time, for certificate expiry
         self.rng = rng or random.Random()
         self.log = structlog.get_logger("connect-proxy").bind(service=cfg.service)
         self.access = structlog.get_logger("connect-proxy.access") if cfg.access_log else None
         self.metrics = _new_metrics()
         self.contexts: Contexts | None = None
+        self.tls_sessions = tls.SessionCache()
         self.authz: Authorizer | None = None
         self._pending_policy = ""  # default_intention_policy read before the first intentions
         self.service_defaults: Mapping[str, Any] | None = None
@@ -147,7 +160,7 @@ class Proxy:
         self.local_http = engine.LocalHandler(engine.LocalEnv(
             self.metrics, self.log, self.access, cfg.local_service or ("127.0.0.1", 1), lambda: self.l7_policy,
             self._local_connect_timeout, self._local_request_timeout,
-            lambda: self._leaf_uri))  # fmt: skip
+            lambda: self._leaf_uri, clock))  # fmt: skip
         self._leaf_uri = ""
         self._health: dict[tuple[str, str], Any] = {}  # (service, dc) -> last health answer
         self._health_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -161,7 +174,8 @@ class Proxy:
         self.public_addr: tuple[str, int] | None = None
         self.metrics_addr: tuple[str, int] | None = None
         self.upstream_addrs: dict[str, tuple[str, int]] = {}
-        self.stats = {"inbound_accepted": 0, "inbound_refused": 0, "outbound_ok": 0, "outbound_failed": 0}
+        self.stats = {"inbound_accepted": 0, "inbound_refused": 0, "outbound_ok": 0, "outbound_failed": 0,
+                      "inbound_resumed": 0, "outbound_resumed": 0}  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -300,7 +314,7 @@ class Proxy:
         return engine.UpstreamEnv(
             name, self.metrics, self.rng, self.log, self.access, lambda: state.chain, lambda: state.pools,
             state.wait_ready, client_context, lambda tid: self.connect_timeout(state, tid),
-            self.cfg.handshake_timeout, expected_uri, state.ready.is_set)  # fmt: skip
+            self.cfg.handshake_timeout, expected_uri, state.ready.is_set, self.tls_sessions, self.clock)  # fmt: skip
 
     def _upstream_protocol(self, state: UpstreamState) -> asyncio.Protocol:
         """A new connection on an upstream listener: HTTP mode while the upstream's chain is ``http``."""
@@ -395,6 +409,7 @@ class Proxy:
         server = tls.server_context(leaf["CertPEM"], leaf["PrivateKeyPEM"], pems)
         client = tls.client_context(leaf["CertPEM"], leaf["PrivateKeyPEM"], pems)
         ids = tuple(str(r.get("ID", "")) for r in roots["Roots"])
+        self.tls_sessions.clear()  # sessions belong to the old client context (and its leaf and roots)
         self.contexts = Contexts(server, client, td, me.datacenter, str(leaf.get("SerialNumber", "")), ids)
         self._leaf_uri = str(leaf.get("ServiceURI", ""))
         self.log.info("certificates loaded" if not self._certs_ready.is_set() else f"certificates updated ({why})",
@@ -523,6 +538,7 @@ class Proxy:
             if tid not in chain.targets:
                 del state.pools[tid]
         self._configure_pools(state)
+        self._forget_sessions()
         self._sync_health_followers()
 
     def _health_key(self, chain: CompiledChain, service: str, datacenter: str) -> tuple[str, str]:
@@ -550,6 +566,13 @@ class Proxy:
         self._health[key] = body
         for state in self.upstreams.values():
             self._configure_pools(state)
+        self._forget_sessions()
+
+    def _forget_sessions(self) -> None:
+        """Drop the TLS sessions of instances no pool has any more."""
+        if len(self.tls_sessions):
+            pools = [pool for state in self.upstreams.values() for pool in state.pools.values()]
+            self.tls_sessions.retain({inst for pool in pools for inst in pool.instances})
 
     def _configure_pools(self, state: UpstreamState) -> None:
         """Bring every target's pool in line with the chain, the health answers and the config."""
@@ -629,8 +652,15 @@ class Proxy:
         if ep.closed:
             return
         ep.transport.pause_reading()  # nothing goes anywhere until the intentions say yes
+        if ep.resumed:
+            self.stats["inbound_resumed"] += 1
+            self.metrics.inc("proconsul_proxy_tls_resumed_total", ("public",))
+        # The same checks whether the session was resumed or not: a resumed one carries the client
+        # certificate of its first handshake, which may have expired since.
+        peercert = ep.peercert()
         try:
-            client = identity.client_identity(identity.uri_sans(ep.peercert()), contexts.trust_domain)
+            identity.check_not_expired(peercert, self.clock())
+            client = identity.client_identity(identity.uri_sans(peercert), contexts.trust_domain)
         except identity.IdentityError as exc:
             self._refuse(ep, peer, str(exc))
             return
@@ -761,23 +791,42 @@ class Proxy:
 
     async def _dial(self, inst: Instance, contexts: Contexts, expected: str, timeout: float, errors: list[str],
                     up: str) -> Endpoint | None:  # fmt: skip
-        """TCP connect and mTLS handshake with one instance, checking it is ``expected``; None on failure."""
+        """TCP connect and mTLS handshake with one instance, checking it is ``expected``; None on failure.
+
+        The handshake offers the session kept for the instance, if any; a session the server does not
+        resume, or a failed handshake, drops it. A new session is kept once its ticket arrives."""
         loop = asyncio.get_running_loop()
         remote: Endpoint | None = None
+        sessions, ctx = self.tls_sessions, contexts.client
+        session = sessions.get(inst, ctx, self.clock())
         try:
             async with asyncio.timeout(timeout):
                 _, remote = await loop.create_connection(Endpoint, inst.host, inst.port)
             self._track(remote)
-            handshake = remote.start_tls(contexts.client, server_side=False)
+            handshake = remote.start_tls(ctx, server_side=False, session=session)
             async with asyncio.timeout(self.cfg.handshake_timeout):
                 await handshake
-            identity.check_server(identity.uri_sans(remote.peercert()), expected)
+            peercert = remote.peercert()
+            now = self.clock()
+            identity.check_not_expired(peercert, now)
+            identity.check_server(identity.uri_sans(peercert), expected)
         except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
             if remote is not None:
                 remote.abort()
+            if session is not None:
+                sessions.drop(inst)
             errors.append(f"{inst}: {_why(exc)}")
             self.log.warning("upstream dial failed", upstream=up, instance=str(inst), error=_why(exc))
             return None
+        if remote.resumed:
+            self.stats["outbound_resumed"] += 1
+            self.metrics.inc("proconsul_proxy_tls_resumed_total", (up,))
+        elif session is not None:
+            sessions.drop(inst)  # the server would not resume it
+        if sessions.wants(inst, ctx, now) and remote.sslobj is not None:
+            keep = sessions.keeper(inst, ctx, identity.not_after(peercert), self.clock)
+            if not keep(remote.sslobj):
+                remote.on_session = keep
         return remote
 
     # ------------------------------------------------------------------ metrics listener

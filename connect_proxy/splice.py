@@ -35,6 +35,9 @@ class Endpoint(asyncio.Protocol):
         self._in: ssl.MemoryBIO | None = None
         self._out: ssl.MemoryBIO | None = None
         self.handshake: asyncio.Future[None] | None = None
+        # Called with the SSLObject after the handshake and after each read until it returns True: how
+        # the client side keeps the connection's TLS session (tls.SessionCache.keeper).
+        self.on_session: Callable[[ssl.SSLObject], bool] | None = None
         self._on_made = on_made
         self._pending: list[bytes] = []
         self.read_eof = False  # this side sent us EOF
@@ -103,15 +106,22 @@ class Endpoint(asyncio.Protocol):
 
     # ------------------------------------------------------------------ TLS
 
-    def start_tls(self, ctx: ssl.SSLContext, *, server_side: bool) -> asyncio.Future[None]:
+    def start_tls(self, ctx: ssl.SSLContext, *, server_side: bool,
+                  session: ssl.SSLSession | None = None) -> asyncio.Future[None]:  # fmt: skip
+        """Begin the handshake; a client side offers ``session`` to resume (``resumed`` says if it was)."""
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.sslobj = ctx.wrap_bio(self._in, self._out, server_side=server_side)
+        self.sslobj = ctx.wrap_bio(self._in, self._out, server_side=server_side, session=session)
         self.handshake = asyncio.get_running_loop().create_future()
         self._do_handshake()
         return self.handshake
 
     def peercert(self) -> dict[str, Any] | None:
         return self.sslobj.getpeercert() if self.sslobj is not None else None
+
+    @property
+    def resumed(self) -> bool:
+        """The handshake resumed a TLS session (no certificate exchange: ``peercert`` is the session's)."""
+        return self.sslobj is not None and self.sslobj.session_reused
 
     def _do_handshake(self) -> None:
         assert self.sslobj is not None and self.handshake is not None
@@ -151,6 +161,8 @@ class Endpoint(asyncio.Protocol):
             self.abort()
             return
         self._flush()  # TLS 1.3 key updates and tickets, or our close_notify reply
+        if self.on_session is not None and self.on_session(sslobj):
+            self.on_session = None
         if chunks:
             data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self.bytes_in += len(data)

@@ -56,6 +56,7 @@ from connect_proxy import identity
 from connect_proxy.http import rbac
 from connect_proxy.http.routing import HeaderEdits, RouteError, Router, RouteResult, apply_edits
 from connect_proxy.metrics import Registry
+from connect_proxy.tls import SessionCache
 from connect_proxy.upstream import Instance, UpstreamPool
 from registry.discoverychain import CompiledChain
 from registry.intentions import Decision
@@ -429,6 +430,11 @@ class ServerConn(asyncio.Protocol):
         if self._tls is not None and not self._tls.established:
             self.abort()
 
+    @property
+    def resumed(self) -> bool:
+        """The TLS handshake resumed a session (``peercert`` is then the session's certificate)."""
+        return self._tls is not None and self._tls.established and self._tls.obj.session_reused
+
     def _start(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
         self._task = self.loop.create_task(self._serve())
@@ -753,9 +759,11 @@ class _TLS:
 
     __slots__ = ("_in", "_out", "_raw", "established", "obj")
 
-    def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
+    def __init__(self, ctx: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None) -> None:  # fmt: skip
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        self.obj = ctx.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname,
+                                session=session)  # fmt: skip
         # Reads and writes per request go to the C object under ``ssl.SSLObject`` (its ``read``, ``write``
         # and ``pending`` only forward to it), one Python call fewer each; the wrapper where it has none.
         self._raw: Any = getattr(self.obj, "_sslobj", None) or self.obj
@@ -884,7 +892,8 @@ class ClientConn(asyncio.Protocol):
     Per request it holds one future (the response head); the end of the response is a flag, and a
     future for it is made only when a caller has to wait for the rest of a body."""
 
-    def __init__(self, tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 session: ssl.SSLSession | None = None) -> None:  # fmt: skip
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -893,7 +902,10 @@ class ClientConn(asyncio.Protocol):
         self.reusable = False
         self.peercert: dict[str, Any] | None = None
         self.on_lost: Callable[[], None] | None = None
-        self._tls = _TLS(tls, server_side=False, server_hostname=server_hostname) if tls is not None else None
+        # Called with the SSLObject after each read until it returns True (tls.SessionCache.keeper).
+        self.on_session: Callable[[ssl.SSLObject], bool] | None = None
+        self._tls = (_TLS(tls, server_side=False, server_hostname=server_hostname, session=session)
+                     if tls is not None else None)  # fmt: skip
         self._handshake: asyncio.Future[None] | None = None
         self._watcher: _Watcher | None = None
         self.resp: ResponseHead | None = None
@@ -946,6 +958,14 @@ class ClientConn(asyncio.Protocol):
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
+    @property
+    def resumed(self) -> bool:
+        return self._tls is not None and self._tls.established and self._tls.obj.session_reused
+
+    @property
+    def sslobj(self) -> ssl.SSLObject | None:
+        return self._tls.obj if self._tls is not None else None
+
     def begin(self, head_only: bool, watcher: _Watcher | None = None) -> None:
         """Get ready for the response to a new request. With ``watcher`` (the callback path) no future is
         made: the watcher hears of the whole response ("done": a response whose body, with a known
@@ -984,6 +1004,8 @@ class ClientConn(asyncio.Protocol):
             out = tls.take_out()
             if out:
                 self._send_raw(out)
+            if self.on_session is not None and self.on_session(tls.obj):
+                self.on_session = None
             if eof:
                 if data:
                     self._feed(data)
@@ -1467,6 +1489,8 @@ class UpstreamEnv:
     handshake_timeout: float
     expected_uri: Callable[[str], str]  # the SPIFFE ID a target's sidecars must present
     is_ready: Callable[[], bool] = lambda: False  # what wait_ready waits for, now (else the future path waits)
+    sessions: SessionCache | None = None  # TLS sessions to resume, per instance
+    clock: Callable[[], float] = time.time  # wall time, for certificate expiry
 
 
 class UpstreamHandler:
@@ -1726,18 +1750,35 @@ class UpstreamHandler:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         conn = None
+        sessions, client_ctx = env.sessions, ctx[0]
+        session = sessions.get(inst, client_ctx, env.clock()) if sessions is not None else None
         try:
             async with asyncio.timeout(env.connect_timeout(tid) + env.handshake_timeout):
-                _, conn = await loop.create_connection(lambda: ClientConn(ctx[0], inst.host), inst.host, inst.port)
+                _, conn = await loop.create_connection(lambda: ClientConn(client_ctx, inst.host, session), inst.host,
+                                                       inst.port)  # fmt: skip
                 await conn.handshake()
+            now = env.clock()
+            identity.check_not_expired(conn.peercert, now)  # a resumed session's certificate may have expired
             identity.check_server(identity.uri_sans(conn.peercert), env.expected_uri(tid))
         except (OSError, ssl.SSLError, TimeoutError, ValueError, identity.IdentityError) as exc:
             if conn is not None:
                 conn.abort()
+            if session is not None and sessions is not None:
+                sessions.drop(inst)
             pool.release("connections")
             raise ConnectFailed(str(exc) or type(exc).__name__) from None
         finally:
             pool.release("pending")
+        if sessions is not None:
+            if conn.resumed:
+                env.metrics.inc("proconsul_proxy_tls_resumed_total", (env.name,))
+            elif session is not None:
+                sessions.drop(inst)  # the server would not resume it
+            obj = conn.sslobj
+            if obj is not None and sessions.wants(inst, client_ctx, now):
+                keep = sessions.keeper(inst, client_ctx, identity.not_after(conn.peercert), env.clock)
+                if not keep(obj):
+                    conn.on_session = keep
         env.metrics.observe("proconsul_proxy_upstream_connect_seconds", loop.time() - t0, (env.name,))
         conn.on_lost = lambda: pool.release("connections")
         return conn
@@ -1767,6 +1808,7 @@ class LocalEnv:
     connect_timeout: Callable[[], float]  # LocalConnectTimeoutMs
     request_timeout: Callable[[], float]  # LocalRequestTimeoutMs, else Envoy's 15 s
     own_uri: Callable[[], str]
+    clock: Callable[[], float] = time.time  # wall time, for certificate expiry
 
 
 class LocalHandler:
@@ -1790,8 +1832,13 @@ class LocalHandler:
         self._idle.close_all()
 
     def on_tls(self, conn: ServerConn, trust_domain: str) -> bool:
-        """The caller's identity from its certificate (refused without a valid one)."""
+        """The caller's identity from its certificate (refused without a valid one), on every connection,
+        resumed or not: a resumed session carries the certificate of its first handshake, which may
+        have expired since. The L7 intentions are then evaluated per request."""
+        if conn.resumed:
+            self.env.metrics.inc("proconsul_proxy_tls_resumed_total", ("public",))
         try:
+            identity.check_not_expired(conn.peercert, self.env.clock())
             conn.source = identity.client_identity(identity.uri_sans(conn.peercert), trust_domain)
         except identity.IdentityError as exc:
             self.env.metrics.inc("proconsul_proxy_inbound_connections_total", ("refused",))
