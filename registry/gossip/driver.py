@@ -49,6 +49,7 @@ from registry.gossip.messages import (
     MAX_STREAM_BYTES,
     Address,
     MessageDecodeError,
+    PushPull,
     StreamMessage,
     decode_packet,
     decode_stream,
@@ -64,6 +65,11 @@ log = structlog.get_logger("proconsul.gossip")
 DEFAULT_SERF_LAN_PORT = 8301
 UDP_RCVBUF = 2 * 1024 * 1024  # memberlist's setUDPRecvBuf asks for 2 MiB
 MAX_INBOUND_STREAMS = 128  # memberlist's maxPushPullRequests
+# A push-pull of the whole member list is decoded and encoded in a worker thread once it is this large (a
+# pool of 10,000 is about 880 KB and tens of ms of building its states, which on the event loop would hold
+# up every packet and request meanwhile; in a thread the interpreter hands the loop its turn every 5 ms).
+BIG_STREAM_BYTES = 64 * 1024
+BIG_STREAM_STATES = 512
 _FRAME_HEADER = struct.Struct(">I")
 
 
@@ -504,7 +510,11 @@ class GossipDriver:
                 await writer.wait_closed()
 
     async def _write_frame(self, writer: asyncio.StreamWriter, msg: StreamMessage) -> None:
-        data = self.codec.seal(encode_stream(msg))
+        if isinstance(msg, PushPull) and len(msg.states) >= BIG_STREAM_STATES:
+            encoded = await asyncio.to_thread(encode_stream, msg)
+        else:
+            encoded = encode_stream(msg)
+        data = self.codec.seal(encoded)
         writer.write(_FRAME_HEADER.pack(len(data)) + data)
         await writer.drain()
         self.stats["stream_bytes_out"] += len(data) + 4
@@ -515,7 +525,10 @@ class GossipDriver:
             raise MessageDecodeError("oversized frame")
         data = await reader.readexactly(size)
         self.stats["stream_bytes_in"] += size + 4
-        return decode_stream(self.codec.open(data))
+        body = self.codec.open(data)  # on the loop: the replay cache is the loop's
+        if len(body) >= BIG_STREAM_BYTES:
+            return await asyncio.to_thread(decode_stream, body)
+        return decode_stream(body)
 
     async def _on_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._stopped or self._inbound >= MAX_INBOUND_STREAMS:

@@ -89,6 +89,35 @@ async def test_garbage_is_dropped_and_counted_never_raised(pool: list[GossipDriv
     assert all(d.core.num_live == 7 for d in pool)  # nothing changed membership
 
 
+async def test_a_large_push_pull_is_decoded_and_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Push-pulls of a large pool's member list are built in a worker thread; a join and the periodic
+    exchanges work the same through that path (forced here for every frame)."""
+    import threading
+
+    import registry.gossip.driver as driver_module
+
+    monkeypatch.setattr(driver_module, "BIG_STREAM_BYTES", 0)
+    monkeypatch.setattr(driver_module, "BIG_STREAM_STATES", 0)
+    threads: set[str] = set()
+    decode = driver_module.decode_stream
+
+    def recording_decode(data: bytes):  # noqa: ANN202
+        threads.add(threading.current_thread().name)
+        return decode(data)
+
+    monkeypatch.setattr(driver_module, "decode_stream", recording_decode)
+    drivers = [GossipDriver(f"big-{i}", bind=LOCAL, config=FAST, tags={"role": "node"}) for i in range(3)]
+    try:
+        addrs = [await d.start() for d in drivers]
+        for d in drivers[1:]:
+            assert await d.join([addrs[0]]) == 1
+        await _until(lambda: all(d.core.num_live == 3 for d in drivers), 10, "the pool to converge")
+    finally:
+        for d in drivers:
+            await d.stop()
+    assert threads and threading.main_thread().name not in threads
+
+
 class _RejectAll:
     """A codec that authenticates nothing (as a wrong key would): every packet is refused."""
 
