@@ -406,6 +406,7 @@ class Agent:
         if cfg.server:
             from pathlib import Path
 
+            from registry.raft.base import raft_tick
             from registry.raft.driver import RaftOptions, RaftServer
             from registry.raft.listener import server_transport
 
@@ -422,6 +423,7 @@ class Agent:
                 bootstrap_expect=cfg.bootstrap_expect,
                 bootstrap=cfg.bootstrap,
                 join=[join_address(a) for a in cfg.retry_join],
+                tick=raft_tick(cfg.raft_multiplier),  # performance.raft_multiplier scales every Raft timing
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
             ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
