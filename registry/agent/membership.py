@@ -86,6 +86,9 @@ BATCH_MIN_OPEN = 1.0
 BATCH_QUIET = 0.3
 BATCH_MAX_OPEN = 3.0
 MAX_BATCH = 512  # operations per entry
+# How long a join address has to answer a push-pull as a gossip address before it is also asked, as a server
+# RPC port, for its gossip address (a local push-pull answers in milliseconds).
+JOIN_HEDGE = 0.5
 
 
 def member_tags(cfg: Config, acls: bool) -> dict[str, str]:
@@ -324,14 +327,39 @@ class LanPool:
         return joined, errors
 
     async def _join_one(self, text: str) -> bool:
+        """Join through one address: a push-pull with it as a gossip address, and, should that fail or not
+        have answered within ``JOIN_HEDGE``, at the same time a question to it as a server's RPC port (as
+        earlier configs name servers; a bare host: its default 8300) for that server's gossip address. A
+        push-pull to an RPC port may take a stream timeout to fail, so the question does not wait for it."""
         addr = parse_address(text)
-        if await self._push_pull(addr):
-            return True
-        # Not a gossip port: a server's RPC port, as earlier configs name (bare hosts: its default 8300).
         rpc = text.strip() if _has_port(text) else f"{_host_port(Address(addr.host, 8300))}"
-        serf = self._serf_of.get(rpc) or await self._lookup(rpc)
-        if serf is None or serf == addr:
-            return False
+        known = self._serf_of.get(rpc)
+        if known is not None and known != addr:
+            return await self._push_pull(known)  # asked before: a server's RPC port
+        loop = asyncio.get_running_loop()
+        gossip = loop.create_task(self._push_pull(addr))
+        lookup: asyncio.Task[Address | None] | None = None
+        try:
+            await asyncio.wait({gossip}, timeout=JOIN_HEDGE)
+            if gossip.done() and gossip.result():
+                return True
+            lookup = loop.create_task(self._lookup(rpc))
+            pending: set[asyncio.Task[Any]] = {t for t in (gossip, lookup) if not t.done()}
+            serf: Address | None = None
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if gossip in done and gossip.result():
+                    return True
+                if lookup in done:
+                    serf = lookup.result()
+                    if serf is not None and serf != addr:
+                        break  # a server's RPC port: its push-pull (if still waiting) is abandoned
+            if serf is None or serf == addr:
+                return False
+        finally:
+            for task in (gossip, lookup):
+                if task is not None and not task.done():
+                    task.cancel()
         self._serf_of[rpc] = serf
         self._on_server(rpc)
         return await self._push_pull(serf)
