@@ -247,10 +247,13 @@ class LanPool:
 
     def __init__(self, driver: GossipDriver, *, retry_join: list[str], retry_interval: float, retry_max: int,
                  rejoin_after_leave: bool, data_dir: str | None, lookup: SerfLookup,
-                 on_server: Callable[[str], None]) -> None:  # fmt: skip
+                 on_server: Callable[[str], None],
+                 on_server_gone: Callable[[str], None] = lambda address: None) -> None:  # fmt: skip
         """``lookup`` asks an address for its Serf address over RPC (the fallback for a server RPC port
         given as a join address); ``on_server`` hears the RPC address (host:port) of every server member
-        (a client agent's server list, a server's Raft peers to say hello to)."""
+        alive (a client agent's server list, a server's Raft peers to say hello to), ``on_server_gone``
+        that of every server member the pool reports failed or left (Consul's client drops it from its
+        router until it is seen alive again)."""
         self.driver = driver
         self._retry_join = list(retry_join)
         self._retry_interval = retry_interval
@@ -259,6 +262,7 @@ class LanPool:
         self._snapshot = Path(data_dir).joinpath(*SNAPSHOT_PATH) if data_dir else None
         self._lookup = lookup
         self._on_server = on_server
+        self._on_server_gone = on_server_gone
         self._events: EventStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_dirty = False
@@ -443,8 +447,13 @@ class LanPool:
 
     def _note_server(self, m: Member) -> None:
         port = m.tags.get("port", "")
-        if m.tags.get("role") == "consul" and port.isdigit() and m.state is not MemberState.LEFT:
-            self._on_server(_host_port(Address(m.addr.host, int(port))))
+        if m.tags.get("role") != "consul" or not port.isdigit():
+            return
+        address = _host_port(Address(m.addr.host, int(port)))
+        if m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self._on_server(address)
+        else:
+            self._on_server_gone(address)
 
     def _write_snapshot(self, leave: bool) -> None:
         if self._snapshot is None:

@@ -388,7 +388,7 @@ def _stats(api: Api) -> dict[str, dict[str, str]]:
     acl = "enabled" if api.acl_on else "disabled"
     leader = consensus.is_leader()
     if api.is_client:
-        consul = {"server": "false", "known_servers": str(len(consensus.peers())), "acl": acl}
+        consul = {"server": "false", "known_servers": str(api.agent.known_servers()), "acl": acl}
     else:
         consul = {
             "server": "true",
