@@ -52,6 +52,9 @@ KNOWN_TOP_KEYS |= {"disable_coordinates", "sync_coordinate_interval_min", "sync_
 # disable_host_node_id is what Proconsul always does (a random node ID, kept in the data dir).
 KNOWN_TOP_KEYS |= {"encrypt", "encrypt_verify_incoming", "encrypt_verify_outgoing", "disable_keyring_file",
                    "pid_file", "disable_host_node_id"}  # fmt: skip
+# ``performance``: raft_multiplier scales the Raft timings (registry.raft.base.raft_tick); its other keys
+# (leave_drain_time, rpc_hold_timeout) are accepted and reported as not implemented.
+KNOWN_TOP_KEYS |= {"performance"}
 KNOWN_TOP_KEYS |= {"ui", "ui_config", "ui_content_path"}  # the web UI's settings (registry/ui/settings.py)
 KNOWN_TOP_KEYS |= {"ca_file", "ca_path", "cert_file", "key_file", "verify_incoming", "verify_incoming_rpc", "verify_incoming_https", "verify_outgoing", "verify_server_hostname", "tls_min_version"}  # Consul's flat TLS keys (registry/tls.py)
 
@@ -67,6 +70,7 @@ class Ports:
 
 
 RATE_LIMIT_MODES = ("disabled", "permissive", "enforcing")
+MAX_RAFT_MULTIPLIER = 10  # Consul's consul.MaxRaftMultiplier (registry.raft.base keeps the same bound)
 
 
 @dataclass
@@ -145,6 +149,9 @@ class Config:
     ae_interval: float = 60.0
     check_reap_interval: float = 30.0
     session_ttl_min: float = 10.0  # Consul's session_ttl_min: the shortest session TTL the servers accept
+    # Consul's performance.raft_multiplier (1..10, checked once every file is merged); None: not set, the
+    # Raft timings keep Proconsul's defaults (registry.raft.base.raft_tick).
+    raft_multiplier: int | None = None
     # Proconsul's addition: start a server outside -dev without ACLs (default deny) or mutual TLS, and
     # say so (registry/posture.py).
     insecure: bool = False
@@ -275,6 +282,8 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a map, e.g. {{probe_interval = \"1s\"}}")
         _merge(cfg.extra.setdefault(key, {}), value)
+    elif key == "performance":
+        _apply_performance(cfg, value)
     elif key in ("services", "checks"):
         getattr(cfg, key).extend(value if isinstance(value, list) else [value])
     elif key in ("service", "check"):
@@ -303,6 +312,23 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         setattr(cfg, key, value)
     else:
         cfg.extra[key] = value
+
+
+def _apply_performance(cfg: Config, value: Any) -> None:
+    """The ``performance`` block: ``raft_multiplier`` is kept (its range is checked after every file is
+    merged, as Consul's builder checks the merged value); the other keys are reported as not implemented."""
+    if not isinstance(value, dict):
+        raise ConfigError("performance must be a map, e.g. {raft_multiplier = 1}")
+    for key, v in value.items():
+        if key == "raft_multiplier":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(
+                    f"performance.raft_multiplier must be a whole number between 1 and 10, got {v!r}"
+                )
+            cfg.raft_multiplier = v
+        else:
+            cfg.unknown_keys.append(f"performance.{key}")
+            cfg.extra.setdefault("performance", {})[key] = v
 
 
 def _apply_telemetry(cfg: Config, value: Any) -> None:
@@ -420,5 +446,10 @@ def validate(cfg: Config, validators: Sequence[ConfigValidator] = ()) -> None:
         raise ConfigError("acl.default_policy must be \"allow\" or \"deny\"")
     if not cfg.node_name or any(c.isspace() for c in cfg.node_name):
         raise ConfigError(f"node_name {cfg.node_name!r} is not a valid node name")
+    m = cfg.raft_multiplier
+    if m is not None and not 1 <= m <= MAX_RAFT_MULTIPLIER:
+        raise ConfigError(
+            f"performance.raft_multiplier cannot be {m}. Must be between 1 and {MAX_RAFT_MULTIPLIER}"
+        )
     for check in validators:
         check(cfg)

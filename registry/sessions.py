@@ -16,6 +16,7 @@ turns request bodies into commands with ``build_session``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -119,10 +120,26 @@ def parse_lock_delay(value: Any) -> int:
         except DurationError:
             raise SessionError(f"Request decode failed: time: invalid duration {go_quote(value)}", 400) from None
     else:
-        ns = int(value)
+        # Go's JSON decoding reads the number as a float64 and converts it to a Duration (int64): a value
+        # beyond int64 converts to its minimum (amd64), and the seconds fixup below wraps as int64 does.
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf
+        if not math.isfinite(f):
+            raise SessionError("Request decode failed: LockDelay: number out of range", 400)
+        ns = int(f) if -_INT64 <= f < _INT64 else -_INT64
     if ns < LOCK_DELAY_SECONDS_BELOW:
-        ns *= NS
+        ns = _wrap_int64(ns * NS)
     return ns
+
+
+_INT64 = 1 << 63
+
+
+def _wrap_int64(value: int) -> int:
+    """Go's int64 arithmetic: the result modulo 2^64, as a signed value."""
+    return (value + _INT64) % (1 << 64) - _INT64
 
 
 def validate_ttl(ttl: str, ttl_min_s: float = DEFAULT_TTL_MIN_S) -> None:

@@ -218,12 +218,36 @@ def test_hcl_values() -> None:
 
 
 def test_not_implemented_keys_are_accepted_and_named(tmp_path: Path) -> None:
-    path = write(tmp_path / "a.hcl", 'disable_remote_exec = true\nperformance {\n  raft_multiplier = 1\n}\n')
+    path = write(tmp_path / "a.hcl", 'disable_remote_exec = true\nperformance {\n  raft_multiplier = 1\n'
+                                     '  leave_drain_time = "5s"\n}\n')  # fmt: skip
     loaded = load_paths([str(path)])
-    assert loaded.sources[0].data == {"disable_remote_exec": True, "performance": {"raft_multiplier": 1}}
+    assert loaded.sources[0].data == {"disable_remote_exec": True,
+                                      "performance": {"raft_multiplier": 1, "leave_drain_time": "5s"}}  # fmt: skip
     cfg = build_config(["-dev", "-config-file", str(path)])
     assert cfg.extra["disable_remote_exec"] is True
-    assert cfg.unknown_keys == [f"{path}: disable_remote_exec", f"{path}: performance"]
+    # performance.raft_multiplier is implemented (it scales the Raft timings); its sibling is not.
+    assert cfg.raft_multiplier == 1
+    assert cfg.unknown_keys == [f"{path}: disable_remote_exec", "performance.leave_drain_time"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 11, 20])
+def test_raft_multiplier_out_of_range_is_refused_with_consuls_text(tmp_path: Path, value: int) -> None:
+    path = write(tmp_path / "perf.json", json.dumps({"performance": {"raft_multiplier": value}}))
+    with pytest.raises(ConfigError) as info:
+        build_config(["-dev", "-config-file", str(path)])
+    assert str(info.value) == f"performance.raft_multiplier cannot be {value}. Must be between 1 and 10"
+
+
+def test_raft_multiplier_is_checked_after_the_files_merge(tmp_path: Path) -> None:
+    """As Consul's builder checks the merged value: a later file may set a valid one over an invalid one,
+    and a value that is not a whole number is refused naming the key."""
+    a = write(tmp_path / "a.hcl", "performance {\n  raft_multiplier = 0\n}\n")
+    b = write(tmp_path / "b.hcl", "performance {\n  raft_multiplier = 7\n}\n")
+    assert build_config(["-dev", "-config-file", str(a), "-config-file", str(b)]).raft_multiplier == 7
+    assert build_config(["-dev"]).raft_multiplier is None
+    c = write(tmp_path / "c.json", json.dumps({"performance": {"raft_multiplier": "5"}}))
+    with pytest.raises(ConfigError, match="performance.raft_multiplier must be a whole number"):
+        build_config(["-dev", "-config-file", str(c)])
 
 
 def test_watches_stay_a_list_of_watches(tmp_path: Path) -> None:

@@ -366,3 +366,60 @@ async def test_a_restart_rejoins_one_member_of_its_snapshot(tmp_path: Path, peer
         assert len(answered) == 1 and tried[-1] == answered[0], tried  # stopped at the first that answered
     finally:
         await pool.stop()
+
+
+async def _silent_port() -> tuple[asyncio.base_events.Server, int, list[asyncio.StreamWriter]]:
+    """A TCP port that accepts and never answers nor closes: a server RPC port as a gossip push-pull sees it
+    behind anything that holds the connection (a proxy, a TLS terminator), until the stream times out."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], held
+
+
+async def test_a_join_through_a_server_rpc_port_does_not_wait_out_the_push_pull(
+        tmp_path: Path, peers: list[GossipDriver]) -> None:  # fmt: skip
+    """retry_join naming a server's RPC port: the push-pull to it as a gossip address may take the stream
+    timeout (10 s) to fail, so the agent asks it as an RPC port for its gossip address after a short wait
+    instead of after that failure, and joins within a couple of seconds. A gossip address still joins
+    directly, without the question."""
+    from registry.agent.membership import JOIN_HEDGE, LanPool
+
+    server = await peer(peers, "server-1")
+    silent, port, held = await _silent_port()
+    rpc = f"127.0.0.1:{port}"
+    asked: list[str] = []
+
+    async def lookup(address: str) -> Address | None:
+        asked.append(address)
+        return server.local_member.addr if address == rpc else None
+
+    learned: list[str] = []
+    driver = GossipDriver("client-1", bind=Address("127.0.0.1", 0), tags=client_tags("client-1"))
+    pool = LanPool(driver, retry_join=[], retry_interval=1.0, retry_max=0, rejoin_after_leave=False,
+                   data_dir=None, lookup=lookup, on_server=learned.append)  # fmt: skip
+    await pool.start()
+    try:
+        started = time.monotonic()
+        joined, errors = await pool.join([rpc])
+        took = time.monotonic() - started
+        assert (joined, errors) == (1, []) and asked == [rpc] and learned == [rpc]
+        assert took < JOIN_HEDGE + 1.5, f"the join through the RPC port took {took:.1f}s"
+        assert {m.name for m in driver.members()} == {"client-1", "server-1"}
+        # Asked once: the next join through that address goes to the gossip address at once.
+        started = time.monotonic()
+        assert await pool.join([rpc]) == (1, []) and asked == [rpc]
+        assert time.monotonic() - started < 1.0
+        # A gossip address still joins by its push-pull (asked as an RPC port only if that is slow: no answer).
+        other = await peer(peers, "client-2")
+        assert await pool.join([f"127.0.0.1:{other.local_member.addr.port}"]) == (1, [])
+        assert "client-2" in {m.name for m in driver.members()}
+    finally:
+        await pool.stop()
+        for w in held:
+            w.close()
+        silent.close()
+        await silent.wait_closed()

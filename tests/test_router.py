@@ -12,7 +12,14 @@ import pytest
 from registry.agent import remote as remote_module
 from registry.agent.forward import LeaderForwarder
 from registry.agent.remote import RemoteServers
-from registry.agent.router import ServerPicker, ae_scale_factor, full_sync_delay, rebalance_interval
+from registry.agent.router import (
+    SKIP_UNREACHABLE,
+    ServerHealth,
+    ServerPicker,
+    ae_scale_factor,
+    full_sync_delay,
+    rebalance_interval,
+)
 from registry.consensus import NotLeaderError, RPCError
 from registry.fsm import FSM
 from registry.raft.rpc import Caller, RPCRouter
@@ -80,6 +87,68 @@ def test_a_client_agent_forwards_to_a_random_server_and_moves_on_failure() -> No
         r.leader = dict(remote.servers["id0"], id="id0")
         targets[r.http_target()] += 1
     assert len(targets) == 3 and all(150 < n < 250 for n in targets.values()), targets
+
+
+def test_server_health_leaves_out_failed_servers_and_keeps_one_to_try() -> None:
+    """Consul's router drops a server Serf reports failed or left and takes it back when Serf sees it alive;
+    a server calls could not reach is skipped for a while; with none known alive, one is still offered."""
+    a, b, c = "a:8300", "b:8300", "c:8300"
+    servers = [c, a, b]
+    h = ServerHealth()
+    assert h.live(servers, 0.0) == [a, b, c] and h.live([], 0.0) == []
+    h.failed(b)  # the pool: failed (or left)
+    assert h.live(servers, 0.0) == [a, c]
+    h.call_failed(a, 10.0)  # a call could not reach it
+    assert h.live(servers, 10.0 + SKIP_UNREACHABLE - 1) == [c]
+    assert h.live(servers, 10.0 + SKIP_UNREACHABLE) == [a, c]  # tried again after the skip
+    h.call_failed(c, 15.0)
+    # None known alive: the one unreachable longest ago, before any the pool reports failed.
+    assert h.live(servers, 20.0) == [a]
+    h.call_ok(c)
+    assert h.live(servers, 20.0) == [c]
+    h.failed(a)
+    h.failed(c)
+    assert h.live(servers, 20.0) == [b]  # all reported failed: the one no call failed to reach
+    h.alive(a)  # back in the pool: picked again, its failed call forgotten
+    assert h.live(servers, 20.0) == [a]
+
+
+def test_a_client_never_picks_a_server_the_pool_reports_failed() -> None:
+    remote = RemoteServers([], FSM(), rng=random.Random(4), cluster_size=lambda: 10)
+    remote.servers = {f"id{i}": {"address": f"10.0.0.{i}:8300", "http": f"10.0.0.{i}:8500", "name": f"s{i}"}
+                      for i in range(3)}  # fmt: skip
+    dead = "10.0.0.1:8300"
+    remote.learn(dead)
+    assert remote.known_servers() == 3
+    remote.server_gone(dead)  # the gossip pool: failed
+    assert remote.known_servers() == 2
+    rpc, http = set(), set()
+    for _ in range(200):  # a new pick each time, as at every rebalance
+        remote._rpc_picker.rebalance_at = remote._picker.rebalance_at = 0.0
+        rpc.add(remote.rpc_target())
+        http.add(remote.http_target())
+    assert rpc == {"10.0.0.0:8300", "10.0.0.2:8300"} and http == {"10.0.0.0:8500", "10.0.0.2:8500"}
+    # It also stays out of the live list once the others stop answering: one of those is retried.
+    remote.server_gone("10.0.0.0:8300")
+    remote.server_gone("10.0.0.2:8300")
+    assert remote.known_servers() == 0 and remote.rpc_target() is not None
+    remote.learn(dead)  # alive again in the pool
+    assert remote.rpc_target() == dead and remote.known_servers() == 1
+
+
+async def test_a_server_calls_cannot_reach_is_not_picked_again_at_the_next_rebalance(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setattr(remote_module, "RETRY_PAUSE", 0.001)
+    servers = {a: FakeServer([]) for a in ("10.0.0.1:8300", "10.0.0.2:8300", "10.0.0.3:8300")}
+    remote = remote_with(servers)
+    down = remote.rpc_target()
+    assert down is not None
+    servers[down].script = [RPCError(f"cannot reach server {down}: timed out")] * 1000
+    assert await remote.call_leader("client_apply", {}) == "ok"
+    for _ in range(100):  # rebalances within the skip: never the unreachable one
+        remote._rpc_picker.rebalance_at = 0.0
+        assert remote.rpc_target() != down
+    assert len(servers[down].calls) == 1
 
 
 # ---------------------------------------------------------------------- client RPCs through the picked server

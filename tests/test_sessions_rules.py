@@ -38,6 +38,23 @@ def test_build_session_checks_and_lock_delay_forms() -> None:
     assert err.value.status == 400 and err.value.message.startswith("Request decode failed: ")
 
 
+def test_a_lock_delay_number_is_go_s_float64_turned_duration() -> None:
+    """Found by the HTTP fuzzer: a LockDelay beyond int64 made the session's log entry unencodable (500).
+    Consul decodes the number as a float64 and converts it to a Duration: beyond int64 that is int64's
+    minimum (amd64), which the seconds fixup then multiplies, wrapping as Go's int64 does, to 0."""
+    for huge in (47_002_501_920_065_863_680, -47_002_501_920_065_863_680, 2**63 - 1):
+        assert build_session({"LockDelay": huge}, "i", "n").lock_delay == 0
+    assert build_session({"LockDelay": 2**62}, "i", "n").lock_delay == 2**62
+    # -1000 s in ns is under 1000, so taken as seconds: -10^21 ns, which wraps in int64.
+    wrapped = (-1000 * NS * NS + 2**63) % 2**64 - 2**63
+    assert build_session({"LockDelay": -1000 * NS}, "i", "n").lock_delay == wrapped
+    assert build_session({"LockDelay": 0.5}, "i", "n").lock_delay == 0  # truncated, then seconds
+    for inf in (1e400, 10**400):  # no float64 holds it: Go's decoder refuses the number
+        with pytest.raises(SessionError) as err:
+            build_session({"LockDelay": inf}, "i", "n")
+        assert err.value.status == 400
+
+
 def test_build_session_errors_use_consuls_words() -> None:
     with pytest.raises(SessionError, match=r"^Invalid Behavior setting 'keep'$"):
         build_session({"Behavior": "keep"}, "i", "n")

@@ -406,6 +406,7 @@ class Agent:
         if cfg.server:
             from pathlib import Path
 
+            from registry.raft.base import raft_tick
             from registry.raft.driver import RaftOptions, RaftServer
             from registry.raft.listener import server_transport
 
@@ -422,6 +423,7 @@ class Agent:
                 bootstrap_expect=cfg.bootstrap_expect,
                 bootstrap=cfg.bootstrap,
                 join=[join_address(a) for a in cfg.retry_join],
+                tick=raft_tick(cfg.raft_multiplier),  # performance.raft_multiplier scales every Raft timing
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
             ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
@@ -546,7 +548,7 @@ class Agent:
         self.lan = LanPool(driver, retry_join=cfg.retry_join, retry_interval=cfg.retry_interval,
                            retry_max=cfg.retry_max, rejoin_after_leave=cfg.rejoin_after_leave,
                            data_dir=None if cfg.dev else cfg.data_dir, lookup=self._serf_lookup,
-                           on_server=self._learn_server)  # fmt: skip
+                           on_server=self._learn_server, on_server_gone=self._server_gone)  # fmt: skip
         await self.lan.start()
         # Keyring operations across the pool: every member answers Serf's keyring queries from its own keyring.
         ops = self.keyring_ops
@@ -601,6 +603,13 @@ class Agent:
             return
         if address not in known:
             known.append(address)
+
+    def _server_gone(self, address: str) -> None:
+        """A server the pool reports failed or left (its RPC address): a client agent stops picking it."""
+        from registry.agent.remote import RemoteServers
+
+        if isinstance(self.consensus, RemoteServers):
+            self.consensus.server_gone(address)
 
     async def _rpc_serf_lan(self, args: Any) -> Any:
         """This agent's Serf LAN address, for agents given its RPC port as a join address."""
@@ -1277,6 +1286,15 @@ class Agent:
                             if SERF_CHECK_ID in store.checks.get(name, {}))  # fmt: skip
             self._member_ips = (key, ips)
         return ip in self._member_ips[1]
+
+    def known_servers(self) -> int:
+        """Consul's ``known_servers`` (a client's Stats): the servers its router holds, i.e. not reported
+        failed or left by the pool; on a server, its Raft peers."""
+        from registry.agent.remote import RemoteServers
+
+        if isinstance(self.consensus, RemoteServers):
+            return self.consensus.known_servers()
+        return len(self.consensus.peers())
 
     def members(self) -> list[dict[str, Any]]:
         """The LAN pool's members as Consul's /v1/agent/members shows them (statuses alive 1, leaving 2,

@@ -87,6 +87,9 @@ BATCH_MIN_OPEN = 1.0
 BATCH_QUIET = 0.3
 BATCH_MAX_OPEN = 3.0
 MAX_BATCH = 512  # operations per entry
+# How long a join address has to answer a push-pull as a gossip address before it is also asked, as a server
+# RPC port, for its gossip address (a local push-pull answers in milliseconds).
+JOIN_HEDGE = 0.5
 
 
 def member_tags(cfg: Config, acls: bool) -> dict[str, str]:
@@ -321,10 +324,13 @@ class LanPool:
 
     def __init__(self, driver: GossipDriver, *, retry_join: list[str], retry_interval: float, retry_max: int,
                  rejoin_after_leave: bool, data_dir: str | None, lookup: SerfLookup,
-                 on_server: Callable[[str], None]) -> None:  # fmt: skip
+                 on_server: Callable[[str], None],
+                 on_server_gone: Callable[[str], None] = lambda address: None) -> None:  # fmt: skip
         """``lookup`` asks an address for its Serf address over RPC (the fallback for a server RPC port
         given as a join address); ``on_server`` hears the RPC address (host:port) of every server member
-        (a client agent's server list, a server's Raft peers to say hello to)."""
+        alive (a client agent's server list, a server's Raft peers to say hello to), ``on_server_gone``
+        that of every server member the pool reports failed or left (Consul's client drops it from its
+        router until it is seen alive again)."""
         self.driver = driver
         self._retry_join = list(retry_join)
         self._retry_interval = retry_interval
@@ -333,6 +339,7 @@ class LanPool:
         self._snapshot = SnapshotLog(Path(data_dir).joinpath(*SNAPSHOT_PATH)) if data_dir else None
         self._lookup = lookup
         self._on_server = on_server
+        self._on_server_gone = on_server_gone
         self._events: EventStream | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._serf_of: dict[str, Address] = {}  # server RPC address -> its Serf address, once asked
@@ -400,14 +407,39 @@ class LanPool:
         return joined, errors
 
     async def _join_one(self, text: str) -> bool:
+        """Join through one address: a push-pull with it as a gossip address, and, should that fail or not
+        have answered within ``JOIN_HEDGE``, at the same time a question to it as a server's RPC port (as
+        earlier configs name servers; a bare host: its default 8300) for that server's gossip address. A
+        push-pull to an RPC port may take a stream timeout to fail, so the question does not wait for it."""
         addr = parse_address(text)
-        if await self._push_pull(addr):
-            return True
-        # Not a gossip port: a server's RPC port, as earlier configs name (bare hosts: its default 8300).
         rpc = text.strip() if _has_port(text) else f"{_host_port(Address(addr.host, 8300))}"
-        serf = self._serf_of.get(rpc) or await self._lookup(rpc)
-        if serf is None or serf == addr:
-            return False
+        known = self._serf_of.get(rpc)
+        if known is not None and known != addr:
+            return await self._push_pull(known)  # asked before: a server's RPC port
+        loop = asyncio.get_running_loop()
+        gossip = loop.create_task(self._push_pull(addr))
+        lookup: asyncio.Task[Address | None] | None = None
+        try:
+            await asyncio.wait({gossip}, timeout=JOIN_HEDGE)
+            if gossip.done() and gossip.result():
+                return True
+            lookup = loop.create_task(self._lookup(rpc))
+            pending: set[asyncio.Task[Any]] = {t for t in (gossip, lookup) if not t.done()}
+            serf: Address | None = None
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if gossip in done and gossip.result():
+                    return True
+                if lookup in done:
+                    serf = lookup.result()
+                    if serf is not None and serf != addr:
+                        break  # a server's RPC port: its push-pull (if still waiting) is abandoned
+            if serf is None or serf == addr:
+                return False
+        finally:
+            for task in (gossip, lookup):
+                if task is not None and not task.done():
+                    task.cancel()
         self._serf_of[rpc] = serf
         self._on_server(rpc)
         return await self._push_pull(serf)
@@ -492,8 +524,13 @@ class LanPool:
 
     def _note_server(self, m: Member) -> None:
         port = m.tags.get("port", "")
-        if m.tags.get("role") == "consul" and port.isdigit() and m.state is not MemberState.LEFT:
-            self._on_server(_host_port(Address(m.addr.host, int(port))))
+        if m.tags.get("role") != "consul" or not port.isdigit():
+            return
+        address = _host_port(Address(m.addr.host, int(port)))
+        if m.state in (MemberState.ALIVE, MemberState.SUSPECT):
+            self._on_server(address)
+        else:
+            self._on_server_gone(address)
 
     def _write_snapshot(self, leave: bool) -> None:
         if self._snapshot is None:

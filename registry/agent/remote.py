@@ -8,7 +8,10 @@ blocking queries block on the server that has the data.
 
 Which server: as Consul's router does (``registry.agent.router.ServerPicker``), one server picked at
 random, kept until the rebalance interval runs out or a call to it fails, so a fleet's requests spread
-over all servers instead of converging on the leader. Any server answers any read: a default or
+over all servers instead of converging on the leader. Only live servers are picked
+(``registry.agent.router.ServerHealth``): one the gossip pool reports failed or left is dropped until the
+pool sees it alive again (Consul's router removes it on Serf's failed and left events), and one a call
+could not reach is skipped for a while; with none known alive, one is still tried. Any server answers any read: a default or
 ``consistent`` read is confirmed with the leader by the server that serves it, a ``stale`` one is
 answered from its replica. The RPCs (writes of anti-entropy, session renewals, ACL resolution, events,
 certificates) go to the picked server too, never to the leader looked up: a server that does not lead
@@ -30,7 +33,7 @@ from typing import Any
 import structlog
 
 from registry.agent.forward import may_resend
-from registry.agent.router import ServerPicker
+from registry.agent.router import ServerHealth, ServerPicker
 from registry.consensus import CommandResults, NotLeaderError, RPCError
 from registry.fsm import FSM
 from registry.metrics import NO_COUNTER, Metrics
@@ -74,6 +77,7 @@ class RemoteServers:
         self._picker = ServerPicker(self._rng)  # HTTP forwarding: a server that has told us its HTTP address
         self._rpc_picker = ServerPicker(self._rng)  # RPCs: any known server's RPC address
         self.learned: set[str] = set()  # server RPC addresses heard of in the gossip pool
+        self.health = ServerHealth()  # which of them the pool reports gone, or calls could not reach
         self.resent = 0  # calls sent again to another server after one certainly did not take them
 
     def _client(self, address: str) -> RPCClient:
@@ -91,13 +95,18 @@ class RemoteServers:
 
     async def refresh(self) -> bool:
         """Ask known servers who leads; returns True when a leader is known."""
-        addresses = [s["address"] for s in self.servers.values()] + self.join
+        addresses = list(dict.fromkeys([s["address"] for s in self.servers.values()] + self.join))
         random.shuffle(addresses)
-        for addr in dict.fromkeys(addresses):
+        live = set(self.health.live(addresses, time.monotonic()))
+        addresses.sort(key=lambda a: a not in live)  # the live ones first: a dead one costs a dial timeout
+        for addr in addresses:
             try:
                 reply = await self._client(addr).call("hello", None, timeout=2)
-            except RPCError:
+            except RPCError as exc:
+                if _unreachable(exc):
+                    self.health.call_failed(addr, time.monotonic())
                 continue
+            self.health.call_ok(addr)
             if not isinstance(reply, dict):
                 continue
             for info in (reply.get("known") or {}).values():
@@ -127,14 +136,20 @@ class RemoteServers:
     def learn(self, address: str) -> None:
         """A server's RPC address, heard of in the gossip pool (Consul's router learns servers from Serf)."""
         self.learned.add(address)
+        self.health.alive(address)
         if address not in self.join:
             self.join.append(address)
+
+    def server_gone(self, address: str) -> None:
+        """The gossip pool reports the server at this RPC address failed or left: it is not picked again
+        until the pool sees it alive (Consul's router RemoveServer)."""
+        self.health.failed(address)
 
     def _rpc_servers(self) -> list[str]:
         """The servers' RPC addresses: those ``hello`` named and those the pool named; the configured join
         addresses only while neither has named any."""
         known = {s["address"] for s in self.servers.values() if s.get("address")} | self.learned
-        return sorted(known) if known else list(dict.fromkeys(self.join))
+        return self.health.live(sorted(known) if known else list(dict.fromkeys(self.join)), time.monotonic())
 
     def rpc_target(self) -> str | None:
         """The server this agent's RPCs go to now (the router's pick)."""
@@ -160,9 +175,12 @@ class RemoteServers:
                 result = await self._client(server).call(method, args, timeout=timeout, token=self.token())
             except RPCError as exc:
                 self._rpc_failed.inc()
-                if exc.status == 503 or exc.status == 500 and exc.message.startswith(("cannot reach", "connection")):
+                if exc.status == 503 or _unreachable(exc):
                     # This server is down or has no leader: the next call goes to another one (Consul's
-                    # NotifyFailedServer), whether or not this one is sent again.
+                    # NotifyFailedServer), whether or not this one is sent again; one that could not be
+                    # reached is left out of the picks for a while.
+                    if _unreachable(exc):
+                        self.health.call_failed(server, time.monotonic())
                     self._rpc_picker.failed(server, self._rpc_servers(), time.monotonic(), self._cluster_size())
                 if not may_resend(method, exc) or time.monotonic() + pause > deadline:
                     if exc.status == 503:
@@ -174,6 +192,7 @@ class RemoteServers:
                 pause = min(1.0, pause * 2)
                 continue
             self._last_contact = time.monotonic()
+            self.health.call_ok(server)
             return result
 
     async def _call_the_leader(self, method: str, args: Any, timeout: float) -> Any:
@@ -201,10 +220,11 @@ class RemoteServers:
         return None  # reads are forwarded to a server, which applies the barrier
 
     def _http_servers(self) -> list[str]:
-        found = [s["http"] for s in self.servers.values() if s.get("http")]
-        if not found and self.leader and self.leader.get("http"):
-            found = [self.leader["http"]]
-        return found
+        """The live servers' HTTP addresses (the leader's while no server has told its own)."""
+        with_http = {s["address"]: s["http"] for s in self.servers.values() if s.get("http")}
+        if not with_http and self.leader and self.leader.get("http"):
+            with_http = {self.leader.get("address", ""): self.leader["http"]}
+        return [with_http[a] for a in self.health.live(list(with_http), time.monotonic())]
 
     def http_target(self) -> str | None:
         """The server this agent's forwarded requests go to now (Consul's router: a random server,
@@ -216,6 +236,12 @@ class RemoteServers:
 
     def peers(self) -> list[str]:
         return sorted(s["address"] for s in self.servers.values())
+
+    def known_servers(self) -> int:
+        """The servers this client may pick (Consul's router NumServers): those known, less those the pool
+        reports failed or left."""
+        known = {s["address"] for s in self.servers.values() if s.get("address")} | self.learned
+        return len(known - self.health.gone)
 
     def known_leader(self) -> bool:
         return self.leader is not None
@@ -252,4 +278,13 @@ class RemoteServers:
         self.leader = None
         current = self._picker.current
         if current is not None:
-            self._picker.failed(current, self._http_servers(), time.monotonic(), self._cluster_size())
+            now = time.monotonic()
+            for s in self.servers.values():
+                if s.get("http") == current and s.get("address"):
+                    self.health.call_failed(s["address"], now)
+            self._picker.failed(current, self._http_servers(), now, self._cluster_size())
+
+
+def _unreachable(exc: RPCError) -> bool:
+    """The call could not reach the server (``RPCClient``'s "cannot reach ..." and "connection ... lost")."""
+    return exc.status == 500 and exc.message.startswith(("cannot reach", "connection"))

@@ -10,6 +10,13 @@ is Consul's ``refreshServerRebalanceTimer``: at least ``CLIENT_RPC_MIN_REUSE`` (
 stagger of up to half that, longer in a large cluster so that all clients together open no more than
 ``REBALANCE_CONNS_PER_SEC_PER_SERVER`` (64) new connections a second per server.
 
+**Which servers are worth picking** (``ServerHealth``): Consul's client removes a server from its router
+when Serf reports it failed or left, and adds it back when Serf sees it alive again. Here too, and a server
+whose calls could not reach it is skipped for ``SKIP_UNREACHABLE`` (a dead server that gossip has not
+yet declared failed, or one gossip cannot see): the picker chooses among the live ones only. When none is
+known alive, one is still offered (the one that failed longest ago), so a client whose view is wrong, or
+whose servers all restarted, keeps trying instead of giving up.
+
 **Anti-entropy** (Consul's agent/ae ``StateSyncer``): a full sync every ``ae_interval`` (60 s) plus a
 random stagger of up to ``scale_factor(nodes)`` intervals, where the factor is 1 up to 128 nodes and grows
 by one per doubling beyond (``ae.go scaleFactor``): 10,000 agents spread their full syncs over about
@@ -21,12 +28,14 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = [
     "AE_SCALE_THRESHOLD",
     "CLIENT_RPC_MIN_REUSE",
     "REBALANCE_CONNS_PER_SEC_PER_SERVER",
+    "SKIP_UNREACHABLE",
+    "ServerHealth",
     "ServerPicker",
     "ae_scale_factor",
     "full_sync_delay",
@@ -37,6 +46,7 @@ AE_SCALE_THRESHOLD = 128  # ae.go scaleThreshold
 CLIENT_RPC_MIN_REUSE = 120.0  # router/manager.go clientRPCMinReuseDuration
 CLIENT_RPC_JITTER_FRACTION = 2  # clientRPCJitterFraction
 REBALANCE_CONNS_PER_SEC_PER_SERVER = 64  # newRebalanceConnsPerSecPerServer
+SKIP_UNREACHABLE = 30.0  # seconds a server that could not be reached is left out of the picks
 
 
 def ae_scale_factor(nodes: int) -> int:
@@ -90,3 +100,41 @@ class ServerPicker:
         self.current = self.rng.choice(others)
         self.rebalance_at = now + rebalance_interval(len(others) + 1, nodes, self.rng)
         return self.current
+
+
+@dataclass
+class ServerHealth:
+    """What a client agent knows of each server's liveness (keyed like the picker's servers): whether the
+    gossip pool reports it failed or left, and when a call last could not reach it."""
+
+    gone: set[str] = field(default_factory=set)  # reported failed or left by the gossip pool
+    # server -> when a call last could not reach it
+    unreachable: dict[str, float] = field(default_factory=dict)
+
+    def alive(self, server: str) -> None:
+        """The pool sees the server alive (joined, or back): it may be picked again."""
+        self.gone.discard(server)
+        self.unreachable.pop(server, None)
+
+    def failed(self, server: str) -> None:
+        """The pool reports the server failed or left (Consul's router RemoveServer)."""
+        self.gone.add(server)
+
+    def call_failed(self, server: str, now: float) -> None:
+        """A call could not reach the server (refused, timed out, connection lost before an answer)."""
+        self.unreachable[server] = now
+
+    def call_ok(self, server: str) -> None:
+        self.unreachable.pop(server, None)
+
+    def live(self, servers: Sequence[str], now: float) -> list[str]:
+        """The servers to pick from: those neither reported gone nor unreachable within the last
+        ``SKIP_UNREACHABLE`` seconds; when that leaves none, the one most worth another try (not reported
+        gone if any is not, then the one unreachable longest ago), so there is always one to try."""
+        known = sorted(set(servers))
+        up = [s for s in known if s not in self.gone]
+        ok = [s for s in up if now - self.unreachable.get(s, -math.inf) >= SKIP_UNREACHABLE]
+        if ok or not known:
+            return ok
+        pool = up or known
+        return [min(pool, key=lambda s: (self.unreachable.get(s, -math.inf), s))]

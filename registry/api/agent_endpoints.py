@@ -18,8 +18,10 @@ from registry.api.errors import HTTPError
 from registry.api.routing import Route, route
 from registry.commands import CommandError
 from registry.config import ConfigError
+from registry.gocompat import format_duration
 from registry.logs import Monitor, level_number
 from registry.posture import insecure_reasons
+from registry.raft.base import raft_tick, raft_timings
 from registry.registration import (
     DecodeError,
     build_check_registration,
@@ -358,7 +360,17 @@ def _debug_config(api: Api) -> dict[str, Any]:
         "HTTPAddrs": _addrs("tcp", host, http_port),
         "HTTPSAddrs": _addrs("tcp", host, cfg.ports.https),
         "GRPCAddrs": _addrs("tcp", host, cfg.ports.grpc),
+        **_raft_timings(cfg.raft_multiplier),
     }
+
+
+def _raft_timings(multiplier: int | None) -> dict[str, str]:
+    """RuntimeConfig's Raft timings as this agent's Raft counts them (performance.raft_multiplier applied):
+    a follower's time without a leader before it stands for election (the shortest election timeout, both
+    of Consul's heartbeat and election timeouts), and the leader's lease."""
+    election, _, lease = raft_timings(raft_tick(multiplier))
+    return {"ConsulRaftElectionTimeout": format_duration(election), "ConsulRaftHeartbeatTimeout": format_duration(election),
+            "ConsulRaftLeaderLeaseTimeout": format_duration(lease)}  # fmt: skip
 
 
 def _stats(api: Api) -> dict[str, dict[str, str]]:
@@ -376,7 +388,7 @@ def _stats(api: Api) -> dict[str, dict[str, str]]:
     acl = "enabled" if api.acl_on else "disabled"
     leader = consensus.is_leader()
     if api.is_client:
-        consul = {"server": "false", "known_servers": str(len(consensus.peers())), "acl": acl}
+        consul = {"server": "false", "known_servers": str(api.agent.known_servers()), "acl": acl}
     else:
         consul = {
             "server": "true",

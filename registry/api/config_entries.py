@@ -95,7 +95,7 @@ def _cas(request: web.Request) -> int | None:
         return None
     try:
         value = int(raw)
-        if value < 0:
+        if not 0 <= value < 2**64:  # strconv.ParseUint(cas, 10, 64)
             raise ValueError
     except ValueError:
         raise HTTPError(400, f"Failed to parse cas parameter: {raw!r} is not an unsigned integer") from None

@@ -230,8 +230,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                          Meta=STRING_MAP),
     "AgentServiceHealth": _obj(("AggregatedStatus",), AggregatedStatus=_STR, Service=_ref("AgentService"),
                                Checks=_array(_ANY)),
+    # NodeChecks is null for a session linked to no node check (Consul's nil slice, as a body with
+    # "NodeChecks": null leaves it; Proconsul answers null for any session without one).
     "Session": _obj(("ID", "Node"), ID=_STR, Name=_STR, Node=_STR, LockDelay=_INT, Behavior=_STR, TTL=_STR,
-                    NodeChecks=_array(_STR), CreateIndex=_UINT, ModifyIndex=_UINT),
+                    NodeChecks={**_array(_STR), "nullable": True}, CreateIndex=_UINT, ModifyIndex=_UINT),
     "CARoots": _obj(("ActiveRootID", "Roots"), ActiveRootID=_STR, TrustDomain=_STR, Roots=_array(_obj(
         ID=_STR, Name=_STR, RootCert=_STR, Active=_BOOL,
         # Proconsul's addition on a rotated-out root (Consul keeps the time but does not publish it).
@@ -478,6 +480,9 @@ BAD_FILTER = ERROR_PREFIX.rstrip(": ")
 # Consul's session create refuses these in its RPC, so its HTTP API answers them with 500.
 SESSION_500 = ("Session TTL", "Invalid Session TTL", "Invalid Behavior setting", "Invalid session behavior", "Must provide Node",
                "Missing node registration", "Missing check", "Check '")  # fmt: skip
+# Consul's state store refuses a lock (?acquire) with no session or one that does not exist, and a release
+# (?release) with no session, in its KVS.Apply RPC (kvsLockTxn, kvsUnlockTxn): its HTTP API answers 500.
+KV_LOCK_500 = ("missing session", 'invalid session "')
 # Consul's agent answers a TTL update of a check that is not a TTL check (an alias, a gRPC check...) with 500.
 NOT_TTL = ('CheckID "',)
 _TRUE = (JSON, _BOOL)
@@ -578,7 +583,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/kv/"): Op(query=(*BLOCKING, "recurse", "keys", "separator", "raw"), blocking=True, ok={
         200: (JSON, {"oneOf": [_array(_ref("KVPair")), _array(_STR)]})}, errors=(404,), not_found=()),
     ("PUT", "/v1/kv/"): Op(query=("dc", "flags", "cas", "acquire", "release"), body=OCTETS, ok={200: _TRUE},
-                           errors=(413,)),
+                           errors=(413,), server_errors=KV_LOCK_500),
     ("DELETE", "/v1/kv/"): Op(query=("dc", "recurse", "cas"), ok={200: _TRUE}),
     # ---- status
     ("GET", "/v1/status/leader"): Op(ok=_json(_STR)),

@@ -13,7 +13,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -31,12 +31,40 @@ from registry.raft.messages import (
 from registry.raft.observe import NO_OBSERVER, Observer
 from registry.raft.snapshots import SnapshotStore
 from registry.raft.stable import StableStore
-from registry.raft.transport import PeerSender, RPCClient, ServerTransport
+from registry.raft.transport import LINK, LinkTimeouts, PeerSender, RPCClient, ServerTransport
 from registry.raft.wal import WAL
 
 log = structlog.get_logger("proconsul.raft")
 
 TICK_SECONDS = 0.05  # election timeout 10 ticks = 0.5-1.0 s randomized; heartbeats every tick
+# Consul's performance.raft_multiplier (1..10) scales hashicorp/raft's timings: at multiplier m a follower
+# that hears no leader for m x 1 s (randomized up to twice that) stands for election, the leader sends a
+# heartbeat every m x 100 ms (its HeartbeatTimeout / 10) and holds its lease m x 500 ms. Here every timing
+# is counted in ticks (ELECTION_TICKS to the election timeout, one to a heartbeat), so a tick of m x 100 ms
+# gives Consul's election timeout and heartbeat interval at that multiplier, and the lease (and everything
+# else counted in ticks) scales with them as Consul's does. Without the key the tick stays TICK_SECONDS,
+# half of multiplier 1 (docs/configuration.md, "performance").
+RAFT_MULTIPLIER_TICK = 0.1
+MAX_RAFT_MULTIPLIER = 10  # Consul's consul.MaxRaftMultiplier
+
+
+def raft_tick(multiplier: int | None) -> float:
+    """The Raft tick for ``performance.raft_multiplier`` (None: not set, Proconsul's own default)."""
+    if multiplier is None:
+        return TICK_SECONDS
+    if not 1 <= multiplier <= MAX_RAFT_MULTIPLIER:
+        raise ValueError(
+            f"performance.raft_multiplier cannot be {multiplier}. Must be between 1 and {MAX_RAFT_MULTIPLIER}"
+        )
+    return RAFT_MULTIPLIER_TICK * multiplier
+
+
+def raft_timings(tick: float) -> tuple[float, float, float]:
+    """Seconds, at ``tick``: the (shortest) election timeout, the heartbeat interval and the leader's read
+    lease (the election timeout less the core's lease margin)."""
+    margin = raftnode.RaftConfig().lease_margin_ticks
+    return ELECTION_TICKS * tick, tick, (ELECTION_TICKS - margin) * tick
+
 SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
 TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
 LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
@@ -132,6 +160,10 @@ class ServerBase(Generic[SM]):
         self._tick_due = 0.0  # loop time the node's latest tick stands for (catch-up ticks come late)
         self._lease_embargo_until = 0.0  # no lease reads before this loop time (the node's clock fell behind)
         self._links = LinkPolicy.for_election(ELECTION_TICKS)  # when a silent peer's stream is reset
+        # The kernel's give-up time on a peer stream is the policy's longest election timeout at this tick
+        # (LINK's at the default tick): a larger raft_multiplier relaxes it with the election timeout.
+        self._link_timeouts: LinkTimeouts = LINK if opts.tick == TICK_SECONDS else replace(
+            LINK, user_timeout=self._links.user_timeout_ticks * opts.tick)  # fmt: skip
         self._last_leader: str | None = None  # the leader last followed (the core forgets it when campaigning)
         self._role: raftnode.Role | None = None  # the role last reported to the observer
         # peer -> (perf_counter() of the oldest AppendEntries with entries not yet acknowledged, entries since)

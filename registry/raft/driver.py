@@ -305,7 +305,7 @@ class RaftServer(RPCHandlers[SM]):
             dst = msg.dst
             sender = self._senders[dst] = PeerSender(
                 dst, lambda: self.servers[dst].address if dst in self.servers else None,
-                self.opts.ssl_client, self.opts.server_hostname, self.opts.source_ip,
+                self.opts.ssl_client, self.opts.server_hostname, self.opts.source_ip, self._link_timeouts,
             )  # fmt: skip
         sender.send(msg)
 

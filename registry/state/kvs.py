@@ -12,6 +12,7 @@ import bisect
 from dataclasses import replace
 
 from registry import sessions as sess_rules
+from registry.gocompat import go_quote
 from registry.state.base import StoreBase, StoreError
 from registry.state.topics import KV_PREFIX, WatchSet
 from registry.structs import KVEntry
@@ -98,7 +99,9 @@ class KVTable(StoreBase):
         if not session:
             raise StoreError("missing session", 500)
         if session not in self.sessions:
-            raise StoreError(f'invalid session "{session}"', 500)
+            # Consul's kvsLockTxn: ``invalid session %#v`` (Go's quoting), an RPC error its HTTP layer answers
+            # with 500.
+            raise StoreError(f"invalid session {go_quote(session)}", 500)
         old = self.kv.get(key)
         if old is None or old.session != session:
             if sess_rules.in_lock_delay(self.lock_delays.get(key), self.clock_ns):

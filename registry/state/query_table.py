@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from registry import commands as c
+from registry.gocompat import go_quote
 from registry.prepared_query import CompiledTemplate, PreparedQuery, QueryError, compile_template, is_uuid
 from registry.state.base import StoreBase, StoreError
 from registry.state.topics import WatchSet
@@ -57,7 +58,7 @@ class PreparedQueryTable(StoreBase):
         if is_uuid(query.name) and query.name.lower() in self._pq_ids_lower():
             raise StoreError(f"name '{query.name}' aliases an existing query ID")
         if query.session and query.session not in self.sessions:
-            raise StoreError(f'invalid session "{query.session}"')
+            raise StoreError(f"invalid session {go_quote(query.session)}")  # Consul's %#v
         compiled = None
         if query.is_template:
             try:

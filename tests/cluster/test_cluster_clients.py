@@ -34,6 +34,12 @@ def catalog_nodes(server: Server) -> set[str]:
     return {n["Node"] for n in reply.json()}
 
 
+def known_servers(client: Server) -> str:
+    """The servers a client agent's router holds (Consul's Stats known_servers)."""
+    stats = http("GET", client.url + "/v1/agent/self", timeout=5).json()["Stats"]
+    return str(stats["consul"]["known_servers"])
+
+
 def test_client_agents_fail_and_leave(make_cluster: MakeCluster) -> None:
     # Mutual TLS on the server port, as a production cluster runs.
     cluster = make_cluster(3, tls=True)
@@ -158,8 +164,13 @@ def test_client_writes_go_through_the_picked_server(make_cluster: MakeCluster) -
     # client-1's reaches any other server (no storm of leader look-ups from the clients).
     before = client_bytes(cluster)
     leader.kill()
+    killed = time.monotonic()
     old_leader = leader
     leader = cluster.wait_leader(among=[s for s in cluster.servers if s is not old_leader])
+    # The pool reports the dead server failed, and client-1's router drops it (Consul's RemoveServer on
+    # Serf's failed event): it is no longer among the servers picked.
+    wait_for("client-1's router to drop the dead server", lambda: known_servers(c1) == "2",
+             max(1.0, FAIL_WITHIN - (time.monotonic() - killed)))  # fmt: skip
     register_and_see(leader)
     register_and_see(leader)
     after = client_bytes(cluster)
@@ -169,6 +180,7 @@ def test_client_writes_go_through_the_picked_server(make_cluster: MakeCluster) -
     # another server.
     old_leader.start()
     cluster.wait_caught_up()
+    wait_for("client-1's router to take the restarted server back", lambda: known_servers(c1) == "3", 30)
     picked.kill()  # (if it leads by now, this is a leader change as well)
     survivors = [s for s in cluster.servers if s is not picked]
     leader = cluster.wait_leader(among=survivors)
