@@ -70,7 +70,6 @@ class Ports:
 
 
 RATE_LIMIT_MODES = ("disabled", "permissive", "enforcing")
-MAX_RAFT_MULTIPLIER = 10  # Consul's consul.MaxRaftMultiplier (registry.raft.base keeps the same bound)
 
 
 @dataclass
@@ -446,10 +445,12 @@ def validate(cfg: Config, validators: Sequence[ConfigValidator] = ()) -> None:
         raise ConfigError("acl.default_policy must be \"allow\" or \"deny\"")
     if not cfg.node_name or any(c.isspace() for c in cfg.node_name):
         raise ConfigError(f"node_name {cfg.node_name!r} is not a valid node name")
-    m = cfg.raft_multiplier
-    if m is not None and not 1 <= m <= MAX_RAFT_MULTIPLIER:
-        raise ConfigError(
-            f"performance.raft_multiplier cannot be {m}. Must be between 1 and {MAX_RAFT_MULTIPLIER}"
-        )
+    if cfg.raft_multiplier is not None:
+        from registry.raft.base import raft_tick  # the range and Consul's text live with the timings
+
+        try:
+            raft_tick(cfg.raft_multiplier)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for check in validators:
         check(cfg)

@@ -43,7 +43,7 @@ TICK_SECONDS = 0.05  # election timeout 10 ticks = 0.5-1.0 s randomized; heartbe
 # is counted in ticks (ELECTION_TICKS to the election timeout, one to a heartbeat), so a tick of m x 100 ms
 # gives Consul's election timeout and heartbeat interval at that multiplier, and the lease (and everything
 # else counted in ticks) scales with them as Consul's does. Without the key the tick stays TICK_SECONDS,
-# half of multiplier 1 (docs/configuration.md, "performance").
+# half of multiplier 1 (docs/operations.md, "Raft timings").
 RAFT_MULTIPLIER_TICK = 0.1
 MAX_RAFT_MULTIPLIER = 10  # Consul's consul.MaxRaftMultiplier
 
