@@ -188,17 +188,22 @@ async def test_many_changes_are_few_entries(agent: RunningAgent, http: Http, pee
 async def test_snapshot_records_members_and_leave(tmp_path: Path, peers: list[GossipDriver]) -> None:
     """Serf's local.snapshot: the members known alive are written, and a leave is recorded so a restart
     does not rejoin (unless rejoin_after_leave)."""
-    from registry.agent.membership import _write_snapshot
+    from registry.agent.membership import SnapshotLog
 
     a = await peer(peers, "snap-a")
     b = await peer(peers, "snap-b")
     assert await a.join([b.local_member.addr]) == 1
     path = tmp_path / "serf" / "local.snapshot"
-    _write_snapshot(path, a.members(), leave=False)
+    log = SnapshotLog(path)
+    for m in a.members():
+        log.member(m)
+    log.flush()
     addrs, left = read_snapshot(path)
     assert sorted(addrs) == sorted(f"127.0.0.1:{d.local_member.addr.port}" for d in (a, b)) and not left
-    _write_snapshot(path, a.members(), leave=True)
+    log.flush(leave=True)
+    log.flush(leave=True)  # a leave, then the stop after it: one leave line
     assert read_snapshot(path)[1] is True
+    assert path.read_text().count("leave") == 1
 
 
 def test_snapshot_is_a_log_of_changes_compacted_when_it_outgrows_the_members(tmp_path: Path) -> None:

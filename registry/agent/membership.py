@@ -231,11 +231,6 @@ def _read_entries(path: Path) -> tuple[dict[str, str], bool]:
     return entries, left
 
 
-def _write_snapshot(path: Path, members: Iterable[Member], leave: bool) -> None:
-    """The whole snapshot at once: the members not failed or gone, and ``leave`` if the agent left."""
-    _write_entries(path, {m.name: _host_port(m.addr) for m in members if m.state in _SNAPSHOT_ALIVE}, leave)
-
-
 def _write_entries(path: Path, entries: dict[str, str], leave: bool) -> None:
     lines = [f"alive: {name} {addr}\n" for name, addr in entries.items()]
     if leave:
@@ -291,7 +286,7 @@ class SnapshotLog:
 
     def flush(self, leave: bool = False) -> None:
         """Append what changed (and ``leave``), or write the whole snapshot when the log has grown too long."""
-        if leave:
+        if leave and not self.left:  # a leave, then the stop that follows it, record one
             self._pending.append("leave\n")
             self.left = True
         if not self._pending:
