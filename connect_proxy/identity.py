@@ -7,9 +7,9 @@ mesh impersonate any other).
 
 from __future__ import annotations
 
+import calendar
 import functools
 import random
-import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +28,18 @@ def uri_sans(peercert: Mapping[str, Any] | None) -> list[str]:
     return [str(v) for k, v in peercert.get("subjectAltName", ()) if k == "URI"]
 
 
-# ``ssl.cert_time_to_seconds`` once per distinct NotAfter: a sidecar's peers share a few leaves.
-_cert_time = functools.lru_cache(maxsize=1024)(ssl.cert_time_to_seconds)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@functools.lru_cache(maxsize=1024)
+def _cert_time(text: str) -> float:
+    """``ssl``'s rendering of an ASN.1 time, ``"Dec  7 12:00:00 2026 GMT"``, as epoch seconds (the same
+    as ``ssl.cert_time_to_seconds``, without its locale-free detour through ``time.strptime``)."""
+    month, day, hms, year, zone = text.split()
+    if zone != "GMT":
+        raise ValueError(f"time data {text!r} is not GMT")
+    h, m, sec = (int(x) for x in hms.split(":"))
+    return float(calendar.timegm((int(year), _MONTHS.index(month) + 1, int(day), h, m, sec, 0, 0, 0)))
 
 
 def not_after(peercert: Mapping[str, Any] | None) -> float:
@@ -39,7 +49,7 @@ def not_after(peercert: Mapping[str, Any] | None) -> float:
     if not isinstance(text, str):
         return 0.0
     try:
-        return float(_cert_time(text))
+        return _cert_time(text)
     except ValueError:
         return 0.0
 
