@@ -33,8 +33,8 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 @functools.lru_cache(maxsize=1024)
 def _cert_time(text: str) -> float:
-    """``ssl``'s rendering of an ASN.1 time, ``"Dec  7 12:00:00 2026 GMT"``, as epoch seconds (the same
-    as ``ssl.cert_time_to_seconds``, without its locale-free detour through ``time.strptime``)."""
+    """``ssl``'s rendering of an ASN.1 time, ``"Dec  7 12:00:00 2026 GMT"``, as epoch seconds (what
+    ``ssl.cert_time_to_seconds`` answers; parsed here because this core imports no ``ssl``)."""
     month, day, hms, year, zone = text.split()
     if zone != "GMT":
         raise ValueError(f"time data {text!r} is not GMT")
