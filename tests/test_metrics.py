@@ -184,3 +184,51 @@ async def test_gossip_counters_under_memberlist_and_serf_names() -> None:
         assert re.search(r"^consul_serf_member_join 2$", text, re.M)  # itself, as Serf reports it, and "keyed"
         assert re.search(r"^consul_memberlist_udp_received [1-9]", text, re.M)
         assert re.search(r"^consul_memberlist_udp_sent [1-9]", text, re.M)
+
+
+async def test_member_counts_follow_the_catalog_and_are_not_recounted_while_it_stands_still() -> None:
+    """consul.members.servers / .clients: catalog nodes with a serfHealth check, split by the consul service.
+    The walk over every node is redone only when the catalog's nodes, services or checks changed (with
+    10,000 nodes it is a 10 ms burst on every server at the same second)."""
+    async with async_dev_agent() as running:
+        agent = running.agent
+        gauge = lambda name: agent.metrics.gauge(name, (), "").value  # noqa: E731
+        agent._collect_members()
+        assert (gauge("members.servers"), gauge("members.clients")) == (1.0, 0.0)  # the dev server itself
+        for name in ("web-1", "web-2"):
+            body = {"Node": name, "Address": "10.0.0.1", "Check": {"CheckID": "serfHealth", "Name": "Serf Health Status",
+                                                                  "Status": "passing"}}  # fmt: skip
+            async with aiohttp.ClientSession() as session, session.put(running.url + "/v1/catalog/register",
+                                                                      json=body) as resp:  # fmt: skip
+                assert resp.status == 200
+        async with aiohttp.ClientSession() as session, session.put(
+                running.url + "/v1/catalog/register", json={"Node": "no-agent", "Address": "10.0.0.9"}) as resp:
+            assert resp.status == 200  # a node without serfHealth (an external one) is no member
+        agent._collect_members()
+        assert (gauge("members.servers"), gauge("members.clients")) == (1.0, 2.0)
+        walks = 0
+        nodes = agent.store.nodes
+
+        class Counting(dict):  # type: ignore[type-arg]
+            def __iter__(self):  # noqa: ANN204
+                nonlocal walks
+                walks += 1
+                return super().__iter__()
+
+        agent.store.nodes = Counting(nodes)
+        try:
+            for _ in range(3):
+                agent._collect_members()
+            assert walks == 0 and gauge("members.clients") == 2.0
+            async with aiohttp.ClientSession() as session, session.put(running.url + "/v1/kv/unrelated",
+                                                                      data=b"x") as resp:  # fmt: skip
+                assert resp.status == 200
+            agent._collect_members()
+            assert walks == 0  # a KV write is no membership change
+        finally:
+            agent.store.nodes = nodes
+        async with aiohttp.ClientSession() as session, session.put(running.url + "/v1/catalog/deregister",
+                                                                  json={"Node": "web-2"}) as resp:  # fmt: skip
+            assert resp.status == 200
+        agent._collect_members()
+        assert gauge("members.clients") == 1.0
