@@ -38,6 +38,9 @@ KNOWN_TOP_KEYS = {
     "checks", "service", "check", "default_intention_policy", "recursor_timeout", "nodes", "session_ttl_min",
     "insecure", "watches", "leave_on_terminate", "skip_leave_on_interrupt",
 }  # fmt: skip
+# Raft's log compaction on the servers (registry.raft.storage): snapshot every raft_snapshot_threshold entries,
+# looked at every one to two raft_snapshot_interval, keeping raft_trailing_logs entries behind each snapshot.
+KNOWN_TOP_KEYS |= {"raft_snapshot_threshold", "raft_snapshot_interval", "raft_trailing_logs"}
 # The LAN gossip pool (registry/agent/membership.py): its bind address, joining and rejoining, and its timings
 # (``gossip_lan``, read from ``Config.extra`` by ``registry.agent.membership.gossip_config``; ``gossip_wan`` is
 # checked the same way and has no effect: Proconsul runs no WAN pool).
@@ -151,6 +154,11 @@ class Config:
     # Consul's performance.raft_multiplier (1..10, checked once every file is merged); None: not set, the
     # Raft timings keep Proconsul's defaults (registry.raft.base.raft_tick).
     raft_multiplier: int | None = None
+    # Consul's raft_snapshot_threshold, raft_snapshot_interval and raft_trailing_logs; None: not set, the
+    # Raft defaults (registry.raft.base: 8192 entries, 30 s, 2048 entries).
+    raft_snapshot_threshold: int | None = None
+    raft_snapshot_interval: float | None = None
+    raft_trailing_logs: int | None = None
     # Proconsul's addition: start a server outside -dev without ACLs (default deny) or mutual TLS, and
     # say so (registry/posture.py).
     insecure: bool = False
@@ -292,6 +300,16 @@ def _apply_key(cfg: Config, key: str, value: Any) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         setattr(cfg, key, value)
+    elif key in ("raft_snapshot_threshold", "raft_trailing_logs"):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "raft_snapshot_threshold" else 0):
+            raise ConfigError(f"{key} must be a {'positive' if key == 'raft_snapshot_threshold' else 'non-negative'} "
+                              f"integer, got {value!r}")  # fmt: skip
+        setattr(cfg, key, value)
+    elif key == "raft_snapshot_interval":
+        interval = _dur(value, key)
+        if interval < 0.005:
+            raise ConfigError(f"raft_snapshot_interval must be at least 5ms, got {value!r}")
+        cfg.raft_snapshot_interval = interval
     elif key in ("bootstrap_expect", "check_output_max_size", "kv_max_value_size", "retry_max"):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"{key} must be a non-negative integer, got {value!r}")

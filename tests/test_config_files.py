@@ -230,6 +230,38 @@ def test_not_implemented_keys_are_accepted_and_named(tmp_path: Path) -> None:
     assert cfg.unknown_keys == [f"{path}: disable_remote_exec", "performance.leave_drain_time"]
 
 
+def test_raft_snapshot_keys_reach_the_raft_server(tmp_path: Path) -> None:
+    """raft_snapshot_threshold, raft_snapshot_interval and raft_trailing_logs are read (HCL here) and given to
+    the server's Raft; unset, Raft keeps its defaults."""
+    from registry.agent.agent import Agent
+    from registry.raft.base import SNAPSHOT_INTERVAL, SNAPSHOT_THRESHOLD, TRAILING_LOGS
+
+    path = write(tmp_path / "raft.hcl", 'raft_snapshot_threshold = 16384\nraft_snapshot_interval = "45s"\n'
+                                        "raft_trailing_logs = 10240\n")  # fmt: skip
+    base = ["-server", "-bootstrap-expect", "1", "-insecure", "-bind", "127.0.0.1"]
+    cfg = build_config([*base, "-data-dir", str(tmp_path / "a"), "-config-file", str(path)])
+    assert (cfg.raft_snapshot_threshold, cfg.raft_snapshot_interval, cfg.raft_trailing_logs) == (16384, 45.0, 10240)
+    assert not [k for k in cfg.unknown_keys if "raft_" in k]
+    opts = Agent(cfg).consensus.opts  # type: ignore[attr-defined]
+    assert (opts.snapshot_threshold, opts.snapshot_interval, opts.trailing_logs) == (16384, 45.0, 10240)
+    plain = Agent(build_config([*base, "-data-dir", str(tmp_path / "b")])).consensus.opts  # type: ignore[attr-defined]
+    assert (plain.snapshot_threshold, plain.snapshot_interval, plain.trailing_logs) == (
+        SNAPSHOT_THRESHOLD, SNAPSHOT_INTERVAL, TRAILING_LOGS)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"raft_snapshot_threshold": 0}, "raft_snapshot_threshold must be a positive integer, got 0"),
+    ({"raft_snapshot_threshold": "many"}, "raft_snapshot_threshold must be a positive integer, got 'many'"),
+    ({"raft_trailing_logs": -1}, "raft_trailing_logs must be a non-negative integer, got -1"),
+    ({"raft_snapshot_interval": "1ms"}, "raft_snapshot_interval must be at least 5ms, got '1ms'"),
+    ({"raft_snapshot_interval": "soon"}, "raft_snapshot_interval"),
+])  # fmt: skip
+def test_bad_raft_snapshot_keys_are_refused(tmp_path: Path, data: dict[str, Any], message: str) -> None:
+    path = write(tmp_path / "raft.json", json.dumps(data))
+    with pytest.raises(ConfigError, match=message):
+        build_config(["-dev", "-config-file", str(path)])
+
+
 @pytest.mark.parametrize("value", [0, -1, 11, 20])
 def test_raft_multiplier_out_of_range_is_refused_with_consuls_text(tmp_path: Path, value: int) -> None:
     path = write(tmp_path / "perf.json", json.dumps({"performance": {"raft_multiplier": value}}))

@@ -428,6 +428,10 @@ class Agent:
                 tick=raft_tick(cfg.raft_multiplier),  # performance.raft_multiplier scales every Raft timing
                 source_ip=cfg.advertise if cfg.bind_addr not in ("0.0.0.0", "::", "") else None,
             )
+            for key, attr in (("raft_snapshot_threshold", "snapshot_threshold"),
+                              ("raft_snapshot_interval", "snapshot_interval"), ("raft_trailing_logs", "trailing_logs")):
+                if getattr(cfg, key) is not None:
+                    setattr(opts, attr, getattr(cfg, key))
             ssl_server, opts.ssl_client, opts.server_hostname, peer_check = rpc_contexts(cfg)  # tls block
             self._rpc_client_tls = opts.ssl_client
             self._rpc_hostname = opts.server_hostname

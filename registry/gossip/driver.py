@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import random
 import socket
@@ -34,6 +33,7 @@ import structlog
 
 from registry.coordinate import Client as CoordinateClient
 from registry.coordinate import decode_coordinate, encode_coordinate
+from registry.gcpause import GCHold
 from registry.gossip.codec import PacketCodec, PacketRejected, PlainCodec
 from registry.gossip.config import GossipConfig
 from registry.gossip.core import (
@@ -78,8 +78,8 @@ _FRAME_HEADER = struct.Struct(">I")
 
 class BigWork:
     """Holds the process quiet while a whole member list is decoded or encoded in a worker thread, and
-    (for one received) merged on the event loop: no cyclic garbage collection, and the interpreter lock
-    handed between threads every ``BIG_WORK_SWITCH_INTERVAL`` rather than every 5 ms.
+    (for one received) merged on the event loop: no cyclic garbage collection (``registry.gcpause``), and
+    the interpreter lock handed between threads every ``BIG_WORK_SWITCH_INTERVAL`` rather than every 5 ms.
 
     A pool of 10,000 decodes into some 30,000 containers. With the collector on, they lived through
     young collections while the exchange ran, were promoted, and each exchange set off a full collection
@@ -88,40 +88,39 @@ class BigWork:
     collection sees them. And while the worker thread decodes, the event loop waited up to the 5 ms
     switch interval for the lock each time it woke (a KV write wakes it several times).
 
-    The collector and the switch interval are the process's, so holds are counted: the first takes
-    them, the last gives them back. ``acquire`` and ``release`` run on the event loop's thread."""
+    The switch interval is the process's, so holds are counted like the collector's. ``acquire`` and
+    ``release`` run on the event loop's thread and may be repeated."""
 
     _holds = 0
-    _gc_was_enabled = True
     _switch_interval = 0.005
 
     def __init__(self) -> None:
-        self.held = False
+        self._gc = GCHold()
+
+    @property
+    def held(self) -> bool:
+        return self._gc.held
 
     def acquire(self) -> None:
-        if self.held:
+        if self._gc.held:
             return
-        self.held = True
+        self._gc.acquire()
         if BigWork._holds == 0:
-            BigWork._gc_was_enabled = gc.isenabled()
             BigWork._switch_interval = sys.getswitchinterval()
-            gc.disable()
             sys.setswitchinterval(BIG_WORK_SWITCH_INTERVAL)
         BigWork._holds += 1
 
     def release(self) -> None:
-        if not self.held:
+        if not self._gc.held:
             return
-        self.held = False
+        self._gc.release()
         BigWork._holds -= 1
         if BigWork._holds == 0:
             sys.setswitchinterval(BigWork._switch_interval)
-            if BigWork._gc_was_enabled:
-                gc.enable()
 
     @staticmethod
     def holding() -> int:
-        """How many holds are taken (0: the collector and the switch interval are as they were)."""
+        """How many holds are taken (0: the switch interval is as it was)."""
         return BigWork._holds
 
 

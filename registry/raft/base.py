@@ -66,6 +66,11 @@ def raft_timings(tick: float) -> tuple[float, float, float]:
     return ELECTION_TICKS * tick, tick, (ELECTION_TICKS - margin) * tick
 
 SNAPSHOT_THRESHOLD = 8192  # applied entries between snapshots
+# How often a server looks whether SNAPSHOT_THRESHOLD entries have built up: each wait is drawn between
+# one and two times this (hashicorp/raft's SnapshotInterval with its randomTimeout; Consul's
+# raft_snapshot_interval, 30 s by default), so the servers of a cluster, which reach any given index
+# together, do not all snapshot at once.
+SNAPSHOT_INTERVAL = 30.0
 TRAILING_LOGS = 2048  # entries kept behind a snapshot so slightly-behind followers avoid a snapshot
 LEADER_WAIT = 5.0  # how long a write waits for a leader to appear before failing (Consul: RPCHoldTimeout)
 PROPOSAL_TIMEOUT = 30.0
@@ -110,6 +115,7 @@ class RaftOptions:
     join: list[str] = field(default_factory=list)
     tick: float = TICK_SECONDS
     snapshot_threshold: int = SNAPSHOT_THRESHOLD
+    snapshot_interval: float = SNAPSHOT_INTERVAL  # seconds; 0: look after every batch (tests)
     trailing_logs: int = TRAILING_LOGS
     ssl_client: Any = None  # for dialing peers; the listening side's TLS is the transport's
     server_hostname: str | None = None
@@ -153,6 +159,7 @@ class ServerBase(Generic[SM]):
         self._read_ids = itertools.count(1)
         self._snapshot_index = 0
         self._snapshotting = False
+        self._next_snapshot_check: float | None = None  # monotonic; set at the first look (storage.py)
         self._leader_since: float | None = None
         self._leader_callbacks: list[Callable[[bool], None]] = []
         self._was_leader = False

@@ -11,6 +11,7 @@ follower catches up from the log rather than from a snapshot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import msgpack
 
+from registry.gcpause import GCHold
 from registry.raft import node as raftnode
 from registry.raft.base import (
     ELECTION_TICKS,
@@ -39,6 +41,10 @@ from registry.raft.messages import (
 from registry.raft.snapshots import SnapshotStore
 from registry.raft.stable import StableStore
 from registry.raft.wal import WAL
+
+# The snapshot child's niceness: it shares the servers' cores and nothing waits on it (the log is kept until it
+# is done), so it takes what the servers leave rather than a third of a core from each of them.
+SNAPSHOT_CHILD_NICE = 10
 
 
 class Storage(ServerBase[SM]):
@@ -167,6 +173,13 @@ class Storage(ServerBase[SM]):
         node = self.node
         if node is None or self._snaps is None or self._wal is None or self._snapshotting:
             return
+        if self.opts.snapshot_interval > 0:
+            now = time.monotonic()
+            if self._next_snapshot_check is None:
+                self._next_snapshot_check = now + self._snapshot_wait()
+            if now < self._next_snapshot_check:
+                return
+            self._next_snapshot_check = now + self._snapshot_wait()
         applied = node.applied_index
         if applied - self._snapshot_index < self.opts.snapshot_threshold:
             return
@@ -182,25 +195,40 @@ class Storage(ServerBase[SM]):
                 self._snapshotting = False
             self._snapshot_done(meta, time.monotonic() - started)
 
+    def _snapshot_wait(self) -> float:
+        """The wait before the next look at the threshold: between one and two snapshot intervals."""
+        return self.opts.snapshot_interval * (1.0 + self._rng.random())
+
     async def _snapshot_in_child(self, meta: SnapshotMeta) -> None:
         """Serialize the state machine in a forked child, as Redis does: the child sees a copy-on-write image
         of the store exactly as of ``meta.index`` while this process keeps serving and replicating. A big
         catalog takes a noticeable fraction of a second to serialize; doing that on the event loop would
-        stall heartbeats and invite needless elections."""
+        stall heartbeats and invite needless elections.
+
+        While the child lives, both sides keep the shared pages shared: neither runs the cyclic collector
+        (a full collection writes to every object's header, so each page it walks would be copied), and the
+        child runs at a lower priority than the servers it shares cores with (``SNAPSHOT_CHILD_NICE``): the
+        snapshot is not waited for, requests are. Seen at 10,000 nodes with three servers on one core, all
+        snapshotting at the same index: 26 ms young collections in each parent and 300 ms of slow writes."""
         assert self._snaps is not None
         started = time.monotonic()
         conf = config_to_dict(meta.configuration)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, which only writes the file and exits
-            code = 1
-            try:
-                self._snaps.create(meta.index, meta.term, conf, self.fsm.snapshot())
-                code = 0
-            finally:
-                os._exit(code)
+        quiet = GCHold()
+        quiet.acquire()
         try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which only writes the file and exits
+                code = 1
+                try:
+                    with contextlib.suppress(OSError):
+                        os.nice(SNAPSHOT_CHILD_NICE)
+                    self._snaps.create(meta.index, meta.term, conf, self.fsm.snapshot())
+                    code = 0
+                finally:
+                    os._exit(code)
             _, status = await asyncio.to_thread(os.waitpid, pid, 0)
         finally:
+            quiet.release()
             self._snapshotting = False
         if os.waitstatus_to_exitcode(status) != 0:
             log.error("snapshot child failed; the log is kept until the next attempt", index=meta.index)

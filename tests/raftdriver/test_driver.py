@@ -18,10 +18,11 @@ from registry.testing import free_port
 
 
 class Cluster:
-    def __init__(self, tmp: Path, n: int = 3, snapshot_threshold: int = 8192) -> None:
+    def __init__(self, tmp: Path, n: int = 3, snapshot_threshold: int = 8192, snapshot_interval: float = 0.0) -> None:
         self.tmp = tmp
         self.ports = [free_port() for _ in range(n)]
         self.snapshot_threshold = snapshot_threshold
+        self.snapshot_interval = snapshot_interval  # 0: look at the threshold after every batch
         self.servers: dict[int, RaftServer] = {}
 
     def options(self, i: int, expect: int = 3, join: list[int] | None = None) -> RaftOptions:
@@ -30,7 +31,7 @@ class Cluster:
             data_dir=self.tmp / f"s{i}", node_id=f"node-{i}", address=f"127.0.0.1:{self.ports[i]}",
             bind=("127.0.0.1", self.ports[i]), name=f"s{i}", http="", bootstrap_expect=expect,
             join=[f"127.0.0.1:{self.ports[j]}" for j in peers], snapshot_threshold=self.snapshot_threshold,
-            trailing_logs=10, leader_wait=1.0,
+            snapshot_interval=self.snapshot_interval, trailing_logs=10, leader_wait=1.0,
         )  # fmt: skip
 
     async def start(self, i: int, **kw) -> RaftServer:  # noqa: ANN003
@@ -288,3 +289,31 @@ async def test_a_proposal_nobody_answers_fails_at_its_deadline(tmp_path: Path) -
     with pytest.raises(NotLeaderError):
         await stuck
     assert not server._expiry
+
+
+async def test_servers_look_at_the_snapshot_threshold_at_staggered_times(tmp_path: Path) -> None:
+    """With raft_snapshot_interval set, a server snapshots only when its randomized look comes (one to two
+    intervals apart), not the moment the threshold is crossed: the servers of a cluster, which cross it
+    together, snapshot at different times (hashicorp/raft's SnapshotInterval)."""
+    c = Cluster(tmp_path, n=3, snapshot_threshold=20, snapshot_interval=0.6)
+    snaps = lambda i: [p for p in (tmp_path / f"s{i}" / "raft" / "snapshots").iterdir() if p.suffix == ".snap"]  # noqa: E731
+    try:
+        for i in range(3):
+            await c.start(i)
+        leader = await c.leader()
+        waits = [leader._snapshot_wait() for _ in range(200)]
+        assert 0.6 <= min(waits) and max(waits) <= 1.2 and max(waits) - min(waits) > 0.3
+        for s in c.servers.values():
+            s._next_snapshot_check = float("inf")  # the next look is far away
+        for n in range(60):
+            assert await c.write(kv(f"k{n:03d}", b"x")) is True
+        await asyncio.sleep(0.3)
+        assert not any(snaps(i) for i in range(3))  # the threshold is crossed, but nobody looked
+        for s in c.servers.values():
+            s._next_snapshot_check = 0.0  # the look is due: taken at the next batch
+        assert await c.write(kv("now", b"x")) is True
+        for i in range(3):
+            await until(lambda i=i: bool(snaps(i)))
+        assert all(s._next_snapshot_check >= 0.6 for s in c.servers.values())  # rescheduled
+    finally:
+        await c.close()
