@@ -64,6 +64,7 @@ from __future__ import annotations
 import heapq
 import random
 import re
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -379,9 +380,14 @@ class GossipNode:
         self._push(self._next_probe, _Timer.PROBE, 0)
         self._next_push_pull = now + rng.random() * self.config.push_pull_interval
         self._push(self._next_push_pull, _Timer.PUSH_PULL, 0)
-        self._next_reconnect = now + self.config.reconnect_interval
+        # Serf's reconnect and reap tickers walk the whole member list. Their phase comes from the member's
+        # name, so that servers started together (whose walks of a 10,000-member list take milliseconds each)
+        # do not walk at the same instant on a shared core for as long as they run; from the name rather
+        # than ``rng``, so a seeded run draws the same numbers as before.
+        phase = zlib.crc32(name.encode()) / 2**32
+        self._next_reconnect = now + (0.5 + phase) * self.config.reconnect_interval
         self._push(self._next_reconnect, _Timer.RECONNECT, 0)
-        self._next_reap = now + _REAP_INTERVAL
+        self._next_reap = now + (0.5 + phase) * _REAP_INTERVAL
         self._push(self._next_reap, _Timer.REAP, 0)
 
     # -- the driver's entry points -------------------------------------------------------------------
