@@ -160,6 +160,7 @@ class ServerBase(Generic[SM]):
         self._snapshot_index = 0
         self._snapshotting = False
         self._next_snapshot_check: float | None = None  # monotonic; set at the first look (storage.py)
+        self._snapshot_cap = 0  # entries behind the last snapshot that force one (storage.py)
         self._leader_since: float | None = None
         self._leader_callbacks: list[Callable[[bool], None]] = []
         self._was_leader = False

@@ -173,15 +173,21 @@ class Storage(ServerBase[SM]):
         node = self.node
         if node is None or self._snaps is None or self._wal is None or self._snapshotting:
             return
+        applied = node.applied_index
+        behind = applied - self._snapshot_index
         if self.opts.snapshot_interval > 0:
             now = time.monotonic()
             if self._next_snapshot_check is None:
                 self._next_snapshot_check = now + self._snapshot_wait()
-            if now < self._next_snapshot_check:
+                # The log lives in memory until a snapshot lets it go: past this many entries (three to
+                # five thresholds, drawn per server so that they do not all reach it at one index) the
+                # snapshot is taken without waiting for the look, however fast the writes come.
+                self._snapshot_cap = int(self.opts.snapshot_threshold * (3 + 2 * self._rng.random()))
+            if now < self._next_snapshot_check and behind < self._snapshot_cap:
                 return
-            self._next_snapshot_check = now + self._snapshot_wait()
-        applied = node.applied_index
-        if applied - self._snapshot_index < self.opts.snapshot_threshold:
+            if now >= self._next_snapshot_check:
+                self._next_snapshot_check = now + self._snapshot_wait()
+        if behind < self.opts.snapshot_threshold:
             return
         meta = node.snapshot_meta(applied)
         self._snapshotting = True

@@ -294,7 +294,8 @@ async def test_a_proposal_nobody_answers_fails_at_its_deadline(tmp_path: Path) -
 async def test_servers_look_at_the_snapshot_threshold_at_staggered_times(tmp_path: Path) -> None:
     """With raft_snapshot_interval set, a server snapshots only when its randomized look comes (one to two
     intervals apart), not the moment the threshold is crossed: the servers of a cluster, which cross it
-    together, snapshot at different times (hashicorp/raft's SnapshotInterval)."""
+    together, snapshot at different times (hashicorp/raft's SnapshotInterval). A log that grows past three to
+    five thresholds is snapshotted without waiting (it is held in memory)."""
     c = Cluster(tmp_path, n=3, snapshot_threshold=20, snapshot_interval=0.6)
     snaps = lambda i: [p for p in (tmp_path / f"s{i}" / "raft" / "snapshots").iterdir() if p.suffix == ".snap"]  # noqa: E731
     try:
@@ -303,17 +304,24 @@ async def test_servers_look_at_the_snapshot_threshold_at_staggered_times(tmp_pat
         leader = await c.leader()
         waits = [leader._snapshot_wait() for _ in range(200)]
         assert 0.6 <= min(waits) and max(waits) <= 1.2 and max(waits) - min(waits) > 0.3
+        assert all(60 <= s._snapshot_cap < 100 for s in c.servers.values())
         for s in c.servers.values():
             s._next_snapshot_check = float("inf")  # the next look is far away
-        for n in range(60):
+        for n in range(50):
             assert await c.write(kv(f"k{n:03d}", b"x")) is True
         await asyncio.sleep(0.3)
         assert not any(snaps(i) for i in range(3))  # the threshold is crossed, but nobody looked
-        for s in c.servers.values():
-            s._next_snapshot_check = 0.0  # the look is due: taken at the next batch
+        c.servers[0]._next_snapshot_check = 0.0  # server 0's look is due: taken at its next batch
         assert await c.write(kv("now", b"x")) is True
-        for i in range(3):
+        await until(lambda: bool(snaps(0)))
+        assert c.servers[0]._next_snapshot_check > 0.0  # the next look is scheduled
+        await asyncio.sleep(0.3)
+        assert not snaps(1) and not snaps(2)
+        for i in (1, 2):
+            c.servers[i]._snapshot_cap = 70
+        for n in range(25):  # 76 entries behind: past the cap, with the look still far away
+            assert await c.write(kv(f"m{n:03d}", b"x")) is True
+        for i in (1, 2):
             await until(lambda i=i: bool(snaps(i)))
-        assert all(s._next_snapshot_check >= 0.6 for s in c.servers.values())  # rescheduled
     finally:
         await c.close()
