@@ -90,19 +90,22 @@ async def test_garbage_is_dropped_and_counted_never_raised(pool: list[GossipDriv
 
 
 async def test_a_large_push_pull_is_decoded_and_encoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Push-pulls of a large pool's member list are built in a worker thread; a join and the periodic
-    exchanges work the same through that path (forced here for every frame)."""
+    """Push-pulls of a large pool's member list are built in a worker thread, with the big-work hold taken
+    (no cyclic collection meanwhile); a join and the periodic exchanges work the same through that path
+    (forced here for every frame), and once they are done, and garbage frames were refused, no hold is left."""
+    import gc
     import threading
 
     import registry.gossip.driver as driver_module
+    from registry.gossip.driver import BigWork
 
     monkeypatch.setattr(driver_module, "BIG_STREAM_BYTES", 0)
     monkeypatch.setattr(driver_module, "BIG_STREAM_STATES", 0)
-    threads: set[str] = set()
+    seen: list[tuple[str, int]] = []  # (thread, holds) of each decode
     decode = driver_module.decode_stream
 
     def recording_decode(data: bytes):  # noqa: ANN202
-        threads.add(threading.current_thread().name)
+        seen.append((threading.current_thread().name, BigWork.holding()))
         return decode(data)
 
     monkeypatch.setattr(driver_module, "decode_stream", recording_decode)
@@ -112,10 +115,21 @@ async def test_a_large_push_pull_is_decoded_and_encoded_off_the_event_loop(monke
         for d in drivers[1:]:
             assert await d.join([addrs[0]]) == 1
         await _until(lambda: all(d.core.num_live == 3 for d in drivers), 10, "the pool to converge")
+        target = drivers[0].local_member.addr
+        for blob in (struct.pack(">I", 40) + b"\x01" * 40, struct.pack(">I", 100) + b"\x01\x02"):
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+            writer.write(blob)
+            await writer.drain()
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        await _until(lambda: BigWork.holding() == 0, 5, "the holds to be released")
     finally:
         for d in drivers:
             await d.stop()
-    assert threads and threading.main_thread().name not in threads
+    assert seen and threading.main_thread().name not in {thread for thread, _ in seen}
+    assert all(holds >= 1 for _, holds in seen)  # each decode ran with the hold taken
+    assert BigWork.holding() == 0 and gc.isenabled()
 
 
 def test_big_work_holds_the_collector_and_the_switch_interval_until_the_last_release() -> None:
@@ -145,46 +159,6 @@ def test_big_work_holds_the_collector_and_the_switch_interval_until_the_last_rel
         assert not gc.isenabled()
     finally:
         gc.enable()
-
-
-async def test_large_exchanges_give_back_the_collector_whatever_their_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every push-pull takes the big-work hold here (decoded, merged, or failed and dropped): once the
-    pool has converged and garbage frames were refused, no hold is left and the collector runs."""
-    import gc
-
-    import registry.gossip.driver as driver_module
-    from registry.gossip.driver import BigWork
-
-    monkeypatch.setattr(driver_module, "BIG_STREAM_BYTES", 0)
-    monkeypatch.setattr(driver_module, "BIG_STREAM_STATES", 0)
-    held: list[int] = []
-    decode = driver_module.decode_stream
-
-    def watching_decode(data: bytes):  # noqa: ANN202
-        held.append(BigWork.holding())
-        return decode(data)
-
-    monkeypatch.setattr(driver_module, "decode_stream", watching_decode)
-    drivers = [GossipDriver(f"hold-{i}", bind=LOCAL, config=FAST, tags={"role": "node"}) for i in range(3)]
-    try:
-        addrs = [await d.start() for d in drivers]
-        for d in drivers[1:]:
-            assert await d.join([addrs[0]]) == 1
-        await _until(lambda: all(d.core.num_live == 3 for d in drivers), 10, "the pool to converge")
-        target = drivers[0].local_member.addr
-        for blob in (struct.pack(">I", 40) + b"\x01" * 40, struct.pack(">I", 100) + b"\x01\x02"):
-            reader, writer = await asyncio.open_connection(target.host, target.port)
-            writer.write(blob)
-            await writer.drain()
-            writer.write_eof()
-            assert await asyncio.wait_for(reader.read(), 5) == b""
-            writer.close()
-        await _until(lambda: BigWork.holding() == 0, 5, "the holds to be released")
-    finally:
-        for d in drivers:
-            await d.stop()
-    assert held and all(n >= 1 for n in held)  # each decode ran with the hold taken
-    assert BigWork.holding() == 0 and gc.isenabled()
 
 
 class _RejectAll:
