@@ -97,10 +97,6 @@ class BigWork:
     def __init__(self) -> None:
         self._gc = GCHold()
 
-    @property
-    def held(self) -> bool:
-        return self._gc.held
-
     def acquire(self) -> None:
         if self._gc.held:
             return
