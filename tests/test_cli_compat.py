@@ -220,6 +220,24 @@ def test_services_export(agent: Agent) -> None:
 # ---------------------------------------------------------------------------------------------------- TLS
 
 
+def test_a_reset_over_https_points_at_the_tls_options() -> None:
+    """Refusing a client without a certificate, the agent sends its alert and closes; with the request already
+    sent and unread, the client may see the close as a reset before it reads the alert. Over https that is
+    reported as a TLS failure, over http (nothing there to refuse a certificate) as an agent not reached."""
+    import errno
+
+    import aiohttp
+
+    from registry.cli.common import _tls_failure
+
+    reset = aiohttp.ClientOSError(errno.ECONNRESET, "Connection reset by peer")
+    assert _tls_failure(reset, https=True)
+    assert _tls_failure(ConnectionResetError(), https=True)
+    assert not _tls_failure(reset, https=False)
+    refused = aiohttp.ClientOSError(errno.ECONNREFUSED, "Connection refused")
+    assert not _tls_failure(refused, https=True)
+
+
 def test_tls_client_options_against_verify_incoming(agent: Agent) -> None:
     https = ["-http-addr", agent.https]
     # No client certificate: the agent refuses the handshake, and the command says so.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import socket
@@ -118,6 +119,12 @@ def _tls_failure(cause: BaseException, https: bool) -> bool:
     if isinstance(cause, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return True
     if https and isinstance(cause, aiohttp.ServerDisconnectedError):
+        return True
+    # The agent's close after its alert can reach the client as a reset before the alert is read (a request
+    # already sent and unread makes the kernel answer with RST), so a reset over https counts too.
+    os_error = cause.os_error if isinstance(cause, aiohttp.ClientConnectorError) else cause
+    reset = isinstance(os_error, ConnectionResetError) or (isinstance(os_error, OSError) and os_error.errno == errno.ECONNRESET)
+    if https and reset:
         return True
     return isinstance(cause, aiohttp.ClientConnectorError) and isinstance(cause.os_error, ssl.SSLError)
 
