@@ -52,6 +52,12 @@ class Listener(Protocol):
 # HTTPConnStateFuncWithDefault429Handler): a bare 429 the client can read, then the close.
 TOO_MANY_CONNECTIONS = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
+# The longest request line accepted: Go's http.DefaultMaxHeaderBytes (1 MiB, which Consul's HTTP server keeps)
+# plus the 4 KiB Go reads beyond it, so the long ?filter= expressions, keys and tag lists a Consul agent takes
+# are taken here too (aiohttp's default, 8,190 bytes, refused them). Longer lines get Go's bare 431. Header
+# fields keep aiohttp's 8,190 bytes and 128 headers, so a connection holds at most about 2 MiB of head.
+MAX_REQUEST_LINE = (1 << 20) + 4096
+
 
 class GuardedServer(web.Server):
     """aiohttp's low-level server with the limits Consul puts around its HTTP server (CVE-2020-7219: a flood
@@ -67,6 +73,7 @@ class GuardedServer(web.Server):
       connection whose handler still waits for a request: a client trickling headers byte by byte is cut
       off), and may pause no longer than it while sending a body (``Api.read_body``, which reads the same
       limit from the config);
+    - a request line may be as long as Go's server takes one (``MAX_REQUEST_LINE``);
     - requests the HTTP parser rejects (a line or header too long, bad framing) are answered with Go's
       bare texts and logged without their bytes: the rejected line may carry ``?token=``.
     """
@@ -76,7 +83,7 @@ class GuardedServer(web.Server):
         # After an early answer (413, 408) aiohttp reads and drops the rest of the body for lingering_time
         # (10 s) before closing: never longer than a client may pause.
         super().__init__(handler, access_log=None, keepalive_timeout=read_timeout,  # type: ignore[arg-type]
-                         lingering_time=min(read_timeout, 10.0))  # fmt: skip
+                         lingering_time=min(read_timeout, 10.0), max_line_size=MAX_REQUEST_LINE)  # fmt: skip
         self.max_conns_per_client = max_conns_per_client
         self.exempt = exempt
         self.read_timeout = read_timeout
