@@ -206,7 +206,7 @@ def test_commands_are_registered_explicitly_and_share_the_flag_forms() -> None:
     from registry.cli.app import COMMANDS
     from registry.cli.common import http_config, http_options, opt, parser
 
-    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "config", "connect", "event", "force-leave", "info",
+    assert sorted(COMMANDS) == ["acl", "agent", "catalog", "config", "connect", "debug", "event", "force-leave", "info",
                                 "intention", "join", "keygen", "keyring", "kv", "leave", "lock", "login", "logout",
                                 "maint", "members", "monitor", "operator", "reload", "rtt", "services", "snapshot",
                                 "tls", "validate", "version", "watch"]  # fmt: skip

@@ -1180,6 +1180,7 @@ class Agent:
             now = time.monotonic()
             for c in checks:
                 c.last_synced = now
+            log.info("Synced service", service=key)  # Consul's local-state line (agent/local/state.go)
         elif kind == "check":
             chk = self.checks.get(key)
             if chk is None:
@@ -1195,12 +1196,15 @@ class Agent:
                 cmd = Register(self.node_row(), checks=(want,), skip_node_update=True)
             await self.propose(cmd)
             chk.last_synced = time.monotonic()
+            log.info("Synced check", check=key)
         elif kind == "service-delete":
             if key not in self.services:
                 await self.propose(Deregister(node, service_id=key))
+                log.info("Deregistered service", service=key)
         elif kind == "check-delete":
             if key not in self.checks:
                 await self.propose(Deregister(node, check_id=key))
+                log.info("Deregistered check", check=key)
 
     async def sync_full(self) -> None:
         """Bring the catalog's view of this node in line with local state."""

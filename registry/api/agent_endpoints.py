@@ -308,6 +308,9 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
                 "DNSPort": agent.dns_addr[1] if agent.dns_addr else cfg.ports.dns,
                 "DNSDomain": cfg.domain,
                 "EnableScriptChecks": cfg.enable_script_checks,
+                # Consul's enable_debug (on in -dev): what `consul debug` reads before asking for profiles.
+                # Proconsul serves no /debug/pprof either way; the key is reported as set.
+                "EnableDebug": cfg.dev or cfg.extra.get("enable_debug") is True,
                 # Consul's runtime config field: what decides a connection no intention matches (with
                 # the ACL default policy when empty); sidecars decide in process and read it here.
                 "DefaultIntentionPolicy": cfg.default_intention_policy,
@@ -450,6 +453,14 @@ async def version(api: Api, request: web.Request, _: str) -> web.StreamResponse:
                               "FIPS": "", "Proconsul": __version__})  # fmt: skip
 
 
+async def host(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's ``GET /v1/agent/host`` (operator:read): the machine's memory, CPUs, host and root disk, as
+    ``consul debug`` captures them into host.json. Read off the event loop: it walks /proc."""
+    from registry.hostinfo import collect
+
+    return api.json(request, await asyncio.get_running_loop().run_in_executor(None, collect))
+
+
 async def reload(api: Api, request: web.Request, _: str) -> web.StreamResponse:
     """Consul's ``PUT /v1/agent/reload``: the agent re-reads its config sources and applies what can change
     while it runs; an error (the config does not load or validate) is a 500 with its text, and the running
@@ -535,6 +546,8 @@ ROUTES: tuple[Route, ...] = (
           "This agent's configuration, member record and build"),
     route("GET", "/v1/agent/members", members, "read", "node", "each", "The cluster members this agent sees"),
     route("GET", "/v1/agent/version", version, "read", "none", "none", "This agent's version"),
+    route("GET", "/v1/agent/host", host, "read", "operator", "unnamed",
+          "The machine this agent runs on: memory, CPUs, host, root disk (what consul debug saves as host.json)"),
     route("GET", "/v1/agent/services", services, "read", "service", "each", "The services registered with this agent"),
     route("GET", "/v1/agent/service/", service_get, "read", "service", "path-id", "One local service, by ID"),
     route("GET", "/v1/agent/checks", checks, "read", "node", "each", "The checks registered with this agent"),

@@ -497,6 +497,7 @@ def _json(schema: dict[str, Any]) -> dict[int, tuple[str, dict[str, Any]] | None
 OPERATIONS: dict[tuple[str, str], Op] = {
     # ---- agent
     ("GET", "/v1/agent/self"): Op(ok=_json({"type": "object"})),
+    ("GET", "/v1/agent/host"): Op(ok=_json({"type": "object"})),
     ("GET", "/v1/agent/members"): Op(ok=_json(_array(_obj(("Name", "Addr"), Name=_STR, Addr=_STR)))),
     ("GET", "/v1/agent/version"): Op(ok=_json(_obj(("HumanVersion",), HumanVersion=_STR))),
     # JSON by default; ?format=prometheus answers text/plain; version=0.0.4, or 415 while

@@ -188,6 +188,12 @@ def _keygen(argv: list[str]) -> int:
     return cmd_keygen(argv)
 
 
+def _debug(argv: list[str]) -> int:
+    from registry.cli.debug import cmd_debug
+
+    return cmd_debug(argv)
+
+
 def _keyring(argv: list[str]) -> int:
     from registry.cli.keyring import cmd_keyring
 
@@ -224,6 +230,7 @@ COMMANDS: dict[str, Command] = {
     "rtt": _rtt,
     "keygen": _keygen,
     "keyring": _keyring,
+    "debug": _debug,
 }
 
 

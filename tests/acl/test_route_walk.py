@@ -73,6 +73,7 @@ def cases(ids: dict[str, str]) -> list[Case]:
              "agent:read", streams=True),
         Case("GET", "/v1/agent/members", "/v1/agent/members", NODE_READ, None),
         Case("GET", "/v1/agent/version", "/v1/agent/version", "", None, empty=lambda b: True),
+        Case("GET", "/v1/agent/host", "/v1/agent/host", 'operator = "read"', "operator:read"),
         Case("GET", "/v1/agent/services", "/v1/agent/services", svc("web", "read"), None),
         Case("GET", "/v1/agent/service/", "/v1/agent/service/web1", svc("web", "read"), "service:read"),
         Case("GET", "/v1/agent/checks", "/v1/agent/checks", svc("web", "read"), None),
