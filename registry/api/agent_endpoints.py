@@ -308,9 +308,10 @@ async def self_info(api: Api, request: web.Request, _: str) -> web.StreamRespons
                 "DNSPort": agent.dns_addr[1] if agent.dns_addr else cfg.ports.dns,
                 "DNSDomain": cfg.domain,
                 "EnableScriptChecks": cfg.enable_script_checks,
-                # Consul's enable_debug (on in -dev): what `consul debug` reads before asking for profiles.
-                # Proconsul serves no /debug/pprof either way; the key is reported as set.
-                "EnableDebug": cfg.dev or cfg.extra.get("enable_debug") is True,
+                # Consul's enable_debug: whether /debug/pprof is served, which `consul debug` reads before
+                # asking for profiles. Proconsul serves none whatever the key says, so false: Consul's own
+                # CLI then skips its pprof target with a warning instead of failing on 404s.
+                "EnableDebug": False,
                 # Consul's runtime config field: what decides a connection no intention matches (with
                 # the ACL default policy when empty); sidecars decide in process and read it here.
                 "DefaultIntentionPolicy": cfg.default_intention_policy,
