@@ -123,6 +123,24 @@ async def test_ttl_expiry_and_refresh(http: Http) -> None:
     assert await catalog_status(http, "job") == ["passing"]
 
 
+async def test_a_status_change_is_written_once(http: Http, agent: RunningAgent) -> None:
+    """A TTL pass is synced at once; the sync loop, woken by the same change, must not write it again."""
+    await http.put("/v1/agent/service/register", {"Name": "once", "Check": {"TTL": "60s"}})
+    assert await catalog_status(http, "once") == ["critical"]
+    await asyncio.sleep(0.5)  # the registration's own syncs are done
+    index = agent.agent.store.index
+    await http.put("/v1/agent/check/pass/service:once")
+    assert await catalog_status(http, "once") == ["passing"]
+    await asyncio.sleep(1.0)  # long enough for the sync loop to have run
+    assert agent.agent.store.index == index + 1
+    # The same status and output again, as a service's TTL heartbeat sends it: nothing to write (Consul's
+    # UpdateCheck returns early for an idempotent update).
+    for _ in range(3):
+        await http.put("/v1/agent/check/pass/service:once")
+    await asyncio.sleep(1.0)
+    assert agent.agent.store.index == index + 1
+
+
 async def test_script_check_and_thresholds(tmp_path) -> None:  # noqa: ANN001
     async with async_dev_agent(enable_script_checks=True) as running, _client(running) as http:
         flag = str(tmp_path / "healthy")  # private to this test run: parallel runs must not share it

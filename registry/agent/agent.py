@@ -1080,7 +1080,11 @@ class Agent:
         chk.monitor.reset()
         output = output[: chk.spec.output_max_size] if chk.spec.output_max_size > 0 else output
         self.set_check_status(cid, status, output)
-        await self.sync_check(cid)
+        # Written now (the caller then reads its own write) only when set_check_status found something to
+        # write: a service's TTL heartbeat repeating its status is not a Raft entry (Consul's UpdateCheck
+        # returns early for it, and defers an output-only change by check_update_interval).
+        if ("check", cid) in self._dirty:
+            await self.sync_check(cid)
 
     async def _warn_if_insecure(self) -> None:
         """An agent started without ACLs or mutual TLS (``-insecure``, or a client agent without verified
@@ -1164,6 +1168,10 @@ class Agent:
     async def _sync_item(self, item: tuple[str, str]) -> None:
         kind, key = item
         node = self.node_name
+        # This sync reads the state after this line, so it covers every change marked before it: the sync
+        # loop must not write the same thing again (a TTL pass synced at once used to be written twice). A
+        # change made while the write is under way marks the item again.
+        self._dirty.discard(item)
         if kind == "node":
             await self._register_self()
             for sid in list(self.services):
