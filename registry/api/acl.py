@@ -735,6 +735,23 @@ async def templated_policy(api: Api, request: web.Request, name: str) -> web.Str
     return api.json(request, _template_json(name))
 
 
+# Go's zero time.Time, as Consul's JSON writes an ACLReplicationStatus time that never happened.
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+async def replication_status(api: Api, request: web.Request, _: str) -> web.StreamResponse:
+    """Consul's ``GET /v1/acl/replication``. Replication copies a primary datacenter's ACLs into a secondary;
+    a Proconsul cluster is its own primary and has no secondaries, so replication is never enabled and the
+    answer is the one a Consul primary gives. No token needed: monitoring checks poll it (Consul asks for
+    none either, as the status leaks nothing)."""
+    _require_enabled(api)
+    return api.json(request, {
+        "Enabled": False, "Running": False, "SourceDatacenter": "", "ReplicationType": "", "ReplicatedIndex": 0,
+        "ReplicatedRoleIndex": 0, "ReplicatedTokenIndex": 0, "LastSuccess": _ZERO_TIME, "LastError": _ZERO_TIME,
+        "LastErrorMessage": "",
+    })  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------- authorize
 
 # (resource, access) -> the authorizer's operation, for the operations asked by their plain name.
@@ -826,6 +843,8 @@ ROUTES: tuple[Route, ...] = (
           "The built-in policy templates"),
     route("GET", "/v1/acl/templated-policy/name/", templated_policy, "read", "acl", "unnamed",
           "One built-in policy template"),
+    route("GET", "/v1/acl/replication", replication_status, "read", "none", "none",
+          "ACL replication status (never enabled: a Proconsul cluster is its own primary)"),
     route("POST", "/v1/internal/acl/authorize", internal_authorize, "read", "none", "none",
           "Answer a batch of {Resource, Segment, Access} for the caller's token (the UI's check)"),
     route("PUT", "/v1/agent/token/", agent_token, "write", "agent", "local-node",

@@ -721,6 +721,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/acl/binding-rules"): Op(query=(*BLOCKING, "authmethod"), ok=_json(_array({"type": "object"})),
                                          errors=(401,)),
     ("GET", "/v1/acl/templated-policies"): Op(ok=_json({"type": "object"}), errors=(401,)),
+    ("GET", "/v1/acl/replication"): Op(ok=_json({"type": "object"}), errors=(401,)),
     ("GET", "/v1/acl/templated-policy/name/"): Op(ok=_json({"type": "object"}), errors=(401, 404)),
     ("POST", "/v1/internal/acl/authorize"): Op(body="ACLAuthorizations", ok=_json(_array({"type": "object"})),
                                                errors=(401, 403)),

@@ -68,7 +68,8 @@ async def test_bootstrap_once_then_403_with_the_reset_index_then_reset(h: Http, 
 
 async def test_acl_endpoints_answer_401_when_acls_are_off(http: Http) -> None:
     for method, path in (("PUT", "/v1/acl/bootstrap"), ("GET", "/v1/acl/tokens"), ("GET", "/v1/acl/policies"),
-                         ("GET", "/v1/acl/token/self"), ("PUT", "/v1/agent/token/default")):  # fmt: skip
+                         ("GET", "/v1/acl/token/self"), ("PUT", "/v1/agent/token/default"),
+                         ("GET", "/v1/acl/replication")):  # fmt: skip
         status, text, _ = await http.call(method, path)
         assert (status, text) == (401, "ACL support disabled"), path
 
@@ -249,6 +250,18 @@ async def test_roles_auth_methods_binding_rules_templated(h: Http) -> None:
     assert "builtin/service" in templates and "{{.Name}}" in templates["builtin/service"]["Template"]
     status, text, _ = await h.get("/v1/acl/templated-policy/name/builtin/nope", **t)
     assert (status, text) == (400, "Invalid templated policy Name: builtin/nope")
+
+
+
+async def test_replication_status_is_a_primarys_without_a_token(h: Http) -> None:
+    """Monitoring checks poll it without a token (Consul asks for none); a Proconsul cluster is its own
+    primary, so replication is off, with Go's zero times."""
+    await _bootstrap(h)
+    status, out, _ = await h.get("/v1/acl/replication")
+    assert status == 200 and out == {
+        "Enabled": False, "Running": False, "SourceDatacenter": "", "ReplicationType": "", "ReplicatedIndex": 0,
+        "ReplicatedRoleIndex": 0, "ReplicatedTokenIndex": 0, "LastSuccess": "0001-01-01T00:00:00Z",
+        "LastError": "0001-01-01T00:00:00Z", "LastErrorMessage": ""}  # fmt: skip
 
 
 async def test_internal_authorize_and_agent_tokens(h: Http, acl_agent: RunningAgent, tmp_path: Path) -> None:

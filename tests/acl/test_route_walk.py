@@ -223,6 +223,7 @@ def cases(ids: dict[str, str]) -> list[Case]:
         Case("POST", "/v1/acl/login", "/v1/acl/login", "", None, free=True,
              body={"AuthMethod": "none", "BearerToken": "x.y.z"}),
         Case("POST", "/v1/acl/logout", "/v1/acl/logout", "", None, free=True),
+        Case("GET", "/v1/acl/replication", "/v1/acl/replication", "", None, free=True),
         *(Case(method, route, route + suffix, f'acl = "{level}"', f"acl:{level}", body=body)
           for method, route, suffix, level, body in (
               ("PUT", "/v1/acl/token", "", "write", {"Description": "t"}),
