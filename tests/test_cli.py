@@ -48,8 +48,10 @@ def wait_http(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
 def agent_proc() -> Iterator[tuple[int, subprocess.Popen]]:
     port = free_port()
     # The gossip pool on -dev's default port, 8301, as Consul's (the other tests here pick free ones).
+    # The log goes to stdout, which nobody reads for the module's life: not a pipe, whose 64 KiB would
+    # eventually block the agent's writes (and the agent).
     proc = subprocess.Popen([BIN, "agent", "-dev", "-node", "cli-node", "-http-port", str(port), "-dns-port", "-1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     wait_http(port, proc)
     yield port, proc
     proc.send_signal(signal.SIGTERM)

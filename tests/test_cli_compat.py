@@ -69,7 +69,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
         "node_meta": {"env": "prod"},
     }))  # fmt: skip
     proc = subprocess.Popen([BIN, "agent", "-dev", "-serf-lan-port", "0", "-node", "compat-node", "-http-port", str(http_port), "-dns-port",
-                             "-1", "-config-file", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                             "-1", "-config-file", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         wait_http(http_port, proc)
         yield Agent(f"127.0.0.1:{http_port}", f"https://127.0.0.1:{https_port}", d)
