@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.cli.common import Client, CLIError, http_config, http_options, opt, parser, table
+from registry.cli.common import Client, CLIError, _reason, http_config, http_options, opt, parser, table
 from registry.client.http import AgentHTTP, AgentUnavailable, StatusError
 from registry.gocompat import DurationError, format_duration, go_parse_bool, parse_duration
 
@@ -98,7 +98,7 @@ class Debug:
         try:
             resp = await self.http.request("GET", "/v1/agent/self")
         except AgentUnavailable as exc:
-            raise CLIError(f"Capture validation failed: error querying target agent: {exc.cause}. verify "
+            raise CLIError(f"Capture validation failed: error querying target agent: {_reason(exc.cause)}. verify "
                            "connectivity and agent address") from None  # fmt: skip
         if resp.status >= 400:
             raise CLIError(f"Capture validation failed: error querying target agent: Unexpected response code: "
