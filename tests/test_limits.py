@@ -220,6 +220,19 @@ def test_deep_filters_answer_a_clear_error_not_a_crash() -> None:
         assert status == 431 and body == b"431 Request Header Fields Too Large"
 
 
+def test_no_answer_names_the_servers_software() -> None:
+    """aiohttp would add ``Server: Python/3.x aiohttp/3.y`` to every answer (Consul's server sends no such
+    header): not on a normal answer, an error, a redirect, or a request the parser refused."""
+    with dev_agent() as agent:
+        answers = [call(agent, "GET", "/v1/status/leader"), call(agent, "GET", "/v1/kv/missing"),
+                   call(agent, "PUT", "/v1/kv/k", b"{" * 10), call(agent, "GET", "/v1/nothing/here"),
+                   call(agent, "GET", "/v1/kv/x?pad=" + "a" * ((1 << 20) + 4096)),
+                   call(agent, "GET", "/ui/")]  # fmt: skip
+        assert [a[0] for a in answers] == [200, 404, 200, 404, 431, 302]
+    for status, _, headers in answers:
+        assert "server" not in headers, (status, headers)
+
+
 def test_request_lines_as_long_as_gos_server_takes() -> None:
     """A 9,000-byte key and a 100,000-byte ?filter= (aiohttp's default refused lines over 8,190 bytes)."""
     with dev_agent() as agent:

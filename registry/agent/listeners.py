@@ -16,7 +16,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -59,6 +59,16 @@ TOO_MANY_CONNECTIONS = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n
 MAX_REQUEST_LINE = (1 << 20) + 4096
 
 
+class _Request(web.BaseRequest):
+    """A request whose answers carry no ``Server`` header. aiohttp adds ``Server: Python/<version>
+    aiohttp/<version>`` to every response, which tells anyone who can reach the port which library
+    versions (and so which of their CVEs) to try; Consul's server sends no such header either. This hook
+    runs after aiohttp has set its headers and before they are written."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        response.headers.popall("Server", None)
+
+
 class GuardedServer(web.Server):
     """aiohttp's low-level server with the limits Consul puts around its HTTP server (CVE-2020-7219: a flood
     of connections must not exhaust the agent):
@@ -75,7 +85,8 @@ class GuardedServer(web.Server):
       limit from the config);
     - a request line may be as long as Go's server takes one (``MAX_REQUEST_LINE``);
     - requests the HTTP parser rejects (a line or header too long, bad framing) are answered with Go's
-      bare texts and logged without their bytes: the rejected line may carry ``?token=``.
+      bare texts and logged without their bytes: the rejected line may carry ``?token=``;
+    - no answer names the server's software (``_Request``).
     """
 
     def __init__(self, handler: Callable[..., object], *, max_conns_per_client: int, read_timeout: float,
@@ -92,6 +103,9 @@ class GuardedServer(web.Server):
 
     def __call__(self) -> RequestHandler:
         return GuardedHandler(self, loop=self._loop, **self._kwargs)
+
+    def _make_request(self, message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+        return _Request(message, payload, protocol, writer, task, self._loop)
 
 
 class GuardedHandler(RequestHandler):
