@@ -140,41 +140,38 @@ def collect(root: Path = Path("/"), now: Callable[[], float] = time.time) -> dic
     def read(rel: str) -> str:
         return (root / rel).read_text(errors="replace")
 
-    out: dict[str, Any] = {"Memory": None, "CPU": None, "Host": None, "Disk": None}
-    try:
-        out["Memory"] = memory(read("proc/meminfo"))
-    except OSError as exc:
-        errors.append(f"memory: {exc}")
-    try:
-        out["CPU"] = cpu_info(read("proc/cpuinfo"))
-    except OSError as exc:
-        errors.append(f"cpu: {exc}")
-    try:
+    def optional(rel: str) -> str:
+        """A file some systems lack (a container without /etc/machine-id): empty then."""
         try:
-            release = read("etc/os-release")
+            return read(rel)
         except OSError:
-            release = ""
-        try:
-            host_id = read("etc/machine-id").strip()
-        except OSError:
-            host_id = ""
-        procs = sum(1 for p in (root / "proc").iterdir() if p.name.isdigit())
+            return ""
+
+    def host() -> dict[str, Any]:
         uname = platform.uname()
-        out["Host"] = host_info(hostname=socket.gethostname(), uptime=read("proc/uptime"), stat=read("proc/stat"),
-                                os_release=release, kernel=uname.release, arch=uname.machine, procs=procs,
-                                host_id=host_id)  # fmt: skip
-    except OSError as exc:
-        errors.append(f"host: {exc}")
-    try:
+        return host_info(hostname=socket.gethostname(), uptime=read("proc/uptime"), stat=read("proc/stat"),
+                         os_release=optional("etc/os-release"), kernel=uname.release, arch=uname.machine,
+                         procs=sum(1 for p in (root / "proc").iterdir() if p.name.isdigit()),
+                         host_id=optional("etc/machine-id").strip())  # fmt: skip
+
+    def disk() -> dict[str, Any]:
+        usage = disk_usage(str(root / DISK_USAGE_PATH.lstrip("/")) if root != Path("/") else DISK_USAGE_PATH,
+                           _fstype(optional("proc/mounts"), DISK_USAGE_PATH))  # fmt: skip
+        return {**usage, "path": DISK_USAGE_PATH}
+
+    blocks: tuple[tuple[str, str, Callable[[], Any]], ...] = (
+        ("Memory", "memory", lambda: memory(read("proc/meminfo"))),
+        ("CPU", "cpu", lambda: cpu_info(read("proc/cpuinfo"))),
+        ("Host", "host", host),
+        ("Disk", "disk", disk),
+    )
+    out: dict[str, Any] = {}
+    for key, label, build in blocks:
         try:
-            mounts = read("proc/mounts")
-        except OSError:
-            mounts = ""
-        out["Disk"] = disk_usage(str(root / DISK_USAGE_PATH.lstrip("/")) if root != Path("/") else DISK_USAGE_PATH,
-                                 _fstype(mounts, DISK_USAGE_PATH))  # fmt: skip
-        out["Disk"]["path"] = DISK_USAGE_PATH
-    except OSError as exc:
-        errors.append(f"disk: {exc}")
+            out[key] = build()
+        except OSError as exc:
+            out[key] = None
+            errors.append(f"{label}: {exc}")
     out["CollectionTime"] = int(now() * 1e9)
     out["Errors"] = errors or None
     return out
