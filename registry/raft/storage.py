@@ -45,6 +45,10 @@ from registry.raft.wal import WAL
 # The snapshot child's niceness: it shares the servers' cores and nothing waits on it (the log is kept until it
 # is done), so it takes what the servers leave rather than a third of a core from each of them.
 SNAPSHOT_CHILD_NICE = 10
+# The longest the collector stays off for one snapshot child. A 10,000-node catalog is written in well under a
+# second; a child still running after this is stuck (a dead disk, a stopped process), and the server must not
+# go without cyclic collections for as long as the child does.
+SNAPSHOT_GC_HOLD_MAX_S = 30.0
 
 
 class Storage(ServerBase[SM]):
@@ -215,7 +219,8 @@ class Storage(ServerBase[SM]):
         (a full collection writes to every object's header, so each page it walks would be copied), and the
         child runs at a lower priority than the servers it shares cores with (``SNAPSHOT_CHILD_NICE``): the
         snapshot is not waited for, requests are. Seen at 10,000 nodes with three servers on one core, all
-        snapshotting at the same index: 26 ms young collections in each parent and 300 ms of slow writes."""
+        snapshotting at the same index: 26 ms young collections in each parent and 300 ms of slow writes. A
+        child still running after ``SNAPSHOT_GC_HOLD_MAX_S`` is stuck: the collector comes back on then."""
         assert self._snaps is not None
         started = time.monotonic()
         conf = config_to_dict(meta.configuration)
@@ -232,7 +237,14 @@ class Storage(ServerBase[SM]):
                     code = 0
                 finally:
                     os._exit(code)
-            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            waiting = asyncio.ensure_future(asyncio.to_thread(os.waitpid, pid, 0))
+            try:
+                _, status = await asyncio.wait_for(asyncio.shield(waiting), SNAPSHOT_GC_HOLD_MAX_S)
+            except TimeoutError:
+                quiet.release()
+                log.warning("snapshot child still running; the garbage collector is back on meanwhile",
+                            pid=pid, index=meta.index, after_seconds=SNAPSHOT_GC_HOLD_MAX_S)  # fmt: skip
+                _, status = await waiting
         finally:
             quiet.release()
             self._snapshotting = False

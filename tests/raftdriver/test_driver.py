@@ -325,3 +325,40 @@ async def test_servers_look_at_the_snapshot_threshold_at_staggered_times(tmp_pat
             await until(lambda i=i: bool(snaps(i)))
     finally:
         await c.close()
+
+
+async def test_a_slow_snapshot_child_gives_the_collector_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a forked snapshot child lives, the parent runs no cyclic collection (shared pages stay shared); a
+    child still running after SNAPSHOT_GC_HOLD_MAX_S is stuck, and the collector comes back on while it is
+    waited for. The snapshot still lands when the child ends."""
+    import gc
+
+    from registry.gcpause import GCHold
+    from registry.raft import storage
+
+    monkeypatch.setattr(storage, "SNAPSHOT_GC_HOLD_MAX_S", 0.6)
+    c = Cluster(tmp_path, n=3, snapshot_threshold=20)
+    snaps = lambda i: [p for p in (tmp_path / f"s{i}" / "raft" / "snapshots").iterdir() if p.suffix == ".snap"]  # noqa: E731
+    try:
+        for i in range(3):
+            server = await c.start(i)
+            real = server.fsm.snapshot
+
+            def slow(real=real):  # noqa: ANN001, ANN202 - runs in the forked child
+                time.sleep(2.5)
+                return real()
+
+            server.fsm.snapshot = slow
+        await c.leader()
+        for n in range(25):
+            assert await c.write(kv(f"k{n:03d}", b"x")) is True
+        await until(lambda: any(s._snapshotting for s in c.servers.values()))
+        assert GCHold.holding() > 0 and not gc.isenabled()  # a child is writing: no collections
+        # Still writing (it sleeps 2.5 s), but past the 0.6 s allowed: the collector is on again.
+        await until(lambda: GCHold.holding() == 0, timeout=1.5)
+        assert gc.isenabled() and any(s._snapshotting for s in c.servers.values())
+        for i in range(3):
+            await until(lambda i=i: bool(snaps(i)))
+        assert GCHold.holding() == 0 and gc.isenabled()
+    finally:
+        await c.close()
