@@ -121,8 +121,13 @@ def test_a_capture_is_consuls_bundle(dev: str, tmp_path: Path) -> None:
     a = _debug(dev, "-duration", "10s", "-interval", "5s", "-output", str(archived))
     b = _debug(dev, "-duration=10s", "-interval=5s", "-output", str(plain), "-archive=false", "-capture", "agent",
                "-capture", "logs")  # fmt: skip
-    time.sleep(2)
-    # Something to log while the capture records the agent's log at trace level.
+    # Something to log while the capture records the agent's log at trace level: once its first interval has
+    # passed, so the log stream is surely attached however slowly the command started.
+    assert a.stdout is not None
+    head: list[str] = []
+    while not head or not (head[-1].startswith("==> Capture successful") and head[-1].endswith(" (1)")):
+        head.append(a.stdout.readline().rstrip("\n"))
+        assert head[-1] or a.poll() is None, head
     req = urllib.request.Request(f"http://{dev}/v1/agent/service/register", method="PUT",
                                  data=json.dumps({"Name": "debugged", "Port": 80}).encode())  # fmt: skip
     urllib.request.urlopen(req, timeout=10).read()
@@ -130,7 +135,7 @@ def test_a_capture_is_consuls_bundle(dev: str, tmp_path: Path) -> None:
     out_b, err_b = b.communicate(timeout=60)
     assert a.returncode == 0 and b.returncode == 0, err_a + err_b
     assert time.monotonic() - started >= 12  # the duration and Consul's 2 s of grace
-    lines = out_a.splitlines()
+    lines = head + out_a.splitlines()
     assert lines[0] == "==> Starting debugger and capturing static information..."
     assert lines[1].startswith("     Agent Version: '1.") and lines[2] == "          Interval: '5s'"
     assert lines[3] == "          Duration: '10s'" and lines[4] == f"            Output: '{archived}.tar.gz'"
