@@ -211,3 +211,30 @@ def test_an_existing_output_or_no_agent_is_refused(dev: str, tmp_path: Path) -> 
     assert out.returncode == 1 and not (tmp_path / "y").exists()
     assert err == ("==> Capture validation failed: error querying target agent: [Errno 111] Connection refused. "
                    "verify connectivity and agent address")
+
+
+def test_an_answer_that_is_not_an_agents_is_refused(tmp_path: Path) -> None:
+    """Something else on the port (a web server answering HTML): a clear refusal, nothing written."""
+    import http.server
+    import threading
+
+    class NotAnAgent(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<html>hello</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotAnAgent)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = run("debug", "-http-addr", f"127.0.0.1:{server.server_address[1]}", "-output", str(tmp_path / "z"))
+    finally:
+        server.shutdown()
+    assert out.returncode == 1
+    assert out.stderr.decode().strip() == "==> Capture validation failed: agent response did not contain version key"
+    assert not (tmp_path / "z").exists()

@@ -7,17 +7,10 @@ import argparse
 import json
 from typing import Any
 
-from registry.cli.common import Client, CLIError, http_options, opt, parser, run_client
-from registry.gocompat import format_duration_ns, go_parse_bool, go_quote, parse_duration_ns
+from registry.cli.common import Client, CLIError, go_bool, http_options, opt, parser, run_client
+from registry.gocompat import format_duration_ns, go_quote, parse_duration_ns
 
 SUBCOMMANDS = ("get-config", "set-config", "state")
-
-
-def _bool(text: str) -> bool:
-    try:
-        return go_parse_bool(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _uint(text: str) -> int:
@@ -40,13 +33,13 @@ def cmd_autopilot(argv: list[str]) -> int:
     p = parser(f"proconsul operator autopilot {sub}", "Autopilot configuration and state")
     http_options(p)
     if sub == "set-config":
-        opt(p, "cleanup-dead-servers", type=_bool, default=None, metavar="true|false")
+        opt(p, "cleanup-dead-servers", type=go_bool, default=None, metavar="true|false")
         opt(p, "max-trailing-logs", type=_uint, default=None)
         opt(p, "min-quorum", type=_uint, default=None)
         opt(p, "last-contact-threshold", type=_duration, default=None)
         opt(p, "server-stabilization-time", type=_duration, default=None)
         opt(p, "redundancy-zone-tag", default=None)
-        opt(p, "disable-upgrade-migration", type=_bool, default=None, metavar="true|false")
+        opt(p, "disable-upgrade-migration", type=go_bool, default=None, metavar="true|false")
         opt(p, "upgrade-version-tag", default=None)
     elif sub == "state":
         opt(p, "format", default="pretty", help="Output format {pretty|json}")

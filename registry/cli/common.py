@@ -24,9 +24,10 @@ from registry.client.http import (
     TLSFlags,
     TokenFileError,
 )
+from registry.gocompat import go_parse_bool
 
 __all__ = [
-    "CLIError", "Client", "Command", "http_config", "http_options", "opt", "parser", "run_client", "subcommand",
+    "CLIError", "Client", "Command", "go_bool", "http_config", "http_options", "opt", "parser", "run_client", "subcommand",
     "table", "tls_flags", "tls_options",
 ]  # fmt: skip
 
@@ -46,6 +47,14 @@ class CLIError(Exception):
 def opt(p: argparse.ArgumentParser, name: str, **kw: Any) -> None:
     """A flag in both of Consul's spellings, ``-name`` and ``--name``."""
     p.add_argument(f"-{name}", f"--{name}", dest=name.replace("-", "_"), **kw)
+
+
+def go_bool(text: str) -> bool:
+    """A flag's boolean value as Go's strconv.ParseBool reads it, for ``type=`` (argparse names the flag)."""
+    try:
+        return go_parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:

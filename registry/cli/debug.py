@@ -27,9 +27,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from registry.cli.common import Client, CLIError, _reason, http_config, http_options, opt, parser, table
+from registry.cli.common import (
+    Client,
+    CLIError,
+    _reason,
+    go_bool,
+    http_config,
+    http_options,
+    opt,
+    parser,
+    table,
+)
 from registry.client.http import AgentHTTP, AgentUnavailable, StatusError
-from registry.gocompat import DurationError, format_duration, go_parse_bool, parse_duration
+from registry.gocompat import DurationError, format_duration, parse_duration
 
 __all__ = ["cmd_debug"]
 
@@ -50,13 +60,6 @@ def _duration(raw: str) -> float:
     try:
         return parse_duration(raw, field="duration")
     except DurationError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _bool(raw: str) -> bool:
-    try:
-        return go_parse_bool(raw)
-    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -103,7 +106,11 @@ class Debug:
         if resp.status >= 400:
             raise CLIError(f"Capture validation failed: error querying target agent: Unexpected response code: "
                            f"{resp.status} ({resp.text}). verify connectivity and agent address")  # fmt: skip
-        version = (resp.json().get("Config") or {}).get("Version")
+        try:
+            me = resp.json()
+        except ValueError:
+            me = None
+        version = ((me.get("Config") if isinstance(me, dict) else None) or {}).get("Version")
         if not isinstance(version, str):
             raise CLIError("Capture validation failed: agent response did not contain version key")
         if not self.capture:
@@ -251,7 +258,7 @@ def cmd_debug(argv: list[str]) -> int:
     opt(p, "interval", type=_duration, default=INTERVAL_S,
         help="How often to capture dynamic information. Defaults to 30s.")  # fmt: skip
     opt(p, "duration", type=_duration, default=DURATION_S, help="The total time to record information. Defaults to 5m0s.")
-    opt(p, "archive", type=_bool, nargs="?", const=True, default=True,
+    opt(p, "archive", type=go_bool, nargs="?", const=True, default=True,
         help="Archive and compress the files (default true); false leaves the directory.")  # fmt: skip
     opt(p, "output", default=default_output, help="The path of the archive (without .tar.gz) or directory.")
     opt(p, "since", default="", help="Consul runs hcdiag with it; not available in Proconsul.")

@@ -16,7 +16,7 @@ import signal
 import sys
 from typing import Any
 
-from registry.cli.common import Client, CLIError, http_options, opt, parser, run_client
+from registry.cli.common import Client, CLIError, go_bool, http_options, opt, parser, run_client
 from registry.client.watch import HandlerFailed, WatchError, WatchPlan, handler_argv, parse_watch
 
 USAGE = """Usage: proconsul watch [options] [child...]
@@ -27,15 +27,6 @@ USAGE = """Usage: proconsul watch [options] [child...]
 
   Providing the watch type is required, and other parameters may be required
   or supported depending on the watch type."""
-
-
-def _go_bool(raw: str) -> bool:
-    """Go's ``strconv.ParseBool``."""
-    if raw in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if raw in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise argparse.ArgumentTypeError(f'strconv.ParseBool: parsing "{raw}": invalid syntax')
 
 
 def cmd_watch(argv: list[str]) -> int:
@@ -50,7 +41,7 @@ def cmd_watch(argv: list[str]) -> int:
     opt(p, "tag", default="", help="Specifies the service tag to filter on. Optional for 'service' type.")
     opt(p, "passingonly", default="", help="Specifies if only hosts passing all checks are displayed. Optional "
                                            "for 'service' type, must be one of `[true|false]`. Defaults false.")  # fmt: skip
-    opt(p, "shell", type=_go_bool, nargs="?", const=True, default=True,
+    opt(p, "shell", type=go_bool, nargs="?", const=True, default=True,
         help="Use a shell to run the command (can set a custom shell via the SHELL environment variable).")
     opt(p, "state", default="", help="Specifies the states to watch. Optional for 'checks' type.")
     opt(p, "name", default="", help="Specifies an event name to watch. Only for 'event' type.")
@@ -68,7 +59,7 @@ def cmd_watch(argv: list[str]) -> int:
         params["stale"] = True
     if args.passingonly:
         try:
-            params["passingonly"] = _go_bool(args.passingonly)
+            params["passingonly"] = go_bool(args.passingonly)
         except argparse.ArgumentTypeError as exc:
             raise CLIError(f"Failed to parse passingonly flag: {exc}") from None
     try:
